@@ -1,0 +1,1546 @@
+//! Parsing and validation of `loopai.program/1` JSON into an execution plan.
+//!
+//! Parsing walks the JSON value by hand where the shape depends on an `op`/`kind` tag
+//! and uses typed serde structs (with `deny_unknown_fields`) for the leaves, so that
+//! every error carries the JSON path of the fault: `features[2].pattern: ...`.
+
+use std::collections::{HashMap, HashSet};
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use base64::Engine as _;
+use regex::{Regex, RegexBuilder};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::plan::*;
+use super::text::{ngram_hash, EMAIL_RE, NUMBER_RE, URL_RE};
+use super::{ProgramLimits, ProgramStats, FORMAT};
+use crate::{Error, ErrorKind, Result};
+
+/// A program error at `path`.
+pub(crate) fn perr(path: &str, msg: impl std::fmt::Display) -> Error {
+    if path.is_empty() {
+        Error::new(ErrorKind::Program, msg.to_string())
+    } else {
+        Error::new(ErrorKind::Program, format!("{path}: {msg}"))
+    }
+}
+
+fn join(base: &str, key: &str) -> String {
+    if base.is_empty() {
+        key.to_string()
+    } else if key.starts_with('[') {
+        format!("{base}{key}")
+    } else {
+        format!("{base}.{key}")
+    }
+}
+
+fn idx(base: &str, i: usize) -> String {
+    format!("{base}[{i}]")
+}
+
+/// Deserializes a typed leaf, reporting the full path of any fault.
+fn typed<T: DeserializeOwned>(value: &Value, path: &str) -> Result<T> {
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+        let inner = e.path().to_string();
+        let full = if inner == "." || inner.is_empty() {
+            path.to_string()
+        } else {
+            join(path, &inner)
+        };
+        perr(&full, e.into_inner())
+    })
+}
+
+fn object<'a>(value: &'a Value, path: &str) -> Result<&'a serde_json::Map<String, Value>> {
+    value
+        .as_object()
+        .ok_or_else(|| perr(path, format!("expected an object, got {}", kind_of(value))))
+}
+
+pub(crate) fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The `op` (or other tag) string of an object.
+fn tag<'a>(value: &'a Value, path: &str, key: &str) -> Result<&'a str> {
+    let obj = object(value, path)?;
+    match obj.get(key) {
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(perr(
+            &join(path, key),
+            format!("expected a string, got {}", kind_of(other)),
+        )),
+        None => Err(perr(path, format!("missing field `{key}`"))),
+    }
+}
+
+fn check_name(name: &str, path: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(perr(
+            path,
+            format!("invalid name {name:?}: use 1-64 characters of [A-Za-z0-9_.-]"),
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Typed leaves
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProgram {
+    format: String,
+    task: String,
+    #[serde(default)]
+    description: Option<String>,
+    inputs: Vec<RawInput>,
+    #[serde(default)]
+    preprocess: Vec<RawView>,
+    #[serde(default)]
+    features: Vec<Value>,
+    #[serde(default)]
+    decide: Option<Value>,
+    output: Value,
+    /// Free-form annotations (generator, training notes). Not interpreted.
+    #[serde(default)]
+    #[allow(dead_code)]
+    metadata: Option<Value>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum RawInputType {
+    Text,
+    Number,
+}
+
+#[derive(Deserialize, Clone, Copy, Default)]
+#[serde(rename_all = "snake_case")]
+enum RawOversize {
+    #[default]
+    Error,
+    Truncate,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInput {
+    name: String,
+    path: String,
+    #[serde(rename = "type")]
+    ty: RawInputType,
+    #[serde(default = "yes")]
+    required: bool,
+    #[serde(default)]
+    max_bytes: Option<usize>,
+    #[serde(default)]
+    on_oversize: RawOversize,
+    #[serde(default)]
+    default: Option<f64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawView {
+    name: String,
+    from: String,
+    steps: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStepReplace {
+    #[allow(dead_code)]
+    op: String,
+    kind: RawReplaceKind,
+    with: String,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum RawReplaceKind {
+    Url,
+    Email,
+    Number,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStepTruncate {
+    #[allow(dead_code)]
+    op: String,
+    max_bytes: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStepPlain {
+    #[allow(dead_code)]
+    op: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHash {
+    bits: u32,
+    #[serde(default)]
+    seed: u64,
+}
+
+#[derive(Deserialize, Clone, Copy, Default)]
+#[serde(rename_all = "snake_case")]
+enum RawWeighting {
+    #[default]
+    Count,
+    Binary,
+    Log1p,
+}
+
+#[derive(Deserialize, Clone, Copy, Default)]
+#[serde(rename_all = "snake_case")]
+enum RawNormalize {
+    #[default]
+    None,
+    L2,
+}
+
+#[derive(Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum RawTokens {
+    #[default]
+    Alnum,
+    Whitespace,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNgrams {
+    name: String,
+    op: String,
+    source: String,
+    n: [usize; 2],
+    #[serde(default)]
+    hash: Option<RawHash>,
+    #[serde(default)]
+    vocabulary: Option<Vec<String>>,
+    #[serde(default)]
+    weighting: RawWeighting,
+    #[serde(default)]
+    normalize: RawNormalize,
+    /// word_ngrams only.
+    #[serde(default)]
+    tokens: Option<RawTokens>,
+    /// char_ngrams only.
+    #[serde(default)]
+    within_words: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeywords {
+    name: String,
+    #[allow(dead_code)]
+    op: String,
+    source: String,
+    terms: Vec<String>,
+    #[serde(default)]
+    whole_words: bool,
+    #[serde(default)]
+    case_insensitive: bool,
+}
+
+#[derive(Deserialize, Clone, Copy, Default)]
+#[serde(rename_all = "snake_case")]
+enum RawRegexMode {
+    #[default]
+    Match,
+    Count,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegex {
+    name: String,
+    #[allow(dead_code)]
+    op: String,
+    source: String,
+    pattern: String,
+    #[serde(default)]
+    mode: RawRegexMode,
+    #[serde(default)]
+    max_count: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStat {
+    name: String,
+    #[allow(dead_code)]
+    op: String,
+    source: String,
+    stat: Stat,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNumber {
+    name: String,
+    #[allow(dead_code)]
+    op: String,
+    input: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    #[serde(default)]
+    name: Option<String>,
+    when: Value,
+    then: String,
+    confidence: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRules {
+    #[allow(dead_code)]
+    op: String,
+    rules: Vec<Value>,
+}
+
+/// Numbers: a JSON array, or `"base64:"` + little-endian f32 bytes.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawFloats {
+    List(Vec<f64>),
+    Packed(String),
+}
+
+#[derive(Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum RawLink {
+    #[default]
+    Softmax,
+    Sigmoid,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLinear {
+    #[allow(dead_code)]
+    op: String,
+    inputs: Vec<String>,
+    classes: Vec<String>,
+    #[serde(default)]
+    link: RawLink,
+    weights: RawFloats,
+    bias: Vec<f64>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    min_confidence: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBayes {
+    #[allow(dead_code)]
+    op: String,
+    inputs: Vec<String>,
+    classes: Vec<String>,
+    class_log_prior: Vec<f64>,
+    feature_log_prob: RawFloats,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    min_confidence: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTree {
+    #[allow(dead_code)]
+    op: String,
+    inputs: Vec<String>,
+    classes: Vec<String>,
+    feature: Vec<i64>,
+    threshold: RawFloats,
+    left: Vec<u32>,
+    right: Vec<u32>,
+    value: RawFloats,
+    #[serde(default)]
+    min_confidence: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFirst {
+    #[allow(dead_code)]
+    op: String,
+    steps: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVote {
+    #[allow(dead_code)]
+    op: String,
+    members: Vec<RawMember>,
+    #[serde(default)]
+    min_confidence: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMember {
+    weight: f64,
+    decide: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLabelOutput {
+    #[allow(dead_code)]
+    kind: String,
+    labels: Vec<String>,
+    #[serde(default)]
+    abstain_below: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExtractOutput {
+    #[allow(dead_code)]
+    kind: String,
+    source: String,
+    fields: Vec<RawExtractField>,
+    #[serde(default)]
+    abstain_below: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawGroup {
+    Index(usize),
+    Name(String),
+}
+
+#[derive(Deserialize, Clone, Copy, Default)]
+#[serde(rename_all = "snake_case")]
+enum RawFieldType {
+    #[default]
+    String,
+    Number,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExtractField {
+    name: String,
+    pattern: String,
+    #[serde(default)]
+    group: Option<RawGroup>,
+    #[serde(default, rename = "type")]
+    ty: RawFieldType,
+    #[serde(default = "yes")]
+    required: bool,
+}
+
+// ---------------------------------------------------------------------------------------
+// Compiler
+
+struct Compiler<'l> {
+    limits: &'l ProgramLimits,
+    /// Text slots by name: inputs of type text, then views.
+    text_slots: HashMap<String, usize>,
+    number_inputs: HashMap<String, usize>,
+    features: HashMap<String, usize>,
+    feature_kinds: Vec<FeatureShape>,
+    labels: Vec<String>,
+    label_index: HashMap<String, usize>,
+    stats: ProgramStats,
+    decision_names: Vec<String>,
+    regex_bytes_used: usize,
+}
+
+#[derive(Clone, Copy)]
+enum FeatureShape {
+    Sparse { dim: usize },
+    Scalar,
+}
+
+/// Parses and compiles program bytes.
+pub(crate) fn compile(bytes: &[u8], limits: &ProgramLimits) -> Result<Plan> {
+    if bytes.len() > limits.max_program_bytes {
+        return Err(perr(
+            "",
+            format!(
+                "program is {} bytes, over the limit of {} bytes",
+                bytes.len(),
+                limits.max_program_bytes
+            ),
+        ));
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        perr(
+            "",
+            format!(
+                "not valid JSON at line {} column {}: {e}",
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    compile_value(&value, bytes.len(), limits)
+}
+
+pub(crate) fn compile_value(
+    value: &Value,
+    byte_len: usize,
+    limits: &ProgramLimits,
+) -> Result<Plan> {
+    let root = object(value, "")?;
+    match root.get("format") {
+        Some(Value::String(f)) if f == FORMAT => {}
+        Some(Value::String(f)) => {
+            return Err(perr(
+                "format",
+                format!("unsupported format {f:?}, expected {FORMAT:?}"),
+            ))
+        }
+        Some(other) => {
+            return Err(perr(
+                "format",
+                format!("expected the string {FORMAT:?}, got {}", kind_of(other)),
+            ))
+        }
+        None => {
+            return Err(perr(
+                "",
+                format!("missing field `format` (expected {FORMAT:?})"),
+            ))
+        }
+    }
+    let raw: RawProgram = typed(value, "")?;
+    let _ = &raw.format;
+    if raw.task.is_empty() || raw.task.len() > 128 {
+        return Err(perr("task", "must be 1-128 characters"));
+    }
+    let mut c = Compiler {
+        limits,
+        text_slots: HashMap::new(),
+        number_inputs: HashMap::new(),
+        features: HashMap::new(),
+        feature_kinds: Vec::new(),
+        labels: Vec::new(),
+        label_index: HashMap::new(),
+        stats: ProgramStats {
+            program_bytes: byte_len as u64,
+            ..ProgramStats::default()
+        },
+        decision_names: Vec::new(),
+        regex_bytes_used: 0,
+    };
+
+    // Inputs.
+    if raw.inputs.is_empty() {
+        return Err(perr("inputs", "at least one input is required"));
+    }
+    if raw.inputs.len() > MAX_INPUTS {
+        return Err(perr(
+            "inputs",
+            format!("at most {MAX_INPUTS} inputs are allowed"),
+        ));
+    }
+    let mut inputs = Vec::with_capacity(raw.inputs.len());
+    let mut seen = HashSet::new();
+    for (i, inp) in raw.inputs.iter().enumerate() {
+        let path = idx("inputs", i);
+        check_name(&inp.name, &join(&path, "name"))?;
+        if !seen.insert(inp.name.clone()) {
+            return Err(perr(
+                &join(&path, "name"),
+                format!("duplicate input {:?}", inp.name),
+            ));
+        }
+        if !(inp.path.is_empty() || inp.path.starts_with('/')) {
+            return Err(perr(
+                &join(&path, "path"),
+                format!(
+                    "{:?} is not a JSON Pointer (it must start with '/')",
+                    inp.path
+                ),
+            ));
+        }
+        let max_bytes = inp
+            .max_bytes
+            .unwrap_or(limits.max_input_bytes)
+            .min(limits.max_input_bytes);
+        if max_bytes == 0 {
+            return Err(perr(&join(&path, "max_bytes"), "must be at least 1"));
+        }
+        let kind = match inp.ty {
+            RawInputType::Text => {
+                if inp.default.is_some() {
+                    return Err(perr(
+                        &join(&path, "default"),
+                        "only number inputs take a default",
+                    ));
+                }
+                let slot = c.text_slots.len();
+                c.text_slots.insert(inp.name.clone(), slot);
+                InputKind::Text {
+                    slot,
+                    max_bytes,
+                    truncate: matches!(inp.on_oversize, RawOversize::Truncate),
+                }
+            }
+            RawInputType::Number => {
+                if let Some(d) = inp.default {
+                    if !d.is_finite() {
+                        return Err(perr(&join(&path, "default"), "must be finite"));
+                    }
+                }
+                let slot = c.number_inputs.len();
+                c.number_inputs.insert(inp.name.clone(), slot);
+                InputKind::Number {
+                    slot,
+                    default: inp.default,
+                }
+            }
+        };
+        inputs.push(InputPlan {
+            name: inp.name.clone(),
+            pointer: inp.path.clone(),
+            required: inp.required,
+            kind,
+        });
+    }
+    let text_inputs = c.text_slots.len();
+
+    // Views.
+    if raw.preprocess.len() > 32 {
+        return Err(perr("preprocess", "at most 32 text views are allowed"));
+    }
+    let mut views = Vec::with_capacity(raw.preprocess.len());
+    for (i, v) in raw.preprocess.iter().enumerate() {
+        let path = idx("preprocess", i);
+        check_name(&v.name, &join(&path, "name"))?;
+        if c.text_slots.contains_key(&v.name) || c.number_inputs.contains_key(&v.name) {
+            return Err(perr(
+                &join(&path, "name"),
+                format!("name {:?} is already used", v.name),
+            ));
+        }
+        let from = c.text_slot(&v.from, &join(&path, "from"))?;
+        if v.steps.len() > 32 {
+            return Err(perr(&join(&path, "steps"), "at most 32 steps are allowed"));
+        }
+        let mut steps = Vec::with_capacity(v.steps.len());
+        for (j, s) in v.steps.iter().enumerate() {
+            steps.push(c.step(s, &idx(&join(&path, "steps"), j))?);
+        }
+        let slot = c.text_slots.len();
+        c.text_slots.insert(v.name.clone(), slot);
+        views.push(ViewPlan { from, steps });
+    }
+
+    // Features.
+    if raw.features.len() > limits.max_features {
+        return Err(perr(
+            "features",
+            format!(
+                "{} features, over the limit of {}",
+                raw.features.len(),
+                limits.max_features
+            ),
+        ));
+    }
+    let mut features = Vec::with_capacity(raw.features.len());
+    for (i, f) in raw.features.iter().enumerate() {
+        let path = idx("features", i);
+        let (name, feat) = c.feature(f, &path)?;
+        if c.features.contains_key(&name) {
+            return Err(perr(
+                &join(&path, "name"),
+                format!("duplicate feature {name:?}"),
+            ));
+        }
+        c.feature_kinds.push(match &feat {
+            FeaturePlan::Sparse(s) => FeatureShape::Sparse { dim: s.dim },
+            _ => FeatureShape::Scalar,
+        });
+        c.features.insert(name, features.len());
+        features.push(feat);
+    }
+    c.stats.features = features.len();
+
+    // Output.
+    let kind = tag(&raw.output, "output", "kind")?;
+    let (output, decide) = match kind {
+        "label" => {
+            let out: RawLabelOutput = typed(&raw.output, "output")?;
+            if out.labels.is_empty() {
+                return Err(perr("output.labels", "at least one label is required"));
+            }
+            if out.labels.len() > MAX_CLASSES {
+                return Err(perr(
+                    "output.labels",
+                    format!("at most {MAX_CLASSES} labels"),
+                ));
+            }
+            for (i, l) in out.labels.iter().enumerate() {
+                if c.label_index.insert(l.clone(), i).is_some() {
+                    return Err(perr(
+                        &idx("output.labels", i),
+                        format!("duplicate label {l:?}"),
+                    ));
+                }
+            }
+            c.labels = out.labels.clone();
+            check_prob(out.abstain_below, "output.abstain_below")?;
+            let decide = match &raw.decide {
+                Some(d) => c.decision(d, "decide", 0)?,
+                None => {
+                    return Err(perr(
+                        "",
+                        "missing field `decide` (required for output.kind \"label\")",
+                    ))
+                }
+            };
+            (
+                OutputPlan::Label {
+                    labels: out.labels,
+                    abstain_below: out.abstain_below,
+                },
+                Some(decide),
+            )
+        }
+        "extract" => {
+            if raw.decide.is_some() {
+                return Err(perr("decide", "not allowed with output.kind \"extract\""));
+            }
+            let out: RawExtractOutput = typed(&raw.output, "output")?;
+            check_prob(out.abstain_below, "output.abstain_below")?;
+            let source = c.text_slot(&out.source, "output.source")?;
+            if out.fields.is_empty() || out.fields.len() > 64 {
+                return Err(perr(
+                    "output.fields",
+                    "between 1 and 64 fields are required",
+                ));
+            }
+            let mut fields = Vec::new();
+            let mut names = HashSet::new();
+            for (i, f) in out.fields.iter().enumerate() {
+                let path = idx("output.fields", i);
+                check_name(&f.name, &join(&path, "name"))?;
+                if !names.insert(f.name.clone()) {
+                    return Err(perr(
+                        &join(&path, "name"),
+                        format!("duplicate field {:?}", f.name),
+                    ));
+                }
+                let re = c.regex(&f.pattern, &join(&path, "pattern"))?;
+                let group = match &f.group {
+                    None => usize::from(re.captures_len() > 1),
+                    Some(RawGroup::Index(g)) => {
+                        if *g >= re.captures_len() {
+                            return Err(perr(
+                                &join(&path, "group"),
+                                format!("the pattern has no group {g}"),
+                            ));
+                        }
+                        *g
+                    }
+                    Some(RawGroup::Name(n)) => re
+                        .capture_names()
+                        .position(|x| x == Some(n.as_str()))
+                        .ok_or_else(|| {
+                            perr(
+                                &join(&path, "group"),
+                                format!("the pattern has no group named {n:?}"),
+                            )
+                        })?,
+                };
+                fields.push(ExtractField {
+                    name: f.name.clone(),
+                    regex: re,
+                    group,
+                    number: matches!(f.ty, RawFieldType::Number),
+                    required: f.required,
+                });
+            }
+            (
+                OutputPlan::Extract {
+                    source,
+                    fields,
+                    abstain_below: out.abstain_below,
+                },
+                None,
+            )
+        }
+        other => {
+            return Err(perr(
+                "output.kind",
+                format!("unknown output kind {other:?} (expected \"label\" or \"extract\")"),
+            ))
+        }
+    };
+
+    Ok(Plan {
+        task: raw.task,
+        description: raw.description,
+        inputs,
+        text_inputs,
+        views,
+        features,
+        decide,
+        output,
+        decision_names: c.decision_names,
+        stats: c.stats,
+    })
+}
+
+fn check_prob(p: f64, path: &str) -> Result<()> {
+    if (0.0..=1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(perr(path, format!("must be between 0 and 1, got {p}")))
+    }
+}
+
+fn check_ngram_range(n: [usize; 2], max: usize, path: &str) -> Result<()> {
+    if n[0] < 1 || n[0] > n[1] || n[1] > max {
+        return Err(perr(
+            path,
+            format!(
+                "expected [min, max] with 1 <= min <= max <= {max}, got [{}, {}]",
+                n[0], n[1]
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl Compiler<'_> {
+    fn text_slot(&self, name: &str, path: &str) -> Result<usize> {
+        self.text_slots.get(name).copied().ok_or_else(|| {
+            let mut known: Vec<_> = self.text_slots.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            perr(
+                path,
+                format!("unknown text source {name:?} (known: {})", known.join(", ")),
+            )
+        })
+    }
+
+    fn regex(&mut self, pattern: &str, path: &str) -> Result<Regex> {
+        if pattern.len() > self.limits.max_regex_bytes {
+            return Err(perr(
+                path,
+                format!(
+                    "pattern is {} bytes, over the limit of {}",
+                    pattern.len(),
+                    self.limits.max_regex_bytes
+                ),
+            ));
+        }
+        self.regex_bytes_used += pattern.len();
+        self.stats.regexes += 1;
+        RegexBuilder::new(pattern)
+            .size_limit(self.limits.regex_size_limit)
+            .dfa_size_limit(self.limits.regex_size_limit)
+            .nest_limit(64)
+            .build()
+            .map_err(|e| perr(path, format!("invalid regex: {e}")))
+    }
+
+    fn step(&mut self, value: &Value, path: &str) -> Result<StepPlan> {
+        let op = tag(value, path, "op")?;
+        Ok(match op {
+            "nfkc" => {
+                typed::<RawStepPlain>(value, path)?;
+                StepPlan::Nfkc
+            }
+            "lowercase" => {
+                typed::<RawStepPlain>(value, path)?;
+                StepPlan::Lowercase
+            }
+            "collapse_whitespace" => {
+                typed::<RawStepPlain>(value, path)?;
+                StepPlan::CollapseWhitespace
+            }
+            "replace" => {
+                let r: RawStepReplace = typed(value, path)?;
+                if r.with.len() > 64 {
+                    return Err(perr(&join(path, "with"), "at most 64 bytes"));
+                }
+                let re = match r.kind {
+                    RawReplaceKind::Url => &*URL_RE,
+                    RawReplaceKind::Email => &*EMAIL_RE,
+                    RawReplaceKind::Number => &*NUMBER_RE,
+                };
+                StepPlan::Replace { re, with: r.with }
+            }
+            "truncate" => {
+                let r: RawStepTruncate = typed(value, path)?;
+                if r.max_bytes == 0 {
+                    return Err(perr(&join(path, "max_bytes"), "must be at least 1"));
+                }
+                StepPlan::Truncate(r.max_bytes)
+            }
+            other => {
+                return Err(perr(
+                    &join(path, "op"),
+                    format!(
+                        "unknown step {other:?} (expected nfkc, lowercase, collapse_whitespace, replace or truncate)"
+                    ),
+                ))
+            }
+        })
+    }
+
+    fn feature(&mut self, value: &Value, path: &str) -> Result<(String, FeaturePlan)> {
+        let op = tag(value, path, "op")?;
+        match op {
+            "word_ngrams" | "char_ngrams" => {
+                let r: RawNgrams = typed(value, path)?;
+                check_name(&r.name, &join(path, "name"))?;
+                let words = r.op == "word_ngrams";
+                let source = self.text_slot(&r.source, &join(path, "source"))?;
+                check_ngram_range(r.n, if words { 3 } else { 8 }, &join(path, "n"))?;
+                if words && r.within_words.is_some() {
+                    return Err(perr(&join(path, "within_words"), "only for char_ngrams"));
+                }
+                if !words && r.tokens.is_some() {
+                    return Err(perr(&join(path, "tokens"), "only for word_ngrams"));
+                }
+                let (index, dim) = match (&r.hash, &r.vocabulary) {
+                    (Some(h), None) => {
+                        if h.bits < 1 || h.bits > self.limits.max_hash_bits {
+                            return Err(perr(
+                                &join(path, "hash.bits"),
+                                format!("must be between 1 and {}, got {}", self.limits.max_hash_bits, h.bits),
+                            ));
+                        }
+                        (NgramIndex::Hashed { bits: h.bits, seed: h.seed }, 1usize << h.bits)
+                    }
+                    (None, Some(vocab)) => {
+                        if vocab.is_empty() || vocab.len() > self.limits.max_vocabulary {
+                            return Err(perr(
+                                &join(path, "vocabulary"),
+                                format!("must have 1 to {} entries", self.limits.max_vocabulary),
+                            ));
+                        }
+                        let mut map = HashMap::with_capacity_and_hasher(vocab.len(), Default::default());
+                        for (i, term) in vocab.iter().enumerate() {
+                            let h = ngram_hash(0, term);
+                            if map.insert(h, i as u32).is_some() {
+                                return Err(perr(
+                                    &idx(&join(path, "vocabulary"), i),
+                                    format!("duplicate term {term:?}"),
+                                ));
+                            }
+                        }
+                        (NgramIndex::Vocabulary(map), vocab.len())
+                    }
+                    _ => {
+                        return Err(perr(path, "exactly one of `hash` or `vocabulary` is required"));
+                    }
+                };
+                self.stats.sparse_dims += dim as u64;
+                Ok((
+                    r.name,
+                    FeaturePlan::Sparse(SparsePlan {
+                        source,
+                        words,
+                        n_min: r.n[0],
+                        n_max: r.n[1],
+                        alnum: r.tokens.unwrap_or_default() == RawTokens::Alnum,
+                        within_words: r.within_words.unwrap_or(false),
+                        index,
+                        dim,
+                        weighting: match r.weighting {
+                            RawWeighting::Count => Weighting::Count,
+                            RawWeighting::Binary => Weighting::Binary,
+                            RawWeighting::Log1p => Weighting::Log1p,
+                        },
+                        l2: matches!(r.normalize, RawNormalize::L2),
+                    }),
+                ))
+            }
+            "keywords" => {
+                let r: RawKeywords = typed(value, path)?;
+                check_name(&r.name, &join(path, "name"))?;
+                let source = self.text_slot(&r.source, &join(path, "source"))?;
+                if r.terms.is_empty() || r.terms.len() > self.limits.max_keywords {
+                    return Err(perr(
+                        &join(path, "terms"),
+                        format!("must have 1 to {} terms", self.limits.max_keywords),
+                    ));
+                }
+                for (i, t) in r.terms.iter().enumerate() {
+                    if t.is_empty() || t.len() > 256 {
+                        return Err(perr(&idx(&join(path, "terms"), i), "terms must be 1-256 bytes"));
+                    }
+                }
+                let ac = AhoCorasickBuilder::new()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .ascii_case_insensitive(r.case_insensitive)
+                    .build(&r.terms)
+                    .map_err(|e| perr(&join(path, "terms"), e))?;
+                self.stats.keywords += r.terms.len();
+                Ok((
+                    r.name,
+                    FeaturePlan::Keywords(KeywordsPlan {
+                        source,
+                        ac: Box::new(ac) as Box<AhoCorasick>,
+                        whole_words: r.whole_words,
+                    }),
+                ))
+            }
+            "regex" => {
+                let r: RawRegex = typed(value, path)?;
+                check_name(&r.name, &join(path, "name"))?;
+                let source = self.text_slot(&r.source, &join(path, "source"))?;
+                let re = self.regex(&r.pattern, &join(path, "pattern"))?;
+                let max_count = r.max_count.unwrap_or(64);
+                if !(1..=1024).contains(&max_count) {
+                    return Err(perr(&join(path, "max_count"), "must be between 1 and 1024"));
+                }
+                Ok((
+                    r.name,
+                    FeaturePlan::Regex(RegexPlan {
+                        source,
+                        re,
+                        count: matches!(r.mode, RawRegexMode::Count),
+                        max_count,
+                    }),
+                ))
+            }
+            "stat" => {
+                let r: RawStat = typed(value, path)?;
+                check_name(&r.name, &join(path, "name"))?;
+                let source = self.text_slot(&r.source, &join(path, "source"))?;
+                Ok((r.name, FeaturePlan::Stat { source, stat: r.stat }))
+            }
+            "number" => {
+                let r: RawNumber = typed(value, path)?;
+                check_name(&r.name, &join(path, "name"))?;
+                let slot = *self.number_inputs.get(&r.input).ok_or_else(|| {
+                    perr(&join(path, "input"), format!("no number input named {:?}", r.input))
+                })?;
+                Ok((r.name, FeaturePlan::Number(slot)))
+            }
+            other => Err(perr(
+                &join(path, "op"),
+                format!(
+                    "unknown feature {other:?} (expected word_ngrams, char_ngrams, keywords, regex, stat or number)"
+                ),
+            )),
+        }
+    }
+
+    fn scalar_feature(&self, name: &str, path: &str) -> Result<usize> {
+        let i = *self
+            .features
+            .get(name)
+            .ok_or_else(|| perr(path, format!("unknown feature {name:?}")))?;
+        match self.feature_kinds[i] {
+            FeatureShape::Scalar => Ok(i),
+            FeatureShape::Sparse { .. } => Err(perr(
+                path,
+                format!(
+                    "feature {name:?} is an n-gram vector; conditions need a number-valued feature"
+                ),
+            )),
+        }
+    }
+
+    fn class_map(&self, classes: &[String], path: &str) -> Result<Vec<usize>> {
+        if classes.is_empty() {
+            return Err(perr(path, "at least one class is required"));
+        }
+        let mut seen = HashSet::new();
+        classes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if !seen.insert(c) {
+                    return Err(perr(&idx(path, i), format!("duplicate class {c:?}")));
+                }
+                self.label_index.get(c).copied().ok_or_else(|| {
+                    perr(&idx(path, i), format!("{c:?} is not one of output.labels"))
+                })
+            })
+            .collect()
+    }
+
+    /// Resolves model inputs into groups with offsets; returns (groups, total dim).
+    fn model_inputs(&self, names: &[String], path: &str) -> Result<(Vec<InputGroup>, usize)> {
+        if names.is_empty() {
+            return Err(perr(path, "at least one input feature is required"));
+        }
+        let mut groups = Vec::with_capacity(names.len());
+        let mut offset = 0usize;
+        let mut seen = HashSet::new();
+        for (i, n) in names.iter().enumerate() {
+            let p = idx(path, i);
+            if !seen.insert(n) {
+                return Err(perr(&p, format!("duplicate input {n:?}")));
+            }
+            let f = *self
+                .features
+                .get(n)
+                .ok_or_else(|| perr(&p, format!("unknown feature {n:?}")))?;
+            let (dim, sparse) = match self.feature_kinds[f] {
+                FeatureShape::Sparse { dim } => (dim, true),
+                FeatureShape::Scalar => (1, false),
+            };
+            groups.push(InputGroup {
+                feature: f,
+                offset,
+                sparse,
+            });
+            offset += dim;
+        }
+        Ok((groups, offset))
+    }
+
+    fn floats(&mut self, raw: &RawFloats, expected: usize, path: &str) -> Result<Vec<f32>> {
+        if expected > self.limits.max_weights {
+            return Err(perr(
+                path,
+                format!(
+                    "{expected} numbers, over the limit of {}",
+                    self.limits.max_weights
+                ),
+            ));
+        }
+        let v: Vec<f32> = match raw {
+            RawFloats::List(list) => {
+                if list.len() != expected {
+                    return Err(perr(
+                        path,
+                        format!("expected {expected} numbers, got {}", list.len()),
+                    ));
+                }
+                list.iter().map(|&x| x as f32).collect()
+            }
+            RawFloats::Packed(s) => {
+                let b64 = s.strip_prefix("base64:").ok_or_else(|| {
+                    perr(
+                        path,
+                        "expected an array of numbers or a \"base64:...\" string",
+                    )
+                })?;
+                if b64.len() / 4 * 3 > expected * 4 + 3 {
+                    return Err(perr(
+                        path,
+                        format!("expected {expected} floats, the data is larger"),
+                    ));
+                }
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|e| perr(path, format!("invalid base64: {e}")))?;
+                if bytes.len() != expected * 4 {
+                    return Err(perr(
+                        path,
+                        format!(
+                            "expected {expected} floats ({} bytes), got {} bytes",
+                            expected * 4,
+                            bytes.len()
+                        ),
+                    ));
+                }
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            }
+        };
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(perr(path, format!("number {i} is not finite")));
+        }
+        self.stats.weights += v.len() as u64;
+        Ok(v)
+    }
+
+    fn finite_list(&self, v: &[f64], expected: usize, path: &str) -> Result<Vec<f64>> {
+        if v.len() != expected {
+            return Err(perr(
+                path,
+                format!("expected {expected} numbers, got {}", v.len()),
+            ));
+        }
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(perr(&idx(path, i), "must be finite"));
+        }
+        Ok(v.to_vec())
+    }
+
+    fn name_decision(&mut self, path: &str) -> u32 {
+        self.decision_names.push(path.to_string());
+        (self.decision_names.len() - 1) as u32
+    }
+
+    fn temperature(t: Option<f64>, path: &str) -> Result<f64> {
+        let t = t.unwrap_or(1.0);
+        if !(t.is_finite() && t > 0.0) {
+            return Err(perr(path, format!("must be a positive number, got {t}")));
+        }
+        Ok(t)
+    }
+
+    fn decision(&mut self, value: &Value, path: &str, depth: usize) -> Result<DecisionPlan> {
+        if depth >= MAX_DECISION_DEPTH {
+            return Err(perr(
+                path,
+                format!("decisions nest deeper than {MAX_DECISION_DEPTH}"),
+            ));
+        }
+        let op = tag(value, path, "op")?;
+        match op {
+            "rules" => {
+                let r: RawRules = typed(value, path)?;
+                if r.rules.is_empty() {
+                    return Err(perr(&join(path, "rules"), "at least one rule is required"));
+                }
+                self.stats.rules += r.rules.len();
+                if self.stats.rules > self.limits.max_rules {
+                    return Err(perr(
+                        &join(path, "rules"),
+                        format!("more than {} rules in the program", self.limits.max_rules),
+                    ));
+                }
+                let mut rules = Vec::with_capacity(r.rules.len());
+                for (i, rv) in r.rules.iter().enumerate() {
+                    let rp = idx(&join(path, "rules"), i);
+                    let rule: RawRule = typed(rv, &rp)?;
+                    let label = *self.label_index.get(&rule.then).ok_or_else(|| {
+                        perr(&join(&rp, "then"), format!("{:?} is not one of output.labels", rule.then))
+                    })?;
+                    check_prob(rule.confidence, &join(&rp, "confidence"))?;
+                    let mut nodes = 0;
+                    let when = self.condition(&rule.when, &join(&rp, "when"), 0, &mut nodes)?;
+                    let id = match &rule.name {
+                        Some(n) => self.name_decision(&format!("{rp} ({n})")),
+                        None => self.name_decision(&rp),
+                    };
+                    rules.push(RulePlan {
+                        when,
+                        label,
+                        confidence: rule.confidence,
+                        id,
+                    });
+                }
+                Ok(DecisionPlan::Rules(rules))
+            }
+            "linear" => {
+                let r: RawLinear = typed(value, path)?;
+                let classes = self.class_map(&r.classes, &join(path, "classes"))?;
+                let (groups, dim) = self.model_inputs(&r.inputs, &join(path, "inputs"))?;
+                let width = match r.link {
+                    RawLink::Softmax => classes.len(),
+                    RawLink::Sigmoid => {
+                        if classes.len() != 2 {
+                            return Err(perr(&join(path, "link"), "sigmoid needs exactly 2 classes"));
+                        }
+                        1
+                    }
+                };
+                let expected = dim
+                    .checked_mul(width)
+                    .ok_or_else(|| perr(&join(path, "weights"), "too many weights"))?;
+                let weights = self.floats(&r.weights, expected, &join(path, "weights"))?;
+                let bias = self.finite_list(&r.bias, width, &join(path, "bias"))?;
+                let min_confidence = r.min_confidence.unwrap_or(0.0);
+                check_prob(min_confidence, &join(path, "min_confidence"))?;
+                let id = self.name_decision(path);
+                Ok(DecisionPlan::Linear(LinearPlan {
+                    groups,
+                    classes,
+                    sigmoid: r.link == RawLink::Sigmoid,
+                    width,
+                    weights,
+                    bias,
+                    inv_temperature: 1.0 / Self::temperature(r.temperature, &join(path, "temperature"))?,
+                    min_confidence,
+                    id,
+                    bayes: false,
+                }))
+            }
+            "naive_bayes" => {
+                let r: RawBayes = typed(value, path)?;
+                let classes = self.class_map(&r.classes, &join(path, "classes"))?;
+                let (groups, dim) = self.model_inputs(&r.inputs, &join(path, "inputs"))?;
+                let expected = dim
+                    .checked_mul(classes.len())
+                    .ok_or_else(|| perr(&join(path, "feature_log_prob"), "too many numbers"))?;
+                let weights =
+                    self.floats(&r.feature_log_prob, expected, &join(path, "feature_log_prob"))?;
+                let bias =
+                    self.finite_list(&r.class_log_prior, classes.len(), &join(path, "class_log_prior"))?;
+                let min_confidence = r.min_confidence.unwrap_or(0.0);
+                check_prob(min_confidence, &join(path, "min_confidence"))?;
+                let id = self.name_decision(path);
+                let width = classes.len();
+                Ok(DecisionPlan::Linear(LinearPlan {
+                    groups,
+                    classes,
+                    sigmoid: false,
+                    width,
+                    weights,
+                    bias,
+                    inv_temperature: 1.0 / Self::temperature(r.temperature, &join(path, "temperature"))?,
+                    min_confidence,
+                    id,
+                    bayes: true,
+                }))
+            }
+            "tree" => {
+                let r: RawTree = typed(value, path)?;
+                let classes = self.class_map(&r.classes, &join(path, "classes"))?;
+                let (groups, dim) = self.model_inputs(&r.inputs, &join(path, "inputs"))?;
+                let n = r.feature.len();
+                if n == 0 || n > self.limits.max_tree_nodes {
+                    return Err(perr(
+                        &join(path, "feature"),
+                        format!("a tree needs 1 to {} nodes", self.limits.max_tree_nodes),
+                    ));
+                }
+                if r.left.len() != n || r.right.len() != n {
+                    return Err(perr(path, format!("feature, left and right must all have {n} entries")));
+                }
+                let threshold = self.floats(&r.threshold, n, &join(path, "threshold"))?;
+                let value = self.floats(&r.value, n * classes.len(), &join(path, "value"))?;
+                let mut feature = Vec::with_capacity(n);
+                for i in 0..n {
+                    let f = r.feature[i];
+                    if f < 0 {
+                        feature.push(u32::MAX);
+                        let leaf = &value[i * classes.len()..(i + 1) * classes.len()];
+                        if leaf.iter().any(|&p| p < 0.0) || leaf.iter().sum::<f32>() <= 0.0 {
+                            return Err(perr(
+                                &idx(&join(path, "value"), i),
+                                "a leaf needs non-negative class weights with a positive sum",
+                            ));
+                        }
+                        continue;
+                    }
+                    if f as u64 >= dim as u64 {
+                        return Err(perr(
+                            &idx(&join(path, "feature"), i),
+                            format!("feature index {f} is out of range (the inputs have {dim})"),
+                        ));
+                    }
+                    // Children must come after their parent: no cycles, bounded depth.
+                    for (side, list) in [("left", &r.left), ("right", &r.right)] {
+                        let child = list[i] as usize;
+                        if child <= i || child >= n {
+                            return Err(perr(
+                                &idx(&join(path, side), i),
+                                format!("child {child} must be greater than {i} and less than {n}"),
+                            ));
+                        }
+                    }
+                    feature.push(f as u32);
+                }
+                let min_confidence = r.min_confidence.unwrap_or(0.0);
+                check_prob(min_confidence, &join(path, "min_confidence"))?;
+                self.stats.tree_nodes += n;
+                let id = self.name_decision(path);
+                Ok(DecisionPlan::Tree(TreePlan {
+                    groups,
+                    classes,
+                    feature,
+                    threshold,
+                    left: r.left,
+                    right: r.right,
+                    value,
+                    min_confidence,
+                    id,
+                }))
+            }
+            "first" => {
+                let r: RawFirst = typed(value, path)?;
+                if r.steps.is_empty() || r.steps.len() > 16 {
+                    return Err(perr(&join(path, "steps"), "between 1 and 16 steps are required"));
+                }
+                let mut steps = Vec::with_capacity(r.steps.len());
+                for (i, s) in r.steps.iter().enumerate() {
+                    steps.push(self.decision(s, &idx(&join(path, "steps"), i), depth + 1)?);
+                }
+                Ok(DecisionPlan::First(steps))
+            }
+            "vote" => {
+                let r: RawVote = typed(value, path)?;
+                if r.members.is_empty() || r.members.len() > 16 {
+                    return Err(perr(&join(path, "members"), "between 1 and 16 members are required"));
+                }
+                let mut members = Vec::with_capacity(r.members.len());
+                for (i, m) in r.members.iter().enumerate() {
+                    let mp = idx(&join(path, "members"), i);
+                    if !(m.weight.is_finite() && m.weight > 0.0) {
+                        return Err(perr(&join(&mp, "weight"), "must be a positive number"));
+                    }
+                    members.push((m.weight, self.decision(&m.decide, &join(&mp, "decide"), depth + 1)?));
+                }
+                let min_confidence = r.min_confidence.unwrap_or(0.0);
+                check_prob(min_confidence, &join(path, "min_confidence"))?;
+                let id = self.name_decision(path);
+                Ok(DecisionPlan::Vote {
+                    members,
+                    min_confidence,
+                    id,
+                })
+            }
+            other => Err(perr(
+                &join(path, "op"),
+                format!("unknown decision {other:?} (expected rules, linear, naive_bayes, tree, first or vote)"),
+            )),
+        }
+    }
+
+    fn condition(
+        &self,
+        value: &Value,
+        path: &str,
+        depth: usize,
+        nodes: &mut usize,
+    ) -> Result<CondPlan> {
+        if depth >= MAX_CONDITION_DEPTH {
+            return Err(perr(
+                path,
+                format!("conditions nest deeper than {MAX_CONDITION_DEPTH}"),
+            ));
+        }
+        *nodes += 1;
+        if *nodes > 1024 {
+            return Err(perr(path, "a rule condition has more than 1024 nodes"));
+        }
+        let obj = object(value, path)?;
+        if let Some(v) = obj.get("all").or_else(|| obj.get("any")) {
+            let key = if obj.contains_key("all") {
+                "all"
+            } else {
+                "any"
+            };
+            if obj.len() != 1 {
+                return Err(perr(
+                    path,
+                    format!("`{key}` must be the only key of its object"),
+                ));
+            }
+            let list = v.as_array().ok_or_else(|| {
+                perr(
+                    &join(path, key),
+                    format!("expected an array, got {}", kind_of(v)),
+                )
+            })?;
+            if list.is_empty() {
+                return Err(perr(&join(path, key), "must not be empty"));
+            }
+            let mut out = Vec::with_capacity(list.len());
+            for (i, c) in list.iter().enumerate() {
+                out.push(self.condition(c, &idx(&join(path, key), i), depth + 1, nodes)?);
+            }
+            return Ok(if key == "all" {
+                CondPlan::All(out)
+            } else {
+                CondPlan::Any(out)
+            });
+        }
+        if let Some(v) = obj.get("not") {
+            if obj.len() != 1 {
+                return Err(perr(path, "`not` must be the only key of its object"));
+            }
+            return Ok(CondPlan::Not(Box::new(self.condition(
+                v,
+                &join(path, "not"),
+                depth + 1,
+                nodes,
+            )?)));
+        }
+        if let Some(v) = obj.get("always") {
+            if obj.len() != 1 || v != &Value::Bool(true) {
+                return Err(perr(
+                    path,
+                    "`always` takes the value true and no other keys",
+                ));
+            }
+            return Ok(CondPlan::Always);
+        }
+        let feature = match obj.get("feature") {
+            Some(Value::String(s)) => self.scalar_feature(s, &join(path, "feature"))?,
+            Some(other) => {
+                return Err(perr(
+                    &join(path, "feature"),
+                    format!("expected a string, got {}", kind_of(other)),
+                ))
+            }
+            None => {
+                return Err(perr(
+                    path,
+                    "expected one of `all`, `any`, `not`, `always` or a `feature` comparison",
+                ))
+            }
+        };
+        if obj.len() != 2 {
+            return Err(perr(
+                path,
+                "a comparison has `feature` and exactly one of gt, ge, lt, le, eq, ne",
+            ));
+        }
+        let (key, v) = obj
+            .iter()
+            .find(|(k, _)| k.as_str() != "feature")
+            .expect("two keys");
+        let cmp = match key.as_str() {
+            "gt" => Cmp::Gt,
+            "ge" => Cmp::Ge,
+            "lt" => Cmp::Lt,
+            "le" => Cmp::Le,
+            "eq" => Cmp::Eq,
+            "ne" => Cmp::Ne,
+            other => {
+                return Err(perr(
+                    &join(path, other),
+                    "unknown comparison (expected gt, ge, lt, le, eq or ne)",
+                ))
+            }
+        };
+        let value = v.as_f64().filter(|x| x.is_finite()).ok_or_else(|| {
+            perr(
+                &join(path, key),
+                format!("expected a finite number, got {}", kind_of(v)),
+            )
+        })?;
+        Ok(CondPlan::Cmp {
+            feature,
+            cmp,
+            value,
+        })
+    }
+}

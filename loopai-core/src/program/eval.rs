@@ -1,0 +1,650 @@
+//! Execution of a compiled plan. No compilation happens here, and allocation is limited
+//! to the result itself: intermediate buffers live in a per-thread scratch area.
+
+use std::cell::RefCell;
+
+use serde_json::{Map, Value};
+
+use super::compile::kind_of;
+use super::plan::*;
+use super::text::{self, bucket, Fnv};
+use super::{DecisionId, Outcome};
+use crate::{Error, ErrorKind, Result};
+
+#[derive(Default)]
+struct Scratch {
+    views: Vec<String>,
+    tmp: String,
+    pad: String,
+    tokens: Vec<(u32, u32)>,
+    offsets: Vec<u32>,
+    sparse: Vec<Vec<(u32, f32)>>,
+    scalars: Vec<f64>,
+    stack: Vec<f64>,
+    z: Vec<f64>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+fn input_error(pointer: &str, msg: impl std::fmt::Display) -> Error {
+    let at = if pointer.is_empty() {
+        "(root)"
+    } else {
+        pointer
+    };
+    Error::new(ErrorKind::InvalidInput, format!("input {at}: {msg}"))
+}
+
+/// Resolved text of slot `slot`.
+#[inline]
+fn slot_text<'a>(plan: &Plan, texts: &[&'a str], views: &'a [String], slot: usize) -> &'a str {
+    if slot < plan.text_inputs {
+        texts[slot]
+    } else {
+        &views[slot - plan.text_inputs]
+    }
+}
+
+pub(crate) fn evaluate(plan: &Plan, input: &Value) -> Result<Outcome> {
+    if !input.is_object() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("input: expected a JSON object, got {}", kind_of(input)),
+        ));
+    }
+    let mut texts: [&str; MAX_INPUTS] = [""; MAX_INPUTS];
+    let mut numbers = [0f64; MAX_INPUTS];
+    for inp in &plan.inputs {
+        let found = input.pointer(&inp.pointer).filter(|v| !v.is_null());
+        match (&inp.kind, found) {
+            (
+                InputKind::Text {
+                    slot,
+                    max_bytes,
+                    truncate,
+                },
+                Some(v),
+            ) => {
+                let s = v.as_str().ok_or_else(|| {
+                    input_error(
+                        &inp.pointer,
+                        format!("expected a string, got {}", kind_of(v)),
+                    )
+                })?;
+                if s.len() > *max_bytes {
+                    if !*truncate {
+                        return Err(input_error(
+                            &inp.pointer,
+                            format!("{} bytes, over the limit of {max_bytes} bytes", s.len()),
+                        ));
+                    }
+                    texts[*slot] = text::truncate_str(s, *max_bytes);
+                } else {
+                    texts[*slot] = s;
+                }
+            }
+            (InputKind::Number { slot, .. }, Some(v)) => {
+                numbers[*slot] = v.as_f64().ok_or_else(|| {
+                    input_error(
+                        &inp.pointer,
+                        format!("expected a number, got {}", kind_of(v)),
+                    )
+                })?;
+            }
+            (InputKind::Number { slot, default }, None) => match default {
+                Some(d) => numbers[*slot] = *d,
+                None if inp.required => {
+                    return Err(input_error(
+                        &inp.pointer,
+                        format!("required field `{}` is missing", inp.name),
+                    ))
+                }
+                None => numbers[*slot] = 0.0,
+            },
+            (InputKind::Text { .. }, None) => {
+                if inp.required {
+                    return Err(input_error(
+                        &inp.pointer,
+                        format!("required field `{}` is missing", inp.name),
+                    ));
+                }
+            }
+        }
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => Ok(run(plan, &texts, &numbers, &mut s)),
+        // Only reachable if evaluation re-entered itself on this thread; stay correct.
+        Err(_) => Ok(run(plan, &texts, &numbers, &mut Scratch::default())),
+    })
+}
+
+fn run(plan: &Plan, texts: &[&str], numbers: &[f64], s: &mut Scratch) -> Outcome {
+    // Text views.
+    if s.views.len() < plan.views.len() {
+        s.views.resize_with(plan.views.len(), String::new);
+    }
+    for (i, view) in plan.views.iter().enumerate() {
+        let (done, rest) = s.views.split_at_mut(i);
+        let dst = &mut rest[0];
+        let src = if view.from < plan.text_inputs {
+            texts[view.from]
+        } else {
+            done[view.from - plan.text_inputs].as_str()
+        };
+        dst.clear();
+        dst.push_str(src);
+        for step in &view.steps {
+            match step {
+                StepPlan::Nfkc => text::nfkc_into(dst, &mut s.tmp),
+                StepPlan::Lowercase => {
+                    if dst.is_ascii() {
+                        dst.make_ascii_lowercase();
+                        continue;
+                    }
+                    text::lowercase_into(dst, &mut s.tmp)
+                }
+                StepPlan::CollapseWhitespace => text::collapse_whitespace_into(dst, &mut s.tmp),
+                StepPlan::Replace { re, with } => text::replace_into(re, dst, with, &mut s.tmp),
+                StepPlan::Truncate(max) => {
+                    let keep = text::truncate_str(dst, *max).len();
+                    dst.truncate(keep);
+                    continue;
+                }
+            }
+            std::mem::swap(dst, &mut s.tmp);
+        }
+    }
+
+    // Features.
+    let nf = plan.features.len();
+    if s.sparse.len() < nf {
+        s.sparse.resize_with(nf, Vec::new);
+    }
+    s.scalars.clear();
+    s.scalars.resize(nf, 0.0);
+    for (f, feature) in plan.features.iter().enumerate() {
+        let value = match feature {
+            FeaturePlan::Sparse(sp) => {
+                let t = slot_text(plan, texts, &s.views, sp.source);
+                let out = &mut s.sparse[f];
+                sparse_features(sp, t, &mut s.tokens, &mut s.offsets, &mut s.pad, out);
+                0.0
+            }
+            FeaturePlan::Keywords(k) => {
+                let t = slot_text(plan, texts, &s.views, k.source);
+                keyword_count(k, t)
+            }
+            FeaturePlan::Regex(r) => {
+                let t = slot_text(plan, texts, &s.views, r.source);
+                if r.count {
+                    r.re.find_iter(t).take(r.max_count as usize).count() as f64
+                } else {
+                    f64::from(u8::from(r.re.is_match(t)))
+                }
+            }
+            FeaturePlan::Stat { source, stat } => {
+                let t = slot_text(plan, texts, &s.views, *source);
+                stat_value(*stat, t, &mut s.tokens)
+            }
+            FeaturePlan::Number(slot) => numbers[*slot],
+        };
+        s.scalars[f] = value;
+    }
+
+    match &plan.output {
+        OutputPlan::Label {
+            labels,
+            abstain_below,
+        } => {
+            let c = labels.len();
+            let need = c * 2 * (MAX_DECISION_DEPTH + 2);
+            if s.stack.len() < need {
+                s.stack.resize(need, 0.0);
+            }
+            let decide = plan
+                .decide
+                .as_ref()
+                .expect("label programs have a decision");
+            let ctx = Ctx {
+                sparse: &s.sparse,
+                scalars: &s.scalars,
+            };
+            let (out, stack) = s.stack.split_at_mut(c);
+            out.fill(0.0);
+            match decide_into(decide, &ctx, out, stack, &mut s.z) {
+                Some(id) => {
+                    let mut best = 0;
+                    for i in 1..c {
+                        if out[i] > out[best] {
+                            best = i;
+                        }
+                    }
+                    let confidence = out[best].clamp(0.0, 1.0);
+                    Outcome {
+                        output: Value::String(labels[best].clone()),
+                        label: Some(best),
+                        confidence,
+                        scores: out.to_vec(),
+                        abstained: confidence < *abstain_below,
+                        decided_by: Some(DecisionId(id)),
+                    }
+                }
+                None => Outcome {
+                    output: Value::Null,
+                    label: None,
+                    confidence: 0.0,
+                    scores: vec![0.0; c],
+                    abstained: true,
+                    decided_by: None,
+                },
+            }
+        }
+        OutputPlan::Extract {
+            source,
+            fields,
+            abstain_below,
+        } => {
+            let t = slot_text(plan, texts, &s.views, *source);
+            let mut map = Map::new();
+            let mut found = 0usize;
+            let mut missing_required = false;
+            for field in fields {
+                let v = field
+                    .regex
+                    .captures(t)
+                    .and_then(|caps| caps.get(field.group))
+                    .and_then(|m| {
+                        if field.number {
+                            m.as_str()
+                                .trim()
+                                .parse::<f64>()
+                                .ok()
+                                .and_then(serde_json::Number::from_f64)
+                                .map(Value::Number)
+                        } else {
+                            Some(Value::String(m.as_str().to_string()))
+                        }
+                    });
+                match v {
+                    Some(v) => {
+                        found += 1;
+                        map.insert(field.name.clone(), v);
+                    }
+                    None => {
+                        missing_required |= field.required;
+                        map.insert(field.name.clone(), Value::Null);
+                    }
+                }
+            }
+            let confidence = found as f64 / fields.len() as f64;
+            Outcome {
+                output: Value::Object(map),
+                label: None,
+                confidence,
+                scores: Vec::new(),
+                abstained: missing_required || confidence < *abstain_below,
+                decided_by: None,
+            }
+        }
+    }
+}
+
+#[inline]
+fn emit(sp: &SparsePlan, h: Fnv, out: &mut Vec<(u32, f32)>) {
+    match &sp.index {
+        NgramIndex::Hashed { bits, .. } => out.push((bucket(h.finish(), *bits), 1.0)),
+        NgramIndex::Vocabulary(map) => {
+            if let Some(&j) = map.get(&h.finish()) {
+                out.push((j, 1.0));
+            }
+        }
+    }
+}
+
+fn seed_of(sp: &SparsePlan) -> u64 {
+    match sp.index {
+        NgramIndex::Hashed { seed, .. } => seed,
+        NgramIndex::Vocabulary(_) => 0,
+    }
+}
+
+/// Character n-grams of `t` (n in `n_min..=n_max`, counted in chars).
+fn char_ngrams(sp: &SparsePlan, t: &str, offsets: &mut Vec<u32>, out: &mut Vec<(u32, f32)>) {
+    let seed = seed_of(sp);
+    let bytes = t.as_bytes();
+    if t.is_ascii() {
+        let n = bytes.len();
+        for i in 0..n {
+            let mut h = Fnv::new(seed);
+            for k in 0..sp.n_max.min(n - i) {
+                h.write_u8(bytes[i + k]);
+                if k + 1 >= sp.n_min {
+                    emit(sp, h, out);
+                }
+            }
+        }
+        return;
+    }
+    offsets.clear();
+    offsets.extend(t.char_indices().map(|(i, _)| i as u32));
+    offsets.push(bytes.len() as u32);
+    let n = offsets.len() - 1;
+    for i in 0..n {
+        let mut h = Fnv::new(seed);
+        for k in 0..sp.n_max.min(n - i) {
+            h.write(&bytes[offsets[i + k] as usize..offsets[i + k + 1] as usize]);
+            if k + 1 >= sp.n_min {
+                emit(sp, h, out);
+            }
+        }
+    }
+}
+
+fn sparse_features(
+    sp: &SparsePlan,
+    t: &str,
+    tokens: &mut Vec<(u32, u32)>,
+    offsets: &mut Vec<u32>,
+    pad: &mut String,
+    out: &mut Vec<(u32, f32)>,
+) {
+    out.clear();
+    if sp.words {
+        text::tokenize(t, sp.alnum, tokens);
+        let seed = seed_of(sp);
+        let bytes = t.as_bytes();
+        for i in 0..tokens.len() {
+            let mut h = Fnv::new(seed);
+            for n in 0..sp.n_max.min(tokens.len() - i) {
+                let (a, b) = tokens[i + n];
+                if n > 0 {
+                    h.write_u8(b' ');
+                }
+                h.write(&bytes[a as usize..b as usize]);
+                if n + 1 >= sp.n_min {
+                    emit(sp, h, out);
+                }
+            }
+        }
+    } else if sp.within_words {
+        text::tokenize(t, true, tokens);
+        for &(a, b) in tokens.iter() {
+            pad.clear();
+            pad.push(' ');
+            pad.push_str(&t[a as usize..b as usize]);
+            pad.push(' ');
+            char_ngrams(sp, pad, offsets, out);
+        }
+    } else {
+        char_ngrams(sp, t, offsets, out);
+    }
+    if sp.weighting == Weighting::Count && !sp.l2 {
+        return;
+    }
+    out.sort_unstable_by_key(|e| e.0);
+    let mut w = 0usize;
+    for r in 0..out.len() {
+        if w > 0 && out[w - 1].0 == out[r].0 {
+            out[w - 1].1 += out[r].1;
+        } else {
+            out[w] = out[r];
+            w += 1;
+        }
+    }
+    out.truncate(w);
+    match sp.weighting {
+        Weighting::Count => {}
+        Weighting::Binary => out.iter_mut().for_each(|e| e.1 = 1.0),
+        Weighting::Log1p => out
+            .iter_mut()
+            .for_each(|e| e.1 = libm::log1p(f64::from(e.1)) as f32),
+    }
+    if sp.l2 {
+        let norm: f64 = out.iter().map(|e| f64::from(e.1) * f64::from(e.1)).sum();
+        if norm > 0.0 {
+            let inv = 1.0 / libm::sqrt(norm);
+            out.iter_mut()
+                .for_each(|e| e.1 = (f64::from(e.1) * inv) as f32);
+        }
+    }
+}
+
+fn keyword_count(k: &KeywordsPlan, t: &str) -> f64 {
+    let mut n = 0u32;
+    for m in k.ac.find_iter(t) {
+        if k.whole_words {
+            let before = t[..m.start()].chars().next_back();
+            let after = t[m.end()..].chars().next();
+            if before.is_some_and(text::is_word_char) || after.is_some_and(text::is_word_char) {
+                continue;
+            }
+        }
+        n += 1;
+    }
+    f64::from(n)
+}
+
+fn stat_value(stat: Stat, t: &str, tokens: &mut Vec<(u32, u32)>) -> f64 {
+    match stat {
+        Stat::Chars => t.chars().count() as f64,
+        Stat::Bytes => t.len() as f64,
+        Stat::Words => {
+            text::tokenize(t, true, tokens);
+            tokens.len() as f64
+        }
+        Stat::DigitRatio => {
+            let (mut digits, mut total) = (0u32, 0u32);
+            for c in t.chars() {
+                total += 1;
+                digits += u32::from(c.is_ascii_digit());
+            }
+            if total == 0 {
+                0.0
+            } else {
+                f64::from(digits) / f64::from(total)
+            }
+        }
+        Stat::UpperRatio => {
+            let (mut upper, mut letters) = (0u32, 0u32);
+            for c in t.chars().filter(|c| c.is_alphabetic()) {
+                letters += 1;
+                upper += u32::from(c.is_uppercase());
+            }
+            if letters == 0 {
+                0.0
+            } else {
+                f64::from(upper) / f64::from(letters)
+            }
+        }
+        Stat::UrlCount => text::URL_RE.find_iter(t).count() as f64,
+        Stat::EmailCount => text::EMAIL_RE.find_iter(t).count() as f64,
+        Stat::NumberCount => text::NUMBER_RE.find_iter(t).count() as f64,
+    }
+}
+
+struct Ctx<'a> {
+    sparse: &'a [Vec<(u32, f32)>],
+    scalars: &'a [f64],
+}
+
+fn argmax_prob(p: &[f64]) -> f64 {
+    p.iter().copied().fold(0.0, f64::max)
+}
+
+/// Evaluates `d`, writing a distribution over output labels into `out` (pre-zeroed).
+/// Returns the id of the deciding rule/model, or `None` when it abstains.
+fn decide_into(
+    d: &DecisionPlan,
+    ctx: &Ctx<'_>,
+    out: &mut [f64],
+    stack: &mut [f64],
+    z: &mut Vec<f64>,
+) -> Option<u32> {
+    match d {
+        DecisionPlan::Rules(rules) => {
+            let rule = rules.iter().find(|r| cond(&r.when, ctx))?;
+            let c = out.len();
+            let rest = if c > 1 {
+                (1.0 - rule.confidence) / (c - 1) as f64
+            } else {
+                0.0
+            };
+            out.fill(rest);
+            out[rule.label] = if c > 1 { rule.confidence } else { 1.0 };
+            Some(rule.id)
+        }
+        DecisionPlan::Linear(m) => {
+            z.clear();
+            z.extend_from_slice(&m.bias);
+            let width = m.width;
+            for g in &m.groups {
+                match g.sparse {
+                    true => {
+                        for &(i, v) in &ctx.sparse[g.feature] {
+                            let row = (g.offset + i as usize) * width;
+                            let w = &m.weights[row..row + width];
+                            let v = f64::from(v);
+                            for (zc, wc) in z.iter_mut().zip(w) {
+                                *zc += f64::from(*wc) * v;
+                            }
+                        }
+                    }
+                    false => {
+                        let v = ctx.scalars[g.feature];
+                        if v != 0.0 {
+                            let row = g.offset * width;
+                            for (zc, wc) in z.iter_mut().zip(&m.weights[row..row + width]) {
+                                *zc += f64::from(*wc) * v;
+                            }
+                        }
+                    }
+                }
+            }
+            if m.sigmoid {
+                let p1 = 1.0 / (1.0 + libm::exp(-z[0] * m.inv_temperature));
+                out[m.classes[0]] = 1.0 - p1;
+                out[m.classes[1]] = p1;
+            } else {
+                let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let mut sum = 0.0;
+                for zc in z.iter_mut() {
+                    *zc = libm::exp((*zc - max) * m.inv_temperature);
+                    sum += *zc;
+                }
+                for (k, &cls) in m.classes.iter().enumerate() {
+                    out[cls] = z[k] / sum;
+                }
+            }
+            let _ = m.bayes;
+            if argmax_prob(out) < m.min_confidence {
+                out.fill(0.0);
+                return None;
+            }
+            Some(m.id)
+        }
+        DecisionPlan::Tree(t) => {
+            let mut node = 0usize;
+            while t.feature[node] != u32::MAX {
+                let x = feature_value(&t.groups, t.feature[node] as usize, ctx);
+                node = if x <= f64::from(t.threshold[node]) {
+                    t.left[node] as usize
+                } else {
+                    t.right[node] as usize
+                };
+            }
+            let k = t.classes.len();
+            let leaf = &t.value[node * k..(node + 1) * k];
+            let sum: f64 = leaf.iter().map(|&v| f64::from(v)).sum();
+            for (j, &cls) in t.classes.iter().enumerate() {
+                out[cls] = f64::from(leaf[j]) / sum;
+            }
+            if argmax_prob(out) < t.min_confidence {
+                out.fill(0.0);
+                return None;
+            }
+            Some(t.id)
+        }
+        DecisionPlan::First(steps) => {
+            for step in steps {
+                if let Some(id) = decide_into(step, ctx, out, stack, z) {
+                    return Some(id);
+                }
+                out.fill(0.0);
+            }
+            None
+        }
+        DecisionPlan::Vote {
+            members,
+            min_confidence,
+            id,
+        } => {
+            let c = out.len();
+            let (child, deeper) = stack.split_at_mut(c);
+            let mut total = 0.0;
+            for (w, member) in members {
+                child.fill(0.0);
+                if decide_into(member, ctx, child, deeper, z).is_some() {
+                    total += w;
+                    for (o, p) in out.iter_mut().zip(child.iter()) {
+                        *o += w * p;
+                    }
+                }
+            }
+            if total == 0.0 {
+                return None;
+            }
+            out.iter_mut().for_each(|o| *o /= total);
+            if argmax_prob(out) < *min_confidence {
+                out.fill(0.0);
+                return None;
+            }
+            Some(*id)
+        }
+    }
+}
+
+/// The value of flattened model input `index`.
+fn feature_value(groups: &[InputGroup], index: usize, ctx: &Ctx<'_>) -> f64 {
+    let g = groups
+        .iter()
+        .rev()
+        .find(|g| g.offset <= index)
+        .expect("index validated at compile time");
+    match g.sparse {
+        true => {
+            let local = (index - g.offset) as u32;
+            ctx.sparse[g.feature]
+                .iter()
+                .filter(|e| e.0 == local)
+                .map(|e| f64::from(e.1))
+                .sum()
+        }
+        false => ctx.scalars[g.feature],
+    }
+}
+
+fn cond(c: &CondPlan, ctx: &Ctx<'_>) -> bool {
+    match c {
+        CondPlan::All(list) => list.iter().all(|x| cond(x, ctx)),
+        CondPlan::Any(list) => list.iter().any(|x| cond(x, ctx)),
+        CondPlan::Not(x) => !cond(x, ctx),
+        CondPlan::Always => true,
+        CondPlan::Cmp {
+            feature,
+            cmp,
+            value,
+        } => {
+            let v = ctx.scalars[*feature];
+            match cmp {
+                Cmp::Gt => v > *value,
+                Cmp::Ge => v >= *value,
+                Cmp::Lt => v < *value,
+                Cmp::Le => v <= *value,
+                Cmp::Eq => v == *value,
+                Cmp::Ne => v != *value,
+            }
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The compiled execution plan: everything resolved to indices, regexes and automata
+//! built, weights unpacked. Executing a plan does no compilation.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use aho_corasick::AhoCorasick;
+use regex::Regex;
+use serde::Deserialize;
+
+use super::ProgramStats;
+
+pub(crate) const MAX_INPUTS: usize = 32;
+pub(crate) const MAX_CLASSES: usize = 1024;
+pub(crate) const MAX_DECISION_DEPTH: usize = 8;
+pub(crate) const MAX_CONDITION_DEPTH: usize = 32;
+
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub task: String,
+    pub description: Option<String>,
+    pub inputs: Vec<InputPlan>,
+    pub text_inputs: usize,
+    pub views: Vec<ViewPlan>,
+    pub features: Vec<FeaturePlan>,
+    pub decide: Option<DecisionPlan>,
+    pub output: OutputPlan,
+    /// JSON paths of decisions and rules, for `Outcome::decided_by`.
+    pub decision_names: Vec<String>,
+    pub stats: ProgramStats,
+}
+
+#[derive(Debug)]
+pub(crate) struct InputPlan {
+    pub name: String,
+    pub pointer: String,
+    pub required: bool,
+    pub kind: InputKind,
+}
+
+#[derive(Debug)]
+pub(crate) enum InputKind {
+    Text {
+        slot: usize,
+        max_bytes: usize,
+        truncate: bool,
+    },
+    Number {
+        slot: usize,
+        default: Option<f64>,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct ViewPlan {
+    pub from: usize,
+    pub steps: Vec<StepPlan>,
+}
+
+#[derive(Debug)]
+pub(crate) enum StepPlan {
+    Nfkc,
+    Lowercase,
+    CollapseWhitespace,
+    Replace { re: &'static Regex, with: String },
+    Truncate(usize),
+}
+
+/// The key of a vocabulary map is already a 64-bit hash: hash it no further.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum NgramIndex {
+    Hashed { bits: u32, seed: u64 },
+    Vocabulary(HashMap<u64, u32, BuildHasherDefault<IdHasher>>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Weighting {
+    Count,
+    Binary,
+    Log1p,
+}
+
+#[derive(Debug)]
+pub(crate) struct SparsePlan {
+    pub source: usize,
+    pub words: bool,
+    pub n_min: usize,
+    pub n_max: usize,
+    pub alnum: bool,
+    pub within_words: bool,
+    pub index: NgramIndex,
+    pub dim: usize,
+    pub weighting: Weighting,
+    pub l2: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct KeywordsPlan {
+    pub source: usize,
+    pub ac: Box<AhoCorasick>,
+    pub whole_words: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct RegexPlan {
+    pub source: usize,
+    pub re: Regex,
+    pub count: bool,
+    pub max_count: u32,
+}
+
+/// Simple numeric statistics of a text (`op: "stat"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Stat {
+    /// Unicode scalar values.
+    Chars,
+    /// UTF-8 bytes.
+    Bytes,
+    /// Word tokens (`alnum` tokenizer).
+    Words,
+    /// Decimal digits / chars (0 for empty text).
+    DigitRatio,
+    /// Uppercase letters / letters (0 without letters).
+    UpperRatio,
+    /// Matches of the `url` placeholder pattern.
+    UrlCount,
+    /// Matches of the `email` placeholder pattern.
+    EmailCount,
+    /// Matches of the `number` placeholder pattern.
+    NumberCount,
+}
+
+#[derive(Debug)]
+pub(crate) enum FeaturePlan {
+    Sparse(SparsePlan),
+    Keywords(KeywordsPlan),
+    Regex(RegexPlan),
+    Stat { source: usize, stat: Stat },
+    Number(usize),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Cmp {
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    Eq,
+    Ne,
+}
+
+#[derive(Debug)]
+pub(crate) enum CondPlan {
+    All(Vec<CondPlan>),
+    Any(Vec<CondPlan>),
+    Not(Box<CondPlan>),
+    Always,
+    Cmp {
+        feature: usize,
+        cmp: Cmp,
+        value: f64,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct RulePlan {
+    pub when: CondPlan,
+    pub label: usize,
+    pub confidence: f64,
+    pub id: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InputGroup {
+    pub feature: usize,
+    pub offset: usize,
+    /// An n-gram vector (else a single number).
+    pub sparse: bool,
+}
+
+/// A linear model (softmax/sigmoid) or multinomial naive Bayes (softmax of
+/// `class_log_prior + x · feature_log_prob`): the same arithmetic.
+#[derive(Debug)]
+pub(crate) struct LinearPlan {
+    pub groups: Vec<InputGroup>,
+    /// Output-label index of each model class.
+    pub classes: Vec<usize>,
+    pub sigmoid: bool,
+    /// Columns of `weights` (1 for sigmoid, else the class count).
+    pub width: usize,
+    /// Row-major `dim × width`.
+    pub weights: Vec<f32>,
+    pub bias: Vec<f64>,
+    pub inv_temperature: f64,
+    pub min_confidence: f64,
+    pub id: u32,
+    pub bayes: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct TreePlan {
+    pub groups: Vec<InputGroup>,
+    pub classes: Vec<usize>,
+    /// `u32::MAX` marks a leaf.
+    pub feature: Vec<u32>,
+    pub threshold: Vec<f32>,
+    pub left: Vec<u32>,
+    pub right: Vec<u32>,
+    /// `nodes × classes` leaf weights.
+    pub value: Vec<f32>,
+    pub min_confidence: f64,
+    pub id: u32,
+}
+
+#[derive(Debug)]
+pub(crate) enum DecisionPlan {
+    Rules(Vec<RulePlan>),
+    Linear(LinearPlan),
+    Tree(TreePlan),
+    First(Vec<DecisionPlan>),
+    Vote {
+        members: Vec<(f64, DecisionPlan)>,
+        min_confidence: f64,
+        id: u32,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct ExtractField {
+    pub name: String,
+    pub regex: Regex,
+    pub group: usize,
+    pub number: bool,
+    pub required: bool,
+}
+
+#[derive(Debug)]
+pub(crate) enum OutputPlan {
+    Label {
+        labels: Vec<String>,
+        abstain_below: f64,
+    },
+    Extract {
+        source: usize,
+        fields: Vec<ExtractField>,
+        abstain_below: f64,
+    },
+}

@@ -1,0 +1,427 @@
+use serde_json::{json, Value};
+
+use super::*;
+use crate::ErrorKind;
+
+fn program(v: Value) -> Program {
+    Program::from_value(&v, &ProgramLimits::default()).expect("program compiles")
+}
+
+fn load_err(v: Value) -> String {
+    let err = Program::from_json(v.to_string().as_bytes()).expect_err("program must be refused");
+    assert_eq!(err.kind(), ErrorKind::Program, "{err}");
+    err.to_string()
+}
+
+fn base() -> Value {
+    json!({
+        "format": "loopai.program/1",
+        "task": "t",
+        "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+        "preprocess": [{"name": "clean", "from": "text", "steps": [
+            {"op": "nfkc"}, {"op": "lowercase"},
+            {"op": "replace", "kind": "url", "with": " __url__ "},
+            {"op": "replace", "kind": "number", "with": " __num__ "},
+            {"op": "collapse_whitespace"}
+        ]}],
+        "features": [
+            {"name": "kw", "op": "keywords", "source": "clean", "terms": ["free", "prize", "claim now"], "whole_words": true},
+            {"name": "money", "op": "regex", "source": "text", "pattern": "[£$€]\\s?\\d", "mode": "count"},
+            {"name": "len", "op": "stat", "source": "text", "stat": "chars"}
+        ],
+        "decide": {"op": "rules", "rules": [
+            {"name": "money-and-keyword", "when": {"all": [{"feature": "kw", "ge": 1}, {"feature": "money", "gt": 0}]}, "then": "spam", "confidence": 0.99},
+            {"when": {"any": [{"feature": "kw", "ge": 2}, {"not": {"feature": "len", "lt": 500}}]}, "then": "spam", "confidence": 0.8},
+            {"when": {"always": true}, "then": "ham", "confidence": 0.7}
+        ]},
+        "output": {"kind": "label", "labels": ["spam", "ham"], "abstain_below": 0.75}
+    })
+}
+
+fn set(mut v: Value, pointer: &str, new: Value) -> Value {
+    *v.pointer_mut(pointer).expect("pointer exists") = new;
+    v
+}
+
+#[test]
+fn rules_decide_in_order_with_paths_and_abstain() {
+    let p = program(base());
+    let o = p
+        .evaluate(&json!({"text": "Claim now: FREE £100 prize"}))
+        .unwrap();
+    assert_eq!(o.output, "spam");
+    assert_eq!(o.confidence, 0.99);
+    assert_eq!(o.scores, vec![0.99, 1.0 - 0.99]);
+    assert!(!o.abstained);
+    assert_eq!(
+        p.decision_path(o.decided_by.unwrap()),
+        Some("decide.rules[0] (money-and-keyword)")
+    );
+
+    let o = p.evaluate(&json!({"text": "free prize"})).unwrap();
+    assert_eq!(
+        p.decision_path(o.decided_by.unwrap()),
+        Some("decide.rules[1]")
+    );
+
+    let o = p.evaluate(&json!({"text": "see you at 5"})).unwrap();
+    assert_eq!(o.output, "ham");
+    assert!(o.abstained, "0.7 is below abstain_below 0.75");
+}
+
+#[test]
+fn whole_word_keywords_ignore_partial_matches() {
+    let p = program(base());
+    // "freedom" must not count as "free": no keyword, short text -> the ham rule.
+    let o = p.evaluate(&json!({"text": "freedom prizes"})).unwrap();
+    assert_eq!(o.output, "ham");
+}
+
+#[test]
+fn input_errors_name_the_field() {
+    let p = program(base());
+    let e = p.evaluate(&json!({"txt": "x"})).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert_eq!(
+        e.to_string(),
+        "input /text: required field `text` is missing"
+    );
+    let e = p.evaluate(&json!({"text": 3})).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "input /text: expected a string, got a number"
+    );
+    let e = p.evaluate(&json!("just a string")).unwrap_err();
+    assert_eq!(e.to_string(), "input: expected a JSON object, got a string");
+    let big = "a".repeat(70_000);
+    let e = p.evaluate(&json!({ "text": big })).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("70000 bytes, over the limit of 65536"),
+        "{e}"
+    );
+}
+
+#[test]
+fn oversize_text_can_be_truncated_instead() {
+    let v = set(
+        base(),
+        "/inputs/0",
+        json!({"name": "text", "path": "/text", "type": "text", "max_bytes": 10, "on_oversize": "truncate"}),
+    );
+    let p = program(v);
+    // The keyword is beyond byte 10, so truncation removes it.
+    let o = p
+        .evaluate(&json!({"text": "hello there free prize"}))
+        .unwrap();
+    assert_eq!(o.output, "ham");
+}
+
+#[test]
+fn malformed_programs_are_refused_with_their_json_path() {
+    assert!(load_err(json!({"task": "t"})).contains("missing field `format`"));
+    assert!(load_err(set(base(), "/format", json!("loopai.program/9")))
+        .starts_with("format: unsupported format"));
+    let mut v = base();
+    v["surprise"] = json!(1);
+    assert!(load_err(v).contains("unknown field `surprise`"));
+    let e = load_err(set(base(), "/features/1/pattern", json!("([a-z")));
+    assert!(e.starts_with("features[1].pattern: invalid regex"), "{e}");
+    let e = load_err(set(base(), "/features/1/mode", json!(7)));
+    assert!(e.starts_with("features[1].mode: invalid type"), "{e}");
+    let e = load_err(set(base(), "/features/0/terms", json!("free")));
+    assert!(e.starts_with("features[0].terms: invalid type"), "{e}");
+    let e = load_err(set(base(), "/features/2/stat", json!("vibes")));
+    assert!(e.starts_with("features[2].stat: unknown variant"), "{e}");
+    let e = load_err(set(
+        base(),
+        "/decide/rules/1/when/any/1/not/feature",
+        json!("nope"),
+    ));
+    assert_eq!(
+        e,
+        "decide.rules[1].when.any[1].not.feature: unknown feature \"nope\""
+    );
+    let e = load_err(set(base(), "/decide/rules/0/then", json!("eggs")));
+    assert_eq!(
+        e,
+        "decide.rules[0].then: \"eggs\" is not one of output.labels"
+    );
+    let e = load_err(set(base(), "/decide/rules/0/confidence", json!(1.5)));
+    assert_eq!(
+        e,
+        "decide.rules[0].confidence: must be between 0 and 1, got 1.5"
+    );
+    let e = load_err(set(base(), "/preprocess/0/steps/2/kind", json!("phone")));
+    assert!(
+        e.starts_with("preprocess[0].steps[2].kind: unknown variant"),
+        "{e}"
+    );
+    let e = load_err(set(base(), "/features/0/source", json!("raw")));
+    assert!(
+        e.starts_with("features[0].source: unknown text source \"raw\""),
+        "{e}"
+    );
+    let e = Program::from_json(b"{\"format\": ").unwrap_err();
+    assert!(e.to_string().starts_with("not valid JSON at line 1"), "{e}");
+}
+
+#[test]
+fn oversize_regex_is_refused() {
+    let e = load_err(set(base(), "/features/1/pattern", json!("a{1000}{1000}")));
+    assert!(e.starts_with("features[1].pattern: invalid regex"), "{e}");
+    let long = "a".repeat(5000);
+    let e = load_err(set(base(), "/features/1/pattern", json!(long)));
+    assert!(e.contains("over the limit"), "{e}");
+}
+
+fn linear_program(weights: Value, link: &str, bias: Value) -> Value {
+    json!({
+        "format": "loopai.program/1",
+        "task": "t",
+        "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+        "features": [
+            {"name": "words", "op": "word_ngrams", "source": "text", "n": [1, 1], "vocabulary": ["free", "prize", "hello"]},
+            {"name": "len", "op": "stat", "source": "text", "stat": "words"}
+        ],
+        "decide": {"op": "linear", "inputs": ["words", "len"], "classes": ["ham", "spam"],
+                   "link": link, "weights": weights, "bias": bias},
+        "output": {"kind": "label", "labels": ["spam", "ham"]}
+    })
+}
+
+#[test]
+fn linear_sigmoid_model_matches_hand_computation() {
+    let p = program(linear_program(
+        json!([2.0, 1.0, -3.0, 0.5]),
+        "sigmoid",
+        json!([-1.0]),
+    ));
+    let o = p.evaluate(&json!({"text": "free free prize"})).unwrap();
+    // z = -1 + 2*2 (free twice) + 1 (prize) + 0.5*3 words = 5.5
+    let p_spam = 1.0 / (1.0 + libm::exp(-5.5));
+    assert_eq!(o.output, "spam");
+    assert_eq!(o.scores, vec![p_spam, 1.0 - p_spam]);
+    let o = p.evaluate(&json!({"text": "hello"})).unwrap();
+    assert_eq!(o.output, "ham");
+}
+
+#[test]
+fn linear_softmax_accepts_packed_weights() {
+    let w: Vec<f32> = vec![0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0];
+    let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let packed = format!(
+        "base64:{}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
+    );
+    let p = program(linear_program(json!(packed), "softmax", json!([0.0, 0.0])));
+    let o = p.evaluate(&json!({"text": "free prize"})).unwrap();
+    assert_eq!(o.output, "spam");
+    let e = load_err(linear_program(
+        json!("base64:AAAA"),
+        "softmax",
+        json!([0.0, 0.0]),
+    ));
+    assert!(e.starts_with("decide.weights: expected 8 floats"), "{e}");
+    let e = load_err(linear_program(json!([1.0]), "softmax", json!([0.0, 0.0])));
+    assert_eq!(e, "decide.weights: expected 8 numbers, got 1");
+}
+
+#[test]
+fn hashed_ngrams_are_deterministic_and_count_every_occurrence() {
+    let v = json!({
+        "format": "loopai.program/1", "task": "t",
+        "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+        "features": [
+            {"name": "w", "op": "word_ngrams", "source": "text", "n": [1, 3], "hash": {"bits": 4, "seed": 3}},
+            {"name": "c", "op": "char_ngrams", "source": "text", "n": [2, 4], "within_words": true, "hash": {"bits": 4}, "weighting": "log1p", "normalize": "l2"}
+        ],
+        "decide": {"op": "linear", "inputs": ["w", "c"], "classes": ["a", "b", "c"],
+                   "weights": (0..96).map(|i| ((i * 7) % 11) as f64 / 10.0 - 0.5).collect::<Vec<_>>(),
+                   "bias": [0.1, 0.0, -0.1], "temperature": 2.0},
+        "output": {"kind": "label", "labels": ["a", "b", "c"]}
+    });
+    let p = program(v);
+    let input = json!({"text": "Ünïcode wörds and more words, ﬁne"});
+    let first = p.evaluate(&input).unwrap();
+    for _ in 0..3 {
+        assert_eq!(p.evaluate(&input).unwrap(), first);
+    }
+    let sum: f64 = first.scores.iter().sum();
+    assert!((sum - 1.0).abs() < 1e-12);
+    // Other threads compute the same bits.
+    let p = std::sync::Arc::new(p);
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let p = p.clone();
+            let input = input.clone();
+            std::thread::spawn(move || p.evaluate(&input).unwrap())
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), first);
+    }
+}
+
+#[test]
+fn naive_bayes_prefers_the_likelier_class() {
+    let v = json!({
+        "format": "loopai.program/1", "task": "t",
+        "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+        "features": [{"name": "w", "op": "word_ngrams", "source": "text", "n": [1, 1], "vocabulary": ["cheap", "meeting"]}],
+        "decide": {"op": "naive_bayes", "inputs": ["w"], "classes": ["spam", "ham"],
+                   "class_log_prior": [-0.69, -0.69],
+                   "feature_log_prob": [-0.2, -2.0, -2.0, -0.2]},
+        "output": {"kind": "label", "labels": ["spam", "ham"]}
+    });
+    let p = program(v);
+    assert_eq!(
+        p.evaluate(&json!({"text": "cheap cheap"})).unwrap().output,
+        "spam"
+    );
+    assert_eq!(
+        p.evaluate(&json!({"text": "meeting at noon"}))
+            .unwrap()
+            .output,
+        "ham"
+    );
+}
+
+fn tree_program(left: Value) -> Value {
+    json!({
+        "format": "loopai.program/1", "task": "t",
+        "inputs": [{"name": "text", "path": "/text", "type": "text"}, {"name": "amount", "path": "/order/amount", "type": "number", "default": 0}],
+        "features": [{"name": "amt", "op": "number", "input": "amount"}, {"name": "digits", "op": "stat", "source": "text", "stat": "digit_ratio"}],
+        "decide": {"op": "tree", "inputs": ["amt", "digits"], "classes": ["low", "high"],
+                   "feature": [0, -1, 1, -1, -1], "threshold": [100.0, 0, 0.5, 0, 0],
+                   "left": left, "right": [2, 0, 4, 0, 0],
+                   "value": [0, 0, 9, 1, 0, 0, 2, 8, 1, 1]},
+        "output": {"kind": "label", "labels": ["low", "high"]}
+    })
+}
+
+#[test]
+fn trees_walk_flat_arrays() {
+    let p = program(tree_program(json!([1, 0, 3, 0, 0])));
+    let o = p
+        .evaluate(&json!({"text": "abc", "order": {"amount": 50}}))
+        .unwrap();
+    assert_eq!((o.output.clone(), o.confidence), (json!("low"), 0.9));
+    let o = p
+        .evaluate(&json!({"text": "a", "order": {"amount": 500}}))
+        .unwrap();
+    assert_eq!((o.output.clone(), o.confidence), (json!("high"), 0.8));
+    let o = p.evaluate(&json!({"text": "12345678"})).unwrap();
+    assert_eq!(o.output, "low", "the default amount 0 goes left");
+    let o = p
+        .evaluate(&json!({"text": "1234", "order": {"amount": 101}}))
+        .unwrap();
+    assert_eq!(o.confidence, 0.5);
+}
+
+#[test]
+fn tree_cycles_are_refused() {
+    let e = load_err(tree_program(json!([0, 0, 3, 0, 0])));
+    assert_eq!(
+        e,
+        "decide.left[0]: child 0 must be greater than 0 and less than 5"
+    );
+}
+
+#[test]
+fn hybrid_and_vote_compose_with_abstention() {
+    let v = json!({
+        "format": "loopai.program/1", "task": "t",
+        "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+        "features": [
+            {"name": "kw", "op": "keywords", "source": "text", "terms": ["urgent"], "case_insensitive": true},
+            {"name": "w", "op": "word_ngrams", "source": "text", "n": [1, 1], "vocabulary": ["hello", "cash"]}
+        ],
+        "decide": {"op": "first", "steps": [
+            {"op": "rules", "rules": [{"when": {"feature": "kw", "gt": 0}, "then": "spam", "confidence": 0.95}]},
+            {"op": "vote", "members": [
+                {"weight": 3, "decide": {"op": "linear", "inputs": ["w"], "classes": ["spam", "ham"], "link": "softmax",
+                                          "weights": [0, 1, 2, 0], "bias": [0, 0], "min_confidence": 0.6}},
+                {"weight": 1, "decide": {"op": "rules", "rules": [{"when": {"always": true}, "then": "ham", "confidence": 0.9}]}}
+            ]}
+        ]},
+        "output": {"kind": "label", "labels": ["spam", "ham"]}
+    });
+    let p = program(v);
+    let o = p.evaluate(&json!({"text": "URGENT!"})).unwrap();
+    assert_eq!(
+        p.decision_path(o.decided_by.unwrap()),
+        Some("decide.steps[0].rules[0]")
+    );
+    // "cash": linear gives spam with p = e^2/(1+e^2) ≈ 0.88; vote = (3*0.88 + 0.1) / 4.
+    let o = p.evaluate(&json!({"text": "cash"})).unwrap();
+    let p_lin = libm::exp(2.0) / (1.0 + libm::exp(2.0));
+    assert_eq!(o.output, "spam");
+    assert!((o.scores[0] - (3.0 * p_lin + 0.1) / 4.0).abs() < 1e-12);
+    assert_eq!(
+        p.decision_path(o.decided_by.unwrap()),
+        Some("decide.steps[1]")
+    );
+    // No words: linear is 50/50, below its min_confidence, so only the ham rule votes.
+    let o = p.evaluate(&json!({"text": "zzz"})).unwrap();
+    assert_eq!((o.output.clone(), o.confidence), (json!("ham"), 0.9));
+}
+
+#[test]
+fn program_with_no_applicable_decision_abstains_with_null_output() {
+    let v = set(
+        base(),
+        "/decide/rules",
+        json!([{"when": {"feature": "kw", "gt": 5}, "then": "spam", "confidence": 1.0}]),
+    );
+    let o = program(v).evaluate(&json!({"text": "hi"})).unwrap();
+    assert_eq!(o.output, Value::Null);
+    assert!(o.abstained);
+    assert_eq!(o.confidence, 0.0);
+}
+
+#[test]
+fn extraction_programs_return_named_captures() {
+    let v = json!({
+        "format": "loopai.program/1", "task": "orders",
+        "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+        "features": [],
+        "output": {"kind": "extract", "source": "text", "fields": [
+            {"name": "order_id", "pattern": "order #(?P<id>[0-9]+)", "group": "id"},
+            {"name": "total", "pattern": "total:? \\$?([0-9.]+)", "type": "number"},
+            {"name": "coupon", "pattern": "coupon ([A-Z0-9]+)", "required": false}
+        ]}
+    });
+    let p = program(v);
+    assert_eq!(
+        p.extract_fields(),
+        Some(vec!["order_id", "total", "coupon"])
+    );
+    let o = p
+        .evaluate(&json!({"text": "Your order #123 total: $45.50"}))
+        .unwrap();
+    assert_eq!(
+        o.output,
+        json!({"order_id": "123", "total": 45.5, "coupon": null})
+    );
+    assert!(!o.abstained);
+    assert!((o.confidence - 2.0 / 3.0).abs() < 1e-12);
+    let o = p.evaluate(&json!({"text": "no order here"})).unwrap();
+    assert!(o.abstained);
+}
+
+#[test]
+fn stats_describe_the_program() {
+    let p = program(base());
+    assert_eq!(p.stats().rules, 3);
+    assert_eq!(p.stats().features, 3);
+    assert_eq!(p.stats().keywords, 3);
+    assert_eq!(p.stats().regexes, 1);
+}
+
+#[test]
+fn program_and_outcome_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Program>();
+    check::<Outcome>();
+}

@@ -1,0 +1,257 @@
+//! Text primitives shared by preprocessing and features: the documented n-gram hash,
+//! tokenization and the fixed placeholder patterns. Everything here is part of the
+//! `loopai.program/1` format: changing a result changes what programs compute.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
+
+/// FNV-1a 64-bit offset basis.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+/// FNV-1a 64-bit prime.
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// Streaming FNV-1a (64-bit) over UTF-8 bytes, seeded by XOR-ing the seed into the
+/// offset basis. [`finish`] applies MurmurHash3's `fmix64` so that the top bits are
+/// well mixed; a bucket is the top `bits` bits of the finished hash.
+#[derive(Clone, Copy)]
+pub(crate) struct Fnv(u64);
+
+impl Fnv {
+    #[inline]
+    pub(crate) fn new(seed: u64) -> Fnv {
+        Fnv(FNV_OFFSET ^ seed)
+    }
+
+    #[inline]
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
+        let mut h = self.0;
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(FNV_PRIME);
+        }
+        self.0 = h;
+    }
+
+    #[inline]
+    pub(crate) fn write_u8(&mut self, b: u8) {
+        self.0 = (self.0 ^ u64::from(b)).wrapping_mul(FNV_PRIME);
+    }
+
+    #[inline]
+    pub(crate) fn finish(self) -> u64 {
+        fmix64(self.0)
+    }
+}
+
+/// MurmurHash3 64-bit finalizer.
+#[inline]
+pub(crate) fn fmix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h
+}
+
+/// The documented hash of an n-gram string: `fmix64(fnv1a64(seed, utf8))`.
+pub fn ngram_hash(seed: u64, text: &str) -> u64 {
+    let mut h = Fnv::new(seed);
+    h.write(text.as_bytes());
+    h.finish()
+}
+
+/// Bucket of a finished hash for a table of `2^bits` entries (`bits` in 1..=24).
+#[inline]
+pub(crate) fn bucket(hash: u64, bits: u32) -> u32 {
+    (hash >> (64 - bits)) as u32
+}
+
+/// Is `c` part of a word token (`alnum` tokenizer)?
+#[inline]
+pub(crate) fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+/// Pushes the byte ranges of the tokens of `text` into `out`.
+///
+/// `alnum`: maximal runs of alphanumeric characters and `_`; `whitespace`: maximal runs
+/// of non-whitespace characters.
+pub(crate) fn tokenize(text: &str, alnum: bool, out: &mut Vec<(u32, u32)>) {
+    out.clear();
+    let bytes = text.as_bytes();
+    if text.is_ascii() {
+        let mut start = None;
+        for (i, &b) in bytes.iter().enumerate() {
+            let inside = if alnum {
+                b.is_ascii_alphanumeric() || b == b'_'
+            } else {
+                !b.is_ascii_whitespace()
+            };
+            match (inside, start) {
+                (true, None) => start = Some(i),
+                (false, Some(s)) => {
+                    out.push((s as u32, i as u32));
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = start {
+            out.push((s as u32, bytes.len() as u32));
+        }
+        return;
+    }
+    let mut start = None;
+    for (i, c) in text.char_indices() {
+        let inside = if alnum {
+            is_word_char(c)
+        } else {
+            !c.is_whitespace()
+        };
+        match (inside, start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                out.push((s as u32, i as u32));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        out.push((s as u32, bytes.len() as u32));
+    }
+}
+
+/// Placeholder-replacement patterns (`preprocess` step `replace`). Fixed by the format.
+pub(crate) static URL_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"(?i)\b(?:https?://|www\.)[^\s<>"']+"#).expect("URL pattern compiles")
+});
+pub(crate) static EMAIL_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b[a-z0-9._%+\-]+@[a-z0-9.\-]+\.[a-z]{2,}\b").expect("e-mail pattern compiles")
+});
+pub(crate) static NUMBER_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"[0-9]+(?:[.,][0-9]+)*").expect("number pattern compiles"));
+
+/// Writes `src` into `dst` with every match of `re` replaced by `with`.
+pub(crate) fn replace_into(re: &Regex, src: &str, with: &str, dst: &mut String) {
+    dst.clear();
+    let mut last = 0;
+    for m in re.find_iter(src) {
+        dst.push_str(&src[last..m.start()]);
+        dst.push_str(with);
+        last = m.end();
+    }
+    dst.push_str(&src[last..]);
+}
+
+/// Unicode NFKC of `src` into `dst`.
+pub(crate) fn nfkc_into(src: &str, dst: &mut String) {
+    dst.clear();
+    if src.is_ascii() || is_nfkc_quick(src.chars()) == IsNormalized::Yes {
+        dst.push_str(src);
+    } else {
+        dst.extend(src.nfkc());
+    }
+}
+
+/// Unicode lowercase of `src` into `dst` (`char::to_lowercase`).
+pub(crate) fn lowercase_into(src: &str, dst: &mut String) {
+    dst.clear();
+    if src.is_ascii() {
+        dst.push_str(src);
+        dst.make_ascii_lowercase();
+    } else {
+        for c in src.chars() {
+            dst.extend(c.to_lowercase());
+        }
+    }
+}
+
+/// Trims and collapses every run of whitespace to one ASCII space.
+pub(crate) fn collapse_whitespace_into(src: &str, dst: &mut String) {
+    dst.clear();
+    let mut pending_space = false;
+    for part in src.split(char::is_whitespace) {
+        if part.is_empty() {
+            continue;
+        }
+        if pending_space {
+            dst.push(' ');
+        }
+        dst.push_str(part);
+        pending_space = true;
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.
+#[inline]
+pub(crate) fn truncate_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ngram_hash_is_fixed_across_releases() {
+        // These values are part of the format: programs store weights by bucket.
+        assert_eq!(ngram_hash(0, ""), fmix64(FNV_OFFSET));
+        assert_eq!(ngram_hash(0, "free"), 0x469b_fc5d_67aa_e2de);
+        assert_eq!(ngram_hash(7, "free prize"), 0xa949_58cb_4d19_478a);
+        let mut h = Fnv::new(7);
+        h.write(b"free");
+        h.write_u8(b' ');
+        h.write(b"prize");
+        assert_eq!(h.finish(), ngram_hash(7, "free prize"));
+    }
+
+    #[test]
+    fn tokenize_ascii_and_unicode_agree_on_word_runs() {
+        let mut out = Vec::new();
+        tokenize("Win £100, now!", true, &mut out);
+        let words: Vec<_> = out
+            .iter()
+            .map(|&(s, e)| &"Win £100, now!"[s as usize..e as usize])
+            .collect();
+        assert_eq!(words, ["Win", "100", "now"]);
+        tokenize("hi there_you 42", true, &mut out);
+        assert_eq!(out, [(0, 2), (3, 12), (13, 15)]);
+        tokenize("a  b\tc!", false, &mut out);
+        assert_eq!(out, [(0, 1), (3, 4), (5, 7)]);
+    }
+
+    #[test]
+    fn preprocessing_helpers() {
+        let mut dst = String::new();
+        collapse_whitespace_into("  a \n\t b  ", &mut dst);
+        assert_eq!(dst, "a b");
+        lowercase_into("ÀB", &mut dst);
+        assert_eq!(dst, "àb");
+        nfkc_into("ﬁ①", &mut dst);
+        assert_eq!(dst, "fi1");
+        replace_into(
+            &URL_RE,
+            "see http://x.io/a?b=1 or www.y.com.",
+            "URL",
+            &mut dst,
+        );
+        assert_eq!(dst, "see URL or URL");
+        replace_into(&EMAIL_RE, "mail a.b@c.org now", "@", &mut dst);
+        assert_eq!(dst, "mail @ now");
+        replace_into(&NUMBER_RE, "call 0800 123,45 x2", "#", &mut dst);
+        assert_eq!(dst, "call # # x#");
+        assert_eq!(truncate_str("héllo", 2), "h");
+        assert_eq!(truncate_str("héllo", 3), "hé");
+    }
+}
