@@ -488,10 +488,14 @@ impl ArtifactStore {
     }
 
     /// Removes the oldest versions so that at most [`keep_versions`](Self::keep_versions)
-    /// remain, never the active one, and returns the removed versions (ascending).
+    /// remain, and returns the removed versions (ascending). Called by
+    /// [`install`](Self::install).
     ///
+    /// Never removes the active version, nor the newest one (so version numbers are never
+    /// reused, and an install that does not activate is not undone). Both count towards the
+    /// limit, so with `keep_versions = 1` and an older version active, two versions remain.
     /// Each version is first renamed out of the way (so it disappears atomically), then
-    /// deleted. Called by [`install`](Self::install).
+    /// deleted.
     pub fn prune(&self) -> Result<Vec<u32>> {
         let _lock = POINTER_LOCK.lock();
         let versions = self.versions()?;
@@ -500,9 +504,10 @@ impl ArtifactStore {
         }
         let active = self.active_version()?;
         let excess = versions.len() - self.keep_versions;
+        let newest = versions.last().copied();
         let candidates: Vec<u32> = versions
             .into_iter()
-            .filter(|&v| Some(v) != active)
+            .filter(|&v| Some(v) != active && Some(v) != newest)
             .take(excess)
             .collect();
 
@@ -781,6 +786,8 @@ impl ArtifactStore {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             let path = entry.path();
+            // Trash is removed at once: its mtime is the old version's, not the prune's, and a
+            // version activated while being pruned is caught by `activate`'s own re-check.
             let remove = if name.starts_with(TRASH_PREFIX) {
                 true
             } else if name.starts_with(TMP_PREFIX)
@@ -1358,9 +1365,18 @@ mod tests {
         assert_eq!(store.versions().unwrap(), vec![4, 5, 6]);
         assert_eq!(store.prune().unwrap(), Vec::<u32>::new());
 
+        // With one to keep, the active v5 and the newest v6 both stay.
         let store = store.with_keep_versions(1).unwrap();
-        assert_eq!(store.prune().unwrap(), vec![4, 6]);
-        assert_eq!(store.versions().unwrap(), vec![5]);
+        assert_eq!(store.prune().unwrap(), vec![4]);
+        assert_eq!(store.versions().unwrap(), vec![5, 6]);
+        let new = store
+            .install(&program(7), NewArtifact::default(), false)
+            .unwrap();
+        assert_eq!(new.version, 7);
+        assert_eq!(store.versions().unwrap(), vec![5, 7]);
+        store.activate(7).unwrap();
+        assert_eq!(store.prune().unwrap(), vec![5]);
+        assert_eq!(store.versions().unwrap(), vec![7]);
         assert!(store.load_active().unwrap().is_some());
         assert!(ArtifactStore::open(tmp.path(), "spam")
             .unwrap()
