@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, ErrorKind, Result};
 
 /// The value of [`ArtifactMetadata::language`] for programs written by this runtime.
-pub const PROGRAM_LANGUAGE: &str = "loopai.program/1";
+pub const PROGRAM_LANGUAGE: &str = crate::program::FORMAT;
 
 const PROGRAM_FILE: &str = "program.json";
 const METADATA_FILE: &str = "metadata.json";
