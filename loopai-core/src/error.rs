@@ -193,10 +193,7 @@ mod tests {
 
     #[test]
     fn io_error_keeps_source_and_context() {
-        let err = Error::io(
-            "datasets/x.jsonl",
-            std::io::Error::new(std::io::ErrorKind::Other, "disk full"),
-        );
+        let err = Error::io("datasets/x.jsonl", std::io::Error::other("disk full"));
         assert_eq!(err.kind(), ErrorKind::Io);
         assert_eq!(err.to_string(), "datasets/x.jsonl: disk full");
         assert!(std::error::Error::source(&err).is_some());
