@@ -4,6 +4,7 @@
 
 mod config;
 mod error;
+mod schema;
 
 pub use config::{
     ArtifactRetention, CloudConfig, ComparisonMode, DeploymentConfig, Durability, ExecutionConfig,
@@ -12,3 +13,4 @@ pub use config::{
     SamplingStrategy, StorageConfig, TelemetryConfig, ValidationConfig, ValidationRetention,
 };
 pub use error::{Error, ErrorKind, Result};
+pub use schema::{JsonSchema, SchemaViolation};
