@@ -3,13 +3,22 @@
 //! (The crate manual is filled in as the modules land.)
 
 mod artifact;
+mod config;
 mod error;
 mod program;
+mod schema;
 
 pub use artifact::{
     ArtifactMetadata, ArtifactStatus, ArtifactStore, LoadedArtifact, NewArtifact, PROGRAM_LANGUAGE,
+};
+pub use config::{
+    ArtifactRetention, CloudConfig, ComparisonMode, DeploymentConfig, Durability, ExecutionConfig,
+    ExecutionRetention, Fallback, OnFull, OracleConfig, OracleKind, PrivacyConfig, PrivacyMode,
+    RetentionConfig, RuntimeConfig, RuntimeMode, SamplingConfig, SamplingStrategies,
+    SamplingStrategy, StorageConfig, TelemetryConfig, ValidationConfig, ValidationRetention,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use program::{
     ngram_hash, DecisionId, Outcome, Program, ProgramLimits, ProgramStats, FORMAT as PROGRAM_FORMAT,
 };
+pub use schema::{JsonSchema, SchemaViolation};
