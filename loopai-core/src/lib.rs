@@ -5,7 +5,9 @@
 mod artifact;
 mod config;
 mod error;
+mod executor;
 mod program;
+mod runtime;
 mod schema;
 
 pub use artifact::{
@@ -18,7 +20,11 @@ pub use config::{
     SamplingStrategy, StorageConfig, TelemetryConfig, ValidationConfig, ValidationRetention,
 };
 pub use error::{Error, ErrorKind, Result};
+pub use executor::{ActiveProgram, Execution, Executor};
 pub use program::{
     ngram_hash, DecisionId, Outcome, Program, ProgramLimits, ProgramStats, FORMAT as PROGRAM_FORMAT,
+};
+pub use runtime::{
+    ExecutionResult, ExecutionStatus, Runtime, RuntimeBuilder, Scores, MAX_INPUT_DOCUMENT_BYTES,
 };
 pub use schema::{JsonSchema, SchemaViolation};

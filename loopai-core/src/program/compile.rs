@@ -1242,6 +1242,17 @@ impl Compiler<'_> {
                         perr(&join(&rp, "then"), format!("{:?} is not one of output.labels", rule.then))
                     })?;
                     check_prob(rule.confidence, &join(&rp, "confidence"))?;
+                    let share = 1.0 / self.labels.len() as f64;
+                    if self.labels.len() > 1 && rule.confidence <= share {
+                        return Err(perr(
+                            &join(&rp, "confidence"),
+                            format!(
+                                "must be above 1/{} so that the rule's label gets the highest score, got {}",
+                                self.labels.len(),
+                                rule.confidence
+                            ),
+                        ));
+                    }
                     let mut nodes = 0;
                     let when = self.condition(&rule.when, &join(&rp, "when"), 0, &mut nodes)?;
                     let id = match &rule.name {

@@ -1,0 +1,261 @@
+//! The [`Executor`]: runs the active program, validates inputs and outputs against the
+//! task's schemas, and swaps programs atomically while other threads execute.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use serde_json::Value;
+
+use crate::{Error, ErrorKind, JsonSchema, Outcome, Program, Result};
+
+/// A program together with the artifact version it was loaded from.
+#[derive(Debug)]
+pub struct ActiveProgram {
+    program: Program,
+    version: u32,
+    labels: Arc<[String]>,
+}
+
+impl ActiveProgram {
+    /// The compiled program.
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    /// The artifact version (0 for a program that did not come from the artifact cache).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The output labels (empty for extraction programs).
+    pub fn labels(&self) -> &Arc<[String]> {
+        &self.labels
+    }
+}
+
+/// The result of one execution by an [`Executor`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Execution {
+    /// What the program computed.
+    pub outcome: Outcome,
+    /// The artifact version that computed it.
+    pub version: u32,
+    /// The labels that `outcome.scores` is aligned with.
+    pub labels: Arc<[String]>,
+    /// Path of the deciding rule or model, e.g. `decide.steps[0].rules[2]`.
+    pub decided_by: Option<String>,
+}
+
+/// Runs the active program of a task.
+///
+/// `Executor` is `Send + Sync`; [`execute`](Executor::execute) takes no lock: the active
+/// program is read through an [`ArcSwap`], and [`swap`](Executor::swap) replaces it
+/// atomically, so executions in flight finish on the program they started with.
+///
+/// ```
+/// use loopai_core::{Executor, Program};
+/// use serde_json::json;
+///
+/// let v1 = Program::from_json(br#"{"format": "loopai.program/1", "task": "t",
+///   "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+///   "decide": {"op": "rules", "rules": [{"when": {"always": true}, "then": "ham", "confidence": 0.6}]},
+///   "output": {"kind": "label", "labels": ["spam", "ham"]}}"#)?;
+/// let executor = Executor::new(v1, 1, None, None)?;
+/// let run = executor.execute(&json!({"text": "hello"}))?;
+/// assert_eq!((run.outcome.output.as_str(), run.version), (Some("ham"), 1));
+/// # Ok::<(), loopai_core::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Executor {
+    active: ArcSwap<ActiveProgram>,
+    input_schema: Option<JsonSchema>,
+    output_schema: Option<JsonSchema>,
+}
+
+impl Executor {
+    /// An executor for `program` (artifact `version`), validating inputs against
+    /// `input_schema` and outputs against `output_schema` when given.
+    ///
+    /// Fails with [`ErrorKind::Schema`] when the program's labels are not all allowed by
+    /// the output schema's `enum`.
+    pub fn new(
+        program: Program,
+        version: u32,
+        input_schema: Option<JsonSchema>,
+        output_schema: Option<JsonSchema>,
+    ) -> Result<Executor> {
+        let active = Self::prepare(program, version, output_schema.as_ref())?;
+        Ok(Executor {
+            active: ArcSwap::from_pointee(active),
+            input_schema,
+            output_schema,
+        })
+    }
+
+    fn prepare(
+        program: Program,
+        version: u32,
+        output_schema: Option<&JsonSchema>,
+    ) -> Result<ActiveProgram> {
+        let labels: Arc<[String]> = program.labels().unwrap_or(&[]).into();
+        if let Some(allowed) = output_schema.and_then(JsonSchema::enum_values) {
+            let bad: Vec<&str> = labels
+                .iter()
+                .filter(|l| !allowed.iter().any(|a| a.as_str() == Some(l.as_str())))
+                .map(String::as_str)
+                .collect();
+            if !bad.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::Schema,
+                    format!(
+                        "program v{version} has labels {bad:?} that output_schema.enum does not allow"
+                    ),
+                ));
+            }
+        }
+        Ok(ActiveProgram {
+            program,
+            version,
+            labels,
+        })
+    }
+
+    /// Runs the active program on `input`.
+    ///
+    /// Errors: [`ErrorKind::InvalidInput`] when the input does not match the input schema
+    /// or the program's input declarations; [`ErrorKind::InvalidOutput`] when the output
+    /// does not match the output schema.
+    pub fn execute(&self, input: &Value) -> Result<Execution> {
+        if let Some(schema) = &self.input_schema {
+            schema
+                .validate(input)
+                .map_err(|v| Error::new(ErrorKind::InvalidInput, format!("input {v}")))?;
+        }
+        let active = self.active.load();
+        let outcome = active.program.evaluate(input)?;
+        if let Some(schema) = &self.output_schema {
+            if !outcome.output.is_null() {
+                schema.validate(&outcome.output).map_err(|v| {
+                    Error::new(
+                        ErrorKind::InvalidOutput,
+                        format!("program v{} output {v}", active.version),
+                    )
+                })?;
+            }
+        }
+        let decided_by = outcome
+            .decided_by
+            .and_then(|id| active.program.decision_path(id))
+            .map(str::to_owned);
+        Ok(Execution {
+            outcome,
+            version: active.version,
+            labels: Arc::clone(&active.labels),
+            decided_by,
+        })
+    }
+
+    /// Replaces the active program atomically. Executions already running finish on the
+    /// old program; later ones use the new one.
+    pub fn swap(&self, program: Program, version: u32) -> Result<()> {
+        let active = Self::prepare(program, version, self.output_schema.as_ref())?;
+        self.active.store(Arc::new(active));
+        Ok(())
+    }
+
+    /// The program executing now.
+    pub fn current(&self) -> Arc<ActiveProgram> {
+        self.active.load_full()
+    }
+
+    /// The version executing now.
+    pub fn version(&self) -> u32 {
+        self.active.load().version
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn always(label: &str, labels: &[&str]) -> Program {
+        let v = json!({"format": "loopai.program/1", "task": "t",
+            "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+            "decide": {"op": "rules", "rules": [{"when": {"always": true}, "then": label, "confidence": 0.9}]},
+            "output": {"kind": "label", "labels": labels}});
+        Program::from_value(&v, &Default::default()).unwrap()
+    }
+
+    fn schema(v: Value) -> Option<JsonSchema> {
+        Some(JsonSchema::compile(&v).unwrap())
+    }
+
+    #[test]
+    fn input_schema_violations_are_invalid_input() {
+        let ex = Executor::new(
+            always("ham", &["spam", "ham"]),
+            1,
+            schema(json!({"type": "object", "properties": {"text": {"type": "string", "maxLength": 5}}, "required": ["text"]})),
+            None,
+        )
+        .unwrap();
+        let err = ex.execute(&json!({"text": "far too long"})).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(err.to_string().starts_with("input /text:"), "{err}");
+    }
+
+    #[test]
+    fn labels_outside_the_output_enum_are_refused() {
+        let out = schema(json!({"type": "string", "enum": ["spam", "ham"]}));
+        let err = Executor::new(always("x", &["x", "ham"]), 3, None, out.clone()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Schema);
+        assert_eq!(
+            err.to_string(),
+            "program v3 has labels [\"x\"] that output_schema.enum does not allow"
+        );
+        let ex = Executor::new(always("ham", &["spam", "ham"]), 1, None, out).unwrap();
+        assert!(ex.swap(always("x", &["x"]), 2).is_err());
+        assert_eq!(ex.version(), 1, "a refused swap keeps the old program");
+    }
+
+    #[test]
+    fn swap_is_atomic_under_concurrent_execution() {
+        let ex = Arc::new(Executor::new(always("ham", &["spam", "ham"]), 1, None, None).unwrap());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let ex = ex.clone();
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut seen = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let run = ex.execute(&json!({"text": "x"})).unwrap();
+                        // Output and version always come from the same program.
+                        let expect = if run.version % 2 == 1 { "ham" } else { "spam" };
+                        assert_eq!(run.outcome.output, expect);
+                        seen += 1;
+                    }
+                    seen
+                })
+            })
+            .collect();
+        for v in 2..=100u32 {
+            let label = if v % 2 == 1 { "ham" } else { "spam" };
+            ex.swap(always(label, &["spam", "ham"]), v).unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in workers {
+            assert!(w.join().unwrap() > 0);
+        }
+        assert_eq!(ex.version(), 100);
+    }
+
+    #[test]
+    fn executor_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Executor>();
+        check::<Execution>();
+    }
+}

@@ -1,0 +1,537 @@
+//! The [`Runtime`] facade: one task's active program, loaded from the artifact cache and
+//! configured by the deployment configuration.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{
+    ArtifactStore, DeploymentConfig, Error, ErrorKind, Executor, JsonSchema, LoadedArtifact,
+    Program, ProgramLimits, Result,
+};
+
+/// Largest JSON document accepted by [`Runtime::execute_json`] (16 MiB). The text fields a
+/// program reads are limited separately by `execution.max_input_bytes`.
+pub const MAX_INPUT_DOCUMENT_BYTES: usize = 16 << 20;
+
+/// How an execution ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionStatus {
+    /// The program produced an output with enough confidence.
+    Success,
+    /// The program abstained: its confidence is below its `abstain_below` threshold, or no
+    /// decision applied (the output is then `null`).
+    Abstain,
+    /// The execution failed (recorded in execution logs; `execute` returns the error).
+    Error,
+    /// The execution did not finish within `execution.timeout_ms` (used by oracle fallback).
+    Timeout,
+}
+
+/// Per-label scores of a classification, aligned with the program's labels. Serializes as
+/// a JSON object `{label: score}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scores {
+    labels: Arc<[String]>,
+    values: Vec<f64>,
+}
+
+impl Scores {
+    /// `(label, score)` pairs in the program's label order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, f64)> + '_ {
+        self.labels
+            .iter()
+            .map(String::as_str)
+            .zip(self.values.iter().copied())
+    }
+
+    /// The score of `label`.
+    pub fn get(&self, label: &str) -> Option<f64> {
+        self.iter().find(|(l, _)| *l == label).map(|(_, v)| v)
+    }
+
+    /// Number of labels (0 for extraction programs).
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// True for extraction programs, which have no per-label scores.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+impl Serialize for Scores {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+/// The result of [`Runtime::execute`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct ExecutionResult {
+    /// Unique id of this execution (UUID v4), also the key of its log record.
+    pub execution_id: Uuid,
+    /// The output: a label, an object of extracted fields, or `null` when the program
+    /// abstained without an answer.
+    pub output: Value,
+    /// Calibrated confidence in `[0, 1]`.
+    pub confidence: f64,
+    /// Per-label scores.
+    pub scores: Scores,
+    /// The artifact version that produced the output.
+    pub version: u32,
+    /// Wall-clock time spent in `execute`, in milliseconds.
+    pub latency_ms: f64,
+    /// `success` or `abstain`.
+    pub status: ExecutionStatus,
+    /// Whether this execution was sampled for validation against the oracle.
+    pub sampled: bool,
+    /// The rule or model that decided (`decide.steps[0].rules[2]`).
+    pub decided_by: Option<String>,
+}
+
+#[inline]
+fn new_execution_id() -> Uuid {
+    // Thread-local wyrand seeded from the OS: unique ids without a syscall per call.
+    let bytes = fastrand::u128(..).to_le_bytes();
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
+/// Builds a [`Runtime`]; every setting is validated in [`build`](RuntimeBuilder::build).
+#[derive(Debug, Default)]
+#[must_use]
+pub struct RuntimeBuilder {
+    data_dir: Option<PathBuf>,
+    task: Option<String>,
+    config: Option<DeploymentConfig>,
+    config_file: Option<PathBuf>,
+}
+
+impl RuntimeBuilder {
+    /// The data directory (`<data_dir>/artifacts`, `<data_dir>/datasets`, ...). Required.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// The task id. Required.
+    pub fn task(mut self, task: impl Into<String>) -> Self {
+        self.task = Some(task.into());
+        self
+    }
+
+    /// Uses this configuration instead of `<data_dir>/config/deployment.yaml`.
+    pub fn config(mut self, config: DeploymentConfig) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Reads the configuration from this YAML file instead of
+    /// `<data_dir>/config/deployment.yaml`.
+    pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config_file = Some(path.into());
+        self
+    }
+
+    /// Loads the configuration and the task's active program.
+    ///
+    /// Errors: [`ErrorKind::Config`] for a missing data dir or task, or a bad
+    /// configuration; [`ErrorKind::Artifact`] when the task has no active program or its
+    /// files are corrupt or tampered with; [`ErrorKind::Program`] when the program does not
+    /// compile; [`ErrorKind::Schema`] for a bad schema in the artifact metadata.
+    pub fn build(self) -> Result<Runtime> {
+        let data_dir = self
+            .data_dir
+            .ok_or_else(|| Error::new(ErrorKind::Config, "runtime: data_dir is required"))?;
+        let task = self
+            .task
+            .ok_or_else(|| Error::new(ErrorKind::Config, "runtime: task is required"))?;
+        let config = match (self.config, self.config_file) {
+            (Some(_), Some(_)) => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "runtime: give either config or config_file, not both",
+                ))
+            }
+            (Some(c), None) => {
+                c.validate()?;
+                c
+            }
+            (None, Some(path)) => DeploymentConfig::from_file(&path)?,
+            (None, None) => DeploymentConfig::load_for_data_dir(&data_dir)?,
+        };
+        let keep = usize::try_from(config.retention.artifacts.keep_versions).unwrap_or(usize::MAX);
+        let store = ArtifactStore::open(&data_dir, &task)?.with_keep_versions(keep)?;
+        let limits =
+            ProgramLimits::default().with_max_input_bytes(config.execution.max_input_bytes);
+        let loaded = store.load_active()?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Artifact,
+                format!(
+                    "task {task:?} has no active program in {} (install one with `loopai artifacts install` or `loopai synth`)",
+                    store.task_dir().display()
+                ),
+            )
+        })?;
+        let (program, input_schema, output_schema) = compile_artifact(&loaded, &limits)?;
+        let executor = Executor::new(
+            program,
+            loaded.metadata.version,
+            input_schema,
+            output_schema,
+        )?;
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                data_dir,
+                task,
+                config,
+                limits,
+                store,
+                executor,
+            }),
+        })
+    }
+}
+
+/// Compiles an artifact's program and the task schemas recorded in its metadata
+/// (`input_schema`, `output_schema`, both optional).
+pub(crate) fn compile_artifact(
+    loaded: &LoadedArtifact,
+    limits: &ProgramLimits,
+) -> Result<(Program, Option<JsonSchema>, Option<JsonSchema>)> {
+    let where_ = format!("v{}/program.json", loaded.metadata.version);
+    let program =
+        Program::from_json_with_limits(&loaded.program, limits).map_err(|e| e.context(&where_))?;
+    let schema = |key: &str| -> Result<Option<JsonSchema>> {
+        loaded
+            .metadata
+            .extra
+            .get(key)
+            .filter(|v| !v.is_null())
+            .map(|v| {
+                JsonSchema::compile(v).map_err(|e| {
+                    e.context(format!("v{}/metadata.json {key}", loaded.metadata.version))
+                })
+            })
+            .transpose()
+    };
+    Ok((program, schema("input_schema")?, schema("output_schema")?))
+}
+
+#[derive(Debug)]
+struct Inner {
+    data_dir: PathBuf,
+    task: String,
+    config: DeploymentConfig,
+    limits: ProgramLimits,
+    store: ArtifactStore,
+    executor: Executor,
+}
+
+/// The embeddable Loopai runtime for one task.
+///
+/// `Runtime` is cheap to clone (an `Arc` inside), `Send + Sync`, and meant to be shared by
+/// every thread of the host: [`execute`](Runtime::execute) takes no lock.
+///
+/// ```
+/// use loopai_core::{ArtifactStore, NewArtifact, Runtime};
+/// use serde_json::json;
+///
+/// let dir = tempfile::tempdir()?;
+/// let program = br#"{"format": "loopai.program/1", "task": "spam",
+///   "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+///   "features": [{"name": "prize", "op": "keywords", "source": "text", "terms": ["prize"], "case_insensitive": true}],
+///   "decide": {"op": "rules", "rules": [
+///     {"when": {"feature": "prize", "gt": 0}, "then": "spam", "confidence": 0.95},
+///     {"when": {"always": true}, "then": "ham", "confidence": 0.8}]},
+///   "output": {"kind": "label", "labels": ["spam", "ham"]}}"#;
+/// ArtifactStore::open(dir.path(), "spam")?.install(program, NewArtifact::default(), true)?;
+///
+/// let runtime = Runtime::builder().data_dir(dir.path()).task("spam").build()?;
+/// let result = runtime.execute(&json!({"text": "You won a PRIZE"}))?;
+/// assert_eq!(result.output, "spam");
+/// assert_eq!(result.version, 1);
+/// assert_eq!(result.scores.get("spam"), Some(0.95));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+impl Runtime {
+    /// Starts building a runtime.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
+    }
+
+    /// Executes the active program on one input object.
+    ///
+    /// Errors: [`ErrorKind::InvalidInput`] (not an object, schema mismatch, missing field,
+    /// text over `execution.max_input_bytes`) and [`ErrorKind::InvalidOutput`].
+    pub fn execute(&self, input: &Value) -> Result<ExecutionResult> {
+        let start = Instant::now();
+        let run = self.inner.executor.execute(input)?;
+        let execution_id = new_execution_id();
+        let status = if run.outcome.abstained {
+            ExecutionStatus::Abstain
+        } else {
+            ExecutionStatus::Success
+        };
+        let latency_ms = start.elapsed().as_secs_f64() * 1e3;
+        Ok(ExecutionResult {
+            execution_id,
+            output: run.outcome.output,
+            confidence: run.outcome.confidence,
+            scores: Scores {
+                labels: run.labels,
+                values: run.outcome.scores,
+            },
+            version: run.version,
+            latency_ms,
+            status,
+            sampled: false,
+            decided_by: run.decided_by,
+        })
+    }
+
+    /// Parses `input` as a JSON object (at most [`MAX_INPUT_DOCUMENT_BYTES`]) and executes it.
+    pub fn execute_json(&self, input: &[u8]) -> Result<ExecutionResult> {
+        self.execute(&parse_input(input)?)
+    }
+
+    /// The task id.
+    pub fn task(&self) -> &str {
+        &self.inner.task
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    /// The deployment configuration in effect.
+    pub fn config(&self) -> &DeploymentConfig {
+        &self.inner.config
+    }
+
+    /// The artifact version executing now.
+    pub fn active_version(&self) -> u32 {
+        self.inner.executor.version()
+    }
+
+    /// The artifact cache of this task.
+    pub fn artifacts(&self) -> &ArtifactStore {
+        &self.inner.store
+    }
+
+    /// Activates an installed version and swaps it in without interrupting executions.
+    /// The version is verified and compiled before anything changes.
+    pub fn activate(&self, version: u32) -> Result<()> {
+        let loaded = self.inner.store.load(version)?;
+        let (program, _, _) = compile_artifact(&loaded, &self.inner.limits)?;
+        self.inner.store.activate(version)?;
+        self.inner.executor.swap(program, version)
+    }
+
+    /// Re-reads the `active` pointer (changed, say, by `loopai artifacts activate` in
+    /// another process) and swaps in that version if it differs. Returns the active version.
+    pub fn reload(&self) -> Result<u32> {
+        let loaded = self.inner.store.load_active()?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Artifact,
+                format!("task {:?} no longer has an active program", self.inner.task),
+            )
+        })?;
+        if loaded.metadata.version != self.active_version() {
+            let (program, _, _) = compile_artifact(&loaded, &self.inner.limits)?;
+            self.inner.executor.swap(program, loaded.metadata.version)?;
+        }
+        Ok(loaded.metadata.version)
+    }
+}
+
+/// Parses one input document, size-limited.
+pub(crate) fn parse_input(input: &[u8]) -> Result<Value> {
+    if input.len() > MAX_INPUT_DOCUMENT_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "input: {} bytes, over the limit of {MAX_INPUT_DOCUMENT_BYTES} bytes",
+                input.len()
+            ),
+        ));
+    }
+    serde_json::from_slice(input).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "input: not valid JSON at line {} column {}: {e}",
+                e.line(),
+                e.column()
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NewArtifact;
+    use serde_json::json;
+
+    const RULES: &[u8] = br#"{"format": "loopai.program/1", "task": "spam",
+      "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+      "features": [{"name": "prize", "op": "keywords", "source": "text", "terms": ["prize"]}],
+      "decide": {"op": "rules", "rules": [
+        {"when": {"feature": "prize", "gt": 0}, "then": "spam", "confidence": 0.95},
+        {"when": {"always": true}, "then": "ham", "confidence": 0.55}]},
+      "output": {"kind": "label", "labels": ["spam", "ham"], "abstain_below": 0.6}}"#;
+
+    fn install(dir: &Path, program: &[u8], extra: serde_json::Map<String, Value>) -> u32 {
+        let meta = NewArtifact {
+            extra,
+            ..NewArtifact::default()
+        };
+        ArtifactStore::open(dir, "spam")
+            .unwrap()
+            .install(program, meta, true)
+            .unwrap()
+            .version
+    }
+
+    fn runtime(dir: &Path) -> Result<Runtime> {
+        Runtime::builder().data_dir(dir).task("spam").build()
+    }
+
+    #[test]
+    fn execute_reports_status_version_and_unique_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), RULES, Default::default());
+        let rt = runtime(dir.path()).unwrap();
+        let a = rt.execute(&json!({"text": "a prize"})).unwrap();
+        assert_eq!(
+            (a.status, a.version, a.sampled),
+            (ExecutionStatus::Success, 1, false)
+        );
+        let b = rt.execute(&json!({"text": "hello"})).unwrap();
+        assert_eq!(b.status, ExecutionStatus::Abstain);
+        assert_eq!(b.output, "ham");
+        assert_ne!(a.execution_id, b.execution_id);
+        assert_eq!(a.execution_id.get_version_num(), 4);
+        let json = serde_json::to_value(&a).unwrap();
+        assert_eq!(json["scores"]["spam"], 0.95);
+        assert!((json["scores"]["ham"].as_f64().unwrap() - 0.05).abs() < 1e-12);
+        assert_eq!(json["status"], "success");
+        for key in [
+            "execution_id",
+            "output",
+            "confidence",
+            "version",
+            "latency_ms",
+            "status",
+            "sampled",
+        ] {
+            assert!(json.get(key).is_some(), "{key} missing from {json}");
+        }
+    }
+
+    #[test]
+    fn build_without_active_program_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = runtime(dir.path()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Artifact);
+        assert!(err.to_string().contains("has no active program"), "{err}");
+        let err = Runtime::builder().task("x").build().unwrap_err();
+        assert_eq!(err.to_string(), "runtime: data_dir is required");
+    }
+
+    #[test]
+    fn tampered_program_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), RULES, Default::default());
+        let path = dir.path().join("artifacts/spam/v1/program.json");
+        let tampered = String::from_utf8(RULES.to_vec())
+            .unwrap()
+            .replace("0.95", "0.99");
+        std::fs::write(&path, tampered).unwrap();
+        let err = runtime(dir.path()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Artifact);
+        assert!(err.to_string().contains("sha256 mismatch"), "{err}");
+    }
+
+    #[test]
+    fn metadata_schemas_are_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut extra = serde_json::Map::new();
+        extra.insert(
+            "input_schema".into(),
+            json!({"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"], "additionalProperties": false}),
+        );
+        extra.insert(
+            "output_schema".into(),
+            json!({"type": "string", "enum": ["spam", "ham"]}),
+        );
+        install(dir.path(), RULES, extra);
+        let rt = runtime(dir.path()).unwrap();
+        let err = rt.execute(&json!({"text": "x", "extra": 1})).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(err.to_string().starts_with("input /extra:"), "{err}");
+    }
+
+    #[test]
+    fn execute_json_rejects_bad_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), RULES, Default::default());
+        let rt = runtime(dir.path()).unwrap();
+        let err = rt.execute_json(b"{\"text\": ").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(
+            err.to_string().starts_with("input: not valid JSON"),
+            "{err}"
+        );
+        assert_eq!(
+            rt.execute_json(br#"{"text": "prize"}"#).unwrap().output,
+            "spam"
+        );
+    }
+
+    #[test]
+    fn activate_and_reload_swap_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), RULES, Default::default());
+        let v2 = String::from_utf8(RULES.to_vec())
+            .unwrap()
+            .replace("\"prize\"]", "\"hello\"]");
+        install(dir.path(), v2.as_bytes(), Default::default());
+        let rt = runtime(dir.path()).unwrap();
+        assert_eq!(rt.active_version(), 2);
+        assert_eq!(
+            rt.execute(&json!({"text": "hello"})).unwrap().output,
+            "spam"
+        );
+        rt.activate(1).unwrap();
+        assert_eq!(rt.execute(&json!({"text": "hello"})).unwrap().version, 1);
+        // Another process activates v2: reload picks it up.
+        ArtifactStore::open(dir.path(), "spam")
+            .unwrap()
+            .activate(2)
+            .unwrap();
+        assert_eq!(rt.reload().unwrap(), 2);
+        assert_eq!(rt.active_version(), 2);
+    }
+
+    #[test]
+    fn runtime_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Runtime>();
+        check::<ExecutionResult>();
+    }
+}
