@@ -1,1 +1,57 @@
-fn main() {}
+//! `loopai`: check, install, activate and execute Loopai programs from the command line.
+
+mod artifacts;
+mod exec;
+mod program;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Loopai: synthesized programs that replace LLM calls, run in-process.
+#[derive(Debug, Parser)]
+#[command(name = "loopai", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where a task's data lives.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TaskArgs {
+    /// The data directory (artifacts/, datasets/, config/).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// The task id.
+    #[arg(long, value_name = "TASK")]
+    pub task: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with program files.
+    #[command(subcommand)]
+    Program(program::ProgramCommand),
+    /// Manage the artifact cache of a task (install, list, activate, rollback).
+    #[command(subcommand)]
+    Artifacts(artifacts::ArtifactsCommand),
+    /// Execute the active program: one --input, or JSONL input objects on stdin.
+    Exec(exec::ExecArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Program(cmd) => program::run(cmd),
+        Command::Artifacts(cmd) => artifacts::run(cmd),
+        Command::Exec(args) => exec::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

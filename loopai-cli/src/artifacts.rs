@@ -1,0 +1,178 @@
+//! `loopai artifacts ...`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use loopai_core::{ArtifactStore, Error, ErrorKind, Executor, JsonSchema, NewArtifact};
+use serde_json::Value;
+
+use crate::TaskArgs;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ArtifactsCommand {
+    /// Validate a program and install it as the task's next version.
+    Install {
+        #[command(flatten)]
+        task: TaskArgs,
+        /// The program.json to install.
+        file: PathBuf,
+        /// A task specification whose input_schema/output_schema the runtime enforces.
+        #[arg(long, value_name = "SPEC.json")]
+        spec: Option<PathBuf>,
+        /// Install without making it the active version.
+        #[arg(long)]
+        no_activate: bool,
+    },
+    /// List installed versions.
+    List {
+        #[command(flatten)]
+        task: TaskArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an installed version the active one.
+    Activate {
+        #[command(flatten)]
+        task: TaskArgs,
+        /// The version number (as in v<N>).
+        version: u32,
+    },
+    /// Activate the newest version older than the active one.
+    Rollback {
+        #[command(flatten)]
+        task: TaskArgs,
+    },
+}
+
+fn store(task: &TaskArgs) -> Result<ArtifactStore, Error> {
+    ArtifactStore::open(&task.data_dir, &task.task)
+}
+
+pub(crate) fn run(cmd: ArtifactsCommand) -> Result<ExitCode, Error> {
+    match cmd {
+        ArtifactsCommand::Install {
+            task,
+            file,
+            spec,
+            no_activate,
+        } => {
+            let meta = install_metadata(&task, &file, spec.as_deref())?;
+            let bytes = std::fs::read(&file).map_err(|e| Error::io(file.display(), e))?;
+            let installed = store(&task)?.install(&bytes, meta, !no_activate)?;
+            println!(
+                "installed {} v{} ({}, sha256 {}){}",
+                task.task,
+                installed.version,
+                file.display(),
+                &installed.sha256[..12],
+                if no_activate { "" } else { ", active" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ArtifactsCommand::List { task, json } => {
+            let store = store(&task)?;
+            let list = store.list()?;
+            let active = store.active_version()?;
+            if json {
+                let out =
+                    serde_json::json!({"task": task.task, "active": active, "versions": list});
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&out).expect("serializable")
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            if list.is_empty() {
+                println!("no versions installed for {}", task.task);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "  {:<8} {:<11} {:<9} {:>10}  {:<24}  sha256",
+                "version", "status", "strategy", "confidence", "created_at"
+            );
+            for m in list {
+                let mark = if Some(m.version) == active { "*" } else { " " };
+                let confidence = m
+                    .confidence_score
+                    .map_or_else(|| "-".to_string(), |c| format!("{c:.4}"));
+                let status = serde_json::to_value(m.status).expect("serializable");
+                println!(
+                    "{mark} v{:<7} {:<11} {:<9} {:>10}  {:<24}  {}",
+                    m.version,
+                    status.as_str().unwrap_or("?"),
+                    m.synthesis_strategy,
+                    confidence,
+                    m.created_at,
+                    &m.sha256[..12]
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ArtifactsCommand::Activate { task, version } => {
+            store(&task)?.activate(version)?;
+            println!("{} v{version} is active", task.task);
+            Ok(ExitCode::SUCCESS)
+        }
+        ArtifactsCommand::Rollback { task } => {
+            let version = store(&task)?.rollback()?;
+            println!("{} rolled back: v{version} is active", task.task);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Compiles the program (refusing a malformed one before anything is written), checks
+/// it against the spec's schemas, and builds the metadata to record.
+fn install_metadata(
+    task: &TaskArgs,
+    file: &std::path::Path,
+    spec: Option<&std::path::Path>,
+) -> Result<NewArtifact, Error> {
+    let program = crate::program::load(file)?;
+    if program.task() != task.task {
+        return Err(Error::new(
+            ErrorKind::Program,
+            format!(
+                "{}: the program is for task {:?}, not {:?}",
+                file.display(),
+                program.task(),
+                task.task
+            ),
+        ));
+    }
+    let mut meta = NewArtifact::default();
+    meta.complexity_metrics = match serde_json::to_value(program.stats()) {
+        Ok(Value::Object(map)) => map,
+        _ => Default::default(),
+    };
+    if let Some(spec) = spec {
+        let text = std::fs::read(spec).map_err(|e| Error::io(spec.display(), e))?;
+        let value: Value = serde_json::from_slice(&text).map_err(|e| {
+            Error::new(
+                ErrorKind::Config,
+                format!("{}: not valid JSON: {e}", spec.display()),
+            )
+        })?;
+        let compile = |key: &str| -> Result<Option<JsonSchema>, Error> {
+            value
+                .get(key)
+                .map(|v| {
+                    JsonSchema::compile(v)
+                        .map_err(|e| e.context(format!("{}: {key}", spec.display())))
+                })
+                .transpose()
+        };
+        let input = compile("input_schema")?;
+        let output = compile("output_schema")?;
+        // Refuses a program whose labels the output schema does not allow.
+        Executor::new(program, 0, input, output).map_err(|e| e.context(file.display()))?;
+        for key in ["input_schema", "output_schema"] {
+            if let Some(v) = value.get(key) {
+                meta.extra.insert(key.to_string(), v.clone());
+            }
+        }
+    }
+    Ok(meta)
+}
