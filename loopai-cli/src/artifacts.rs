@@ -142,10 +142,12 @@ fn install_metadata(
             ),
         ));
     }
-    let mut meta = NewArtifact::default();
-    meta.complexity_metrics = match serde_json::to_value(program.stats()) {
-        Ok(Value::Object(map)) => map,
-        _ => Default::default(),
+    let mut meta = NewArtifact {
+        complexity_metrics: match serde_json::to_value(program.stats()) {
+            Ok(Value::Object(map)) => map,
+            _ => Default::default(),
+        },
+        ..NewArtifact::default()
     };
     if let Some(spec) = spec {
         let text = std::fs::read(spec).map_err(|e| Error::io(spec.display(), e))?;
