@@ -36,8 +36,9 @@ pub(crate) enum ArtifactsCommand {
     Activate {
         #[command(flatten)]
         task: TaskArgs,
-        /// The version number (as in v<N>).
-        version: u32,
+        /// The version number N (as in `vN`).
+        #[arg(value_name = "VERSION")]
+        number: u32,
     },
     /// Activate the newest version older than the active one.
     Rollback {
@@ -110,9 +111,9 @@ pub(crate) fn run(cmd: ArtifactsCommand) -> Result<ExitCode, Error> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        ArtifactsCommand::Activate { task, version } => {
-            store(&task)?.activate(version)?;
-            println!("{} v{version} is active", task.task);
+        ArtifactsCommand::Activate { task, number } => {
+            store(&task)?.activate(number)?;
+            println!("{} v{number} is active", task.task);
             Ok(ExitCode::SUCCESS)
         }
         ArtifactsCommand::Rollback { task } => {

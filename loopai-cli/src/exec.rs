@@ -12,7 +12,7 @@ use crate::TaskArgs;
 pub(crate) struct ExecArgs {
     #[command(flatten)]
     task: TaskArgs,
-    /// deployment.yaml to use instead of <data-dir>/config/deployment.yaml.
+    /// deployment.yaml to use instead of DATA_DIR/config/deployment.yaml.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// One input object as JSON. Without it, JSONL input objects are read from stdin and

@@ -1,6 +1,68 @@
-//! Loopai runtime core.
+//! # Loopai runtime core
 //!
-//! (The crate manual is filled in as the modules land.)
+//! Loopai replaces narrow, repetitive LLM calls with **synthesized programs** that run
+//! in-process in microseconds. This crate is the runtime: it loads `loopai.program/1`
+//! programs from a local artifact cache, compiles them once, and executes them from any
+//! number of threads.
+//!
+//! ## Overview
+//!
+//! * [`Program`] — the program language: parsing with JSON-path errors, validation against
+//!   [`ProgramLimits`], compilation into an execution plan, deterministic evaluation into an
+//!   [`Outcome`]. The format is documented in `docs/program-format.md`.
+//! * [`Executor`] — runs the active program, validates inputs and outputs against the task's
+//!   schemas ([`JsonSchema`]), swaps programs atomically with no lock on the hot path.
+//! * [`ArtifactStore`] — the on-disk cache `<data_dir>/artifacts/<task>/v<N>/` with an
+//!   `active -> vN` pointer: atomic installs, sha256 verification, activation, rollback, pruning.
+//! * [`DeploymentConfig`] — `<data_dir>/config/deployment.yaml`, with `${ENV}` substitution
+//!   and errors that name the key path.
+//! * [`Runtime`] — the facade that ties them together for one task.
+//!
+//! ## Quick start
+//!
+//! ```
+//! use loopai_core::{ArtifactStore, NewArtifact, Runtime};
+//! use serde_json::json;
+//!
+//! let data_dir = tempfile::tempdir()?;
+//! let program = br#"{"format": "loopai.program/1", "task": "spam",
+//!   "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+//!   "preprocess": [{"name": "clean", "from": "text", "steps": [{"op": "lowercase"}]}],
+//!   "features": [{"name": "prize", "op": "keywords", "source": "clean", "terms": ["prize", "free"]}],
+//!   "decide": {"op": "rules", "rules": [
+//!     {"when": {"feature": "prize", "gt": 0}, "then": "spam", "confidence": 0.9},
+//!     {"when": {"always": true}, "then": "ham", "confidence": 0.7}]},
+//!   "output": {"kind": "label", "labels": ["spam", "ham"]}}"#;
+//! ArtifactStore::open(data_dir.path(), "spam")?.install(program, NewArtifact::default(), true)?;
+//!
+//! let runtime = Runtime::builder().data_dir(data_dir.path()).task("spam").build()?;
+//! let result = runtime.execute(&json!({"text": "Claim your FREE prize"}))?;
+//! assert_eq!(result.output, "spam");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Threading & shutdown
+//!
+//! [`Runtime`], [`Executor`], [`Program`] and [`ArtifactStore`] are `Send + Sync`.
+//! [`Runtime::execute`] takes no lock and does no I/O: the active program is read through an
+//! `ArcSwap`, and scratch buffers are per thread. [`Runtime::activate`] and
+//! [`Runtime::reload`] swap programs atomically; executions in flight finish on the program
+//! they started with.
+//!
+//! ## Errors
+//!
+//! Every fallible function returns [`Error`], whose [`ErrorKind`] is the stable
+//! classification (also the C status codes and Python exception classes). Messages name the
+//! thing at fault: `features[2].pattern: invalid regex: ...`,
+//! `input /text: expected a string, got a number`,
+//! `config/deployment.yaml: sampling.rate: must be between 0 and 1, got 1.5`.
+//!
+//! ## Safety of programs
+//!
+//! Programs come from outside. They have no loops or recursion, every step is linear in the
+//! input, regexes use the linear-time `regex` crate with size limits, and sizes (program,
+//! inputs, features, rules, vocabularies, weights, tree nodes) are bounded by
+//! [`ProgramLimits`]. A program cannot read files, open sockets or allocate without bound.
 
 mod artifact;
 mod config;

@@ -1,0 +1,326 @@
+//! End-to-end tests of the `loopai` binary.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn loopai() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_loopai"))
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn example(name: &str) -> PathBuf {
+    repo().join("examples/spam").join(name)
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("loopai runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn install_example(dir: &Path) {
+    let o = run(loopai()
+        .args(["artifacts", "install", "--task", "spam", "--data-dir"])
+        .arg(dir)
+        .arg("--spec")
+        .arg(example("spec.json"))
+        .arg(example("program.json")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("installed spam v1"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+fn exec_stdin(dir: &Path, input: &str) -> Output {
+    let mut child = loopai()
+        .args(["exec", "--task", "spam", "--data-dir"])
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The child may exit before reading everything (e.g. a refused artifact).
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn quick_start_installs_and_executes_the_example() {
+    let dir = tempfile::tempdir().unwrap();
+    install_example(dir.path());
+    let o = exec_stdin(dir.path(), "{\"text\":\"WIN a FREE prize, call now\"}\n");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    for key in [
+        "execution_id",
+        "output",
+        "confidence",
+        "version",
+        "latency_ms",
+        "status",
+        "sampled",
+    ] {
+        assert!(v.get(key).is_some(), "{key} missing in {v}");
+    }
+    assert_eq!(v["output"], "spam");
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["status"], "success");
+}
+
+#[test]
+fn exec_with_input_flag_prints_one_result() {
+    let dir = tempfile::tempdir().unwrap();
+    install_example(dir.path());
+    let o = run(loopai()
+        .args([
+            "exec",
+            "--task",
+            "spam",
+            "--input",
+            r#"{"text": "see you at home for dinner"}"#,
+            "--data-dir",
+        ])
+        .arg(dir.path()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["output"], "ham");
+}
+
+#[test]
+fn exec_streams_each_result_before_the_next_input_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    install_example(dir.path());
+    let mut child = loopai()
+        .args(["exec", "--task", "spam", "--data-dir"])
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    for text in ["claim your free prize now", "ok see you later"] {
+        writeln!(stdin, "{}", serde_json::json!({ "text": text })).unwrap();
+        stdin.flush().unwrap();
+        // stdin stays open: the result must arrive anyway.
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(v["output"].is_string(), "{line}");
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn bad_input_lines_are_reported_and_the_stream_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    install_example(dir.path());
+    let o = exec_stdin(
+        dir.path(),
+        "{\"text\": \"hello\"}\nnot json\n{\"txt\": 1}\n{\"text\": \"free prize, claim now\"}\n",
+    );
+    assert!(!o.status.success());
+    assert_eq!(stdout(&o).lines().count(), 2);
+    let err = stderr(&o);
+    assert!(err.contains("stdin line 2: input: not valid JSON"), "{err}");
+    assert!(
+        err.contains("stdin line 3: input (root): missing required property \"text\""),
+        "{err}"
+    );
+    assert!(err.contains("2 of 4 input lines failed"), "{err}");
+}
+
+#[test]
+fn tampered_program_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    install_example(dir.path());
+    let path = dir.path().join("artifacts/spam/v1/program.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("0.97", "0.10");
+    std::fs::write(&path, text).unwrap();
+    let o = exec_stdin(dir.path(), "{\"text\": \"hi\"}\n");
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("sha256 mismatch"), "{}", stderr(&o));
+}
+
+fn check_refused(program: &str, expect: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("program.json");
+    std::fs::write(&file, program).unwrap();
+    let o = run(loopai().args(["program", "check"]).arg(&file));
+    assert!(!o.status.success(), "check accepted: {program}");
+    assert!(
+        stderr(&o).contains(expect),
+        "expected {expect:?} in {}",
+        stderr(&o)
+    );
+    let o = run(loopai()
+        .args(["artifacts", "install", "--task", "spam", "--data-dir"])
+        .arg(dir.path())
+        .arg(&file));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(expect),
+        "expected {expect:?} in {}",
+        stderr(&o)
+    );
+    assert!(
+        !dir.path().join("artifacts/spam/v1").exists(),
+        "nothing may be installed"
+    );
+}
+
+#[test]
+fn malformed_programs_are_refused_naming_the_place() {
+    let good = std::fs::read_to_string(example("program.json")).unwrap();
+    check_refused(
+        "{\"format\": \"loopai.program/1\",",
+        "not valid JSON at line 1",
+    );
+    check_refused(
+        &good.replacen("\"description\"", "\"descripton\"", 1),
+        "unknown field `descripton`",
+    );
+    check_refused(
+        &good.replacen("[£$€]\\\\s?[0-9]", "[£$€", 1),
+        "features[2].pattern: invalid regex",
+    );
+    check_refused(
+        &good.replacen("\"mode\": \"count\"", "\"mode\": 3", 1),
+        "features[2].mode: invalid type",
+    );
+    check_refused(
+        &good.replacen("\"confidence\": 0.97", "\"confidence\": \"high\"", 1),
+        "decide.steps[0].rules[0].confidence: invalid type",
+    );
+}
+
+#[test]
+fn install_refuses_labels_the_spec_does_not_allow_and_wrong_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.json");
+    std::fs::write(
+        &spec,
+        r#"{"name": "spam", "output_schema": {"type": "string", "enum": ["junk", "ok"]}}"#,
+    )
+    .unwrap();
+    let o = run(loopai()
+        .args(["artifacts", "install", "--task", "spam", "--data-dir"])
+        .arg(dir.path())
+        .arg("--spec")
+        .arg(&spec)
+        .arg(example("program.json")));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("output_schema.enum does not allow"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(loopai()
+        .args(["artifacts", "install", "--task", "other", "--data-dir"])
+        .arg(dir.path())
+        .arg(example("program.json")));
+    assert!(
+        stderr(&o).contains("the program is for task \"spam\", not \"other\""),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn list_activate_and_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    install_example(dir.path());
+    let o = run(loopai()
+        .args([
+            "artifacts",
+            "install",
+            "--no-activate",
+            "--task",
+            "spam",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .arg(example("program.json")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let list = |dir: &Path| {
+        let o = run(loopai()
+            .args([
+                "artifacts",
+                "list",
+                "--json",
+                "--task",
+                "spam",
+                "--data-dir",
+            ])
+            .arg(dir));
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()
+    };
+    let v = list(dir.path());
+    assert_eq!(v["active"], 1);
+    assert_eq!(v["versions"].as_array().unwrap().len(), 2);
+    let o = run(loopai()
+        .args(["artifacts", "activate", "2", "--task", "spam", "--data-dir"])
+        .arg(dir.path()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(list(dir.path())["active"], 2);
+    let o = run(loopai()
+        .args(["artifacts", "rollback", "--task", "spam", "--data-dir"])
+        .arg(dir.path()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(list(dir.path())["active"], 1);
+    let o = run(loopai()
+        .args(["artifacts", "activate", "9", "--task", "spam", "--data-dir"])
+        .arg(dir.path()));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("v9"), "{}", stderr(&o));
+}
+
+#[test]
+fn exec_without_an_installed_program_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = exec_stdin(dir.path(), "{\"text\": \"hi\"}\n");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("has no active program"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn broken_config_is_reported_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    install_example(dir.path());
+    let cfg = dir.path().join("deployment.yaml");
+    std::fs::write(&cfg, "sampling:\n  rate: 1.5\n").unwrap();
+    let o = run(loopai()
+        .args(["exec", "--task", "spam", "--input", "{}", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.path()));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("sampling.rate"), "{}", stderr(&o));
+}
