@@ -222,34 +222,39 @@ mod tests {
 
     #[test]
     fn swap_is_atomic_under_concurrent_execution() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         let ex = Arc::new(Executor::new(always("ham", &["spam", "ham"]), 1, None, None).unwrap());
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let runs = Arc::new(AtomicU64::new(0));
         let workers: Vec<_> = (0..2)
             .map(|_| {
-                let ex = ex.clone();
-                let stop = stop.clone();
+                let (ex, stop, runs) = (ex.clone(), stop.clone(), runs.clone());
                 std::thread::spawn(move || {
-                    let mut seen = 0u64;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    while !stop.load(Ordering::Relaxed) {
                         let run = ex.execute(&json!({"text": "x"})).unwrap();
                         // Output and version always come from the same program.
                         let expect = if run.version % 2 == 1 { "ham" } else { "spam" };
                         assert_eq!(run.outcome.output, expect);
-                        seen += 1;
+                        runs.fetch_add(1, Ordering::Relaxed);
                     }
-                    seen
                 })
             })
             .collect();
         for v in 2..=100u32 {
+            // Let executions happen between swaps, however the threads are scheduled.
+            let before = runs.load(Ordering::Relaxed);
+            while runs.load(Ordering::Relaxed) < before + 2 {
+                std::thread::yield_now();
+            }
             let label = if v % 2 == 1 { "ham" } else { "spam" };
             ex.swap(always(label, &["spam", "ham"]), v).unwrap();
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
         for w in workers {
-            assert!(w.join().unwrap() > 0);
+            w.join().expect("no worker saw a torn program");
         }
         assert_eq!(ex.version(), 100);
+        assert!(runs.load(Ordering::Relaxed) >= 198);
     }
 
     #[test]
