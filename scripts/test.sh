@@ -6,6 +6,13 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
+# Python tools live in a private virtualenv so that the checks need nothing preinstalled.
+venv=target/py-venv
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -r scripts/requirements-dev.txt
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -17,6 +24,9 @@ cargo test --workspace --locked
 
 step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
+step "program JSON Schema (docs/program.schema.json)"
+"$venv/bin/python" scripts/check_program_schema.py
 
 step "quick start (README)"
 examples/quickstart.sh >/dev/null
