@@ -15,14 +15,18 @@
 //! `metadata.json` mirrors it on a best-effort basis. See `docs/artifacts.md`.
 
 use std::fmt;
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+
+use crate::fsutil::{
+    create_dir_all_durable, remove_if_exists, sync_dir, write_atomic, write_new_file,
+};
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -710,17 +714,12 @@ impl ArtifactStore {
             return Ok(());
         }
         metadata.status = status;
-        let dir = self.version_dir(version);
         let rel = self.rel(format!("v{version}/{METADATA_FILE}"));
-        let tmp = dir.join(format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4()));
-        let written = write_new_file(&tmp, &metadata_json(&metadata)?)
-            .and_then(|()| fs::rename(&tmp, dir.join(METADATA_FILE)))
-            .and_then(|()| sync_dir(&dir));
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(Error::io(rel, e));
-        }
-        Ok(())
+        write_atomic(
+            &self.version_dir(version).join(METADATA_FILE),
+            &metadata_json(&metadata)?,
+        )
+        .map_err(|e| Error::io(rel, e))
     }
 
     fn new_metadata(&self, program: &[u8], meta: NewArtifact) -> Result<ArtifactMetadata> {
@@ -934,25 +933,6 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Creates (or truncates) `path`, writes `bytes` and fsyncs the file.
-fn write_new_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = File::create(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-/// fsyncs a directory so that entries created, renamed or removed in it are durable.
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Directories cannot be opened for fsync through `std` here; rename durability is up to the OS.
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
-    Ok(())
-}
-
 #[cfg(unix)]
 fn make_dir_symlink(target: &str, link: &Path) -> io::Result<()> {
     std::os::unix::fs::symlink(target, link)
@@ -971,36 +951,6 @@ fn make_dir_symlink(_target: &str, _link: &Path) -> io::Result<()> {
     ))
 }
 
-/// Creates `dir` and any missing parents, fsyncing each new directory and its parent.
-fn create_dir_all_durable(dir: &Path) -> Result<()> {
-    match fs::metadata(dir) {
-        Ok(m) if m.is_dir() => return Ok(()),
-        Ok(_) => {
-            return Err(Error::io(
-                dir.display(),
-                io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    "exists but is not a directory",
-                ),
-            ))
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(dir.display(), e)),
-    }
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
-    if let Some(parent) = parent {
-        create_dir_all_durable(parent)?;
-    }
-    match fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
-        Err(e) => return Err(Error::io(dir.display(), e)),
-    }
-    sync_dir(dir).map_err(|e| Error::io(dir.display(), e))?;
-    let parent = parent.unwrap_or(Path::new("."));
-    sync_dir(parent).map_err(|e| Error::io(parent.display(), e))
-}
-
 fn remove_entry(path: &Path) -> io::Result<()> {
     let result = match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
@@ -1008,13 +958,6 @@ fn remove_entry(path: &Path) -> io::Result<()> {
         Err(e) => Err(e),
     };
     match result {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
-}
-
-fn remove_if_exists(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other,
     }
@@ -1061,7 +1004,7 @@ mod tests {
 
     fn backdate(path: &Path) {
         let old = SystemTime::now() - STALE_TMP_AGE - Duration::from_secs(60);
-        File::open(path).unwrap().set_modified(old).unwrap();
+        fs::File::open(path).unwrap().set_modified(old).unwrap();
     }
 
     #[test]

@@ -66,8 +66,10 @@
 
 mod artifact;
 mod config;
+mod dataset;
 mod error;
 mod executor;
+mod fsutil;
 mod program;
 mod runtime;
 mod schema;
@@ -80,6 +82,10 @@ pub use config::{
     ExecutionRetention, Fallback, OnFull, OracleConfig, OracleKind, PrivacyConfig, PrivacyMode,
     RetentionConfig, RuntimeConfig, RuntimeMode, SamplingConfig, SamplingStrategies,
     SamplingStrategy, StorageConfig, TelemetryConfig, ValidationConfig, ValidationRetention,
+};
+pub use dataset::{
+    day_string, parse_day, Clock, DatasetLayout, ExecutionRecord, SystemClock, Timestamp,
+    ValidationRecord,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use executor::{ActiveProgram, Execution, Executor};
