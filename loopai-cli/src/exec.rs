@@ -3,10 +3,14 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use loopai_core::{Error, ErrorKind, Runtime};
 
 use crate::TaskArgs;
+
+/// How long `loopai exec` waits at exit for the execution log to be written and synced.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ExecArgs {
@@ -16,7 +20,8 @@ pub(crate) struct ExecArgs {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// One input object as JSON. Without it, JSONL input objects are read from stdin and
-    /// one JSON result per line is written to stdout as soon as it is computed.
+    /// one JSON result per line is written to stdout as soon as it is computed (with
+    /// `storage.durability: durable`, only once its log record is on disk).
     #[arg(long, value_name = "JSON")]
     input: Option<String>,
 }
@@ -37,6 +42,7 @@ pub(crate) fn run(args: ExecArgs) -> Result<ExitCode, Error> {
         let result = runtime.execute_json(input.as_bytes())?;
         serde_json::to_writer(&mut out, &result).map_err(|e| Error::io("stdout", e.into()))?;
         out.write_all(b"\n").map_err(write_err)?;
+        runtime.shutdown(SHUTDOWN_TIMEOUT)?;
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -75,6 +81,8 @@ pub(crate) fn run(args: ExecArgs) -> Result<ExitCode, Error> {
             Err(err) => return Err(err.context(format!("stdin line {line_no}"))),
         }
     }
+    // Every result printed is logged; make the whole log durable before exiting.
+    runtime.shutdown(SHUTDOWN_TIMEOUT)?;
     if failed > 0 {
         eprintln!("error: {failed} of {line_no} input lines failed");
         return Ok(ExitCode::FAILURE);

@@ -84,8 +84,8 @@ pub use config::{
     SamplingStrategy, StorageConfig, TelemetryConfig, ValidationConfig, ValidationRetention,
 };
 pub use dataset::{
-    day_string, parse_day, Clock, DatasetLayout, ExecutionRecord, SystemClock, Timestamp,
-    ValidationRecord,
+    day_string, parse_day, Clock, DatasetLayout, DatasetMetrics, ExecutionRecord, SystemClock,
+    Timestamp, ValidationRecord,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use executor::{ActiveProgram, Execution, Executor};
@@ -93,6 +93,7 @@ pub use program::{
     ngram_hash, DecisionId, Outcome, Program, ProgramLimits, ProgramStats, FORMAT as PROGRAM_FORMAT,
 };
 pub use runtime::{
-    ExecutionResult, ExecutionStatus, Runtime, RuntimeBuilder, Scores, MAX_INPUT_DOCUMENT_BYTES,
+    ExecutionResult, ExecutionStatus, Health, Runtime, RuntimeBuilder, Scores,
+    DROP_SHUTDOWN_TIMEOUT, MAX_INPUT_DOCUMENT_BYTES,
 };
 pub use schema::{JsonSchema, SchemaViolation};

@@ -3,16 +3,21 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::dataset::{DatasetWriter, WriterOptions};
 use crate::{
-    ArtifactStore, DeploymentConfig, Error, ErrorKind, Executor, JsonSchema, LoadedArtifact,
-    Program, ProgramLimits, Result,
+    ArtifactStore, Clock, DatasetLayout, DatasetMetrics, DeploymentConfig, Durability, Error,
+    ErrorKind, ExecutionRecord, Executor, JsonSchema, LoadedArtifact, OnFull, Program,
+    ProgramLimits, Result, SystemClock, Timestamp,
 };
+
+/// How long dropping a [`Runtime`] waits for its background threads to finish.
+pub const DROP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Largest JSON document accepted by [`Runtime::execute_json`] (16 MiB). The text fields a
 /// program reads are limited separately by `execution.max_input_bytes`.
@@ -112,6 +117,7 @@ pub struct RuntimeBuilder {
     task: Option<String>,
     config: Option<DeploymentConfig>,
     config_file: Option<PathBuf>,
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl RuntimeBuilder {
@@ -140,7 +146,15 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Loads the configuration and the task's active program.
+    /// Uses this clock for timestamps and day boundaries instead of the system clock
+    /// (for tests of day rollover and retention).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Loads the configuration and the task's active program and starts the dataset
+    /// writer thread.
     ///
     /// Errors: [`ErrorKind::Config`] for a missing data dir or task, or a bad
     /// configuration; [`ErrorKind::Artifact`] when the task has no active program or its
@@ -187,6 +201,19 @@ impl RuntimeBuilder {
             input_schema,
             output_schema,
         )?;
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let options = WriterOptions {
+            durable: config.storage.durability == Durability::Durable,
+            drop_when_full: config.storage.on_full == OnFull::Drop,
+            queue_capacity: config.storage.queue_capacity,
+        };
+        let dataset = DatasetWriter::start(
+            DatasetLayout::new(&data_dir, &task),
+            &task,
+            options,
+            clock.clone(),
+            None,
+        )?;
         Ok(Runtime {
             inner: Arc::new(Inner {
                 data_dir,
@@ -195,6 +222,8 @@ impl RuntimeBuilder {
                 limits,
                 store,
                 executor,
+                dataset,
+                clock,
             }),
         })
     }
@@ -233,6 +262,30 @@ struct Inner {
     limits: ProgramLimits,
     store: ArtifactStore,
     executor: Executor,
+    dataset: DatasetWriter,
+    clock: Arc<dyn Clock>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Err(e) = self.dataset.shutdown(DROP_SHUTDOWN_TIMEOUT) {
+            log::error!("loopai: runtime for task {:?} dropped: {e}", self.task);
+        }
+    }
+}
+
+/// The state of a [`Runtime`], for health checks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Health {
+    /// `ok`, or `degraded` when the execution log cannot be written.
+    pub status: &'static str,
+    /// The task id.
+    pub task: String,
+    /// The artifact version executing now.
+    pub active_version: u32,
+    /// Execution-log counters, with the last write error if writes are failing.
+    pub dataset: DatasetMetrics,
 }
 
 /// The embeddable Loopai runtime for one task.
@@ -272,13 +325,27 @@ impl Runtime {
         RuntimeBuilder::default()
     }
 
-    /// Executes the active program on one input object.
+    /// Executes the active program on one input object and logs the execution.
+    ///
+    /// Every call — successful or not — is recorded in
+    /// `datasets/<task>/executions/YYYY-MM-DD.jsonl`. With `storage.durability: buffered`
+    /// (the default) the record is queued and `execute` does no I/O; with `durable` it
+    /// returns once the record is fsync'd (concurrent callers share one fsync).
     ///
     /// Errors: [`ErrorKind::InvalidInput`] (not an object, schema mismatch, missing field,
-    /// text over `execution.max_input_bytes`) and [`ErrorKind::InvalidOutput`].
+    /// text over `execution.max_input_bytes`), [`ErrorKind::InvalidOutput`],
+    /// [`ErrorKind::Closed`] after [`shutdown`](Runtime::shutdown), and in `durable` mode
+    /// [`ErrorKind::Io`] when the record could not be synced.
     pub fn execute(&self, input: &Value) -> Result<ExecutionResult> {
         let start = Instant::now();
-        let run = self.inner.executor.execute(input)?;
+        let timestamp = Timestamp(self.inner.clock.now_millis());
+        let run = match self.inner.executor.execute(input) {
+            Ok(run) => run,
+            Err(err) => {
+                self.log_failure(input, &err, timestamp, start);
+                return Err(err);
+            }
+        };
         let execution_id = new_execution_id();
         let status = if run.outcome.abstained {
             ExecutionStatus::Abstain
@@ -286,6 +353,19 @@ impl Runtime {
             ExecutionStatus::Success
         };
         let latency_ms = start.elapsed().as_secs_f64() * 1e3;
+        self.inner.dataset.log_execution(ExecutionRecord {
+            execution_id,
+            task_id: self.inner.task.clone(),
+            program_version: run.version,
+            input: input.clone(),
+            output: run.outcome.output.clone(),
+            confidence: run.outcome.confidence,
+            latency_ms,
+            status,
+            error: None,
+            sampled: false,
+            timestamp,
+        })?;
         Ok(ExecutionResult {
             execution_id,
             output: run.outcome.output,
@@ -302,9 +382,72 @@ impl Runtime {
         })
     }
 
+    fn log_failure(&self, input: &Value, err: &Error, timestamp: Timestamp, start: Instant) {
+        let record = ExecutionRecord {
+            execution_id: new_execution_id(),
+            task_id: self.inner.task.clone(),
+            program_version: self.inner.executor.version(),
+            input: input.clone(),
+            output: Value::Null,
+            confidence: 0.0,
+            latency_ms: start.elapsed().as_secs_f64() * 1e3,
+            status: ExecutionStatus::Error,
+            error: Some(err.to_string()),
+            sampled: false,
+            timestamp,
+        };
+        if let Err(e) = self.inner.dataset.log_execution(record) {
+            log::warn!("loopai: could not log a failed execution: {e}");
+        }
+    }
+
+    /// Logs the validation of a sampled execution against the oracle to
+    /// `datasets/<task>/validations/sampled-YYYY-MM-DD.jsonl` (same durability rules as
+    /// executions).
+    pub fn record_validation(&self, record: crate::ValidationRecord) -> Result<()> {
+        self.inner.dataset.log_validation(record)
+    }
+
+    /// Makes every execution accepted before this call durable (written and fsync'd),
+    /// waiting at most `timeout` ([`ErrorKind::Timeout`] otherwise).
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        self.inner.dataset.flush(timeout)
+    }
+
+    /// Flushes and stops the background threads within `timeout`. Later executions fail
+    /// with [`ErrorKind::Closed`]. Calling it again is harmless. Dropping the last clone of
+    /// a runtime does the same with [`DROP_SHUTDOWN_TIMEOUT`].
+    pub fn shutdown(&self, timeout: Duration) -> Result<()> {
+        self.inner.dataset.shutdown(timeout)
+    }
+
+    /// Current state, for health checks.
+    pub fn health(&self) -> Health {
+        let dataset = self.inner.dataset.metrics();
+        Health {
+            status: if self.inner.dataset.healthy() {
+                "ok"
+            } else {
+                "degraded"
+            },
+            task: self.inner.task.clone(),
+            active_version: self.active_version(),
+            dataset,
+        }
+    }
+
     /// Parses `input` as a JSON object (at most [`MAX_INPUT_DOCUMENT_BYTES`]) and executes it.
     pub fn execute_json(&self, input: &[u8]) -> Result<ExecutionResult> {
-        self.execute(&parse_input(input)?)
+        match parse_input(input) {
+            Ok(value) => self.execute(&value),
+            Err(err) => {
+                let start = Instant::now();
+                let timestamp = Timestamp(self.inner.clock.now_millis());
+                let raw = Value::String(String::from_utf8_lossy(input).into_owned());
+                self.log_failure(&raw, &err, timestamp, start);
+                Err(err)
+            }
+        }
     }
 
     /// The task id.
@@ -526,6 +669,84 @@ mod tests {
             .unwrap();
         assert_eq!(rt.reload().unwrap(), 2);
         assert_eq!(rt.active_version(), 2);
+    }
+
+    fn day_lines(dir: &Path, file: &str) -> Vec<Value> {
+        let day_dir = dir.join("datasets/spam").join(file);
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(day_dir).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            out.extend(
+                text.lines()
+                    .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn every_execution_is_logged_including_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), RULES, Default::default());
+        let rt = runtime(dir.path()).unwrap();
+        let ok = rt.execute(&json!({"text": "a prize"})).unwrap();
+        rt.execute(&json!({"nope": 1})).unwrap_err();
+        rt.execute_json(b"{oops").unwrap_err();
+        rt.flush(Duration::from_secs(5)).unwrap();
+        let lines = day_lines(dir.path(), "executions");
+        assert_eq!(lines.len(), 3);
+        let first = &lines[0];
+        assert_eq!(first["execution_id"], ok.execution_id.to_string());
+        assert_eq!(first["task_id"], "spam");
+        assert_eq!(first["program_version"], 1);
+        assert_eq!(first["input"], json!({"text": "a prize"}));
+        assert_eq!(first["output"], "spam");
+        assert_eq!(first["status"], "success");
+        assert_eq!(first["sampled"], false);
+        assert!(first["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(lines[1]["status"], "error");
+        assert!(lines[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("required field `text`"));
+        assert_eq!(lines[2]["input"], "{oops");
+        let health = rt.health();
+        assert_eq!(health.status, "ok");
+        assert_eq!(health.dataset.written, 3);
+    }
+
+    #[test]
+    fn durable_mode_syncs_before_returning_and_shutdown_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), RULES, Default::default());
+        let config =
+            DeploymentConfig::from_yaml_str("storage:\n  durability: durable\n", "test").unwrap();
+        let rt = Runtime::builder()
+            .data_dir(dir.path())
+            .task("spam")
+            .config(config)
+            .build()
+            .unwrap();
+        rt.execute(&json!({"text": "hello"})).unwrap();
+        // No flush: the record is already on disk.
+        assert_eq!(day_lines(dir.path(), "executions").len(), 1);
+        assert!(rt.health().dataset.syncs >= 1);
+        rt.record_validation(crate::ValidationRecord::new(
+            Uuid::nil(),
+            1,
+            json!("ham"),
+            10.0,
+            0.0,
+            true,
+            1.0,
+            "exact",
+            Timestamp(0),
+        ))
+        .unwrap();
+        assert_eq!(day_lines(dir.path(), "validations").len(), 1);
+        rt.shutdown(Duration::from_secs(5)).unwrap();
+        let err = rt.execute(&json!({"text": "hello"})).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Closed);
     }
 
     #[test]

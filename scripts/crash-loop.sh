@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The long crash loop: kills a durable `loopai exec` with SIGKILL N times (default 200)
+# and checks that every reported execution is on disk and every line parses.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LOOPAI_CRASH_ITERATIONS=${1:-200} cargo test --release -p loopai-cli --test crash -- --nocapture
