@@ -49,6 +49,14 @@
 //! [`Runtime::reload`] swap programs atomically; executions in flight finish on the program
 //! they started with.
 //!
+//! Logging, flushing and shutdown: see [`Runtime::execute`], [`Runtime::flush`] and
+//! [`Runtime::shutdown`]; every wait takes a timeout, and dropping the last clone of a
+//! runtime shuts it down within [`DROP_SHUTDOWN_TIMEOUT`].
+//!
+//! After `fork()`: background threads do not exist in the child, so a runtime built before
+//! the fork refuses to execute there ([`ErrorKind::Closed`], saying so). Build a new
+//! runtime in the child; it starts its own threads.
+//!
 //! ## Errors
 //!
 //! Every fallible function returns [`Error`], whose [`ErrorKind`] is the stable
@@ -69,6 +77,7 @@ mod config;
 mod dataset;
 mod error;
 mod executor;
+mod fork;
 mod fsutil;
 mod program;
 mod runtime;

@@ -224,6 +224,7 @@ impl RuntimeBuilder {
                 executor,
                 dataset,
                 clock,
+                fork_generation: crate::fork::generation(),
             }),
         })
     }
@@ -264,10 +265,15 @@ struct Inner {
     executor: Executor,
     dataset: DatasetWriter,
     clock: Arc<dyn Clock>,
+    fork_generation: u64,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if crate::fork::current() != self.fork_generation {
+            // The writer thread belongs to the parent process: nothing to stop here.
+            return;
+        }
         if let Err(e) = self.dataset.shutdown(DROP_SHUTDOWN_TIMEOUT) {
             log::error!("loopai: runtime for task {:?} dropped: {e}", self.task);
         }
@@ -337,6 +343,9 @@ impl Runtime {
     /// [`ErrorKind::Closed`] after [`shutdown`](Runtime::shutdown), and in `durable` mode
     /// [`ErrorKind::Io`] when the record could not be synced.
     pub fn execute(&self, input: &Value) -> Result<ExecutionResult> {
+        if crate::fork::current() != self.inner.fork_generation {
+            return Err(forked_error());
+        }
         let start = Instant::now();
         let timestamp = Timestamp(self.inner.clock.now_millis());
         let run = match self.inner.executor.execute(input) {
@@ -382,6 +391,12 @@ impl Runtime {
         })
     }
 
+    /// Executes several inputs; one result per input, in order. Each is logged like
+    /// [`execute`](Runtime::execute).
+    pub fn execute_batch(&self, inputs: &[Value]) -> Vec<Result<ExecutionResult>> {
+        inputs.iter().map(|input| self.execute(input)).collect()
+    }
+
     fn log_failure(&self, input: &Value, err: &Error, timestamp: Timestamp, start: Instant) {
         let record = ExecutionRecord {
             execution_id: new_execution_id(),
@@ -411,6 +426,9 @@ impl Runtime {
     /// Makes every execution accepted before this call durable (written and fsync'd),
     /// waiting at most `timeout` ([`ErrorKind::Timeout`] otherwise).
     pub fn flush(&self, timeout: Duration) -> Result<()> {
+        if crate::fork::current() != self.inner.fork_generation {
+            return Err(forked_error());
+        }
         self.inner.dataset.flush(timeout)
     }
 
@@ -418,6 +436,9 @@ impl Runtime {
     /// with [`ErrorKind::Closed`]. Calling it again is harmless. Dropping the last clone of
     /// a runtime does the same with [`DROP_SHUTDOWN_TIMEOUT`].
     pub fn shutdown(&self, timeout: Duration) -> Result<()> {
+        if crate::fork::current() != self.inner.fork_generation {
+            return Err(forked_error());
+        }
         self.inner.dataset.shutdown(timeout)
     }
 
@@ -499,6 +520,13 @@ impl Runtime {
         }
         Ok(loaded.metadata.version)
     }
+}
+
+fn forked_error() -> Error {
+    Error::new(
+        ErrorKind::Closed,
+        "this runtime was created before fork(): its background threads do not exist in this process; create a new Runtime here",
+    )
 }
 
 /// Parses one input document, size-limited.
@@ -747,6 +775,43 @@ mod tests {
         rt.shutdown(Duration::from_secs(5)).unwrap();
         let err = rt.execute(&json!({"text": "hello"})).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Closed);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_runtime_refuses_to_run_in_a_forked_child() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), RULES, Default::default());
+        let rt = runtime(dir.path()).unwrap();
+        rt.execute(&json!({"text": "before"})).unwrap();
+        // SAFETY: the child only executes (no locks are held across the fork) and _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let ok = matches!(rt.execute(&json!({"text": "x"})), Err(e) if e.kind() == ErrorKind::Closed)
+                && matches!(rt.flush(Duration::from_millis(10)), Err(e) if e.kind() == ErrorKind::Closed);
+            // A fresh runtime in the child works.
+            let fresh = runtime(dir.path()).and_then(|r| r.execute(&json!({"text": "child"})));
+            unsafe { libc::_exit(if ok && fresh.is_ok() { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child checks failed"
+        );
+        assert!(rt.execute(&json!({"text": "parent still works"})).is_ok());
+    }
+
+    #[test]
+    fn execute_batch_keeps_order_and_per_item_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), RULES, Default::default());
+        let rt = runtime(dir.path()).unwrap();
+        let out = rt.execute_batch(&[json!({"text": "prize"}), json!({}), json!({"text": "hi"})]);
+        assert_eq!(out[0].as_ref().unwrap().output, "spam");
+        assert_eq!(out[1].as_ref().unwrap_err().kind(), ErrorKind::InvalidInput);
+        assert_eq!(out[2].as_ref().unwrap().output, "ham");
     }
 
     #[test]
