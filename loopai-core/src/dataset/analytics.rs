@@ -15,7 +15,8 @@
 //! * Latencies are over all executions. `avg` and `max` are exact; the percentiles come from
 //!   a log-linear histogram (64 linear sub-buckets per power of two of microseconds), each
 //!   percentile reported as the middle of its bucket clamped to the observed minimum and
-//!   maximum: **relative error at most 1/128 (0.8 %) from 1 µs to 2³² µs (71 minutes)**;
+//!   maximum (the top rank is the exact maximum): **relative error at most 1/128 (0.8 %)
+//!   from 1 µs to 2³² µs (71 minutes)**;
 //!   below 1 µs the absolute error is under 1 µs, above 71 minutes the maximum is reported.
 //!   A percentile `q` is the nearest-rank value: the smallest latency such that at least
 //!   `ceil(q × total)` executions are at or below it.
@@ -373,6 +374,9 @@ impl DailyAggregate {
         } else {
             (0.0, 0.0) // no finite latency at all
         };
+        if rank == self.total {
+            return max; // the largest value is known exactly
+        }
         let mut seen = 0;
         for (bucket, &n) in self.histogram.iter().enumerate() {
             seen += n;
@@ -501,6 +505,12 @@ mod tests {
         // One value: every percentile is exact thanks to the min/max clamp.
         let mut one = DailyAggregate::new("spam", day("2026-11-25"));
         one.observe_execution(&exec("2026-11-25", 0, "ham", 0.0123));
+        // The top rank is the exact maximum.
+        let mut few = DailyAggregate::new("spam", day("2026-11-25"));
+        for (n, ms) in [1.0, 2.0, 3.0].into_iter().enumerate() {
+            few.observe_execution(&exec("2026-11-25", n as i64, "ham", ms));
+        }
+        assert_eq!(few.to_stats(Timestamp(0)).latency_ms.p95, 3.0);
         let s = one.to_stats(Timestamp(0)).latency_ms;
         assert_eq!((s.p50, s.p99, s.max), (0.0123, 0.0123, 0.0123));
     }
