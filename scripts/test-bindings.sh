@@ -33,6 +33,16 @@ if command -v g++ >/dev/null; then
   g++ -std=c++11 -fsyntax-only -Wall -Wextra -Wpedantic -Werror -x c++ include/loopai.h
 fi
 
+step "libloopai.so exports exactly the functions of include/loopai.h"
+exported=$(nm -D --defined-only "$prefix_lib/libloopai.so" | awk '{print $3}' | sort)
+declared=$(grep -oE '\bloopai_[a-z_]+\(' include/loopai.h | tr -d '(' | sort -u)
+if [ "$exported" != "$declared" ]; then
+  diff <(echo "$declared") <(echo "$exported") >&2 || true
+  echo "exported symbols (right) differ from the header's functions (left)" >&2
+  exit 1
+fi
+echo "$(echo "$exported" | wc -l) functions"
+
 # One data dir per language, each with task "spam" installed twice over: the example program
 # (spam/) and the parity-vector program (vectors/).
 prepare() {
