@@ -9,6 +9,7 @@
  *   LOOPAI_VECTORS           tests/vectors/spam.jsonl
  */
 #define _GNU_SOURCE
+#include <glob.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -132,6 +133,41 @@ TEST(lifecycle_execute_flush_health_free) {
         CHECK(strcmp(loopai_result_output_json(r), "\"spam\"") == 0);
         loopai_result_free(r);
     }
+    END;
+}
+
+/* Number of lines in the execution logs of task spam (datasets/spam/executions). */
+static long logged_executions(void) {
+    char pattern[4096];
+    snprintf(pattern, sizeof pattern, "%s/datasets/spam/executions/*.jsonl", spam_dir());
+    glob_t g;
+    long lines = 0;
+    if (glob(pattern, 0, NULL, &g) != 0)
+        return 0;
+    for (size_t i = 0; i < g.gl_pathc; i++) {
+        FILE *f = fopen(g.gl_pathv[i], "r");
+        if (f == NULL)
+            continue;
+        int c;
+        while ((c = fgetc(f)) != EOF)
+            lines += c == '\n';
+        fclose(f);
+    }
+    globfree(&g);
+    return lines;
+}
+
+TEST(free_flushes_the_execution_log) {
+    BEGIN;
+    long before = logged_executions();
+    loopai_runtime_t *rt = open_spam();
+    for (int i = 0; i < 3; i++) {
+        loopai_result_t *r = NULL;
+        CHECK_STATUS(exec_str(rt, "{\"text\": \"logged\"}", &r, NULL), LOOPAI_OK);
+        loopai_result_free(r);
+    }
+    loopai_runtime_free(rt); /* no explicit flush */
+    CHECK(logged_executions() == before + 3);
     END;
 }
 
@@ -485,6 +521,7 @@ int main(void) {
 #define T(x) {#x, x}
         T(version_and_status_names),
         T(lifecycle_execute_flush_health_free),
+        T(free_flushes_the_execution_log),
         T(shutdown_then_execute_is_closed),
         T(runtime_new_errors),
         T(bad_input_is_an_error_never_a_crash),
