@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
-use loopai_benches::{email_texts, fixtures, inputs, runtime_for, sms_texts};
+use loopai_benches::{email_texts, fixtures, inputs, linear_breakdown, runtime_for, sms_texts};
 use loopai_core::Program;
 use serde_json::Value;
 
@@ -76,6 +76,19 @@ fn execute(c: &mut Criterion) {
     }
 }
 
+/// Where the time of `linear_hashed` on SMS goes: variants that drop one cost each.
+fn breakdown(c: &mut Criterion) {
+    let set = inputs(&sms_texts());
+    let mut group = c.benchmark_group("breakdown/linear_hashed_sms");
+    for (name, program) in linear_breakdown() {
+        let program = Program::from_json(&program).expect("variant compiles");
+        bench_cycle(&mut group, name, &set, |input| {
+            black_box(program.evaluate(input).expect("evaluates"));
+        });
+    }
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -86,6 +99,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = evaluate, execute
+    targets = evaluate, execute, breakdown
 }
 criterion_main!(benches);

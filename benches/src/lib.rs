@@ -332,6 +332,53 @@ pub fn hybrid_program() -> Vec<u8> {
     )
 }
 
+/// Variants of [`linear_hashed_program`] that take one cost away at a time, to see where
+/// the time goes (`breakdown/linear_hashed_sms/*` in the benches).
+pub fn linear_breakdown() -> Vec<(&'static str, Vec<u8>)> {
+    let words = ngram_features().swap_remove(0);
+    let chars = ngram_features().swap_remove(1);
+    let model = |inputs: &[&str], bits: u32| {
+        let dim = inputs.len() << bits;
+        json!({"op": "linear", "inputs": inputs, "classes": ["ham", "spam"], "link": "sigmoid",
+               "weights": packed_weights(42, dim, 0.5), "bias": [-0.3]})
+    };
+    let with_bits = |mut f: Value, bits: u32| {
+        f["hash"]["bits"] = json!(bits);
+        f
+    };
+    let raw_source = |mut f: Value| {
+        f["source"] = json!("text");
+        f
+    };
+    let always = json!({"op": "rules", "rules": [{"when": {"always": true}, "then": "ham", "confidence": 0.7}]});
+    vec![
+        ("full", linear_hashed_program()),
+        (
+            "no_preprocess",
+            program(
+                vec![raw_source(words.clone()), raw_source(chars.clone())],
+                model(&["words", "chars"], HASH_BITS),
+            ),
+        ),
+        (
+            "words_only",
+            program(vec![words.clone()], model(&["words"], HASH_BITS)),
+        ),
+        (
+            "chars_only",
+            program(vec![chars.clone()], model(&["chars"], HASH_BITS)),
+        ),
+        (
+            "bits_10",
+            program(
+                vec![with_bits(words.clone(), 10), with_bits(chars.clone(), 10)],
+                model(&["words", "chars"], 10),
+            ),
+        ),
+        ("features_no_model", program(vec![words, chars], always)),
+    ]
+}
+
 /// A benched program: a short name (used in bench ids) and its JSON.
 #[derive(Debug, Clone)]
 pub struct Fixture {
