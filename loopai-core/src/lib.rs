@@ -20,6 +20,10 @@
 //!   `<data_dir>/datasets/<task>/`: executions and validations as JSONL (gzip-compressed
 //!   when old), daily statistics ([`DailyStats`]), retention ([`RetentionPolicy`]). The
 //!   layout and rules are documented in `docs/datasets.md`.
+//! * [`PiiFilter`], [`KeyedHasher`], [`PrivacyPolicy`] — privacy: PII detection and
+//!   redaction (`[EMAIL]`, `[PHONE]`, `[SSN]`, `[CREDIT_CARD]`, `[IBAN]`, `[IP]`), HMAC-SHA256
+//!   with the deployment secret in `<data_dir>/config/hmac.key`, and what each privacy mode
+//!   lets leave the process. Documented in `docs/privacy.md`.
 //! * [`Runtime`] — the facade that ties them together for one task.
 //!
 //! ## Quick start
@@ -83,6 +87,7 @@ mod error;
 mod executor;
 mod fork;
 mod fsutil;
+mod privacy;
 mod program;
 mod runtime;
 mod sampler;
@@ -106,6 +111,9 @@ pub use dataset::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use executor::{ActiveProgram, Execution, Executor};
+pub use privacy::{
+    KeyedHasher, PiiFilter, PiiKind, PiiMatch, PrivacyPolicy, HMAC_KEY_FILE, HMAC_KEY_LEN,
+};
 pub use program::{
     ngram_hash, DecisionId, Outcome, Program, ProgramLimits, ProgramStats, FORMAT as PROGRAM_FORMAT,
 };
