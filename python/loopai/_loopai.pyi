@@ -8,6 +8,25 @@ from typing import Any, ClassVar, Literal, final
 
 from typing_extensions import Self
 
+__all__ = [
+    "ArtifactError",
+    "ClosedError",
+    "ConfigError",
+    "ExecutionResult",
+    "InternalError",
+    "InvalidInput",
+    "InvalidOutput",
+    "LoopaiError",
+    "ProgramError",
+    "Runtime",
+    "SchemaError",
+    "StorageError",
+    "TimeoutError",
+    "__version__",
+    "_flush_all",
+    "install_program",
+]
+
 __version__: str
 
 class LoopaiError(Exception):
