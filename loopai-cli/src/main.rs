@@ -3,6 +3,7 @@
 mod artifacts;
 mod exec;
 mod program;
+mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ enum Command {
     Artifacts(artifacts::ArtifactsCommand),
     /// Execute the active program: one --input, or JSONL input objects on stdin.
     Exec(exec::ExecArgs),
+    /// Show the daily statistics of a task's dataset (volume, success, latency, outputs).
+    Stats(stats::StatsArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Program(cmd) => program::run(cmd),
         Command::Artifacts(cmd) => artifacts::run(cmd),
         Command::Exec(args) => exec::run(args),
+        Command::Stats(args) => stats::run(args),
     };
     match result {
         Ok(code) => code,

@@ -863,7 +863,9 @@ fn next_after(version: u32, store: &ArtifactStore) -> Result<u32> {
     })
 }
 
-fn validate_task_id(task: &str) -> Result<()> {
+/// Checks that `task` is a valid task id: 1-128 bytes of `[A-Za-z0-9._-]`, not starting
+/// with `.` (so it is always a single, safe path component).
+pub fn validate_task_id(task: &str) -> Result<()> {
     let problem = if task.is_empty() {
         Some("must not be empty")
     } else if task.len() > MAX_TASK_ID_BYTES {

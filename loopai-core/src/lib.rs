@@ -16,6 +16,10 @@
 //!   `active -> vN` pointer: atomic installs, sha256 verification, activation, rollback, pruning.
 //! * [`DeploymentConfig`] — `<data_dir>/config/deployment.yaml`, with `${ENV}` substitution
 //!   and errors that name the key path.
+//! * [`DatasetReader`], [`DailyAggregate`], [`apply_retention`] — the dataset under
+//!   `<data_dir>/datasets/<task>/`: executions and validations as JSONL (gzip-compressed
+//!   when old), daily statistics ([`DailyStats`]), retention ([`RetentionPolicy`]). The
+//!   layout and rules are documented in `docs/datasets.md`.
 //! * [`Runtime`] — the facade that ties them together for one task.
 //!
 //! ## Quick start
@@ -84,7 +88,8 @@ mod runtime;
 mod schema;
 
 pub use artifact::{
-    ArtifactMetadata, ArtifactStatus, ArtifactStore, LoadedArtifact, NewArtifact, PROGRAM_LANGUAGE,
+    validate_task_id, ArtifactMetadata, ArtifactStatus, ArtifactStore, LoadedArtifact, NewArtifact,
+    PROGRAM_LANGUAGE,
 };
 pub use config::{
     ArtifactRetention, CloudConfig, ComparisonMode, DeploymentConfig, Durability, ExecutionConfig,
@@ -93,8 +98,10 @@ pub use config::{
     SamplingStrategy, StorageConfig, TelemetryConfig, ValidationConfig, ValidationRetention,
 };
 pub use dataset::{
-    day_string, parse_day, Clock, DatasetLayout, DatasetMetrics, ExecutionRecord, SystemClock,
-    Timestamp, ValidationRecord,
+    apply_retention, day_string, parse_day, read_stats, rebuild_stats, write_stats, Clock,
+    DailyAggregate, DailyStats, DatasetLayout, DatasetMetrics, DatasetReader, ExecutionRecord,
+    LatencyStats, RetentionPolicy, RetentionReport, SystemClock, Timestamp, ValidationRecord,
+    ValidationStats, MAX_OUTPUT_KEYS,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use executor::{ActiveProgram, Execution, Executor};

@@ -9,11 +9,12 @@ use serde::{Serialize, Serializer};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::dataset::{DatasetWriter, WriterOptions};
+use crate::dataset::{AnalyticsKeeper, DatasetWriter, Maintenance, WriterOptions};
 use crate::{
-    ArtifactStore, Clock, DatasetLayout, DatasetMetrics, DeploymentConfig, Durability, Error,
-    ErrorKind, ExecutionRecord, Executor, JsonSchema, LoadedArtifact, OnFull, Program,
-    ProgramLimits, Result, SystemClock, Timestamp,
+    ArtifactStore, Clock, DailyStats, DatasetLayout, DatasetMetrics, DatasetReader,
+    DeploymentConfig, Durability, Error, ErrorKind, ExecutionRecord, Executor, JsonSchema,
+    LoadedArtifact, OnFull, Program, ProgramLimits, Result, RetentionPolicy, RetentionReport,
+    SystemClock, Timestamp,
 };
 
 /// How long dropping a [`Runtime`] waits for its background threads to finish.
@@ -207,13 +208,16 @@ impl RuntimeBuilder {
             drop_when_full: config.storage.on_full == OnFull::Drop,
             queue_capacity: config.storage.queue_capacity,
         };
+        let layout = DatasetLayout::new(&data_dir, &task);
         let dataset = DatasetWriter::start(
-            DatasetLayout::new(&data_dir, &task),
+            layout.clone(),
             &task,
             options,
             clock.clone(),
-            None,
+            Some(Box::new(AnalyticsKeeper::new(layout.clone(), &task))),
         )?;
+        let maintenance =
+            Maintenance::start(layout, RetentionPolicy::from_config(&config), clock.clone())?;
         Ok(Runtime {
             inner: Arc::new(Inner {
                 data_dir,
@@ -223,6 +227,7 @@ impl RuntimeBuilder {
                 store,
                 executor,
                 dataset,
+                maintenance,
                 clock,
                 fork_generation: crate::fork::generation(),
             }),
@@ -264,6 +269,7 @@ struct Inner {
     store: ArtifactStore,
     executor: Executor,
     dataset: DatasetWriter,
+    maintenance: Maintenance,
     clock: Arc<dyn Clock>,
     fork_generation: u64,
 }
@@ -274,7 +280,7 @@ impl Drop for Inner {
             // The writer thread belongs to the parent process: nothing to stop here.
             return;
         }
-        if let Err(e) = self.dataset.shutdown(DROP_SHUTDOWN_TIMEOUT) {
+        if let Err(e) = shutdown_all(&self.dataset, &self.maintenance, DROP_SHUTDOWN_TIMEOUT) {
             log::error!("loopai: runtime for task {:?} dropped: {e}", self.task);
         }
     }
@@ -439,7 +445,22 @@ impl Runtime {
         if crate::fork::current() != self.inner.fork_generation {
             return Err(forked_error());
         }
-        self.inner.dataset.shutdown(timeout)
+        shutdown_all(&self.inner.dataset, &self.inner.maintenance, timeout)
+    }
+
+    /// Daily statistics of the last `days` days that have data, oldest first (today's are
+    /// brought up to date first). See `docs/datasets.md` for the fields.
+    pub fn stats(&self, days: u32) -> Result<Vec<DailyStats>> {
+        if !self.inner.dataset.is_closed() {
+            self.flush(DROP_SHUTDOWN_TIMEOUT)?;
+        }
+        let today = Timestamp(self.inner.clock.now_millis()).day();
+        DatasetReader::new(&self.inner.data_dir, &self.inner.task).stats(days, today)
+    }
+
+    /// The outcome of the last retention run (at start-up, then daily), once one finished.
+    pub fn last_retention(&self) -> Option<std::result::Result<RetentionReport, String>> {
+        self.inner.maintenance.last_report()
     }
 
     /// Current state, for health checks.
@@ -520,6 +541,18 @@ impl Runtime {
         }
         Ok(loaded.metadata.version)
     }
+}
+
+/// Stops the writer (flushing) and the retention thread within one overall timeout.
+fn shutdown_all(
+    dataset: &DatasetWriter,
+    maintenance: &Maintenance,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let written = dataset.shutdown(timeout);
+    let stopped = maintenance.shutdown(deadline.saturating_duration_since(Instant::now()));
+    written.and(stopped)
 }
 
 fn forked_error() -> Error {
@@ -812,6 +845,118 @@ mod tests {
         assert_eq!(out[0].as_ref().unwrap().output, "spam");
         assert_eq!(out[1].as_ref().unwrap_err().kind(), ErrorKind::InvalidInput);
         assert_eq!(out[2].as_ref().unwrap().output, "ham");
+    }
+
+    #[derive(Debug)]
+    struct TestClock(std::sync::atomic::AtomicI64);
+
+    impl Clock for TestClock {
+        fn now_millis(&self) -> i64 {
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    const DAY1: i64 = 1_764_028_800_000; // 2025-11-25T00:00:00Z
+    const DAY: i64 = 86_400_000;
+
+    fn runtime_at(dir: &Path, clock: &Arc<TestClock>) -> Runtime {
+        Runtime::builder()
+            .data_dir(dir)
+            .task("spam")
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn daily_stats_follow_rollover_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), RULES, Default::default());
+        let clock = Arc::new(TestClock(std::sync::atomic::AtomicI64::new(DAY1 + 1000)));
+        let rt = runtime_at(dir.path(), &clock);
+        for text in ["prize", "prize", "hello"] {
+            rt.execute(&json!({ "text": text })).unwrap();
+        }
+        rt.execute(&json!({})).unwrap_err();
+        let stats = rt.stats(7).unwrap();
+        assert_eq!(stats.len(), 1);
+        assert_eq!(
+            (stats[0].date.as_str(), stats[0].total, stats[0].failed),
+            ("2025-11-25", 4, 1)
+        );
+        assert_eq!(stats[0].output_distribution.get("spam"), Some(&2));
+
+        // Next day: a new file and a new stats entry; the closed day is persisted.
+        clock
+            .0
+            .store(DAY1 + DAY + 5, std::sync::atomic::Ordering::Relaxed);
+        rt.execute(&json!({"text": "prize"})).unwrap();
+        let stats = rt.stats(7).unwrap();
+        assert_eq!(
+            stats.iter().map(|s| s.total).collect::<Vec<_>>(),
+            vec![4, 1]
+        );
+        rt.shutdown(Duration::from_secs(5)).unwrap();
+        drop(rt);
+
+        // Restart in the middle of day 2: the aggregate starts from what is on disk.
+        let rt = runtime_at(dir.path(), &clock);
+        rt.execute(&json!({"text": "hello"})).unwrap();
+        let stats = rt.stats(7).unwrap();
+        assert_eq!(stats.last().unwrap().total, 2);
+        assert!(dir
+            .path()
+            .join("datasets/spam/analytics/daily-stats-2025-11-26.json")
+            .exists());
+    }
+
+    #[test]
+    fn retention_runs_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), RULES, Default::default());
+        let clock = Arc::new(TestClock(std::sync::atomic::AtomicI64::new(DAY1)));
+        let rt = runtime_at(dir.path(), &clock);
+        rt.execute(&json!({"text": "prize"})).unwrap();
+        rt.shutdown(Duration::from_secs(5)).unwrap();
+        drop(rt);
+        // Three days later the day-1 file is compressed; ten days later it is gone.
+        clock
+            .0
+            .store(DAY1 + 3 * DAY, std::sync::atomic::Ordering::Relaxed);
+        let wait_for_retention = |rt: &Runtime| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(report) = rt.last_retention() {
+                    return report.unwrap();
+                }
+                assert!(Instant::now() < deadline, "retention did not run");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        let rt = runtime_at(dir.path(), &clock);
+        let report = wait_for_retention(&rt);
+        assert_eq!(report.compressed.len(), 1, "{report:?}");
+        let executions = dir.path().join("datasets/spam/executions");
+        assert!(executions.join("2025-11-25.jsonl.gz").exists());
+        assert!(!executions.join("2025-11-25.jsonl").exists());
+        let records: Vec<_> = DatasetReader::new(dir.path(), "spam")
+            .executions(
+                crate::parse_day("2025-11-25").unwrap(),
+                crate::parse_day("2025-11-25").unwrap(),
+            )
+            .unwrap()
+            .collect::<Result<_>>()
+            .unwrap();
+        assert_eq!(records.len(), 1, "compressed records still read back");
+        rt.shutdown(Duration::from_secs(5)).unwrap();
+        drop(rt);
+        clock
+            .0
+            .store(DAY1 + 10 * DAY, std::sync::atomic::Ordering::Relaxed);
+        let rt = runtime_at(dir.path(), &clock);
+        let report = wait_for_retention(&rt);
+        assert_eq!(report.deleted.len(), 1, "{report:?}");
+        assert!(!executions.join("2025-11-25.jsonl.gz").exists());
     }
 
     #[test]

@@ -1,12 +1,25 @@
 //! The dataset store: every execution logged as JSONL under
 //! `<data_dir>/datasets/<task>/`, validations beside it, daily analytics, retention.
 
+mod analytics;
+mod keeper;
+mod maintenance;
+mod reader;
 mod record;
+mod retention;
 mod writer;
 
+pub use analytics::{
+    read_stats, rebuild_stats, write_stats, DailyAggregate, DailyStats, LatencyStats,
+    ValidationStats, MAX_OUTPUT_KEYS,
+};
+pub(crate) use keeper::AnalyticsKeeper;
+pub(crate) use maintenance::Maintenance;
+pub use reader::DatasetReader;
 pub use record::{
     day_string, parse_day, Clock, DatasetLayout, ExecutionRecord, SystemClock, Timestamp,
     ValidationRecord,
 };
+pub use retention::{apply_retention, RetentionPolicy, RetentionReport};
 pub use writer::DatasetMetrics;
 pub(crate) use writer::{DatasetWriter, WriterOptions};

@@ -142,6 +142,38 @@ pub struct ExecutionRecord {
     pub timestamp: Timestamp,
 }
 
+impl ExecutionRecord {
+    /// An execution record (`error` set for `status: error`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        execution_id: Uuid,
+        task_id: impl Into<String>,
+        program_version: u32,
+        input: Value,
+        output: Value,
+        confidence: f64,
+        latency_ms: f64,
+        status: ExecutionStatus,
+        error: Option<String>,
+        sampled: bool,
+        timestamp: Timestamp,
+    ) -> ExecutionRecord {
+        ExecutionRecord {
+            execution_id,
+            task_id: task_id.into(),
+            program_version,
+            input,
+            output,
+            confidence,
+            latency_ms,
+            status,
+            error,
+            sampled,
+            timestamp,
+        }
+    }
+}
+
 /// One validation of a sampled execution against the oracle, as logged to
 /// `validations/sampled-YYYY-MM-DD.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -45,6 +45,8 @@ pub(crate) trait RecordObserver: Send {
     fn validation(&mut self, record: &ValidationRecord);
     /// Called after every batch and at least every 100 ms (periodic work).
     fn tick(&mut self, now: Timestamp);
+    /// Called for every flush request: persist whatever is kept in memory.
+    fn persist(&mut self, now: Timestamp);
     /// Called once when the writer stops.
     fn finish(&mut self, now: Timestamp);
 }
@@ -336,6 +338,11 @@ impl DatasetWriter {
         }
     }
 
+    /// Whether `shutdown` was called (or the thread exited).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
     /// Whether the thread is running and the last write succeeded.
     pub(crate) fn healthy(&self) -> bool {
         !self.shared.dead.load(Ordering::Acquire) && !self.shared.failing.load(Ordering::Relaxed)
@@ -482,6 +489,9 @@ impl WriterState {
             let now = self.now();
             if let Some(o) = &mut self.observer {
                 o.tick(now);
+                if !flushes.is_empty() {
+                    o.persist(now);
+                }
             }
             for s in flushes {
                 s.complete(result.clone());
@@ -513,6 +523,14 @@ impl WriterState {
 
     fn append<T: serde::Serialize>(&mut self, kind: Kind, day: Date, record: &T) {
         self.seq += 1;
+        // A day older than yesterday may already be compressed by retention: a late record
+        // (say, a validation stamped long ago) goes to today's file instead, keeping its
+        // own timestamp. Nothing is ever appended to a file retention may rewrite.
+        let today = self.now().day();
+        let day = match today.previous_day() {
+            Some(yesterday) if day < yesterday => today,
+            _ => day,
+        };
         let key = (kind, day);
         let idx = match self.pending.iter().position(|p| p.key == key) {
             Some(i) => i,
@@ -755,7 +773,7 @@ pub(crate) fn repair_tail(file: &mut File, path: &Path) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataset::record::{parse_day, SystemClock};
+    use crate::dataset::record::parse_day;
     use crate::ExecutionStatus;
     use serde_json::json;
     use std::sync::atomic::AtomicI64;
@@ -780,6 +798,7 @@ mod tests {
             self.0.lock().1 += 1;
         }
         fn tick(&mut self, _: Timestamp) {}
+        fn persist(&mut self, _: Timestamp) {}
         fn finish(&mut self, _: Timestamp) {
             self.0.lock().2 = true;
         }
@@ -802,6 +821,10 @@ mod tests {
     }
 
     const DAY1: i64 = 1_764_028_800_000; // 2025-11-25T00:00:00Z
+
+    fn day1_clock() -> Arc<dyn Clock> {
+        Arc::new(FixedClock(AtomicI64::new(DAY1)))
+    }
 
     fn writer(
         dir: &Path,
@@ -839,7 +862,7 @@ mod tests {
     fn records_are_whole_json_lines_in_the_days_file() {
         let dir = tempfile::tempdir().unwrap();
         let obs = Counting::default();
-        let w = writer(dir.path(), opts(false), Arc::new(SystemClock), obs.clone());
+        let w = writer(dir.path(), opts(false), day1_clock(), obs.clone());
         for i in 0..10 {
             w.log_execution(record(i, DAY1 + 1000 * i as i64)).unwrap();
         }
@@ -868,12 +891,7 @@ mod tests {
         let good = serde_json::to_string(&record(1, DAY1)).unwrap();
         // A whole line, then a line cut mid-write.
         std::fs::write(&file, format!("{good}\n{}", &good[..40])).unwrap();
-        let w = writer(
-            dir.path(),
-            opts(true),
-            Arc::new(SystemClock),
-            Counting::default(),
-        );
+        let w = writer(dir.path(), opts(true), day1_clock(), Counting::default());
         w.log_execution(record(2, DAY1 + 5)).unwrap();
         let got = lines(&file);
         assert_eq!(got.len(), 2);
@@ -888,12 +906,7 @@ mod tests {
         bytes.extend_from_slice(&[0u8; 100]);
         bytes.push(b'\n');
         std::fs::write(&file, bytes).unwrap();
-        let w = writer(
-            dir.path(),
-            opts(true),
-            Arc::new(SystemClock),
-            Counting::default(),
-        );
+        let w = writer(dir.path(), opts(true), day1_clock(), Counting::default());
         w.log_execution(record(3, DAY1 + 6)).unwrap();
         assert_eq!(lines(&file).len(), 3);
     }
@@ -904,7 +917,7 @@ mod tests {
         let w = Arc::new(writer(
             dir.path(),
             opts(true),
-            Arc::new(SystemClock),
+            day1_clock(),
             Counting::default(),
         ));
         let threads: Vec<_> = (0..8u64)
@@ -940,12 +953,7 @@ mod tests {
     fn exact_counts_under_concurrency() {
         let dir = tempfile::tempdir().unwrap();
         let obs = Counting::default();
-        let w = Arc::new(writer(
-            dir.path(),
-            opts(false),
-            Arc::new(SystemClock),
-            obs.clone(),
-        ));
+        let w = Arc::new(writer(dir.path(), opts(false), day1_clock(), obs.clone()));
         let per_thread = 20_000u64;
         let threads: Vec<_> = (0..8u64)
             .map(|t| {
@@ -986,12 +994,7 @@ mod tests {
             drop_when_full: true,
             queue_capacity: 1,
         };
-        let w = writer(
-            dir.path(),
-            options,
-            Arc::new(SystemClock),
-            Counting::default(),
-        );
+        let w = writer(dir.path(), options, day1_clock(), Counting::default());
         for i in 0..20_000 {
             w.log_execution(record(i, DAY1)).unwrap();
         }
@@ -1039,15 +1042,33 @@ mod tests {
     }
 
     #[test]
+    fn late_records_for_compressible_days_go_to_todays_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(FixedClock(AtomicI64::new(DAY1 + 3 * 86_400_000)));
+        let w = writer(dir.path(), opts(false), clock, Counting::default());
+        w.log_execution(record(1, DAY1)).unwrap(); // three days old
+        w.log_execution(record(2, DAY1 + 2 * 86_400_000)).unwrap(); // yesterday
+        w.flush(Duration::from_secs(5)).unwrap();
+        let layout = DatasetLayout::new(dir.path(), "spam");
+        assert!(!layout
+            .executions_file(parse_day("2025-11-25").unwrap())
+            .exists());
+        let today = lines(&layout.executions_file(parse_day("2025-11-28").unwrap()));
+        assert_eq!(
+            today[0]["timestamp"], "2025-11-25T00:00:00.000Z",
+            "the record keeps its time"
+        );
+        assert_eq!(
+            lines(&layout.executions_file(parse_day("2025-11-27").unwrap())).len(),
+            1
+        );
+    }
+
+    #[test]
     fn write_errors_are_reported_and_records_kept_for_retry() {
         let dir = tempfile::tempdir().unwrap();
         let layout = DatasetLayout::new(dir.path(), "spam");
-        let w = writer(
-            dir.path(),
-            opts(false),
-            Arc::new(SystemClock),
-            Counting::default(),
-        );
+        let w = writer(dir.path(), opts(false), day1_clock(), Counting::default());
         // Make the day's file impossible to create: a directory in its place.
         let file = layout.executions_file(parse_day("2025-11-25").unwrap());
         std::fs::create_dir_all(&file).unwrap();

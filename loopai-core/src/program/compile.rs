@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::plan::*;
-use super::text::{ngram_hash, EMAIL_RE, NUMBER_RE, URL_RE};
+use super::text::{ngram_hash, Placeholder};
 use super::{ProgramLimits, ProgramStats, FORMAT};
 use crate::{Error, ErrorKind, Result};
 
@@ -633,6 +633,7 @@ pub(crate) fn compile_value(
         inputs.push(InputPlan {
             name: inp.name.clone(),
             pointer: inp.path.clone(),
+            tokens: PointerToken::parse_pointer(&inp.path),
             required: inp.required,
             kind,
         });
@@ -896,12 +897,12 @@ impl Compiler<'_> {
                 if r.with.len() > 64 {
                     return Err(perr(&join(path, "with"), "at most 64 bytes"));
                 }
-                let re = match r.kind {
-                    RawReplaceKind::Url => &*URL_RE,
-                    RawReplaceKind::Email => &*EMAIL_RE,
-                    RawReplaceKind::Number => &*NUMBER_RE,
+                let kind = match r.kind {
+                    RawReplaceKind::Url => Placeholder::Url,
+                    RawReplaceKind::Email => Placeholder::Email,
+                    RawReplaceKind::Number => Placeholder::Number,
                 };
-                StepPlan::Replace { re, with: r.with }
+                StepPlan::Replace { kind, with: r.with }
             }
             "truncate" => {
                 let r: RawStepTruncate = typed(value, path)?;

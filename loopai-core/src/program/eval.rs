@@ -57,7 +57,7 @@ pub(crate) fn evaluate(plan: &Plan, input: &Value) -> Result<Outcome> {
     let mut texts: [&str; MAX_INPUTS] = [""; MAX_INPUTS];
     let mut numbers = [0f64; MAX_INPUTS];
     for inp in &plan.inputs {
-        let found = input.pointer(&inp.pointer).filter(|v| !v.is_null());
+        let found = resolve(input, &inp.tokens).filter(|v| !v.is_null());
         match (&inp.kind, found) {
             (
                 InputKind::Text {
@@ -146,7 +146,12 @@ fn run(plan: &Plan, texts: &[&str], numbers: &[f64], s: &mut Scratch) -> Outcome
                     text::lowercase_into(dst, &mut s.tmp)
                 }
                 StepPlan::CollapseWhitespace => text::collapse_whitespace_into(dst, &mut s.tmp),
-                StepPlan::Replace { re, with } => text::replace_into(re, dst, with, &mut s.tmp),
+                StepPlan::Replace { kind, with } => {
+                    if !kind.may_match(dst) {
+                        continue;
+                    }
+                    text::replace_into(kind.regex(), dst, with, &mut s.tmp)
+                }
                 StepPlan::Truncate(max) => {
                     let keep = text::truncate_str(dst, *max).len();
                     dst.truncate(keep);

@@ -8,6 +8,7 @@ use aho_corasick::AhoCorasick;
 use regex::Regex;
 use serde::Deserialize;
 
+use super::text::Placeholder;
 use super::ProgramStats;
 
 pub(crate) const MAX_INPUTS: usize = 32;
@@ -34,8 +35,53 @@ pub(crate) struct Plan {
 pub(crate) struct InputPlan {
     pub name: String,
     pub pointer: String,
+    /// `pointer` split into unescaped reference tokens (RFC 6901), parsed once.
+    pub tokens: Vec<PointerToken>,
     pub required: bool,
     pub kind: InputKind,
+}
+
+/// One reference token of a JSON Pointer: an object key, and the array index it denotes
+/// when it is one (`0` or digits without a leading zero).
+#[derive(Debug)]
+pub(crate) struct PointerToken {
+    pub key: String,
+    pub index: Option<usize>,
+}
+
+impl PointerToken {
+    pub(crate) fn parse_pointer(pointer: &str) -> Vec<PointerToken> {
+        if pointer.is_empty() {
+            return Vec::new();
+        }
+        pointer
+            .split('/')
+            .skip(1)
+            .map(|raw| {
+                let key = raw.replace("~1", "/").replace("~0", "~");
+                let index = (key == "0" || (!key.starts_with('0') && !key.is_empty()))
+                    .then(|| key.parse::<usize>().ok())
+                    .flatten();
+                PointerToken { key, index }
+            })
+            .collect()
+    }
+}
+
+/// Follows pre-parsed pointer tokens; no allocation.
+#[inline]
+pub(crate) fn resolve<'a>(
+    mut value: &'a serde_json::Value,
+    tokens: &[PointerToken],
+) -> Option<&'a serde_json::Value> {
+    for t in tokens {
+        value = match value {
+            serde_json::Value::Object(map) => map.get(t.key.as_str())?,
+            serde_json::Value::Array(list) => list.get(t.index?)?,
+            _ => return None,
+        };
+    }
+    Some(value)
 }
 
 #[derive(Debug)]
@@ -62,7 +108,7 @@ pub(crate) enum StepPlan {
     Nfkc,
     Lowercase,
     CollapseWhitespace,
-    Replace { re: &'static Regex, with: String },
+    Replace { kind: Placeholder, with: String },
     Truncate(usize),
 }
 

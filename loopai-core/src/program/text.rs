@@ -75,6 +75,18 @@ pub(crate) fn is_word_char(c: char) -> bool {
     c.is_alphanumeric() || c == '_'
 }
 
+/// ASCII bytes that belong to `alnum` tokens.
+static ASCII_WORD: [bool; 128] = {
+    let mut t = [false; 128];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'_';
+        b += 1;
+    }
+    t
+};
+
 /// Pushes the byte ranges of the tokens of `text` into `out`.
 ///
 /// `alnum`: maximal runs of alphanumeric characters and `_`; `whitespace`: maximal runs
@@ -83,24 +95,20 @@ pub(crate) fn tokenize(text: &str, alnum: bool, out: &mut Vec<(u32, u32)>) {
     out.clear();
     let bytes = text.as_bytes();
     if text.is_ascii() {
-        let mut start = None;
-        for (i, &b) in bytes.iter().enumerate() {
-            let inside = if alnum {
-                b.is_ascii_alphanumeric() || b == b'_'
-            } else {
-                !b.is_ascii_whitespace()
-            };
-            match (inside, start) {
-                (true, None) => start = Some(i),
-                (false, Some(s)) => {
-                    out.push((s as u32, i as u32));
-                    start = None;
-                }
-                _ => {}
+        let n = bytes.len();
+        let mut i = 0;
+        while i < n {
+            // Skip separators, then take a run of token bytes.
+            while i < n && !ascii_inside(bytes[i], alnum) {
+                i += 1;
             }
-        }
-        if let Some(s) = start {
-            out.push((s as u32, bytes.len() as u32));
+            let start = i;
+            while i < n && ascii_inside(bytes[i], alnum) {
+                i += 1;
+            }
+            if i > start {
+                out.push((start as u32, i as u32));
+            }
         }
         return;
     }
@@ -125,6 +133,15 @@ pub(crate) fn tokenize(text: &str, alnum: bool, out: &mut Vec<(u32, u32)>) {
     }
 }
 
+#[inline(always)]
+fn ascii_inside(b: u8, alnum: bool) -> bool {
+    if alnum {
+        ASCII_WORD[usize::from(b & 0x7f)]
+    } else {
+        !b.is_ascii_whitespace()
+    }
+}
+
 /// Placeholder-replacement patterns (`preprocess` step `replace`). Fixed by the format.
 pub(crate) static URL_RE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r#"(?i)\b(?:https?://|www\.)[^\s<>"']+"#).expect("URL pattern compiles")
@@ -134,6 +151,41 @@ pub(crate) static EMAIL_RE: LazyLock<Regex> = LazyLock::new(|| {
 });
 pub(crate) static NUMBER_RE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"[0-9]+(?:[.,][0-9]+)*").expect("number pattern compiles"));
+
+/// Which fixed pattern a `replace` step uses; each has a cheap necessary condition that
+/// lets most texts skip the regex search entirely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placeholder {
+    Url,
+    Email,
+    Number,
+}
+
+impl Placeholder {
+    pub(crate) fn regex(self) -> &'static Regex {
+        match self {
+            Placeholder::Url => &URL_RE,
+            Placeholder::Email => &EMAIL_RE,
+            Placeholder::Number => &NUMBER_RE,
+        }
+    }
+
+    /// False only when the pattern certainly cannot match `text`.
+    #[inline]
+    pub(crate) fn may_match(self, text: &str) -> bool {
+        let b = text.as_bytes();
+        match self {
+            // Every URL match contains "://" or "www." (any case).
+            Placeholder::Url => b.iter().enumerate().any(|(i, &c)| match c {
+                b':' => b[i + 1..].starts_with(b"//"),
+                b'w' | b'W' => b.len() >= i + 4 && b[i..i + 4].eq_ignore_ascii_case(b"www."),
+                _ => false,
+            }),
+            Placeholder::Email => b.contains(&b'@'),
+            Placeholder::Number => b.iter().any(u8::is_ascii_digit),
+        }
+    }
+}
 
 /// Writes `src` into `dst` with every match of `re` replaced by `with`.
 pub(crate) fn replace_into(re: &Regex, src: &str, with: &str, dst: &mut String) {
@@ -229,6 +281,26 @@ mod tests {
         assert_eq!(out, [(0, 2), (3, 12), (13, 15)]);
         tokenize("a  b\tc!", false, &mut out);
         assert_eq!(out, [(0, 1), (3, 4), (5, 7)]);
+    }
+
+    #[test]
+    fn placeholder_prechecks_never_skip_a_match() {
+        for text in [
+            "see HTTP://x.io",
+            "WwW.example.com",
+            "a@b.co",
+            "x1",
+            "ftp://h/p",
+            "no match here",
+        ] {
+            for kind in [Placeholder::Url, Placeholder::Email, Placeholder::Number] {
+                if kind.regex().is_match(text) {
+                    assert!(kind.may_match(text), "{kind:?} on {text:?}");
+                }
+            }
+        }
+        assert!(!Placeholder::Url.may_match("plain words only"));
+        assert!(!Placeholder::Number.may_match("no digits"));
     }
 
     #[test]
