@@ -280,6 +280,22 @@ impl PyRuntime {
         self.rt().data_dir().to_path_buf()
     }
 
+    /// Daily statistics of the last ``days`` UTC days that have data, oldest first (today's
+    /// are brought up to date first, which flushes the log): one dict per day with
+    /// ``date``, ``total``, ``successful``, ``failed``, ``abstained``, ``success_rate``,
+    /// ``latency_ms`` (``avg``, ``p50``, ``p95``, ``p99``, ...), ``output_distribution``,
+    /// ``versions``, ``validations``... (see ``docs/datasets.md``).
+    #[pyo3(signature = (days = 7))]
+    fn stats<'py>(&self, py: Python<'py>, days: u32) -> PyResult<Bound<'py, PyAny>> {
+        let rt = self.rt();
+        let stats = py
+            .detach(|| rt.stats(days))
+            .map_err(|e| errors::to_py(py, e))?;
+        let value = serde_json::to_value(&stats)
+            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+        convert::to_py(py, &value)
+    }
+
     /// The runtime's state for health checks: ``status`` (``"ok"`` or ``"degraded"``),
     /// ``task``, ``active_version`` and execution-log counters under ``dataset``.
     fn health<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {

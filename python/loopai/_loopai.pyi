@@ -157,6 +157,12 @@ class Runtime:
     @property
     def data_dir(self) -> pathlib.Path:
         """The data directory."""
+    def stats(self, days: int = 7) -> list[dict[str, Any]]:
+        """Daily statistics of the last ``days`` UTC days that have data, oldest first (today's
+        are brought up to date first, which flushes the log): one dict per day with
+        ``date``, ``total``, ``successful``, ``failed``, ``abstained``, ``success_rate``,
+        ``latency_ms`` (``avg``, ``p50``, ``p95``, ``p99``, ...), ``output_distribution``,
+        ``versions``, ``validations``... (see ``docs/datasets.md``)."""
     def health(self) -> dict[str, Any]:
         """The runtime's state for health checks: ``status`` (``"ok"`` or ``"degraded"``),
         ``task``, ``active_version`` and execution-log counters under ``dataset``."""

@@ -203,3 +203,27 @@ def test_example_program_classifies_example_inputs(tmp_path: Path) -> None:
     with loopai.Runtime(tmp_path, "spam") as rt:
         outputs = [rt.execute(json.loads(line)).output for line in inputs]
     assert outputs == ["spam", "ham", "spam", "ham"]
+
+
+def test_stats_counts_todays_executions(rt: loopai.Runtime) -> None:
+    assert rt.stats() == []
+    for text in ["prize", "prize", "hello"]:
+        rt.execute({"text": text})
+    with pytest.raises(loopai.InvalidInput):
+        rt.execute({})
+    days = rt.stats(days=7)
+    assert len(days) == 1
+    today = days[0]
+    assert (today["total"], today["successful"], today["abstained"], today["failed"]) == (
+        4,
+        2,
+        1,
+        1,
+    )
+    assert today["task_id"] == "spam"
+    assert today["output_distribution"]["spam"] == 2
+    assert today["versions"] == {"v1": 4}
+    assert today["latency_ms"]["p50"] >= 0
+    assert rt.stats(days=0) == []
+    with pytest.raises(OverflowError):
+        rt.stats(days=-1)
