@@ -85,6 +85,7 @@ mod fork;
 mod fsutil;
 mod program;
 mod runtime;
+mod sampler;
 mod schema;
 
 pub use artifact::{
@@ -112,4 +113,5 @@ pub use runtime::{
     ExecutionResult, ExecutionStatus, Health, Runtime, RuntimeBuilder, Scores,
     DROP_SHUTDOWN_TIMEOUT, MAX_INPUT_DOCUMENT_BYTES,
 };
+pub use sampler::{SampleReason, Sampler};
 pub use schema::{JsonSchema, SchemaViolation};

@@ -14,7 +14,7 @@ use crate::{
     ArtifactStore, Clock, DailyStats, DatasetLayout, DatasetMetrics, DatasetReader,
     DeploymentConfig, Durability, Error, ErrorKind, ExecutionRecord, Executor, JsonSchema,
     LoadedArtifact, OnFull, Program, ProgramLimits, Result, RetentionPolicy, RetentionReport,
-    SystemClock, Timestamp,
+    Sampler, SystemClock, Timestamp,
 };
 
 /// How long dropping a [`Runtime`] waits for its background threads to finish.
@@ -97,7 +97,8 @@ pub struct ExecutionResult {
     pub latency_ms: f64,
     /// `success` or `abstain`.
     pub status: ExecutionStatus,
-    /// Whether this execution was sampled for validation against the oracle.
+    /// Whether this execution was sampled for validation against the oracle (see
+    /// [`Sampler`] and `sampling.*` in the configuration).
     pub sampled: bool,
     /// The rule or model that decided (`decide.steps[0].rules[2]`).
     pub decided_by: Option<String>,
@@ -218,6 +219,7 @@ impl RuntimeBuilder {
         )?;
         let maintenance =
             Maintenance::start(layout, RetentionPolicy::from_config(&config), clock.clone())?;
+        let sampler = Sampler::new(&config.sampling, clock.now_millis());
         Ok(Runtime {
             inner: Arc::new(Inner {
                 data_dir,
@@ -228,6 +230,7 @@ impl RuntimeBuilder {
                 executor,
                 dataset,
                 maintenance,
+                sampler,
                 clock,
                 fork_generation: crate::fork::generation(),
             }),
@@ -270,6 +273,7 @@ struct Inner {
     executor: Executor,
     dataset: DatasetWriter,
     maintenance: Maintenance,
+    sampler: Sampler,
     clock: Arc<dyn Clock>,
     fork_generation: u64,
 }
@@ -367,6 +371,16 @@ impl Runtime {
         } else {
             ExecutionStatus::Success
         };
+        let sampled = self
+            .inner
+            .sampler
+            .decide(
+                &execution_id,
+                run.outcome.label,
+                run.outcome.confidence,
+                timestamp.millis(),
+            )
+            .is_some();
         let latency_ms = start.elapsed().as_secs_f64() * 1e3;
         self.inner.dataset.log_execution(ExecutionRecord {
             execution_id,
@@ -378,7 +392,7 @@ impl Runtime {
             latency_ms,
             status,
             error: None,
-            sampled: false,
+            sampled,
             timestamp,
         })?;
         Ok(ExecutionResult {
@@ -392,7 +406,7 @@ impl Runtime {
             version: run.version,
             latency_ms,
             status,
-            sampled: false,
+            sampled,
             decided_by: run.decided_by,
         })
     }
@@ -523,7 +537,11 @@ impl Runtime {
         let loaded = self.inner.store.load(version)?;
         let (program, _, _) = compile_artifact(&loaded, &self.inner.limits)?;
         self.inner.store.activate(version)?;
-        self.inner.executor.swap(program, version)
+        self.inner.executor.swap(program, version)?;
+        self.inner
+            .sampler
+            .version_activated(self.inner.clock.now_millis());
+        Ok(())
     }
 
     /// Re-reads the `active` pointer (changed, say, by `loopai artifacts activate` in
@@ -538,6 +556,9 @@ impl Runtime {
         if loaded.metadata.version != self.active_version() {
             let (program, _, _) = compile_artifact(&loaded, &self.inner.limits)?;
             self.inner.executor.swap(program, loaded.metadata.version)?;
+            self.inner
+                .sampler
+                .version_activated(self.inner.clock.now_millis());
         }
         Ok(loaded.metadata.version)
     }
@@ -957,6 +978,30 @@ mod tests {
         let report = wait_for_retention(&rt);
         assert_eq!(report.deleted.len(), 1, "{report:?}");
         assert!(!executions.join("2025-11-25.jsonl.gz").exists());
+    }
+
+    #[test]
+    fn sampled_executions_are_flagged_in_results_and_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), RULES, Default::default());
+        // Uncertainty sampling: the 0.55-confidence ham rule is always sampled.
+        let config = DeploymentConfig::from_yaml_str(
+            "sampling:\n  strategy: uncertainty\n  rate: 0\n  uncertainty_threshold: 0.9\n",
+            "test",
+        )
+        .unwrap();
+        let rt = Runtime::builder()
+            .data_dir(dir.path())
+            .task("spam")
+            .config(config)
+            .build()
+            .unwrap();
+        assert!(rt.execute(&json!({"text": "hello"})).unwrap().sampled);
+        assert!(!rt.execute(&json!({"text": "prize"})).unwrap().sampled);
+        rt.flush(Duration::from_secs(5)).unwrap();
+        let lines = day_lines(dir.path(), "executions");
+        assert_eq!(lines.iter().filter(|l| l["sampled"] == true).count(), 1);
+        assert_eq!(rt.stats(1).unwrap()[0].sampled_count, 1);
     }
 
     #[test]

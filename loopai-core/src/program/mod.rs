@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::Result;
 
+pub(crate) use text::fmix64;
 pub use text::ngram_hash;
 
 /// The `format` string every program carries.

@@ -1,0 +1,243 @@
+// Tests of the C# binding against a real libloopai, run by scripts/test-bindings.sh:
+//   mcs -out:LoopaiTests.exe bindings/csharp/Loopai.cs bindings/csharp/tests/LoopaiTests.cs
+//   mono LoopaiTests.exe
+// Environment: LOOPAI_TEST_DATA_DIR, LOOPAI_VECTORS_DATA_DIR, LOOPAI_VECTORS (see the script).
+using System;
+using System.Collections.Generic;
+using System.Globalization;
+using System.IO;
+using System.Threading;
+using Loopai;
+
+internal static class LoopaiTests
+{
+    private static int passed, failed;
+
+    private static string Env(string name)
+    {
+        var v = Environment.GetEnvironmentVariable(name);
+        if (string.IsNullOrEmpty(v))
+            throw new Exception(name + " is not set: run scripts/test-bindings.sh");
+        return v;
+    }
+
+    private static void Assert(bool cond, string what)
+    {
+        if (!cond)
+            throw new Exception("assertion failed: " + what);
+    }
+
+    private static LoopaiException Throws(Action a)
+    {
+        try
+        {
+            a();
+        }
+        catch (LoopaiException e)
+        {
+            return e;
+        }
+        throw new Exception("expected a LoopaiException");
+    }
+
+    private static void Run(string name, Action test)
+    {
+        try
+        {
+            test();
+            Console.WriteLine("ok   " + name);
+            passed++;
+        }
+        catch (Exception e)
+        {
+            Console.WriteLine("FAIL " + name + ": " + e);
+            failed++;
+        }
+    }
+
+    private static void ExecuteReturnsResults()
+    {
+        Assert(LoopaiRuntime.LibraryVersion.Length > 0, "version");
+        using (var rt = new LoopaiRuntime(Env("LOOPAI_TEST_DATA_DIR"), "spam"))
+        {
+            var r = rt.Execute("{\"text\": \"WIN a FREE prize, call now\"}");
+            Assert(r.Label == "spam", "label " + r.OutputJson);
+            Assert(r.OutputJson == "\"spam\"", "output json");
+            Assert(r.Confidence == 0.95, "confidence " + r.Confidence.ToString("R"));
+            Assert(r.Version == 1 && rt.ActiveVersion == 1, "version");
+            Assert(r.Json.Contains("\"status\":\"success\""), r.Json);
+            var ham = rt.Execute(System.Text.Encoding.UTF8.GetBytes("{\"text\": \"see you at home\"}"));
+            Assert(ham.Label == "ham", ham.Json);
+        }
+    }
+
+    private static void ErrorsCarryTheirCode()
+    {
+        var dir = Env("LOOPAI_TEST_DATA_DIR");
+        var e = Throws(() => new LoopaiRuntime(dir, "no-such-task"));
+        Assert(e.Code == LoopaiStatus.Artifact && e.Kind == "artifact", e.ToString());
+        Assert(e.Message.Contains("no active program"), e.Message);
+        e = Throws(() => new LoopaiRuntime(dir, "spam", "{\"sampling\": {\"rate\": 1.5}}"));
+        Assert(e.Code == LoopaiStatus.Config && e.Message.Contains("sampling.rate"), e.Message);
+        e = Throws(() => new LoopaiRuntime(dir, "spam", "{nope"));
+        Assert(e.Code == LoopaiStatus.Config, e.Message);
+        e = Throws(() => new LoopaiRuntime(dir, "sp\0am"));
+        Assert(e.Code == LoopaiStatus.Config, e.Message);
+        e = Throws(() => new LoopaiRuntime(null, "spam"));
+        Assert(e.Code == LoopaiStatus.Config, e.Message);
+        Assert(LoopaiRuntime.StatusName((LoopaiStatus)(-1000)) == "unknown", "unknown code");
+        using (var rt = new LoopaiRuntime(dir, "spam"))
+        {
+            foreach (var bad in new[] { "{\"text\": ", "", "[1]", "{\"text\": 3}", "{}" })
+            {
+                e = Throws(() => rt.Execute(bad));
+                Assert(e.Code == LoopaiStatus.InvalidInput, bad + ": " + e.Message);
+            }
+            e = Throws(() => rt.Execute(new byte[] { (byte)'{', (byte)'"', 0xff, (byte)'"', (byte)'}' }));
+            Assert(e.Code == LoopaiStatus.InvalidInput, e.Message);
+            e = Throws(() => rt.Execute((string)null));
+            Assert(e.Code == LoopaiStatus.InvalidInput, e.Message);
+        }
+    }
+
+    private static void DisposeIsIdempotentAndLaterCallsAreClosed()
+    {
+        var rt = new LoopaiRuntime(Env("LOOPAI_TEST_DATA_DIR"), "spam", "{\"storage\": {\"durability\": \"durable\"}}");
+        rt.Execute("{\"text\": \"hello\"}");
+        rt.Dispose();
+        rt.Dispose();
+        var e = Throws(() => rt.Execute("{\"text\": \"hello\"}"));
+        Assert(e.Code == LoopaiStatus.Closed, e.Message);
+        e = Throws(() => rt.Flush(TimeSpan.FromSeconds(1)));
+        Assert(e.Code == LoopaiStatus.Closed, e.Message);
+    }
+
+    private static void BatchFlushHealthShutdown()
+    {
+        using (var rt = new LoopaiRuntime(Env("LOOPAI_TEST_DATA_DIR"), "spam"))
+        {
+            var batch = rt.ExecuteBatch("[{\"text\": \"free prize, claim now\"}, {\"nope\": 1}]");
+            Assert(batch.StartsWith("[") && batch.Contains("\"output\":\"spam\""), batch);
+            Assert(batch.Contains("\"error\":{\"code\":-1,\"kind\":\"invalid_input\""), batch);
+            Assert(Throws(() => rt.ExecuteBatch("{}")).Code == LoopaiStatus.InvalidInput, "batch of an object");
+            rt.Flush(TimeSpan.FromSeconds(5));
+            var health = rt.HealthJson();
+            Assert(health.Contains("\"status\":\"ok\"") && health.Contains("\"written\":2"), health);
+            rt.Shutdown(TimeSpan.FromSeconds(5));
+            Assert(Throws(() => rt.Execute("{\"text\": \"x\"}")).Code == LoopaiStatus.Closed, "after shutdown");
+        }
+    }
+
+    private static void FourThreadsExecuteConcurrently()
+    {
+        using (var rt = new LoopaiRuntime(Env("LOOPAI_TEST_DATA_DIR"), "spam"))
+        {
+            var errors = new List<string>();
+            var threads = new Thread[4];
+            for (int t = 0; t < threads.Length; t++)
+            {
+                threads[t] = new Thread(() =>
+                {
+                    for (int i = 0; i < 250; i++)
+                    {
+                        try
+                        {
+                            var r = rt.Execute("{\"text\": \"Call me when you get this\"}");
+                            if (r.Label != "ham")
+                                lock (errors) errors.Add(r.Json);
+                        }
+                        catch (Exception e)
+                        {
+                            lock (errors) errors.Add(e.Message);
+                        }
+                    }
+                });
+                threads[t].Start();
+            }
+            foreach (var t in threads)
+                t.Join();
+            Assert(errors.Count == 0, string.Join("; ", errors));
+            rt.Flush(TimeSpan.FromSeconds(10));
+            Assert(rt.HealthJson().Contains("\"written\":1000"), rt.HealthJson());
+        }
+    }
+
+    // ---- parity vectors: a minimal scanner for the generated, compact JSON lines --------
+
+    private static int SkipValue(string s, int i)
+    {
+        if (s[i] == '"')
+        {
+            for (i++; s[i] != '"'; i++)
+                if (s[i] == '\\')
+                    i++;
+            return i + 1;
+        }
+        if (s[i] == '{' || s[i] == '[')
+        {
+            int depth = 0;
+            for (; i < s.Length; i++)
+            {
+                char c = s[i];
+                if (c == '"') { i = SkipValue(s, i) - 1; }
+                else if (c == '{' || c == '[') depth++;
+                else if ((c == '}' || c == ']') && --depth == 0) return i + 1;
+            }
+            throw new Exception("unterminated value");
+        }
+        while (i < s.Length && s[i] != ',' && s[i] != '}' && s[i] != ']')
+            i++;
+        return i;
+    }
+
+    private static string Field(string obj, string key)
+    {
+        int i = 1;
+        while (i < obj.Length && obj[i] == '"')
+        {
+            int keyEnd = SkipValue(obj, i);
+            string k = obj.Substring(i + 1, keyEnd - i - 2);
+            int valueEnd = SkipValue(obj, keyEnd + 1);
+            if (k == key)
+                return obj.Substring(keyEnd + 1, valueEnd - keyEnd - 1);
+            i = valueEnd + 1;
+        }
+        throw new Exception("no key " + key + " in " + obj);
+    }
+
+    private static void ParityVectorsBitForBit()
+    {
+        int n = 0;
+        using (var rt = new LoopaiRuntime(Env("LOOPAI_VECTORS_DATA_DIR"), "spam"))
+        {
+            foreach (var line in File.ReadAllLines(Env("LOOPAI_VECTORS")))
+            {
+                if (line.Trim().Length == 0)
+                    continue;
+                var r = rt.Execute(Field(line, "input"));
+                Assert(r.OutputJson == Field(line, "output"), "vector " + n + " output " + r.Json);
+                ulong want = ulong.Parse(LoopaiRuntime.DecodeJsonString(Field(line, "confidence_bits")),
+                                         NumberStyles.HexNumber, CultureInfo.InvariantCulture);
+                ulong got = (ulong)BitConverter.DoubleToInt64Bits(r.Confidence);
+                Assert(got == want, "vector " + n + " confidence bits " + got.ToString("x16") + " != " + want.ToString("x16"));
+                // Same shortest round-trip text, hence the same bits.
+                Assert(Field(r.Json, "scores") == Field(line, "scores"), "vector " + n + " scores " + r.Json);
+                Assert(Field(r.Json, "status") == Field(line, "status"), "vector " + n + " status " + r.Json);
+                n++;
+            }
+        }
+        Assert(n >= 10, "only " + n + " vectors");
+    }
+
+    private static int Main()
+    {
+        Run("execute_returns_results", ExecuteReturnsResults);
+        Run("errors_carry_their_code", ErrorsCarryTheirCode);
+        Run("dispose_is_idempotent_and_later_calls_are_closed", DisposeIsIdempotentAndLaterCallsAreClosed);
+        Run("batch_flush_health_shutdown", BatchFlushHealthShutdown);
+        Run("four_threads_execute_concurrently", FourThreadsExecuteConcurrently);
+        Run("parity_vectors_bit_for_bit", ParityVectorsBitForBit);
+        Console.WriteLine("csharp: " + passed + " passed, " + failed + " failed");
+        return failed == 0 ? 0 : 1;
+    }
+}

@@ -1,0 +1,3 @@
+module github.com/loopai/loopai/bindings/go
+
+go 1.19

@@ -1,0 +1,685 @@
+//! # libloopai — the Loopai C ABI
+//!
+//! This crate builds `libloopai.so` and `libloopai.a`, a C interface to
+//! [`loopai_core::Runtime`]. The header `include/loopai.h` is generated from this file by
+//! cbindgen (see `cbindgen.toml`) and committed; `tests/header.rs` fails when it is stale
+//! (`LOOPAI_BLESS=1 cargo test -p loopai-ffi --test header` rewrites it).
+//!
+//! The user documentation is `docs/c-api.md`. The conventions, in short:
+//!
+//! * Every fallible function returns a [`loopai_status_t`]: [`LOOPAI_OK`] (0) or the
+//!   negative code of a [`loopai_core::ErrorKind`]. Its outputs are written only on success.
+//!   On failure, if the caller passed a non-NULL `err`, `*err` receives a new
+//!   `loopai_error_t` (message and code) that the caller frees with [`loopai_error_free`].
+//! * Every owned type has exactly one `_free` function, which accepts NULL.
+//! * NULL arguments, invalid UTF-8 and invalid JSON are errors, never crashes; every entry
+//!   point catches panics and reports them as `LOOPAI_E_INTERNAL`.
+//! * There is no thread-local "last error": errors travel in the error object, so callers
+//!   whose threads move (Go goroutines, .NET tasks) see the right one.
+
+// The C names (`loopai_runtime_t`, `loopai_status_t`) are the ABI.
+#![allow(non_camel_case_types)]
+// Each function's contract is stated in its doc comment in C terms (it is the header's
+// documentation), rather than under a Rust `# Safety` heading.
+#![allow(clippy::missing_safety_doc)]
+
+use std::any::Any;
+use std::ffi::{c_char, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use loopai_core::{
+    DeploymentConfig, Error, ErrorKind, ExecutionResult, Runtime, MAX_INPUT_DOCUMENT_BYTES,
+};
+use serde_json::Value;
+
+/// A status code: `LOOPAI_OK` (0) on success, one of the negative `LOOPAI_E_*` codes on
+/// failure. The codes are stable across releases; new ones may be added.
+pub type loopai_status_t = i32;
+
+/// Success.
+pub const LOOPAI_OK: loopai_status_t = 0;
+/// The input is malformed, too large or does not match the task's input schema; also a
+/// NULL argument or a string that is not valid UTF-8.
+pub const LOOPAI_E_INVALID_INPUT: loopai_status_t = -1;
+/// A program is malformed, fails validation or exceeds a limit.
+pub const LOOPAI_E_PROGRAM: loopai_status_t = -2;
+/// A task's input or output schema is malformed or unsupported.
+pub const LOOPAI_E_SCHEMA: loopai_status_t = -3;
+/// The program's output does not match the task's output schema.
+pub const LOOPAI_E_INVALID_OUTPUT: loopai_status_t = -4;
+/// An artifact is missing, corrupt, or does not match its recorded sha256.
+pub const LOOPAI_E_ARTIFACT: loopai_status_t = -5;
+/// The configuration (data_dir, task_id, config_json, deployment.yaml) is invalid.
+pub const LOOPAI_E_CONFIG: loopai_status_t = -6;
+/// Reading or writing local storage failed.
+pub const LOOPAI_E_IO: loopai_status_t = -7;
+/// An operation did not finish within its timeout.
+pub const LOOPAI_E_TIMEOUT: loopai_status_t = -8;
+/// The runtime has been shut down, or was created before fork() in another process.
+pub const LOOPAI_E_CLOSED: loopai_status_t = -9;
+/// A bug in loopai (for example a caught panic). Please report it.
+pub const LOOPAI_E_INTERNAL: loopai_status_t = -10;
+
+/// A runtime for one task (opaque). Created by `loopai_runtime_new`, freed by
+/// `loopai_runtime_free`.
+#[derive(Debug)]
+pub struct loopai_runtime_t {
+    runtime: Runtime,
+}
+
+/// The result of one execution (opaque). Freed by `loopai_result_free`.
+#[derive(Debug)]
+pub struct loopai_result_t {
+    result: ExecutionResult,
+    json: OnceLock<CString>,
+    output_json: OnceLock<CString>,
+}
+
+/// An error: a status code and a message (opaque). Freed by `loopai_error_free`.
+#[derive(Debug)]
+pub struct loopai_error_t {
+    code: loopai_status_t,
+    message: CString,
+}
+
+// ---------------------------------------------------------------------------------------
+// Plumbing
+
+fn cstring_lossy(text: String) -> CString {
+    CString::new(text).unwrap_or_else(|e| {
+        let mut bytes = e.into_vec();
+        bytes.retain(|&b| b != 0);
+        CString::new(bytes).unwrap_or_default()
+    })
+}
+
+fn panic_error(function: &str, payload: Box<dyn Any + Send>) -> Error {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    Error::new(
+        ErrorKind::Internal,
+        format!("{function}: panic caught at the C boundary: {what} (this is a bug in loopai, please report it)"),
+    )
+}
+
+/// Runs `f`, turning an error or a panic into a status code and, if `err` is not NULL, an
+/// error object.
+fn guard(
+    function: &str,
+    err: *mut *mut loopai_error_t,
+    f: impl FnOnce() -> Result<(), Error>,
+) -> loopai_status_t {
+    let outcome = catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|payload| Err(panic_error(function, payload)));
+    match outcome {
+        Ok(()) => LOOPAI_OK,
+        Err(e) => {
+            let code = e.kind().code();
+            if !err.is_null() {
+                let error = Box::new(loopai_error_t {
+                    code,
+                    message: cstring_lossy(e.to_string()),
+                });
+                // SAFETY: the caller passes either NULL or a valid `loopai_error_t **`.
+                unsafe { *err = Box::into_raw(error) };
+            }
+            code
+        }
+    }
+}
+
+/// Runs an infallible accessor, returning `fallback` if it panics.
+fn guard_value<T>(fallback: T, f: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(fallback)
+}
+
+fn null_error(function: &str, arg: &str, kind: ErrorKind) -> Error {
+    Error::new(kind, format!("{function}: {arg} is NULL"))
+}
+
+/// Reads a NUL-terminated UTF-8 string argument.
+///
+/// SAFETY: `p` is NULL or points to a NUL-terminated string valid for the call.
+unsafe fn c_str<'a>(
+    function: &str,
+    arg: &str,
+    p: *const c_char,
+    kind: ErrorKind,
+) -> Result<&'a str, Error> {
+    if p.is_null() {
+        return Err(null_error(function, arg, kind));
+    }
+    // SAFETY: guaranteed by the caller.
+    let c = unsafe { CStr::from_ptr(p) };
+    c.to_str().map_err(|e| {
+        Error::new(
+            kind,
+            format!(
+                "{function}: {arg} is not valid UTF-8 (at byte {})",
+                e.valid_up_to()
+            ),
+        )
+    })
+}
+
+/// Reads a pointer + length byte argument.
+///
+/// SAFETY: `p` is NULL or points to `len` readable bytes valid for the call.
+unsafe fn byte_slice<'a>(
+    function: &str,
+    arg: &str,
+    p: *const u8,
+    len: usize,
+) -> Result<&'a [u8], Error> {
+    if p.is_null() {
+        return Err(null_error(function, arg, ErrorKind::InvalidInput));
+    }
+    if len > isize::MAX as usize {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("{function}: {arg}: length {len} is not a valid buffer size"),
+        ));
+    }
+    // SAFETY: guaranteed by the caller; the length is within isize::MAX.
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
+/// SAFETY: `rt` is NULL or a live runtime from `loopai_runtime_new`.
+unsafe fn runtime_ref<'a>(
+    function: &str,
+    rt: *const loopai_runtime_t,
+) -> Result<&'a Runtime, Error> {
+    // SAFETY: guaranteed by the caller.
+    unsafe { rt.as_ref() }
+        .map(|rt| &rt.runtime)
+        .ok_or_else(|| null_error(function, "rt", ErrorKind::InvalidInput))
+}
+
+fn check_out<T>(function: &str, out: *mut *mut T) -> Result<(), Error> {
+    if out.is_null() {
+        Err(null_error(function, "out", ErrorKind::InvalidInput))
+    } else {
+        Ok(())
+    }
+}
+
+fn timeout(ms: u32) -> Duration {
+    Duration::from_millis(u64::from(ms))
+}
+
+// ---------------------------------------------------------------------------------------
+// Library
+
+/// The library version, e.g. "0.1.0".
+///
+/// Returns a static string: never free it. Thread-safe.
+#[no_mangle]
+pub extern "C" fn loopai_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// A short, stable name for a status code: "ok", "invalid_input", "program", "schema",
+/// "invalid_output", "artifact", "config", "io", "timeout", "closed", "internal", or
+/// "unknown" for any other value.
+///
+/// Returns a static string: never free it. Thread-safe.
+#[no_mangle]
+pub extern "C" fn loopai_status_str(code: loopai_status_t) -> *const c_char {
+    let name: &'static CStr = match code {
+        LOOPAI_OK => c"ok",
+        LOOPAI_E_INVALID_INPUT => c"invalid_input",
+        LOOPAI_E_PROGRAM => c"program",
+        LOOPAI_E_SCHEMA => c"schema",
+        LOOPAI_E_INVALID_OUTPUT => c"invalid_output",
+        LOOPAI_E_ARTIFACT => c"artifact",
+        LOOPAI_E_CONFIG => c"config",
+        LOOPAI_E_IO => c"io",
+        LOOPAI_E_TIMEOUT => c"timeout",
+        LOOPAI_E_CLOSED => c"closed",
+        LOOPAI_E_INTERNAL => c"internal",
+        _ => c"unknown",
+    };
+    name.as_ptr()
+}
+
+// ---------------------------------------------------------------------------------------
+// Runtime
+
+/// Creates a runtime for task `task_id` in `data_dir`: loads the task's active program
+/// from `<data_dir>/artifacts/<task_id>/` and starts the execution-log writer thread.
+///
+/// `config_json` is NULL (read `<data_dir>/config/deployment.yaml` if it exists, else use
+/// the defaults) or a NUL-terminated JSON object with the same keys as deployment.yaml.
+/// All strings are NUL-terminated UTF-8 and only read during the call.
+///
+/// On success `*out` receives a new runtime, owned by the caller, to be freed with
+/// `loopai_runtime_free`. On failure `*out` is untouched and, if `err` is not NULL, `*err`
+/// receives a new error object (free it with `loopai_error_free`).
+///
+/// Errors: LOOPAI_E_CONFIG (NULL or non-UTF-8 data_dir/task_id, bad config_json or
+/// deployment.yaml), LOOPAI_E_ARTIFACT (no active program, corrupt artifact),
+/// LOOPAI_E_PROGRAM, LOOPAI_E_SCHEMA, LOOPAI_E_IO, LOOPAI_E_INVALID_INPUT (`out` is NULL).
+///
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_runtime_new(
+    data_dir: *const c_char,
+    task_id: *const c_char,
+    config_json: *const c_char,
+    out: *mut *mut loopai_runtime_t,
+    err: *mut *mut loopai_error_t,
+) -> loopai_status_t {
+    const F: &str = "loopai_runtime_new";
+    guard(F, err, || {
+        check_out(F, out)?;
+        // SAFETY: per this function's contract, each string is NULL or NUL-terminated.
+        let data_dir = unsafe { c_str(F, "data_dir", data_dir, ErrorKind::Config)? };
+        // SAFETY: as above.
+        let task_id = unsafe { c_str(F, "task_id", task_id, ErrorKind::Config)? };
+        let mut builder = Runtime::builder().data_dir(data_dir).task(task_id);
+        if !config_json.is_null() {
+            // SAFETY: as above.
+            let text = unsafe { c_str(F, "config_json", config_json, ErrorKind::Config)? };
+            let value: Value = serde_json::from_str(text).map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "config_json: not valid JSON at line {} column {}: {e}",
+                        e.line(),
+                        e.column()
+                    ),
+                )
+            })?;
+            if !value.is_object() {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "config_json: expected a JSON object with deployment.yaml's keys",
+                ));
+            }
+            builder = builder.config(DeploymentConfig::from_json_value(&value, "config_json")?);
+        }
+        let runtime = builder.build()?;
+        let handle = Box::into_raw(Box::new(loopai_runtime_t { runtime }));
+        // SAFETY: `out` is not NULL (checked) and points to writable storage per contract.
+        unsafe { *out = handle };
+        Ok(())
+    })
+}
+
+/// Executes the task's active program on one input, a JSON object of `input_len` bytes of
+/// UTF-8 at `input_json` (not NUL-terminated; at most 16 MiB; only read during the call),
+/// and logs the execution.
+///
+/// On success `*out` receives a new result, owned by the caller, to be freed with
+/// `loopai_result_free`. On failure `*out` is untouched and, if `err` is not NULL, `*err`
+/// receives a new error object.
+///
+/// Errors: LOOPAI_E_INVALID_INPUT (NULL argument, invalid UTF-8 or JSON, not an object,
+/// schema mismatch, text too long), LOOPAI_E_INVALID_OUTPUT, LOOPAI_E_CLOSED (after
+/// `loopai_runtime_shutdown`, or in a child process after fork()), LOOPAI_E_IO (durable
+/// mode only).
+///
+/// Thread-safe: any number of threads may execute on one runtime at once.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_runtime_execute(
+    rt: *const loopai_runtime_t,
+    input_json: *const u8,
+    input_len: usize,
+    out: *mut *mut loopai_result_t,
+    err: *mut *mut loopai_error_t,
+) -> loopai_status_t {
+    const F: &str = "loopai_runtime_execute";
+    guard(F, err, || {
+        // SAFETY: `rt` is NULL or a live runtime, per contract.
+        let runtime = unsafe { runtime_ref(F, rt)? };
+        check_out(F, out)?;
+        // SAFETY: `input_json` is NULL or points to `input_len` bytes, per contract.
+        let input = unsafe { byte_slice(F, "input_json", input_json, input_len)? };
+        let result = runtime.execute_json(input)?;
+        let handle = Box::into_raw(Box::new(loopai_result_t {
+            result,
+            json: OnceLock::new(),
+            output_json: OnceLock::new(),
+        }));
+        // SAFETY: `out` is not NULL (checked) and writable per contract.
+        unsafe { *out = handle };
+        Ok(())
+    })
+}
+
+/// Executes a batch: `inputs_json` is a JSON array of input objects (`inputs_len` bytes of
+/// UTF-8, not NUL-terminated, at most 16 MiB). Each input is executed and logged as by
+/// `loopai_runtime_execute`.
+///
+/// On success `*out_json` receives a new NUL-terminated JSON array with one element per
+/// input, in order: the result object (as `loopai_result_json`), or
+/// `{"error": {"code": <status>, "kind": "<name>", "message": "..."}}` for an input that
+/// failed. The caller owns it and frees it with `loopai_string_free`. A failing element does
+/// not fail the call; a document that is not a JSON array does (LOOPAI_E_INVALID_INPUT).
+/// On failure `*out_json` is untouched and `*err` is set as usual.
+///
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_runtime_execute_batch(
+    rt: *const loopai_runtime_t,
+    inputs_json: *const u8,
+    inputs_len: usize,
+    out_json: *mut *mut c_char,
+    err: *mut *mut loopai_error_t,
+) -> loopai_status_t {
+    const F: &str = "loopai_runtime_execute_batch";
+    guard(F, err, || {
+        // SAFETY: `rt` is NULL or a live runtime, per contract.
+        let runtime = unsafe { runtime_ref(F, rt)? };
+        check_out(F, out_json)?;
+        // SAFETY: `inputs_json` is NULL or points to `inputs_len` bytes, per contract.
+        let bytes = unsafe { byte_slice(F, "inputs_json", inputs_json, inputs_len)? };
+        if bytes.len() > MAX_INPUT_DOCUMENT_BYTES {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "inputs_json: {} bytes, over the limit of {MAX_INPUT_DOCUMENT_BYTES} bytes",
+                    bytes.len()
+                ),
+            ));
+        }
+        let inputs: Vec<Value> = serde_json::from_slice(bytes).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "inputs_json: not a valid JSON array at line {} column {}: {e}",
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })?;
+        let results = runtime.execute_batch(&inputs);
+        let mut text = String::from("[");
+        for (i, result) in results.iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            let item = match result {
+                Ok(r) => serde_json::to_string(r),
+                Err(e) => serde_json::to_string(&serde_json::json!({"error": {
+                    "code": e.kind().code(), "kind": e.kind().name(), "message": e.message()}})),
+            };
+            text.push_str(&item.map_err(|e| {
+                Error::new(
+                    ErrorKind::Internal,
+                    format!("{F}: cannot serialize a result: {e}"),
+                )
+            })?);
+        }
+        text.push(']');
+        let owned = cstring_lossy(text).into_raw();
+        // SAFETY: `out_json` is not NULL (checked) and writable per contract.
+        unsafe { *out_json = owned };
+        Ok(())
+    })
+}
+
+/// Makes every execution accepted so far durable (written and fsync'd), waiting at most
+/// `timeout_ms` milliseconds.
+///
+/// Errors: LOOPAI_E_TIMEOUT, LOOPAI_E_IO, LOOPAI_E_CLOSED, LOOPAI_E_INVALID_INPUT (`rt` is
+/// NULL). On failure, if `err` is not NULL, `*err` receives a new error object.
+///
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_runtime_flush(
+    rt: *const loopai_runtime_t,
+    timeout_ms: u32,
+    err: *mut *mut loopai_error_t,
+) -> loopai_status_t {
+    const F: &str = "loopai_runtime_flush";
+    guard(F, err, || {
+        // SAFETY: `rt` is NULL or a live runtime, per contract.
+        unsafe { runtime_ref(F, rt)? }.flush(timeout(timeout_ms))
+    })
+}
+
+/// Flushes and stops the runtime's background thread, waiting at most `timeout_ms`
+/// milliseconds. Later executions fail with LOOPAI_E_CLOSED; calling it again is harmless.
+/// The runtime must still be freed with `loopai_runtime_free`.
+///
+/// Errors: LOOPAI_E_TIMEOUT, LOOPAI_E_IO, LOOPAI_E_CLOSED (in a child after fork()),
+/// LOOPAI_E_INVALID_INPUT (`rt` is NULL).
+///
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_runtime_shutdown(
+    rt: *const loopai_runtime_t,
+    timeout_ms: u32,
+    err: *mut *mut loopai_error_t,
+) -> loopai_status_t {
+    const F: &str = "loopai_runtime_shutdown";
+    guard(F, err, || {
+        // SAFETY: `rt` is NULL or a live runtime, per contract.
+        unsafe { runtime_ref(F, rt)? }.shutdown(timeout(timeout_ms))
+    })
+}
+
+/// The artifact version executing now, or 0 if `rt` is NULL.
+///
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_runtime_active_version(rt: *const loopai_runtime_t) -> u32 {
+    guard_value(0, || {
+        // SAFETY: `rt` is NULL or a live runtime, per contract.
+        unsafe { runtime_ref("loopai_runtime_active_version", rt) }
+            .map(Runtime::active_version)
+            .unwrap_or(0)
+    })
+}
+
+/// The runtime's health as a JSON object: `status` ("ok" or "degraded"), `task`,
+/// `active_version`, and the execution-log counters under `dataset`.
+///
+/// On success `*out_json` receives a new NUL-terminated string owned by the caller, to be
+/// freed with `loopai_string_free`. Errors: LOOPAI_E_INVALID_INPUT (NULL argument).
+///
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_runtime_health_json(
+    rt: *const loopai_runtime_t,
+    out_json: *mut *mut c_char,
+    err: *mut *mut loopai_error_t,
+) -> loopai_status_t {
+    const F: &str = "loopai_runtime_health_json";
+    guard(F, err, || {
+        // SAFETY: `rt` is NULL or a live runtime, per contract.
+        let runtime = unsafe { runtime_ref(F, rt)? };
+        check_out(F, out_json)?;
+        let text = serde_json::to_string(&runtime.health())
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("{F}: cannot serialize: {e}")))?;
+        let owned = cstring_lossy(text).into_raw();
+        // SAFETY: `out_json` is not NULL (checked) and writable per contract.
+        unsafe { *out_json = owned };
+        Ok(())
+    })
+}
+
+/// Frees a runtime: shuts it down, waiting at most 5 seconds for its execution log to be
+/// flushed, and releases it. NULL is ignored.
+///
+/// Must not be called while another thread is using `rt`, nor twice on the same runtime.
+/// Results created by the runtime stay valid and must still be freed.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_runtime_free(rt: *mut loopai_runtime_t) {
+    if rt.is_null() {
+        return;
+    }
+    // SAFETY: `rt` came from `loopai_runtime_new` and is not used after this call.
+    let owned = unsafe { Box::from_raw(rt) };
+    // A panic while dropping is swallowed: there is nobody to report it to.
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(owned)));
+}
+
+// ---------------------------------------------------------------------------------------
+// Results
+
+/// SAFETY: `r` is NULL or a live result.
+unsafe fn result_ref<'a>(r: *const loopai_result_t) -> Option<&'a loopai_result_t> {
+    // SAFETY: guaranteed by the caller.
+    unsafe { r.as_ref() }
+}
+
+/// The whole result as a JSON object: `execution_id`, `output`, `confidence`, `scores`,
+/// `version`, `latency_ms`, `status` ("success" or "abstain"), `sampled`, `decided_by`.
+///
+/// The string is owned by `r` and lives until `loopai_result_free(r)`; NULL if `r` is
+/// NULL. Thread-safe (a result may be read from several threads).
+#[no_mangle]
+pub unsafe extern "C" fn loopai_result_json(r: *const loopai_result_t) -> *const c_char {
+    guard_value(std::ptr::null(), || {
+        // SAFETY: `r` is NULL or a live result, per contract.
+        match unsafe { result_ref(r) } {
+            Some(r) => r
+                .json
+                .get_or_init(|| cstring_lossy(serde_json::to_string(&r.result).unwrap_or_default()))
+                .as_ptr(),
+            None => std::ptr::null(),
+        }
+    })
+}
+
+/// The output alone as JSON: a label such as `"spam"` (with its quotes), an object of
+/// extracted fields, or `null` when the program abstained without an answer.
+///
+/// The string is owned by `r` and lives until `loopai_result_free(r)`; NULL if `r` is
+/// NULL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_result_output_json(r: *const loopai_result_t) -> *const c_char {
+    guard_value(std::ptr::null(), || {
+        // SAFETY: `r` is NULL or a live result, per contract.
+        match unsafe { result_ref(r) } {
+            Some(r) => r
+                .output_json
+                .get_or_init(|| {
+                    cstring_lossy(serde_json::to_string(&r.result.output).unwrap_or_default())
+                })
+                .as_ptr(),
+            None => std::ptr::null(),
+        }
+    })
+}
+
+/// The confidence in [0, 1]; NaN if `r` is NULL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_result_confidence(r: *const loopai_result_t) -> f64 {
+    // SAFETY: `r` is NULL or a live result, per contract.
+    unsafe { result_ref(r) }.map_or(f64::NAN, |r| r.result.confidence)
+}
+
+/// The artifact version that produced the result; 0 if `r` is NULL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_result_version(r: *const loopai_result_t) -> u32 {
+    // SAFETY: `r` is NULL or a live result, per contract.
+    unsafe { result_ref(r) }.map_or(0, |r| r.result.version)
+}
+
+/// Frees a result and the strings it returned. NULL is ignored. Must not be called while
+/// another thread is reading `r`, nor twice.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_result_free(r: *mut loopai_result_t) {
+    if !r.is_null() {
+        // SAFETY: `r` came from `loopai_runtime_execute` and is not used after this call.
+        let owned = unsafe { Box::from_raw(r) };
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(owned)));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors and strings
+
+/// The status code of an error (always negative); LOOPAI_OK if `e` is NULL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_error_code(e: *const loopai_error_t) -> loopai_status_t {
+    // SAFETY: `e` is NULL or a live error, per contract.
+    unsafe { e.as_ref() }.map_or(LOOPAI_OK, |e| e.code)
+}
+
+/// The error message, naming what is wrong (e.g. `input /text: expected a string, got a
+/// number`). Owned by `e`, valid until `loopai_error_free(e)`; "" if `e` is NULL.
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_error_message(e: *const loopai_error_t) -> *const c_char {
+    // SAFETY: `e` is NULL or a live error, per contract.
+    unsafe { e.as_ref() }.map_or(c"".as_ptr(), |e| e.message.as_ptr())
+}
+
+/// Frees an error. NULL is ignored.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_error_free(e: *mut loopai_error_t) {
+    if !e.is_null() {
+        // SAFETY: `e` came from a loopai function and is not used after this call.
+        drop(unsafe { Box::from_raw(e) });
+    }
+}
+
+/// Frees a string returned through a `char **out_json` parameter
+/// (`loopai_runtime_execute_batch`, `loopai_runtime_health_json`). NULL is ignored.
+/// Never pass it a string returned as `const char *`: those belong to their object.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_string_free(s: *mut c_char) {
+    if !s.is_null() {
+        // SAFETY: `s` came from `CString::into_raw` in this library, per contract.
+        drop(unsafe { CString::from_raw(s) });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_are_exactly_the_error_kinds() {
+        let ours = [
+            LOOPAI_E_INVALID_INPUT,
+            LOOPAI_E_PROGRAM,
+            LOOPAI_E_SCHEMA,
+            LOOPAI_E_INVALID_OUTPUT,
+            LOOPAI_E_ARTIFACT,
+            LOOPAI_E_CONFIG,
+            LOOPAI_E_IO,
+            LOOPAI_E_TIMEOUT,
+            LOOPAI_E_CLOSED,
+            LOOPAI_E_INTERNAL,
+        ];
+        assert_eq!(ours.len(), ErrorKind::ALL.len());
+        for (code, kind) in ours.into_iter().zip(ErrorKind::ALL) {
+            assert_eq!(code, kind.code(), "{kind}");
+            // SAFETY: loopai_status_str returns a static NUL-terminated string.
+            let name = unsafe { CStr::from_ptr(loopai_status_str(code)) };
+            assert_eq!(name.to_str().unwrap(), kind.name());
+        }
+        // SAFETY: as above.
+        let unknown = unsafe { CStr::from_ptr(loopai_status_str(-1000)) };
+        assert_eq!(unknown.to_str().unwrap(), "unknown");
+    }
+
+    #[test]
+    fn panics_become_internal_errors() {
+        let mut err: *mut loopai_error_t = std::ptr::null_mut();
+        let code = guard("test", &mut err, || panic!("boom"));
+        assert_eq!(code, LOOPAI_E_INTERNAL);
+        // SAFETY: `err` was set by guard.
+        unsafe {
+            assert_eq!(loopai_error_code(err), LOOPAI_E_INTERNAL);
+            let message = CStr::from_ptr(loopai_error_message(err)).to_str().unwrap();
+            assert!(message.contains("boom"), "{message}");
+            loopai_error_free(err);
+        }
+    }
+
+    #[test]
+    fn interior_nul_is_removed_from_messages() {
+        assert_eq!(cstring_lossy("a\0b".into()).to_str().unwrap(), "ab");
+    }
+}

@@ -1,0 +1,545 @@
+/*
+ * Tests of the C API (include/loopai.h) against libloopai, built by scripts/test-bindings.sh
+ * with -Wall -Wextra -Werror -fsanitize=address,undefined.
+ *
+ * Environment:
+ *   LOOPAI_TEST_DATA_DIR     a data dir where task "spam" has examples/spam/program.json
+ *                            (installed with examples/spam/spec.json) active
+ *   LOOPAI_VECTORS_DATA_DIR  a data dir where tests/vectors/program.json is active
+ *   LOOPAI_VECTORS           tests/vectors/spam.jsonl
+ */
+#define _GNU_SOURCE
+#include <glob.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "loopai.h"
+
+static int passed, failed;
+static const char *current;
+
+#define CHECK(cond)                                                                   \
+    do {                                                                              \
+        if (!(cond)) {                                                                \
+            fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__,     \
+                    current, #cond);                                                  \
+            failed_here = 1;                                                          \
+        }                                                                             \
+    } while (0)
+
+#define CHECK_STATUS(expr, want)                                                      \
+    do {                                                                              \
+        loopai_status_t got_ = (expr);                                                \
+        if (got_ != (want)) {                                                         \
+            fprintf(stderr, "%s:%d: %s: %s returned %d (%s), want %d (%s)\n", __FILE__, \
+                    __LINE__, current, #expr, got_, loopai_status_str(got_), (want),  \
+                    loopai_status_str(want));                                         \
+            failed_here = 1;                                                          \
+        }                                                                             \
+    } while (0)
+
+#define TEST(name) static void name(int *failed_ptr)
+#define BEGIN int failed_here = 0
+#define END *failed_ptr = failed_here
+
+static const char *spam_dir(void) {
+    const char *d = getenv("LOOPAI_TEST_DATA_DIR");
+    if (d == NULL) {
+        fprintf(stderr, "LOOPAI_TEST_DATA_DIR is not set (run scripts/test-bindings.sh)\n");
+        exit(2);
+    }
+    return d;
+}
+
+static loopai_runtime_t *open_spam(void) {
+    loopai_runtime_t *rt = NULL;
+    loopai_error_t *err = NULL;
+    loopai_status_t st = loopai_runtime_new(spam_dir(), "spam", NULL, &rt, &err);
+    if (st != LOOPAI_OK) {
+        fprintf(stderr, "loopai_runtime_new: %s\n", loopai_error_message(err));
+        loopai_error_free(err);
+        exit(2);
+    }
+    return rt;
+}
+
+static loopai_status_t exec_str(const loopai_runtime_t *rt, const char *json,
+                                loopai_result_t **out, loopai_error_t **err) {
+    return loopai_runtime_execute(rt, (const uint8_t *)json, strlen(json), out, err);
+}
+
+TEST(version_and_status_names) {
+    BEGIN;
+    CHECK(strcmp(loopai_version(), "0.1.0") == 0 || strlen(loopai_version()) > 0);
+    CHECK(strcmp(loopai_status_str(LOOPAI_OK), "ok") == 0);
+    CHECK(strcmp(loopai_status_str(LOOPAI_E_INVALID_INPUT), "invalid_input") == 0);
+    CHECK(strcmp(loopai_status_str(LOOPAI_E_CLOSED), "closed") == 0);
+    CHECK(strcmp(loopai_status_str(LOOPAI_E_INTERNAL), "internal") == 0);
+    CHECK(strcmp(loopai_status_str(12345), "unknown") == 0);
+    CHECK(strcmp(loopai_status_str(INT32_MIN), "unknown") == 0);
+    END;
+}
+
+TEST(lifecycle_execute_flush_health_free) {
+    BEGIN;
+    loopai_runtime_t *rt = open_spam();
+    CHECK(loopai_runtime_active_version(rt) == 1);
+
+    loopai_result_t *r = NULL;
+    loopai_error_t *err = NULL;
+    CHECK_STATUS(exec_str(rt, "{\"text\": \"WIN a FREE prize, call now\"}", &r, &err), LOOPAI_OK);
+    CHECK(err == NULL);
+    CHECK(r != NULL);
+    if (r != NULL) {
+        CHECK(strcmp(loopai_result_output_json(r), "\"spam\"") == 0);
+        CHECK(loopai_result_confidence(r) == 0.95);
+        CHECK(loopai_result_version(r) == 1);
+        const char *json = loopai_result_json(r);
+        CHECK(strstr(json, "\"output\":\"spam\"") != NULL);
+        CHECK(strstr(json, "\"execution_id\":\"") != NULL);
+        /* The same pointer is returned each time: strings belong to the result. */
+        CHECK(loopai_result_json(r) == json);
+    }
+
+    char *batch = NULL;
+    const char *inputs = "[{\"text\": \"see you at dinner\"}, {\"nope\": 1}]";
+    CHECK_STATUS(loopai_runtime_execute_batch(rt, (const uint8_t *)inputs, strlen(inputs), &batch,
+                                              &err),
+                 LOOPAI_OK);
+    if (batch != NULL) {
+        CHECK(batch[0] == '[');
+        CHECK(strstr(batch, "\"output\":\"ham\"") != NULL);
+        CHECK(strstr(batch, "\"error\":{\"code\":-1,\"kind\":\"invalid_input\"") != NULL);
+        loopai_string_free(batch);
+    }
+
+    CHECK_STATUS(loopai_runtime_flush(rt, 5000, &err), LOOPAI_OK);
+    char *health = NULL;
+    CHECK_STATUS(loopai_runtime_health_json(rt, &health, NULL), LOOPAI_OK);
+    if (health != NULL) {
+        CHECK(strstr(health, "\"status\":\"ok\"") != NULL);
+        CHECK(strstr(health, "\"task\":\"spam\"") != NULL);
+        loopai_string_free(health);
+    }
+
+    /* A result outlives its runtime. */
+    loopai_runtime_free(rt);
+    if (r != NULL) {
+        CHECK(strcmp(loopai_result_output_json(r), "\"spam\"") == 0);
+        loopai_result_free(r);
+    }
+    END;
+}
+
+/* Number of lines in the execution logs of task spam (datasets/spam/executions). */
+static long logged_executions(void) {
+    char pattern[4096];
+    snprintf(pattern, sizeof pattern, "%s/datasets/spam/executions/*.jsonl", spam_dir());
+    glob_t g;
+    long lines = 0;
+    if (glob(pattern, 0, NULL, &g) != 0)
+        return 0;
+    for (size_t i = 0; i < g.gl_pathc; i++) {
+        FILE *f = fopen(g.gl_pathv[i], "r");
+        if (f == NULL)
+            continue;
+        int c;
+        while ((c = fgetc(f)) != EOF)
+            lines += c == '\n';
+        fclose(f);
+    }
+    globfree(&g);
+    return lines;
+}
+
+TEST(free_flushes_the_execution_log) {
+    BEGIN;
+    long before = logged_executions();
+    loopai_runtime_t *rt = open_spam();
+    for (int i = 0; i < 3; i++) {
+        loopai_result_t *r = NULL;
+        CHECK_STATUS(exec_str(rt, "{\"text\": \"logged\"}", &r, NULL), LOOPAI_OK);
+        loopai_result_free(r);
+    }
+    loopai_runtime_free(rt); /* no explicit flush */
+    CHECK(logged_executions() == before + 3);
+    END;
+}
+
+TEST(shutdown_then_execute_is_closed) {
+    BEGIN;
+    loopai_runtime_t *rt = open_spam();
+    loopai_error_t *err = NULL;
+    CHECK_STATUS(loopai_runtime_shutdown(rt, 5000, &err), LOOPAI_OK);
+    CHECK_STATUS(loopai_runtime_shutdown(rt, 5000, &err), LOOPAI_OK); /* harmless again */
+    loopai_result_t *r = (loopai_result_t *)0x1; /* sentinel: must stay untouched */
+    CHECK_STATUS(exec_str(rt, "{\"text\": \"hi\"}", &r, &err), LOOPAI_E_CLOSED);
+    CHECK(r == (loopai_result_t *)0x1);
+    CHECK(loopai_error_code(err) == LOOPAI_E_CLOSED);
+    loopai_error_free(err);
+    loopai_runtime_free(rt);
+    END;
+}
+
+TEST(runtime_new_errors) {
+    BEGIN;
+    loopai_runtime_t *rt = (loopai_runtime_t *)0x1;
+    loopai_error_t *err = NULL;
+
+    CHECK_STATUS(loopai_runtime_new(NULL, "spam", NULL, &rt, &err), LOOPAI_E_CONFIG);
+    CHECK(rt == (loopai_runtime_t *)0x1);
+    CHECK(loopai_error_code(err) == LOOPAI_E_CONFIG);
+    CHECK(strstr(loopai_error_message(err), "data_dir is NULL") != NULL);
+    loopai_error_free(err);
+    err = NULL;
+
+    CHECK_STATUS(loopai_runtime_new(spam_dir(), NULL, NULL, &rt, NULL), LOOPAI_E_CONFIG);
+    CHECK_STATUS(loopai_runtime_new(spam_dir(), "spam", NULL, NULL, NULL),
+                 LOOPAI_E_INVALID_INPUT);
+
+    CHECK_STATUS(loopai_runtime_new(spam_dir(), "no-such-task", NULL, &rt, &err),
+                 LOOPAI_E_ARTIFACT);
+    CHECK(strstr(loopai_error_message(err), "no active program") != NULL);
+    loopai_error_free(err);
+    err = NULL;
+
+    CHECK_STATUS(loopai_runtime_new(spam_dir(), "sp\xff" "am", NULL, &rt, &err), LOOPAI_E_CONFIG);
+    CHECK(strstr(loopai_error_message(err), "UTF-8") != NULL);
+    loopai_error_free(err);
+    err = NULL;
+
+    CHECK_STATUS(loopai_runtime_new(spam_dir(), "spam", "{not json", &rt, &err), LOOPAI_E_CONFIG);
+    CHECK(strstr(loopai_error_message(err), "config_json") != NULL);
+    loopai_error_free(err);
+    err = NULL;
+
+    CHECK_STATUS(loopai_runtime_new(spam_dir(), "spam", "[1]", &rt, NULL), LOOPAI_E_CONFIG);
+    CHECK_STATUS(
+        loopai_runtime_new(spam_dir(), "spam", "{\"sampling\": {\"rate\": 1.5}}", &rt, &err),
+        LOOPAI_E_CONFIG);
+    CHECK(strstr(loopai_error_message(err), "sampling.rate") != NULL);
+    loopai_error_free(err);
+    CHECK(rt == (loopai_runtime_t *)0x1);
+
+    /* A valid config object works. */
+    loopai_runtime_t *ok = NULL;
+    CHECK_STATUS(loopai_runtime_new(spam_dir(), "spam",
+                                    "{\"storage\": {\"durability\": \"durable\"}}", &ok, NULL),
+                 LOOPAI_OK);
+    loopai_runtime_free(ok);
+    loopai_runtime_free(NULL);
+    END;
+}
+
+TEST(bad_input_is_an_error_never_a_crash) {
+    BEGIN;
+    loopai_runtime_t *rt = open_spam();
+    loopai_result_t *r = (loopai_result_t *)0x1;
+    loopai_error_t *err = NULL;
+
+    static const char *bad[] = {
+        "{\"text\": ",           /* truncated */
+        "[1, 2]",                /* not an object */
+        "{\"text\": 42}",        /* schema: not a string */
+        "{\"other\": \"x\"}",    /* schema: missing text */
+        "",                      /* empty */
+        "{\"text\": \"\xc3\x28\"}", /* invalid UTF-8 inside a string */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK_STATUS(exec_str(rt, bad[i], &r, &err), LOOPAI_E_INVALID_INPUT);
+        CHECK(r == (loopai_result_t *)0x1);
+        CHECK(loopai_error_code(err) == LOOPAI_E_INVALID_INPUT);
+        CHECK(strlen(loopai_error_message(err)) > 0);
+        loopai_error_free(err);
+        err = NULL;
+    }
+    /* The length is honoured: no NUL terminator needed, trailing bytes ignored. */
+    const char *padded = "{\"text\": \"prize\"}GARBAGE";
+    loopai_result_t *ok = NULL;
+    CHECK_STATUS(loopai_runtime_execute(rt, (const uint8_t *)padded, strlen(padded) - 7, &ok, NULL),
+                 LOOPAI_OK);
+    loopai_result_free(ok);
+
+    CHECK_STATUS(loopai_runtime_execute(rt, NULL, 0, &r, &err), LOOPAI_E_INVALID_INPUT);
+    CHECK(strstr(loopai_error_message(err), "input_json is NULL") != NULL);
+    loopai_error_free(err);
+    CHECK_STATUS(loopai_runtime_execute(NULL, (const uint8_t *)"{}", 2, &r, NULL),
+                 LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_execute(rt, (const uint8_t *)"{}", 2, NULL, NULL),
+                 LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_execute(rt, (const uint8_t *)"{}", SIZE_MAX, &r, NULL),
+                 LOOPAI_E_INVALID_INPUT);
+    CHECK(r == (loopai_result_t *)0x1);
+
+    char *batch = (char *)0x1;
+    CHECK_STATUS(loopai_runtime_execute_batch(rt, (const uint8_t *)"{}", 2, &batch, NULL),
+                 LOOPAI_E_INVALID_INPUT);
+    CHECK(batch == (char *)0x1);
+
+    CHECK_STATUS(loopai_runtime_flush(NULL, 10, NULL), LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_shutdown(NULL, 10, NULL), LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_health_json(rt, NULL, NULL), LOOPAI_E_INVALID_INPUT);
+    CHECK(loopai_runtime_active_version(NULL) == 0);
+
+    /* Accessors and frees accept NULL. */
+    CHECK(loopai_result_json(NULL) == NULL);
+    CHECK(loopai_result_output_json(NULL) == NULL);
+    CHECK(loopai_result_confidence(NULL) != loopai_result_confidence(NULL)); /* NaN */
+    CHECK(loopai_result_version(NULL) == 0);
+    CHECK(loopai_error_code(NULL) == LOOPAI_OK);
+    CHECK(strcmp(loopai_error_message(NULL), "") == 0);
+    loopai_result_free(NULL);
+    loopai_error_free(NULL);
+    loopai_string_free(NULL);
+    loopai_runtime_free(rt);
+    END;
+}
+
+/* ---- four threads on one runtime ---------------------------------------------------- */
+
+#define THREADS 4
+#define PER_THREAD 500
+
+struct worker {
+    const loopai_runtime_t *rt;
+    int index;
+    int failures;
+};
+
+static void *work(void *arg) {
+    struct worker *w = arg;
+    static const char *inputs[] = {"{\"text\": \"WIN a FREE prize, call now\"}",
+                                   "{\"text\": \"Are you coming home for dinner?\"}"};
+    static const char *outputs[] = {"\"spam\"", "\"ham\""};
+    for (int i = 0; i < PER_THREAD; i++) {
+        int k = (i + w->index) % 2;
+        loopai_result_t *r = NULL;
+        loopai_error_t *err = NULL;
+        if (exec_str(w->rt, inputs[k], &r, &err) != LOOPAI_OK) {
+            w->failures++;
+            loopai_error_free(err);
+            continue;
+        }
+        if (strcmp(loopai_result_output_json(r), outputs[k]) != 0 || loopai_result_version(r) != 1)
+            w->failures++;
+        loopai_result_free(r);
+    }
+    return NULL;
+}
+
+TEST(four_threads_execute_concurrently) {
+    BEGIN;
+    loopai_runtime_t *rt = open_spam();
+    pthread_t threads[THREADS];
+    struct worker workers[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        workers[i] = (struct worker){.rt = rt, .index = i, .failures = 0};
+        CHECK(pthread_create(&threads[i], NULL, work, &workers[i]) == 0);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(threads[i], NULL);
+        CHECK(workers[i].failures == 0);
+    }
+    CHECK_STATUS(loopai_runtime_flush(rt, 10000, NULL), LOOPAI_OK);
+    char *health = NULL;
+    CHECK_STATUS(loopai_runtime_health_json(rt, &health, NULL), LOOPAI_OK);
+    if (health != NULL) {
+        char want[64];
+        snprintf(want, sizeof want, "\"written\":%d", THREADS * PER_THREAD);
+        CHECK(strstr(health, want) != NULL);
+        if (strstr(health, want) == NULL)
+            fprintf(stderr, "health: %s\n", health);
+        loopai_string_free(health);
+    }
+    loopai_runtime_free(rt);
+    END;
+}
+
+TEST(runtime_from_before_fork_is_closed_in_the_child) {
+    BEGIN;
+    loopai_runtime_t *rt = open_spam();
+    fflush(NULL);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        loopai_result_t *r = NULL;
+        int code = exec_str(rt, "{\"text\": \"x\"}", &r, NULL) == LOOPAI_E_CLOSED ? 0 : 1;
+        _exit(code);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    loopai_result_t *r = NULL;
+    CHECK_STATUS(exec_str(rt, "{\"text\": \"parent\"}", &r, NULL), LOOPAI_OK);
+    loopai_result_free(r);
+    loopai_runtime_free(rt);
+    END;
+}
+
+/* ---- parity vectors ------------------------------------------------------------------- */
+
+/* Returns a pointer just past the JSON value starting at p (minimal scanner for the
+ * compact, generated vector lines), or NULL. */
+static const char *skip_value(const char *p) {
+    if (*p == '"') {
+        for (p++; *p && *p != '"'; p++)
+            if (*p == '\\' && p[1])
+                p++;
+        return *p == '"' ? p + 1 : NULL;
+    }
+    if (*p == '{' || *p == '[') {
+        int depth = 0;
+        for (; *p; p++) {
+            if (*p == '"') {
+                p = skip_value(p);
+                if (p == NULL)
+                    return NULL;
+                p--;
+            } else if (*p == '{' || *p == '[') {
+                depth++;
+            } else if (*p == '}' || *p == ']') {
+                if (--depth == 0)
+                    return p + 1;
+            }
+        }
+        return NULL;
+    }
+    while (*p && *p != ',' && *p != '}' && *p != ']')
+        p++;
+    return p;
+}
+
+/* Finds top-level key `key` of the object `obj`; sets [*start, *end) to its value. */
+static int find_key(const char *obj, const char *key, const char **start, const char **end) {
+    const char *p = obj;
+    if (*p++ != '{')
+        return 0;
+    size_t klen = strlen(key);
+    while (*p == '"') {
+        const char *kend = skip_value(p);
+        if (kend == NULL || *kend != ':')
+            return 0;
+        const char *v = kend + 1;
+        const char *vend = skip_value(v);
+        if (vend == NULL)
+            return 0;
+        if ((size_t)(kend - p) == klen + 2 && strncmp(p + 1, key, klen) == 0) {
+            *start = v;
+            *end = vend;
+            return 1;
+        }
+        p = vend;
+        if (*p == ',')
+            p++;
+    }
+    return 0;
+}
+
+static int span_eq(const char *s, const char *e, const char *text) {
+    return strlen(text) == (size_t)(e - s) && strncmp(s, text, (size_t)(e - s)) == 0;
+}
+
+TEST(parity_vectors_bit_for_bit) {
+    BEGIN;
+    const char *dir = getenv("LOOPAI_VECTORS_DATA_DIR");
+    const char *path = getenv("LOOPAI_VECTORS");
+    CHECK(dir != NULL && path != NULL);
+    if (dir == NULL || path == NULL) {
+        END;
+        return;
+    }
+    FILE *f = fopen(path, "r");
+    CHECK(f != NULL);
+    if (f == NULL) {
+        END;
+        return;
+    }
+    loopai_runtime_t *rt = NULL;
+    loopai_error_t *err = NULL;
+    CHECK_STATUS(loopai_runtime_new(dir, "spam", NULL, &rt, &err), LOOPAI_OK);
+    if (rt == NULL) {
+        fprintf(stderr, "%s\n", loopai_error_message(err));
+        loopai_error_free(err);
+        fclose(f);
+        END;
+        return;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    int count = 0;
+    while ((n = getline(&line, &cap, f)) > 0) {
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+            line[--n] = '\0';
+        if (n == 0)
+            continue;
+        const char *is, *ie, *os, *oe, *bs, *be, *ss, *se, *rs, *re;
+        int ok = find_key(line, "input", &is, &ie) && find_key(line, "output", &os, &oe) &&
+                 find_key(line, "confidence_bits", &bs, &be) && find_key(line, "scores", &ss, &se);
+        CHECK(ok);
+        if (!ok)
+            continue;
+        loopai_result_t *r = NULL;
+        CHECK_STATUS(loopai_runtime_execute(rt, (const uint8_t *)is, (size_t)(ie - is), &r, NULL),
+                     LOOPAI_OK);
+        if (r == NULL)
+            continue;
+        /* output: same JSON text. */
+        CHECK(span_eq(os, oe, loopai_result_output_json(r)));
+        /* confidence: same bits. */
+        double c = loopai_result_confidence(r);
+        uint64_t bits;
+        memcpy(&bits, &c, sizeof bits);
+        uint64_t want = strtoull(bs + 1, NULL, 16);
+        CHECK(bits == want);
+        /* scores: same shortest round-trip text, hence the same bits. */
+        const char *json = loopai_result_json(r);
+        CHECK(find_key(json, "scores", &rs, &re) && (re - rs) == (se - ss) &&
+              strncmp(rs, ss, (size_t)(se - ss)) == 0);
+        if (bits != want || !span_eq(os, oe, loopai_result_output_json(r)))
+            fprintf(stderr, "vector %d mismatch: got %s\n", count, json);
+        loopai_result_free(r);
+        count++;
+    }
+    free(line);
+    fclose(f);
+    CHECK(count >= 10);
+    loopai_runtime_free(rt);
+    END;
+}
+
+int main(void) {
+    struct {
+        const char *name;
+        void (*fn)(int *);
+    } tests[] = {
+#define T(x) {#x, x}
+        T(version_and_status_names),
+        T(lifecycle_execute_flush_health_free),
+        T(free_flushes_the_execution_log),
+        T(shutdown_then_execute_is_closed),
+        T(runtime_new_errors),
+        T(bad_input_is_an_error_never_a_crash),
+        T(four_threads_execute_concurrently),
+        T(runtime_from_before_fork_is_closed_in_the_child),
+        T(parity_vectors_bit_for_bit),
+#undef T
+    };
+    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
+        int f = 0;
+        current = tests[i].name;
+        tests[i].fn(&f);
+        printf("%s %s\n", f ? "FAIL" : "ok  ", tests[i].name);
+        if (f)
+            failed++;
+        else
+            passed++;
+    }
+    printf("c: %d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
