@@ -268,6 +268,22 @@ impl PyRuntime {
         self.rt().active_version()
     }
 
+    /// Activates installed version ``version`` (on disk too) and swaps it in without
+    /// interrupting executions in flight. The version is verified and compiled first.
+    fn activate(&self, py: Python<'_>, version: u32) -> PyResult<()> {
+        let rt = self.rt();
+        py.detach(|| rt.activate(version))
+            .map_err(|e| errors::to_py(py, e))
+    }
+
+    /// Re-reads the task's ``active`` pointer (changed by ``install_program``,
+    /// ``synthesize`` or the ``loopai`` CLI, possibly in another process) and swaps that
+    /// version in if it differs. Returns the active version.
+    fn reload(&self, py: Python<'_>) -> PyResult<u32> {
+        let rt = self.rt();
+        py.detach(|| rt.reload()).map_err(|e| errors::to_py(py, e))
+    }
+
     /// The task id.
     #[getter]
     fn task_id(&self) -> &str {

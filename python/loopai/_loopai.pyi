@@ -148,6 +148,13 @@ class Runtime:
         seconds. Later executions raise ``ClosedError``; closing again is harmless."""
     def __enter__(self) -> Self: ...
     def __exit__(self, *args: object) -> bool: ...
+    def activate(self, version: int) -> None:
+        """Activates installed version ``version`` (on disk too) and swaps it in without
+        interrupting executions in flight. The version is verified and compiled first."""
+    def reload(self) -> int:
+        """Re-reads the task's ``active`` pointer (changed by ``install_program``,
+        ``synthesize`` or the ``loopai`` CLI, possibly in another process) and swaps that
+        version in if it differs. Returns the active version."""
     @property
     def active_version(self) -> int:
         """The artifact version executing now."""

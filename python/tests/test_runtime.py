@@ -227,3 +227,21 @@ def test_stats_counts_todays_executions(rt: loopai.Runtime) -> None:
     assert rt.stats(days=0) == []
     with pytest.raises(OverflowError):
         rt.stats(days=-1)
+
+
+def test_reload_and_activate_swap_versions(rt: loopai.Runtime, data_dir: Path) -> None:
+    hello = dict(RULES)
+    hello["features"] = [
+        {"name": "prize", "op": "keywords", "source": "text", "terms": ["hello"]},
+    ]
+    loopai.install_program(data_dir, "spam", hello)
+    assert rt.active_version == 1  # installed on disk; this runtime still runs v1
+    assert rt.execute({"text": "hello"}).output == "ham"
+    assert rt.reload() == 2
+    result = rt.execute({"text": "hello"})
+    assert (result.output, result.version) == ("spam", 2)
+    rt.activate(1)
+    assert rt.execute({"text": "hello"}).version == 1
+    with pytest.raises(loopai.ArtifactError):
+        rt.activate(7)
+    assert rt.active_version == 1
