@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
+# System packages for the bindings' tests (Go, C#) are installed when missing and possible.
+scripts/install-deps.sh
+
 # Python tools live in a private virtualenv so that the checks need nothing preinstalled.
 venv=target/py-venv
 if [ ! -x "$venv/bin/python" ]; then
@@ -27,6 +30,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
 step "program JSON Schema (docs/program.schema.json)"
 "$venv/bin/python" scripts/check_program_schema.py
+
+step "C ABI, Go and C# bindings (scripts/test-bindings.sh)"
+scripts/test-bindings.sh
 
 step "quick start (README)"
 examples/quickstart.sh >/dev/null

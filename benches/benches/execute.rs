@@ -1,0 +1,104 @@
+//! Latency of `Program::evaluate` and `Runtime::execute` on SMS-sized (~100 B) and
+//! e-mail-sized (~5 KB) texts, for each program of `loopai_benches::fixtures()`.
+//!
+//! Ids read `evaluate/<program>/<text>` and `execute/<program>/<text>`. Each iteration
+//! runs one input, cycling through a handful of texts so no single text is over-fitted
+//! by the branch predictor; the reported time is per input.
+//!
+//! Run with `cargo bench -p loopai-benches`; filter with e.g.
+//! `cargo bench -p loopai-benches -- linear_hashed/sms`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
+use loopai_benches::{email_texts, fixtures, inputs, linear_breakdown, runtime_for, sms_texts};
+use loopai_core::Program;
+use serde_json::Value;
+
+fn text_sets() -> Vec<(&'static str, Vec<Value>)> {
+    vec![
+        ("sms", inputs(&sms_texts())),
+        ("email", inputs(&email_texts())),
+    ]
+}
+
+fn mean_bytes(set: &[Value]) -> u64 {
+    let total: usize = set
+        .iter()
+        .map(|v| v["text"].as_str().map_or(0, str::len))
+        .sum();
+    (total / set.len()) as u64
+}
+
+fn bench_cycle<M: criterion::measurement::Measurement>(
+    group: &mut BenchmarkGroup<'_, M>,
+    id: &str,
+    set: &[Value],
+    mut run: impl FnMut(&Value),
+) {
+    group.throughput(Throughput::Bytes(mean_bytes(set)));
+    let mut i = 0;
+    group.bench_function(id, |b| {
+        b.iter(|| {
+            i = (i + 1) % set.len();
+            run(black_box(&set[i]));
+        })
+    });
+}
+
+fn evaluate(c: &mut Criterion) {
+    let sets = text_sets();
+    for f in fixtures() {
+        let program = Program::from_json(&f.program).expect("fixture compiles");
+        let mut group = c.benchmark_group(format!("evaluate/{}", f.name));
+        for (text, set) in &sets {
+            bench_cycle(&mut group, text, set, |input| {
+                black_box(program.evaluate(input).expect("evaluates"));
+            });
+        }
+        group.finish();
+    }
+}
+
+fn execute(c: &mut Criterion) {
+    let sets = text_sets();
+    for f in fixtures() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = runtime_for(dir.path(), &f.program).expect("runtime starts");
+        let mut group = c.benchmark_group(format!("execute/{}", f.name));
+        for (text, set) in &sets {
+            bench_cycle(&mut group, text, set, |input| {
+                black_box(runtime.execute(input).expect("executes"));
+            });
+        }
+        group.finish();
+    }
+}
+
+/// Where the time of `linear_hashed` on SMS goes: variants that drop one cost each.
+fn breakdown(c: &mut Criterion) {
+    let set = inputs(&sms_texts());
+    let mut group = c.benchmark_group("breakdown/linear_hashed_sms");
+    for (name, program) in linear_breakdown() {
+        let program = Program::from_json(&program).expect("variant compiles");
+        bench_cycle(&mut group, name, &set, |input| {
+            black_box(program.evaluate(input).expect("evaluates"));
+        });
+    }
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(60)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = evaluate, execute, breakdown
+}
+criterion_main!(benches);
