@@ -983,7 +983,6 @@ fn fixed_programs_cover_every_outcome_shape() {
 /// finds this as soon as a fixed program has a softmax over a number input, so that program
 /// lives here until `eval.rs` guards against non-finite logits.
 #[test]
-#[ignore = "bug: overflowing logits give NaN confidence (see the bench/fuzz report)"]
 fn overflowing_logits_do_not_give_nan_confidence() {
     let program = Program::from_value(
         &json!({"format": "loopai.program/1", "task": "t",

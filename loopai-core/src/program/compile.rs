@@ -1353,7 +1353,8 @@ impl Compiler<'_> {
                     if f < 0 {
                         feature.push(u32::MAX);
                         let leaf = &value[i * classes.len()..(i + 1) * classes.len()];
-                        if leaf.iter().any(|&p| p < 0.0) || leaf.iter().sum::<f32>() <= 0.0 {
+                        let sum = leaf.iter().map(|&p| f64::from(p)).sum::<f64>();
+                        if leaf.iter().any(|&p| p < 0.0) || !(sum > 0.0 && sum.is_finite()) {
                             return Err(perr(
                                 &idx(&join(path, "value"), i),
                                 "a leaf needs non-negative class weights with a positive sum",
@@ -1418,6 +1419,10 @@ impl Compiler<'_> {
                         return Err(perr(&join(&mp, "weight"), "must be a positive number"));
                     }
                     members.push((m.weight, self.decision(&m.decide, &join(&mp, "decide"), depth + 1)?));
+                }
+                let total: f64 = r.members.iter().map(|m| m.weight).sum();
+                if !total.is_finite() {
+                    return Err(perr(&join(path, "members"), "the weights must have a finite sum"));
                 }
                 let min_confidence = r.min_confidence.unwrap_or(0.0);
                 check_prob(min_confidence, &join(path, "min_confidence"))?;

@@ -169,12 +169,20 @@ fn run(plan: &Plan, texts: &[&str], numbers: &[f64], s: &mut Scratch) -> Outcome
     }
     s.scalars.clear();
     s.scalars.resize(nf, 0.0);
+    // `s.tokens` holds the tokens of (source, alnum) when `Some`: n-gram features on one
+    // text share them.
+    let mut tokenized: Option<(usize, bool)> = None;
     for (f, feature) in plan.features.iter().enumerate() {
         let value = match feature {
             FeaturePlan::Sparse(sp) => {
                 let t = slot_text(plan, texts, &s.views, sp.source);
                 let out = &mut s.sparse[f];
-                sparse_features(sp, t, &mut s.tokens, &mut s.offsets, &mut s.pad, out);
+                let key = (sp.source, sp.alnum || !sp.words);
+                let fresh = tokenized != Some(key);
+                sparse_features(sp, t, fresh, &mut s.tokens, &mut s.offsets, &mut s.pad, out);
+                if sp.words || sp.within_words {
+                    tokenized = Some(key);
+                }
                 0.0
             }
             FeaturePlan::Keywords(k) => {
@@ -191,6 +199,7 @@ fn run(plan: &Plan, texts: &[&str], numbers: &[f64], s: &mut Scratch) -> Outcome
             }
             FeaturePlan::Stat { source, stat } => {
                 let t = slot_text(plan, texts, &s.views, *source);
+                tokenized = None;
                 stat_value(*stat, t, &mut s.tokens)
             }
             FeaturePlan::Number(slot) => numbers[*slot],
@@ -218,7 +227,9 @@ fn run(plan: &Plan, texts: &[&str], numbers: &[f64], s: &mut Scratch) -> Outcome
             };
             let (out, stack) = s.stack.split_at_mut(c);
             out.fill(0.0);
-            match decide_into(decide, &ctx, out, stack, &mut s.z) {
+            let decided = decide_into(decide, &ctx, out, stack, &mut s.z)
+                .filter(|_| out.iter().all(|p| p.is_finite()));
+            match decided {
                 Some(id) => {
                     let mut best = 0;
                     for i in 1..c {
@@ -321,6 +332,19 @@ fn char_ngrams(sp: &SparsePlan, t: &str, offsets: &mut Vec<u32>, out: &mut Vec<(
     let bytes = t.as_bytes();
     if t.is_ascii() {
         let n = bytes.len();
+        if let NgramIndex::Hashed { bits, .. } = sp.index {
+            out.reserve(n * (sp.n_max + 1 - sp.n_min));
+            for i in 0..n {
+                let mut h = Fnv::new(seed);
+                for k in 0..sp.n_max.min(n - i) {
+                    h.write_u8(bytes[i + k]);
+                    if k + 1 >= sp.n_min {
+                        out.push((bucket(h.finish(), bits), 1.0));
+                    }
+                }
+            }
+            return;
+        }
         for i in 0..n {
             let mut h = Fnv::new(seed);
             for k in 0..sp.n_max.min(n - i) {
@@ -350,6 +374,7 @@ fn char_ngrams(sp: &SparsePlan, t: &str, offsets: &mut Vec<u32>, out: &mut Vec<(
 fn sparse_features(
     sp: &SparsePlan,
     t: &str,
+    tokenize: bool,
     tokens: &mut Vec<(u32, u32)>,
     offsets: &mut Vec<u32>,
     pad: &mut String,
@@ -357,7 +382,9 @@ fn sparse_features(
 ) {
     out.clear();
     if sp.words {
-        text::tokenize(t, sp.alnum, tokens);
+        if tokenize {
+            text::tokenize(t, sp.alnum, tokens);
+        }
         let seed = seed_of(sp);
         let bytes = t.as_bytes();
         for i in 0..tokens.len() {
@@ -374,7 +401,9 @@ fn sparse_features(
             }
         }
     } else if sp.within_words {
-        text::tokenize(t, true, tokens);
+        if tokenize {
+            text::tokenize(t, true, tokens);
+        }
         for &(a, b) in tokens.iter() {
             pad.clear();
             pad.push(' ');
@@ -506,6 +535,28 @@ fn decide_into(
             let width = m.width;
             for g in &m.groups {
                 match g.sparse {
+                    // Width 1 (sigmoid) and 2: accumulators in registers, same summation
+                    // order as the general loop, so results are bit-identical.
+                    true if width == 1 => {
+                        let w = &m.weights[g.offset..];
+                        let mut z0 = z[0];
+                        for &(i, v) in &ctx.sparse[g.feature] {
+                            z0 += f64::from(w[i as usize]) * f64::from(v);
+                        }
+                        z[0] = z0;
+                    }
+                    true if width == 2 => {
+                        let w = &m.weights[g.offset * 2..];
+                        let (mut z0, mut z1) = (z[0], z[1]);
+                        for &(i, v) in &ctx.sparse[g.feature] {
+                            let v = f64::from(v);
+                            let r = i as usize * 2;
+                            z0 += f64::from(w[r]) * v;
+                            z1 += f64::from(w[r + 1]) * v;
+                        }
+                        z[0] = z0;
+                        z[1] = z1;
+                    }
                     true => {
                         for &(i, v) in &ctx.sparse[g.feature] {
                             let row = (g.offset + i as usize) * width;
@@ -526,6 +577,14 @@ fn decide_into(
                         }
                     }
                 }
+            }
+            // Huge inputs can overflow the scores: infinities are clamped (the order is
+            // kept), and a NaN score makes the model abstain rather than answer.
+            for zc in z.iter_mut() {
+                if zc.is_nan() {
+                    return None;
+                }
+                *zc = zc.clamp(-f64::MAX, f64::MAX);
             }
             if m.sigmoid {
                 let p1 = 1.0 / (1.0 + libm::exp(-z[0] * m.inv_temperature));
