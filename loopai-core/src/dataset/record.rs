@@ -48,7 +48,12 @@ impl Timestamp {
 
     /// The UTC day of this instant.
     pub fn day(self) -> Date {
-        self.datetime().date()
+        // Julian day number of 1970-01-01 is 2440588.
+        let days = self.0.div_euclid(MS_PER_DAY);
+        i32::try_from(days + 2_440_588)
+            .ok()
+            .and_then(|jd| Date::from_julian_day(jd).ok())
+            .unwrap_or_else(|| self.datetime().date())
     }
 
     /// Parses an RFC 3339 timestamp.
@@ -60,8 +65,50 @@ impl Timestamp {
     }
 }
 
+const MS_PER_DAY: i64 = 86_400_000;
+
+/// `(year, month, day)` of a count of days since 1970-01-01 (proleptic Gregorian;
+/// H. Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Hot in the dataset writer: formatted by hand for years 0..=9999.
+        let (y, mo, d) = civil_from_days(self.0.div_euclid(MS_PER_DAY));
+        if (0..=9999).contains(&y) {
+            let ms = self.0.rem_euclid(MS_PER_DAY);
+            let fields = [
+                (y as u32, 4, b'-'),
+                (mo, 2, b'-'),
+                (d, 2, b'T'),
+                ((ms / 3_600_000) as u32, 2, b':'),
+                ((ms / 60_000 % 60) as u32, 2, b':'),
+                ((ms / 1000 % 60) as u32, 2, b'.'),
+                ((ms % 1000) as u32, 3, b'Z'),
+            ];
+            let mut buf = [0u8; 24];
+            let mut at = 0;
+            for (value, width, sep) in fields {
+                let mut v = value;
+                for i in (0..width).rev() {
+                    buf[at + i] = b'0' + (v % 10) as u8;
+                    v /= 10;
+                }
+                buf[at + width] = sep;
+                at += width + 1;
+            }
+            return f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?);
+        }
         let t = self.datetime();
         write!(
             f,
@@ -294,6 +341,28 @@ mod tests {
         let json = serde_json::to_string(&t).unwrap();
         assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
         assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn fast_formatting_agrees_with_the_time_crate() {
+        let mut t = -86_400_000i64 * 800_000; // year -220
+        while t < 253_402_300_799_999 {
+            let ts = Timestamp(t);
+            let dt = ts.datetime();
+            let expect = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                dt.year(),
+                u8::from(dt.month()),
+                dt.day(),
+                dt.hour(),
+                dt.minute(),
+                dt.second(),
+                dt.millisecond()
+            );
+            assert_eq!(ts.to_string(), expect, "at {t}");
+            assert_eq!(ts.day(), dt.date(), "at {t}");
+            t += 7_777_777_777;
+        }
     }
 
     #[test]

@@ -38,6 +38,8 @@ const MAX_PENDING_BYTES: usize = 64 << 20;
 const BUFFERED_SYNC_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the thread wakes up when idle (periodic stats, retries).
 const TICK: Duration = Duration::from_millis(100);
+/// Pause between batches while records keep arriving (`buffered` mode).
+const BUSY_NAP: Duration = Duration::from_millis(1);
 
 /// Sees every record the writer thread writes, on that thread: the daily analytics.
 pub(crate) trait RecordObserver: Send {
@@ -442,13 +444,25 @@ impl WriterState {
     fn run(&mut self, rx: &Receiver<Msg>) {
         let mut batch: Vec<Msg> = Vec::with_capacity(256);
         let mut stop: Option<Arc<Signal>> = None;
+        let mut busy = false;
         while stop.is_none() {
             // Stop draining while too much is pending: the queue then applies back-pressure.
             if self.pending_bytes < MAX_PENDING_BYTES {
-                match rx.recv_timeout(TICK) {
-                    Ok(msg) => batch.push(msg),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => break,
+                if busy {
+                    // Under load, nap instead of parking: producers' sends then wake no
+                    // thread (a futex call per record otherwise), and batches grow.
+                    std::thread::sleep(BUSY_NAP);
+                    match rx.try_recv() {
+                        Ok(msg) => batch.push(msg),
+                        Err(crossbeam_channel::TryRecvError::Empty) => {}
+                        Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+                    }
+                } else {
+                    match rx.recv_timeout(TICK) {
+                        Ok(msg) => batch.push(msg),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
                 }
                 while batch.len() < MAX_BATCH {
                     match rx.try_recv() {
@@ -459,6 +473,9 @@ impl WriterState {
             } else {
                 std::thread::sleep(TICK);
             }
+            // Keep napping while records keep coming; park again once a round is empty.
+            // Durable callers wait for their sync, so they are not kept waiting for a nap.
+            busy = !self.durable && !batch.is_empty();
             let mut flushes = Vec::new();
             for msg in batch.drain(..) {
                 match msg {
