@@ -6,7 +6,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use serde_json::Value;
 
-use crate::{Error, ErrorKind, JsonSchema, Outcome, Program, Result};
+use crate::{
+    Error, ErrorKind, JsonSchema, LoadedArtifact, Outcome, Program, ProgramLimits, Result,
+};
 
 /// A program together with the artifact version it was loaded from.
 #[derive(Debug)]
@@ -93,6 +95,15 @@ impl Executor {
         })
     }
 
+    /// An executor for an artifact loaded from the cache: its program, compiled with
+    /// `limits`, and the task schemas recorded in its metadata (`input_schema`,
+    /// `output_schema`, both optional). This is exactly what [`Runtime`](crate::Runtime)
+    /// executes, without the execution log.
+    pub fn from_artifact(artifact: &LoadedArtifact, limits: &ProgramLimits) -> Result<Executor> {
+        let (program, input, output) = compile_artifact(artifact, limits)?;
+        Executor::new(program, artifact.metadata.version, input, output)
+    }
+
     fn prepare(
         program: Program,
         version: u32,
@@ -173,6 +184,31 @@ impl Executor {
     pub fn version(&self) -> u32 {
         self.active.load().version
     }
+}
+
+/// Compiles an artifact's program and the task schemas recorded in its metadata
+/// (`input_schema`, `output_schema`, both optional).
+pub(crate) fn compile_artifact(
+    loaded: &LoadedArtifact,
+    limits: &ProgramLimits,
+) -> Result<(Program, Option<JsonSchema>, Option<JsonSchema>)> {
+    let where_ = format!("v{}/program.json", loaded.metadata.version);
+    let program =
+        Program::from_json_with_limits(&loaded.program, limits).map_err(|e| e.context(&where_))?;
+    let schema = |key: &str| -> Result<Option<JsonSchema>> {
+        loaded
+            .metadata
+            .extra
+            .get(key)
+            .filter(|v| !v.is_null())
+            .map(|v| {
+                JsonSchema::compile(v).map_err(|e| {
+                    e.context(format!("v{}/metadata.json {key}", loaded.metadata.version))
+                })
+            })
+            .transpose()
+    };
+    Ok((program, schema("input_schema")?, schema("output_schema")?))
 }
 
 #[cfg(test)]

@@ -12,9 +12,8 @@ use uuid::Uuid;
 use crate::dataset::{AnalyticsKeeper, DatasetWriter, Maintenance, WriterOptions};
 use crate::{
     ArtifactStore, Clock, DailyStats, DatasetLayout, DatasetMetrics, DatasetReader,
-    DeploymentConfig, Durability, Error, ErrorKind, ExecutionRecord, Executor, JsonSchema,
-    LoadedArtifact, OnFull, Program, ProgramLimits, Result, RetentionPolicy, RetentionReport,
-    Sampler, SystemClock, Timestamp,
+    DeploymentConfig, Durability, Error, ErrorKind, ExecutionRecord, Executor, OnFull,
+    ProgramLimits, Result, RetentionPolicy, RetentionReport, Sampler, SystemClock, Timestamp,
 };
 
 /// How long dropping a [`Runtime`] waits for its background threads to finish.
@@ -196,13 +195,7 @@ impl RuntimeBuilder {
                 ),
             )
         })?;
-        let (program, input_schema, output_schema) = compile_artifact(&loaded, &limits)?;
-        let executor = Executor::new(
-            program,
-            loaded.metadata.version,
-            input_schema,
-            output_schema,
-        )?;
+        let executor = Executor::from_artifact(&loaded, &limits)?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let options = WriterOptions {
             durable: config.storage.durability == Durability::Durable,
@@ -236,31 +229,6 @@ impl RuntimeBuilder {
             }),
         })
     }
-}
-
-/// Compiles an artifact's program and the task schemas recorded in its metadata
-/// (`input_schema`, `output_schema`, both optional).
-pub(crate) fn compile_artifact(
-    loaded: &LoadedArtifact,
-    limits: &ProgramLimits,
-) -> Result<(Program, Option<JsonSchema>, Option<JsonSchema>)> {
-    let where_ = format!("v{}/program.json", loaded.metadata.version);
-    let program =
-        Program::from_json_with_limits(&loaded.program, limits).map_err(|e| e.context(&where_))?;
-    let schema = |key: &str| -> Result<Option<JsonSchema>> {
-        loaded
-            .metadata
-            .extra
-            .get(key)
-            .filter(|v| !v.is_null())
-            .map(|v| {
-                JsonSchema::compile(v).map_err(|e| {
-                    e.context(format!("v{}/metadata.json {key}", loaded.metadata.version))
-                })
-            })
-            .transpose()
-    };
-    Ok((program, schema("input_schema")?, schema("output_schema")?))
 }
 
 #[derive(Debug)]
@@ -535,7 +503,7 @@ impl Runtime {
     /// The version is verified and compiled before anything changes.
     pub fn activate(&self, version: u32) -> Result<()> {
         let loaded = self.inner.store.load(version)?;
-        let (program, _, _) = compile_artifact(&loaded, &self.inner.limits)?;
+        let (program, _, _) = crate::executor::compile_artifact(&loaded, &self.inner.limits)?;
         self.inner.store.activate(version)?;
         self.inner.executor.swap(program, version)?;
         self.inner
@@ -554,7 +522,7 @@ impl Runtime {
             )
         })?;
         if loaded.metadata.version != self.active_version() {
-            let (program, _, _) = compile_artifact(&loaded, &self.inner.limits)?;
+            let (program, _, _) = crate::executor::compile_artifact(&loaded, &self.inner.limits)?;
             self.inner.executor.swap(program, loaded.metadata.version)?;
             self.inner
                 .sampler
