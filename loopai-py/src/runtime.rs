@@ -252,10 +252,12 @@ impl PyRuntime {
             .map_err(|e| errors::to_py(py, e))
     }
 
+    /// Returns the runtime itself (``with Runtime(...) as rt:``).
     fn __enter__(slf: Py<Self>) -> Py<Self> {
         slf
     }
 
+    /// Closes the runtime (``close(timeout=5.0)``); exceptions propagate.
     #[pyo3(signature = (*_args))]
     fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
         self.close(py, 5.0)?;

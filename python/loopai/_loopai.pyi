@@ -146,8 +146,10 @@ class Runtime:
     def close(self, timeout: float = 5.0) -> None:
         """Flushes the execution log and stops the background thread within ``timeout``
         seconds. Later executions raise ``ClosedError``; closing again is harmless."""
-    def __enter__(self) -> Self: ...
-    def __exit__(self, *args: object) -> bool: ...
+    def __enter__(self) -> Self:
+        """Returns the runtime itself (``with Runtime(...) as rt:``)."""
+    def __exit__(self, *args: object) -> bool:
+        """Closes the runtime (``close(timeout=5.0)``); exceptions propagate."""
     def activate(self, version: int) -> None:
         """Activates installed version ``version`` (on disk too) and swaps it in without
         interrupting executions in flight. The version is verified and compiled first."""
