@@ -1,0 +1,82 @@
+//! `install_program`: put a program into a task's artifact cache.
+
+use std::path::PathBuf;
+
+use loopai_core as core;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString};
+
+use crate::{convert, errors};
+
+/// The program bytes from a dict, JSON text (`str`/`bytes`), or a path to a program.json.
+fn program_bytes(
+    py: Python<'_>,
+    program: &Bound<'_, PyAny>,
+) -> PyResult<Result<Vec<u8>, core::Error>> {
+    if let Ok(dict) = program.cast::<PyDict>() {
+        let value = convert::to_value(dict.as_any()).map_err(|e| {
+            errors::to_py(
+                py,
+                core::Error::new(core::ErrorKind::Program, e.describe("program")),
+            )
+        })?;
+        return serde_json::to_vec(&value)
+            .map(Ok)
+            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()));
+    }
+    if let Ok(bytes) = program.cast::<PyBytes>() {
+        return Ok(Ok(bytes.as_bytes().to_vec()));
+    }
+    if let Ok(s) = program.cast::<PyString>() {
+        let text = s.to_cow()?;
+        if text.trim_start().starts_with('{') {
+            return Ok(Ok(text.into_owned().into_bytes()));
+        }
+    }
+    let path: PathBuf = program.extract().map_err(|_| {
+        pyo3::exceptions::PyTypeError::new_err(
+            "program: expected a dict, JSON text, or a path (str or os.PathLike) to a program.json",
+        )
+    })?;
+    Ok(py.detach(move || std::fs::read(&path).map_err(|e| core::Error::io(path.display(), e))))
+}
+
+/// Checks a ``loopai.program/1`` program and installs it as the next version of task
+/// ``task_id`` under ``<data_dir>/artifacts/``, making it the active one if ``activate``.
+///
+/// ``program`` is a dict, JSON text, or a path to a ``program.json``. The program must
+/// compile and be written for ``task_id`` (``ProgramError`` otherwise). Returns the new
+/// artifact's metadata (``version``, ``sha256``, ``created_at``, ...). Running runtimes
+/// pick the new version up on their next reload or restart.
+#[pyfunction]
+#[pyo3(signature = (data_dir, task_id, program, *, activate = true))]
+pub(crate) fn install_program<'py>(
+    py: Python<'py>,
+    data_dir: PathBuf,
+    task_id: String,
+    program: &Bound<'py, PyAny>,
+    activate: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let bytes = program_bytes(py, program)?.map_err(|e| errors::to_py(py, e))?;
+    let installed = py.detach(move || -> core::Result<core::ArtifactMetadata> {
+        let compiled = core::Program::from_json(&bytes)?;
+        if compiled.task() != task_id {
+            return Err(core::Error::new(
+                core::ErrorKind::Program,
+                format!(
+                    "program: it is for task {:?}, not {task_id:?}",
+                    compiled.task()
+                ),
+            ));
+        }
+        core::ArtifactStore::open(&data_dir, &task_id)?.install(
+            &bytes,
+            core::NewArtifact::default(),
+            activate,
+        )
+    });
+    let installed = installed.map_err(|e| errors::to_py(py, e))?;
+    let value = serde_json::to_value(&installed)
+        .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+    convert::to_py(py, &value)
+}

@@ -1,0 +1,441 @@
+//! `Runtime` and `ExecutionResult`: thin wrappers around the core types.
+//!
+//! Every method extracts its arguments while attached to the interpreter, then detaches
+//! (releases the GIL) for the core call, so that other Python threads run while loopai
+//! executes, flushes or waits. The core's background threads never touch Python.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use loopai_core as core;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString};
+
+use crate::{convert, errors};
+
+/// Every runtime created in this process that may still be alive, for the `atexit` flush.
+static LIVE: Mutex<Vec<Weak<core::Runtime>>> = Mutex::new(Vec::new());
+
+fn register(runtime: &Arc<core::Runtime>) {
+    let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+    live.retain(|w| w.strong_count() > 0);
+    live.push(Arc::downgrade(runtime));
+}
+
+/// A timeout in seconds as a `Duration` (`ValueError` when negative or not finite).
+pub(crate) fn seconds(timeout: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(timeout).map_err(|_| {
+        PyValueError::new_err(format!(
+            "timeout: expected a finite number of seconds >= 0, got {timeout}"
+        ))
+    })
+}
+
+/// Flushes every runtime still alive in this process, all within one `timeout`; returns
+/// the failures as messages. Runtimes that are closed, or were created before a fork, have
+/// nothing to flush here and are skipped. Called by the package's `atexit` hook.
+#[pyfunction]
+#[pyo3(signature = (timeout = 5.0))]
+pub(crate) fn _flush_all(py: Python<'_>, timeout: f64) -> PyResult<Vec<String>> {
+    let timeout = seconds(timeout)?;
+    let runtimes: Vec<Arc<core::Runtime>> = {
+        let live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+        live.iter().filter_map(Weak::upgrade).collect()
+    };
+    Ok(py.detach(move || {
+        let deadline = Instant::now() + timeout;
+        let mut failures = Vec::new();
+        for rt in runtimes {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rt.flush(left) {
+                Ok(()) => {}
+                Err(e) if e.kind() == core::ErrorKind::Closed => {}
+                Err(e) => failures.push(format!("task {:?}: {e}", rt.task())),
+            }
+        }
+        failures
+    }))
+}
+
+/// The embeddable Loopai runtime for one task.
+///
+/// Loads the task's active program from ``<data_dir>/artifacts/<task_id>/`` and logs every
+/// execution to ``<data_dir>/datasets/<task_id>/``. One instance is meant to be shared by
+/// every thread of the process: ``execute`` takes no lock and releases the GIL.
+///
+/// ``config`` is a path to a ``deployment.yaml`` or a dict with the same keys; by default
+/// ``<data_dir>/config/deployment.yaml`` is read if it exists.
+///
+/// Use it as a context manager, or call ``close()``; runtimes still open at interpreter
+/// exit are flushed by an ``atexit`` hook. A runtime created before ``os.fork()`` raises
+/// ``ClosedError`` in the child: create a new one there.
+#[pyclass(frozen, name = "Runtime", module = "loopai")]
+pub(crate) struct PyRuntime {
+    // `Option` only so that `Drop` can release the GIL while the core shuts down.
+    inner: Option<Arc<core::Runtime>>,
+}
+
+impl PyRuntime {
+    fn rt(&self) -> &Arc<core::Runtime> {
+        self.inner
+            .as_ref()
+            .expect("loopai: Runtime used after drop (a bug in the binding)")
+    }
+}
+
+impl Drop for PyRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.inner.take() {
+            // Dropping the last clone shuts the core down (bounded wait): do not hold the
+            // GIL meanwhile. At interpreter teardown, when we cannot attach, just drop.
+            let mut rt = Some(rt);
+            let _ = Python::try_attach(|py| {
+                let rt = rt.take();
+                py.detach(move || drop(rt));
+            });
+            drop(rt);
+        }
+    }
+}
+
+#[pymethods]
+impl PyRuntime {
+    #[new]
+    #[pyo3(signature = (data_dir, task_id, *, config = None))]
+    fn new(
+        py: Python<'_>,
+        data_dir: PathBuf,
+        task_id: String,
+        config: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let mut builder = core::Runtime::builder().data_dir(data_dir).task(task_id);
+        if let Some(config) = config {
+            if let Ok(dict) = config.cast::<PyDict>() {
+                let value = convert::to_value(dict.as_any()).map_err(|e| {
+                    errors::to_py(
+                        py,
+                        core::Error::new(core::ErrorKind::Config, e.describe("config")),
+                    )
+                })?;
+                let config = core::DeploymentConfig::from_json_value(&value, "config")
+                    .map_err(|e| errors::to_py(py, e))?;
+                builder = builder.config(config);
+            } else {
+                let path: PathBuf = config.extract().map_err(|_| {
+                    pyo3::exceptions::PyTypeError::new_err(
+                        "config: expected a path (str or os.PathLike) or a dict",
+                    )
+                })?;
+                builder = builder.config_file(path);
+            }
+        }
+        let rt = py
+            .detach(move || builder.build())
+            .map_err(|e| errors::to_py(py, e))?;
+        let rt = Arc::new(rt);
+        register(&rt);
+        Ok(PyRuntime { inner: Some(rt) })
+    }
+
+    /// Executes the active program on one input (a dict, e.g. ``{"text": "..."}``) and
+    /// logs the execution. Raises ``InvalidInput`` when the input cannot be converted to
+    /// JSON or does not match the task, ``ClosedError`` after ``close()`` or in a forked
+    /// child.
+    fn execute(&self, py: Python<'_>, input: &Bound<'_, PyAny>) -> PyResult<PyExecutionResult> {
+        let value =
+            convert::to_value(input).map_err(|e| errors::invalid_input(py, e.describe("input")))?;
+        let rt = self.rt();
+        match py.detach(|| rt.execute(&value)) {
+            Ok(result) => Ok(PyExecutionResult { inner: result }),
+            Err(e) => Err(errors::to_py(py, e)),
+        }
+    }
+
+    /// Executes one input given as JSON text (``str`` or ``bytes``), like ``execute``.
+    fn execute_json(
+        &self,
+        py: Python<'_>,
+        input: &Bound<'_, PyAny>,
+    ) -> PyResult<PyExecutionResult> {
+        let owned: Vec<u8>;
+        let bytes: &[u8] = if let Ok(b) = input.cast::<pyo3::types::PyBytes>() {
+            b.as_bytes()
+        } else if let Ok(s) = input.cast::<PyString>() {
+            owned = s.to_cow()?.into_owned().into_bytes();
+            &owned
+        } else {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "execute_json: expected str or bytes",
+            ));
+        };
+        let rt = self.rt();
+        match py.detach(|| rt.execute_json(bytes)) {
+            Ok(result) => Ok(PyExecutionResult { inner: result }),
+            Err(e) => Err(errors::to_py(py, e)),
+        }
+    }
+
+    /// Executes several inputs; one result per input, in order, each logged like
+    /// ``execute``. Every input is executed even when some fail. With
+    /// ``return_exceptions=False`` (the default) the first failure is then raised; with
+    /// ``True`` failures are returned in place as ``LoopaiError`` instances.
+    #[pyo3(signature = (inputs, *, return_exceptions = false))]
+    fn execute_batch<'py>(
+        &self,
+        py: Python<'py>,
+        inputs: &Bound<'py, PyAny>,
+        return_exceptions: bool,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let mut converted = Vec::new();
+        let mut failed = Vec::new();
+        for (i, item) in inputs.try_iter()?.enumerate() {
+            match convert::to_value(&item?) {
+                Ok(v) => converted.push(v),
+                Err(e) => failed.push((i, e.describe(&format!("inputs[{i}]")))),
+            }
+        }
+        let rt = self.rt();
+        let results = py.detach(|| rt.execute_batch(&converted));
+        let out = PyList::empty(py);
+        let mut results = results.into_iter();
+        let mut failed = failed.into_iter().peekable();
+        let mut first_error = None;
+        let total = converted.len() + failed.len();
+        for i in 0..total {
+            let item: PyResult<PyExecutionResult> = match failed.peek() {
+                Some((at, _)) if *at == i => {
+                    let (_, message) = failed.next().unwrap_or_default();
+                    Err(errors::invalid_input(py, message))
+                }
+                _ => match results.next() {
+                    Some(Ok(result)) => Ok(PyExecutionResult { inner: result }),
+                    Some(Err(e)) => Err(errors::to_py(py, e)),
+                    None => break,
+                },
+            };
+            match item {
+                Ok(result) => out.append(result)?,
+                Err(err) if return_exceptions => out.append(err.into_value(py))?,
+                Err(err) => {
+                    if first_error.is_none() {
+                        first_error = Some(err);
+                    }
+                }
+            }
+        }
+        match first_error {
+            Some(err) => Err(err),
+            None => Ok(out),
+        }
+    }
+
+    /// Waits until every execution logged before this call is written and fsync'd, at
+    /// most ``timeout`` seconds (``TimeoutError`` otherwise). The GIL is released while
+    /// waiting.
+    #[pyo3(signature = (timeout = 5.0))]
+    fn flush(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
+        let timeout = seconds(timeout)?;
+        let rt = self.rt();
+        py.detach(|| rt.flush(timeout))
+            .map_err(|e| errors::to_py(py, e))
+    }
+
+    /// Flushes the execution log and stops the background thread within ``timeout``
+    /// seconds. Later executions raise ``ClosedError``; closing again is harmless.
+    #[pyo3(signature = (timeout = 5.0))]
+    fn close(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
+        let timeout = seconds(timeout)?;
+        let rt = self.rt();
+        py.detach(|| rt.shutdown(timeout))
+            .map_err(|e| errors::to_py(py, e))
+    }
+
+    /// Returns the runtime itself (``with Runtime(...) as rt:``).
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    /// Closes the runtime (``close(timeout=5.0)``); exceptions propagate.
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.close(py, 5.0)?;
+        Ok(false)
+    }
+
+    /// The artifact version executing now.
+    #[getter]
+    fn active_version(&self) -> u32 {
+        self.rt().active_version()
+    }
+
+    /// Activates installed version ``version`` (on disk too) and swaps it in without
+    /// interrupting executions in flight. The version is verified and compiled first.
+    fn activate(&self, py: Python<'_>, version: u32) -> PyResult<()> {
+        let rt = self.rt();
+        py.detach(|| rt.activate(version))
+            .map_err(|e| errors::to_py(py, e))
+    }
+
+    /// Re-reads the task's ``active`` pointer (changed by ``install_program``,
+    /// ``synthesize`` or the ``loopai`` CLI, possibly in another process) and swaps that
+    /// version in if it differs. Returns the active version.
+    fn reload(&self, py: Python<'_>) -> PyResult<u32> {
+        let rt = self.rt();
+        py.detach(|| rt.reload()).map_err(|e| errors::to_py(py, e))
+    }
+
+    /// The task id.
+    #[getter]
+    fn task_id(&self) -> &str {
+        self.rt().task()
+    }
+
+    /// The data directory.
+    #[getter]
+    fn data_dir(&self) -> PathBuf {
+        self.rt().data_dir().to_path_buf()
+    }
+
+    /// Daily statistics of the last ``days`` UTC days that have data, oldest first (today's
+    /// are brought up to date first, which flushes the log): one dict per day with
+    /// ``date``, ``total``, ``successful``, ``failed``, ``abstained``, ``success_rate``,
+    /// ``latency_ms`` (``avg``, ``p50``, ``p95``, ``p99``, ...), ``output_distribution``,
+    /// ``versions``, ``validations``... (see ``docs/datasets.md``).
+    #[pyo3(signature = (days = 7))]
+    fn stats<'py>(&self, py: Python<'py>, days: u32) -> PyResult<Bound<'py, PyAny>> {
+        let rt = self.rt();
+        let stats = py
+            .detach(|| rt.stats(days))
+            .map_err(|e| errors::to_py(py, e))?;
+        let value = serde_json::to_value(&stats)
+            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+        convert::to_py(py, &value)
+    }
+
+    /// The runtime's state for health checks: ``status`` (``"ok"`` or ``"degraded"``),
+    /// ``task``, ``active_version`` and execution-log counters under ``dataset``.
+    fn health<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let health = self.rt().health();
+        let value = serde_json::to_value(&health)
+            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+        convert::to_py(py, &value)
+    }
+
+    fn __repr__(&self) -> String {
+        let rt = self.rt();
+        format!(
+            "Runtime(data_dir={:?}, task_id={:?}, active_version={})",
+            rt.data_dir().display().to_string(),
+            rt.task(),
+            rt.active_version()
+        )
+    }
+}
+
+/// The result of ``Runtime.execute``.
+#[pyclass(frozen, name = "ExecutionResult", module = "loopai")]
+pub(crate) struct PyExecutionResult {
+    inner: core::ExecutionResult,
+}
+
+fn status_name(status: core::ExecutionStatus) -> &'static str {
+    match status {
+        core::ExecutionStatus::Success => "success",
+        core::ExecutionStatus::Abstain => "abstain",
+        core::ExecutionStatus::Error => "error",
+        core::ExecutionStatus::Timeout => "timeout",
+    }
+}
+
+#[pymethods]
+impl PyExecutionResult {
+    /// The output: a label (``str``), a dict of extracted fields, or ``None`` when the
+    /// program abstained without an answer.
+    #[getter]
+    fn output<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        convert::to_py(py, &self.inner.output)
+    }
+
+    /// Calibrated confidence in ``[0, 1]``.
+    #[getter]
+    fn confidence(&self) -> f64 {
+        self.inner.confidence
+    }
+
+    /// Per-label scores, ``{label: score}`` in the program's label order (empty for
+    /// extraction programs).
+    #[getter]
+    fn scores<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for (label, score) in self.inner.scores.iter() {
+            dict.set_item(label, score)?;
+        }
+        Ok(dict)
+    }
+
+    /// The artifact version that produced the output.
+    #[getter]
+    fn version(&self) -> u32 {
+        self.inner.version
+    }
+
+    /// Unique id of this execution (a UUID string), also the key of its log record.
+    #[getter]
+    fn execution_id(&self) -> String {
+        self.inner.execution_id.to_string()
+    }
+
+    /// Time spent in the core's ``execute``, in milliseconds.
+    #[getter]
+    fn latency_ms(&self) -> f64 {
+        self.inner.latency_ms
+    }
+
+    /// Whether this execution was sampled for validation against the oracle.
+    #[getter]
+    fn sampled(&self) -> bool {
+        self.inner.sampled
+    }
+
+    /// ``"success"``, or ``"abstain"`` when the confidence is below the program's
+    /// threshold.
+    #[getter]
+    fn status(&self) -> &'static str {
+        status_name(self.inner.status)
+    }
+
+    /// The rule or model that decided (e.g. ``"decide.steps[0].rules[2]"``), if known.
+    #[getter]
+    fn decided_by(&self) -> Option<&str> {
+        self.inner.decided_by.as_deref()
+    }
+
+    /// All fields as a plain dict (JSON-serializable).
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        dict.set_item("execution_id", self.execution_id())?;
+        dict.set_item("output", self.output(py)?)?;
+        dict.set_item("confidence", self.inner.confidence)?;
+        dict.set_item("scores", self.scores(py)?)?;
+        dict.set_item("version", self.inner.version)?;
+        dict.set_item("latency_ms", self.inner.latency_ms)?;
+        dict.set_item("status", self.status())?;
+        dict.set_item("sampled", self.inner.sampled)?;
+        dict.set_item("decided_by", self.decided_by())?;
+        Ok(dict)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let output = self.output(py)?.repr()?;
+        Ok(format!(
+            "ExecutionResult(output={output}, confidence={}, status='{}', version={}, execution_id='{}', latency_ms={:.4})",
+            self.inner.confidence,
+            self.status(),
+            self.inner.version,
+            self.inner.execution_id,
+            self.inner.latency_ms
+        ))
+    }
+}

@@ -1,0 +1,196 @@
+"""Native module of the ``loopai`` package (import ``loopai``, not this module)."""
+
+import builtins
+import os
+import pathlib
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar, Literal, final
+
+from typing_extensions import Self
+
+__all__ = [
+    "ArtifactError",
+    "ClosedError",
+    "ConfigError",
+    "ExecutionResult",
+    "InternalError",
+    "InvalidInput",
+    "InvalidOutput",
+    "LoopaiError",
+    "ProgramError",
+    "Runtime",
+    "SchemaError",
+    "StorageError",
+    "TimeoutError",
+    "__version__",
+    "_flush_all",
+    "install_program",
+]
+
+__version__: str
+
+class LoopaiError(Exception):
+    """Base class of every error raised by loopai. `kind` is the stable snake_case name of the error kind (`"invalid_input"`, ...) and `code` its stable negative status code, shared with the C ABI."""
+
+    kind: ClassVar[str | None]
+    code: ClassVar[int | None]
+
+class InvalidInput(LoopaiError, ValueError):
+    """The input is malformed, too large, not convertible to JSON, or does not match the task's input schema. Also a ValueError."""
+
+class ProgramError(LoopaiError):
+    """A program is malformed, fails validation or exceeds a limit."""
+
+class SchemaError(LoopaiError):
+    """A task's input or output schema is malformed or uses an unsupported keyword."""
+
+class InvalidOutput(LoopaiError):
+    """The program's output does not match the task's output schema."""
+
+class ArtifactError(LoopaiError):
+    """An artifact is missing, corrupt, or does not match its recorded sha256."""
+
+class ConfigError(LoopaiError):
+    """The deployment configuration is malformed or has an invalid value."""
+
+class StorageError(LoopaiError, OSError):
+    """Reading or writing local storage failed. Also an OSError."""
+
+class TimeoutError(LoopaiError, builtins.TimeoutError):
+    """An operation did not finish within its timeout. Also the builtin TimeoutError."""
+
+class ClosedError(LoopaiError):
+    """The runtime has been closed, or was created before os.fork() in a parent process."""
+
+class InternalError(LoopaiError):
+    """A bug in loopai itself. Please report it."""
+
+@final
+class ExecutionResult:
+    """The result of ``Runtime.execute``."""
+
+    @property
+    def output(self) -> Any:
+        """The output: a label (``str``), a dict of extracted fields, or ``None`` when the
+        program abstained without an answer."""
+    @property
+    def confidence(self) -> float:
+        """Calibrated confidence in ``[0, 1]``."""
+    @property
+    def scores(self) -> dict[str, float]:
+        """Per-label scores, ``{label: score}`` in the program's label order (empty for
+        extraction programs)."""
+    @property
+    def version(self) -> int:
+        """The artifact version that produced the output."""
+    @property
+    def execution_id(self) -> str:
+        """Unique id of this execution (a UUID string), also the key of its log record."""
+    @property
+    def latency_ms(self) -> float:
+        """Time spent in the core's ``execute``, in milliseconds."""
+    @property
+    def sampled(self) -> bool:
+        """Whether this execution was sampled for validation against the oracle."""
+    @property
+    def status(self) -> Literal["success", "abstain"]:
+        """``"success"``, or ``"abstain"`` when the confidence is below the program's
+        threshold."""
+    @property
+    def decided_by(self) -> str | None:
+        """The rule or model that decided (e.g. ``"decide.steps[0].rules[2]"``), if known."""
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a plain dict (JSON-serializable)."""
+
+@final
+class Runtime:
+    """The embeddable Loopai runtime for one task.
+
+    Loads the task's active program from ``<data_dir>/artifacts/<task_id>/`` and logs every
+    execution to ``<data_dir>/datasets/<task_id>/``. One instance is meant to be shared by
+    every thread of the process: ``execute`` takes no lock and releases the GIL.
+
+    ``config`` is a path to a ``deployment.yaml`` or a dict with the same keys; by default
+    ``<data_dir>/config/deployment.yaml`` is read if it exists.
+
+    Use it as a context manager, or call ``close()``; runtimes still open at interpreter
+    exit are flushed by an ``atexit`` hook. A runtime created before ``os.fork()`` raises
+    ``ClosedError`` in the child: create a new one there.
+    """
+
+    def __new__(
+        cls,
+        data_dir: str | os.PathLike[str],
+        task_id: str,
+        *,
+        config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    ) -> Self: ...
+    def execute(self, input: Mapping[str, Any]) -> ExecutionResult:
+        """Executes the active program on one input (a dict, e.g. ``{"text": "..."}``) and
+        logs the execution. Raises ``InvalidInput`` when the input cannot be converted to
+        JSON or does not match the task, ``ClosedError`` after ``close()`` or in a forked
+        child."""
+    def execute_json(self, input: str | bytes) -> ExecutionResult:
+        """Executes one input given as JSON text (``str`` or ``bytes``), like ``execute``."""
+    def execute_batch(
+        self, inputs: Iterable[Mapping[str, Any]], *, return_exceptions: bool = False
+    ) -> list[Any]:
+        """Executes several inputs; one result per input, in order, each logged like
+        ``execute``. Every input is executed even when some fail. With
+        ``return_exceptions=False`` (the default) the first failure is then raised; with
+        ``True`` failures are returned in place as ``LoopaiError`` instances."""
+    def flush(self, timeout: float = 5.0) -> None:
+        """Waits until every execution logged before this call is written and fsync'd, at
+        most ``timeout`` seconds (``TimeoutError`` otherwise). The GIL is released while
+        waiting."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Flushes the execution log and stops the background thread within ``timeout``
+        seconds. Later executions raise ``ClosedError``; closing again is harmless."""
+    def __enter__(self) -> Self:
+        """Returns the runtime itself (``with Runtime(...) as rt:``)."""
+    def __exit__(self, *args: object) -> bool:
+        """Closes the runtime (``close(timeout=5.0)``); exceptions propagate."""
+    def activate(self, version: int) -> None:
+        """Activates installed version ``version`` (on disk too) and swaps it in without
+        interrupting executions in flight. The version is verified and compiled first."""
+    def reload(self) -> int:
+        """Re-reads the task's ``active`` pointer (changed by ``install_program``,
+        ``synthesize`` or the ``loopai`` CLI, possibly in another process) and swaps that
+        version in if it differs. Returns the active version."""
+    @property
+    def active_version(self) -> int:
+        """The artifact version executing now."""
+    @property
+    def task_id(self) -> str:
+        """The task id."""
+    @property
+    def data_dir(self) -> pathlib.Path:
+        """The data directory."""
+    def stats(self, days: int = 7) -> list[dict[str, Any]]:
+        """Daily statistics of the last ``days`` UTC days that have data, oldest first (today's
+        are brought up to date first, which flushes the log): one dict per day with
+        ``date``, ``total``, ``successful``, ``failed``, ``abstained``, ``success_rate``,
+        ``latency_ms`` (``avg``, ``p50``, ``p95``, ``p99``, ...), ``output_distribution``,
+        ``versions``, ``validations``... (see ``docs/datasets.md``)."""
+    def health(self) -> dict[str, Any]:
+        """The runtime's state for health checks: ``status`` (``"ok"`` or ``"degraded"``),
+        ``task``, ``active_version`` and execution-log counters under ``dataset``."""
+
+def _flush_all(timeout: float = 5.0) -> list[str]:
+    """Flushes every runtime still alive in this process, all within one ``timeout``;
+    returns the failures as messages. Called by the package's ``atexit`` hook."""
+
+def install_program(
+    data_dir: str | os.PathLike[str],
+    task_id: str,
+    program: str | bytes | os.PathLike[str] | Mapping[str, Any],
+    *,
+    activate: bool = True,
+) -> dict[str, Any]:
+    """Checks a ``loopai.program/1`` program and installs it as the next version of task
+    ``task_id`` under ``<data_dir>/artifacts/``, making it the active one if ``activate``.
+
+    ``program`` is a dict, JSON text, or a path to a ``program.json``. The program must
+    compile and be written for ``task_id`` (``ProgramError`` otherwise). Returns the new
+    artifact's metadata (``version``, ``sha256``, ``created_at``, ...). Running runtimes
+    pick the new version up on their next reload or restart."""
