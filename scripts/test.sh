@@ -34,6 +34,9 @@ step "program JSON Schema (docs/program.schema.json)"
 step "C ABI, Go and C# bindings (scripts/test-bindings.sh)"
 scripts/test-bindings.sh
 
+step "Python package (scripts/test-python.sh: fresh virtualenv, pip install ., pytest, stubtest, ruff)"
+scripts/test-python.sh
+
 step "quick start (README)"
 examples/quickstart.sh >/dev/null
 
