@@ -10,7 +10,10 @@
 //! (measured in-process over the test inputs) and program bytes. Missing data sets are
 //! fetched (and cached) with `shared/data/fetch_datasets.py` when that script is found
 //! beside the repository. Then the peer fixtures (`loopai-synth/tests/data/peer-fixtures`):
-//! train on even ids, score odd ids, beside that project's published figures.
+//! train on even ids, score odd ids, beside that project's published figures (a fixture
+//! whose even ids hold a single label is split in pairs instead: ids 4m+1, 4m+2 train).
+//! The synthesis reports go to stderr; `EVAL_SHOW_ERRORS=1` also prints every wrong
+//! test prediction and the runtime's training accuracy of the peer programs.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -10,11 +10,12 @@
 //!
 //! * **rule** — keyword and phrase rules mined per class by sequential covering (each with
 //!   high precision on the examples), then a default class. Readable and tiny.
-//! * **ml** — linear models over hashed word 1–2-grams and character 2–5-grams (within
-//!   words; `log1p` counts, L2-normalised): L2-regularised logistic regression (sigmoid for
+//! * **ml** — linear models over hashed word 1–2-grams and character 1–5-grams (over the
+//!   first 1 KiB of the text, punctuation included; `log1p` counts, L2-normalised): L2-regularised logistic regression (sigmoid for
 //!   two labels, softmax otherwise) trained by seeded SGD with the regularisation chosen by
 //!   cross-validation, and multinomial naive Bayes. Confidence is calibrated by a
-//!   temperature fitted on out-of-fold predictions.
+//!   temperature fitted on out-of-fold predictions; with two labels the decision threshold
+//!   is moved to where the out-of-fold accuracy is highest.
 //! * **hybrid** — very high-precision rules first, the best model for everything else.
 //! * **auto** (default) — k-fold cross-validation of every candidate; the most accurate one
 //!   whose measured latency meets `latency_target_ms` wins, the simpler one on a tie.

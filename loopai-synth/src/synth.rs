@@ -597,7 +597,7 @@ struct Ctx<'a> {
 }
 
 /// L2 grid, as `C = 1 / (lambda n)`.
-const C_GRID: [f64; 4] = [4.0, 16.0, 64.0, 256.0];
+const C_GRID: [f64; 5] = [4.0, 16.0, 64.0, 256.0, 1024.0];
 /// Naive Bayes smoothing grid.
 const ALPHA_GRID: [f64; 2] = [0.1, 1.0];
 
@@ -632,12 +632,12 @@ impl Ctx<'_> {
                 char_em += 5 * v.len().min(crate::features::HEAD_BYTES) as u64;
             }
         }
-        let bits = |em: u64| (64 - em.max(1).leading_zeros()).clamp(10, 18);
+        let bits = |em: u64, max: u32| (64 - em.max(1).leading_zeros()).clamp(10, max);
         let words = NgramSpec {
             words: true,
             n_min: 1,
             n_max: 2,
-            bits: bits(word_em),
+            bits: bits(word_em, 18),
             seed: 0,
             log1p: true,
             l2: true,
@@ -648,7 +648,7 @@ impl Ctx<'_> {
             words: false,
             n_min: 1,
             n_max: 5,
-            bits: bits(char_em),
+            bits: bits(char_em, 18),
             seed: 1,
             log1p: true,
             l2: true,
@@ -769,8 +769,17 @@ impl Ctx<'_> {
             )
         });
         let g = self.pick_grid(&logits, sigmoid);
-        let t = linear::fit_temperature(&logits[g], &self.y, sigmoid, k);
-        let oof = self.oof_predictions(&logits[g], t, sigmoid);
+        // Two labels: move the decision threshold to where the out-of-fold accuracy is
+        // highest (the prior of a rare class is under-fitted by a regularised model).
+        let shift = if sigmoid {
+            linear::best_shift(&logits[g], &self.y)
+        } else {
+            0.0
+        };
+        let mut shifted = logits[g].clone();
+        shifted.iter_mut().for_each(|z| z[0] += shift);
+        let t = linear::fit_temperature(&shifted, &self.y, sigmoid, k);
+        let oof = self.oof_predictions(&shifted, t, sigmoid);
         let rows = self.all_rows();
         let mut model = linear::train_logreg(
             xs,
@@ -785,6 +794,7 @@ impl Ctx<'_> {
             },
         );
         model.temperature = t;
+        model.bias[0] += shift;
         self.progress.advance(1);
         self.progress.finish_stage();
         self.finish_ml(
