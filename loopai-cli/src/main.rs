@@ -4,6 +4,7 @@ mod artifacts;
 mod exec;
 mod program;
 mod stats;
+mod synth;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +42,10 @@ enum Command {
     Exec(exec::ExecArgs),
     /// Show the daily statistics of a task's dataset (volume, success, latency, outputs).
     Stats(stats::StatsArgs),
+    /// Learn a program from a task specification and install it as a new version.
+    Synth(synth::SynthArgs),
+    /// Score the active program on labelled test examples (exactly as `exec` runs it).
+    Eval(synth::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +55,8 @@ fn main() -> ExitCode {
         Command::Artifacts(cmd) => artifacts::run(cmd),
         Command::Exec(args) => exec::run(args),
         Command::Stats(args) => stats::run(args),
+        Command::Synth(args) => synth::synth(args),
+        Command::Eval(args) => synth::eval(args),
     };
     match result {
         Ok(code) => code,

@@ -324,3 +324,83 @@ fn broken_config_is_reported_with_its_key() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("sampling.rate"), "{}", stderr(&o));
 }
+
+#[test]
+fn synth_then_eval_scores_exactly_what_exec_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(loopai()
+        .args(["synth", "--quiet", "--seed", "3", "--data-dir"])
+        .arg(dir.path())
+        .arg(example("spec.json")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("installed spam v1, active"),
+        "{}",
+        stdout(&o)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("artifacts/spam/v1/metadata.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["llm_provider"], "none");
+    assert_eq!(meta["generation_cost"], 0.0);
+    assert!(meta["confidence_score"].as_f64().unwrap() > 0.9);
+    assert!(
+        meta["complexity_metrics"]["program_bytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert!(
+        meta["output_schema"].is_object(),
+        "the spec's schemas are recorded"
+    );
+
+    // A test file from the spec's own examples: eval's accuracy equals exec's agreement.
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(example("spec.json")).unwrap()).unwrap();
+    let examples = spec["examples"].as_array().unwrap();
+    let test = dir.path().join("test.jsonl");
+    let lines: Vec<String> = examples.iter().map(|e| e.to_string()).collect();
+    std::fs::write(&test, lines.join("\n")).unwrap();
+    let o = run(loopai()
+        .args(["eval", "--json", "--task", "spam", "--data-dir"])
+        .arg(dir.path())
+        .arg(&test));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let inputs: String = examples
+        .iter()
+        .map(|e| format!("{}\n", e["input"]))
+        .collect();
+    let o = exec_stdin(dir.path(), &inputs);
+    let agree = stdout(&o)
+        .lines()
+        .zip(examples)
+        .filter(|(line, e)| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["output"] == e["output"]
+        })
+        .count();
+    let accuracy = report["accuracy"].as_f64().unwrap();
+    assert_eq!(accuracy, agree as f64 / examples.len() as f64);
+    assert_eq!(report["n"], examples.len());
+}
+
+#[test]
+fn synth_reports_a_bad_spec_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.json");
+    std::fs::write(
+        &spec,
+        r#"{"name": "t", "description": "d", "input_schema": {"type": "object"},
+            "output_schema": {"type": "string", "enum": ["a", "b"]},
+            "examples": [{"input": {"text": "x"}, "output": "maybe"}]}"#,
+    )
+    .unwrap();
+    let o = run(loopai()
+        .args(["synth", "--data-dir"])
+        .arg(dir.path())
+        .arg(&spec));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("examples[0].output"), "{}", stderr(&o));
+}

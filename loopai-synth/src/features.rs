@@ -1,0 +1,422 @@
+//! Training-side feature extraction. It reproduces, step for step, what the runtime computes
+//! for the `inputs`, `preprocess` and n-gram `features` this module emits (the pipeline is
+//! specified in `docs/program-format.md`), so that a model trained here scores exactly as
+//! the compiled program does. The integration tests check this equality on every strategy.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde_json::{json, Value};
+use unicode_normalization::UnicodeNormalization;
+
+use crate::spec::{pointer, TextField};
+
+/// Text input limit used by generated programs (the runtime's default limit); longer
+/// documents are truncated at a UTF-8 boundary (`on_oversize: "truncate"`).
+pub(crate) const MAX_INPUT_BYTES: usize = 64 << 10;
+
+static URL_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"(?i)\b(?:https?://|www\.)[^\s<>"']+"#).expect("URL pattern compiles")
+});
+static EMAIL_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b[a-z0-9._%+\-]+@[a-z0-9.\-]+\.[a-z]{2,}\b").expect("e-mail pattern compiles")
+});
+
+const URL_WITH: &str = " __url__ ";
+const EMAIL_WITH: &str = " __email__ ";
+
+/// One hashed n-gram feature over a field's clean view.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct NgramSpec {
+    /// Word n-grams (`alnum` tokens) or character n-grams within words.
+    pub words: bool,
+    pub n_min: usize,
+    pub n_max: usize,
+    pub bits: u32,
+    pub seed: u64,
+    /// `log1p` weighting (else `count`).
+    pub log1p: bool,
+    /// `l2` normalisation.
+    pub l2: bool,
+    /// Character n-grams only inside `alnum` tokens (padded with a space), else over the
+    /// whole view (punctuation and spacing included).
+    pub within_words: bool,
+    /// Read the field's head view (the first [`HEAD_BYTES`] of the clean view) instead of
+    /// the whole clean view: bounds the cost of character n-grams on long documents.
+    pub head: bool,
+}
+
+/// Size of the head view that character n-grams read.
+pub(crate) const HEAD_BYTES: usize = 1024;
+
+impl NgramSpec {
+    fn suffix(&self) -> &'static str {
+        if self.words {
+            "words"
+        } else {
+            "chars"
+        }
+    }
+
+    /// Short description for reports: `w1-2`, `c2-5`.
+    pub(crate) fn short(&self) -> String {
+        format!(
+            "{}{}-{}",
+            if self.words {
+                "w"
+            } else if self.within_words {
+                "cw"
+            } else {
+                "c"
+            },
+            self.n_min,
+            self.n_max
+        )
+    }
+}
+
+/// The whole text pipeline of a program: its text inputs, one clean view per input and the
+/// n-gram features of each view.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct FeatureConfig {
+    pub fields: Vec<TextField>,
+    pub ngrams: Vec<NgramSpec>,
+    /// `truncate` step at the end of each clean view.
+    pub view_max_bytes: usize,
+}
+
+/// Where a model's n-gram input group starts in the concatenated vector.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Group {
+    pub feature: String,
+    pub offset: u32,
+    pub dim: u32,
+}
+
+impl FeatureConfig {
+    /// The groups in the order the model's `inputs` lists them: for each field, each n-gram.
+    pub(crate) fn groups(&self) -> Vec<Group> {
+        let mut out = Vec::new();
+        let mut offset = 0u32;
+        for f in &self.fields {
+            for ng in &self.ngrams {
+                let dim = 1u32 << ng.bits;
+                out.push(Group {
+                    feature: format!("{}.{}", f.name, ng.suffix()),
+                    offset,
+                    dim,
+                });
+                offset += dim;
+            }
+        }
+        out
+    }
+
+    /// Total model input dimension.
+    pub(crate) fn dim(&self) -> usize {
+        self.groups().iter().map(|g| g.dim as usize).sum()
+    }
+
+    /// Name of a field's clean view.
+    pub(crate) fn view_name(field: &TextField) -> String {
+        format!("{}.clean", field.name)
+    }
+
+    /// The program's `inputs`.
+    pub(crate) fn inputs_json(&self) -> Value {
+        Value::Array(
+            self.fields
+                .iter()
+                .map(|f| {
+                    json!({"name": f.name, "path": pointer(&f.key), "type": "text",
+                           "required": f.required, "max_bytes": MAX_INPUT_BYTES,
+                           "on_oversize": "truncate"})
+                })
+                .collect(),
+        )
+    }
+
+    /// Name of a field's head view.
+    pub(crate) fn head_name(field: &TextField) -> String {
+        format!("{}.head", field.name)
+    }
+
+    fn uses_head(&self) -> bool {
+        self.ngrams.iter().any(|g| g.head)
+    }
+
+    /// The program's `preprocess`.
+    pub(crate) fn preprocess_json(&self) -> Value {
+        let mut out = Vec::new();
+        for f in &self.fields {
+            out.push(
+                json!({"name": Self::view_name(f), "from": f.name, "steps": [
+                    {"op": "nfkc"}, {"op": "lowercase"},
+                    {"op": "replace", "kind": "url", "with": URL_WITH},
+                    {"op": "replace", "kind": "email", "with": EMAIL_WITH},
+                    {"op": "truncate", "max_bytes": self.view_max_bytes}
+                ]}),
+            );
+            if self.uses_head() {
+                out.push(
+                    json!({"name": Self::head_name(f), "from": Self::view_name(f),
+                    "steps": [{"op": "truncate", "max_bytes": HEAD_BYTES}]}),
+                );
+            }
+        }
+        Value::Array(out)
+    }
+
+    /// The program's n-gram `features`.
+    pub(crate) fn features_json(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        for f in &self.fields {
+            for ng in &self.ngrams {
+                let mut v = json!({
+                    "name": format!("{}.{}", f.name, ng.suffix()),
+                    "op": if ng.words { "word_ngrams" } else { "char_ngrams" },
+                    "source": if ng.head { Self::head_name(f) } else { Self::view_name(f) },
+                    "n": [ng.n_min, ng.n_max],
+                    "hash": {"bits": ng.bits, "seed": ng.seed},
+                    "weighting": if ng.log1p { "log1p" } else { "count" },
+                    "normalize": if ng.l2 { "l2" } else { "none" },
+                });
+                if !ng.words {
+                    v["within_words"] = Value::Bool(ng.within_words);
+                }
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    /// The clean view of each field of one input object (missing fields are `""`).
+    pub(crate) fn views(&self, input: &Value) -> Vec<String> {
+        self.fields
+            .iter()
+            .map(|f| {
+                let raw = input.get(&f.key).and_then(Value::as_str).unwrap_or("");
+                clean_view(raw, self.view_max_bytes)
+            })
+            .collect()
+    }
+
+    /// The model input vector of one example, from its clean views, with entries in the
+    /// runtime's summation order.
+    pub(crate) fn vectorize(&self, views: &[String], out: &mut Vec<(u32, f32)>) {
+        out.clear();
+        let mut scratch = Scratch::default();
+        let mut offset = 0u32;
+        for view in views {
+            for ng in &self.ngrams {
+                let view = if ng.head {
+                    truncate_str(view, HEAD_BYTES)
+                } else {
+                    view.as_str()
+                };
+                sparse_features(ng, view, &mut scratch);
+                out.extend(scratch.out.iter().map(|&(i, v)| (i + offset, v)));
+                offset += 1u32 << ng.bits;
+            }
+        }
+    }
+}
+
+/// The runtime's input truncation and clean-view steps.
+pub(crate) fn clean_view(raw: &str, view_max_bytes: usize) -> String {
+    let s = truncate_str(raw, MAX_INPUT_BYTES);
+    let nf: String = if s.is_ascii() {
+        s.to_ascii_lowercase()
+    } else {
+        let n: String = s.nfkc().collect();
+        let mut l = String::with_capacity(n.len());
+        for c in n.chars() {
+            l.extend(c.to_lowercase());
+        }
+        l
+    };
+    let a = replace_all(&URL_RE, &nf, URL_WITH);
+    let b = replace_all(&EMAIL_RE, &a, EMAIL_WITH);
+    truncate_str(&b, view_max_bytes).to_string()
+}
+
+fn replace_all(re: &Regex, src: &str, with: &str) -> String {
+    let mut dst = String::with_capacity(src.len());
+    let mut last = 0;
+    for m in re.find_iter(src) {
+        dst.push_str(&src[last..m.start()]);
+        dst.push_str(with);
+        last = m.end();
+    }
+    dst.push_str(&src[last..]);
+    dst
+}
+
+/// The longest prefix of at most `max` bytes ending on a char boundary.
+pub(crate) fn truncate_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Is `c` part of an `alnum` token?
+#[inline]
+pub(crate) fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+/// Byte ranges of the `alnum` tokens of `text`.
+pub(crate) fn tokenize(text: &str, out: &mut Vec<(usize, usize)>) {
+    out.clear();
+    let mut start = None;
+    for (i, c) in text.char_indices() {
+        match (is_word_char(c), start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                out.push((s, i));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        out.push((s, text.len()));
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+#[inline]
+fn fnv_write(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h = (h ^ u64::from(b)).wrapping_mul(FNV_PRIME);
+    }
+    h
+}
+
+#[inline]
+fn fmix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h
+}
+
+#[inline]
+fn bucket(h: u64, bits: u32) -> u32 {
+    (fmix64(h) >> (64 - bits)) as u32
+}
+
+#[derive(Default)]
+struct Scratch {
+    tokens: Vec<(usize, usize)>,
+    offsets: Vec<usize>,
+    pad: String,
+    out: Vec<(u32, f32)>,
+}
+
+fn char_ngrams(ng: &NgramSpec, t: &str, offsets: &mut Vec<usize>, out: &mut Vec<(u32, f32)>) {
+    offsets.clear();
+    offsets.extend(t.char_indices().map(|(i, _)| i));
+    offsets.push(t.len());
+    let bytes = t.as_bytes();
+    let n = offsets.len() - 1;
+    for i in 0..n {
+        let mut h = FNV_OFFSET ^ ng.seed;
+        for k in 0..ng.n_max.min(n - i) {
+            h = fnv_write(h, &bytes[offsets[i + k]..offsets[i + k + 1]]);
+            if k + 1 >= ng.n_min {
+                out.push((bucket(h, ng.bits), 1.0));
+            }
+        }
+    }
+}
+
+/// The runtime's sparse n-gram vector of `t` (local bucket indices).
+fn sparse_features(ng: &NgramSpec, t: &str, s: &mut Scratch) {
+    let out = &mut s.out;
+    out.clear();
+    if ng.words {
+        tokenize(t, &mut s.tokens);
+        let bytes = t.as_bytes();
+        let toks = &s.tokens;
+        for i in 0..toks.len() {
+            let mut h = FNV_OFFSET ^ ng.seed;
+            for n in 0..ng.n_max.min(toks.len() - i) {
+                let (a, b) = toks[i + n];
+                if n > 0 {
+                    h = fnv_write(h, b" ");
+                }
+                h = fnv_write(h, &bytes[a..b]);
+                if n + 1 >= ng.n_min {
+                    out.push((bucket(h, ng.bits), 1.0));
+                }
+            }
+        }
+    } else if !ng.within_words {
+        char_ngrams(ng, t, &mut s.offsets, out);
+    } else {
+        tokenize(t, &mut s.tokens);
+        for &(a, b) in s.tokens.iter() {
+            s.pad.clear();
+            s.pad.push(' ');
+            s.pad.push_str(&t[a..b]);
+            s.pad.push(' ');
+            char_ngrams(ng, &s.pad, &mut s.offsets, out);
+        }
+    }
+    if !ng.log1p && !ng.l2 {
+        return;
+    }
+    out.sort_unstable_by_key(|e| e.0);
+    let mut w = 0usize;
+    for r in 0..out.len() {
+        if w > 0 && out[w - 1].0 == out[r].0 {
+            out[w - 1].1 += out[r].1;
+        } else {
+            out[w] = out[r];
+            w += 1;
+        }
+    }
+    out.truncate(w);
+    if ng.log1p {
+        out.iter_mut()
+            .for_each(|e| e.1 = libm::log1p(f64::from(e.1)) as f32);
+    }
+    if ng.l2 {
+        let norm: f64 = out.iter().map(|e| f64::from(e.1) * f64::from(e.1)).sum();
+        if norm > 0.0 {
+            let inv = 1.0 / libm::sqrt(norm);
+            out.iter_mut()
+                .for_each(|e| e.1 = (f64::from(e.1) * inv) as f32);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_matches_the_documented_reference_values() {
+        let h = fnv_write(FNV_OFFSET, b"free");
+        assert_eq!(fmix64(h), loopai_core::ngram_hash(0, "free"));
+        let h = fnv_write(FNV_OFFSET ^ 7, b"free prize");
+        assert_eq!(fmix64(h), 0xa949_58cb_4d19_478a);
+    }
+
+    #[test]
+    fn clean_view_lowercases_normalizes_and_replaces() {
+        let v = clean_view("Visit WWW.Example.com or mail A.B@c.org ﬁ ÀB", 1000);
+        assert_eq!(v, "visit  __url__  or mail  __email__  fi àb");
+        assert_eq!(clean_view("héllo", 2), "h");
+    }
+}

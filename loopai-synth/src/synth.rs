@@ -1,0 +1,1096 @@
+//! Synthesis: cross-validate the candidate strategies on the specification's examples,
+//! pick one, train it on every example and emit the `loopai.program/1` program.
+
+use std::fmt::{self, Write as _};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use loopai_core::{Error, ErrorKind, NewArtifact, Program, ProgramStats, Result};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use crate::features::{FeatureConfig, NgramSpec, MAX_INPUT_BYTES};
+use crate::linear::{self, LinearModel, LogRegParams, SparseVec};
+use crate::metrics::{class_metrics, write_class_table, ClassMetrics};
+use crate::rng::Rng;
+use crate::rules::{self, MineParams, RuleList, TermIndex};
+use crate::spec::TaskSpec;
+
+/// How to build the program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Cross-validate every candidate and pick the most accurate one that meets the
+    /// latency target (the simpler one on a tie).
+    Auto,
+    /// Human-readable keyword rules mined per class, with a default class.
+    Rule,
+    /// A linear model (logistic regression or naive Bayes) over hashed word and character
+    /// n-grams, with calibrated confidence.
+    Ml,
+    /// High-precision rules first, the model for everything else.
+    Hybrid,
+}
+
+impl Strategy {
+    /// The lowercase name (`auto`, `rule`, `ml`, `hybrid`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Auto => "auto",
+            Strategy::Rule => "rule",
+            Strategy::Ml => "ml",
+            Strategy::Hybrid => "hybrid",
+        }
+    }
+
+    /// Simplicity rank for tie-breaking (lower is simpler).
+    fn rank(self) -> u8 {
+        match self {
+            Strategy::Rule => 0,
+            Strategy::Hybrid => 1,
+            Strategy::Ml | Strategy::Auto => 2,
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = Error;
+
+    /// Parses `auto`, `rule`, `ml` or `hybrid` (case-insensitive).
+    fn from_str(s: &str) -> Result<Strategy> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Strategy::Auto),
+            "rule" | "rules" => Ok(Strategy::Rule),
+            "ml" => Ok(Strategy::Ml),
+            "hybrid" => Ok(Strategy::Hybrid),
+            _ => Err(Error::new(
+                ErrorKind::Config,
+                format!("strategy: {s:?} is not one of auto, rule, ml, hybrid"),
+            )),
+        }
+    }
+}
+
+/// Receives progress reports while synthesis runs (the CLI renders them as progress bars).
+/// Methods may be called from worker threads.
+pub trait Progress: Send + Sync {
+    /// A stage with `total` steps begins.
+    fn stage(&self, name: &str, total: u64);
+    /// `n` more steps of the current stage are done.
+    fn advance(&self, n: u64);
+    /// The current stage is over.
+    fn finish_stage(&self);
+}
+
+/// Options of [`synthesize`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct SynthOptions {
+    /// The strategy (default [`Strategy::Auto`]).
+    pub strategy: Strategy,
+    /// Seed of fold assignment and SGD shuffles: the same spec and seed give a
+    /// byte-identical program.
+    pub seed: u64,
+    /// Cross-validation folds (default 5; fewer when there are fewer examples).
+    pub folds: usize,
+    /// Worker threads for training (default 0 = the available cores, at most 4). The result
+    /// does not depend on it.
+    pub threads: usize,
+    /// Progress receiver.
+    pub progress: Option<Arc<dyn Progress>>,
+}
+
+impl Default for SynthOptions {
+    fn default() -> Self {
+        SynthOptions {
+            strategy: Strategy::Auto,
+            seed: 0,
+            folds: 5,
+            threads: 0,
+            progress: None,
+        }
+    }
+}
+
+impl SynthOptions {
+    /// The defaults with another strategy.
+    pub fn with_strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// The defaults with another seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Sets the progress receiver.
+    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+}
+
+impl fmt::Debug for SynthOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SynthOptions")
+            .field("strategy", &self.strategy)
+            .field("seed", &self.seed)
+            .field("folds", &self.folds)
+            .field("threads", &self.threads)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+/// One candidate program that synthesis evaluated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct CandidateReport {
+    /// Its strategy.
+    pub strategy: Strategy,
+    /// What it is, e.g. `ml/logreg[w1-2,c2-5] C=8`.
+    pub name: String,
+    /// Cross-validated accuracy on the examples.
+    pub cv_accuracy: f64,
+    /// Cross-validated per-class metrics.
+    pub per_class: Vec<ClassMetrics>,
+    /// Median time of one execution of the final program, measured in-process on a
+    /// sample of the examples, in microseconds.
+    pub est_latency_us: Option<f64>,
+    /// Size of the final program's JSON.
+    pub program_bytes: usize,
+    /// Rules in the final program.
+    pub rules: usize,
+    /// Whether it was chosen.
+    pub chosen: bool,
+}
+
+/// The result of [`synthesize`]: the program and how it was chosen.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Synthesis {
+    /// The `loopai.program/1` JSON of the chosen program (compiles with
+    /// [`Program::from_json`]).
+    pub program_json: Vec<u8>,
+    /// The chosen strategy.
+    pub strategy: Strategy,
+    /// The chosen candidate's name.
+    pub model: String,
+    /// Its cross-validated accuracy (the confidence estimate).
+    pub cv_accuracy: f64,
+    /// Accuracy of the final program on the training examples, computed by the trainer
+    /// (equal to what the runtime gives on the same examples).
+    pub train_accuracy: f64,
+    /// Every candidate evaluated, the chosen one marked.
+    pub candidates: Vec<CandidateReport>,
+    /// The output labels.
+    pub labels: Vec<String>,
+    /// Examples trained on.
+    pub examples: usize,
+    /// Cross-validation folds used.
+    pub folds: usize,
+    /// Shape of the chosen program.
+    pub stats: ProgramStats,
+    /// The spec's accuracy target, if any.
+    pub accuracy_target: Option<f64>,
+    /// Wall-clock synthesis time.
+    pub elapsed: Duration,
+}
+
+impl Synthesis {
+    /// The artifact metadata for installing the program: `synthesis_strategy`,
+    /// `confidence_score` (the CV accuracy), `complexity_metrics` (rules, features,
+    /// keywords, weights, sparse_dims, program_bytes, model, cv_folds, examples),
+    /// `generation_time_sec`, `generation_cost` 0 and `llm_provider` `"none"`.
+    pub fn new_artifact(&self) -> NewArtifact {
+        let s = &self.stats;
+        let mut m = Map::new();
+        m.insert("rules".into(), json!(s.rules));
+        m.insert("features".into(), json!(s.features));
+        m.insert("keywords".into(), json!(s.keywords));
+        m.insert("weights".into(), json!(s.weights));
+        m.insert("sparse_dims".into(), json!(s.sparse_dims));
+        m.insert("program_bytes".into(), json!(self.program_json.len()));
+        m.insert("model".into(), json!(self.model));
+        m.insert("cv_folds".into(), json!(self.folds));
+        m.insert("examples".into(), json!(self.examples));
+        NewArtifact {
+            synthesis_strategy: self.strategy.as_str().to_string(),
+            confidence_score: Some(self.cv_accuracy),
+            complexity_metrics: m,
+            llm_provider: Some("none".to_string()),
+            generation_cost: 0.0,
+            generation_time_sec: self.elapsed.as_secs_f64(),
+            ..NewArtifact::default()
+        }
+    }
+
+    /// A human-readable report: each candidate's CV accuracy and latency, the choice, its
+    /// per-class precision/recall and the time taken.
+    pub fn report_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "synthesized from {} examples, {} labels, {}-fold cross-validation",
+            self.examples,
+            self.labels.len(),
+            self.folds
+        );
+        let w = self
+            .candidates
+            .iter()
+            .map(|c| c.name.len())
+            .max()
+            .unwrap_or(10);
+        let _ = writeln!(
+            s,
+            "  {:<w$}  {:>7}  {:>11}  {:>11}  {:>5}",
+            "candidate", "cv acc", "latency µs", "bytes", "rules"
+        );
+        for c in &self.candidates {
+            let _ = writeln!(
+                s,
+                "{} {:<w$}  {:>7.4}  {:>11}  {:>11}  {:>5}",
+                if c.chosen { "*" } else { " " },
+                c.name,
+                c.cv_accuracy,
+                c.est_latency_us
+                    .map_or("-".to_string(), |l| format!("{l:.2}")),
+                c.program_bytes,
+                c.rules
+            );
+        }
+        let _ = writeln!(
+            s,
+            "chosen: {} ({}), cv accuracy {:.4}{}, training accuracy {:.4}",
+            self.model,
+            self.strategy,
+            self.cv_accuracy,
+            self.accuracy_target
+                .map_or(String::new(), |t| format!(" (target {t})")),
+            self.train_accuracy
+        );
+        if let Some(c) = self.candidates.iter().find(|c| c.chosen) {
+            let _ = writeln!(s, "cross-validated per-class metrics:");
+            let _ = write_class_table(&mut s, &c.per_class);
+        }
+        let _ = writeln!(
+            s,
+            "program: {} bytes, {} features, {} rules; time {:.2} s",
+            self.program_json.len(),
+            self.stats.features,
+            self.stats.rules,
+            self.elapsed.as_secs_f64()
+        );
+        s
+    }
+}
+
+/// Learns a program from the specification's examples.
+///
+/// Errors: [`ErrorKind::InvalidInput`] for a malformed spec (the message names the path),
+/// [`ErrorKind::Program`] when the task cannot be synthesized (extraction tasks).
+///
+/// ```
+/// use loopai_synth::{synthesize, SynthOptions, TaskSpec};
+/// use serde_json::json;
+///
+/// let mut examples = Vec::new();
+/// for i in 0..30 {
+///     examples.push(json!({"input": {"text": format!("win a free prize now {i}")}, "output": "spam"}));
+///     examples.push(json!({"input": {"text": format!("see you at lunch {i}")}, "output": "ham"}));
+/// }
+/// let spec = TaskSpec::from_json(json!({
+///     "name": "spam",
+///     "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}},
+///     "output_schema": {"type": "string", "enum": ["spam", "ham"]},
+///     "examples": examples,
+/// }).to_string().as_bytes())?;
+/// let synthesis = synthesize(&spec, &SynthOptions::default())?;
+/// assert!(synthesis.cv_accuracy > 0.9);
+///
+/// let program = loopai_core::Program::from_json(&synthesis.program_json)?;
+/// let outcome = program.evaluate(&json!({"text": "claim your free prize"}))?;
+/// assert_eq!(outcome.output, "spam");
+/// # Ok::<(), loopai_core::Error>(())
+/// ```
+pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> {
+    let start = Instant::now();
+    spec.validate()?;
+    let labels = spec.labels()?;
+    let fields = spec.text_fields()?;
+    let y: Vec<usize> = spec
+        .examples
+        .iter()
+        .map(|e| {
+            let s = e.output.as_str().unwrap_or_default();
+            labels.iter().position(|l| l == s).unwrap_or(0)
+        })
+        .collect();
+    let n = y.len();
+    let k = labels.len();
+    let threads = match options.threads {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(4),
+        t => t,
+    };
+    let progress = Progress2(options.progress.as_deref());
+    let mut ctx = Ctx {
+        spec,
+        labels: labels.clone(),
+        y,
+        k,
+        threads,
+        seed: options.seed,
+        progress,
+        base: FeatureConfig {
+            fields,
+            ngrams: Vec::new(),
+            view_max_bytes: MAX_INPUT_BYTES,
+        },
+        views: Vec::new(),
+        folds: Vec::new(),
+        n_folds: 0,
+        hybrid_required: options.strategy == Strategy::Hybrid,
+    };
+
+    ctx.progress.stage("preprocess", n as u64);
+    let views = par_map(n, threads, |i| {
+        let v = ctx.base.views(&spec.examples[i].input);
+        ctx.progress.advance(1);
+        v
+    });
+    ctx.progress.finish_stage();
+    ctx.views = views;
+
+    let present = {
+        let mut seen = vec![false; k];
+        ctx.y.iter().for_each(|&c| seen[c] = true);
+        seen.iter().filter(|&&b| b).count()
+    };
+    let mut cands: Vec<Cand> = Vec::new();
+    if present < 2 {
+        // One label: nothing to learn, the program always answers it.
+        let list = RuleList {
+            rules: Vec::new(),
+            default: Some((ctx.y[0], 1.0)),
+        };
+        let program = ctx.program(
+            &ctx.base,
+            Vec::new(),
+            json!({"op": "rules", "rules": [{"name": format!("default: {}", labels[ctx.y[0]]),
+                "when": {"always": true}, "then": labels[ctx.y[0]], "confidence": 1.0}]}),
+            Strategy::Rule,
+        );
+        let _ = list;
+        cands.push(Cand {
+            strategy: Strategy::Rule,
+            name: "rule/constant".into(),
+            oof: ctx.y.iter().map(|&c| Some(c)).collect(),
+            program,
+            train_pred: ctx.y.iter().map(|&c| Some(c)).collect(),
+        });
+        ctx.n_folds = 0;
+    } else {
+        ctx.n_folds = options.folds.clamp(2, 20).min(n);
+        let inputs: Vec<&Value> = spec.examples.iter().map(|e| &e.input).collect();
+        ctx.folds = stratified_folds(&inputs, &ctx.y, k, ctx.n_folds, options.seed);
+        let want_ml = options.strategy != Strategy::Rule;
+        let want_rule = matches!(options.strategy, Strategy::Rule | Strategy::Auto);
+        let want_hybrid = matches!(options.strategy, Strategy::Hybrid | Strategy::Auto);
+        let index = if want_rule || want_hybrid {
+            Some(TermIndex::build(&ctx.views))
+        } else {
+            None
+        };
+        if let (true, Some(index)) = (want_rule, &index) {
+            cands.push(ctx.rule_candidate(index));
+        }
+        if want_ml {
+            let ml = ctx.ml_candidates()?;
+            if want_hybrid {
+                if let (Some(best), Some(index)) = (best_ml(&ml, &ctx.y), &index) {
+                    cands.extend(ctx.hybrid_candidate(index, best));
+                }
+            }
+            cands.extend(ml.into_iter().map(|m| m.cand));
+        }
+    }
+
+    // Compile every candidate, measure it, pick one.
+    let mut reports = Vec::new();
+    let mut compiled = Vec::new();
+    ctx.progress.stage("measure", cands.len() as u64);
+    for c in &cands {
+        let bytes = serde_json::to_vec(&c.program).map_err(|e| {
+            Error::new(ErrorKind::Internal, format!("serializing the program: {e}"))
+        })?;
+        let program = Program::from_json(&bytes).map_err(|e| {
+            Error::new(
+                ErrorKind::Internal,
+                format!("generated program does not compile (a loopai-synth bug): {e}"),
+            )
+        })?;
+        let latency = measure_latency(&program, spec);
+        let (acc, per_class) = class_metrics(&labels, &ctx.y, &c.oof);
+        reports.push(CandidateReport {
+            strategy: c.strategy,
+            name: c.name.clone(),
+            cv_accuracy: acc,
+            per_class,
+            est_latency_us: latency,
+            program_bytes: bytes.len(),
+            rules: program.stats().rules,
+            chosen: false,
+        });
+        compiled.push((bytes, program));
+        ctx.progress.advance(1);
+    }
+    ctx.progress.finish_stage();
+    let budget_us = spec.latency_target_ms.map(|ms| ms * 1000.0);
+    let allowed = |r: &CandidateReport| match options.strategy {
+        // With a single label there is only the constant program.
+        _ if present < 2 => true,
+        Strategy::Auto => true,
+        s => r.strategy == s,
+    };
+    let fits = |r: &CandidateReport| match (budget_us, r.est_latency_us) {
+        (Some(b), Some(l)) => l <= b,
+        _ => true,
+    };
+    let better = |a: &CandidateReport, b: &CandidateReport| {
+        // Is `a` preferable to `b`?
+        if a.cv_accuracy != b.cv_accuracy {
+            return a.cv_accuracy > b.cv_accuracy;
+        }
+        (a.strategy.rank(), a.program_bytes) < (b.strategy.rank(), b.program_bytes)
+    };
+    let mut pick: Option<usize> = None;
+    for pass_fits in [true, false] {
+        for (i, r) in reports.iter().enumerate() {
+            if !allowed(r) || (pass_fits && !fits(r)) {
+                continue;
+            }
+            if pick.is_none_or(|p| better(r, &reports[p])) {
+                pick = Some(i);
+            }
+        }
+        if pick.is_some() {
+            break;
+        }
+    }
+    let pick = pick.ok_or_else(|| {
+        Error::new(
+            ErrorKind::Program,
+            format!("no {} candidate could be built", options.strategy),
+        )
+    })?;
+    reports[pick].chosen = true;
+    let chosen = &cands[pick];
+    let (bytes, program) = compiled.swap_remove(pick);
+    let train_correct = chosen
+        .train_pred
+        .iter()
+        .zip(&ctx.y)
+        .filter(|(p, &y)| **p == Some(y))
+        .count();
+    Ok(Synthesis {
+        program_json: bytes,
+        strategy: chosen.strategy,
+        model: chosen.name.clone(),
+        cv_accuracy: reports[pick].cv_accuracy,
+        train_accuracy: train_correct as f64 / n as f64,
+        candidates: reports,
+        labels,
+        examples: n,
+        folds: ctx.n_folds,
+        stats: program.stats().clone(),
+        accuracy_target: spec.accuracy_target,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// A candidate: its out-of-fold predictions, final program and the final program's
+/// predictions on the training examples.
+struct Cand {
+    strategy: Strategy,
+    name: String,
+    oof: Vec<Option<usize>>,
+    program: Value,
+    train_pred: Vec<Option<usize>>,
+}
+
+/// A trained ML candidate with what the hybrid needs.
+struct MlCand {
+    cand: Cand,
+    config: FeatureConfig,
+    model: LinearModel,
+    xs: Arc<Vec<SparseVec>>,
+}
+
+fn best_ml<'a>(ml: &'a [MlCand], y: &[usize]) -> Option<&'a MlCand> {
+    let acc = |m: &MlCand| {
+        m.cand
+            .oof
+            .iter()
+            .zip(y)
+            .filter(|(p, &y)| **p == Some(y))
+            .count()
+    };
+    let mut best: Option<&MlCand> = None;
+    for m in ml {
+        if best.is_none_or(|b| acc(m) > acc(b)) {
+            best = Some(m);
+        }
+    }
+    best
+}
+
+struct Progress2<'a>(Option<&'a dyn Progress>);
+
+impl Progress2<'_> {
+    fn stage(&self, name: &str, total: u64) {
+        if let Some(p) = self.0 {
+            p.stage(name, total);
+        }
+    }
+    fn advance(&self, n: u64) {
+        if let Some(p) = self.0 {
+            p.advance(n);
+        }
+    }
+    fn finish_stage(&self) {
+        if let Some(p) = self.0 {
+            p.finish_stage();
+        }
+    }
+}
+
+struct Ctx<'a> {
+    spec: &'a TaskSpec,
+    labels: Vec<String>,
+    y: Vec<usize>,
+    k: usize,
+    threads: usize,
+    seed: u64,
+    progress: Progress2<'a>,
+    base: FeatureConfig,
+    /// `views[example][field]`.
+    views: Vec<Vec<String>>,
+    /// Fold of each example.
+    folds: Vec<usize>,
+    n_folds: usize,
+    /// The hybrid was asked for explicitly: build it even without rules.
+    hybrid_required: bool,
+}
+
+/// L2 grid, as `C = 1 / (lambda n)`.
+const C_GRID: [f64; 5] = [4.0, 16.0, 64.0, 256.0, 1024.0];
+/// Naive Bayes smoothing grid.
+const ALPHA_GRID: [f64; 2] = [0.1, 1.0];
+
+impl Ctx<'_> {
+    fn train_rows(&self, fold: usize) -> Vec<usize> {
+        (0..self.y.len())
+            .filter(|&i| self.folds[i] != fold)
+            .collect()
+    }
+
+    fn test_rows(&self, fold: usize) -> Vec<usize> {
+        (0..self.y.len())
+            .filter(|&i| self.folds[i] == fold)
+            .collect()
+    }
+
+    fn all_rows(&self) -> Vec<usize> {
+        (0..self.y.len()).collect()
+    }
+
+    /// The feature sets tried by the ML strategy.
+    fn feature_sets(&self) -> Vec<FeatureConfig> {
+        // Hash table sizes from the number of n-grams in the data (an upper bound of the
+        // distinct ones): enough buckets to keep collisions rare, no more.
+        let mut word_em = 0u64;
+        let mut char_em = 0u64;
+        let mut tokens = Vec::new();
+        for views in &self.views {
+            for v in views {
+                crate::features::tokenize(v, &mut tokens);
+                word_em += 2 * tokens.len() as u64;
+                char_em += 5 * v.len().min(crate::features::HEAD_BYTES) as u64;
+            }
+        }
+        let bits = |em: u64, max: u32| (64 - em.max(1).leading_zeros()).clamp(10, max);
+        let words = NgramSpec {
+            words: true,
+            n_min: 1,
+            n_max: 2,
+            bits: bits(word_em, 18),
+            seed: 0,
+            log1p: true,
+            l2: true,
+            within_words: false,
+            head: false,
+        };
+        let chars = NgramSpec {
+            words: false,
+            n_min: 1,
+            n_max: 5,
+            bits: bits(char_em, 18),
+            seed: 1,
+            log1p: true,
+            l2: true,
+            within_words: false,
+            head: true,
+        };
+        let mut a = self.base.clone();
+        a.ngrams = vec![words.clone(), chars];
+        let mut b = self.base.clone();
+        b.ngrams = vec![words];
+        vec![a, b]
+    }
+
+    fn ml_candidates(&self) -> Result<Vec<MlCand>> {
+        let mut out = Vec::new();
+        for config in self.feature_sets() {
+            let n = self.y.len();
+            self.progress.stage("vectorize", n as u64);
+            let xs = par_map(n, self.threads, |i| {
+                let mut v = Vec::new();
+                config.vectorize(&self.views[i], &mut v);
+                self.progress.advance(1);
+                v
+            });
+            self.progress.finish_stage();
+            let xs = Arc::new(xs);
+            let desc = config
+                .ngrams
+                .iter()
+                .map(NgramSpec::short)
+                .collect::<Vec<_>>()
+                .join(",");
+            out.push(self.logreg(&config, &xs, &desc));
+            out.push(self.bayes(&config, &xs, &desc));
+        }
+        Ok(out)
+    }
+
+    /// Out-of-fold logits of a model trained by `train` on each fold's training rows.
+    fn cv_logits<F>(&self, xs: &[SparseVec], grid: usize, train: F) -> Vec<Vec<Vec<f64>>>
+    where
+        F: Fn(usize, &[usize]) -> LinearModel + Sync,
+    {
+        let jobs = grid * self.n_folds;
+        let results = par_map(jobs, self.threads, |j| {
+            let (g, fold) = (j / self.n_folds, j % self.n_folds);
+            let m = train(g, &self.train_rows(fold));
+            self.progress.advance(1);
+            let mut out = Vec::new();
+            for r in self.test_rows(fold) {
+                let mut z = Vec::new();
+                m.logits(&xs[r], &mut z);
+                out.push((r, z));
+            }
+            out
+        });
+        let mut logits = vec![vec![Vec::new(); self.y.len()]; grid];
+        for (j, part) in results.into_iter().enumerate() {
+            let g = j / self.n_folds;
+            for (r, z) in part {
+                logits[g][r] = z;
+            }
+        }
+        logits
+    }
+
+    fn pick_grid(&self, logits: &[Vec<Vec<f64>>], sigmoid: bool) -> usize {
+        let mut best = (0usize, 0usize);
+        for (g, l) in logits.iter().enumerate() {
+            let correct = l
+                .iter()
+                .zip(&self.y)
+                .filter(|(z, &y)| {
+                    let mut p = vec![0.0; self.k];
+                    linear::probs(z, 1.0, sigmoid, &mut p);
+                    linear::argmax(&p).0 == y
+                })
+                .count();
+            if g == 0 || correct > best.1 {
+                best = (g, correct);
+            }
+        }
+        best.0
+    }
+
+    fn oof_predictions(&self, logits: &[Vec<f64>], t: f64, sigmoid: bool) -> Vec<Option<usize>> {
+        logits
+            .iter()
+            .map(|z| {
+                let mut p = vec![0.0; self.k];
+                linear::probs(z, 1.0 / t, sigmoid, &mut p);
+                Some(linear::argmax(&p).0)
+            })
+            .collect()
+    }
+
+    fn logreg(&self, config: &FeatureConfig, xs: &Arc<Vec<SparseVec>>, desc: &str) -> MlCand {
+        let dim = config.dim();
+        let k = self.k;
+        let sigmoid = k == 2;
+        let epochs_of = |rows: usize| linear::epochs_for(rows);
+        self.progress.stage(
+            "logistic regression",
+            (C_GRID.len() * self.n_folds + 1) as u64,
+        );
+        let logits = self.cv_logits(xs, C_GRID.len(), |g, rows| {
+            linear::train_logreg(
+                xs,
+                &self.y,
+                rows,
+                dim,
+                k,
+                LogRegParams {
+                    lambda: 1.0 / (C_GRID[g] * rows.len() as f64),
+                    epochs: epochs_of(rows.len()),
+                    seed: self.seed,
+                },
+            )
+        });
+        let g = self.pick_grid(&logits, sigmoid);
+        // Two labels: move the decision threshold to where the out-of-fold accuracy is
+        // highest (the prior of a rare class is under-fitted by a regularised model).
+        let shift = if sigmoid {
+            linear::best_shift(&logits[g], &self.y)
+        } else {
+            0.0
+        };
+        let mut shifted = logits[g].clone();
+        shifted.iter_mut().for_each(|z| z[0] += shift);
+        let t = linear::fit_temperature(&shifted, &self.y, sigmoid, k);
+        let oof = self.oof_predictions(&shifted, t, sigmoid);
+        let rows = self.all_rows();
+        let mut model = linear::train_logreg(
+            xs,
+            &self.y,
+            &rows,
+            dim,
+            k,
+            LogRegParams {
+                lambda: 1.0 / (C_GRID[g] * rows.len() as f64),
+                epochs: epochs_of(rows.len()),
+                seed: self.seed,
+            },
+        );
+        model.temperature = t;
+        model.bias[0] += shift;
+        self.progress.advance(1);
+        self.progress.finish_stage();
+        self.finish_ml(
+            config,
+            xs,
+            model,
+            oof,
+            format!("ml/logreg[{desc}] C={}", C_GRID[g]),
+        )
+    }
+
+    fn bayes(&self, config: &FeatureConfig, xs: &Arc<Vec<SparseVec>>, desc: &str) -> MlCand {
+        let dim = config.dim();
+        let k = self.k;
+        self.progress
+            .stage("naive Bayes", (ALPHA_GRID.len() * self.n_folds + 1) as u64);
+        let logits = self.cv_logits(xs, ALPHA_GRID.len(), |g, rows| {
+            linear::train_bayes(xs, &self.y, rows, dim, k, ALPHA_GRID[g])
+        });
+        let g = self.pick_grid(&logits, false);
+        let t = linear::fit_temperature(&logits[g], &self.y, false, k);
+        let oof = self.oof_predictions(&logits[g], t, false);
+        let mut model = linear::train_bayes(xs, &self.y, &self.all_rows(), dim, k, ALPHA_GRID[g]);
+        model.temperature = t;
+        self.progress.advance(1);
+        self.progress.finish_stage();
+        self.finish_ml(
+            config,
+            xs,
+            model,
+            oof,
+            format!("ml/naive_bayes[{desc}] alpha={}", ALPHA_GRID[g]),
+        )
+    }
+
+    fn finish_ml(
+        &self,
+        config: &FeatureConfig,
+        xs: &Arc<Vec<SparseVec>>,
+        model: LinearModel,
+        oof: Vec<Option<usize>>,
+        name: String,
+    ) -> MlCand {
+        let mut z = Vec::new();
+        let train_pred = xs
+            .iter()
+            .map(|x| Some(model.predict(x, self.k, &mut z)))
+            .collect();
+        let decide = self.model_json(config, &model);
+        let program = self.program(config, Vec::new(), decide, Strategy::Ml);
+        MlCand {
+            cand: Cand {
+                strategy: Strategy::Ml,
+                name,
+                oof,
+                program,
+                train_pred,
+            },
+            config: config.clone(),
+            model,
+            xs: xs.clone(),
+        }
+    }
+
+    fn model_json(&self, config: &FeatureConfig, m: &LinearModel) -> Value {
+        let inputs: Vec<String> = config.groups().into_iter().map(|g| g.feature).collect();
+        let mut bytes = Vec::with_capacity(m.weights.len() * 4);
+        for w in &m.weights {
+            bytes.extend_from_slice(&w.to_le_bytes());
+        }
+        let b64 = format!(
+            "base64:{}",
+            base64::engine::general_purpose::STANDARD.encode(&bytes)
+        );
+        if m.bayes {
+            json!({"op": "naive_bayes", "inputs": inputs, "classes": self.labels,
+                   "class_log_prior": m.bias, "feature_log_prob": b64,
+                   "temperature": m.temperature})
+        } else {
+            json!({"op": "linear", "inputs": inputs, "classes": self.labels,
+                   "link": if m.width == 1 { "sigmoid" } else { "softmax" },
+                   "weights": b64, "bias": m.bias, "temperature": m.temperature})
+        }
+    }
+
+    /// A whole program around `decide`.
+    fn program(
+        &self,
+        config: &FeatureConfig,
+        extra_features: Vec<Value>,
+        decide: Value,
+        strategy: Strategy,
+    ) -> Value {
+        let mut features = config.features_json();
+        features.extend(extra_features);
+        let mut p = json!({
+            "format": loopai_core::PROGRAM_FORMAT,
+            "task": self.spec.name,
+            "inputs": config.inputs_json(),
+            "preprocess": config.preprocess_json(),
+            "features": features,
+            "decide": decide,
+            "output": {"kind": "label", "labels": self.labels},
+            "metadata": {"generator": "loopai-synth", "generator_version": env!("CARGO_PKG_VERSION"),
+                         "strategy": strategy.as_str(), "seed": self.seed},
+        });
+        if !self.spec.description.is_empty() {
+            p["description"] = Value::String(self.spec.description.clone());
+        }
+        p
+    }
+
+    fn rule_params(&self, with_default: bool, reserved_features: usize) -> MineParams {
+        MineParams {
+            min_precision: if with_default { 0.8 } else { 0.97 },
+            max_terms: 1000,
+            max_rules: 250usize.saturating_sub(reserved_features).max(1),
+            with_default,
+        }
+    }
+
+    fn rule_candidate(&self, index: &TermIndex) -> Cand {
+        let n = self.y.len();
+        self.progress.stage("rules", self.n_folds as u64 + 1);
+        let params = self.rule_params(true, 0);
+        let mut oof = vec![None; n];
+        for fold in 0..self.n_folds {
+            let list = rules::mine(index, &self.y, &self.train_rows(fold), self.k, params);
+            let rows = self.test_rows(fold);
+            let views: Vec<Vec<String>> = rows.iter().map(|&r| self.views[r].clone()).collect();
+            for (r, p) in rows.into_iter().zip(list.predict(index, &views)) {
+                oof[r] = p;
+            }
+            self.progress.advance(1);
+        }
+        let list = rules::mine(index, &self.y, &self.all_rows(), self.k, params);
+        let train_pred = list.predict(index, &self.views);
+        let (features, decide) = list.to_json(index, &self.base, &self.labels);
+        let program = self.program(&self.base, features, decide, Strategy::Rule);
+        self.progress.advance(1);
+        self.progress.finish_stage();
+        Cand {
+            strategy: Strategy::Rule,
+            name: format!("rule/keywords ({} rules)", list.rules.len() + 1),
+            oof,
+            program,
+            train_pred,
+        }
+    }
+
+    fn hybrid_candidate(&self, index: &TermIndex, ml: &MlCand) -> Option<Cand> {
+        let n = self.y.len();
+        let params = self.rule_params(false, ml.config.groups().len());
+        let mut oof = ml.cand.oof.clone();
+        for fold in 0..self.n_folds {
+            let list = rules::mine(index, &self.y, &self.train_rows(fold), self.k, params);
+            let rows = self.test_rows(fold);
+            let views: Vec<Vec<String>> = rows.iter().map(|&r| self.views[r].clone()).collect();
+            for (r, first) in rows.into_iter().zip(list.first_match(index, &views)) {
+                if let Some(rule) = list.rules.get(first) {
+                    oof[r] = Some(rule.class);
+                }
+            }
+        }
+        let list = rules::mine(index, &self.y, &self.all_rows(), self.k, params);
+        if list.rules.is_empty() && !self.hybrid_required {
+            return None;
+        }
+        let first = list.first_match(index, &self.views);
+        let mut z = Vec::new();
+        let train_pred = (0..n)
+            .map(|r| match list.rules.get(first[r]) {
+                Some(rule) => Some(rule.class),
+                None => Some(ml.model.predict(&ml.xs[r], self.k, &mut z)),
+            })
+            .collect();
+        let (features, rules_json) = list.to_json(index, &ml.config, &self.labels);
+        let model = self.model_json(&ml.config, &ml.model);
+        // No rule met the bar: the hybrid is the model alone.
+        let decide = if list.rules.is_empty() {
+            model
+        } else {
+            json!({"op": "first", "steps": [rules_json, model]})
+        };
+        let program = self.program(&ml.config, features, decide, Strategy::Hybrid);
+        Some(Cand {
+            strategy: Strategy::Hybrid,
+            name: format!(
+                "hybrid/{} rules + {}",
+                list.rules.len(),
+                ml.cand.name.trim_start_matches("ml/")
+            ),
+            oof,
+            program,
+            train_pred,
+        })
+    }
+}
+
+/// Stratified, grouped fold assignment: identical inputs form one group (so duplicates
+/// never sit on both sides of a split), each class's groups (by the label of their first
+/// example) are shuffled and dealt round-robin.
+fn stratified_folds(
+    inputs: &[&Value],
+    y: &[usize],
+    k: usize,
+    n_folds: usize,
+    seed: u64,
+) -> Vec<usize> {
+    let mut rng = Rng::new(seed ^ 0xf01d);
+    let mut group_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, x) in inputs.iter().enumerate() {
+        let key = x.to_string();
+        let g = *group_of.entry(key).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(i);
+    }
+    let mut folds = vec![0; y.len()];
+    let mut next = 0usize;
+    for c in 0..k {
+        let mut idx: Vec<usize> = (0..groups.len())
+            .filter(|&g| y[groups[g][0]] == c)
+            .collect();
+        rng.shuffle(&mut idx);
+        for g in idx {
+            for &i in &groups[g] {
+                folds[i] = next % n_folds;
+            }
+            next += 1;
+        }
+    }
+    folds
+}
+
+/// Median execution time of `program` over a sample of the examples, in microseconds.
+fn measure_latency(program: &Program, spec: &TaskSpec) -> Option<f64> {
+    let n = spec.examples.len();
+    if n == 0 {
+        return None;
+    }
+    let step = (n / 200).max(1);
+    let sample: Vec<&Value> = spec
+        .examples
+        .iter()
+        .step_by(step)
+        .map(|e| &e.input)
+        .collect();
+    for x in sample.iter().take(20) {
+        let _ = program.evaluate(x);
+    }
+    let mut times = Vec::with_capacity(sample.len() * 3);
+    for _ in 0..3 {
+        for x in &sample {
+            let t = Instant::now();
+            let _ = std::hint::black_box(program.evaluate(x));
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    crate::metrics::percentile(&times, 0.5)
+}
+
+/// Maps `f` over `0..n` on up to `threads` scoped threads; results in index order.
+fn par_map<T, F>(n: usize, threads: usize, f: F) -> Vec<T>
+where
+    T: Send,
+    F: Fn(usize) -> T + Sync,
+{
+    if threads <= 1 || n <= 1 {
+        return (0..n).map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut parts: Vec<Vec<(usize, T)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.min(n))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= n {
+                            break;
+                        }
+                        out.push((i, f(i)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    let mut all: Vec<(usize, T)> = parts.iter_mut().flat_map(std::mem::take).collect();
+    all.sort_by_key(|e| e.0);
+    all.into_iter().map(|e| e.1).collect()
+}
