@@ -89,23 +89,11 @@ pub(crate) fn synth(args: SynthArgs) -> Result<ExitCode, Error> {
             bar: Mutex::new(None),
         }));
     }
-    let synthesis = loopai_synth::synthesize(&spec, &options)?;
-    // Double-check before installing: the program must load in the runtime as is.
-    loopai_core::Program::from_json(&synthesis.program_json)
-        .map_err(|e| e.context("the synthesized program does not load (a generator bug)"))?;
+    let (synthesis, installed) =
+        loopai_synth::synthesize_and_install(&spec, &options, &args.data_dir, !args.no_activate)?;
     if let Some(out) = &args.output {
         std::fs::write(out, &synthesis.program_json).map_err(|e| Error::io(out.display(), e))?;
     }
-    let mut meta = synthesis.new_artifact();
-    meta.extra
-        .insert("input_schema".into(), spec.input_schema.clone());
-    meta.extra
-        .insert("output_schema".into(), spec.output_schema.clone());
-    let installed = ArtifactStore::open(&args.data_dir, &spec.name)?.install(
-        &synthesis.program_json,
-        meta,
-        !args.no_activate,
-    )?;
     print!("{}", synthesis.report_text());
     println!(
         "installed {} v{}{} ({} bytes, sha256 {})",

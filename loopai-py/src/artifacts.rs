@@ -80,3 +80,36 @@ pub(crate) fn install_program<'py>(
         .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
     convert::to_py(py, &value)
 }
+
+/// Learns a program from a task specification (the design's TaskSpecification: ``name``,
+/// ``description``, ``input_schema``, ``output_schema``, ``examples``, ...) and installs it
+/// as the next version of the task ``spec["name"]`` under ``<data_dir>/artifacts/``,
+/// making it the active one if ``activate``. ``spec`` is a dict, JSON text, or a path to a
+/// spec file; ``strategy`` is ``"auto"``, ``"rule"``, ``"ml"`` or ``"hybrid"``. The GIL is
+/// released while training. Returns the new artifact's metadata (``version``,
+/// ``synthesis_strategy``, ``confidence_score`` — the cross-validated accuracy —,
+/// ``complexity_metrics``, ...).
+#[pyfunction]
+#[pyo3(signature = (spec, data_dir, *, strategy = "auto", activate = true, seed = 0))]
+pub(crate) fn synthesize<'py>(
+    py: Python<'py>,
+    spec: &Bound<'py, PyAny>,
+    data_dir: PathBuf,
+    strategy: &str,
+    activate: bool,
+    seed: u64,
+) -> PyResult<Bound<'py, PyAny>> {
+    let strategy: loopai_synth::Strategy = strategy.parse().map_err(|e| errors::to_py(py, e))?;
+    let bytes = program_bytes(py, spec)?.map_err(|e| errors::to_py(py, e))?;
+    let installed = py.detach(move || -> core::Result<core::ArtifactMetadata> {
+        let spec = loopai_synth::TaskSpec::from_json(&bytes)?;
+        let options = loopai_synth::SynthOptions::default()
+            .with_strategy(strategy)
+            .with_seed(seed);
+        loopai_synth::synthesize_and_install(&spec, &options, &data_dir, activate).map(|(_, m)| m)
+    });
+    let installed = installed.map_err(|e| errors::to_py(py, e))?;
+    let value = serde_json::to_value(&installed)
+        .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+    convert::to_py(py, &value)
+}

@@ -20,6 +20,7 @@ fn _loopai(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<runtime::PyRuntime>()?;
     m.add_class::<runtime::PyExecutionResult>()?;
     m.add_function(wrap_pyfunction!(artifacts::install_program, m)?)?;
+    m.add_function(wrap_pyfunction!(artifacts::synthesize, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_flush_all, m)?)?;
     Ok(())
 }

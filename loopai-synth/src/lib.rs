@@ -83,4 +83,7 @@ mod synth;
 
 pub use metrics::{percentile, score, ClassMetrics, Confusion, EvalReport};
 pub use spec::{Example, TaskSpec};
-pub use synth::{synthesize, CandidateReport, Progress, Strategy, SynthOptions, Synthesis};
+pub use synth::{
+    synthesize, synthesize_and_install, CandidateReport, Progress, Strategy, SynthOptions,
+    Synthesis,
+};

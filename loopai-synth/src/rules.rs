@@ -303,6 +303,21 @@ fn fires(ac: &AhoCorasick, t: &str) -> bool {
     })
 }
 
+/// The runtime requires a rule's confidence to exceed `1 / labels` (so its label gets the
+/// highest score): a lower estimate (say a default rule at the class prior) is raised just
+/// above that share. The rule's label, and so accuracy, is unchanged.
+fn above_share(confidence: f64, labels: usize) -> f64 {
+    if labels < 2 {
+        return confidence;
+    }
+    let share = 1.0 / labels as f64;
+    if confidence > share {
+        confidence
+    } else {
+        ((share * 1e4).floor() + 1.0) / 1e4
+    }
+}
+
 fn round4(x: f64) -> f64 {
     (x * 1e4).round() / 1e4
 }
@@ -371,11 +386,11 @@ impl RuleList {
             features.push(json!({"name": feature, "op": "keywords",
                 "source": FeatureConfig::view_name(field), "terms": terms, "whole_words": true}));
             rules.push(json!({"name": name, "when": {"feature": feature, "gt": 0},
-                "then": labels[r.class], "confidence": r.confidence}));
+                "then": labels[r.class], "confidence": above_share(r.confidence, labels.len())}));
         }
         if let Some((c, conf)) = self.default {
             rules.push(json!({"name": format!("default: {}", labels[c]),
-                "when": {"always": true}, "then": labels[c], "confidence": conf}));
+                "when": {"always": true}, "then": labels[c], "confidence": above_share(conf, labels.len())}));
         }
         (features, json!({"op": "rules", "rules": rules}))
     }

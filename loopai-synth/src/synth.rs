@@ -1094,3 +1094,30 @@ where
     all.sort_by_key(|e| e.0);
     all.into_iter().map(|e| e.1).collect()
 }
+
+/// Synthesizes a program for `spec` and installs it in the artifact cache of `data_dir` as
+/// the task's next version (activated when `activate`), recording the spec's input and
+/// output schemas in the metadata so the runtime enforces them. Returns the synthesis and
+/// the installed artifact's metadata.
+pub fn synthesize_and_install(
+    spec: &TaskSpec,
+    options: &SynthOptions,
+    data_dir: &std::path::Path,
+    activate: bool,
+) -> Result<(Synthesis, loopai_core::ArtifactMetadata)> {
+    let synthesis = synthesize(spec, options)?;
+    // The program must load in the runtime exactly as written.
+    loopai_core::Program::from_json(&synthesis.program_json)
+        .map_err(|e| e.context("the synthesized program does not load (a loopai-synth bug)"))?;
+    let mut meta = synthesis.new_artifact();
+    meta.extra
+        .insert("input_schema".into(), spec.input_schema.clone());
+    meta.extra
+        .insert("output_schema".into(), spec.output_schema.clone());
+    let installed = loopai_core::ArtifactStore::open(data_dir, &spec.name)?.install(
+        &synthesis.program_json,
+        meta,
+        activate,
+    )?;
+    Ok((synthesis, installed))
+}

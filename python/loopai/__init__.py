@@ -41,6 +41,7 @@ from loopai._loopai import (
     __version__,
     _flush_all,
     install_program,
+    synthesize,
 )
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "TimeoutError",
     "__version__",
     "install_program",
+    "synthesize",
 ]
 
 ATEXIT_FLUSH_TIMEOUT: float = 5.0

@@ -25,6 +25,7 @@ __all__ = [
     "__version__",
     "_flush_all",
     "install_program",
+    "synthesize",
 ]
 
 __version__: str
@@ -194,3 +195,20 @@ def install_program(
     compile and be written for ``task_id`` (``ProgramError`` otherwise). Returns the new
     artifact's metadata (``version``, ``sha256``, ``created_at``, ...). Running runtimes
     pick the new version up on their next reload or restart."""
+
+def synthesize(
+    spec: str | bytes | os.PathLike[str] | Mapping[str, Any],
+    data_dir: str | os.PathLike[str],
+    *,
+    strategy: str = "auto",
+    activate: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Learns a program from a task specification (the design's TaskSpecification: ``name``,
+    ``description``, ``input_schema``, ``output_schema``, ``examples``, ...) and installs it
+    as the next version of the task ``spec["name"]`` under ``<data_dir>/artifacts/``,
+    making it the active one if ``activate``. ``spec`` is a dict, JSON text, or a path to a
+    spec file; ``strategy`` is ``"auto"``, ``"rule"``, ``"ml"`` or ``"hybrid"``. The GIL is
+    released while training. Returns the new artifact's metadata (``version``,
+    ``synthesis_strategy``, ``confidence_score`` — the cross-validated accuracy —,
+    ``complexity_metrics``, ...)."""
