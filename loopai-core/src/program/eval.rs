@@ -16,6 +16,7 @@ struct Scratch {
     views: Vec<String>,
     tmp: String,
     pad: String,
+    table: Vec<u32>,
     tokens: Vec<(u32, u32)>,
     offsets: Vec<u32>,
     sparse: Vec<Vec<(u32, f32)>>,
@@ -179,7 +180,16 @@ fn run(plan: &Plan, texts: &[&str], numbers: &[f64], s: &mut Scratch) -> Outcome
                 let out = &mut s.sparse[f];
                 let key = (sp.source, sp.alnum || !sp.words);
                 let fresh = tokenized != Some(key);
-                sparse_features(sp, t, fresh, &mut s.tokens, &mut s.offsets, &mut s.pad, out);
+                sparse_features(
+                    sp,
+                    t,
+                    fresh,
+                    &mut s.tokens,
+                    &mut s.offsets,
+                    &mut s.pad,
+                    &mut s.table,
+                    out,
+                );
                 if sp.words || sp.within_words {
                     tokenized = Some(key);
                 }
@@ -371,6 +381,54 @@ fn char_ngrams(sp: &SparsePlan, t: &str, offsets: &mut Vec<u32>, out: &mut Vec<(
     }
 }
 
+/// Merges entries with the same index, summing their values, keeping the order in which
+/// each index first appears (deterministic; O(n) with a scratch open-addressing table).
+fn dedupe(out: &mut Vec<(u32, f32)>, table: &mut Vec<u32>) {
+    let n = out.len();
+    if n < 2 {
+        return;
+    }
+    let size = (2 * n).next_power_of_two();
+    let mask = size - 1;
+    table.clear();
+    table.resize(size, u32::MAX);
+    let mut w = 0usize;
+    for r in 0..n {
+        let (idx, v) = out[r];
+        let mut slot = ((u64::from(idx).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize) & mask;
+        loop {
+            let at = table[slot];
+            if at == u32::MAX {
+                table[slot] = w as u32;
+                out[w] = (idx, v);
+                w += 1;
+                break;
+            }
+            if out[at as usize].0 == idx {
+                out[at as usize].1 += v;
+                break;
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+    out.truncate(w);
+}
+
+/// `ln(1 + count)` for the (integer) occurrence counts of n-grams: small counts come from
+/// a table filled with the same `libm::log1p`, so results are identical.
+#[inline]
+fn log1p_count(count: f32) -> f32 {
+    static TABLE: std::sync::LazyLock<[f32; 256]> =
+        std::sync::LazyLock::new(|| std::array::from_fn(|c| libm::log1p(c as f64) as f32));
+    let c = count as usize;
+    if c as f32 == count && c < 256 {
+        TABLE[c]
+    } else {
+        libm::log1p(f64::from(count)) as f32
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn sparse_features(
     sp: &SparsePlan,
     t: &str,
@@ -378,6 +436,7 @@ fn sparse_features(
     tokens: &mut Vec<(u32, u32)>,
     offsets: &mut Vec<u32>,
     pad: &mut String,
+    table: &mut Vec<u32>,
     out: &mut Vec<(u32, f32)>,
 ) {
     out.clear();
@@ -417,23 +476,11 @@ fn sparse_features(
     if sp.weighting == Weighting::Count && !sp.l2 {
         return;
     }
-    out.sort_unstable_by_key(|e| e.0);
-    let mut w = 0usize;
-    for r in 0..out.len() {
-        if w > 0 && out[w - 1].0 == out[r].0 {
-            out[w - 1].1 += out[r].1;
-        } else {
-            out[w] = out[r];
-            w += 1;
-        }
-    }
-    out.truncate(w);
+    dedupe(out, table);
     match sp.weighting {
         Weighting::Count => {}
         Weighting::Binary => out.iter_mut().for_each(|e| e.1 = 1.0),
-        Weighting::Log1p => out
-            .iter_mut()
-            .for_each(|e| e.1 = libm::log1p(f64::from(e.1)) as f32),
+        Weighting::Log1p => out.iter_mut().for_each(|e| e.1 = log1p_count(e.1)),
     }
     if sp.l2 {
         let norm: f64 = out.iter().map(|e| f64::from(e.1) * f64::from(e.1)).sum();
