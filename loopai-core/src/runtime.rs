@@ -213,6 +213,16 @@ impl RuntimeBuilder {
         let maintenance =
             Maintenance::start(layout, RetentionPolicy::from_config(&config), clock.clone())?;
         let sampler = Sampler::new(&config.sampling, clock.now_millis());
+        let privacy = if config.privacy.hash_inputs {
+            let hasher = crate::KeyedHasher::load_or_create(&data_dir)?;
+            Some(crate::PrivacyPolicy::new(
+                config.telemetry.privacy_mode,
+                &config.privacy,
+                hasher,
+            ))
+        } else {
+            None
+        };
         Ok(Runtime {
             inner: Arc::new(Inner {
                 data_dir,
@@ -224,6 +234,7 @@ impl RuntimeBuilder {
                 dataset,
                 maintenance,
                 sampler,
+                privacy,
                 clock,
                 fork_generation: crate::fork::generation(),
             }),
@@ -242,6 +253,8 @@ struct Inner {
     dataset: DatasetWriter,
     maintenance: Maintenance,
     sampler: Sampler,
+    /// Set when `privacy.hash_inputs` is on: inputs are logged as keyed hashes.
+    privacy: Option<crate::PrivacyPolicy>,
     clock: Arc<dyn Clock>,
     fork_generation: u64,
 }
@@ -354,7 +367,7 @@ impl Runtime {
             execution_id,
             task_id: self.inner.task.clone(),
             program_version: run.version,
-            input: input.clone(),
+            input: self.logged_input(input),
             output: run.outcome.output.clone(),
             confidence: run.outcome.confidence,
             latency_ms,
@@ -385,12 +398,20 @@ impl Runtime {
         inputs.iter().map(|input| self.execute(input)).collect()
     }
 
+    /// The input as written to the execution log: a keyed hash with `privacy.hash_inputs`.
+    fn logged_input(&self, input: &Value) -> Value {
+        match &self.inner.privacy {
+            Some(policy) => policy.local_input(input).into_owned(),
+            None => input.clone(),
+        }
+    }
+
     fn log_failure(&self, input: &Value, err: &Error, timestamp: Timestamp, start: Instant) {
         let record = ExecutionRecord {
             execution_id: new_execution_id(),
             task_id: self.inner.task.clone(),
             program_version: self.inner.executor.version(),
-            input: input.clone(),
+            input: self.logged_input(input),
             output: Value::Null,
             confidence: 0.0,
             latency_ms: start.elapsed().as_secs_f64() * 1e3,
@@ -970,6 +991,41 @@ mod tests {
         let lines = day_lines(dir.path(), "executions");
         assert_eq!(lines.iter().filter(|l| l["sampled"] == true).count(), 1);
         assert_eq!(rt.stats(1).unwrap()[0].sampled_count, 1);
+    }
+
+    #[test]
+    fn hash_inputs_keeps_raw_inputs_out_of_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), RULES, Default::default());
+        let config =
+            DeploymentConfig::from_yaml_str("privacy:\n  hash_inputs: true\n", "test").unwrap();
+        let rt = Runtime::builder()
+            .data_dir(dir.path())
+            .task("spam")
+            .config(config)
+            .build()
+            .unwrap();
+        rt.execute(&json!({"text": "my secret prize"})).unwrap();
+        rt.execute(&json!({"text": "my secret prize"})).unwrap();
+        rt.flush(Duration::from_secs(5)).unwrap();
+        let text = std::fs::read_to_string(
+            std::fs::read_dir(dir.path().join("datasets/spam/executions"))
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path(),
+        )
+        .unwrap();
+        assert!(!text.contains("secret"), "raw input leaked: {text}");
+        let lines = day_lines(dir.path(), "executions");
+        let hash = lines[0]["input"].as_str().unwrap();
+        assert_eq!(hash.len(), 64);
+        assert_eq!(
+            lines[1]["input"], lines[0]["input"],
+            "a keyed hash is stable"
+        );
+        assert!(dir.path().join(crate::HMAC_KEY_FILE).exists());
     }
 
     #[test]

@@ -170,7 +170,8 @@ pub struct ExecutionRecord {
     pub task_id: String,
     /// The artifact version that ran (0 when the execution failed before any program ran).
     pub program_version: u32,
-    /// The input object, or `{"hmac_sha256": "..."}` when `privacy.hash_inputs` is on.
+    /// The input object, or its HMAC-SHA256 (lowercase hex, keyed with the deployment secret
+    /// `config/hmac.key`) when `privacy.hash_inputs` is on.
     pub input: Value,
     /// The output (`null` on error).
     pub output: Value,
