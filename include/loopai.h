@@ -85,6 +85,11 @@ typedef int32_t loopai_status_t;
  */
 #define LOOPAI_E_INTERNAL -10
 
+/**
+ * The oracle failed: unreachable, timed out, or answered something not allowed.
+ */
+#define LOOPAI_E_ORACLE -11
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus

@@ -32,6 +32,7 @@ namespace Loopai
         Timeout = -8,
         Closed = -9,
         Internal = -10,
+        Oracle = -11,
     }
 
     /// <summary>An error reported by libloopai: the status code and a message naming what is wrong.</summary>

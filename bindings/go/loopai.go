@@ -51,6 +51,7 @@ const (
 	CodeTimeout       Code = C.LOOPAI_E_TIMEOUT
 	CodeClosed        Code = C.LOOPAI_E_CLOSED
 	CodeInternal      Code = C.LOOPAI_E_INTERNAL
+	CodeOracle        Code = C.LOOPAI_E_ORACLE
 )
 
 // String returns the code's stable name ("invalid_input", "closed", ...; "unknown").
@@ -91,6 +92,7 @@ var (
 	ErrTimeout       = &Error{Code: CodeTimeout}
 	ErrClosed        = &Error{Code: CodeClosed}
 	ErrInternal      = &Error{Code: CodeInternal}
+	ErrOracle        = &Error{Code: CodeOracle}
 )
 
 // Version is the version of the loaded libloopai.

@@ -34,11 +34,14 @@ pub enum ErrorKind {
     Closed,
     /// A bug in loopai itself (for example a caught panic). Please report it.
     Internal,
+    /// The oracle (the reference model) failed: unreachable, timed out, refused the
+    /// request, or answered something that is not an allowed output.
+    Oracle,
 }
 
 impl ErrorKind {
     /// Every kind, in code order.
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::InvalidInput,
         ErrorKind::Program,
         ErrorKind::Schema,
@@ -49,6 +52,7 @@ impl ErrorKind {
         ErrorKind::Timeout,
         ErrorKind::Closed,
         ErrorKind::Internal,
+        ErrorKind::Oracle,
     ];
 
     /// The stable status code of this kind (always negative; `0` means success in the C ABI).
@@ -64,6 +68,7 @@ impl ErrorKind {
             ErrorKind::Timeout => -8,
             ErrorKind::Closed => -9,
             ErrorKind::Internal => -10,
+            ErrorKind::Oracle => -11,
         }
     }
 
@@ -85,6 +90,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Closed => "closed",
             ErrorKind::Internal => "internal",
+            ErrorKind::Oracle => "oracle",
         }
     }
 }

@@ -87,6 +87,7 @@ mod error;
 mod executor;
 mod fork;
 mod fsutil;
+mod oracle;
 mod privacy;
 mod program;
 mod runtime;
@@ -111,6 +112,7 @@ pub use dataset::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use executor::{ActiveProgram, Execution, Executor};
+pub use oracle::{FnOracle, Oracle, OracleAnswer, OracleRequest};
 pub use privacy::{
     KeyedHasher, PiiFilter, PiiKind, PiiMatch, PrivacyPolicy, HMAC_KEY_FILE, HMAC_KEY_LEN,
 };

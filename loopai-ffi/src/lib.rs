@@ -61,6 +61,8 @@ pub const LOOPAI_E_TIMEOUT: loopai_status_t = -8;
 pub const LOOPAI_E_CLOSED: loopai_status_t = -9;
 /// A bug in loopai (for example a caught panic). Please report it.
 pub const LOOPAI_E_INTERNAL: loopai_status_t = -10;
+/// The oracle failed: unreachable, timed out, or answered something not allowed.
+pub const LOOPAI_E_ORACLE: loopai_status_t = -11;
 
 /// A runtime for one task (opaque). Created by `loopai_runtime_new`, freed by
 /// `loopai_runtime_free`.
@@ -242,6 +244,7 @@ pub extern "C" fn loopai_status_str(code: loopai_status_t) -> *const c_char {
         LOOPAI_E_TIMEOUT => c"timeout",
         LOOPAI_E_CLOSED => c"closed",
         LOOPAI_E_INTERNAL => c"internal",
+        LOOPAI_E_ORACLE => c"oracle",
         _ => c"unknown",
     };
     name.as_ptr()

@@ -55,6 +55,10 @@ fn class_of(kind: ErrorKind) -> Option<(&'static str, &'static str)> {
             "InternalError",
             "A bug in loopai itself. Please report it.",
         ),
+        ErrorKind::Oracle => (
+            "OracleError",
+            "The oracle failed: unreachable, timed out, refused the request, or answered something that is not an allowed output.",
+        ),
         _ => return None,
     })
 }

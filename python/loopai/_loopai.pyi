@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "ExecutionResult",
     "InternalError",
+    "OracleError",
     "InvalidInput",
     "InvalidOutput",
     "LoopaiError",
@@ -65,6 +66,9 @@ class ClosedError(LoopaiError):
 
 class InternalError(LoopaiError):
     """A bug in loopai itself. Please report it."""
+
+class OracleError(LoopaiError):
+    """The oracle failed: unreachable, timed out, refused the request, or answered something that is not an allowed output."""
 
 @final
 class ExecutionResult:

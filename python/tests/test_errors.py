@@ -20,6 +20,7 @@ KINDS = [
     (loopai.TimeoutError, "timeout", -8),
     (loopai.ClosedError, "closed", -9),
     (loopai.InternalError, "internal", -10),
+    (loopai.OracleError, "oracle", -11),
 ]
 
 
