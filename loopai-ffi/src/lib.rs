@@ -654,6 +654,7 @@ mod tests {
             LOOPAI_E_TIMEOUT,
             LOOPAI_E_CLOSED,
             LOOPAI_E_INTERNAL,
+            LOOPAI_E_ORACLE,
         ];
         assert_eq!(ours.len(), ErrorKind::ALL.len());
         for (code, kind) in ours.into_iter().zip(ErrorKind::ALL) {
