@@ -112,7 +112,7 @@ pub use dataset::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use executor::{ActiveProgram, Execution, Executor};
-pub use oracle::{FnOracle, Oracle, OracleAnswer, OracleRequest};
+pub use oracle::{FnOracle, HttpOracle, Oracle, OracleAnswer, OracleRequest, SleepFn};
 pub use privacy::{
     KeyedHasher, PiiFilter, PiiKind, PiiMatch, PrivacyPolicy, HMAC_KEY_FILE, HMAC_KEY_LEN,
 };
