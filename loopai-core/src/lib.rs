@@ -93,6 +93,7 @@ mod program;
 mod runtime;
 mod sampler;
 mod schema;
+mod validator;
 
 pub use artifact::{
     validate_task_id, ArtifactMetadata, ArtifactStatus, ArtifactStore, LoadedArtifact, NewArtifact,
@@ -120,8 +121,11 @@ pub use program::{
     ngram_hash, DecisionId, Outcome, Program, ProgramLimits, ProgramStats, FORMAT as PROGRAM_FORMAT,
 };
 pub use runtime::{
-    ExecutionResult, ExecutionStatus, Health, Runtime, RuntimeBuilder, Scores,
+    ExecutionResult, ExecutionSource, ExecutionStatus, Health, Runtime, RuntimeBuilder, Scores,
     DROP_SHUTDOWN_TIMEOUT, MAX_INPUT_DOCUMENT_BYTES,
 };
 pub use sampler::{SampleReason, Sampler};
 pub use schema::{JsonSchema, SchemaViolation};
+pub use validator::{
+    compare_outputs, Comparison, ValidationMetrics, VersionValidationMetrics, ROLLING_WINDOW,
+};

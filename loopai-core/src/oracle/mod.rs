@@ -44,7 +44,7 @@ pub struct OracleRequest<'a> {
     /// The input object, exactly as given to `execute`.
     pub input: &'a Value,
     /// How long the caller waits for the answer.
-    #[serde(serialize_with = "millis")]
+    #[serde(rename = "timeout_ms", serialize_with = "millis")]
     pub timeout: Duration,
 }
 
