@@ -587,6 +587,12 @@ impl Validator {
             self.shared.skipped_shutdown.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        // Skip before copying the input when the queue is visibly full (the usual case
+        // under load with a slow oracle); `try_send` below still decides.
+        if pool.tx.is_full() {
+            self.shared.count(version, |c| c.skipped_queue_full += 1);
+            return;
+        }
         let job = Job {
             execution_id,
             version,
