@@ -24,6 +24,15 @@
 //!   redaction (`[EMAIL]`, `[PHONE]`, `[SSN]`, `[CREDIT_CARD]`, `[IBAN]`, `[IP]`), HMAC-SHA256
 //!   with the deployment secret in `<data_dir>/config/hmac.key`, and what each privacy mode
 //!   lets leave the process. Documented in `docs/privacy.md`.
+//! * [`Sampler`] — which executions are checked against the oracle (`random`,
+//!   `uncertainty`, `stratified`, `temporal`; a few nanoseconds per decision).
+//! * [`Oracle`], [`FnOracle`], [`HttpOracle`] — the reference model: an in-process callback
+//!   or an LLM behind the chat-completions API, with strict checking of its answers
+//!   ([`OracleRequest::check_output`]). Sampled executions are validated against it on
+//!   background workers ([`compare_outputs`]: `exact`, `normalized`, `fuzzy`,
+//!   `structured`), and with `execution.fallback: oracle` it answers when the program
+//!   abstains ([`ExecutionSource::Oracle`]). Match rates per version:
+//!   [`Runtime::validation_metrics`]. Documented in `docs/oracle.md`.
 //! * [`Runtime`] — the facade that ties them together for one task.
 //!
 //! ## Quick start
@@ -59,7 +68,11 @@
 //!
 //! Logging, flushing and shutdown: see [`Runtime::execute`], [`Runtime::flush`] and
 //! [`Runtime::shutdown`]; every wait takes a timeout, and dropping the last clone of a
-//! runtime shuts it down within [`DROP_SHUTDOWN_TIMEOUT`].
+//! runtime shuts it down within [`DROP_SHUTDOWN_TIMEOUT`]. The runtime owns its threads:
+//! the dataset writer, the retention thread and, when there is an oracle, the
+//! `validation.workers` validation threads. Validation never blocks `execute` (a full queue
+//! skips the sample and counts it); only the opt-in oracle fallback makes `execute` wait,
+//! at most `execution.timeout_ms`, and only on abstentions.
 //!
 //! After `fork()`: background threads do not exist in the child, so a runtime built before
 //! the fork refuses to execute there ([`ErrorKind::Closed`], saying so). Build a new
