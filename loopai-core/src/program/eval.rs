@@ -17,6 +17,8 @@ struct Scratch {
     tmp: String,
     pad: String,
     table: Vec<u32>,
+    /// Dense position map for [`dedupe_dense`]: all zeros between calls.
+    slots: Vec<u32>,
     tokens: Vec<(u32, u32)>,
     offsets: Vec<u32>,
     sparse: Vec<Vec<(u32, f32)>>,
@@ -188,6 +190,7 @@ fn run(plan: &Plan, texts: &[&str], numbers: &[f64], s: &mut Scratch) -> Outcome
                     &mut s.offsets,
                     &mut s.pad,
                     &mut s.table,
+                    &mut s.slots,
                     out,
                 );
                 if sp.words || sp.within_words {
@@ -414,6 +417,39 @@ fn dedupe(out: &mut Vec<(u32, f32)>, table: &mut Vec<u32>) {
     out.truncate(w);
 }
 
+/// Largest feature dimension deduplicated with a dense position map (4 bytes per index,
+/// per thread: 1 MiB at most); larger ones use the hash table of [`dedupe`].
+const DENSE_DEDUPE_MAX_DIM: usize = 1 << 18;
+
+/// Same result as [`dedupe`] (first-appearance order, values summed in input order), with
+/// a dense map from index to position: no hashing, no probing, no data-dependent branch.
+/// `slots` is all zeros on entry and on return.
+fn dedupe_dense(out: &mut Vec<(u32, f32)>, slots: &mut Vec<u32>, dim: usize) {
+    if out.len() < 2 {
+        return;
+    }
+    if slots.len() < dim {
+        slots.resize(dim, 0);
+    }
+    let mut w = 0usize;
+    for r in 0..out.len() {
+        let (idx, v) = out[r];
+        let slot = &mut slots[idx as usize];
+        let seen = *slot as usize;
+        let new = seen == 0;
+        // `w <= r`: writing `out[w]` never clobbers an entry still to be read.
+        let pos = if new { w } else { seen - 1 };
+        let sum = if new { v } else { out[pos].1 + v };
+        out[pos] = (idx, sum);
+        *slot = pos as u32 + 1;
+        w += usize::from(new);
+    }
+    out.truncate(w);
+    for &(idx, _) in out.iter() {
+        slots[idx as usize] = 0;
+    }
+}
+
 /// `ln(1 + count)` for the (integer) occurrence counts of n-grams: small counts come from
 /// a table filled with the same `libm::log1p`, so results are identical.
 #[inline]
@@ -437,6 +473,7 @@ fn sparse_features(
     offsets: &mut Vec<u32>,
     pad: &mut String,
     table: &mut Vec<u32>,
+    slots: &mut Vec<u32>,
     out: &mut Vec<(u32, f32)>,
 ) {
     out.clear();
@@ -476,7 +513,11 @@ fn sparse_features(
     if sp.weighting == Weighting::Count && !sp.l2 {
         return;
     }
-    dedupe(out, table);
+    if sp.dim <= DENSE_DEDUPE_MAX_DIM {
+        dedupe_dense(out, slots, sp.dim);
+    } else {
+        dedupe(out, table);
+    }
     match sp.weighting {
         Weighting::Count => {}
         Weighting::Binary => out.iter_mut().for_each(|e| e.1 = 1.0),
@@ -756,6 +797,40 @@ fn cond(c: &CondPlan, ctx: &Ctx<'_>) -> bool {
                 Cmp::Eq => v == *value,
                 Cmp::Ne => v != *value,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dense_and_hashed_dedupe_agree_bit_for_bit() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let (mut table, mut slots) = (Vec::new(), Vec::new());
+        for round in 0..500 {
+            let dim = 1usize << rng.u32(1..12);
+            let n = rng.usize(0..400);
+            let input: Vec<(u32, f32)> = (0..n)
+                .map(|_| (rng.u32(..dim as u32), rng.f32() * 4.0))
+                .collect();
+            let mut hashed = input.clone();
+            dedupe(&mut hashed, &mut table);
+            let mut dense = input.clone();
+            dedupe_dense(&mut dense, &mut slots, dim);
+            assert_eq!(
+                hashed
+                    .iter()
+                    .map(|e| (e.0, e.1.to_bits()))
+                    .collect::<Vec<_>>(),
+                dense
+                    .iter()
+                    .map(|e| (e.0, e.1.to_bits()))
+                    .collect::<Vec<_>>(),
+                "round {round}"
+            );
+            assert!(slots.iter().all(|&s| s == 0), "slots left dirty");
         }
     }
 }
