@@ -420,3 +420,24 @@ mod tests {
         assert_eq!(clean_view("héllo", 2), "h");
     }
 }
+
+/// How many distinct n-grams `ng` finds in `views` (per field view, head rule applied),
+/// counted by 32-bit hash: what a hash table for `ng` must hold.
+pub(crate) fn distinct_ngrams<'a>(ng: &NgramSpec, views: impl Iterator<Item = &'a str>) -> usize {
+    let wide = NgramSpec {
+        bits: 32,
+        ..ng.clone()
+    };
+    let mut scratch = Scratch::default();
+    let mut seen = std::collections::HashSet::new();
+    for view in views {
+        let view = if ng.head {
+            truncate_str(view, HEAD_BYTES)
+        } else {
+            view
+        };
+        sparse_features(&wide, view, &mut scratch);
+        seen.extend(scratch.out.iter().map(|&(i, _)| i));
+    }
+    seen.len()
+}

@@ -620,24 +620,22 @@ impl Ctx<'_> {
 
     /// The feature sets tried by the ML strategy.
     fn feature_sets(&self) -> Vec<FeatureConfig> {
-        // Hash table sizes from the number of n-grams in the data (an upper bound of the
-        // distinct ones): enough buckets to keep collisions rare, no more.
-        let mut word_em = 0u64;
-        let mut char_em = 0u64;
-        let mut tokens = Vec::new();
-        for views in &self.views {
-            for v in views {
-                crate::features::tokenize(v, &mut tokens);
-                word_em += 2 * tokens.len() as u64;
-                char_em += 5 * v.len().min(crate::features::HEAD_BYTES) as u64;
-            }
-        }
-        let bits = |em: u64, max: u32| (64 - em.max(1).leading_zeros()).clamp(10, max);
+        // Hash table sizes from the number of distinct n-grams in the training data:
+        // at most half full, so that collisions stay rare, and no larger — a smaller table
+        // is a smaller program and fewer cache misses at run time.
+        let factor: u64 = std::env::var("EXP_FACTOR")
+            .map(|v| v.parse().unwrap())
+            .unwrap_or(2);
+        let size = |ng: &NgramSpec| {
+            let views = self.views.iter().flatten().map(String::as_str);
+            let distinct = crate::features::distinct_ngrams(ng, views) as u64;
+            (64 - (distinct.max(1) * factor - 1).leading_zeros()).clamp(10, 18)
+        };
         let words = NgramSpec {
             words: true,
             n_min: 1,
             n_max: 2,
-            bits: bits(word_em, 18),
+            bits: 18,
             seed: 0,
             log1p: true,
             l2: true,
@@ -648,18 +646,39 @@ impl Ctx<'_> {
             words: false,
             n_min: 1,
             n_max: 5,
-            bits: bits(char_em, 18),
+            bits: 18,
             seed: 1,
             log1p: true,
             l2: true,
             within_words: false,
             head: true,
         };
-        let mut a = self.base.clone();
-        a.ngrams = vec![words.clone(), chars];
+        let mut words = words;
+        words.bits = size(&words);
+        let mut out = Vec::new();
+        for r in std::env::var("EXP_CHARS")
+            .unwrap_or("1-5".into())
+            .split(',')
+        {
+            let (lo, hi) = r.split_once('-').unwrap();
+            let mut c = chars.clone();
+            c.n_min = lo.parse().unwrap();
+            c.n_max = hi.parse().unwrap();
+            if std::env::var("EXP_WW").is_ok() {
+                c.within_words = true;
+            }
+            c.bits = size(&c);
+            if let Ok(b) = std::env::var("EXP_CBITS") {
+                c.bits = b.parse().unwrap();
+            }
+            let mut a = self.base.clone();
+            a.ngrams = vec![words.clone(), c];
+            out.push(a);
+        }
         let mut b = self.base.clone();
         b.ngrams = vec![words];
-        vec![a, b]
+        out.push(b);
+        out
     }
 
     fn ml_candidates(&self) -> Result<Vec<MlCand>> {
