@@ -450,17 +450,15 @@ fn dedupe_dense(out: &mut Vec<(u32, f32)>, slots: &mut Vec<u32>, dim: usize) {
     }
 }
 
-/// `ln(1 + count)` for the (integer) occurrence counts of n-grams: small counts come from
-/// a table filled with the same `libm::log1p`, so results are identical.
+/// `ln(1 + count)` for the occurrence count of an n-gram: small counts come from a table
+/// filled with the same `libm::log1p`, so results are identical.
 #[inline]
-fn log1p_count(count: f32) -> f32 {
+fn log1p_count(count: u32) -> f32 {
     static TABLE: std::sync::LazyLock<[f32; 256]> =
         std::sync::LazyLock::new(|| std::array::from_fn(|c| libm::log1p(c as f64) as f32));
-    let c = count as usize;
-    if c as f32 == count && c < 256 {
-        TABLE[c]
-    } else {
-        libm::log1p(f64::from(count)) as f32
+    match TABLE.get(count as usize) {
+        Some(&v) => v,
+        None => libm::log1p(f64::from(count)) as f32,
     }
 }
 
@@ -521,7 +519,9 @@ fn sparse_features(
     match sp.weighting {
         Weighting::Count => {}
         Weighting::Binary => out.iter_mut().for_each(|e| e.1 = 1.0),
-        Weighting::Log1p => out.iter_mut().for_each(|e| e.1 = log1p_count(e.1)),
+        // Every n-gram is emitted with value 1, so the merged values are exact counts
+        // (f32 is exact up to 2^24, more n-grams than an input can have).
+        Weighting::Log1p => out.iter_mut().for_each(|e| e.1 = log1p_count(e.1 as u32)),
     }
     if sp.l2 {
         let norm: f64 = out.iter().map(|e| f64::from(e.1) * f64::from(e.1)).sum();
