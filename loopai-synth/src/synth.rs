@@ -618,20 +618,19 @@ impl Ctx<'_> {
         (0..self.y.len()).collect()
     }
 
-    /// The feature sets tried by the ML strategy.
+    /// The feature sets tried by the ML strategy, richest first: word 1–2-grams with
+    /// character 1–5-grams, with character 1–3-grams (about 40% fewer n-grams to hash at
+    /// run time), and word n-grams alone. Character n-grams read the head of each view.
     fn feature_sets(&self) -> Vec<FeatureConfig> {
-        // Hash table sizes from the number of distinct n-grams in the training data:
-        // at most half full, so that collisions stay rare, and no larger — a smaller table
-        // is a smaller program and fewer cache misses at run time.
-        let factor: u64 = std::env::var("EXP_FACTOR")
-            .map(|v| v.parse().unwrap())
-            .unwrap_or(2);
+        // Hash table sizes from the number of distinct n-grams in the training data: at
+        // most half full, so collisions stay rare, and no larger — a smaller table is a
+        // smaller program and fewer cache misses at run time.
         let size = |ng: &NgramSpec| {
             let views = self.views.iter().flatten().map(String::as_str);
             let distinct = crate::features::distinct_ngrams(ng, views) as u64;
-            (64 - (distinct.max(1) * factor - 1).leading_zeros()).clamp(10, 18)
+            (64 - (2 * distinct.max(1) - 1).leading_zeros()).clamp(10, 18)
         };
-        let words = NgramSpec {
+        let mut words = NgramSpec {
             words: true,
             n_min: 1,
             n_max: 2,
@@ -642,43 +641,29 @@ impl Ctx<'_> {
             within_words: false,
             head: false,
         };
-        let chars = NgramSpec {
-            words: false,
-            n_min: 1,
-            n_max: 5,
-            bits: 18,
-            seed: 1,
-            log1p: true,
-            l2: true,
-            within_words: false,
-            head: true,
-        };
-        let mut words = words;
         words.bits = size(&words);
-        let mut out = Vec::new();
-        for r in std::env::var("EXP_CHARS")
-            .unwrap_or("1-5".into())
-            .split(',')
-        {
-            let (lo, hi) = r.split_once('-').unwrap();
-            let mut c = chars.clone();
-            c.n_min = lo.parse().unwrap();
-            c.n_max = hi.parse().unwrap();
-            if std::env::var("EXP_WW").is_ok() {
-                c.within_words = true;
-            }
-            c.bits = size(&c);
-            if let Ok(b) = std::env::var("EXP_CBITS") {
-                c.bits = b.parse().unwrap();
-            }
-            let mut a = self.base.clone();
-            a.ngrams = vec![words.clone(), c];
-            out.push(a);
+        let mut sets = Vec::new();
+        for n_max in [5, 3] {
+            let mut chars = NgramSpec {
+                words: false,
+                n_min: 1,
+                n_max,
+                bits: 18,
+                seed: 1,
+                log1p: true,
+                l2: true,
+                within_words: false,
+                head: true,
+            };
+            chars.bits = size(&chars);
+            let mut config = self.base.clone();
+            config.ngrams = vec![words.clone(), chars];
+            sets.push(config);
         }
-        let mut b = self.base.clone();
-        b.ngrams = vec![words];
-        out.push(b);
-        out
+        let mut config = self.base.clone();
+        config.ngrams = vec![words];
+        sets.push(config);
+        sets
     }
 
     fn ml_candidates(&self) -> Result<Vec<MlCand>> {
