@@ -631,10 +631,8 @@ mod tests {
         install(dir.path(), RULES, Default::default());
         let rt = runtime(dir.path()).unwrap();
         let a = rt.execute(&json!({"text": "a prize"})).unwrap();
-        assert_eq!(
-            (a.status, a.version, a.sampled),
-            (ExecutionStatus::Success, 1, false)
-        );
+        // (`sampled` depends on the default 5% random sampling: see the sampler's tests.)
+        assert_eq!((a.status, a.version), (ExecutionStatus::Success, 1));
         let b = rt.execute(&json!({"text": "hello"})).unwrap();
         assert_eq!(b.status, ExecutionStatus::Abstain);
         assert_eq!(b.output, "ham");

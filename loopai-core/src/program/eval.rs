@@ -18,7 +18,7 @@ struct Scratch {
     pad: String,
     table: Vec<u32>,
     /// Dense position map for [`dedupe_dense`]: all zeros between calls.
-    slots: Vec<u32>,
+    slots: Vec<u16>,
     tokens: Vec<(u32, u32)>,
     offsets: Vec<u32>,
     sparse: Vec<Vec<(u32, f32)>>,
@@ -417,14 +417,15 @@ fn dedupe(out: &mut Vec<(u32, f32)>, table: &mut Vec<u32>) {
     out.truncate(w);
 }
 
-/// Largest feature dimension deduplicated with a dense position map (4 bytes per index,
-/// per thread: 1 MiB at most); larger ones use the hash table of [`dedupe`].
+/// Largest feature dimension deduplicated with a dense position map (2 bytes per index,
+/// per thread: 512 KiB at most); larger ones, and inputs with 65 535 n-grams or more, use
+/// the hash table of [`dedupe`].
 const DENSE_DEDUPE_MAX_DIM: usize = 1 << 18;
 
 /// Same result as [`dedupe`] (first-appearance order, values summed in input order), with
 /// a dense map from index to position: no hashing, no probing, no data-dependent branch.
-/// `slots` is all zeros on entry and on return.
-fn dedupe_dense(out: &mut Vec<(u32, f32)>, slots: &mut Vec<u32>, dim: usize) {
+/// `slots` is all zeros on entry and on return; `out` has fewer than 65 535 entries.
+fn dedupe_dense(out: &mut Vec<(u32, f32)>, slots: &mut Vec<u16>, dim: usize) {
     if out.len() < 2 {
         return;
     }
@@ -441,7 +442,7 @@ fn dedupe_dense(out: &mut Vec<(u32, f32)>, slots: &mut Vec<u32>, dim: usize) {
         let pos = if new { w } else { seen - 1 };
         let sum = if new { v } else { out[pos].1 + v };
         out[pos] = (idx, sum);
-        *slot = pos as u32 + 1;
+        *slot = (pos + 1) as u16;
         w += usize::from(new);
     }
     out.truncate(w);
@@ -471,7 +472,7 @@ fn sparse_features(
     offsets: &mut Vec<u32>,
     pad: &mut String,
     table: &mut Vec<u32>,
-    slots: &mut Vec<u32>,
+    slots: &mut Vec<u16>,
     out: &mut Vec<(u32, f32)>,
 ) {
     out.clear();
@@ -511,7 +512,7 @@ fn sparse_features(
     if sp.weighting == Weighting::Count && !sp.l2 {
         return;
     }
-    if sp.dim <= DENSE_DEDUPE_MAX_DIM {
+    if sp.dim <= DENSE_DEDUPE_MAX_DIM && out.len() < usize::from(u16::MAX) {
         dedupe_dense(out, slots, sp.dim);
     } else {
         dedupe(out, table);
