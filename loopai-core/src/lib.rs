@@ -53,8 +53,8 @@
 //!
 //! [`Runtime`], [`Executor`], [`Program`] and [`ArtifactStore`] are `Send + Sync`.
 //! [`Runtime::execute`] takes no lock and does no I/O: the active program is read through an
-//! `ArcSwap`, and scratch buffers are per thread (a few KiB, plus 4 bytes per bucket of
-//! the largest hashed n-gram feature up to 2^18 buckets: at most 1 MiB per thread).
+//! `ArcSwap`, and scratch buffers are per thread (a few KiB, plus 2 bytes per bucket of
+//! the largest hashed n-gram feature up to 2^18 buckets: at most 512 KiB per thread).
 //! [`Runtime::activate`] and [`Runtime::reload`] swap programs atomically; executions in
 //! flight finish on the program they started with.
 //!
