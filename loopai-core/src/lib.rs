@@ -93,6 +93,7 @@ mod program;
 mod runtime;
 mod sampler;
 mod schema;
+mod telemetry;
 
 pub use artifact::{
     validate_task_id, ArtifactMetadata, ArtifactStatus, ArtifactStore, LoadedArtifact, NewArtifact,
@@ -125,3 +126,7 @@ pub use runtime::{
 };
 pub use sampler::{SampleReason, Sampler};
 pub use schema::{JsonSchema, SchemaViolation};
+pub use telemetry::{
+    BatchMetrics, ExecutionSummary, LatencySummary, StatusCounts, TelemetryBatch, TelemetryMetrics,
+    ValidationSummary, DEPLOYMENT_ID_FILE, MAX_OUTPUT_CLASSES, TELEMETRY_FORMAT,
+};
