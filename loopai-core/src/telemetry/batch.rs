@@ -28,6 +28,27 @@ const STRUCTURED_OUTPUTS: &str = "(structured)";
 /// The JSON form (`docs/telemetry.md`) is the request body of
 /// `POST {cloud.api_url}/api/v1/telemetry`. What the per-record lists hold depends on
 /// [`privacy_mode`](Self::privacy_mode): no input or output text at all in `strict`.
+/// It implements `Deserialize`, so a collector can parse uploads with it:
+///
+/// ```
+/// use loopai_core::{PrivacyMode, TelemetryBatch, TELEMETRY_FORMAT};
+///
+/// let body = r#"{"format": "loopai.telemetry/1",
+///   "batch_id": "0b7c6f1e-3d9a-4c55-9a43-1f0d7e2b8c11", "deployment_id": "edge-1",
+///   "task_id": "spam", "program_version": 3, "timestamp": "2026-11-25T04:24:00.000Z",
+///   "window_start": "2026-11-25T04:23:00.112Z", "window_end": "2026-11-25T04:23:59.870Z",
+///   "privacy_mode": "strict",
+///   "metrics": {"executions": 1, "by_status": {"success": 1, "abstain": 0, "error": 0, "timeout": 0},
+///     "latency_ms": {"p50": 0.004, "p95": 0.004, "p99": 0.004, "mean": 0.004, "max": 0.004},
+///     "mean_confidence": 0.95, "sampled": 0, "validations": 0, "matches": 0,
+///     "match_rate": null, "outputs": {}},
+///   "execution_summaries": [], "sampled_validations": []}"#;
+/// let batch: TelemetryBatch = serde_json::from_str(body)?;
+/// assert_eq!(batch.format, TELEMETRY_FORMAT);
+/// assert_eq!(batch.privacy_mode, PrivacyMode::Strict);
+/// assert_eq!(batch.metrics.match_rate, None);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct TelemetryBatch {

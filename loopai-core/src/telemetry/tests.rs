@@ -564,3 +564,11 @@ fn health_serializes_telemetry_metrics() {
     }
     assert_eq!(health["telemetry"]["privacy_mode"], "strict");
 }
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<TelemetryBatch>();
+    check::<TelemetryMetrics>();
+    check::<Telemetry>();
+}
