@@ -24,6 +24,12 @@
 //!   redaction (`[EMAIL]`, `[PHONE]`, `[SSN]`, `[CREDIT_CARD]`, `[IBAN]`, `[IP]`), HMAC-SHA256
 //!   with the deployment secret in `<data_dir>/config/hmac.key`, and what each privacy mode
 //!   lets leave the process. Documented in `docs/privacy.md`.
+//! * [`TelemetryBatch`], [`TelemetryMetrics`] — telemetry: when `cloud.api_url` is set, the
+//!   runtime cuts batches of aggregates and of what `telemetry.privacy_mode` allows
+//!   (`strict`: keyed hashes only; `balanced`: sampled records with PII redacted;
+//!   `permissive`: everything), spools them under `<data_dir>/telemetry/spool/<task>/` and
+//!   uploads them gzip-compressed to `{cloud.api_url}/api/v1/telemetry` with retries,
+//!   backoff and `Retry-After`. Documented in `docs/telemetry.md`.
 //! * [`Runtime`] — the facade that ties them together for one task.
 //!
 //! ## Quick start
@@ -60,7 +66,11 @@
 //!
 //! Logging, flushing and shutdown: see [`Runtime::execute`], [`Runtime::flush`] and
 //! [`Runtime::shutdown`]; every wait takes a timeout, and dropping the last clone of a
-//! runtime shuts it down within [`DROP_SHUTDOWN_TIMEOUT`].
+//! runtime shuts it down within [`DROP_SHUTDOWN_TIMEOUT`]. The runtime owns its threads:
+//! the dataset writer (which also builds telemetry batches), the retention thread, and
+//! with telemetry on one uploader, which never blocks `execute`. `flush` also uploads
+//! spooled telemetry within its timeout; `shutdown` uploads until the first failure or the
+//! deadline and leaves the rest spooled for the next start.
 //!
 //! After `fork()`: background threads do not exist in the child, so a runtime built before
 //! the fork refuses to execute there ([`ErrorKind::Closed`], saying so). Build a new
@@ -94,6 +104,7 @@ mod program;
 mod runtime;
 mod sampler;
 mod schema;
+mod telemetry;
 
 pub use artifact::{
     validate_task_id, ArtifactMetadata, ArtifactStatus, ArtifactStore, LoadedArtifact, NewArtifact,
@@ -126,3 +137,7 @@ pub use runtime::{
 };
 pub use sampler::{SampleReason, Sampler};
 pub use schema::{JsonSchema, SchemaViolation};
+pub use telemetry::{
+    BatchMetrics, ExecutionSummary, LatencySummary, StatusCounts, TelemetryBatch, TelemetryMetrics,
+    ValidationSummary, DEPLOYMENT_ID_FILE, MAX_OUTPUT_CLASSES, TELEMETRY_FORMAT,
+};

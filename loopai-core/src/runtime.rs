@@ -9,11 +9,13 @@ use serde::{Serialize, Serializer};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::dataset::{AnalyticsKeeper, DatasetWriter, Maintenance, WriterOptions};
+use crate::dataset::{AnalyticsKeeper, DatasetWriter, Maintenance, RecordObserver, WriterOptions};
+use crate::telemetry::Telemetry;
 use crate::{
     ArtifactStore, Clock, DailyStats, DatasetLayout, DatasetMetrics, DatasetReader,
     DeploymentConfig, Durability, Error, ErrorKind, ExecutionRecord, Executor, OnFull,
-    ProgramLimits, Result, RetentionPolicy, RetentionReport, Sampler, SystemClock, Timestamp,
+    ProgramLimits, Result, RetentionPolicy, RetentionReport, Sampler, SystemClock,
+    TelemetryMetrics, Timestamp,
 };
 
 /// How long dropping a [`Runtime`] waits for its background threads to finish.
@@ -155,7 +157,8 @@ impl RuntimeBuilder {
     }
 
     /// Loads the configuration and the task's active program and starts the dataset
-    /// writer thread.
+    /// writer thread, and the telemetry uploader when `telemetry.enabled` and
+    /// `cloud.api_url` is set (see `docs/telemetry.md`).
     ///
     /// Errors: [`ErrorKind::Config`] for a missing data dir or task, or a bad
     /// configuration; [`ErrorKind::Artifact`] when the task has no active program or its
@@ -203,13 +206,17 @@ impl RuntimeBuilder {
             queue_capacity: config.storage.queue_capacity,
         };
         let layout = DatasetLayout::new(&data_dir, &task);
-        let dataset = DatasetWriter::start(
-            layout.clone(),
-            &task,
-            options,
-            clock.clone(),
-            Some(Box::new(AnalyticsKeeper::new(layout.clone(), &task))),
-        )?;
+        let mut observers: Vec<Box<dyn RecordObserver>> =
+            vec![Box::new(AnalyticsKeeper::new(layout.clone(), &task))];
+        let telemetry = match Telemetry::start(&data_dir, &task, &config, clock.clone())? {
+            Some((telemetry, observer)) => {
+                observers.push(Box::new(observer));
+                Some(telemetry)
+            }
+            None => None,
+        };
+        let dataset =
+            DatasetWriter::start(layout.clone(), &task, options, clock.clone(), observers)?;
         let maintenance =
             Maintenance::start(layout, RetentionPolicy::from_config(&config), clock.clone())?;
         let sampler = Sampler::new(&config.sampling, clock.now_millis());
@@ -233,6 +240,7 @@ impl RuntimeBuilder {
                 executor,
                 dataset,
                 maintenance,
+                telemetry,
                 sampler,
                 privacy,
                 clock,
@@ -252,6 +260,8 @@ struct Inner {
     executor: Executor,
     dataset: DatasetWriter,
     maintenance: Maintenance,
+    /// The telemetry uploader, when telemetry runs.
+    telemetry: Option<Telemetry>,
     sampler: Sampler,
     /// Set when `privacy.hash_inputs` is on: inputs are logged as keyed hashes.
     privacy: Option<crate::PrivacyPolicy>,
@@ -265,7 +275,12 @@ impl Drop for Inner {
             // The writer thread belongs to the parent process: nothing to stop here.
             return;
         }
-        if let Err(e) = shutdown_all(&self.dataset, &self.maintenance, DROP_SHUTDOWN_TIMEOUT) {
+        if let Err(e) = shutdown_all(
+            &self.dataset,
+            &self.maintenance,
+            self.telemetry.as_ref(),
+            DROP_SHUTDOWN_TIMEOUT,
+        ) {
             log::error!("loopai: runtime for task {:?} dropped: {e}", self.task);
         }
     }
@@ -283,6 +298,9 @@ pub struct Health {
     pub active_version: u32,
     /// Execution-log counters, with the last write error if writes are failing.
     pub dataset: DatasetMetrics,
+    /// Telemetry counters (spool depth, sent, dropped, retries, last error); `None` when
+    /// telemetry is off (`telemetry.enabled: false` or no `cloud.api_url`).
+    pub telemetry: Option<TelemetryMetrics>,
 }
 
 /// The embeddable Loopai runtime for one task.
@@ -432,30 +450,55 @@ impl Runtime {
         self.inner.dataset.log_validation(record)
     }
 
-    /// Makes every execution accepted before this call durable (written and fsync'd),
-    /// waiting at most `timeout` ([`ErrorKind::Timeout`] otherwise).
+    /// Makes every execution accepted before this call durable (written and fsync'd) and,
+    /// when telemetry runs, cuts the open telemetry batches and uploads everything spooled,
+    /// all within `timeout`.
+    ///
+    /// Errors: [`ErrorKind::Timeout`] when the log is not durable in time, or when
+    /// telemetry batches are still spooled at the deadline (the message says how many and
+    /// the last upload error; they stay spooled and are retried in the background).
     pub fn flush(&self, timeout: Duration) -> Result<()> {
         if crate::fork::current() != self.inner.fork_generation {
             return Err(forked_error());
         }
-        self.inner.dataset.flush(timeout)
+        let deadline = Instant::now() + timeout;
+        if let Some(telemetry) = &self.inner.telemetry {
+            telemetry.request_cut();
+        }
+        self.inner.dataset.flush(timeout)?;
+        match &self.inner.telemetry {
+            Some(telemetry) => telemetry.drain(deadline, timeout),
+            None => Ok(()),
+        }
     }
 
-    /// Flushes and stops the background threads within `timeout`. Later executions fail
-    /// with [`ErrorKind::Closed`]. Calling it again is harmless. Dropping the last clone of
-    /// a runtime does the same with [`DROP_SHUTDOWN_TIMEOUT`].
+    /// Flushes and stops the background threads within `timeout`. Telemetry batches are
+    /// cut and uploaded until one upload fails or the deadline passes; what is not sent
+    /// stays spooled in `<data_dir>/telemetry/spool/<task>/` and is sent by the next
+    /// runtime for this task (that is not an error). Later executions fail with
+    /// [`ErrorKind::Closed`]. Calling it again is harmless. Dropping the last clone of a
+    /// runtime does the same with [`DROP_SHUTDOWN_TIMEOUT`].
     pub fn shutdown(&self, timeout: Duration) -> Result<()> {
         if crate::fork::current() != self.inner.fork_generation {
             return Err(forked_error());
         }
-        shutdown_all(&self.inner.dataset, &self.inner.maintenance, timeout)
+        shutdown_all(
+            &self.inner.dataset,
+            &self.inner.maintenance,
+            self.inner.telemetry.as_ref(),
+            timeout,
+        )
     }
 
     /// Daily statistics of the last `days` days that have data, oldest first (today's are
     /// brought up to date first). See `docs/datasets.md` for the fields.
     pub fn stats(&self, days: u32) -> Result<Vec<DailyStats>> {
         if !self.inner.dataset.is_closed() {
-            self.flush(DROP_SHUTDOWN_TIMEOUT)?;
+            if crate::fork::current() != self.inner.fork_generation {
+                return Err(forked_error());
+            }
+            // The log only: statistics do not wait for telemetry uploads.
+            self.inner.dataset.flush(DROP_SHUTDOWN_TIMEOUT)?;
         }
         let today = Timestamp(self.inner.clock.now_millis()).day();
         DatasetReader::new(&self.inner.data_dir, &self.inner.task).stats(days, today)
@@ -478,6 +521,7 @@ impl Runtime {
             task: self.inner.task.clone(),
             active_version: self.active_version(),
             dataset,
+            telemetry: self.inner.telemetry.as_ref().map(Telemetry::metrics),
         }
     }
 
@@ -553,16 +597,22 @@ impl Runtime {
     }
 }
 
-/// Stops the writer (flushing) and the retention thread within one overall timeout.
+/// Stops the writer (flushing, which cuts the last telemetry batches), the retention
+/// thread and the telemetry uploader within one overall timeout.
 fn shutdown_all(
     dataset: &DatasetWriter,
     maintenance: &Maintenance,
+    telemetry: Option<&Telemetry>,
     timeout: Duration,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let written = dataset.shutdown(timeout);
     let stopped = maintenance.shutdown(deadline.saturating_duration_since(Instant::now()));
-    written.and(stopped)
+    let uploaded = match telemetry {
+        Some(t) => t.shutdown(deadline.saturating_duration_since(Instant::now())),
+        None => Ok(()),
+    };
+    written.and(stopped).and(uploaded)
 }
 
 fn forked_error() -> Error {

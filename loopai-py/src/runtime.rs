@@ -315,7 +315,8 @@ impl PyRuntime {
     }
 
     /// The runtime's state for health checks: ``status`` (``"ok"`` or ``"degraded"``),
-    /// ``task``, ``active_version`` and execution-log counters under ``dataset``.
+    /// ``task``, ``active_version``, execution-log counters under ``dataset`` and telemetry
+    /// counters under ``telemetry`` (``None`` when telemetry is off; see ``docs/telemetry.md``).
     fn health<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let health = self.rt().health();
         let value = serde_json::to_value(&health)

@@ -179,7 +179,8 @@ class Runtime:
         ``versions``, ``validations``... (see ``docs/datasets.md``)."""
     def health(self) -> dict[str, Any]:
         """The runtime's state for health checks: ``status`` (``"ok"`` or ``"degraded"``),
-        ``task``, ``active_version`` and execution-log counters under ``dataset``."""
+        ``task``, ``active_version``, execution-log counters under ``dataset`` and telemetry
+        counters under ``telemetry`` (``None`` when telemetry is off; see ``docs/telemetry.md``)."""
 
 def _flush_all(timeout: float = 5.0) -> list[str]:
     """Flushes every runtime still alive in this process, all within one ``timeout``;
