@@ -444,8 +444,12 @@ pub struct TelemetryConfig {
     pub batch_size: usize,
     /// `telemetry.privacy_mode` (default `balanced`).
     pub privacy_mode: PrivacyMode,
-    /// `telemetry.spool_max_mb` (default 100): disk space for batches waiting to upload.
+    /// `telemetry.spool_max_mb` (default 100, at least 1): disk space of the spool
+    /// (`<data_dir>/telemetry/spool/<task>/`) for batches waiting to upload; the oldest are
+    /// dropped (and counted) beyond it.
     pub spool_max_mb: u64,
+    /// `telemetry.request_timeout_sec` (default 10, 1..=600): timeout of one upload request.
+    pub request_timeout_sec: u64,
 }
 
 impl Default for TelemetryConfig {
@@ -456,6 +460,7 @@ impl Default for TelemetryConfig {
             batch_size: 1000,
             privacy_mode: PrivacyMode::Balanced,
             spool_max_mb: 100,
+            request_timeout_sec: 10,
         }
     }
 }
@@ -900,6 +905,13 @@ impl DeploymentConfig {
             1,
             MAX_BATCH_SIZE,
         )?;
+        at_least("telemetry.spool_max_mb", telemetry.spool_max_mb, 1)?;
+        between(
+            "telemetry.request_timeout_sec",
+            telemetry.request_timeout_sec,
+            1,
+            600,
+        )?;
 
         let storage = &self.storage;
         if storage.data_dir.as_os_str().is_empty() {
@@ -1244,6 +1256,7 @@ retention:
         assert_eq!(c.telemetry.batch_size, 1000);
         assert_eq!(c.telemetry.privacy_mode, PrivacyMode::Balanced);
         assert_eq!(c.telemetry.spool_max_mb, 100);
+        assert_eq!(c.telemetry.request_timeout_sec, 10);
         assert_eq!(c.storage.data_dir, Path::new("/loopai-data"));
         assert_eq!(c.storage.retention_days, 30);
         assert_eq!(c.storage.max_size_gb, 100.0);
@@ -1584,6 +1597,14 @@ runtime:
             (
                 "runtime:\n  deployment_id: \"\"\n",
                 "runtime.deployment_id: must be 1 to 256 bytes without control characters",
+            ),
+            (
+                "telemetry:\n  spool_max_mb: 0\n",
+                "telemetry.spool_max_mb: must be at least 1, got 0",
+            ),
+            (
+                "telemetry:\n  request_timeout_sec: 0\n",
+                "telemetry.request_timeout_sec: must be between 1 and 600, got 0",
             ),
         ];
         for (text, expected) in cases {

@@ -24,6 +24,12 @@
 //!   redaction (`[EMAIL]`, `[PHONE]`, `[SSN]`, `[CREDIT_CARD]`, `[IBAN]`, `[IP]`), HMAC-SHA256
 //!   with the deployment secret in `<data_dir>/config/hmac.key`, and what each privacy mode
 //!   lets leave the process. Documented in `docs/privacy.md`.
+//! * [`TelemetryBatch`], [`TelemetryMetrics`] — telemetry: when `cloud.api_url` is set, the
+//!   runtime cuts batches of aggregates and of what `telemetry.privacy_mode` allows
+//!   (`strict`: keyed hashes only; `balanced`: sampled records with PII redacted;
+//!   `permissive`: everything), spools them under `<data_dir>/telemetry/spool/<task>/` and
+//!   uploads them gzip-compressed to `{cloud.api_url}/api/v1/telemetry` with retries,
+//!   backoff and `Retry-After`. Documented in `docs/telemetry.md`.
 //! * [`Sampler`] — which executions are checked against the oracle (`random`,
 //!   `uncertainty`, `stratified`, `temporal`; a few nanoseconds per decision).
 //! * [`Oracle`], [`FnOracle`], [`HttpOracle`] — the reference model: an in-process callback
@@ -62,17 +68,21 @@
 //!
 //! [`Runtime`], [`Executor`], [`Program`] and [`ArtifactStore`] are `Send + Sync`.
 //! [`Runtime::execute`] takes no lock and does no I/O: the active program is read through an
-//! `ArcSwap`, and scratch buffers are per thread. [`Runtime::activate`] and
-//! [`Runtime::reload`] swap programs atomically; executions in flight finish on the program
-//! they started with.
+//! `ArcSwap`, and scratch buffers are per thread (a few KiB, plus 2 bytes per bucket of
+//! the largest hashed n-gram feature up to 2^18 buckets: at most 512 KiB per thread).
+//! [`Runtime::activate`] and [`Runtime::reload`] swap programs atomically; executions in
+//! flight finish on the program they started with.
 //!
 //! Logging, flushing and shutdown: see [`Runtime::execute`], [`Runtime::flush`] and
 //! [`Runtime::shutdown`]; every wait takes a timeout, and dropping the last clone of a
 //! runtime shuts it down within [`DROP_SHUTDOWN_TIMEOUT`]. The runtime owns its threads:
-//! the dataset writer, the retention thread and, when there is an oracle, the
-//! `validation.workers` validation threads. Validation never blocks `execute` (a full queue
-//! skips the sample and counts it); only the opt-in oracle fallback makes `execute` wait,
-//! at most `execution.timeout_ms`, and only on abstentions.
+//! the dataset writer (which also builds telemetry batches), the retention thread, with
+//! telemetry on one uploader, and when there is an oracle the `validation.workers`
+//! validation threads; none of them blocks `execute` (a full validation queue skips the
+//! sample and counts it). Only the opt-in oracle fallback makes `execute` wait, at most
+//! `execution.timeout_ms`, and only on abstentions. `flush` also validates queued samples
+//! and uploads spooled telemetry within its timeout; `shutdown` uploads until the first
+//! failure or the deadline and leaves the rest spooled for the next start.
 //!
 //! After `fork()`: background threads do not exist in the child, so a runtime built before
 //! the fork refuses to execute there ([`ErrorKind::Closed`], saying so). Build a new
@@ -106,6 +116,7 @@ mod program;
 mod runtime;
 mod sampler;
 mod schema;
+mod telemetry;
 mod validator;
 
 pub use artifact::{
@@ -139,6 +150,10 @@ pub use runtime::{
 };
 pub use sampler::{SampleReason, Sampler};
 pub use schema::{JsonSchema, SchemaViolation};
+pub use telemetry::{
+    BatchMetrics, ExecutionSummary, LatencySummary, StatusCounts, TelemetryBatch, TelemetryMetrics,
+    ValidationSummary, DEPLOYMENT_ID_FILE, MAX_OUTPUT_CLASSES, TELEMETRY_FORMAT,
+};
 pub use validator::{
     compare_outputs, Comparison, ValidationMetrics, VersionValidationMetrics, ROLLING_WINDOW,
 };

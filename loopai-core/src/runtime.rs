@@ -9,13 +9,15 @@ use serde::{Serialize, Serializer};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::dataset::{AnalyticsKeeper, DatasetWriter, Maintenance, WriterOptions};
+use crate::dataset::{AnalyticsKeeper, DatasetWriter, Maintenance, RecordObserver, WriterOptions};
+use crate::telemetry::Telemetry;
 use crate::validator::{TaskInfo, Validator, ValidatorSettings};
 use crate::{
     ArtifactStore, Clock, DailyStats, DatasetLayout, DatasetMetrics, DatasetReader,
     DeploymentConfig, Durability, Error, ErrorKind, ExecutionRecord, Executor, Fallback,
     HttpOracle, JsonSchema, LoadedArtifact, OnFull, Oracle, Program, ProgramLimits, Result,
-    RetentionPolicy, RetentionReport, Sampler, SystemClock, Timestamp, ValidationMetrics,
+    RetentionPolicy, RetentionReport, Sampler, SystemClock, TelemetryMetrics, Timestamp,
+    ValidationMetrics,
 };
 
 /// How long dropping a [`Runtime`] waits for its background threads to finish.
@@ -184,7 +186,9 @@ impl RuntimeBuilder {
     }
 
     /// Loads the configuration and the task's active program and starts the dataset
-    /// writer thread, and the validation workers when there is an oracle.
+    /// writer thread, the telemetry uploader when `telemetry.enabled` and `cloud.api_url`
+    /// is set (see `docs/telemetry.md`), and the validation workers when there is an
+    /// oracle (see `docs/oracle.md`).
     ///
     /// Errors: [`ErrorKind::Config`] for a missing data dir or task, or a bad
     /// configuration; [`ErrorKind::Artifact`] when the task has no active program or its
@@ -268,12 +272,21 @@ impl RuntimeBuilder {
             queue_capacity: config.storage.queue_capacity,
         };
         let layout = DatasetLayout::new(&data_dir, &task);
+        let mut observers: Vec<Box<dyn RecordObserver>> =
+            vec![Box::new(AnalyticsKeeper::new(layout.clone(), &task))];
+        let telemetry = match Telemetry::start(&data_dir, &task, &config, clock.clone())? {
+            Some((telemetry, observer)) => {
+                observers.push(Box::new(observer));
+                Some(telemetry)
+            }
+            None => None,
+        };
         let dataset = Arc::new(DatasetWriter::start(
             layout.clone(),
             &task,
             options,
             clock.clone(),
-            Some(Box::new(AnalyticsKeeper::new(layout.clone(), &task))),
+            observers,
         )?);
         let maintenance =
             Maintenance::start(layout, RetentionPolicy::from_config(&config), clock.clone())?;
@@ -314,6 +327,7 @@ impl RuntimeBuilder {
                 executor,
                 dataset,
                 maintenance,
+                telemetry,
                 sampler,
                 validator,
                 privacy,
@@ -334,6 +348,8 @@ struct Inner {
     executor: Executor,
     dataset: Arc<DatasetWriter>,
     maintenance: Maintenance,
+    /// The telemetry uploader, when telemetry runs.
+    telemetry: Option<Telemetry>,
     sampler: Sampler,
     validator: Validator,
     /// Set when `privacy.hash_inputs` is on: inputs are logged as keyed hashes.
@@ -366,6 +382,9 @@ pub struct Health {
     pub active_version: u32,
     /// Execution-log counters, with the last write error if writes are failing.
     pub dataset: DatasetMetrics,
+    /// Telemetry counters (spool depth, sent, dropped, retries, last error); `None` when
+    /// telemetry is off (`telemetry.enabled: false` or no `cloud.api_url`).
+    pub telemetry: Option<TelemetryMetrics>,
     /// Validation against the oracle and oracle fallback (see
     /// [`Runtime::validation_metrics`]).
     pub validation: ValidationMetrics,
@@ -555,21 +574,36 @@ impl Runtime {
         self.inner.dataset.log_validation(record)
     }
 
-    /// Makes every execution accepted before this call durable (written and fsync'd),
-    /// waiting at most `timeout` ([`ErrorKind::Timeout`] otherwise). Samples queued for
-    /// validation before the call are validated first and their records made durable too,
-    /// within the same `timeout` (with a slow oracle, give it time).
+    /// Makes every execution accepted before this call durable (written and fsync'd);
+    /// validates the samples queued before the call and makes their records durable; and,
+    /// when telemetry runs, cuts the open telemetry batches and uploads everything spooled;
+    /// all within `timeout`. The execution log is flushed first, so a slow oracle cannot
+    /// keep it from being durable.
+    ///
+    /// Errors: [`ErrorKind::Timeout`] when the log is not durable in time, when samples
+    /// are still being validated at the deadline (with a slow oracle, give it time), or
+    /// when telemetry batches are still spooled at the deadline (the message says how many
+    /// and the last upload error; they stay spooled and are retried in the background).
     pub fn flush(&self, timeout: Duration) -> Result<()> {
         if crate::fork::current() != self.inner.fork_generation {
             return Err(forked_error());
         }
         let deadline = Instant::now() + timeout;
-        let validated = self.inner.validator.flush(deadline);
-        let written = self
-            .inner
-            .dataset
-            .flush(deadline.saturating_duration_since(Instant::now()));
-        validated.and(written)
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let mut validated = Ok(());
+        if self.inner.validator.has_workers() {
+            self.inner.dataset.flush(timeout)?;
+            validated = self.inner.validator.flush(deadline);
+        }
+        if let Some(telemetry) = &self.inner.telemetry {
+            telemetry.request_cut();
+        }
+        let written = self.inner.dataset.flush(left());
+        validated.and(written)?;
+        match &self.inner.telemetry {
+            Some(telemetry) => telemetry.drain(deadline, timeout),
+            None => Ok(()),
+        }
     }
 
     /// Flushes and stops the background threads within `timeout`. Later executions fail
@@ -580,6 +614,9 @@ impl Runtime {
     /// then are discarded (counted in `skipped_shutdown`), and workers still waiting on the
     /// oracle are not waited for (their results are discarded; the result is then an
     /// [`ErrorKind::Timeout`] saying so). The execution log gets the rest of the time.
+    /// Telemetry batches are cut and uploaded until one upload fails or the deadline
+    /// passes; what is not sent stays spooled in `<data_dir>/telemetry/spool/<task>/` and
+    /// is sent by the next runtime for this task (that is not an error).
     pub fn shutdown(&self, timeout: Duration) -> Result<()> {
         if crate::fork::current() != self.inner.fork_generation {
             return Err(forked_error());
@@ -598,7 +635,11 @@ impl Runtime {
     /// brought up to date first). See `docs/datasets.md` for the fields.
     pub fn stats(&self, days: u32) -> Result<Vec<DailyStats>> {
         if !self.inner.dataset.is_closed() {
-            self.flush(DROP_SHUTDOWN_TIMEOUT)?;
+            if crate::fork::current() != self.inner.fork_generation {
+                return Err(forked_error());
+            }
+            // The log only: statistics do not wait for telemetry uploads.
+            self.inner.dataset.flush(DROP_SHUTDOWN_TIMEOUT)?;
         }
         let today = Timestamp(self.inner.clock.now_millis()).day();
         DatasetReader::new(&self.inner.data_dir, &self.inner.task).stats(days, today)
@@ -621,6 +662,7 @@ impl Runtime {
             task: self.inner.task.clone(),
             active_version: self.active_version(),
             dataset,
+            telemetry: self.inner.telemetry.as_ref().map(Telemetry::metrics),
             validation: self.inner.validator.metrics(),
         }
     }
@@ -701,19 +743,21 @@ impl Runtime {
     }
 }
 
-/// Stops validation (within half the time), then the writer (flushing) and the retention
-/// thread, all within one overall timeout.
+/// Stops validation (within half the time), then the writer (flushing, which cuts the last
+/// telemetry batches), the retention thread and the telemetry uploader, all within one
+/// overall timeout.
 fn shutdown_all(inner: &Inner, timeout: Duration) -> Result<()> {
     let start = Instant::now();
     let deadline = start + timeout;
+    let left = || deadline.saturating_duration_since(Instant::now());
     let validated = inner.validator.shutdown(start + timeout / 2);
-    let written = inner
-        .dataset
-        .shutdown(deadline.saturating_duration_since(Instant::now()));
-    let stopped = inner
-        .maintenance
-        .shutdown(deadline.saturating_duration_since(Instant::now()));
-    written.and(stopped).and(validated)
+    let written = inner.dataset.shutdown(left());
+    let stopped = inner.maintenance.shutdown(left());
+    let uploaded = match &inner.telemetry {
+        Some(t) => t.shutdown(left()),
+        None => Ok(()),
+    };
+    written.and(stopped).and(uploaded).and(validated)
 }
 
 /// The task description sent to the oracle: the artifact metadata's `description`, else
@@ -795,10 +839,8 @@ mod tests {
         install(dir.path(), RULES, Default::default());
         let rt = runtime(dir.path()).unwrap();
         let a = rt.execute(&json!({"text": "a prize"})).unwrap();
-        assert_eq!(
-            (a.status, a.version, a.sampled),
-            (ExecutionStatus::Success, 1, false)
-        );
+        // (`sampled` depends on the default 5% random sampling: see the sampler's tests.)
+        assert_eq!((a.status, a.version), (ExecutionStatus::Success, 1));
         let b = rt.execute(&json!({"text": "hello"})).unwrap();
         assert_eq!(b.status, ExecutionStatus::Abstain);
         assert_eq!(b.output, "ham");

@@ -609,6 +609,11 @@ impl Validator {
         }
     }
 
+    /// Whether there are workers (an oracle): only then is there anything to flush.
+    pub(crate) fn has_workers(&self) -> bool {
+        self.pool.is_some()
+    }
+
     /// Whether `execute` should ask the oracle when the program abstains.
     #[inline]
     pub(crate) fn fallback(&self) -> bool {

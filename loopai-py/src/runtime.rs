@@ -338,8 +338,9 @@ impl PyRuntime {
     }
 
     /// The runtime's state for health checks: ``status`` (``"ok"`` or ``"degraded"``),
-    /// ``task``, ``active_version``, execution-log counters under ``dataset`` and
-    /// ``validation_metrics()`` under ``validation``.
+    /// ``task``, ``active_version``, execution-log counters under ``dataset``, telemetry
+    /// counters under ``telemetry`` (``None`` when telemetry is off; see
+    /// ``docs/telemetry.md``) and ``validation_metrics()`` under ``validation``.
     fn health<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let health = self.rt().health();
         let value = serde_json::to_value(&health)

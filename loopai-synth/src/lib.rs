@@ -10,9 +10,12 @@
 //!
 //! * **rule** — keyword and phrase rules mined per class by sequential covering (each with
 //!   high precision on the examples), then a default class. Readable and tiny.
-//! * **ml** — linear models over hashed word 1–2-grams and character 1–5-grams (over the
-//!   first 1 KiB of the text, punctuation included; `log1p` counts, L2-normalised): L2-regularised logistic regression (sigmoid for
-//!   two labels, softmax otherwise) trained by seeded SGD with the regularisation chosen by
+//! * **ml** — linear models over three feature sets: hashed word 1–2-grams with character
+//!   1–5-grams, the same with character 1–3-grams (faster), and word 1–2-grams alone
+//!   (character n-grams read the first 1 KiB of the text, punctuation included; `log1p`
+//!   counts, L2-normalised; each hash table sized to hold the distinct n-grams of the
+//!   examples at most half full). Each is learnt by L2-regularised logistic regression
+//!   (sigmoid for two labels, softmax otherwise) trained by seeded SGD with the regularisation chosen by
 //!   cross-validation, and multinomial naive Bayes. Confidence is calibrated by a
 //!   temperature fitted on out-of-fold predictions; with two labels the decision threshold
 //!   is moved to where the out-of-fold accuracy is highest.

@@ -618,48 +618,52 @@ impl Ctx<'_> {
         (0..self.y.len()).collect()
     }
 
-    /// The feature sets tried by the ML strategy.
+    /// The feature sets tried by the ML strategy, richest first: word 1–2-grams with
+    /// character 1–5-grams, with character 1–3-grams (about 40% fewer n-grams to hash at
+    /// run time), and word n-grams alone. Character n-grams read the head of each view.
     fn feature_sets(&self) -> Vec<FeatureConfig> {
-        // Hash table sizes from the number of n-grams in the data (an upper bound of the
-        // distinct ones): enough buckets to keep collisions rare, no more.
-        let mut word_em = 0u64;
-        let mut char_em = 0u64;
-        let mut tokens = Vec::new();
-        for views in &self.views {
-            for v in views {
-                crate::features::tokenize(v, &mut tokens);
-                word_em += 2 * tokens.len() as u64;
-                char_em += 5 * v.len().min(crate::features::HEAD_BYTES) as u64;
-            }
-        }
-        let bits = |em: u64, max: u32| (64 - em.max(1).leading_zeros()).clamp(10, max);
-        let words = NgramSpec {
+        // Hash table sizes from the number of distinct n-grams in the training data: at
+        // most half full, so collisions stay rare, and no larger — a smaller table is a
+        // smaller program and fewer cache misses at run time.
+        let size = |ng: &NgramSpec| {
+            let views = self.views.iter().flatten().map(String::as_str);
+            let distinct = crate::features::distinct_ngrams(ng, views) as u64;
+            (64 - (2 * distinct.max(1) - 1).leading_zeros()).clamp(10, 18)
+        };
+        let mut words = NgramSpec {
             words: true,
             n_min: 1,
             n_max: 2,
-            bits: bits(word_em, 18),
+            bits: 18,
             seed: 0,
             log1p: true,
             l2: true,
             within_words: false,
             head: false,
         };
-        let chars = NgramSpec {
-            words: false,
-            n_min: 1,
-            n_max: 5,
-            bits: bits(char_em, 18),
-            seed: 1,
-            log1p: true,
-            l2: true,
-            within_words: false,
-            head: true,
-        };
-        let mut a = self.base.clone();
-        a.ngrams = vec![words.clone(), chars];
-        let mut b = self.base.clone();
-        b.ngrams = vec![words];
-        vec![a, b]
+        words.bits = size(&words);
+        let mut sets = Vec::new();
+        for n_max in [5, 3] {
+            let mut chars = NgramSpec {
+                words: false,
+                n_min: 1,
+                n_max,
+                bits: 18,
+                seed: 1,
+                log1p: true,
+                l2: true,
+                within_words: false,
+                head: true,
+            };
+            chars.bits = size(&chars);
+            let mut config = self.base.clone();
+            config.ngrams = vec![words.clone(), chars];
+            sets.push(config);
+        }
+        let mut config = self.base.clone();
+        config.ngrams = vec![words];
+        sets.push(config);
+        sets
     }
 
     fn ml_candidates(&self) -> Result<Vec<MlCand>> {

@@ -22,4 +22,4 @@ pub use record::{
 };
 pub use retention::{apply_retention, RetentionPolicy, RetentionReport};
 pub use writer::DatasetMetrics;
-pub(crate) use writer::{DatasetWriter, WriterOptions};
+pub(crate) use writer::{DatasetWriter, RecordObserver, WriterOptions};

@@ -41,7 +41,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// Pause between batches while records keep arriving (`buffered` mode).
 const BUSY_NAP: Duration = Duration::from_millis(1);
 
-/// Sees every record the writer thread writes, on that thread: the daily analytics.
+/// Sees every record the writer thread writes, on that thread: the daily analytics and the
+/// telemetry queue.
 pub(crate) trait RecordObserver: Send {
     fn execution(&mut self, record: &ExecutionRecord);
     fn validation(&mut self, record: &ValidationRecord);
@@ -161,14 +162,14 @@ impl DatasetWriter {
         task: &str,
         options: WriterOptions,
         clock: Arc<dyn Clock>,
-        observer: Option<Box<dyn RecordObserver>>,
+        observers: Vec<Box<dyn RecordObserver>>,
     ) -> Result<DatasetWriter> {
         create_dir_all_durable(&layout.executions_dir())?;
         create_dir_all_durable(&layout.validations_dir())?;
         let (tx, rx) = bounded(options.queue_capacity.max(1));
         let (exited_tx, exited) = bounded(1);
         let shared = Arc::new(Shared::default());
-        let mut state = WriterState::new(layout, options.durable, clock, observer, shared.clone());
+        let mut state = WriterState::new(layout, options.durable, clock, observers, shared.clone());
         let handle = std::thread::Builder::new()
             .name(format!("loopai-dataset-{task}"))
             .spawn(move || {
@@ -411,7 +412,7 @@ struct WriterState {
     pending_bytes: usize,
     /// Sequence number of the last record serialized.
     seq: u64,
-    observer: Option<Box<dyn RecordObserver>>,
+    observers: Vec<Box<dyn RecordObserver>>,
     last_sync: Instant,
     retry_at: Option<Instant>,
     backoff: Duration,
@@ -422,11 +423,11 @@ impl WriterState {
         layout: DatasetLayout,
         durable: bool,
         clock: Arc<dyn Clock>,
-        observer: Option<Box<dyn RecordObserver>>,
+        observers: Vec<Box<dyn RecordObserver>>,
         shared: Arc<Shared>,
     ) -> WriterState {
         WriterState {
-            observer,
+            observers,
             layout,
             durable,
             clock,
@@ -480,13 +481,13 @@ impl WriterState {
             for msg in batch.drain(..) {
                 match msg {
                     Msg::Execution(r) => {
-                        if let Some(o) = &mut self.observer {
+                        for o in &mut self.observers {
                             o.execution(&r);
                         }
                         self.append(Kind::Executions, r.timestamp.day(), &r);
                     }
                     Msg::Validation(r) => {
-                        if let Some(o) = &mut self.observer {
+                        for o in &mut self.observers {
                             o.validation(&r);
                         }
                         self.append(Kind::Validations, r.validated_at.day(), &r);
@@ -504,7 +505,7 @@ impl WriterState {
                 || self.last_sync.elapsed() >= BUFFERED_SYNC_INTERVAL;
             let result = self.commit(must_sync);
             let now = self.now();
-            if let Some(o) = &mut self.observer {
+            for o in &mut self.observers {
                 o.tick(now);
                 if !flushes.is_empty() {
                     o.persist(now);
@@ -515,7 +516,7 @@ impl WriterState {
             }
         }
         let now = self.now();
-        if let Some(o) = &mut self.observer {
+        for o in &mut self.observers {
             o.finish(now);
         }
         self.files.clear();
@@ -855,7 +856,7 @@ mod tests {
             "spam",
             options,
             clock,
-            Some(Box::new(obs)),
+            vec![Box::new(obs)],
         )
         .unwrap()
     }

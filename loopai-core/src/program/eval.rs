@@ -17,6 +17,8 @@ struct Scratch {
     tmp: String,
     pad: String,
     table: Vec<u32>,
+    /// Dense position map for [`dedupe_dense`]: all zeros between calls.
+    slots: Vec<u16>,
     tokens: Vec<(u32, u32)>,
     offsets: Vec<u32>,
     sparse: Vec<Vec<(u32, f32)>>,
@@ -188,6 +190,7 @@ fn run(plan: &Plan, texts: &[&str], numbers: &[f64], s: &mut Scratch) -> Outcome
                     &mut s.offsets,
                     &mut s.pad,
                     &mut s.table,
+                    &mut s.slots,
                     out,
                 );
                 if sp.words || sp.within_words {
@@ -414,17 +417,49 @@ fn dedupe(out: &mut Vec<(u32, f32)>, table: &mut Vec<u32>) {
     out.truncate(w);
 }
 
-/// `ln(1 + count)` for the (integer) occurrence counts of n-grams: small counts come from
-/// a table filled with the same `libm::log1p`, so results are identical.
+/// Largest feature dimension deduplicated with a dense position map (2 bytes per index,
+/// per thread: 512 KiB at most); larger ones, and inputs with 65 535 n-grams or more, use
+/// the hash table of [`dedupe`].
+const DENSE_DEDUPE_MAX_DIM: usize = 1 << 18;
+
+/// Same result as [`dedupe`] (first-appearance order, values summed in input order), with
+/// a dense map from index to position: no hashing, no probing, no data-dependent branch.
+/// `slots` is all zeros on entry and on return; `out` has fewer than 65 535 entries.
+fn dedupe_dense(out: &mut Vec<(u32, f32)>, slots: &mut Vec<u16>, dim: usize) {
+    if out.len() < 2 {
+        return;
+    }
+    if slots.len() < dim {
+        slots.resize(dim, 0);
+    }
+    let mut w = 0usize;
+    for r in 0..out.len() {
+        let (idx, v) = out[r];
+        let slot = &mut slots[idx as usize];
+        let seen = *slot as usize;
+        let new = seen == 0;
+        // `w <= r`: writing `out[w]` never clobbers an entry still to be read.
+        let pos = if new { w } else { seen - 1 };
+        let sum = if new { v } else { out[pos].1 + v };
+        out[pos] = (idx, sum);
+        *slot = (pos + 1) as u16;
+        w += usize::from(new);
+    }
+    out.truncate(w);
+    for &(idx, _) in out.iter() {
+        slots[idx as usize] = 0;
+    }
+}
+
+/// `ln(1 + count)` for the occurrence count of an n-gram: small counts come from a table
+/// filled with the same `libm::log1p`, so results are identical.
 #[inline]
-fn log1p_count(count: f32) -> f32 {
+fn log1p_count(count: u32) -> f32 {
     static TABLE: std::sync::LazyLock<[f32; 256]> =
         std::sync::LazyLock::new(|| std::array::from_fn(|c| libm::log1p(c as f64) as f32));
-    let c = count as usize;
-    if c as f32 == count && c < 256 {
-        TABLE[c]
-    } else {
-        libm::log1p(f64::from(count)) as f32
+    match TABLE.get(count as usize) {
+        Some(&v) => v,
+        None => libm::log1p(f64::from(count)) as f32,
     }
 }
 
@@ -437,6 +472,7 @@ fn sparse_features(
     offsets: &mut Vec<u32>,
     pad: &mut String,
     table: &mut Vec<u32>,
+    slots: &mut Vec<u16>,
     out: &mut Vec<(u32, f32)>,
 ) {
     out.clear();
@@ -476,11 +512,17 @@ fn sparse_features(
     if sp.weighting == Weighting::Count && !sp.l2 {
         return;
     }
-    dedupe(out, table);
+    if sp.dim <= DENSE_DEDUPE_MAX_DIM && out.len() < usize::from(u16::MAX) {
+        dedupe_dense(out, slots, sp.dim);
+    } else {
+        dedupe(out, table);
+    }
     match sp.weighting {
         Weighting::Count => {}
         Weighting::Binary => out.iter_mut().for_each(|e| e.1 = 1.0),
-        Weighting::Log1p => out.iter_mut().for_each(|e| e.1 = log1p_count(e.1)),
+        // Every n-gram is emitted with value 1, so the merged values are exact counts
+        // (f32 is exact up to 2^24, more n-grams than an input can have).
+        Weighting::Log1p => out.iter_mut().for_each(|e| e.1 = log1p_count(e.1 as u32)),
     }
     if sp.l2 {
         let norm: f64 = out.iter().map(|e| f64::from(e.1) * f64::from(e.1)).sum();
@@ -756,6 +798,40 @@ fn cond(c: &CondPlan, ctx: &Ctx<'_>) -> bool {
                 Cmp::Eq => v == *value,
                 Cmp::Ne => v != *value,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dense_and_hashed_dedupe_agree_bit_for_bit() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let (mut table, mut slots) = (Vec::new(), Vec::new());
+        for round in 0..500 {
+            let dim = 1usize << rng.u32(1..12);
+            let n = rng.usize(0..400);
+            let input: Vec<(u32, f32)> = (0..n)
+                .map(|_| (rng.u32(..dim as u32), rng.f32() * 4.0))
+                .collect();
+            let mut hashed = input.clone();
+            dedupe(&mut hashed, &mut table);
+            let mut dense = input.clone();
+            dedupe_dense(&mut dense, &mut slots, dim);
+            assert_eq!(
+                hashed
+                    .iter()
+                    .map(|e| (e.0, e.1.to_bits()))
+                    .collect::<Vec<_>>(),
+                dense
+                    .iter()
+                    .map(|e| (e.0, e.1.to_bits()))
+                    .collect::<Vec<_>>(),
+                "round {round}"
+            );
+            assert!(slots.iter().all(|&s| s == 0), "slots left dirty");
         }
     }
 }
