@@ -507,6 +507,9 @@ struct Pool {
     handles: Mutex<Vec<JoinHandle<()>>>,
     exited: Receiver<()>,
     exits_seen: Mutex<usize>,
+    /// Held while a flush sends its barriers, so that concurrent flushes do not interleave
+    /// them (two half-complete barriers would each hold a worker until their deadline).
+    flush_send: Mutex<()>,
     workers: usize,
 }
 
@@ -688,6 +691,10 @@ impl Validator {
                 "flush: sampled executions still being validated against the oracle at the deadline",
             )
         };
+        let sending = pool
+            .flush_send
+            .try_lock_until(deadline)
+            .ok_or_else(timeout)?;
         for _ in 0..pool.workers {
             pool.tx
                 .send_deadline(Msg::Barrier(barrier.clone()), deadline)
@@ -698,6 +705,7 @@ impl Validator {
                     }
                 })?;
         }
+        drop(sending);
         if barrier.wait() {
             Ok(())
         } else {
@@ -860,6 +868,7 @@ impl Pool {
             handles: Mutex::new(handles),
             exited,
             exits_seen: Mutex::new(0),
+            flush_send: Mutex::new(()),
             workers,
         })
     }
@@ -1224,6 +1233,29 @@ mod tests {
         assert_eq!(lines(dir.path(), "validations").len(), 2);
         // Every execution is still logged.
         assert_eq!(lines(dir.path(), "executions").len(), 5);
+    }
+
+    #[test]
+    fn concurrent_flushes_complete_and_validate_every_sample() {
+        let dir = tempfile::tempdir().unwrap();
+        let oracle = FnOracle::shared(|_| {
+            std::thread::sleep(Duration::from_micros(200));
+            Ok(OracleAnswer::new(json!("spam")))
+        });
+        let yaml = format!("{SAMPLE_ALL}validation:\n  workers: 2\n");
+        let rt = runtime(dir.path(), &yaml, Some(oracle)).unwrap();
+        // Interleaved barriers of two flushes would each hold a worker until the deadline.
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..25 {
+                        rt.execute(&json!({"text": "prize"})).unwrap();
+                        rt.flush(FLUSH).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(rt.validation_metrics().validated, 200);
     }
 
     #[test]
