@@ -515,3 +515,70 @@ fn builder_and_bind_errors_are_reported_not_panicked() {
     // A second shutdown is a no-op.
     first.shutdown(SHUTDOWN).unwrap();
 }
+
+/// The runtime's own telemetry uploader (loopai-core) against the collector: its gzip
+/// batches are accepted with a deployment key and stored as one line each.
+#[test]
+fn the_runtime_uploader_delivers_its_batches_to_the_collector() {
+    use loopai_core::{ArtifactStore, DeploymentConfig, NewArtifact, Runtime};
+
+    let cloud_dir = tempfile::tempdir().unwrap();
+    let mut server = builder(cloud_dir.path())
+        .api_keys(keys())
+        .build()
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let data_dir = tempfile::tempdir().unwrap();
+    let program =
+        fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/spam/program.json"))
+            .unwrap();
+    ArtifactStore::open(data_dir.path(), "spam")
+        .unwrap()
+        .install(&program, NewArtifact::default(), true)
+        .unwrap();
+    let yaml = format!(
+        "cloud:\n  api_url: {}\n  api_key: {DEPLOYMENT_KEY}\nruntime:\n  deployment_id: edge-1\n\
+         telemetry:\n  privacy_mode: strict\n",
+        server.url()
+    );
+    let runtime = Runtime::builder()
+        .data_dir(data_dir.path())
+        .task("spam")
+        .config(DeploymentConfig::from_yaml_str(&yaml, "test").unwrap())
+        .build()
+        .unwrap();
+    for text in ["WIN a FREE prize", "see you at lunch", "call now to claim"] {
+        runtime.execute(&json!({ "text": text })).unwrap();
+    }
+    runtime.flush(Duration::from_secs(30)).unwrap();
+    runtime.shutdown(Duration::from_secs(30)).unwrap();
+    server.shutdown(SHUTDOWN).unwrap();
+
+    let batches = stored(cloud_dir.path(), "spam");
+    assert!(!batches.is_empty());
+    let executions: u64 = batches
+        .iter()
+        .map(|b| {
+            assert_eq!(b["format"], "loopai.telemetry/1", "{b}");
+            assert_eq!(b["deployment_id"], "edge-1");
+            assert_eq!(b["privacy_mode"], "strict");
+            b["metrics"]["executions"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(executions, 3);
+    // Restarted, the collector still knows these batches: a re-send is a duplicate.
+    let mut server = builder(cloud_dir.path())
+        .api_keys(keys())
+        .build()
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let r = post_raw(
+        &server,
+        batches[0].to_string().as_bytes(),
+        &[("Authorization", &format!("Bearer {DEPLOYMENT_KEY}"))],
+    );
+    assert_status(&r, 200, "duplicate");
+    server.shutdown(SHUTDOWN).unwrap();
+}
