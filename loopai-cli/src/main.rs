@@ -1,7 +1,9 @@
 //! `loopai`: check, install, activate and execute Loopai programs from the command line.
 
 mod artifacts;
+mod cloud;
 mod exec;
+mod logger;
 mod program;
 mod stats;
 mod synth;
@@ -46,6 +48,9 @@ enum Command {
     Synth(synth::SynthArgs),
     /// Score the active program on labelled test examples (exactly as `exec` runs it).
     Eval(synth::EvalArgs),
+    /// Run the reference cloud server (the telemetry collector).
+    #[command(subcommand)]
+    Cloud(cloud::CloudCommand),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +62,7 @@ fn main() -> ExitCode {
         Command::Stats(args) => stats::run(args),
         Command::Synth(args) => synth::synth(args),
         Command::Eval(args) => synth::eval(args),
+        Command::Cloud(cmd) => cloud::run(cmd),
     };
     match result {
         Ok(code) => code,
