@@ -171,13 +171,7 @@ fn objective(
     let mut z = vec![0.0f64; width];
     let mut loss = 0.0;
     for &r in rows {
-        z.copy_from_slice(bias);
-        for &(i, v) in &xs[r] {
-            let row = &w[i as usize * width..i as usize * width + width];
-            for (zc, wc) in z.iter_mut().zip(row) {
-                *zc += wc * f64::from(v);
-            }
-        }
+        scores(&xs[r], w, 1.0, bias, &mut z);
         loss += if width == 1 {
             // log(1 + e^-m) for the margin m of the true class, computed stably.
             let m = if y[r] == 1 { z[0] } else { -z[0] };
@@ -198,6 +192,18 @@ fn objective(
         loss
     } else {
         f64::INFINITY
+    }
+}
+
+/// `z = bias + scale * (x . w)`, one score per column of the row-major `w`.
+fn scores(x: &SparseVec, w: &[f64], scale: f64, bias: &[f64], z: &mut [f64]) {
+    let width = z.len();
+    z.copy_from_slice(bias);
+    for &(i, v) in x {
+        let row = &w[i as usize * width..i as usize * width + width];
+        for (zc, wc) in z.iter_mut().zip(row) {
+            *zc += wc * scale * f64::from(v);
+        }
     }
 }
 
@@ -229,13 +235,7 @@ fn sgd(
             let x = &xs[r];
             let eta = eta0 / (1.0 + eta0 * p.lambda * t);
             t += 1.0;
-            z.copy_from_slice(&bias);
-            for &(i, v) in x {
-                let row = &w[i as usize * width..i as usize * width + width];
-                for (zc, wc) in z.iter_mut().zip(row) {
-                    *zc += wc * scale * f64::from(v);
-                }
-            }
+            scores(x, &w, scale, &bias, &mut z);
             if width == 1 {
                 let p1 = 1.0 / (1.0 + (-z[0]).exp());
                 g[0] = p1 - if y[r] == 1 { 1.0 } else { 0.0 };
