@@ -78,6 +78,7 @@
 //! (extraction tasks are not supported yet).
 
 mod features;
+mod improve;
 mod linear;
 mod metrics;
 mod rng;
@@ -85,6 +86,9 @@ mod rules;
 mod spec;
 mod synth;
 
+pub use improve::{
+    improve, load_spec, oracle_labels, save_spec, spec_path, Improvement, OracleLabels, SPEC_FILE,
+};
 pub use metrics::{percentile, score, ClassMetrics, Confusion, EvalReport};
 pub use spec::{Example, TaskSpec};
 pub use synth::{

@@ -1101,8 +1101,9 @@ where
 
 /// Synthesizes a program for `spec` and installs it in the artifact cache of `data_dir` as
 /// the task's next version (activated when `activate`), recording the spec's input and
-/// output schemas in the metadata so the runtime enforces them. Returns the synthesis and
-/// the installed artifact's metadata.
+/// output schemas in the metadata so the runtime enforces them, and the spec itself in
+/// `<data_dir>/artifacts/<task>/spec.json` ([`save_spec`](crate::save_spec)). Returns the
+/// synthesis and the installed artifact's metadata.
 pub fn synthesize_and_install(
     spec: &TaskSpec,
     options: &SynthOptions,
@@ -1123,5 +1124,7 @@ pub fn synthesize_and_install(
         meta,
         activate,
     )?;
+    // Kept for `improve`, which learns again from it plus the oracle's answers.
+    crate::save_spec(data_dir, spec)?;
     Ok((synthesis, installed))
 }

@@ -456,3 +456,102 @@ fn peer_fixtures_score_beside_the_published_figures() {
         );
     }
 }
+
+#[test]
+fn improve_learns_the_oracles_answers_from_the_local_dataset() {
+    use loopai_core::{DeploymentConfig, FnOracle, OracleAnswer, Runtime};
+    use std::time::Duration;
+
+    // The spec only knows "apple" and "banana"; live traffic says "apricot" and
+    // "blueberry", which the oracle (the reference labeller) knows.
+    let mut g = Gen(11);
+    let spec_classes: &[(&str, &[&str])] = &[("fruit_a", &["apple"]), ("fruit_b", &["banana"])];
+    let live_classes: &[(&str, &[&str])] =
+        &[("fruit_a", &["apricot"]), ("fruit_b", &["blueberry"])];
+    let spec = spec_of(
+        "drift",
+        &["fruit_a", "fruit_b"],
+        generate(&mut g, spec_classes, &[1, 1], 120, 1.0),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    loopai_synth::synthesize_and_install(&spec, &SynthOptions::default(), dir.path(), true)
+        .unwrap();
+    assert_eq!(loopai_synth::load_spec(dir.path(), "drift").unwrap(), spec);
+
+    let oracle = FnOracle::shared(|req| {
+        let text = req.input["text"].as_str().unwrap_or("");
+        let label = if text.contains("apricot") || text.contains("apple") {
+            "fruit_a"
+        } else {
+            "fruit_b"
+        };
+        Ok(OracleAnswer::new(json!(label)))
+    });
+    let config = DeploymentConfig::from_yaml_str(
+        "sampling:\n  strategy: random\n  rate: 1\nvalidation:\n  queue_capacity: 1000\n",
+        "test",
+    )
+    .unwrap();
+    let rt = Runtime::builder()
+        .data_dir(dir.path())
+        .task("drift")
+        .config(config)
+        .oracle(oracle)
+        .build()
+        .unwrap();
+    let live = generate(&mut g, live_classes, &[1, 1], 200, 1.0);
+    for ex in &live {
+        rt.execute(&ex.input).unwrap();
+    }
+    rt.shutdown(Duration::from_secs(30)).unwrap();
+
+    let improvement = loopai_synth::improve(dir.path(), "drift", &SynthOptions::default()).unwrap();
+    let labels = &improvement.labels;
+    assert_eq!(labels.validations, 200);
+    assert!(labels.examples.len() > 150, "{}", labels.examples.len());
+    for ex in &labels.examples {
+        let text = ex.input["text"].as_str().unwrap();
+        let want = if text.contains("apricot") {
+            "fruit_a"
+        } else {
+            "fruit_b"
+        };
+        assert_eq!(ex.output, want, "{text}");
+    }
+    assert_eq!(improvement.previous_version, Some(1));
+    assert_eq!(improvement.installed.version, 2);
+    let before = improvement.previous_accuracy.unwrap();
+    assert!(before < 0.8, "v1 should not know the live words: {before}");
+    assert!(
+        improvement.new_accuracy > 0.95,
+        "{}",
+        improvement.new_accuracy
+    );
+    // Installed as a candidate: v1 stays active until a rollout or an activation.
+    let store = loopai_core::ArtifactStore::open(dir.path(), "drift").unwrap();
+    assert_eq!(store.load_active().unwrap().unwrap().metadata.version, 1);
+}
+
+#[test]
+fn improve_without_a_spec_or_oracle_answers_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = loopai_synth::improve(dir.path(), "none", &SynthOptions::default()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("no stored specification"), "{err}");
+
+    let mut g = Gen(12);
+    let classes: &[(&str, &[&str])] = &[("a", &["alpha"]), ("b", &["beta"])];
+    let spec = spec_of(
+        "quiet",
+        &["a", "b"],
+        generate(&mut g, classes, &[1, 1], 40, 1.0),
+    );
+    loopai_synth::synthesize_and_install(&spec, &SynthOptions::default(), dir.path(), true)
+        .unwrap();
+    let err = loopai_synth::improve(dir.path(), "quiet", &SynthOptions::default()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(
+        err.to_string().contains("no oracle-labelled execution"),
+        "{err}"
+    );
+}
