@@ -85,12 +85,14 @@
 mod auth;
 mod error;
 mod http;
+mod improvement;
 mod server;
 mod telemetry;
 mod telemetry_store;
 
 pub use auth::{ApiKeys, Principal, Role, MAX_KEY_BYTES, MIN_KEY_BYTES};
 pub use error::{Error, ErrorKind, Result};
+pub use improvement::{ImprovementAction, ImprovementConfig, ImprovementEngine, PublishFn};
 pub use server::{
     CloudServer, CloudServerBuilder, ServerHandle, DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
     DEFAULT_PORT, DEFAULT_SHUTDOWN_TIMEOUT, DROP_SHUTDOWN_TIMEOUT,

@@ -1,0 +1,557 @@
+//! The improvement engine: watches the validations deployments report, and when a task's
+//! program fails the oracle too often, learns a new program from the task's specification
+//! plus the failing cases the oracle labelled, and publishes it.
+//!
+//! Inputs, all under the server's directory `D`:
+//!
+//! * `D/telemetry/<task>/*.jsonl` — the stored telemetry batches (`loopai.telemetry/1`):
+//!   `sampled_validations` say, per program version, whether the program matched the
+//!   oracle, and with the oracle's answer (balanced and permissive modes);
+//!   `execution_summaries` carry the inputs of sampled executions (PII redacted);
+//! * `D/specs/<task>.json` — the task's specification (a `TaskSpecification` with its
+//!   examples), placed by the operator or uploaded by a publisher.
+//!
+//! State and output:
+//!
+//! * `D/improvement/<task>.json` — the attempts so far (atomically rewritten);
+//! * `D/escalations.jsonl` — one JSON line per escalation: after
+//!   [`ImprovementConfig::max_attempts`] consecutive unsuccessful improvements the engine
+//!   writes the failing examples there for a human and stops regenerating the task until
+//!   its specification changes (its sha256 differs from the one escalated).
+//!
+//! An **attempt** is started for the newest version that has at least
+//! [`ImprovementConfig::min_samples`] validations with a failure rate (mismatches over
+//! validations) above [`ImprovementConfig::failure_threshold`]. It is **unsuccessful**
+//! when the regenerated program's cross-validated accuracy does not reach
+//! `1 - failure_threshold` (nothing is published), or when the version it published
+//! later crosses the threshold itself; it is successful when that version gathers
+//! `min_samples` validations under the threshold.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use loopai_core::{ArtifactStore, NewArtifact, TelemetryBatch};
+use loopai_synth::{Example, SynthOptions, TaskSpec};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Settings of the [`ImprovementEngine`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ImprovementConfig {
+    /// Failure rate above which a version is improved (the design's
+    /// `improvement.failure_threshold`, default 0.15).
+    pub failure_threshold: f64,
+    /// Validations a version needs before its failure rate is trusted (default 100).
+    pub min_samples: u64,
+    /// Consecutive unsuccessful attempts before escalating to a human (default 3).
+    pub max_attempts: u32,
+    /// Seed of the synthesis (default 0).
+    pub seed: u64,
+}
+
+impl Default for ImprovementConfig {
+    fn default() -> Self {
+        ImprovementConfig {
+            failure_threshold: 0.15,
+            min_samples: 100,
+            max_attempts: 3,
+            seed: 0,
+        }
+    }
+}
+
+impl ImprovementConfig {
+    /// Sets [`failure_threshold`](Self::failure_threshold).
+    #[must_use]
+    pub fn with_failure_threshold(mut self, threshold: f64) -> Self {
+        self.failure_threshold = threshold;
+        self
+    }
+
+    /// Sets [`min_samples`](Self::min_samples).
+    #[must_use]
+    pub fn with_min_samples(mut self, n: u64) -> Self {
+        self.min_samples = n;
+        self
+    }
+
+    /// Sets [`max_attempts`](Self::max_attempts).
+    #[must_use]
+    pub fn with_max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(self.failure_threshold > 0.0 && self.failure_threshold < 1.0) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "improvement.failure_threshold: must be between 0 and 1 (exclusive), got {}",
+                    self.failure_threshold
+                ),
+            ));
+        }
+        if self.min_samples == 0 || self.max_attempts == 0 {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "improvement: min_samples and max_attempts must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What one pass of the engine did for a task.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ImprovementAction {
+    /// A new version was learnt and published.
+    Published {
+        /// The task.
+        task: String,
+        /// The failing version.
+        from_version: u32,
+        /// The published version.
+        version: u32,
+        /// The failing version's failure rate.
+        failure_rate: f64,
+        /// Oracle-labelled failing cases added to the spec's examples.
+        oracle_examples: usize,
+        /// The new program's cross-validated accuracy.
+        cv_accuracy: f64,
+    },
+    /// An attempt did not produce a good enough program; nothing was published.
+    Unsuccessful {
+        /// The task.
+        task: String,
+        /// The failing version.
+        from_version: u32,
+        /// Why.
+        reason: String,
+    },
+    /// The task was escalated to a human (see `escalations.jsonl`).
+    Escalated {
+        /// The task.
+        task: String,
+        /// Consecutive unsuccessful attempts.
+        attempts: u32,
+    },
+}
+
+/// One attempt, as kept in `D/improvement/<task>.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Attempt {
+    at: String,
+    from_version: u32,
+    failure_rate: f64,
+    samples: u64,
+    /// The published version, if any.
+    version: Option<u32>,
+    /// `pending` (published, waiting for its validations), `successful`, `unsuccessful`.
+    outcome: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct TaskState {
+    attempts: Vec<Attempt>,
+    /// The spec sha256 escalated; regeneration resumes when the spec changes.
+    #[serde(default)]
+    escalated_spec_sha256: Option<String>,
+}
+
+impl TaskState {
+    fn consecutive_unsuccessful(&self) -> u32 {
+        self.attempts
+            .iter()
+            .rev()
+            .take_while(|a| a.outcome == "unsuccessful")
+            .count() as u32
+    }
+}
+
+/// Per-version validation totals of a task, with the oracle-labelled failing cases.
+#[derive(Debug, Default)]
+struct VersionStats {
+    validations: u64,
+    mismatches: u64,
+    /// Failing cases whose input and oracle answer are known, by execution id.
+    failing: Vec<(uuid::Uuid, Value)>,
+}
+
+/// Publishes a program as the task's next version and notifies deployments; returns the
+/// version. The default installs into `D/artifacts/<task>/` (the repository's layout).
+pub type PublishFn<'a> = dyn Fn(&str, &[u8], NewArtifact) -> Result<u32> + 'a;
+
+/// The improvement engine of a cloud directory. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct ImprovementEngine {
+    dir: PathBuf,
+    config: ImprovementConfig,
+}
+
+impl ImprovementEngine {
+    /// An engine for the server directory `dir`.
+    ///
+    /// Errors: [`ErrorKind::Config`] for an invalid `config`.
+    pub fn new(dir: impl Into<PathBuf>, config: ImprovementConfig) -> Result<ImprovementEngine> {
+        config.validate()?;
+        Ok(ImprovementEngine {
+            dir: dir.into(),
+            config,
+        })
+    }
+
+    /// One pass over every task with telemetry, publishing through `publish`. Tasks
+    /// without a specification are skipped (logged once per pass).
+    pub fn run_once(&self, publish: &PublishFn<'_>) -> Result<Vec<ImprovementAction>> {
+        let mut actions = Vec::new();
+        let root = self.dir.join("telemetry");
+        let entries = match std::fs::read_dir(&root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(actions),
+            Err(e) => return Err(Error::io(root.display(), e)),
+        };
+        let mut tasks: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect();
+        tasks.sort();
+        for task in tasks {
+            match self.improve_task(&task, publish) {
+                Ok(Some(action)) => actions.push(action),
+                Ok(None) => {}
+                Err(e) => log::warn!("improvement: task {task:?}: {e}"),
+            }
+        }
+        Ok(actions)
+    }
+
+    /// Publishes into `D/artifacts/<task>/` with the local artifact store (activated, so
+    /// that the repository lists it as the newest version).
+    pub fn publish_locally(&self, task: &str, program: &[u8], meta: NewArtifact) -> Result<u32> {
+        let store = ArtifactStore::open(&self.dir, task).map_err(from_core)?;
+        let installed = store.install(program, meta, true).map_err(from_core)?;
+        Ok(installed.version)
+    }
+
+    fn improve_task(
+        &self,
+        task: &str,
+        publish: &PublishFn<'_>,
+    ) -> Result<Option<ImprovementAction>> {
+        let spec_path = self.dir.join("specs").join(format!("{task}.json"));
+        if !spec_path.exists() {
+            log::debug!(
+                "improvement: task {task:?} has no {}: skipped",
+                spec_path.display()
+            );
+            return Ok(None);
+        }
+        let spec_bytes =
+            std::fs::read(&spec_path).map_err(|e| Error::io(spec_path.display(), e))?;
+        let spec_sha = hex_sha256(&spec_bytes);
+        let spec = TaskSpec::from_json(&spec_bytes)
+            .map_err(|e| Error::new(ErrorKind::Config, format!("{}: {e}", spec_path.display())))?;
+        let state_path = self.dir.join("improvement").join(format!("{task}.json"));
+        let mut state = read_state(&state_path)?;
+        if state.escalated_spec_sha256.as_deref() == Some(spec_sha.as_str()) {
+            return Ok(None);
+        }
+        if state.escalated_spec_sha256.is_some() {
+            // The specification changed since the escalation: start afresh.
+            log::info!("improvement: task {task:?}: specification updated, resuming");
+            state = TaskState::default();
+        }
+        let stats = self.version_stats(task, &spec)?;
+        let rate = |s: &VersionStats| s.mismatches as f64 / s.validations.max(1) as f64;
+        // Settle the pending attempt, if its version has enough validations.
+        if let Some(last) = state.attempts.last_mut() {
+            if last.outcome == "pending" {
+                if let Some(s) = last.version.and_then(|v| stats.get(&v)) {
+                    if s.validations >= self.config.min_samples {
+                        last.outcome = if rate(s) > self.config.failure_threshold {
+                            "unsuccessful".into()
+                        } else {
+                            "successful".into()
+                        };
+                        write_state(&state_path, &state)?;
+                    }
+                }
+            }
+        }
+        if state.consecutive_unsuccessful() >= self.config.max_attempts {
+            return self.escalate(task, &spec_sha, &mut state, &state_path, &stats);
+        }
+        // The newest version with enough validations over the threshold, not yet tried.
+        let Some((&version, failing)) = stats.iter().rev().find(|(_, s)| {
+            s.validations >= self.config.min_samples && rate(s) > self.config.failure_threshold
+        }) else {
+            return Ok(None);
+        };
+        if state.attempts.iter().any(|a| a.from_version == version)
+            || state
+                .attempts
+                .last()
+                .is_some_and(|a| a.outcome == "pending")
+        {
+            return Ok(None);
+        }
+        let failure_rate = rate(failing);
+        let oracle_examples: Vec<Example> = failing
+            .failing
+            .iter()
+            .map(|(_, example)| Example {
+                input: example["input"].clone(),
+                output: example["output"].clone(),
+            })
+            .collect();
+        let mut grown = spec.clone();
+        grown.examples.extend(oracle_examples.iter().cloned());
+        let options = SynthOptions::default().with_seed(self.config.seed);
+        let mut attempt = Attempt {
+            at: now_rfc3339(),
+            from_version: version,
+            failure_rate,
+            samples: failing.validations,
+            version: None,
+            outcome: "unsuccessful".into(),
+            reason: None,
+        };
+        let action = match loopai_synth::synthesize(&grown, &options) {
+            Ok(synthesis) if synthesis.cv_accuracy >= 1.0 - self.config.failure_threshold => {
+                let mut meta = synthesis.new_artifact();
+                meta.extra
+                    .insert("input_schema".into(), spec.input_schema.clone());
+                meta.extra
+                    .insert("output_schema".into(), spec.output_schema.clone());
+                meta.extra.insert(
+                    "improved_from".into(),
+                    serde_json::json!({"version": version, "failure_rate": failure_rate,
+                        "oracle_examples": oracle_examples.len()}),
+                );
+                let published = publish(task, &synthesis.program_json, meta)?;
+                attempt.version = Some(published);
+                attempt.outcome = "pending".into();
+                log::info!(
+                    "improvement: task {task:?}: v{version} failed {:.1}% of {} validations; published v{published} (cv accuracy {:.4}, {} oracle examples)",
+                    failure_rate * 100.0,
+                    failing.validations,
+                    synthesis.cv_accuracy,
+                    oracle_examples.len()
+                );
+                ImprovementAction::Published {
+                    task: task.to_owned(),
+                    from_version: version,
+                    version: published,
+                    failure_rate,
+                    oracle_examples: oracle_examples.len(),
+                    cv_accuracy: synthesis.cv_accuracy,
+                }
+            }
+            Ok(synthesis) => {
+                let reason = format!(
+                    "cross-validated accuracy {:.4} below {:.4}",
+                    synthesis.cv_accuracy,
+                    1.0 - self.config.failure_threshold
+                );
+                attempt.reason = Some(reason.clone());
+                ImprovementAction::Unsuccessful {
+                    task: task.to_owned(),
+                    from_version: version,
+                    reason,
+                }
+            }
+            Err(e) => {
+                let reason = format!("synthesis failed: {e}");
+                attempt.reason = Some(reason.clone());
+                ImprovementAction::Unsuccessful {
+                    task: task.to_owned(),
+                    from_version: version,
+                    reason,
+                }
+            }
+        };
+        state.attempts.push(attempt);
+        write_state(&state_path, &state)?;
+        if state.consecutive_unsuccessful() >= self.config.max_attempts {
+            return self.escalate(task, &spec_sha, &mut state, &state_path, &stats);
+        }
+        Ok(Some(action))
+    }
+
+    fn escalate(
+        &self,
+        task: &str,
+        spec_sha: &str,
+        state: &mut TaskState,
+        state_path: &Path,
+        stats: &BTreeMap<u32, VersionStats>,
+    ) -> Result<Option<ImprovementAction>> {
+        let attempts = state.consecutive_unsuccessful();
+        let failing: Vec<&Value> = stats
+            .values()
+            .rev()
+            .flat_map(|s| s.failing.iter().map(|(_, e)| e))
+            .take(100)
+            .collect();
+        let record = serde_json::json!({
+            "task_id": task,
+            "escalated_at": now_rfc3339(),
+            "consecutive_unsuccessful_attempts": attempts,
+            "spec_sha256": spec_sha,
+            "attempts": state.attempts,
+            "failing_examples": failing,
+        });
+        let path = self.dir.join("escalations.jsonl");
+        append_line(&path, &record)?;
+        state.escalated_spec_sha256 = Some(spec_sha.to_owned());
+        write_state(state_path, state)?;
+        log::warn!(
+            "improvement: task {task:?} escalated after {attempts} unsuccessful attempts; see {} (regeneration resumes when specs/{task}.json changes)",
+            path.display()
+        );
+        Ok(Some(ImprovementAction::Escalated {
+            task: task.to_owned(),
+            attempts,
+        }))
+    }
+
+    /// Validation totals per program version, from every stored batch of `task`, with the
+    /// failing cases whose input is known and whose oracle answer is one of the labels.
+    fn version_stats(&self, task: &str, spec: &TaskSpec) -> Result<BTreeMap<u32, VersionStats>> {
+        let allowed: Option<Vec<Value>> = spec
+            .output_schema
+            .get("enum")
+            .and_then(Value::as_array)
+            .cloned();
+        let dir = self.dir.join("telemetry").join(task);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| Error::io(dir.display(), e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .collect();
+        files.sort();
+        let mut stats: BTreeMap<u32, VersionStats> = BTreeMap::new();
+        let mut inputs: HashMap<uuid::Uuid, Value> = HashMap::new();
+        let mut answers: Vec<(u32, uuid::Uuid, Value)> = Vec::new();
+        for path in files {
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(path.display(), e))?;
+            for (n, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let batch: TelemetryBatch = match serde_json::from_str(line) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        log::warn!(
+                            "improvement: {}:{}: not a telemetry batch, skipped: {e}",
+                            path.display(),
+                            n + 1
+                        );
+                        continue;
+                    }
+                };
+                for summary in batch.execution_summaries {
+                    if let Some(input) = summary.input.filter(Value::is_object) {
+                        inputs.insert(summary.execution_id, input);
+                    }
+                }
+                for v in batch.sampled_validations {
+                    let s = stats.entry(v.program_version).or_default();
+                    s.validations += 1;
+                    if !v.matched {
+                        s.mismatches += 1;
+                        if let Some(answer) = v.oracle_output {
+                            let ok = allowed.as_ref().is_none_or(|a| a.contains(&answer));
+                            if ok {
+                                answers.push((v.program_version, v.execution_id, answer));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (version, id, answer) in answers {
+            if let Some(input) = inputs.get(&id) {
+                if let Some(s) = stats.get_mut(&version) {
+                    s.failing
+                        .push((id, serde_json::json!({"input": input, "output": answer})));
+                }
+            }
+        }
+        Ok(stats)
+    }
+}
+
+fn from_core(e: loopai_core::Error) -> Error {
+    let kind = match e.kind() {
+        loopai_core::ErrorKind::Io => ErrorKind::Io,
+        loopai_core::ErrorKind::Timeout => ErrorKind::Timeout,
+        loopai_core::ErrorKind::Internal => ErrorKind::Internal,
+        _ => ErrorKind::Config,
+    };
+    Error::new(kind, e.to_string())
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn read_state(path: &Path) -> Result<TaskState> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("{}: not a valid improvement state: {e}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TaskState::default()),
+        Err(e) => Err(Error::io(path.display(), e)),
+    }
+}
+
+fn write_state(path: &Path, state: &TaskState) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+    let bytes = serde_json::to_vec_pretty(state)
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("serializing state: {e}")))?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(tmp.display(), e))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(tmp.display(), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path.display(), e))
+}
+
+fn append_line(path: &Path, value: &Value) -> Result<()> {
+    use std::io::Write;
+    let mut line = serde_json::to_vec(value)
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("serializing: {e}")))?;
+    line.push(b'\n');
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path.display(), e))?;
+    file.write_all(&line)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io(path.display(), e))
+}

@@ -1,0 +1,256 @@
+//! The improvement engine end to end: a deployment's runtime validates against an oracle
+//! that knows words the specification never showed, its telemetry reaches the collector,
+//! and the engine learns and publishes a better version; an unlearnable task is escalated.
+
+use std::path::Path;
+use std::time::Duration;
+
+use loopai_cloud::{CloudServer, ImprovementAction, ImprovementConfig, ImprovementEngine};
+use loopai_core::{ArtifactStore, DeploymentConfig, FnOracle, NewArtifact, OracleAnswer, Runtime};
+use serde_json::{json, Value};
+
+const TASK: &str = "fruit";
+const FILLER: &[&str] = &[
+    "the", "a", "and", "to", "of", "in", "is", "it", "you", "that",
+];
+
+/// Deterministic texts: filler words around one signal word of the class.
+fn texts(signals: &[(&str, &str)], n: usize, seed: u64) -> Vec<(String, String)> {
+    let mut x = seed;
+    let mut next = move || {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) as usize
+    };
+    (0..n)
+        .map(|_| {
+            let (label, signal) = signals[next() % signals.len()];
+            let mut words: Vec<&str> = (0..6 + next() % 6)
+                .map(|_| FILLER[next() % FILLER.len()])
+                .collect();
+            let at = next() % words.len();
+            words.insert(at, signal);
+            (words.join(" "), label.to_owned())
+        })
+        .collect()
+}
+
+fn spec(examples: &[(String, String)]) -> Value {
+    json!({
+        "name": TASK,
+        "description": "Which fruit family a text is about.",
+        "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+        "output_schema": {"type": "string", "enum": ["a", "b"]},
+        "examples": examples.iter().map(|(t, l)| json!({"input": {"text": t}, "output": l})).collect::<Vec<_>>(),
+    })
+}
+
+fn install_from_cloud(cloud: &Path, data: &Path, version: u32) {
+    let dir = cloud.join(format!("artifacts/{TASK}/v{version}"));
+    let program = std::fs::read(dir.join("program.json")).unwrap();
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("metadata.json")).unwrap()).unwrap();
+    let mut new = NewArtifact::default();
+    for key in ["input_schema", "output_schema"] {
+        new.extra.insert(key.into(), meta[key].clone());
+    }
+    ArtifactStore::open(data, TASK)
+        .unwrap()
+        .install(&program, new, true)
+        .unwrap();
+}
+
+#[test]
+fn a_failing_version_is_regenerated_from_the_oracles_answers_and_published() {
+    let cloud = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(cloud.path().join("specs")).unwrap();
+    // The spec knows "apple" and "banana"; live traffic says "apricot" and "blueberry".
+    let spec_examples = texts(&[("a", "apple"), ("b", "banana")], 80, 1);
+    std::fs::write(
+        cloud.path().join(format!("specs/{TASK}.json")),
+        spec(&spec_examples).to_string(),
+    )
+    .unwrap();
+    let engine = ImprovementEngine::new(
+        cloud.path(),
+        ImprovementConfig::default().with_min_samples(50),
+    )
+    .unwrap();
+    let publish =
+        |task: &str, program: &[u8], meta: NewArtifact| engine.publish_locally(task, program, meta);
+    // v1 from the spec alone.
+    let spec_value = spec(&spec_examples);
+    let task_spec = loopai_synth::TaskSpec::from_json(spec_value.to_string().as_bytes()).unwrap();
+    let v1 = loopai_synth::synthesize(&task_spec, &loopai_synth::SynthOptions::default()).unwrap();
+    let mut meta = v1.new_artifact();
+    meta.extra
+        .insert("input_schema".into(), spec_value["input_schema"].clone());
+    meta.extra
+        .insert("output_schema".into(), spec_value["output_schema"].clone());
+    assert_eq!(publish(TASK, &v1.program_json, meta).unwrap(), 1);
+
+    let mut server = CloudServer::builder()
+        .dir(cloud.path())
+        .port(0)
+        .build()
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    install_from_cloud(cloud.path(), data.path(), 1);
+    let oracle = FnOracle::shared(|req| {
+        let text = req.input["text"].as_str().unwrap_or("");
+        let a = text.contains("apple") || text.contains("apricot");
+        Ok(OracleAnswer::new(json!(if a { "a" } else { "b" })))
+    });
+    let yaml = format!(
+        "cloud:\n  api_url: {}\nsampling:\n  strategy: random\n  rate: 1\nvalidation:\n  queue_capacity: 1000\ntelemetry:\n  batch_size: 50\n",
+        server.url()
+    );
+    let run = |version: u32, seed: u64| {
+        let rt = Runtime::builder()
+            .data_dir(data.path())
+            .task(TASK)
+            .config(DeploymentConfig::from_yaml_str(&yaml, "test").unwrap())
+            .oracle(oracle.clone())
+            .build()
+            .unwrap();
+        assert_eq!(rt.active_version(), version);
+        for (text, _) in texts(&[("a", "apricot"), ("b", "blueberry")], 120, seed) {
+            rt.execute(&json!({ "text": text })).unwrap();
+        }
+        rt.flush(Duration::from_secs(60)).unwrap();
+        rt.shutdown(Duration::from_secs(30)).unwrap();
+    };
+    run(1, 2);
+
+    let actions = engine.run_once(&publish).unwrap();
+    let [ImprovementAction::Published {
+        from_version: 1,
+        version: 2,
+        failure_rate,
+        oracle_examples,
+        ..
+    }] = actions.as_slice()
+    else {
+        panic!("expected v2 to be published: {actions:?}");
+    };
+    assert!(*failure_rate > 0.15, "{failure_rate}");
+    assert!(*oracle_examples > 20, "{oracle_examples}");
+    // Nothing more to do while v2 has no validations.
+    assert!(engine.run_once(&publish).unwrap().is_empty());
+
+    // The deployment runs v2: it agrees with the oracle, and the attempt is settled.
+    install_from_cloud(cloud.path(), data.path(), 2);
+    run(2, 3);
+    assert!(engine.run_once(&publish).unwrap().is_empty());
+    let state: Value = serde_json::from_slice(
+        &std::fs::read(cloud.path().join(format!("improvement/{TASK}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["attempts"][0]["outcome"], "successful", "{state}");
+    server.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+/// A stored telemetry line: `n` validations of `version`, every one a mismatch whose oracle
+/// answer is a coin flip (nothing a program can learn).
+fn noisy_batch(version: u32, n: usize, seed: u64) -> String {
+    let cases = texts(&[("a", "kiwi"), ("b", "kiwi")], n, seed);
+    let ids: Vec<String> = (0..n)
+        .map(|i| format!("00000000-0000-4000-8000-{:012x}", seed * 10_000 + i as u64))
+        .collect();
+    let summaries: Vec<Value> = cases
+        .iter()
+        .zip(&ids)
+        .map(|((t, _), id)| {
+            json!({
+        "execution_id": id, "input_hash": "h", "input": {"text": t}, "output": "a",
+        "confidence": 0.9, "latency_ms": 0.01, "status": "success", "sampled": true,
+        "timestamp": "2026-11-25T00:00:00Z"})
+        })
+        .collect();
+    let validations: Vec<Value> = cases
+        .iter()
+        .zip(&ids)
+        .map(|((_, l), id)| {
+            json!({
+        "execution_id": id, "program_version": version, "oracle_output": l,
+        "oracle_latency_ms": 1.0, "oracle_cost": 0.0, "match": false,
+        "similarity_score": 0.0, "comparison_method": "exact",
+        "validated_at": "2026-11-25T00:00:00Z"})
+        })
+        .collect();
+    json!({
+        "format": "loopai.telemetry/1",
+        "batch_id": format!("00000000-0000-4000-9000-{:012x}", seed),
+        "deployment_id": "edge", "task_id": TASK, "program_version": version,
+        "timestamp": "2026-11-25T00:00:00Z", "window_start": "2026-11-25T00:00:00Z",
+        "window_end": "2026-11-25T00:00:00Z", "privacy_mode": "balanced",
+        "metrics": {"executions": n, "by_status": {"success": n, "abstain": 0, "error": 0, "timeout": 0},
+            "latency_ms": null, "mean_confidence": 0.9, "sampled": n, "validations": n,
+            "matches": 0, "match_rate": 0.0, "outputs": {}},
+        "execution_summaries": summaries,
+        "sampled_validations": validations,
+    })
+    .to_string()
+}
+
+#[test]
+fn an_unlearnable_task_is_escalated_once_until_its_spec_changes() {
+    let cloud = tempfile::tempdir().unwrap();
+    for dir in ["specs", "telemetry/fruit"] {
+        std::fs::create_dir_all(cloud.path().join(dir)).unwrap();
+    }
+    let spec_path = cloud.path().join(format!("specs/{TASK}.json"));
+    std::fs::write(
+        &spec_path,
+        spec(&texts(&[("a", "apple"), ("b", "banana")], 40, 5)).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        cloud.path().join("telemetry/fruit/2026-11-25.jsonl"),
+        format!("{}\n", noisy_batch(1, 200, 7)),
+    )
+    .unwrap();
+    let engine = ImprovementEngine::new(
+        cloud.path(),
+        ImprovementConfig::default()
+            .with_min_samples(100)
+            .with_max_attempts(1),
+    )
+    .unwrap();
+    let published = std::cell::Cell::new(0);
+    let publish = |_: &str, _: &[u8], _: NewArtifact| {
+        published.set(published.get() + 1);
+        Ok(99)
+    };
+    let actions = engine.run_once(&publish).unwrap();
+    assert!(
+        matches!(
+            actions.as_slice(),
+            [ImprovementAction::Escalated { attempts: 1, .. }]
+        ),
+        "{actions:?}"
+    );
+    assert_eq!(
+        published.get(),
+        0,
+        "an unsuccessful attempt publishes nothing"
+    );
+    let escalations = std::fs::read_to_string(cloud.path().join("escalations.jsonl")).unwrap();
+    let record: Value = serde_json::from_str(escalations.lines().next().unwrap()).unwrap();
+    assert_eq!(record["task_id"], TASK);
+    assert!(!record["failing_examples"].as_array().unwrap().is_empty());
+    // Escalated: no more attempts while the spec is unchanged.
+    assert!(engine.run_once(&publish).unwrap().is_empty());
+    assert_eq!(escalations.lines().count(), 1);
+    // A new spec resumes regeneration.
+    std::fs::write(
+        &spec_path,
+        spec(&texts(&[("a", "apple"), ("b", "banana")], 41, 6)).to_string(),
+    )
+    .unwrap();
+    assert!(!engine.run_once(&publish).unwrap().is_empty());
+}
