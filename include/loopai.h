@@ -22,12 +22,51 @@ typedef struct loopai_runtime loopai_runtime_t;
 typedef struct loopai_result loopai_result_t;
 /** An error: a status code and a message. Freed by loopai_error_free. */
 typedef struct loopai_error loopai_error_t;
+/** Where an oracle callback puts its answer; owned by the library, valid during the callback. */
+typedef struct loopai_oracle_reply loopai_oracle_reply_t;
 
 /**
  * A status code: `LOOPAI_OK` (0) on success, one of the negative `LOOPAI_E_*` codes on
  * failure. The codes are stable across releases; new ones may be added.
  */
 typedef int32_t loopai_status_t;
+
+/**
+ * An oracle callback, called with the `user_data` given to
+ * `loopai_runtime_new_with_oracle` and one request: `request_json` points to
+ * `request_len` bytes of UTF-8 JSON (also NUL-terminated), valid during the call only:
+ *
+ * `{"task": "spam", "description": "...", "labels": ["spam", "ham"], "output_schema":
+ * null, "input": {"text": "..."}, "timeout_ms": 10000}`
+ *
+ * On success it calls `loopai_oracle_reply_set(reply, answer_json, len)` with
+ * `{"output": <label or object>, "cost": <number, optional>}` and returns 0. To fail it
+ * returns any other value, optionally after `loopai_oracle_reply_set_error(reply, message,
+ * len)`. Returning 0 without a reply set, a reply that is not such an object, or an output
+ * that is not an allowed label (or, for extraction, an object matching the output schema)
+ * is an oracle error too. Oracle errors are counted in the validation metrics
+ * (`oracle_errors`, `oracle_fallback_failures`); they never fail `loopai_runtime_execute`.
+ *
+ * `reply` is owned by the library and valid only until the callback returns; call the
+ * setters from within the callback (from any thread, one at a time).
+ *
+ * Threading: the callback is called from the runtime's validation threads
+ * (`validation.workers`, default 2) and, with `execution.fallback: oracle`, from the
+ * threads calling `loopai_runtime_execute`, concurrently: it must be thread-safe. It
+ * should answer within `timeout_ms` (a cascade answer arriving later is discarded; the
+ * call cannot be interrupted). It must not call `loopai_runtime_flush`,
+ * `loopai_runtime_shutdown` or `loopai_runtime_free` on its own runtime, and must not
+ * unwind (C++ exceptions, longjmp) out of the call.
+ */
+typedef int32_t (*loopai_oracle_fn)(void *user_data,
+                                    const char *request_json,
+                                    size_t request_len,
+                                    loopai_oracle_reply_t *reply);
+
+/**
+ * Releases the `user_data` of a callback (see `loopai_runtime_new_with_oracle`).
+ */
+typedef void (*loopai_free_fn)(void *user_data);
 
 /**
  * Success.
@@ -103,8 +142,8 @@ const char *loopai_version(void);
 
 /**
  * A short, stable name for a status code: "ok", "invalid_input", "program", "schema",
- * "invalid_output", "artifact", "config", "io", "timeout", "closed", "internal", or
- * "unknown" for any other value.
+ * "invalid_output", "artifact", "config", "io", "timeout", "closed", "internal",
+ * "oracle", or "unknown" for any other value.
  *
  * Returns a static string: never free it. Thread-safe.
  */
@@ -133,6 +172,34 @@ loopai_status_t loopai_runtime_new(const char *data_dir,
                                    const char *config_json,
                                    loopai_runtime_t **out,
                                    loopai_error_t **err);
+
+/**
+ * Creates a runtime as `loopai_runtime_new` does, with `oracle` as its oracle: it
+ * validates sampled executions in the background and, with `execution.fallback: oracle`,
+ * answers when the program abstains. It wins over the configuration's `oracle` section.
+ * See `loopai_oracle_fn` for the callback's contract and docs/oracle.md for the request.
+ *
+ * `user_data` is passed to every call of `oracle` and to `free_user_data`. The runtime
+ * takes charge of it: `free_user_data` (if not NULL) is called exactly once, when the
+ * library will never call `oracle` again: when the last reference to the oracle goes,
+ * normally inside `loopai_runtime_free`, but later (on a validation thread) if a call of
+ * `oracle` was still running when the runtime was freed; and before this function returns
+ * if it fails, whatever the error (a NULL `oracle` included). Until then `user_data` must
+ * stay valid. Without `free_user_data`, keep `user_data` valid until `loopai_runtime_free`
+ * has returned and no call of `oracle` is running any more.
+ *
+ * Errors: those of `loopai_runtime_new`, and LOOPAI_E_CONFIG when `oracle` is NULL.
+ *
+ * Thread-safe.
+ */
+loopai_status_t loopai_runtime_new_with_oracle(const char *data_dir,
+                                               const char *task_id,
+                                               const char *config_json,
+                                               loopai_oracle_fn oracle,
+                                               void *user_data,
+                                               loopai_free_fn free_user_data,
+                                               loopai_runtime_t **out,
+                                               loopai_error_t **err);
 
 /**
  * Executes the task's active program on one input, a JSON object of `input_len` bytes of
@@ -212,7 +279,10 @@ uint32_t loopai_runtime_active_version(const loopai_runtime_t *rt);
 
 /**
  * The runtime's health as a JSON object: `status` ("ok" or "degraded"), `task`,
- * `active_version`, and the execution-log counters under `dataset`.
+ * `active_version`, the execution-log counters under `dataset`, the telemetry counters
+ * under `telemetry` (`null` when telemetry is off: spool depth `spooled_batches`, `sent`,
+ * `retries`, drops, `last_error`; see docs/telemetry.md), and the validation metrics under
+ * `validation` (as `loopai_runtime_validation_metrics_json`).
  *
  * On success `*out_json` receives a new NUL-terminated string owned by the caller, to be
  * freed with `loopai_string_free`. Errors: LOOPAI_E_INVALID_INPUT (NULL argument).
@@ -224,6 +294,27 @@ loopai_status_t loopai_runtime_health_json(const loopai_runtime_t *rt,
                                            loopai_error_t **err);
 
 /**
+ * Validation against the oracle and oracle-fallback counters as a JSON object: `oracle`
+ * (`"in-process"` for a callback, `"http <model> at <endpoint>"`, or `null` when there is
+ * no oracle), `comparison`, `fallback`, `queued`, `validated`, `matched`, `match_rate`
+ * (`null` before the first validation), `skipped_queue_full`, `skipped_no_oracle`,
+ * `skipped_shutdown`, `oracle_errors`, `oracle_fallbacks`, `oracle_fallback_failures`, and
+ * `versions` (per program version, with rolling match rates). See docs/oracle.md.
+ *
+ * The counters are updated as validations finish: call `loopai_runtime_flush` first to
+ * wait for the samples queued so far.
+ *
+ * On success `*out_json` receives a new NUL-terminated string owned by the caller, to be
+ * freed with `loopai_string_free`. Errors: LOOPAI_E_INVALID_INPUT (NULL argument). Works
+ * after `loopai_runtime_shutdown` and, in a child process, after fork().
+ *
+ * Thread-safe.
+ */
+loopai_status_t loopai_runtime_validation_metrics_json(const loopai_runtime_t *rt,
+                                                       char **out_json,
+                                                       loopai_error_t **err);
+
+/**
  * Frees a runtime: shuts it down, waiting at most 5 seconds for its execution log to be
  * flushed, and releases it. NULL is ignored.
  *
@@ -233,8 +324,36 @@ loopai_status_t loopai_runtime_health_json(const loopai_runtime_t *rt,
 void loopai_runtime_free(loopai_runtime_t *rt);
 
 /**
+ * Sets the answer of an oracle callback: `answer_json` points to `len` bytes of UTF-8
+ * JSON (not NUL-terminated), `{"output": <label or object>, "cost": <number, optional>}`,
+ * copied before this returns. A later call replaces the answer.
+ *
+ * Returns LOOPAI_OK, or LOOPAI_E_INVALID_INPUT when `reply` or `answer_json` is NULL, the
+ * length is too large, or the bytes are not UTF-8; then, if the callback still returns 0,
+ * the call counts as an oracle error naming the problem. Only valid during the callback
+ * that received `reply`.
+ */
+loopai_status_t loopai_oracle_reply_set(loopai_oracle_reply_t *reply,
+                                        const char *answer_json,
+                                        size_t len);
+
+/**
+ * Sets the failure message of an oracle callback that is about to return non-zero:
+ * `len` bytes at `message` (not NUL-terminated; invalid UTF-8 is replaced), copied before
+ * this returns. It becomes part of the oracle error that is counted and logged.
+ *
+ * Returns LOOPAI_OK, or LOOPAI_E_INVALID_INPUT when `reply` or `message` is NULL or the
+ * length is too large. Only valid during the callback that received `reply`.
+ */
+loopai_status_t loopai_oracle_reply_set_error(loopai_oracle_reply_t *reply,
+                                              const char *message,
+                                              size_t len);
+
+/**
  * The whole result as a JSON object: `execution_id`, `output`, `confidence`, `scores`,
- * `version`, `latency_ms`, `status` ("success" or "abstain"), `sampled`, `decided_by`.
+ * `version`, `latency_ms`, `status` ("success" or "abstain"), `source` ("program", or
+ * "oracle" when the program abstained and `execution.fallback: oracle` answered),
+ * `sampled`, `decided_by`.
  *
  * The string is owned by `r` and lives until `loopai_result_free(r)`; NULL if `r` is
  * NULL. Thread-safe (a result may be read from several threads).
@@ -285,7 +404,8 @@ void loopai_error_free(loopai_error_t *e);
 
 /**
  * Frees a string returned through a `char **out_json` parameter
- * (`loopai_runtime_execute_batch`, `loopai_runtime_health_json`). NULL is ignored.
+ * (`loopai_runtime_execute_batch`, `loopai_runtime_health_json`,
+ * `loopai_runtime_validation_metrics_json`). NULL is ignored.
  * Never pass it a string returned as `const char *`: those belong to their object.
  */
 void loopai_string_free(char *s);

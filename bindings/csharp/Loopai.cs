@@ -12,9 +12,19 @@
 // SafeHandle is reference-counted across native calls), and later calls throw a
 // LoopaiException with Code == LoopaiStatus.Closed. Every failure is a LoopaiException
 // carrying the stable status code.
+//
+// An oracle (the reference model sampled executions are validated against, and that
+// execution.fallback: oracle asks when the program abstains) can be a managed function:
+//
+//   Func<OracleRequest, OracleAnswer> oracle = req =>
+//       OracleAnswer.Label(req.InputJson.Contains("prize") ? "spam" : "ham");
+//   using (var rt = new LoopaiRuntime("/var/lib/loopai", "spam", null, oracle)) { ... }
 using System;
+using System.Collections.Generic;
+using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text;
+using System.Threading;
 
 namespace Loopai
 {
@@ -55,7 +65,7 @@ namespace Loopai
     /// <summary>The result of one execution. Plain managed data: nothing to dispose.</summary>
     public sealed class LoopaiResult
     {
-        /// <summary>The whole result as JSON (execution_id, output, confidence, scores, version, latency_ms, status, sampled, decided_by).</summary>
+        /// <summary>The whole result as JSON (execution_id, output, confidence, scores, version, latency_ms, status, source, sampled, decided_by).</summary>
         public string Json { get; internal set; }
 
         /// <summary>The output as JSON: a label with its quotes ("\"spam\""), an object, or "null".</summary>
@@ -71,6 +81,242 @@ namespace Loopai
         public string Label
         {
             get { return LoopaiRuntime.DecodeJsonString(OutputJson); }
+        }
+
+        /// <summary>"success", or "abstain" when the program's confidence is below its threshold (and no oracle answered).</summary>
+        public string Status
+        {
+            get { return LoopaiRuntime.DecodeJsonString(JsonText.Member(Json, "status")); }
+        }
+
+        /// <summary>"program", or "oracle" when the program abstained and execution.fallback: oracle answered.</summary>
+        public string Source
+        {
+            get { return LoopaiRuntime.DecodeJsonString(JsonText.Member(Json, "source")); }
+        }
+    }
+
+    /// <summary>
+    /// What the oracle is asked (docs/oracle.md): the task, the allowed answers and one input.
+    /// </summary>
+    public sealed class OracleRequest
+    {
+        /// <summary>The whole request document as JSON.</summary>
+        public string Json { get; private set; }
+
+        /// <summary>The task id.</summary>
+        public string Task { get; private set; }
+
+        /// <summary>The task description (may be empty).</summary>
+        public string Description { get; private set; }
+
+        /// <summary>The allowed labels of a classification (empty for extraction).</summary>
+        public string[] Labels { get; private set; }
+
+        /// <summary>The task's output schema as JSON, or "null".</summary>
+        public string OutputSchemaJson { get; private set; }
+
+        /// <summary>The input object as JSON, exactly as given to Execute.</summary>
+        public string InputJson { get; private set; }
+
+        /// <summary>How long the runtime waits for the answer.</summary>
+        public TimeSpan Timeout { get; private set; }
+
+        internal static OracleRequest Parse(string json)
+        {
+            var members = JsonText.Members(json);
+            if (members == null)
+                throw new FormatException("the oracle request is not a JSON object");
+            return new OracleRequest
+            {
+                Json = json,
+                Task = LoopaiRuntime.DecodeJsonString(Get(members, "task")),
+                Description = LoopaiRuntime.DecodeJsonString(Get(members, "description")),
+                Labels = JsonText.StringArray(Get(members, "labels")),
+                OutputSchemaJson = Get(members, "output_schema"),
+                InputJson = Get(members, "input"),
+                Timeout = TimeSpan.FromMilliseconds(
+                    double.Parse(Get(members, "timeout_ms"), NumberStyles.Float, CultureInfo.InvariantCulture)),
+            };
+        }
+
+        private static string Get(Dictionary<string, string> members, string key)
+        {
+            string value;
+            if (!members.TryGetValue(key, out value))
+                throw new FormatException("the oracle request has no \"" + key + "\"");
+            return value;
+        }
+    }
+
+    /// <summary>An oracle's answer: a label, or a JSON object for extraction tasks.</summary>
+    public sealed class OracleAnswer
+    {
+        /// <summary>The output as JSON.</summary>
+        public string OutputJson { get; private set; }
+
+        /// <summary>What the call cost, in the provider's units (0 if unknown).</summary>
+        public double Cost { get; private set; }
+
+        /// <summary>A label (one of the request's Labels).</summary>
+        public static OracleAnswer Label(string label, double cost = 0)
+        {
+            if (label == null)
+                throw new ArgumentNullException("label");
+            return new OracleAnswer { OutputJson = JsonText.EncodeString(label), Cost = cost };
+        }
+
+        /// <summary>An output given as JSON (for extraction: an object matching the output schema).</summary>
+        public static OracleAnswer FromJson(string outputJson, double cost = 0)
+        {
+            if (outputJson == null)
+                throw new ArgumentNullException("outputJson");
+            return new OracleAnswer { OutputJson = outputJson, Cost = cost };
+        }
+
+        /// <summary>The reply document: {"output": ..., "cost": ...}.</summary>
+        internal string ToReplyJson()
+        {
+            if (double.IsNaN(Cost) || double.IsInfinity(Cost))
+                throw new ArgumentException("cost must be a finite number, got " + Cost);
+            return "{\"output\": " + OutputJson + ", \"cost\": " + Cost.ToString("R", CultureInfo.InvariantCulture) + "}";
+        }
+    }
+
+    /// <summary>A minimal reader of the compact JSON libloopai writes (no dependency).</summary>
+    internal static class JsonText
+    {
+        /// <summary>The raw JSON text of top-level member <paramref name="key"/> of an object, or null.</summary>
+        internal static string Member(string json, string key)
+        {
+            var members = Members(json);
+            string value;
+            return members != null && members.TryGetValue(key, out value) ? value : null;
+        }
+
+        /// <summary>The top-level members of a JSON object (name → raw value text), or null if it is not one.</summary>
+        internal static Dictionary<string, string> Members(string json)
+        {
+            if (json == null)
+                return null;
+            try
+            {
+                int i = SkipSpace(json, 0);
+                if (i >= json.Length || json[i] != '{')
+                    return null;
+                var members = new Dictionary<string, string>();
+                i = SkipSpace(json, i + 1);
+                if (json[i] == '}')
+                    return members;
+                while (true)
+                {
+                    int keyEnd = SkipValue(json, i);
+                    string key = LoopaiRuntime.DecodeJsonString(json.Substring(i, keyEnd - i));
+                    i = SkipSpace(json, keyEnd);
+                    if (key == null || json[i] != ':')
+                        return null;
+                    int start = SkipSpace(json, i + 1);
+                    int end = SkipValue(json, start);
+                    members[key] = json.Substring(start, end - start).TrimEnd();
+                    i = SkipSpace(json, end);
+                    if (json[i] == '}')
+                        return members;
+                    if (json[i] != ',')
+                        return null;
+                    i = SkipSpace(json, i + 1);
+                }
+            }
+            catch (IndexOutOfRangeException)
+            {
+                return null;
+            }
+            catch (ArgumentOutOfRangeException)
+            {
+                return null;
+            }
+        }
+
+        /// <summary>The strings of a JSON array of strings.</summary>
+        internal static string[] StringArray(string json)
+        {
+            var items = new List<string>();
+            int i = SkipSpace(json, 0);
+            if (json[i] != '[')
+                throw new FormatException("expected a JSON array, got " + json);
+            i = SkipSpace(json, i + 1);
+            while (json[i] != ']')
+            {
+                int end = SkipValue(json, i);
+                var item = LoopaiRuntime.DecodeJsonString(json.Substring(i, end - i).TrimEnd());
+                if (item == null)
+                    throw new FormatException("expected an array of strings, got " + json);
+                items.Add(item);
+                i = SkipSpace(json, end);
+                if (json[i] == ',')
+                    i = SkipSpace(json, i + 1);
+            }
+            return items.ToArray();
+        }
+
+        /// <summary>A JSON string literal for <paramref name="s"/>.</summary>
+        internal static string EncodeString(string s)
+        {
+            var sb = new StringBuilder("\"");
+            foreach (char c in s)
+            {
+                switch (c)
+                {
+                    case '"': sb.Append("\\\""); break;
+                    case '\\': sb.Append("\\\\"); break;
+                    case '\n': sb.Append("\\n"); break;
+                    case '\r': sb.Append("\\r"); break;
+                    case '\t': sb.Append("\\t"); break;
+                    default:
+                        if (c < 0x20)
+                            sb.Append("\\u").Append(((int)c).ToString("x4"));
+                        else
+                            sb.Append(c);
+                        break;
+                }
+            }
+            return sb.Append('"').ToString();
+        }
+
+        private static int SkipSpace(string s, int i)
+        {
+            while (i < s.Length && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
+                i++;
+            return i;
+        }
+
+        /// <summary>The index just past the JSON value starting at <paramref name="i"/>.</summary>
+        private static int SkipValue(string s, int i)
+        {
+            if (s[i] == '"')
+            {
+                for (i++; s[i] != '"'; i++)
+                    if (s[i] == '\\')
+                        i++;
+                return i + 1;
+            }
+            if (s[i] == '{' || s[i] == '[')
+            {
+                int depth = 0;
+                for (; i < s.Length; i++)
+                {
+                    char c = s[i];
+                    if (c == '"')
+                        i = SkipValue(s, i) - 1;
+                    else if (c == '{' || c == '[')
+                        depth++;
+                    else if ((c == '}' || c == ']') && --depth == 0)
+                        return i + 1;
+                }
+                throw new FormatException("unterminated JSON value");
+            }
+            while (i < s.Length && s[i] != ',' && s[i] != '}' && s[i] != ']')
+                i++;
+            return i;
         }
     }
 
@@ -93,6 +339,100 @@ namespace Loopai
                 configJson == null ? null : Utf8Z("configJson", configJson), ref rt, ref err);
             Check(status, err);
             handle = new RuntimeHandle(rt);
+        }
+
+        /// <summary>
+        /// Opens task <paramref name="taskId"/> like the constructor above, with
+        /// <paramref name="oracle"/> as the runtime's oracle: it validates sampled executions
+        /// in the background and, with execution.fallback: oracle, answers when the program
+        /// abstains. It wins over the configuration's oracle section.
+        /// </summary>
+        /// <remarks>
+        /// The oracle is called from the runtime's validation threads and, with the
+        /// fallback, from threads calling Execute, concurrently: it must be thread-safe. It
+        /// should answer within request.Timeout. An exception (or a null answer, or an output
+        /// that is not an allowed label / an object matching the output schema) is an oracle
+        /// error: counted in the validation metrics (oracle_errors, oracle_fallback_failures),
+        /// never thrown by Execute. It must not call Flush, Shutdown or Dispose on its own
+        /// runtime. The runtime holds the delegate (through a GCHandle) until the library
+        /// releases it: at Dispose, or when a call still running at Dispose returns.
+        /// </remarks>
+        public LoopaiRuntime(string dataDir, string taskId, string configJson, Func<OracleRequest, OracleAnswer> oracle)
+        {
+            if (oracle == null)
+                throw new LoopaiException(LoopaiStatus.Config, "oracle is null");
+            var dir = Utf8Z("dataDir", dataDir);
+            var task = Utf8Z("taskId", taskId);
+            var config = configJson == null ? null : Utf8Z("configJson", configJson);
+            var rt = IntPtr.Zero;
+            var err = IntPtr.Zero;
+            // The library frees the GCHandle (FreeOracle) exactly once, also when this fails.
+            var userData = GCHandle.ToIntPtr(GCHandle.Alloc(oracle));
+            Interlocked.Increment(ref liveOracles);
+            int status = Native.loopai_runtime_new_with_oracle(dir, task, config, OracleTrampoline,
+                userData, FreeOracleTrampoline, ref rt, ref err);
+            Check(status, err);
+            handle = new RuntimeHandle(rt);
+        }
+
+        /// <summary>The number of managed oracles the library still holds (for tests).</summary>
+        internal static int LiveOracles
+        {
+            get { return Volatile.Read(ref liveOracles); }
+        }
+
+        private static int liveOracles;
+
+        // Static, so that the function pointers given to libloopai stay valid for the life of
+        // the process, also for an oracle call still running after Dispose.
+        private static readonly Native.OracleCallback OracleTrampoline = CallOracle;
+        private static readonly Native.FreeCallback FreeOracleTrampoline = FreeOracle;
+
+        private static int CallOracle(IntPtr userData, IntPtr requestJson, UIntPtr requestLen, IntPtr reply)
+        {
+            try
+            {
+                var oracle = (Func<OracleRequest, OracleAnswer>)GCHandle.FromIntPtr(userData).Target;
+                var bytes = new byte[checked((int)(ulong)requestLen)];
+                Marshal.Copy(requestJson, bytes, 0, bytes.Length);
+                var answer = oracle(OracleRequest.Parse(Encoding.UTF8.GetString(bytes)));
+                if (answer == null)
+                    return ReplyError(reply, "the oracle returned null");
+                var json = Encoding.UTF8.GetBytes(answer.ToReplyJson());
+                return Native.loopai_oracle_reply_set(reply, json, (UIntPtr)json.Length);
+            }
+            catch (Exception e)
+            {
+                // An exception must not unwind into libloopai: it is an oracle error.
+                return ReplyError(reply, "the oracle threw " + e.GetType().Name + ": " + e.Message);
+            }
+        }
+
+        private static int ReplyError(IntPtr reply, string message)
+        {
+            try
+            {
+                var bytes = Encoding.UTF8.GetBytes(message);
+                Native.loopai_oracle_reply_set_error(reply, bytes, (UIntPtr)bytes.Length);
+            }
+            catch (Exception)
+            {
+                // Nothing more to report: the non-zero status is the error.
+            }
+            return 1;
+        }
+
+        private static void FreeOracle(IntPtr userData)
+        {
+            try
+            {
+                GCHandle.FromIntPtr(userData).Free();
+                Interlocked.Decrement(ref liveOracles);
+            }
+            catch (Exception)
+            {
+                // Never unwind into libloopai.
+            }
         }
 
         /// <summary>The version of the loaded libloopai.</summary>
@@ -181,12 +521,28 @@ namespace Loopai
             }
         }
 
-        /// <summary>The health as JSON: status ("ok" or "degraded"), task, active_version, dataset counters.</summary>
+        /// <summary>The health as JSON: status ("ok" or "degraded"), task, active_version, dataset counters, telemetry (null when off), validation.</summary>
         public string HealthJson()
         {
             var text = IntPtr.Zero;
             var err = IntPtr.Zero;
             Check(Call(() => Native.loopai_runtime_health_json(handle, ref text, ref err)), err);
+            using (var owned = new StringHandle(text))
+                return FromUtf8(owned.DangerousGetHandle());
+        }
+
+        /// <summary>
+        /// Validation against the oracle and oracle-fallback counters as JSON: oracle
+        /// ("in-process", "http ...", or null), comparison, fallback, queued, validated,
+        /// matched, match_rate, skipped_queue_full, skipped_no_oracle, skipped_shutdown,
+        /// oracle_errors, oracle_fallbacks, oracle_fallback_failures, versions. Flush first to
+        /// wait for the samples queued so far.
+        /// </summary>
+        public string ValidationMetricsJson()
+        {
+            var text = IntPtr.Zero;
+            var err = IntPtr.Zero;
+            Check(Call(() => Native.loopai_runtime_validation_metrics_json(handle, ref text, ref err)), err);
             using (var owned = new StringHandle(text))
                 return FromUtf8(owned.DangerousGetHandle());
         }
@@ -329,6 +685,25 @@ namespace Loopai
             [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
             internal static extern int loopai_runtime_new(byte[] dataDir, byte[] taskId, byte[] configJson,
                 ref IntPtr rt, ref IntPtr err);
+
+            [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
+            internal delegate int OracleCallback(IntPtr userData, IntPtr requestJson, UIntPtr requestLen, IntPtr reply);
+
+            [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
+            internal delegate void FreeCallback(IntPtr userData);
+
+            [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+            internal static extern int loopai_runtime_new_with_oracle(byte[] dataDir, byte[] taskId, byte[] configJson,
+                OracleCallback oracle, IntPtr userData, FreeCallback freeUserData, ref IntPtr rt, ref IntPtr err);
+
+            [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+            internal static extern int loopai_oracle_reply_set(IntPtr reply, byte[] answerJson, UIntPtr len);
+
+            [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+            internal static extern int loopai_oracle_reply_set_error(IntPtr reply, byte[] message, UIntPtr len);
+
+            [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+            internal static extern int loopai_runtime_validation_metrics_json(RuntimeHandle rt, ref IntPtr outJson, ref IntPtr err);
 
             [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
             internal static extern int loopai_runtime_execute(RuntimeHandle rt, byte[] input, UIntPtr len,

@@ -7,6 +7,9 @@
 //
 // after `scripts/install-c-lib.sh $PREFIX` (see docs/c-api.md).
 //
+// NewRuntimeWithOracle gives the runtime an in-process oracle, a Go function that
+// validates sampled executions and answers abstentions (docs/oracle.md).
+//
 // A Runtime is safe for concurrent use by many goroutines. Close it when done; a finalizer
 // closes a Runtime that is garbage-collected without Close, but the execution log is then
 // flushed at an unpredictable time.
@@ -139,39 +142,68 @@ type Runtime struct {
 }
 
 // NewRuntime opens task taskID in dataDir. config is nil (use
-// <dataDir>/config/deployment.yaml if it exists, else the defaults) or a value with the
-// layout of deployment.yaml, marshalled to JSON (a map, a struct, or json.RawMessage).
+// <dataDir>/config/deployment.yaml if it exists, else the defaults), raw JSON ([]byte or
+// json.RawMessage), or a value with the layout of deployment.yaml that is marshalled to
+// JSON (a map or a struct).
 func NewRuntime(dataDir, taskID string, config any) (*Runtime, error) {
-	cDir, err := cString("data_dir", dataDir, CodeConfig)
+	args, err := newRuntimeArgs(dataDir, taskID, config)
 	if err != nil {
 		return nil, err
 	}
-	defer C.free(unsafe.Pointer(cDir))
-	cTask, err := cString("task_id", taskID, CodeConfig)
-	if err != nil {
-		return nil, err
-	}
-	defer C.free(unsafe.Pointer(cTask))
-	var cConfig *C.char
-	if config != nil {
-		data, err := json.Marshal(config)
-		if err != nil {
-			return nil, &Error{Code: CodeConfig, Message: "config: " + err.Error()}
-		}
-		if cConfig, err = cString("config", string(data), CodeConfig); err != nil {
-			return nil, err
-		}
-		defer C.free(unsafe.Pointer(cConfig))
-	}
+	defer args.free()
 	var ptr *C.loopai_runtime_t
 	var cerr *C.loopai_error_t
-	status := C.loopai_runtime_new(cDir, cTask, cConfig, &ptr, &cerr)
+	status := C.loopai_runtime_new(args.dir, args.task, args.config, &ptr, &cerr)
 	if err := takeError(status, cerr); err != nil {
 		return nil, err
 	}
 	r := &Runtime{ptr: ptr}
 	runtime.SetFinalizer(r, func(r *Runtime) { _ = r.Close() })
 	return r, nil
+}
+
+// runtimeArgs are the C strings of the runtime constructors.
+type runtimeArgs struct {
+	dir, task, config *C.char
+}
+
+func newRuntimeArgs(dataDir, taskID string, config any) (*runtimeArgs, error) {
+	a := &runtimeArgs{}
+	var err error
+	if a.dir, err = cString("data_dir", dataDir, CodeConfig); err != nil {
+		return nil, err
+	}
+	if a.task, err = cString("task_id", taskID, CodeConfig); err != nil {
+		a.free()
+		return nil, err
+	}
+	if config != nil {
+		var data []byte
+		switch v := config.(type) {
+		case []byte:
+			data = v
+		case json.RawMessage:
+			data = v
+		default:
+			if data, err = json.Marshal(config); err != nil {
+				a.free()
+				return nil, &Error{Code: CodeConfig, Message: "config: " + err.Error()}
+			}
+		}
+		if a.config, err = cString("config", string(data), CodeConfig); err != nil {
+			a.free()
+			return nil, err
+		}
+	}
+	return a, nil
+}
+
+func (a *runtimeArgs) free() {
+	for _, p := range []*C.char{a.dir, a.task, a.config} {
+		if p != nil {
+			C.free(unsafe.Pointer(p))
+		}
+	}
 }
 
 // Close flushes the execution log (waiting at most 5 seconds) and frees the runtime. It
@@ -209,6 +241,9 @@ type Result struct {
 	Status      string             `json:"status"` // "success" or "abstain"
 	Sampled     bool               `json:"sampled"`
 	DecidedBy   *string            `json:"decided_by"`
+	// Source is "program", or "oracle" when the program abstained and
+	// execution.fallback: oracle answered.
+	Source string `json:"source"`
 	// JSON is the whole result as libloopai serialized it.
 	JSON []byte `json:"-"`
 }
@@ -387,7 +422,8 @@ func (r *Runtime) ActiveVersion() uint32 {
 }
 
 // Health returns the runtime's health as JSON: status ("ok" or "degraded"), task,
-// active_version and the execution-log counters under dataset.
+// active_version, the execution-log counters under dataset, the telemetry counters under
+// telemetry (null when telemetry is off) and the validation metrics under validation.
 func (r *Runtime) Health() (json.RawMessage, error) {
 	ptr, err := r.handle()
 	if err != nil {

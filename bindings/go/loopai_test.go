@@ -8,7 +8,9 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -260,5 +262,202 @@ func TestParityVectors(t *testing.T) {
 	}
 	if n < 10 {
 		t.Fatalf("only %d vectors", n)
+	}
+}
+
+// keywordOracle answers "spam" when the input mentions a prize, else "ham", and checks
+// the request; calls counts its calls.
+func keywordOracle(t *testing.T, calls *atomic.Int64) OracleFunc {
+	return func(req OracleRequest) (OracleAnswer, error) {
+		calls.Add(1)
+		if req.Task != "spam" || len(req.Labels) != 2 || req.Labels[0] != "spam" || req.Labels[1] != "ham" ||
+			req.Timeout() <= 0 || len(req.Input) == 0 {
+			t.Errorf("unexpected request %+v", req)
+		}
+		var in struct {
+			Text string `json:"text"`
+		}
+		if err := json.Unmarshal(req.Input, &in); err != nil {
+			return OracleAnswer{}, err
+		}
+		if strings.Contains(in.Text, "prize") {
+			return OracleAnswer{Output: "spam", Cost: 1.5}, nil
+		}
+		return OracleAnswer{Output: "ham"}, nil
+	}
+}
+
+const abstaining = "ALL CAPS MESSAGE WITH NO SPAM WORDS" // the example program abstains (spam, 0.57)
+
+func TestOracleValidatesSampledExecutions(t *testing.T) {
+	var calls atomic.Int64
+	rt, err := NewRuntimeWithOracle(env(t, "LOOPAI_TEST_DATA_DIR"), "spam",
+		[]byte(`{"sampling": {"rate": 1, "seed": 7}}`), keywordOracle(t, &calls))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	// Program and oracle agree on the first two inputs and disagree on the third.
+	for round := 0; round < 2; round++ {
+		for _, text := range []string{"WIN a FREE prize, call now", "Are you coming home for dinner?", abstaining} {
+			res, err := rt.Execute(map[string]any{"text": text})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !res.Sampled || res.Source != "program" {
+				t.Fatalf("result %s", res.JSON)
+			}
+		}
+	}
+	if err := rt.Flush(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	m, err := rt.ValidationMetrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Oracle == nil || *m.Oracle != "in-process" || m.Validated != 6 || m.Matched != 4 || m.OracleErrors != 0 ||
+		m.MatchRate == nil || len(m.Versions) != 1 || m.Versions[0].Version != 1 || m.Versions[0].Validated != 6 {
+		t.Fatalf("metrics %s", m.JSON)
+	}
+	if calls.Load() != 6 {
+		t.Fatalf("%d oracle calls", calls.Load())
+	}
+	health, err := rt.Health()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h struct {
+		Validation *ValidationMetrics `json:"validation"`
+		Telemetry  json.RawMessage    `json:"telemetry"`
+	}
+	if err := json.Unmarshal(health, &h); err != nil || h.Validation == nil || h.Validation.Validated != 6 ||
+		string(h.Telemetry) != "null" {
+		t.Fatalf("health %s (%v)", health, err)
+	}
+}
+
+func TestOracleErrorsAndPanicsAreCounted(t *testing.T) {
+	oracles := map[string]OracleFunc{
+		"error":     func(OracleRequest) (OracleAnswer, error) { return OracleAnswer{}, errors.New("model offline") },
+		"panic":     func(OracleRequest) (OracleAnswer, error) { panic("oracle bug") },
+		"bad label": func(OracleRequest) (OracleAnswer, error) { return OracleAnswer{Output: "maybe spam"}, nil },
+		"no output": func(OracleRequest) (OracleAnswer, error) { return OracleAnswer{}, nil },
+	}
+	for name, oracle := range oracles {
+		rt, err := NewRuntimeWithOracle(env(t, "LOOPAI_TEST_DATA_DIR"), "spam",
+			map[string]any{"sampling": map[string]any{"rate": 1, "seed": 1}}, oracle)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 3; i++ {
+			if _, err := rt.Execute(map[string]any{"text": "WIN a FREE prize, call now"}); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+		}
+		if err := rt.Flush(30 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		m, err := rt.ValidationMetrics()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.OracleErrors != 3 || m.Validated != 0 {
+			t.Errorf("%s: metrics %s", name, m.JSON)
+		}
+		_ = rt.Close()
+	}
+}
+
+func TestOracleAnswersAbstentionsInTheCascade(t *testing.T) {
+	config := map[string]any{
+		"execution": map[string]any{"fallback": "oracle", "timeout_ms": 30000},
+		"sampling":  map[string]any{"rate": 0},
+	}
+	var calls atomic.Int64
+	rt, err := NewRuntimeWithOracle(env(t, "LOOPAI_TEST_DATA_DIR"), "spam", config, keywordOracle(t, &calls))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 25; i++ {
+				res, err := rt.Execute(map[string]any{"text": abstaining})
+				if err != nil {
+					errs <- err
+					return
+				}
+				if label, _ := res.Label(); label != "ham" || res.Source != "oracle" || res.Status != "success" {
+					errs <- errors.New(string(res.JSON))
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	m, err := rt.ValidationMetrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.Fallback || m.OracleFallbacks != 100 || m.OracleFallbackFailures != 0 || calls.Load() != 100 {
+		t.Fatalf("metrics %s, %d calls", m.JSON, calls.Load())
+	}
+
+	failing, err := NewRuntimeWithOracle(env(t, "LOOPAI_TEST_DATA_DIR"), "spam", config,
+		func(OracleRequest) (OracleAnswer, error) { return OracleAnswer{}, errors.New("down") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer failing.Close()
+	res, err := failing.Execute(map[string]any{"text": abstaining})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if label, _ := res.Label(); label != "spam" || res.Status != "abstain" || res.Source != "program" {
+		t.Fatalf("result %s", res.JSON)
+	}
+	if m, err := failing.ValidationMetrics(); err != nil || m.OracleFallbackFailures != 1 {
+		t.Fatalf("metrics %+v (%v)", m, err)
+	}
+}
+
+func TestNewRuntimeWithOracleErrorsAndRelease(t *testing.T) {
+	dir := env(t, "LOOPAI_TEST_DATA_DIR")
+	if _, err := NewRuntimeWithOracle(dir, "spam", nil, nil); !errors.Is(err, ErrConfig) {
+		t.Fatalf("nil oracle: %v", err)
+	}
+	var calls atomic.Int64
+	before := liveOracles.Load()
+	if _, err := NewRuntimeWithOracle(dir, "no-such-task", nil, keywordOracle(t, &calls)); !errors.Is(err, ErrArtifact) {
+		t.Fatalf("want ErrArtifact, got %v", err)
+	}
+	if _, err := NewRuntimeWithOracle(dir, "spam", []byte(`{"sampling": 3}`), keywordOracle(t, &calls)); !errors.Is(err, ErrConfig) {
+		t.Fatalf("want ErrConfig, got %v", err)
+	}
+	if liveOracles.Load() != before {
+		t.Fatalf("a failed constructor kept its oracle (%d live, %d before)", liveOracles.Load(), before)
+	}
+	rt, err := NewRuntimeWithOracle(dir, "spam", nil, keywordOracle(t, &calls))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if liveOracles.Load() != before+1 {
+		t.Fatalf("%d live oracles, want %d", liveOracles.Load(), before+1)
+	}
+	_ = rt.Close()
+	if liveOracles.Load() != before {
+		t.Fatalf("Close did not release the oracle (%d live, %d before)", liveOracles.Load(), before)
+	}
+	if _, err := rt.ValidationMetrics(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("after Close: %v", err)
 	}
 }

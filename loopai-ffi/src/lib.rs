@@ -16,6 +16,10 @@
 //!   point catches panics and reports them as `LOOPAI_E_INTERNAL`.
 //! * There is no thread-local "last error": errors travel in the error object, so callers
 //!   whose threads move (Go goroutines, .NET tasks) see the right one.
+//! * An oracle can be a C function pointer (`loopai_runtime_new_with_oracle`): it receives
+//!   the request as JSON and answers through a `loopai_oracle_reply_t`; an adapter
+//!   (`CallbackOracle`) implements [`loopai_core::Oracle`] and releases `user_data` when
+//!   the last reference to it goes.
 
 // The C names (`loopai_runtime_t`, `loopai_status_t`) are the ABI.
 #![allow(non_camel_case_types)]
@@ -24,13 +28,15 @@
 #![allow(clippy::missing_safety_doc)]
 
 use std::any::Any;
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use loopai_core::{
-    DeploymentConfig, Error, ErrorKind, ExecutionResult, Runtime, MAX_INPUT_DOCUMENT_BYTES,
+    DeploymentConfig, Error, ErrorKind, ExecutionResult, Oracle, OracleAnswer, OracleRequest,
+    Runtime, MAX_INPUT_DOCUMENT_BYTES,
 };
 use serde_json::Value;
 
@@ -85,6 +91,55 @@ pub struct loopai_error_t {
     code: loopai_status_t,
     message: CString,
 }
+
+/// Where an oracle callback puts its answer (opaque): see `loopai_oracle_fn`. It belongs
+/// to the library and is valid only during the callback that received it.
+#[derive(Debug, Default)]
+pub struct loopai_oracle_reply_t {
+    /// The reply document set by `loopai_oracle_reply_set`.
+    answer: Option<Vec<u8>>,
+    /// The message set by `loopai_oracle_reply_set_error`.
+    error: Option<String>,
+    /// Why a setter call was refused (reported if the callback still returns 0).
+    misuse: Option<String>,
+}
+
+/// An oracle callback, called with the `user_data` given to
+/// `loopai_runtime_new_with_oracle` and one request: `request_json` points to
+/// `request_len` bytes of UTF-8 JSON (also NUL-terminated), valid during the call only:
+///
+/// `{"task": "spam", "description": "...", "labels": ["spam", "ham"], "output_schema":
+/// null, "input": {"text": "..."}, "timeout_ms": 10000}`
+///
+/// On success it calls `loopai_oracle_reply_set(reply, answer_json, len)` with
+/// `{"output": <label or object>, "cost": <number, optional>}` and returns 0. To fail it
+/// returns any other value, optionally after `loopai_oracle_reply_set_error(reply, message,
+/// len)`. Returning 0 without a reply set, a reply that is not such an object, or an output
+/// that is not an allowed label (or, for extraction, an object matching the output schema)
+/// is an oracle error too. Oracle errors are counted in the validation metrics
+/// (`oracle_errors`, `oracle_fallback_failures`); they never fail `loopai_runtime_execute`.
+///
+/// `reply` is owned by the library and valid only until the callback returns; call the
+/// setters from within the callback (from any thread, one at a time).
+///
+/// Threading: the callback is called from the runtime's validation threads
+/// (`validation.workers`, default 2) and, with `execution.fallback: oracle`, from the
+/// threads calling `loopai_runtime_execute`, concurrently: it must be thread-safe. It
+/// should answer within `timeout_ms` (a cascade answer arriving later is discarded; the
+/// call cannot be interrupted). It must not call `loopai_runtime_flush`,
+/// `loopai_runtime_shutdown` or `loopai_runtime_free` on its own runtime, and must not
+/// unwind (C++ exceptions, longjmp) out of the call.
+pub type loopai_oracle_fn = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        request_json: *const c_char,
+        request_len: usize,
+        reply: *mut loopai_oracle_reply_t,
+    ) -> i32,
+>;
+
+/// Releases the `user_data` of a callback (see `loopai_runtime_new_with_oracle`).
+pub type loopai_free_fn = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
 
 // ---------------------------------------------------------------------------------------
 // Plumbing
@@ -226,8 +281,8 @@ pub extern "C" fn loopai_version() -> *const c_char {
 }
 
 /// A short, stable name for a status code: "ok", "invalid_input", "program", "schema",
-/// "invalid_output", "artifact", "config", "io", "timeout", "closed", "internal", or
-/// "unknown" for any other value.
+/// "invalid_output", "artifact", "config", "io", "timeout", "closed", "internal",
+/// "oracle", or "unknown" for any other value.
 ///
 /// Returns a static string: never free it. Thread-safe.
 #[no_mangle]
@@ -279,39 +334,100 @@ pub unsafe extern "C" fn loopai_runtime_new(
 ) -> loopai_status_t {
     const F: &str = "loopai_runtime_new";
     guard(F, err, || {
-        check_out(F, out)?;
-        // SAFETY: per this function's contract, each string is NULL or NUL-terminated.
-        let data_dir = unsafe { c_str(F, "data_dir", data_dir, ErrorKind::Config)? };
-        // SAFETY: as above.
-        let task_id = unsafe { c_str(F, "task_id", task_id, ErrorKind::Config)? };
-        let mut builder = Runtime::builder().data_dir(data_dir).task(task_id);
-        if !config_json.is_null() {
-            // SAFETY: as above.
-            let text = unsafe { c_str(F, "config_json", config_json, ErrorKind::Config)? };
-            let value: Value = serde_json::from_str(text).map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "config_json: not valid JSON at line {} column {}: {e}",
-                        e.line(),
-                        e.column()
-                    ),
-                )
-            })?;
-            if !value.is_object() {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    "config_json: expected a JSON object with deployment.yaml's keys",
-                ));
-            }
-            builder = builder.config(DeploymentConfig::from_json_value(&value, "config_json")?);
-        }
-        let runtime = builder.build()?;
-        let handle = Box::into_raw(Box::new(loopai_runtime_t { runtime }));
-        // SAFETY: `out` is not NULL (checked) and points to writable storage per contract.
-        unsafe { *out = handle };
-        Ok(())
+        // SAFETY: per this function's contract.
+        unsafe { new_runtime(F, data_dir, task_id, config_json, None, out) }
     })
+}
+
+/// Creates a runtime as `loopai_runtime_new` does, with `oracle` as its oracle: it
+/// validates sampled executions in the background and, with `execution.fallback: oracle`,
+/// answers when the program abstains. It wins over the configuration's `oracle` section.
+/// See `loopai_oracle_fn` for the callback's contract and docs/oracle.md for the request.
+///
+/// `user_data` is passed to every call of `oracle` and to `free_user_data`. The runtime
+/// takes charge of it: `free_user_data` (if not NULL) is called exactly once, when the
+/// library will never call `oracle` again: when the last reference to the oracle goes,
+/// normally inside `loopai_runtime_free`, but later (on a validation thread) if a call of
+/// `oracle` was still running when the runtime was freed; and before this function returns
+/// if it fails, whatever the error (a NULL `oracle` included). Until then `user_data` must
+/// stay valid. Without `free_user_data`, keep `user_data` valid until `loopai_runtime_free`
+/// has returned and no call of `oracle` is running any more.
+///
+/// Errors: those of `loopai_runtime_new`, and LOOPAI_E_CONFIG when `oracle` is NULL.
+///
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_runtime_new_with_oracle(
+    data_dir: *const c_char,
+    task_id: *const c_char,
+    config_json: *const c_char,
+    oracle: loopai_oracle_fn,
+    user_data: *mut c_void,
+    free_user_data: loopai_free_fn,
+    out: *mut *mut loopai_runtime_t,
+    err: *mut *mut loopai_error_t,
+) -> loopai_status_t {
+    const F: &str = "loopai_runtime_new_with_oracle";
+    // Built first, so that every failure below releases `user_data` (by dropping it).
+    let callback = CallbackOracle {
+        callback: oracle,
+        user_data,
+        free_user_data,
+    };
+    guard(F, err, move || {
+        if callback.callback.is_none() {
+            return Err(null_error(F, "oracle", ErrorKind::Config));
+        }
+        let oracle: Arc<dyn Oracle> = Arc::new(callback);
+        // SAFETY: per this function's contract.
+        unsafe { new_runtime(F, data_dir, task_id, config_json, Some(oracle), out) }
+    })
+}
+
+/// SAFETY: each string is NULL or NUL-terminated; `out` is NULL or writable.
+unsafe fn new_runtime(
+    function: &str,
+    data_dir: *const c_char,
+    task_id: *const c_char,
+    config_json: *const c_char,
+    oracle: Option<Arc<dyn Oracle>>,
+    out: *mut *mut loopai_runtime_t,
+) -> Result<(), Error> {
+    check_out(function, out)?;
+    // SAFETY: per this function's contract, each string is NULL or NUL-terminated.
+    let data_dir = unsafe { c_str(function, "data_dir", data_dir, ErrorKind::Config)? };
+    // SAFETY: as above.
+    let task_id = unsafe { c_str(function, "task_id", task_id, ErrorKind::Config)? };
+    let mut builder = Runtime::builder().data_dir(data_dir).task(task_id);
+    if !config_json.is_null() {
+        // SAFETY: as above.
+        let text = unsafe { c_str(function, "config_json", config_json, ErrorKind::Config)? };
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            Error::new(
+                ErrorKind::Config,
+                format!(
+                    "config_json: not valid JSON at line {} column {}: {e}",
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })?;
+        if !value.is_object() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "config_json: expected a JSON object with deployment.yaml's keys",
+            ));
+        }
+        builder = builder.config(DeploymentConfig::from_json_value(&value, "config_json")?);
+    }
+    if let Some(oracle) = oracle {
+        builder = builder.oracle(oracle);
+    }
+    let runtime = builder.build()?;
+    let handle = Box::into_raw(Box::new(loopai_runtime_t { runtime }));
+    // SAFETY: `out` is not NULL (checked) and points to writable storage per contract.
+    unsafe { *out = handle };
+    Ok(())
 }
 
 /// Executes the task's active program on one input, a JSON object of `input_len` bytes of
@@ -482,7 +598,10 @@ pub unsafe extern "C" fn loopai_runtime_active_version(rt: *const loopai_runtime
 }
 
 /// The runtime's health as a JSON object: `status` ("ok" or "degraded"), `task`,
-/// `active_version`, and the execution-log counters under `dataset`.
+/// `active_version`, the execution-log counters under `dataset`, the telemetry counters
+/// under `telemetry` (`null` when telemetry is off: spool depth `spooled_batches`, `sent`,
+/// `retries`, drops, `last_error`; see docs/telemetry.md), and the validation metrics under
+/// `validation` (as `loopai_runtime_validation_metrics_json`).
 ///
 /// On success `*out_json` receives a new NUL-terminated string owned by the caller, to be
 /// freed with `loopai_string_free`. Errors: LOOPAI_E_INVALID_INPUT (NULL argument).
@@ -499,13 +618,60 @@ pub unsafe extern "C" fn loopai_runtime_health_json(
         // SAFETY: `rt` is NULL or a live runtime, per contract.
         let runtime = unsafe { runtime_ref(F, rt)? };
         check_out(F, out_json)?;
-        let text = serde_json::to_string(&runtime.health())
-            .map_err(|e| Error::new(ErrorKind::Internal, format!("{F}: cannot serialize: {e}")))?;
-        let owned = cstring_lossy(text).into_raw();
         // SAFETY: `out_json` is not NULL (checked) and writable per contract.
-        unsafe { *out_json = owned };
-        Ok(())
+        unsafe { write_json(F, &runtime.health(), out_json) }
     })
+}
+
+/// Validation against the oracle and oracle-fallback counters as a JSON object: `oracle`
+/// (`"in-process"` for a callback, `"http <model> at <endpoint>"`, or `null` when there is
+/// no oracle), `comparison`, `fallback`, `queued`, `validated`, `matched`, `match_rate`
+/// (`null` before the first validation), `skipped_queue_full`, `skipped_no_oracle`,
+/// `skipped_shutdown`, `oracle_errors`, `oracle_fallbacks`, `oracle_fallback_failures`, and
+/// `versions` (per program version, with rolling match rates). See docs/oracle.md.
+///
+/// The counters are updated as validations finish: call `loopai_runtime_flush` first to
+/// wait for the samples queued so far.
+///
+/// On success `*out_json` receives a new NUL-terminated string owned by the caller, to be
+/// freed with `loopai_string_free`. Errors: LOOPAI_E_INVALID_INPUT (NULL argument). Works
+/// after `loopai_runtime_shutdown` and, in a child process, after fork().
+///
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_runtime_validation_metrics_json(
+    rt: *const loopai_runtime_t,
+    out_json: *mut *mut c_char,
+    err: *mut *mut loopai_error_t,
+) -> loopai_status_t {
+    const F: &str = "loopai_runtime_validation_metrics_json";
+    guard(F, err, || {
+        // SAFETY: `rt` is NULL or a live runtime, per contract.
+        let runtime = unsafe { runtime_ref(F, rt)? };
+        check_out(F, out_json)?;
+        // SAFETY: `out_json` is not NULL (checked) and writable per contract.
+        unsafe { write_json(F, &runtime.validation_metrics(), out_json) }
+    })
+}
+
+/// Serializes `value` into a new C string at `*out_json`.
+///
+/// SAFETY: `out_json` is not NULL and writable.
+unsafe fn write_json(
+    function: &str,
+    value: &impl serde::Serialize,
+    out_json: *mut *mut c_char,
+) -> Result<(), Error> {
+    let text = serde_json::to_string(value).map_err(|e| {
+        Error::new(
+            ErrorKind::Internal,
+            format!("{function}: cannot serialize: {e}"),
+        )
+    })?;
+    let owned = cstring_lossy(text).into_raw();
+    // SAFETY: guaranteed by the caller.
+    unsafe { *out_json = owned };
+    Ok(())
 }
 
 /// Frees a runtime: shuts it down, waiting at most 5 seconds for its execution log to be
@@ -525,6 +691,161 @@ pub unsafe extern "C" fn loopai_runtime_free(rt: *mut loopai_runtime_t) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Oracle callbacks
+
+/// A C oracle callback as a [`loopai_core::Oracle`]: the request goes out as
+/// [`OracleRequest::to_json`], the reply comes back through [`OracleAnswer::from_json`].
+/// Dropping it calls `free_user_data`.
+struct CallbackOracle {
+    callback: loopai_oracle_fn,
+    user_data: *mut c_void,
+    free_user_data: loopai_free_fn,
+}
+
+// SAFETY: the contract of `loopai_runtime_new_with_oracle` requires the callback and
+// `user_data` to be usable from any thread, concurrently; `free_user_data` runs once.
+unsafe impl Send for CallbackOracle {}
+// SAFETY: as above.
+unsafe impl Sync for CallbackOracle {}
+
+impl fmt::Debug for CallbackOracle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallbackOracle")
+            .field("user_data", &self.user_data)
+            .finish_non_exhaustive()
+    }
+}
+
+fn oracle_error(message: String) -> Error {
+    Error::new(ErrorKind::Oracle, format!("C oracle callback: {message}"))
+}
+
+impl Oracle for CallbackOracle {
+    fn ask(&self, request: &OracleRequest<'_>) -> Result<OracleAnswer, Error> {
+        let Some(callback) = self.callback else {
+            return Err(oracle_error("no callback".to_owned()));
+        };
+        // JSON escapes control characters, so the document holds no NUL byte.
+        let json = cstring_lossy(request.to_json());
+        let mut reply = loopai_oracle_reply_t::default();
+        // SAFETY: the callback's contract (loopai_oracle_fn): `json` is NUL-terminated and
+        // `reply` is valid, both for the duration of the call.
+        let code = unsafe {
+            callback(
+                self.user_data,
+                json.as_ptr(),
+                json.as_bytes().len(),
+                &mut reply,
+            )
+        };
+        if code != 0 {
+            let why = reply
+                .error
+                .or(reply.misuse)
+                .unwrap_or_else(|| "no message".to_owned());
+            return Err(oracle_error(format!("failed (returned {code}): {why}")));
+        }
+        match reply.answer {
+            Some(answer) => {
+                OracleAnswer::from_json(&answer).map_err(|e| oracle_error(e.message().to_owned()))
+            }
+            None => Err(oracle_error(reply.misuse.unwrap_or_else(|| {
+                "returned 0 without calling loopai_oracle_reply_set".to_owned()
+            }))),
+        }
+    }
+}
+
+impl Drop for CallbackOracle {
+    fn drop(&mut self) {
+        if let Some(free) = self.free_user_data {
+            // SAFETY: called exactly once (this is the only owner), with the caller's
+            // `user_data`, per the contract of `loopai_runtime_new_with_oracle`.
+            unsafe { free(self.user_data) };
+        }
+    }
+}
+
+/// Records a setter's refusal in the reply (if any) and returns its status.
+fn reply_misuse(reply: Option<&mut loopai_oracle_reply_t>, e: Error) -> loopai_status_t {
+    let code = e.kind().code();
+    if let Some(reply) = reply {
+        reply.misuse = Some(e.message().to_owned());
+    }
+    code
+}
+
+/// Sets the answer of an oracle callback: `answer_json` points to `len` bytes of UTF-8
+/// JSON (not NUL-terminated), `{"output": <label or object>, "cost": <number, optional>}`,
+/// copied before this returns. A later call replaces the answer.
+///
+/// Returns LOOPAI_OK, or LOOPAI_E_INVALID_INPUT when `reply` or `answer_json` is NULL, the
+/// length is too large, or the bytes are not UTF-8; then, if the callback still returns 0,
+/// the call counts as an oracle error naming the problem. Only valid during the callback
+/// that received `reply`.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_oracle_reply_set(
+    reply: *mut loopai_oracle_reply_t,
+    answer_json: *const c_char,
+    len: usize,
+) -> loopai_status_t {
+    const F: &str = "loopai_oracle_reply_set";
+    guard_value(LOOPAI_E_INTERNAL, || {
+        // SAFETY: `reply` is NULL or the live reply of the running callback, per contract.
+        let Some(target) = (unsafe { reply.as_mut() }) else {
+            return reply_misuse(None, null_error(F, "reply", ErrorKind::InvalidInput));
+        };
+        // SAFETY: `answer_json` is NULL or points to `len` readable bytes, per contract.
+        let bytes = match unsafe { byte_slice(F, "answer_json", answer_json.cast(), len) } {
+            Ok(bytes) => bytes,
+            Err(e) => return reply_misuse(Some(target), e),
+        };
+        if let Err(e) = std::str::from_utf8(bytes) {
+            let e = Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{F}: answer_json is not valid UTF-8 (at byte {})",
+                    e.valid_up_to()
+                ),
+            );
+            return reply_misuse(Some(target), e);
+        }
+        target.answer = Some(bytes.to_vec());
+        target.misuse = None;
+        LOOPAI_OK
+    })
+}
+
+/// Sets the failure message of an oracle callback that is about to return non-zero:
+/// `len` bytes at `message` (not NUL-terminated; invalid UTF-8 is replaced), copied before
+/// this returns. It becomes part of the oracle error that is counted and logged.
+///
+/// Returns LOOPAI_OK, or LOOPAI_E_INVALID_INPUT when `reply` or `message` is NULL or the
+/// length is too large. Only valid during the callback that received `reply`.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_oracle_reply_set_error(
+    reply: *mut loopai_oracle_reply_t,
+    message: *const c_char,
+    len: usize,
+) -> loopai_status_t {
+    const F: &str = "loopai_oracle_reply_set_error";
+    guard_value(LOOPAI_E_INTERNAL, || {
+        // SAFETY: `reply` is NULL or the live reply of the running callback, per contract.
+        let Some(target) = (unsafe { reply.as_mut() }) else {
+            return reply_misuse(None, null_error(F, "reply", ErrorKind::InvalidInput));
+        };
+        // SAFETY: `message` is NULL or points to `len` readable bytes, per contract.
+        match unsafe { byte_slice(F, "message", message.cast(), len) } {
+            Ok(bytes) => {
+                target.error = Some(String::from_utf8_lossy(bytes).into_owned());
+                LOOPAI_OK
+            }
+            Err(e) => reply_misuse(Some(target), e),
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------
 // Results
 
 /// SAFETY: `r` is NULL or a live result.
@@ -534,7 +855,9 @@ unsafe fn result_ref<'a>(r: *const loopai_result_t) -> Option<&'a loopai_result_
 }
 
 /// The whole result as a JSON object: `execution_id`, `output`, `confidence`, `scores`,
-/// `version`, `latency_ms`, `status` ("success" or "abstain"), `sampled`, `decided_by`.
+/// `version`, `latency_ms`, `status` ("success" or "abstain"), `source` ("program", or
+/// "oracle" when the program abstained and `execution.fallback: oracle` answered),
+/// `sampled`, `decided_by`.
 ///
 /// The string is owned by `r` and lives until `loopai_result_free(r)`; NULL if `r` is
 /// NULL. Thread-safe (a result may be read from several threads).
@@ -627,7 +950,8 @@ pub unsafe extern "C" fn loopai_error_free(e: *mut loopai_error_t) {
 }
 
 /// Frees a string returned through a `char **out_json` parameter
-/// (`loopai_runtime_execute_batch`, `loopai_runtime_health_json`). NULL is ignored.
+/// (`loopai_runtime_execute_batch`, `loopai_runtime_health_json`,
+/// `loopai_runtime_validation_metrics_json`). NULL is ignored.
 /// Never pass it a string returned as `const char *`: those belong to their object.
 #[no_mangle]
 pub unsafe extern "C" fn loopai_string_free(s: *mut c_char) {
@@ -680,6 +1004,134 @@ mod tests {
             assert!(message.contains("boom"), "{message}");
             loopai_error_free(err);
         }
+    }
+
+    unsafe extern "C" fn answer_spam(
+        user_data: *mut c_void,
+        request: *const c_char,
+        len: usize,
+        reply: *mut loopai_oracle_reply_t,
+    ) -> i32 {
+        // SAFETY: the test passes a `Cell<u32>` as user_data; `request` is `len` bytes.
+        unsafe {
+            let calls = &*(user_data as *const std::cell::Cell<u32>);
+            calls.set(calls.get() + 1);
+            let request = std::slice::from_raw_parts(request.cast::<u8>(), len);
+            assert!(std::str::from_utf8(request)
+                .unwrap()
+                .contains("\"task\":\"t\""));
+            let answer = br#"{"output": "spam", "cost": 2}"#;
+            loopai_oracle_reply_set(reply, answer.as_ptr().cast(), answer.len())
+        }
+    }
+
+    unsafe extern "C" fn silent(
+        _: *mut c_void,
+        _: *const c_char,
+        _: usize,
+        _: *mut loopai_oracle_reply_t,
+    ) -> i32 {
+        0
+    }
+
+    unsafe extern "C" fn failing(
+        _: *mut c_void,
+        _: *const c_char,
+        _: usize,
+        reply: *mut loopai_oracle_reply_t,
+    ) -> i32 {
+        // SAFETY: `reply` is the live reply; the message is 4 bytes.
+        unsafe { loopai_oracle_reply_set_error(reply, c"down".as_ptr(), 4) };
+        7
+    }
+
+    unsafe extern "C" fn count_free(user_data: *mut c_void) {
+        // SAFETY: the test passes a `Cell<u32>`.
+        let freed = unsafe { &*(user_data as *const std::cell::Cell<u32>) };
+        freed.set(freed.get() + 1);
+    }
+
+    fn ask(oracle: &CallbackOracle) -> Result<OracleAnswer, Error> {
+        let labels = ["spam".to_owned(), "ham".to_owned()];
+        let input = serde_json::json!({"text": "x"});
+        oracle.ask(&OracleRequest::new(
+            "t",
+            "",
+            &labels,
+            None,
+            &input,
+            Duration::from_secs(1),
+        ))
+    }
+
+    #[test]
+    fn callback_oracle_answers_fails_and_frees_user_data_once() {
+        let calls = std::cell::Cell::new(0u32);
+        let oracle = CallbackOracle {
+            callback: Some(answer_spam),
+            user_data: (&calls as *const std::cell::Cell<u32>).cast_mut().cast(),
+            free_user_data: Some(count_free),
+        };
+        let answer = ask(&oracle).unwrap();
+        assert_eq!((answer.output.as_str(), answer.cost), (Some("spam"), 2.0));
+        assert_eq!(calls.get(), 1);
+        drop(oracle);
+        assert_eq!(calls.get(), 2, "free_user_data called once, on drop");
+
+        let silent = CallbackOracle {
+            callback: Some(silent),
+            user_data: std::ptr::null_mut(),
+            free_user_data: None,
+        };
+        let e = ask(&silent).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Oracle);
+        assert!(
+            e.message()
+                .contains("without calling loopai_oracle_reply_set"),
+            "{e}"
+        );
+
+        let failing = CallbackOracle {
+            callback: Some(failing),
+            user_data: std::ptr::null_mut(),
+            free_user_data: None,
+        };
+        let e = ask(&failing).unwrap_err();
+        assert!(
+            e.message().contains("returned 7") && e.message().contains("down"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn reply_setters_refuse_null_and_invalid_utf8_and_remember_why() {
+        let mut reply = loopai_oracle_reply_t::default();
+        // SAFETY: valid reply, NULL or valid buffers.
+        unsafe {
+            assert_eq!(
+                loopai_oracle_reply_set(std::ptr::null_mut(), c"{}".as_ptr(), 2),
+                LOOPAI_E_INVALID_INPUT
+            );
+            assert_eq!(
+                loopai_oracle_reply_set(&mut reply, std::ptr::null(), 0),
+                LOOPAI_E_INVALID_INPUT
+            );
+            assert_eq!(
+                loopai_oracle_reply_set(&mut reply, c"\xff".as_ptr(), 1),
+                LOOPAI_E_INVALID_INPUT
+            );
+            assert!(reply.misuse.as_deref().unwrap().contains("not valid UTF-8"));
+            assert_eq!(
+                loopai_oracle_reply_set_error(std::ptr::null_mut(), c"x".as_ptr(), 1),
+                LOOPAI_E_INVALID_INPUT
+            );
+            assert_eq!(
+                loopai_oracle_reply_set(&mut reply, c"{}".as_ptr(), 2),
+                LOOPAI_OK
+            );
+        }
+        assert_eq!(reply.answer.as_deref(), Some(&b"{}"[..]));
+        assert!(reply.misuse.is_none());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 #define _GNU_SOURCE
 #include <glob.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -513,6 +514,359 @@ TEST(parity_vectors_bit_for_bit) {
     END;
 }
 
+/* ---- oracle callbacks ------------------------------------------------------------------ */
+
+/* Returns the unsigned integer value of top-level key `key` of a compact JSON object, or -1
+ * when it is missing or not a number. */
+static long long json_int(const char *obj, const char *key) {
+    const char *s, *e;
+    if (!find_key(obj, key, &s, &e) || s == e || *s < '0' || *s > '9')
+        return -1;
+    return strtoll(s, NULL, 10);
+}
+
+enum oracle_mode {
+    ORACLE_KEYWORD,   /* "spam" when the input mentions a prize, else "ham" */
+    ORACLE_FAIL,      /* returns 1 with an error message */
+    ORACLE_SILENT,    /* returns 0 without a reply */
+    ORACLE_BAD_LABEL, /* answers a label the task does not have */
+    ORACLE_BAD_UTF8,  /* the reply is not UTF-8: the setter refuses it */
+};
+
+struct oracle_state {
+    enum oracle_mode mode;
+    atomic_long calls;
+    atomic_long bad_requests;   /* requests not as documented */
+    atomic_long setter_refused; /* loopai_oracle_reply_set returned an error */
+    atomic_int freed;           /* free_user_data calls */
+};
+
+static void oracle_state_init(struct oracle_state *st, enum oracle_mode mode) {
+    st->mode = mode;
+    atomic_init(&st->calls, 0);
+    atomic_init(&st->bad_requests, 0);
+    atomic_init(&st->setter_refused, 0);
+    atomic_init(&st->freed, 0);
+}
+
+static int32_t test_oracle(void *user_data, const char *request_json, size_t request_len,
+                           loopai_oracle_reply_t *reply) {
+    struct oracle_state *st = user_data;
+    atomic_fetch_add(&st->calls, 1);
+    const char *ts, *te;
+    if (strlen(request_json) != request_len ||
+        strstr(request_json, "\"task\":\"spam\"") == NULL ||
+        strstr(request_json, "\"labels\":[\"spam\",\"ham\"]") == NULL ||
+        !find_key(request_json, "input", &ts, &te) || json_int(request_json, "timeout_ms") <= 0)
+        atomic_fetch_add(&st->bad_requests, 1);
+    const char *answer = NULL;
+    switch (st->mode) {
+    case ORACLE_KEYWORD:
+        answer = strstr(request_json, "prize") != NULL ? "{\"output\": \"spam\", \"cost\": 1.5}"
+                                                       : "{\"output\": \"ham\"}";
+        break;
+    case ORACLE_FAIL:
+        loopai_oracle_reply_set_error(reply, "model offline", strlen("model offline"));
+        return 1;
+    case ORACLE_SILENT:
+        return 0;
+    case ORACLE_BAD_LABEL:
+        answer = "{\"output\": \"maybe spam\"}";
+        break;
+    case ORACLE_BAD_UTF8:
+        answer = "{\"output\": \"sp\xff\"}";
+        break;
+    }
+    if (loopai_oracle_reply_set(reply, answer, strlen(answer)) != LOOPAI_OK)
+        atomic_fetch_add(&st->setter_refused, 1);
+    return 0;
+}
+
+static void free_oracle_state(void *user_data) {
+    struct oracle_state *st = user_data;
+    atomic_fetch_add(&st->freed, 1);
+}
+
+static loopai_runtime_t *open_with_oracle(const char *config, struct oracle_state *st) {
+    loopai_runtime_t *rt = NULL;
+    loopai_error_t *err = NULL;
+    loopai_status_t status = loopai_runtime_new_with_oracle(spam_dir(), "spam", config, test_oracle,
+                                                            st, free_oracle_state, &rt, &err);
+    if (status != LOOPAI_OK) {
+        fprintf(stderr, "loopai_runtime_new_with_oracle: %s\n", loopai_error_message(err));
+        loopai_error_free(err);
+        exit(2);
+    }
+    return rt;
+}
+
+/* The validation metrics after a flush; the caller frees them with loopai_string_free. */
+static char *flushed_metrics(const loopai_runtime_t *rt, int *failed_ptr) {
+    int failed_here = 0;
+    loopai_error_t *err = NULL;
+    CHECK_STATUS(loopai_runtime_flush(rt, 30000, &err), LOOPAI_OK);
+    if (err != NULL) {
+        fprintf(stderr, "flush: %s\n", loopai_error_message(err));
+        loopai_error_free(err);
+    }
+    char *metrics = NULL;
+    CHECK_STATUS(loopai_runtime_validation_metrics_json(rt, &metrics, NULL), LOOPAI_OK);
+    CHECK(metrics != NULL);
+    if (failed_here)
+        *failed_ptr = 1;
+    return metrics;
+}
+
+/* Sampling every execution (rate 1, seeded), the C callback validates each one. */
+TEST(oracle_callback_validates_sampled_executions) {
+    BEGIN;
+    struct oracle_state st;
+    oracle_state_init(&st, ORACLE_KEYWORD);
+    loopai_runtime_t *rt =
+        open_with_oracle("{\"sampling\": {\"strategy\": \"random\", \"rate\": 1, \"seed\": 7}}", &st);
+    /* Program and oracle agree on the first two and disagree on the third (the program
+     * says spam, with low confidence; the oracle says ham). */
+    static const char *inputs[] = {"{\"text\": \"WIN a FREE prize, call now\"}",
+                                   "{\"text\": \"Are you coming home for dinner?\"}",
+                                   "{\"text\": \"ALL CAPS MESSAGE WITH NO SPAM WORDS\"}"};
+    for (int round = 0; round < 2; round++) {
+        for (size_t i = 0; i < 3; i++) {
+            loopai_result_t *r = NULL;
+            CHECK_STATUS(exec_str(rt, inputs[i], &r, NULL), LOOPAI_OK);
+            if (r != NULL)
+                CHECK(strstr(loopai_result_json(r), "\"sampled\":true") != NULL);
+            loopai_result_free(r);
+        }
+    }
+    char *m = flushed_metrics(rt, &failed_here);
+    if (m != NULL) {
+        const char *s, *e;
+        CHECK(find_key(m, "oracle", &s, &e) && span_eq(s, e, "\"in-process\""));
+        CHECK(json_int(m, "validated") == 6);
+        CHECK(json_int(m, "matched") == 4);
+        CHECK(json_int(m, "oracle_errors") == 0);
+        CHECK(json_int(m, "skipped_no_oracle") == 0);
+        CHECK(json_int(m, "skipped_queue_full") == 0);
+        CHECK(find_key(m, "versions", &s, &e) && strstr(s, "\"version\":1") != NULL);
+        if (failed_here)
+            fprintf(stderr, "metrics: %s\n", m);
+        loopai_string_free(m);
+    }
+    CHECK(atomic_load(&st.calls) == 6);
+    CHECK(atomic_load(&st.bad_requests) == 0);
+    CHECK(atomic_load(&st.setter_refused) == 0);
+
+    /* The health document carries the same metrics, and telemetry (off here). */
+    char *health = NULL;
+    CHECK_STATUS(loopai_runtime_health_json(rt, &health, NULL), LOOPAI_OK);
+    if (health != NULL) {
+        const char *s, *e;
+        CHECK(find_key(health, "validation", &s, &e) && json_int(s, "validated") == 6);
+        CHECK(find_key(health, "telemetry", &s, &e) && span_eq(s, e, "null"));
+        loopai_string_free(health);
+    }
+    CHECK(atomic_load(&st.freed) == 0);
+    loopai_runtime_free(rt);
+    CHECK(atomic_load(&st.freed) == 1);
+    END;
+}
+
+/* Failing, silent and invalid callbacks are oracle errors: counted, never execute errors. */
+TEST(failing_oracle_callbacks_are_counted) {
+    BEGIN;
+    static const enum oracle_mode modes[] = {ORACLE_FAIL, ORACLE_SILENT, ORACLE_BAD_LABEL,
+                                             ORACLE_BAD_UTF8};
+    for (size_t k = 0; k < sizeof modes / sizeof modes[0]; k++) {
+        struct oracle_state st;
+        oracle_state_init(&st, modes[k]);
+        loopai_runtime_t *rt = open_with_oracle("{\"sampling\": {\"rate\": 1, \"seed\": 1}}", &st);
+        for (int i = 0; i < 3; i++) {
+            loopai_result_t *r = NULL;
+            CHECK_STATUS(exec_str(rt, "{\"text\": \"WIN a FREE prize, call now\"}", &r, NULL),
+                         LOOPAI_OK);
+            loopai_result_free(r);
+        }
+        char *m = flushed_metrics(rt, &failed_here);
+        if (m != NULL) {
+            CHECK(json_int(m, "oracle_errors") == 3);
+            CHECK(json_int(m, "validated") == 0);
+            if (json_int(m, "oracle_errors") != 3)
+                fprintf(stderr, "mode %d: metrics: %s\n", (int)modes[k], m);
+            loopai_string_free(m);
+        }
+        CHECK(atomic_load(&st.calls) == 3);
+        CHECK(atomic_load(&st.setter_refused) == (modes[k] == ORACLE_BAD_UTF8 ? 3 : 0));
+        loopai_runtime_free(rt);
+        CHECK(atomic_load(&st.freed) == 1);
+    }
+    END;
+}
+
+#define CASCADE_THREADS 4
+#define CASCADE_PER_THREAD 25
+
+static const char *const ABSTAINING = "{\"text\": \"ALL CAPS MESSAGE WITH NO SPAM WORDS\"}";
+
+static void *cascade_work(void *arg) {
+    struct worker *w = arg;
+    for (int i = 0; i < CASCADE_PER_THREAD; i++) {
+        loopai_result_t *r = NULL;
+        if (exec_str(w->rt, ABSTAINING, &r, NULL) != LOOPAI_OK) {
+            w->failures++;
+            continue;
+        }
+        const char *json = loopai_result_json(r);
+        if (strcmp(loopai_result_output_json(r), "\"ham\"") != 0 ||
+            strstr(json, "\"source\":\"oracle\"") == NULL)
+            w->failures++;
+        loopai_result_free(r);
+    }
+    return NULL;
+}
+
+/* execution.fallback: oracle answers abstentions through the callback, from the executing
+ * threads (concurrently); a failing callback leaves the program's abstention. */
+TEST(oracle_callback_answers_abstentions_in_the_cascade) {
+    BEGIN;
+    const char *config =
+        "{\"execution\": {\"fallback\": \"oracle\", \"timeout_ms\": 30000}, \"sampling\": {\"rate\": 0}}";
+    struct oracle_state st;
+    oracle_state_init(&st, ORACLE_KEYWORD);
+    loopai_runtime_t *rt = open_with_oracle(config, &st);
+
+    loopai_result_t *r = NULL;
+    CHECK_STATUS(exec_str(rt, ABSTAINING, &r, NULL), LOOPAI_OK);
+    if (r != NULL) {
+        const char *json = loopai_result_json(r);
+        CHECK(strcmp(loopai_result_output_json(r), "\"ham\"") == 0);
+        CHECK(strstr(json, "\"status\":\"success\"") != NULL);
+        CHECK(strstr(json, "\"source\":\"oracle\"") != NULL);
+        CHECK(loopai_result_confidence(r) < 0.6); /* the program's confidence */
+        loopai_result_free(r);
+    }
+    /* A confident answer does not ask the oracle. */
+    CHECK_STATUS(exec_str(rt, "{\"text\": \"WIN a FREE prize, call now\"}", &r, NULL), LOOPAI_OK);
+    if (r != NULL) {
+        CHECK(strstr(loopai_result_json(r), "\"source\":\"program\"") != NULL);
+        loopai_result_free(r);
+    }
+    CHECK(atomic_load(&st.calls) == 1);
+
+    pthread_t threads[CASCADE_THREADS];
+    struct worker workers[CASCADE_THREADS];
+    for (int i = 0; i < CASCADE_THREADS; i++) {
+        workers[i] = (struct worker){.rt = rt, .index = i, .failures = 0};
+        CHECK(pthread_create(&threads[i], NULL, cascade_work, &workers[i]) == 0);
+    }
+    for (int i = 0; i < CASCADE_THREADS; i++) {
+        pthread_join(threads[i], NULL);
+        CHECK(workers[i].failures == 0);
+    }
+    long total = 1 + CASCADE_THREADS * CASCADE_PER_THREAD;
+    CHECK(atomic_load(&st.calls) == total);
+    char *m = flushed_metrics(rt, &failed_here);
+    if (m != NULL) {
+        const char *s, *e;
+        CHECK(find_key(m, "fallback", &s, &e) && span_eq(s, e, "true"));
+        CHECK(json_int(m, "oracle_fallbacks") == total);
+        CHECK(json_int(m, "oracle_fallback_failures") == 0);
+        CHECK(json_int(m, "validated") == 0); /* cascade answers are not validations */
+        loopai_string_free(m);
+    }
+    CHECK(atomic_load(&st.bad_requests) == 0);
+    loopai_runtime_free(rt);
+    CHECK(atomic_load(&st.freed) == 1);
+
+    /* A failing oracle: the program's answer, with status abstain. */
+    struct oracle_state down;
+    oracle_state_init(&down, ORACLE_FAIL);
+    rt = open_with_oracle(config, &down);
+    r = NULL;
+    CHECK_STATUS(exec_str(rt, ABSTAINING, &r, NULL), LOOPAI_OK);
+    if (r != NULL) {
+        const char *json = loopai_result_json(r);
+        CHECK(strcmp(loopai_result_output_json(r), "\"spam\"") == 0);
+        CHECK(strstr(json, "\"status\":\"abstain\"") != NULL);
+        CHECK(strstr(json, "\"source\":\"program\"") != NULL);
+        loopai_result_free(r);
+    }
+    m = flushed_metrics(rt, &failed_here);
+    if (m != NULL) {
+        CHECK(json_int(m, "oracle_fallbacks") == 0);
+        CHECK(json_int(m, "oracle_fallback_failures") == 1);
+        loopai_string_free(m);
+    }
+    CHECK(atomic_load(&down.calls) == 1);
+    loopai_runtime_free(rt);
+    CHECK(atomic_load(&down.freed) == 1);
+    END;
+}
+
+/* A NULL callback is refused; user_data is released exactly once on every failure. */
+TEST(runtime_new_with_oracle_errors_release_user_data) {
+    BEGIN;
+    struct oracle_state st;
+    oracle_state_init(&st, ORACLE_KEYWORD);
+    loopai_runtime_t *rt = (loopai_runtime_t *)0x1;
+    loopai_error_t *err = NULL;
+    CHECK_STATUS(loopai_runtime_new_with_oracle(spam_dir(), "spam", NULL, NULL, &st,
+                                                free_oracle_state, &rt, &err),
+                 LOOPAI_E_CONFIG);
+    CHECK(rt == (loopai_runtime_t *)0x1);
+    CHECK(loopai_error_code(err) == LOOPAI_E_CONFIG);
+    CHECK(strstr(loopai_error_message(err), "oracle is NULL") != NULL);
+    loopai_error_free(err);
+    err = NULL;
+    CHECK(atomic_load(&st.freed) == 1);
+
+    CHECK_STATUS(loopai_runtime_new_with_oracle(spam_dir(), "no-such-task", NULL, test_oracle, &st,
+                                                free_oracle_state, &rt, &err),
+                 LOOPAI_E_ARTIFACT);
+    loopai_error_free(err);
+    CHECK(atomic_load(&st.freed) == 2);
+    CHECK_STATUS(loopai_runtime_new_with_oracle(spam_dir(), "spam", "{\"sampling\": 3}",
+                                                test_oracle, &st, free_oracle_state, &rt, NULL),
+                 LOOPAI_E_CONFIG);
+    CHECK(atomic_load(&st.freed) == 3);
+    CHECK_STATUS(loopai_runtime_new_with_oracle(spam_dir(), "spam", NULL, test_oracle, &st,
+                                                free_oracle_state, NULL, NULL),
+                 LOOPAI_E_INVALID_INPUT);
+    CHECK(atomic_load(&st.freed) == 4);
+    CHECK(rt == (loopai_runtime_t *)0x1);
+    CHECK(atomic_load(&st.calls) == 0);
+
+    /* free_user_data may be NULL. */
+    loopai_runtime_t *ok = NULL;
+    CHECK_STATUS(loopai_runtime_new_with_oracle(spam_dir(), "spam", NULL, test_oracle, &st, NULL,
+                                                &ok, NULL),
+                 LOOPAI_OK);
+    loopai_runtime_free(ok);
+    CHECK(atomic_load(&st.freed) == 4);
+
+    /* Without a callback-oracle and without an oracle section, samples are not validated. */
+    loopai_runtime_t *plain = NULL;
+    CHECK_STATUS(loopai_runtime_new(spam_dir(), "spam", "{\"sampling\": {\"rate\": 1}}", &plain, NULL),
+                 LOOPAI_OK);
+    loopai_result_t *r = NULL;
+    CHECK_STATUS(exec_str(plain, "{\"text\": \"hello\"}", &r, NULL), LOOPAI_OK);
+    loopai_result_free(r);
+    char *m = flushed_metrics(plain, &failed_here);
+    if (m != NULL) {
+        const char *s, *e;
+        CHECK(find_key(m, "oracle", &s, &e) && span_eq(s, e, "null"));
+        CHECK(json_int(m, "skipped_no_oracle") == 1);
+        loopai_string_free(m);
+    }
+    CHECK_STATUS(loopai_runtime_validation_metrics_json(NULL, &m, NULL), LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_validation_metrics_json(plain, NULL, NULL), LOOPAI_E_INVALID_INPUT);
+    loopai_runtime_free(plain);
+
+    /* The setters refuse NULL. */
+    CHECK(loopai_oracle_reply_set(NULL, "{}", 2) == LOOPAI_E_INVALID_INPUT);
+    CHECK(loopai_oracle_reply_set_error(NULL, "x", 1) == LOOPAI_E_INVALID_INPUT);
+    END;
+}
+
 int main(void) {
     struct {
         const char *name;
@@ -528,6 +882,10 @@ int main(void) {
         T(four_threads_execute_concurrently),
         T(runtime_from_before_fork_is_closed_in_the_child),
         T(parity_vectors_bit_for_bit),
+        T(oracle_callback_validates_sampled_executions),
+        T(failing_oracle_callbacks_are_counted),
+        T(oracle_callback_answers_abstentions_in_the_cascade),
+        T(runtime_new_with_oracle_errors_release_user_data),
 #undef T
     };
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {

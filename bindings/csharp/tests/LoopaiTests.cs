@@ -229,6 +229,144 @@ internal static class LoopaiTests
         Assert(n >= 10, "only " + n + " vectors");
     }
 
+    // ---- oracle callbacks ---------------------------------------------------------------
+
+    private const string Abstaining = "{\"text\": \"ALL CAPS MESSAGE WITH NO SPAM WORDS\"}"; // spam at 0.57: abstains
+
+    private static long Count(string json, string key)
+    {
+        return long.Parse(Field(json, key), CultureInfo.InvariantCulture);
+    }
+
+    /// "spam" when the input mentions a prize, else "ham"; checks the request, counts calls.
+    private static Func<OracleRequest, OracleAnswer> KeywordOracle(int[] calls, List<string> problems)
+    {
+        return req =>
+        {
+            Interlocked.Increment(ref calls[0]);
+            if (req.Task != "spam" || req.Labels.Length != 2 || req.Labels[0] != "spam" || req.Labels[1] != "ham"
+                || req.Timeout <= TimeSpan.Zero || !req.InputJson.StartsWith("{") || req.OutputSchemaJson == null)
+                lock (problems) problems.Add("unexpected request " + req.Json);
+            return req.InputJson.Contains("prize") ? OracleAnswer.Label("spam", 1.5) : OracleAnswer.Label("ham");
+        };
+    }
+
+    private static void OracleValidatesSampledExecutions()
+    {
+        var calls = new int[1];
+        var problems = new List<string>();
+        using (var rt = new LoopaiRuntime(Env("LOOPAI_TEST_DATA_DIR"), "spam",
+                   "{\"sampling\": {\"rate\": 1, \"seed\": 7}}", KeywordOracle(calls, problems)))
+        {
+            // Program and oracle agree on the first two inputs and disagree on the third.
+            for (int round = 0; round < 2; round++)
+            {
+                foreach (var input in new[] { "{\"text\": \"WIN a FREE prize, call now\"}",
+                                              "{\"text\": \"Are you coming home for dinner?\"}", Abstaining })
+                {
+                    var r = rt.Execute(input);
+                    Assert(r.Json.Contains("\"sampled\":true") && r.Source == "program", r.Json);
+                }
+            }
+            rt.Flush(TimeSpan.FromSeconds(30));
+            var m = rt.ValidationMetricsJson();
+            Assert(Field(m, "oracle") == "\"in-process\"", m);
+            Assert(Count(m, "validated") == 6 && Count(m, "matched") == 4 && Count(m, "oracle_errors") == 0, m);
+            Assert(Volatile.Read(ref calls[0]) == 6, "calls " + calls[0]);
+            var health = rt.HealthJson();
+            Assert(Count(Field(health, "validation"), "validated") == 6, health);
+            Assert(Field(health, "telemetry") == "null", health);
+        }
+        Assert(problems.Count == 0, string.Join("; ", problems));
+    }
+
+    private static void FailingOraclesAreCounted()
+    {
+        var oracles = new Dictionary<string, Func<OracleRequest, OracleAnswer>>
+        {
+            { "throws", req => { throw new InvalidOperationException("model offline"); } },
+            { "null", req => null },
+            { "bad label", req => OracleAnswer.Label("maybe spam") },
+            { "bad json", req => OracleAnswer.FromJson("{nope") },
+        };
+        foreach (var kv in oracles)
+        {
+            using (var rt = new LoopaiRuntime(Env("LOOPAI_TEST_DATA_DIR"), "spam",
+                       "{\"sampling\": {\"rate\": 1, \"seed\": 1}}", kv.Value))
+            {
+                for (int i = 0; i < 3; i++)
+                    rt.Execute("{\"text\": \"WIN a FREE prize, call now\"}");
+                rt.Flush(TimeSpan.FromSeconds(30));
+                var m = rt.ValidationMetricsJson();
+                Assert(Count(m, "oracle_errors") == 3 && Count(m, "validated") == 0, kv.Key + ": " + m);
+            }
+        }
+    }
+
+    private static void OracleAnswersAbstentionsInTheCascade()
+    {
+        const string config = "{\"execution\": {\"fallback\": \"oracle\", \"timeout_ms\": 30000}, \"sampling\": {\"rate\": 0}}";
+        var calls = new int[1];
+        var problems = new List<string>();
+        using (var rt = new LoopaiRuntime(Env("LOOPAI_TEST_DATA_DIR"), "spam", config, KeywordOracle(calls, problems)))
+        {
+            var threads = new Thread[4];
+            for (int t = 0; t < threads.Length; t++)
+            {
+                threads[t] = new Thread(() =>
+                {
+                    for (int i = 0; i < 25; i++)
+                    {
+                        try
+                        {
+                            var r = rt.Execute(Abstaining);
+                            if (r.Label != "ham" || r.Source != "oracle" || r.Status != "success")
+                                lock (problems) problems.Add(r.Json);
+                        }
+                        catch (Exception e)
+                        {
+                            lock (problems) problems.Add(e.Message);
+                        }
+                    }
+                });
+                threads[t].Start();
+            }
+            foreach (var t in threads)
+                t.Join();
+            var m = rt.ValidationMetricsJson();
+            Assert(Field(m, "fallback") == "true" && Count(m, "oracle_fallbacks") == 100
+                   && Count(m, "oracle_fallback_failures") == 0, m);
+            Assert(Volatile.Read(ref calls[0]) == 100, "calls " + calls[0]);
+        }
+        Assert(problems.Count == 0, string.Join("; ", problems));
+        using (var rt = new LoopaiRuntime(Env("LOOPAI_TEST_DATA_DIR"), "spam", config,
+                   req => { throw new TimeoutException("down"); }))
+        {
+            var r = rt.Execute(Abstaining);
+            Assert(r.Label == "spam" && r.Status == "abstain" && r.Source == "program", r.Json);
+            Assert(Count(rt.ValidationMetricsJson(), "oracle_fallback_failures") == 1, rt.ValidationMetricsJson());
+        }
+    }
+
+    private static void OracleConstructorErrorsReleaseTheDelegate()
+    {
+        var dir = Env("LOOPAI_TEST_DATA_DIR");
+        var e = Throws(() => new LoopaiRuntime(dir, "spam", null, null));
+        Assert(e.Code == LoopaiStatus.Config && e.Message.Contains("oracle"), e.Message);
+        int before = LoopaiRuntime.LiveOracles;
+        Func<OracleRequest, OracleAnswer> oracle = req => OracleAnswer.Label("ham");
+        e = Throws(() => new LoopaiRuntime(dir, "no-such-task", null, oracle));
+        Assert(e.Code == LoopaiStatus.Artifact, e.Message);
+        e = Throws(() => new LoopaiRuntime(dir, "spam", "{\"sampling\": 3}", oracle));
+        Assert(e.Code == LoopaiStatus.Config, e.Message);
+        Assert(LoopaiRuntime.LiveOracles == before, "a failed constructor kept its oracle");
+        var rt = new LoopaiRuntime(dir, "spam", null, oracle);
+        Assert(LoopaiRuntime.LiveOracles == before + 1, "live oracles " + LoopaiRuntime.LiveOracles);
+        rt.Dispose();
+        Assert(LoopaiRuntime.LiveOracles == before, "Dispose did not release the oracle");
+        Assert(Throws(() => rt.ValidationMetricsJson()).Code == LoopaiStatus.Closed, "after Dispose");
+    }
+
     private static int Main()
     {
         Run("execute_returns_results", ExecuteReturnsResults);
@@ -237,6 +375,10 @@ internal static class LoopaiTests
         Run("batch_flush_health_shutdown", BatchFlushHealthShutdown);
         Run("four_threads_execute_concurrently", FourThreadsExecuteConcurrently);
         Run("parity_vectors_bit_for_bit", ParityVectorsBitForBit);
+        Run("oracle_validates_sampled_executions", OracleValidatesSampledExecutions);
+        Run("failing_oracles_are_counted", FailingOraclesAreCounted);
+        Run("oracle_answers_abstentions_in_the_cascade", OracleAnswersAbstentionsInTheCascade);
+        Run("oracle_constructor_errors_release_the_delegate", OracleConstructorErrorsReleaseTheDelegate);
         Console.WriteLine("csharp: " + passed + " passed, " + failed + " failed");
         return failed == 0 ? 0 : 1;
     }
