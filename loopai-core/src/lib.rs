@@ -113,6 +113,8 @@ mod fsutil;
 mod oracle;
 mod privacy;
 mod program;
+mod refresh;
+mod repository;
 mod runtime;
 mod sampler;
 mod schema;
@@ -143,6 +145,11 @@ pub use privacy::{
 };
 pub use program::{
     ngram_hash, DecisionId, Outcome, Program, ProgramLimits, ProgramStats, FORMAT as PROGRAM_FORMAT,
+};
+pub use refresh::RefreshMetrics;
+pub use repository::{
+    verify_artifact_signature, ArtifactArchive, ArtifactSigner, VersionInfo, VersionList,
+    MAX_ARCHIVE_BYTES, VERSIONS_FORMAT,
 };
 pub use runtime::{
     ExecutionResult, ExecutionSource, ExecutionStatus, Health, Runtime, RuntimeBuilder, Scores,
