@@ -82,9 +82,11 @@
 //! already in use`). Refused HTTP requests get a 4xx status and `{"error": "<message>"}`
 //! naming the field (`task_id: task id "../x": may only contain ...`).
 
+mod artifacts;
 mod auth;
 mod error;
 mod http;
+mod repository;
 mod server;
 mod telemetry;
 mod telemetry_store;
@@ -92,8 +94,8 @@ mod telemetry_store;
 pub use auth::{ApiKeys, Principal, Role, MAX_KEY_BYTES, MIN_KEY_BYTES};
 pub use error::{Error, ErrorKind, Result};
 pub use server::{
-    CloudServer, CloudServerBuilder, ServerHandle, DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_PORT, DEFAULT_SHUTDOWN_TIMEOUT, DROP_SHUTDOWN_TIMEOUT,
+    CloudServer, CloudServerBuilder, ServerHandle, DEFAULT_BODY_TIMEOUT, DEFAULT_HEARTBEAT,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT, DEFAULT_SHUTDOWN_TIMEOUT, DROP_SHUTDOWN_TIMEOUT,
 };
 pub use telemetry::MAX_BATCH_ID_BYTES;
 
