@@ -23,8 +23,8 @@ pub(crate) struct PublishArgs {
     #[arg(long, value_name = "TASK")]
     task: String,
     /// Publish as this version number (refused with 409 if it exists); default: the next.
-    #[arg(long, value_name = "N")]
-    version: Option<u32>,
+    #[arg(long = "as-version", value_name = "N")]
+    as_version: Option<u32>,
     /// A program.json file, or a version directory holding program.json and, optionally,
     /// metadata.json (its schemas, description and generator fields are kept).
     #[arg(value_name = "PROGRAM_OR_DIR")]
@@ -56,7 +56,7 @@ pub(crate) fn run(args: PublishArgs) -> Result<ExitCode, Error> {
         args.api_url.trim_end_matches('/'),
         args.task
     );
-    if let Some(v) = args.version {
+    if let Some(v) = args.as_version {
         url.push_str(&format!("?version={v}"));
     }
     let agent: ureq::Agent = ureq::Agent::config_builder()
