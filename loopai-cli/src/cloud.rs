@@ -24,7 +24,8 @@ pub(crate) enum CloudCommand {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
-    /// The storage directory: batches go to DIR/telemetry/<task_id>/YYYY-MM-DD.jsonl.
+    /// The storage directory: batches go to DIR/telemetry/<task_id>/YYYY-MM-DD.jsonl,
+    /// artifacts to DIR/artifacts/<task>/ (servable as static files).
     #[arg(long, value_name = "DIR")]
     dir: PathBuf,
     /// The port to listen on (0 picks a free one; the log says which).

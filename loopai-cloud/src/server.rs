@@ -287,7 +287,8 @@ impl CloudServerBuilder {
     }
 }
 
-/// The Loopai reference cloud server: today the telemetry collector.
+/// The Loopai reference cloud server: telemetry collector, artifact repository and
+/// notification hub.
 ///
 /// Build one with [`CloudServer::builder`], then either [`serve`](Self::serve) (block until
 /// SIGINT/SIGTERM) or [`spawn`](Self::spawn) (run in the background, get a

@@ -1101,6 +1101,68 @@ mod tests {
         assert!(rt.execute(&json!({"text": "parent still works"})).is_ok());
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn refresh_threads_are_not_waited_for_in_a_forked_child() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), RULES, Default::default());
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let config = DeploymentConfig::from_yaml_str(
+            &format!("cloud:\n  api_url: {url}\n  refresh_interval_sec: 1\ntelemetry:\n  enabled: false\n"),
+            "test",
+        )
+        .unwrap();
+        let build = || {
+            Runtime::builder()
+                .data_dir(dir.path())
+                .task("spam")
+                .config(config.clone())
+                .build()
+        };
+        let rt = build().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while rt.health().refresh.unwrap().checks == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the refresh thread never checked"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // SAFETY: the child executes, drops, builds a runtime and _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let refused = matches!(rt.execute(&json!({"text": "x"})), Err(e) if e.kind() == ErrorKind::Closed);
+            // Dropping must not wait for threads that do not exist here.
+            drop(rt);
+            let fresh = build().and_then(|r| {
+                r.execute(&json!({"text": "child"}))?;
+                r.shutdown(Duration::from_secs(5))
+            });
+            unsafe { libc::_exit(if refused && fresh.is_ok() { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        loop {
+            let done = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if done == pid {
+                break;
+            }
+            if Instant::now() > deadline {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!("the forked child hung");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child checks failed"
+        );
+        assert!(rt.execute(&json!({"text": "parent still works"})).is_ok());
+        rt.shutdown(Duration::from_secs(5)).unwrap();
+    }
+
     #[test]
     fn execute_batch_keeps_order_and_per_item_errors() {
         let dir = tempfile::tempdir().unwrap();
