@@ -196,7 +196,7 @@ async fn upload(
         let task2 = task.clone();
         let info = tokio::task::spawn_blocking(move || {
             let body = http::decode(bytes, encoding, max)?;
-            app2.repository.publish(&task2, &body, requested)
+            publish(&app2, &task2, &body, requested)
         })
         .await
         .map_err(|e| ApiError::internal(format!("the storage task failed: {e}")))??;
@@ -205,11 +205,6 @@ async fn upload(
             info.version,
             &info.sha256[..12]
         );
-        // No receiver is fine: nobody listens.
-        let _ = app.hub.tx.send(Published {
-            task: task.clone(),
-            version: info.version,
-        });
         let value = serde_json::to_value(&info)
             .map_err(|e| ApiError::internal(format!("serializing the entry: {e}")))?;
         Ok::<_, ApiError>(http::json_response(StatusCode::CREATED, &value))
@@ -223,6 +218,25 @@ async fn upload(
         );
         err.into_response()
     })
+}
+
+/// Validates and publishes a version (`body`: a tar.gz archive or a bare program.json,
+/// see `Repository::publish`) and notifies the task's listeners. Blocking. Every
+/// publication goes through here (uploads, and publishers inside the server), so the
+/// archive, the versions list, the signature and the notification are never skipped.
+pub(crate) fn publish(
+    app: &AppState,
+    task: &str,
+    body: &[u8],
+    requested: Option<u32>,
+) -> Result<loopai_core::VersionInfo, ApiError> {
+    let info = app.repository.publish(task, body, requested)?;
+    // No receiver is fine: nobody listens.
+    let _ = app.hub.tx.send(Published {
+        task: task.to_owned(),
+        version: info.version,
+    });
+    Ok(info)
 }
 
 fn artifact_event(task: &str, version: u32) -> Event {
