@@ -9,14 +9,23 @@ use loopai_core::{Error, ErrorKind};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum CloudCommand {
-    /// Run the telemetry collector (POST /api/v1/telemetry, GET /health) until SIGINT or
-    /// SIGTERM. Logs go to stderr (level from LOOPAI_LOG: error, warn, info, debug).
+    /// Run the reference cloud (telemetry collector, artifact repository, notifications;
+    /// see docs/cloud.md) until SIGINT or SIGTERM. Logs go to stderr (level from
+    /// LOOPAI_LOG: error, warn, info, debug).
     Serve(ServeArgs),
+    /// Make an ed25519 artifact signing key: writes the secret key to FILE (mode 0600, for
+    /// `serve --signing-key`) and prints the public key (for `cloud.trusted_keys`).
+    Keygen {
+        /// Where to write the secret key; an existing file is not overwritten.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
-    /// The storage directory: batches go to DIR/telemetry/<task_id>/YYYY-MM-DD.jsonl.
+    /// The storage directory: batches go to DIR/telemetry/<task_id>/YYYY-MM-DD.jsonl,
+    /// artifacts to DIR/artifacts/<task>/ (servable as static files).
     #[arg(long, value_name = "DIR")]
     dir: PathBuf,
     /// The port to listen on (0 picks a free one; the log says which).
@@ -29,6 +38,13 @@ pub(crate) struct ServeArgs {
     /// "deployment_id"}). Without it the server runs open, as a development server.
     #[arg(long, value_name = "FILE")]
     api_keys: Option<PathBuf>,
+    /// Sign published artifacts with the ed25519 secret key in FILE (from `loopai cloud
+    /// keygen`); the log prints the public key for deployments' cloud.trusted_keys.
+    #[arg(long, value_name = "FILE")]
+    signing_key: Option<PathBuf>,
+    /// Seconds between heartbeat events on notification streams.
+    #[arg(long, value_name = "SECONDS", default_value_t = 15)]
+    heartbeat_sec: u64,
 }
 
 fn core_error(err: loopai_cloud::Error) -> Error {
@@ -52,11 +68,33 @@ pub(crate) fn run(cmd: CloudCommand) -> Result<ExitCode, Error> {
             if let Some(keys) = &args.api_keys {
                 builder = builder.api_keys_file(keys);
             }
+            if let Some(key) = &args.signing_key {
+                builder = builder.signing_key_file(key);
+            }
+            builder = builder.heartbeat(std::time::Duration::from_secs(args.heartbeat_sec));
             builder
                 .build()
                 .map_err(core_error)?
                 .serve()
                 .map_err(core_error)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        CloudCommand::Keygen { out } => {
+            let signer = loopai_core::ArtifactSigner::generate()?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options
+                .open(&out)
+                .map_err(|e| Error::io(out.display(), e))?;
+            std::io::Write::write_all(
+                &mut file,
+                format!("{}\n", signer.secret_key_hex()).as_bytes(),
+            )
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Error::io(out.display(), e))?;
+            println!("{}", signer.public_key_hex());
             Ok(ExitCode::SUCCESS)
         }
     }

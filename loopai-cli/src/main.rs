@@ -5,6 +5,7 @@ mod cloud;
 mod exec;
 mod logger;
 mod program;
+mod publish;
 mod stats;
 mod synth;
 
@@ -48,9 +49,12 @@ enum Command {
     Synth(synth::SynthArgs),
     /// Score the active program on labelled test examples (exactly as `exec` runs it).
     Eval(synth::EvalArgs),
-    /// Run the reference cloud server (the telemetry collector).
+    /// Run the reference cloud server (telemetry collector, artifact repository,
+    /// notifications), or make its artifact signing key.
     #[command(subcommand)]
     Cloud(cloud::CloudCommand),
+    /// Upload a program (or a version directory) to an artifact repository as a new version.
+    Publish(publish::PublishArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         Command::Synth(args) => synth::synth(args),
         Command::Eval(args) => synth::eval(args),
         Command::Cloud(cmd) => cloud::run(cmd),
+        Command::Publish(args) => publish::run(args),
     };
     match result {
         Ok(code) => code,

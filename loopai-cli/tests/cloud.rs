@@ -3,6 +3,7 @@
 #![cfg(unix)]
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -113,4 +114,129 @@ fn cloud_serve_refuses_a_bad_keys_file_naming_the_line() {
         stderr.contains("keys.jsonl:2: key: must be 16-256 bytes"),
         "{stderr}"
     );
+}
+
+fn spam_program(label: &str) -> String {
+    serde_json::json!({
+        "format": "loopai.program/1", "task": "spam",
+        "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+        "decide": {"op": "rules", "rules": [
+            {"when": {"always": true}, "then": label, "confidence": 0.9}]},
+        "output": {"kind": "label", "labels": ["spam", "ham"]}
+    })
+    .to_string()
+}
+
+#[test]
+fn publish_uploads_a_program_or_a_version_dir_signed_with_a_keygen_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("signing.key");
+    let out = Command::new(env!("CARGO_BIN_EXE_loopai"))
+        .args(["cloud", "keygen", "--out"])
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let public_key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(public_key.len(), 64);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let again = Command::new(env!("CARGO_BIN_EXE_loopai"))
+        .args(["cloud", "keygen", "--out"])
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "never overwrites a key");
+
+    let keys = loopai_cloud::ApiKeys::parse(
+        "{\"key\": \"pk_0123456789abcdef0123\", \"role\": \"publisher\"}\n\
+         {\"key\": \"dk_0123456789abcdef0123\", \"role\": \"deployment\", \"deployment_id\": \"e\"}",
+        "keys",
+    )
+    .unwrap();
+    let mut server = loopai_cloud::CloudServer::builder()
+        .dir(dir.path().join("repo"))
+        .port(0)
+        .worker_threads(1)
+        .api_keys(keys)
+        .signing_key_file(&key_file)
+        .build()
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let url = server.url();
+    let publish = |key: &str, path: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_loopai"))
+            .args([
+                "publish",
+                "--api-url",
+                &url,
+                "--api-key",
+                key,
+                "--task",
+                "spam",
+            ])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let file = dir.path().join("program.json");
+    std::fs::write(&file, spam_program("ham")).unwrap();
+    let out = publish("pk_0123456789abcdef0123", &file);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.starts_with("published spam v1 (archive sha256 "),
+        "{stdout}"
+    );
+    assert!(stdout.trim_end().ends_with(", signed)"), "{stdout}");
+
+    let version_dir = dir.path().join("v7");
+    std::fs::create_dir(&version_dir).unwrap();
+    std::fs::write(version_dir.join("program.json"), spam_program("spam")).unwrap();
+    std::fs::write(
+        version_dir.join("metadata.json"),
+        r#"{"synthesis_strategy": "rule", "description": "from a dir"}"#,
+    )
+    .unwrap();
+    let out = publish("pk_0123456789abcdef0123", &version_dir);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .starts_with("published spam v2 "));
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("repo/artifacts/spam/v2/metadata.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["description"], "from a dir");
+    let list: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("repo/artifacts/spam/versions")).unwrap(),
+    )
+    .unwrap();
+    let entry = &list["versions"][1];
+    loopai_core::verify_artifact_signature(
+        &[public_key],
+        entry["sha256"].as_str().unwrap(),
+        entry["signature"].as_str().unwrap(),
+    )
+    .unwrap();
+
+    // Refusals exit non-zero and say why.
+    let out = publish("dk_0123456789abcdef0123", &file);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("HTTP 403: this endpoint needs a publisher key, not a deployment key"),
+        "{stderr}"
+    );
+    std::fs::write(&file, "{\"format\": \"loopai.program/1\"}").unwrap();
+    let out = publish("pk_0123456789abcdef0123", &file);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("HTTP 400: program.json: "), "{stderr}");
+    server.shutdown(Duration::from_secs(10)).unwrap();
 }

@@ -37,9 +37,10 @@ const MAX_ID_BYTES: usize = 128;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// A deployment (a runtime): may upload telemetry for its own `deployment_id`.
+    /// A deployment (a runtime): may upload telemetry for its own `deployment_id`, read
+    /// the artifact repository and subscribe to notifications.
     Deployment,
-    /// A publisher: may upload artifacts (the artifact repository, a later release).
+    /// A publisher: may upload artifacts to the artifact repository (and read it).
     Publisher,
 }
 
@@ -265,6 +266,15 @@ impl Auth {
         headers: &HeaderMap,
         required: Role,
     ) -> std::result::Result<Caller<'_>, ApiError> {
+        self.authorize_any(headers, &[required])
+    }
+
+    /// Like [`authorize`](Self::authorize), accepting any of `allowed` roles.
+    pub(crate) fn authorize_any(
+        &self,
+        headers: &HeaderMap,
+        allowed: &[Role],
+    ) -> std::result::Result<Caller<'_>, ApiError> {
         let keys = match self {
             Auth::Open => return Ok(Caller::Anonymous),
             Auth::Keys(keys) => keys,
@@ -288,9 +298,11 @@ impl Auth {
         let principal = keys
             .authenticate(token)
             .ok_or_else(|| ApiError::unauthorized("unknown API key"))?;
-        if principal.role != required {
+        if !allowed.contains(&principal.role) {
+            let needed: Vec<String> = allowed.iter().map(Role::to_string).collect();
             return Err(ApiError::forbidden(format!(
-                "this endpoint needs a {required} key, not a {} key",
+                "this endpoint needs a {} key, not a {} key",
+                needed.join(" or "),
                 principal.role
             )));
         }

@@ -1,15 +1,17 @@
 //! # Loopai reference cloud
 //!
-//! The server behind `loopai cloud serve`. Today it is the **telemetry collector**:
-//! deployments (runtimes) upload telemetry batches, and the server stores each batch once,
-//! durably, as one JSON line per batch. The artifact repository, notifications and the
-//! improvement engine will be added to the same server, as more routes on the same state.
-//! The protocol is documented in `docs/cloud.md`.
+//! The server behind `loopai cloud serve`: the **telemetry collector** (deployments upload
+//! telemetry batches, stored once, durably, as one JSON line per batch), the **artifact
+//! repository** (publishers upload program versions, validated by compiling them; versions
+//! are immutable and optionally ed25519-signed; deployments list and download them) and the
+//! **notification hub** (server-sent events on publication). The improvement engine will be
+//! added to the same server. The protocol is documented in `docs/cloud.md` and
+//! `docs/repository.md`.
 //!
 //! ## Overview
 //!
 //! * [`CloudServer`] / [`CloudServerBuilder`] — options (storage directory, address, API
-//!   keys, limits), then [`CloudServer::serve`] (block until SIGINT/SIGTERM) or
+//!   keys, signing key, limits), then [`CloudServer::serve`] (block until SIGINT/SIGTERM) or
 //!   [`CloudServer::spawn`] (run in the background).
 //! * [`ServerHandle`] — the bound address ([`ServerHandle::local_addr`], so port 0 works)
 //!   and a bounded, graceful [`ServerHandle::shutdown`].
@@ -20,7 +22,11 @@
 //! | endpoint | |
 //! |---|---|
 //! | `POST /api/v1/telemetry` | a telemetry batch (JSON, optionally `Content-Encoding: gzip`); needs a `deployment` key |
-//! | `GET /health` | `{"status": "ok", "auth": "open" \| "api_keys", "telemetry_batches": N}` |
+//! | `GET /api/v1/artifacts/{task}/versions` | the versions list, `ETag` / `If-None-Match` → 304; a `deployment` or `publisher` key |
+//! | `GET /api/v1/artifacts/{task}/v{N}/download` | the tar.gz archive of a version; a `deployment` or `publisher` key |
+//! | `POST /api/v1/artifacts/{task}/upload[?version=N]` | publish a version (archive or program.json); needs a `publisher` key |
+//! | `GET /api/v1/notifications/{task}` | server-sent events `artifact` and `heartbeat`; a `deployment` or `publisher` key |
+//! | `GET /health` | `{"status": "ok", "auth": "open" \| "api_keys", "telemetry_batches": N, "artifact_tasks": T, "signing_key": ...}` |
 //!
 //! ## Quick start
 //!
@@ -48,6 +54,10 @@
 //! written again, also after a restart (the index is rebuilt from the files at startup)
 //! and when copies arrive concurrently. Uploads are therefore idempotent, and a client
 //! may retry any failed upload.
+//!
+//! Published artifacts go to `<dir>/artifacts/<task>/` (`versions`, `v<N>/download`,
+//! `v<N>/program.json`, `v<N>/metadata.json`), a layout any static HTTP server can serve
+//! to runtimes as it is.
 //!
 //! ## API keys
 //!
@@ -82,10 +92,12 @@
 //! already in use`). Refused HTTP requests get a 4xx status and `{"error": "<message>"}`
 //! naming the field (`task_id: task id "../x": may only contain ...`).
 
+mod artifacts;
 mod auth;
 mod error;
 mod http;
 mod improvement;
+mod repository;
 mod server;
 mod telemetry;
 mod telemetry_store;
@@ -94,8 +106,8 @@ pub use auth::{ApiKeys, Principal, Role, MAX_KEY_BYTES, MIN_KEY_BYTES};
 pub use error::{Error, ErrorKind, Result};
 pub use improvement::{ImprovementAction, ImprovementConfig, ImprovementEngine, PublishFn};
 pub use server::{
-    CloudServer, CloudServerBuilder, ServerHandle, DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_PORT, DEFAULT_SHUTDOWN_TIMEOUT, DROP_SHUTDOWN_TIMEOUT,
+    CloudServer, CloudServerBuilder, ServerHandle, DEFAULT_BODY_TIMEOUT, DEFAULT_HEARTBEAT,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT, DEFAULT_SHUTDOWN_TIMEOUT, DROP_SHUTDOWN_TIMEOUT,
 };
 pub use telemetry::MAX_BATCH_ID_BYTES;
 

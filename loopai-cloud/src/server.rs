@@ -10,13 +10,15 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use loopai_core::{Clock, SystemClock};
+use loopai_core::{ArtifactSigner, Clock, SystemClock};
 use tokio::sync::oneshot;
 
+use crate::artifacts::Hub;
 use crate::auth::{ApiKeys, Auth};
 use crate::http::{self, BodyLimits};
+use crate::repository::Repository;
 use crate::telemetry_store::TelemetryStore;
-use crate::{telemetry, Error, ErrorKind, Result};
+use crate::{artifacts, telemetry, Error, ErrorKind, Result};
 
 /// The default largest request body, in bytes, as received and after decompression (16 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
@@ -28,12 +30,16 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DROP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The default port.
 pub const DEFAULT_PORT: u16 = 8080;
+/// The default period of `heartbeat` events on notification streams.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// What every request handler shares.
 #[derive(Debug)]
 pub(crate) struct AppState {
     pub(crate) auth: Auth,
     pub(crate) telemetry: TelemetryStore,
+    pub(crate) repository: Repository,
+    pub(crate) hub: Hub,
     pub(crate) limits: BodyLimits,
 }
 
@@ -50,6 +56,9 @@ pub struct CloudServerBuilder {
     shutdown_timeout: Duration,
     worker_threads: Option<usize>,
     clock: Arc<dyn Clock>,
+    signing_key_file: Option<PathBuf>,
+    signer: Option<ArtifactSigner>,
+    heartbeat: Duration,
 }
 
 impl Default for CloudServerBuilder {
@@ -65,6 +74,9 @@ impl Default for CloudServerBuilder {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             worker_threads: None,
             clock: Arc::new(SystemClock),
+            signing_key_file: None,
+            signer: None,
+            heartbeat: DEFAULT_HEARTBEAT,
         }
     }
 }
@@ -137,6 +149,28 @@ impl CloudServerBuilder {
         self
     }
 
+    /// Sign published artifacts with the ed25519 secret key in this file (32 bytes as 64
+    /// hex digits or base64, e.g. from `loopai cloud keygen`). Deployments check the
+    /// signatures when their `cloud.trusted_keys` lists the public key, which the server
+    /// logs at start.
+    pub fn signing_key_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.signing_key_file = Some(path.into());
+        self
+    }
+
+    /// Sign published artifacts with this key (instead of a key file).
+    pub fn signing_key(mut self, signer: ArtifactSigner) -> Self {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// How often notification streams get a `heartbeat` event (default
+    /// [`DEFAULT_HEARTBEAT`]).
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self
+    }
+
     /// Checks the options, loads the API keys, opens the storage directory (cutting off
     /// torn tails and rebuilding the `batch_id` index) and returns a server ready to
     /// [`spawn`](CloudServer::spawn) or [`serve`](CloudServer::serve).
@@ -173,6 +207,29 @@ impl CloudServerBuilder {
             (None, Some(path)) => Auth::Keys(ApiKeys::from_file(&path)?),
             (None, None) => Auth::Open,
         };
+        if self.heartbeat.is_zero() {
+            return Err(Error::new(ErrorKind::Config, "heartbeat: must not be zero"));
+        }
+        let signer = match (self.signer, self.signing_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "signing_key: give either a key or a key file, not both",
+                ))
+            }
+            (Some(signer), None) => Some(signer),
+            (None, Some(path)) => {
+                let text =
+                    std::fs::read_to_string(&path).map_err(|e| Error::io(path.display(), e))?;
+                Some(ArtifactSigner::from_key_text(&text).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Config,
+                        format!("{}: {}", path.display(), e.message()),
+                    )
+                })?)
+            }
+            (None, None) => None,
+        };
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
         let (telemetry, report) = TelemetryStore::open(&dir, self.clock)?;
         for (path, bytes) in &report.repaired {
@@ -192,6 +249,25 @@ impl CloudServerBuilder {
                 String::new()
             }
         );
+        match &signer {
+            Some(s) => log::info!(
+                "signing artifacts with ed25519 public key {} (put it in cloud.trusted_keys)",
+                s.public_key_hex()
+            ),
+            None => log::info!("artifacts are not signed (no signing key)"),
+        }
+        let (repository, opened) = Repository::open(&dir, signer)?;
+        log::info!(
+            "artifacts under {}: {} versions of {} tasks{}",
+            dir.join("artifacts").display(),
+            opened.versions,
+            opened.tasks,
+            if opened.completed > 0 {
+                format!(", {} interrupted publishes completed", opened.completed)
+            } else {
+                String::new()
+            }
+        );
         Ok(CloudServer {
             dir,
             addr: SocketAddr::new(self.bind, self.port),
@@ -200,6 +276,8 @@ impl CloudServerBuilder {
             state: Arc::new(AppState {
                 auth,
                 telemetry,
+                repository,
+                hub: Hub::new(self.heartbeat),
                 limits: BodyLimits {
                     max_bytes: self.max_body_bytes,
                     read_timeout: self.body_timeout,
@@ -209,7 +287,8 @@ impl CloudServerBuilder {
     }
 }
 
-/// The Loopai reference cloud server: today the telemetry collector.
+/// The Loopai reference cloud server: telemetry collector, artifact repository and
+/// notification hub.
 ///
 /// Build one with [`CloudServer::builder`], then either [`serve`](Self::serve) (block until
 /// SIGINT/SIGTERM) or [`spawn`](Self::spawn) (run in the background, get a
@@ -227,6 +306,7 @@ fn routes(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(health))
         .merge(telemetry::routes())
+        .merge(artifacts::routes())
         .fallback(http::not_found)
         .with_state(state)
 }
@@ -242,6 +322,8 @@ async fn health(axum::extract::State(state): axum::extract::State<Arc<AppState>>
             "status": "ok",
             "auth": auth,
             "telemetry_batches": state.telemetry.batches(),
+            "artifact_tasks": state.repository.task_count(),
+            "signing_key": state.repository.public_key(),
         }),
     )
 }
@@ -329,6 +411,7 @@ impl CloudServer {
             local_addr,
             shutdown_timeout: self.shutdown_timeout,
             running: Some(Running {
+                state: Arc::clone(&self.state),
                 runtime,
                 stop: Some(stop_tx),
                 task,
@@ -350,6 +433,7 @@ impl CloudServer {
 }
 
 struct Running {
+    state: Arc<AppState>,
     runtime: tokio::runtime::Runtime,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -460,6 +544,8 @@ impl ServerHandle {
         if let Some(stop) = running.stop.take() {
             let _ = stop.send(());
         }
+        // Notification streams never end on their own: end them.
+        running.state.hub.stopping.send_replace(true);
         let task = &mut running.task;
         let outcome = running
             .runtime

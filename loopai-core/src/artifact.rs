@@ -349,6 +349,103 @@ impl ArtifactStore {
         Ok(metadata)
     }
 
+    /// Installs a version made elsewhere — downloaded from an artifact repository — under
+    /// its own number `metadata.version`, **not** activated, then [prunes](Self::prune).
+    ///
+    /// `metadata` is written as given (its `id`, `created_at` and unknown fields are kept)
+    /// except `status`, which becomes `validated`. It must describe `program`: its
+    /// `task_id` must be this task, its `sha256` and `program_bytes` must match, and its
+    /// numbers must be finite ([`ErrorKind::Artifact`] naming the field otherwise). The
+    /// program bytes are not parsed: compile them first.
+    ///
+    /// Atomic like [`install`](Self::install). Importing a version that is already
+    /// installed with the same program (another process got there first) returns the
+    /// installed metadata; with a different program it is an [`ErrorKind::Artifact`]
+    /// error, and nothing changes.
+    pub fn import(&self, metadata: &ArtifactMetadata, program: &[u8]) -> Result<ArtifactMetadata> {
+        let version = metadata.version;
+        let rel = self.rel(format!("v{version}"));
+        let refuse = |message: String| Error::new(ErrorKind::Artifact, format!("{rel}: {message}"));
+        if version == 0 {
+            return Err(refuse("version: must be at least 1".to_owned()));
+        }
+        if metadata.task_id != self.task {
+            return Err(refuse(format!(
+                "task_id: the artifact is for task `{}`, not `{}`",
+                metadata.task_id, self.task
+            )));
+        }
+        if metadata.program_bytes != program.len() as u64 {
+            return Err(refuse(format!(
+                "program_bytes: metadata records {} bytes, the program has {}",
+                metadata.program_bytes,
+                program.len()
+            )));
+        }
+        let actual = sha256_hex(program);
+        if actual != metadata.sha256 {
+            return Err(refuse(format!(
+                "sha256: metadata records {}, the program has {}",
+                abbreviate(&metadata.sha256),
+                abbreviate(&actual)
+            )));
+        }
+        let finite = [
+            ("confidence_score", metadata.confidence_score.unwrap_or(0.0)),
+            ("generation_cost", metadata.generation_cost),
+            ("generation_time_sec", metadata.generation_time_sec),
+        ];
+        if let Some((field, value)) = finite.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(refuse(format!("{field}: must be finite, got {value}")));
+        }
+        let mut metadata = metadata.clone();
+        metadata.status = ArtifactStatus::Validated;
+        let target = self.version_dir(version);
+        if fs::symlink_metadata(&target).is_ok() {
+            return self.same_as_installed(version, &metadata.sha256);
+        }
+
+        let tmp = self
+            .task_dir
+            .join(format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4()));
+        fs::create_dir(&tmp).map_err(|e| Error::io(self.rel(file_name(&tmp)), e))?;
+        let guard = RemoveOnDrop(Some(tmp.clone()));
+        let tmp_rel = self.rel(file_name(&tmp));
+        write_new_file(&tmp.join(PROGRAM_FILE), program)
+            .map_err(|e| Error::io(format!("{tmp_rel}/{PROGRAM_FILE}"), e))?;
+        write_new_file(&tmp.join(METADATA_FILE), &metadata_json(&metadata)?)
+            .map_err(|e| Error::io(format!("{tmp_rel}/{METADATA_FILE}"), e))?;
+        sync_dir(&tmp).map_err(|e| Error::io(&tmp_rel, e))?;
+        if let Err(err) = fs::rename(&tmp, &target) {
+            if fs::symlink_metadata(&target).is_ok() {
+                // Imported concurrently by another writer.
+                return self.same_as_installed(version, &metadata.sha256);
+            }
+            return Err(Error::io(format!("installing {tmp_rel} as {rel}"), err));
+        }
+        guard.disarm();
+        sync_dir(&self.task_dir).map_err(|e| Error::io(self.rel(""), e))?;
+        self.prune()
+            .map_err(|e| e.context(format!("v{version} was imported but pruning failed")))?;
+        Ok(metadata)
+    }
+
+    /// The metadata of installed `version` when its program hashes to `sha256`.
+    fn same_as_installed(&self, version: u32, sha256: &str) -> Result<ArtifactMetadata> {
+        let installed = self.verify(version)?;
+        if installed.sha256 == sha256 {
+            return Ok(installed);
+        }
+        Err(self.artifact_error(
+            format!("v{version}"),
+            format!(
+                "already installed with a different program (sha256 {}, new {})",
+                abbreviate(&installed.sha256),
+                abbreviate(sha256)
+            ),
+        ))
+    }
+
     /// The metadata of every installed version, sorted by version.
     ///
     /// Reads only `metadata.json` (use [`verify`](Self::verify) to check the program bytes).
@@ -909,11 +1006,11 @@ fn metadata_json(metadata: &ArtifactMetadata) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-fn abbreviate(hash: &str) -> String {
+pub(crate) fn abbreviate(hash: &str) -> String {
     match hash.get(..12) {
         Some(prefix) if hash.len() > 12 => format!("{prefix}…"),
         _ => format!("`{hash}`"),
@@ -1498,6 +1595,74 @@ mod tests {
         for bad in ["v0", "v01", "v", "1", "v1a", "v+1", "v4294967296", "V1"] {
             assert_eq!(parse_version_name(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn import_keeps_the_number_and_metadata_and_does_not_activate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let origin = ArtifactStore::open(&tmp.path().join("origin"), "spam").unwrap();
+        for n in 1..=3 {
+            origin
+                .install(&program(n), NewArtifact::default(), true)
+                .unwrap();
+        }
+        let v3 = origin.load(3).unwrap();
+
+        let store = store(tmp.path());
+        store
+            .install(&program(1), NewArtifact::default(), true)
+            .unwrap();
+        let imported = store.import(&v3.metadata, &v3.program).unwrap();
+        assert_eq!(imported.version, 3);
+        assert_eq!(imported.status, ArtifactStatus::Validated);
+        assert_eq!(imported.id, v3.metadata.id);
+        assert_eq!(imported.created_at, v3.metadata.created_at);
+        assert_eq!(store.versions().unwrap(), vec![1, 3]);
+        assert_eq!(store.active_version().unwrap(), Some(1));
+        assert_eq!(store.load(3).unwrap().program, v3.program);
+        // Idempotent for the same program; refused for another one.
+        assert_eq!(store.import(&v3.metadata, &v3.program).unwrap().version, 3);
+        let v2 = origin.load(2).unwrap();
+        let mut other = v2.metadata.clone();
+        other.version = 3;
+        let err = store.import(&other, &v2.program).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Artifact);
+        assert!(
+            err.message()
+                .starts_with("artifacts/spam/v3: already installed with a different program"),
+            "{err}"
+        );
+        assert_eq!(store.load(3).unwrap().program, v3.program);
+    }
+
+    #[test]
+    fn import_refuses_metadata_that_does_not_describe_the_program() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store(tmp.path());
+        let meta = store
+            .install(&program(1), NewArtifact::default(), false)
+            .unwrap();
+        let mut m = meta.clone();
+        m.version = 2;
+        let err = store.import(&m, &program(9)).unwrap_err();
+        assert!(
+            err.message()
+                .starts_with("artifacts/spam/v2: program_bytes")
+                || err.message().starts_with("artifacts/spam/v2: sha256"),
+            "{err}"
+        );
+        let mut m = meta.clone();
+        m.version = 2;
+        m.task_id = "ham".into();
+        let err = store.import(&m, &program(1)).unwrap_err();
+        assert_eq!(
+            err.message(),
+            "artifacts/spam/v2: task_id: the artifact is for task `ham`, not `spam`"
+        );
+        let mut m = meta;
+        m.version = 0;
+        assert!(store.import(&m, &program(1)).is_err());
+        assert_eq!(store.versions().unwrap(), vec![1]);
     }
 
     #[test]

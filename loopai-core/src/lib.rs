@@ -39,6 +39,13 @@
 //!   `structured`), and with `execution.fallback: oracle` it answers when the program
 //!   abstains ([`ExecutionSource::Oracle`]). Match rates per version:
 //!   [`Runtime::validation_metrics`]. Documented in `docs/oracle.md`.
+//! * [`VersionList`], [`ArtifactArchive`], [`ArtifactSigner`], [`RefreshMetrics`] — the
+//!   artifact repository protocol (`{api_url}/api/v1/artifacts/{task}/versions`,
+//!   `.../v{N}/download`, servable as static files) and the background refresh: with
+//!   `cloud.api_url` set, the runtime polls the versions list (`If-None-Match`), listens to
+//!   the notification stream, downloads new versions, checks their SHA-256 and — with
+//!   `cloud.trusted_keys` — their ed25519 signature, imports them
+//!   ([`ArtifactStore::import`]) and swaps them in. Documented in `docs/repository.md`.
 //! * [`Runtime`] — the facade that ties them together for one task.
 //!
 //! ## Quick start
@@ -77,12 +84,17 @@
 //! [`Runtime::shutdown`]; every wait takes a timeout, and dropping the last clone of a
 //! runtime shuts it down within [`DROP_SHUTDOWN_TIMEOUT`]. The runtime owns its threads:
 //! the dataset writer (which also builds telemetry batches), the retention thread, with
-//! telemetry on one uploader, and when there is an oracle the `validation.workers`
+//! telemetry on one uploader, with `cloud.api_url` the artifact refresh thread and the
+//! notification listener, and when there is an oracle the `validation.workers`
 //! validation threads; none of them blocks `execute` (a full validation queue skips the
 //! sample and counts it). Only the opt-in oracle fallback makes `execute` wait, at most
 //! `execution.timeout_ms`, and only on abstentions. `flush` also validates queued samples
 //! and uploads spooled telemetry within its timeout; `shutdown` uploads until the first
 //! failure or the deadline and leaves the rest spooled for the next start.
+//! The refresh threads stop first (no version is handed over once shutting down); one still
+//! inside a request or a notification read finishes it on its own, touching nothing.
+//! Without a cached program, [`RuntimeBuilder::build`] waits at most
+//! `cloud.startup_wait_sec` for a first download.
 //!
 //! After `fork()`: background threads do not exist in the child, so a runtime built before
 //! the fork refuses to execute there ([`ErrorKind::Closed`], saying so). Build a new
@@ -113,6 +125,8 @@ mod fsutil;
 mod oracle;
 mod privacy;
 mod program;
+mod refresh;
+mod repository;
 mod runtime;
 mod sampler;
 mod schema;
@@ -143,6 +157,11 @@ pub use privacy::{
 };
 pub use program::{
     ngram_hash, DecisionId, Outcome, Program, ProgramLimits, ProgramStats, FORMAT as PROGRAM_FORMAT,
+};
+pub use refresh::RefreshMetrics;
+pub use repository::{
+    verify_artifact_signature, ArtifactArchive, ArtifactSigner, VersionInfo, VersionList,
+    MAX_ARCHIVE_BYTES, VERSIONS_FORMAT,
 };
 pub use runtime::{
     ExecutionResult, ExecutionSource, ExecutionStatus, Health, Runtime, RuntimeBuilder, Scores,

@@ -10,13 +10,14 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::dataset::{AnalyticsKeeper, DatasetWriter, Maintenance, RecordObserver, WriterOptions};
+use crate::refresh::{Checker, HttpRepo, Refresh};
 use crate::telemetry::Telemetry;
 use crate::validator::{TaskInfo, Validator, ValidatorSettings};
 use crate::{
     ArtifactStore, Clock, DailyStats, DatasetLayout, DatasetMetrics, DatasetReader,
     DeploymentConfig, Durability, Error, ErrorKind, ExecutionRecord, Executor, Fallback,
-    HttpOracle, JsonSchema, LoadedArtifact, OnFull, Oracle, Program, ProgramLimits, Result,
-    RetentionPolicy, RetentionReport, Sampler, SystemClock, TelemetryMetrics, Timestamp,
+    HttpOracle, JsonSchema, LoadedArtifact, OnFull, Oracle, Program, ProgramLimits, RefreshMetrics,
+    Result, RetentionPolicy, RetentionReport, Sampler, SystemClock, TelemetryMetrics, Timestamp,
     ValidationMetrics,
 };
 
@@ -221,15 +222,38 @@ impl RuntimeBuilder {
         let store = ArtifactStore::open(&data_dir, &task)?.with_keep_versions(keep)?;
         let limits =
             ProgramLimits::default().with_max_input_bytes(config.execution.max_input_bytes);
-        let loaded = store.load_active()?.ok_or_else(|| {
-            Error::new(
-                ErrorKind::Artifact,
-                format!(
-                    "task {task:?} has no active program in {} (install one with `loopai artifacts install` or `loopai synth`)",
-                    store.task_dir().display()
-                ),
-            )
-        })?;
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let mut checker = config.cloud.api_url.as_deref().map(|api_url| {
+            let repo = Arc::new(HttpRepo::new(config.cloud.api_key.as_deref()));
+            let checker = Checker::new(
+                api_url,
+                &config,
+                store.clone(),
+                limits.clone(),
+                clock.clone(),
+                repo,
+            );
+            (api_url, checker)
+        });
+        let loaded = match (store.load_active()?, checker.as_mut()) {
+            (Some(loaded), _) => loaded,
+            (None, Some((_, checker))) => {
+                // No cached program: wait (bounded) for the repository's latest version.
+                let wait = Duration::from_secs(config.cloud.startup_wait_sec);
+                let version = crate::refresh::first_download(checker, wait, &std::thread::sleep)?;
+                store.activate(version)?;
+                store.load(version)?
+            }
+            (None, None) => {
+                return Err(Error::new(
+                    ErrorKind::Artifact,
+                    format!(
+                        "task {task:?} has no active program in {} (install one with `loopai artifacts install` or `loopai synth`)",
+                        store.task_dir().display()
+                    ),
+                ))
+            }
+        };
         let executor = Executor::from_artifact(&loaded, &limits)?;
         let oracle: Option<(Arc<dyn Oracle>, String, Duration)> =
             match (self.oracle, &config.oracle) {
@@ -265,7 +289,6 @@ impl RuntimeBuilder {
             )),
             output_schema,
         });
-        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let options = WriterOptions {
             durable: config.storage.durability == Durability::Durable,
             drop_when_full: config.storage.on_full == OnFull::Drop,
@@ -317,29 +340,33 @@ impl RuntimeBuilder {
         } else {
             None
         };
-        Ok(Runtime {
-            inner: Arc::new(Inner {
-                data_dir,
-                task,
-                config,
-                limits,
-                store,
-                executor,
-                dataset,
-                maintenance,
-                telemetry,
-                sampler,
-                validator,
-                privacy,
-                clock,
-                fork_generation: crate::fork::generation(),
-            }),
-        })
+        let refresh = checker.map(|(api_url, checker)| Refresh::new(checker, api_url, &config));
+        let inner = Arc::new(Inner {
+            data_dir,
+            task,
+            config,
+            limits,
+            store,
+            executor,
+            dataset,
+            maintenance,
+            telemetry,
+            sampler,
+            validator,
+            privacy,
+            clock,
+            refresh,
+            fork_generation: crate::fork::generation(),
+        });
+        if let Some(refresh) = &inner.refresh {
+            refresh.start(Arc::downgrade(&inner))?;
+        }
+        Ok(Runtime { inner })
     }
 }
 
 #[derive(Debug)]
-struct Inner {
+pub(crate) struct Inner {
     data_dir: PathBuf,
     task: String,
     config: DeploymentConfig,
@@ -355,7 +382,16 @@ struct Inner {
     /// Set when `privacy.hash_inputs` is on: inputs are logged as keyed hashes.
     privacy: Option<crate::PrivacyPolicy>,
     clock: Arc<dyn Clock>,
+    /// The artifact refresh threads, when `cloud.api_url` is set.
+    refresh: Option<Refresh>,
     fork_generation: u64,
+}
+
+impl Inner {
+    /// The artifact version executing now.
+    pub(crate) fn active_version(&self) -> u32 {
+        self.executor.version()
+    }
 }
 
 impl Drop for Inner {
@@ -385,6 +421,9 @@ pub struct Health {
     /// Telemetry counters (spool depth, sent, dropped, retries, last error); `None` when
     /// telemetry is off (`telemetry.enabled: false` or no `cloud.api_url`).
     pub telemetry: Option<TelemetryMetrics>,
+    /// Artifact refresh from the repository (last check, last error, available and
+    /// installed versions, notification stream); `None` without `cloud.api_url`.
+    pub refresh: Option<RefreshMetrics>,
     /// Validation against the oracle and oracle fallback (see
     /// [`Runtime::validation_metrics`]).
     pub validation: ValidationMetrics,
@@ -425,6 +464,11 @@ impl Runtime {
     /// Starts building a runtime.
     pub fn builder() -> RuntimeBuilder {
         RuntimeBuilder::default()
+    }
+
+    /// A handle on an existing runtime (for its own background threads).
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Runtime {
+        Runtime { inner }
     }
 
     /// Executes the active program on one input object and logs the execution.
@@ -663,6 +707,7 @@ impl Runtime {
             active_version: self.active_version(),
             dataset,
             telemetry: self.inner.telemetry.as_ref().map(Telemetry::metrics),
+            refresh: self.inner.refresh.as_ref().map(Refresh::metrics),
             validation: self.inner.validator.metrics(),
         }
     }
@@ -750,6 +795,10 @@ fn shutdown_all(inner: &Inner, timeout: Duration) -> Result<()> {
     let start = Instant::now();
     let deadline = start + timeout;
     let left = || deadline.saturating_duration_since(Instant::now());
+    // No hand-over may start once shutting down: refresh stops first, within a quarter.
+    if let Some(refresh) = &inner.refresh {
+        refresh.shutdown(start + timeout / 4);
+    }
     let validated = inner.validator.shutdown(start + timeout / 2);
     let written = inner.dataset.shutdown(left());
     let stopped = inner.maintenance.shutdown(left());
@@ -1050,6 +1099,68 @@ mod tests {
             "child checks failed"
         );
         assert!(rt.execute(&json!({"text": "parent still works"})).is_ok());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn refresh_threads_are_not_waited_for_in_a_forked_child() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), RULES, Default::default());
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let config = DeploymentConfig::from_yaml_str(
+            &format!("cloud:\n  api_url: {url}\n  refresh_interval_sec: 1\ntelemetry:\n  enabled: false\n"),
+            "test",
+        )
+        .unwrap();
+        let build = || {
+            Runtime::builder()
+                .data_dir(dir.path())
+                .task("spam")
+                .config(config.clone())
+                .build()
+        };
+        let rt = build().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while rt.health().refresh.unwrap().checks == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the refresh thread never checked"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // SAFETY: the child executes, drops, builds a runtime and _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let refused = matches!(rt.execute(&json!({"text": "x"})), Err(e) if e.kind() == ErrorKind::Closed);
+            // Dropping must not wait for threads that do not exist here.
+            drop(rt);
+            let fresh = build().and_then(|r| {
+                r.execute(&json!({"text": "child"}))?;
+                r.shutdown(Duration::from_secs(5))
+            });
+            unsafe { libc::_exit(if refused && fresh.is_ok() { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        loop {
+            let done = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if done == pid {
+                break;
+            }
+            if Instant::now() > deadline {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!("the forked child hung");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child checks failed"
+        );
+        assert!(rt.execute(&json!({"text": "parent still works"})).is_ok());
+        rt.shutdown(Duration::from_secs(5)).unwrap();
     }
 
     #[test]

@@ -340,7 +340,9 @@ impl PyRuntime {
     /// The runtime's state for health checks: ``status`` (``"ok"`` or ``"degraded"``),
     /// ``task``, ``active_version``, execution-log counters under ``dataset``, telemetry
     /// counters under ``telemetry`` (``None`` when telemetry is off; see
-    /// ``docs/telemetry.md``) and ``validation_metrics()`` under ``validation``.
+    /// ``docs/telemetry.md``), artifact refresh under ``refresh`` (``None`` without
+    /// ``cloud.api_url``; see ``docs/repository.md``) and ``validation_metrics()`` under
+    /// ``validation``.
     fn health<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let health = self.rt().health();
         let value = serde_json::to_value(&health)

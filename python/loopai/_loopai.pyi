@@ -196,7 +196,9 @@ class Runtime:
         """The runtime's state for health checks: ``status`` (``"ok"`` or ``"degraded"``),
         ``task``, ``active_version``, execution-log counters under ``dataset``, telemetry
         counters under ``telemetry`` (``None`` when telemetry is off; see
-        ``docs/telemetry.md``) and ``validation_metrics()`` under ``validation``."""
+        ``docs/telemetry.md``), artifact refresh under ``refresh`` (``None`` without
+        ``cloud.api_url``; see ``docs/repository.md``) and ``validation_metrics()`` under
+        ``validation``."""
     def validation_metrics(self) -> dict[str, Any]:
         """Validation against the oracle and oracle fallback: ``oracle`` (``"in-process"``,
         ``"http <model> at <url>"`` or ``None``: then samples are not validated),

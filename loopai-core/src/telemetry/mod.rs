@@ -40,7 +40,8 @@ pub use batch::{
     ValidationSummary, MAX_OUTPUT_CLASSES, TELEMETRY_FORMAT,
 };
 use spool::Spool;
-use upload::{Backoff, HttpTransport, Step, Transport, Uploader};
+pub(crate) use upload::{parse_retry_after, Backoff};
+use upload::{HttpTransport, Step, Transport, Uploader};
 
 /// The file holding the generated deployment id, relative to the data directory.
 pub const DEPLOYMENT_ID_FILE: &str = "config/deployment-id";

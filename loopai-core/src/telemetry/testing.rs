@@ -80,7 +80,8 @@ impl Request {
 /// Scripted answers: status and `Retry-After`.
 type Script = Arc<Mutex<VecDeque<(u16, Option<String>)>>>;
 
-/// A one-request-per-connection HTTP/1.1 server answering from a script (then 200).
+/// A one-request-per-connection HTTP/1.1 server answering telemetry uploads from a script
+/// (then 200). Other paths (the runtime's artifact refresh) get 404 and are not recorded.
 #[derive(Debug)]
 pub(crate) struct TestCollector {
     addr: SocketAddr,
@@ -104,8 +105,7 @@ impl TestCollector {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
-                let answer = s.lock().pop_front().unwrap_or((200, None));
-                if let Some(req) = serve(stream, &answer) {
+                if let Some(req) = serve(stream, &s) {
                     r.lock().push(req);
                 }
             }
@@ -155,7 +155,7 @@ impl Drop for TestCollector {
     }
 }
 
-fn serve(stream: TcpStream, (status, retry_after): &(u16, Option<String>)) -> Option<Request> {
+fn serve(stream: TcpStream, script: &Script) -> Option<Request> {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
@@ -184,6 +184,14 @@ fn serve(stream: TcpStream, (status, retry_after): &(u16, Option<String>)) -> Op
     let mut body = vec![0; len];
     reader.read_exact(&mut body).ok()?;
     let mut stream = stream;
+    if path != "/api/v1/telemetry" {
+        let _ = write!(
+            stream,
+            "HTTP/1.1 404 X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        return None;
+    }
+    let (status, retry_after) = &script.lock().pop_front().unwrap_or((200, None));
     let extra = retry_after
         .as_ref()
         .map(|v| format!("Retry-After: {v}\r\n"))
