@@ -39,6 +39,11 @@
 //!   `structured`), and with `execution.fallback: oracle` it answers when the program
 //!   abstains ([`ExecutionSource::Oracle`]). Match rates per version:
 //!   [`Runtime::validation_metrics`]. Documented in `docs/oracle.md`.
+//! * [`Runtime::begin_rollout`], [`RolloutStatus`] — canary rollout: a new version serves
+//!   a growing share of executions (10% → 50% → 100% by default, sticky per key), per-arm
+//!   statistics feed an anytime-valid sequential test that promotes it or rolls it back;
+//!   the state survives restarts in `artifacts/<task>/rollout.json`. Documented in
+//!   `docs/rollout.md`.
 //! * [`Runtime`] — the facade that ties them together for one task.
 //!
 //! ## Quick start
@@ -113,6 +118,7 @@ mod fsutil;
 mod oracle;
 mod privacy;
 mod program;
+mod rollout;
 mod runtime;
 mod sampler;
 mod schema;
@@ -126,7 +132,7 @@ pub use artifact::{
 pub use config::{
     ArtifactRetention, CloudConfig, ComparisonMode, DeploymentConfig, Durability, ExecutionConfig,
     ExecutionRetention, Fallback, OnFull, OracleConfig, OracleKind, PrivacyConfig, PrivacyMode,
-    RetentionConfig, RuntimeConfig, RuntimeMode, SamplingConfig, SamplingStrategies,
+    RetentionConfig, RolloutConfig, RuntimeConfig, RuntimeMode, SamplingConfig, SamplingStrategies,
     SamplingStrategy, StorageConfig, TelemetryConfig, ValidationConfig, ValidationRetention,
 };
 pub use dataset::{
@@ -143,6 +149,10 @@ pub use privacy::{
 };
 pub use program::{
     ngram_hash, DecisionId, Outcome, Program, ProgramLimits, ProgramStats, FORMAT as PROGRAM_FORMAT,
+};
+pub use rollout::{
+    ArmStats, MetricComparison, RolloutEvent, RolloutEventKind, RolloutState, RolloutStatus,
+    ROLLOUT_FILE, ROLLOUT_FORMAT,
 };
 pub use runtime::{
     ExecutionResult, ExecutionSource, ExecutionStatus, Health, Runtime, RuntimeBuilder, Scores,

@@ -8,7 +8,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
-    ExecutionRecord, ExecutionStatus, PrivacyMode, PrivacyPolicy, Timestamp, ValidationRecord,
+    ExecutionRecord, ExecutionStatus, PrivacyMode, PrivacyPolicy, RolloutEvent, Timestamp,
+    ValidationRecord,
 };
 
 /// The `format` of every batch this version writes.
@@ -79,6 +80,11 @@ pub struct TelemetryBatch {
     /// The validations of sampled executions against the oracle (`strict`: the oracle's
     /// output as a keyed hash only).
     pub sampled_validations: Vec<ValidationSummary>,
+    /// Canary rollout events of the task since the previous batch (stage changes,
+    /// promotions, rollbacks: see `docs/rollout.md`), whatever their version. Absent from
+    /// the JSON when empty; batches without it parse with an empty list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollout_events: Vec<RolloutEvent>,
 }
 
 /// Aggregate metrics of a batch, over every record of the window (sampled or not).
@@ -261,6 +267,8 @@ impl OpenBatch {
 pub(crate) struct BatchBuilder {
     ctx: BatchContext,
     open: BTreeMap<u32, OpenBatch>,
+    /// Rollout events for the next batch cut.
+    events: Vec<RolloutEvent>,
 }
 
 impl BatchBuilder {
@@ -268,7 +276,20 @@ impl BatchBuilder {
         BatchBuilder {
             ctx,
             open: BTreeMap::new(),
+            events: Vec::new(),
         }
+    }
+
+    /// Queues rollout events: they go with the next batch cut, or — when no batch is
+    /// open — with a batch of their own at the next tick or flush.
+    pub(crate) fn add_rollout_events(&mut self, events: Vec<RolloutEvent>) {
+        self.events.extend(events);
+    }
+
+    /// A batch with no records that carries the queued rollout events.
+    fn events_only(&mut self, now: Timestamp) -> Option<TelemetryBatch> {
+        let version = self.events.last()?.canary_version;
+        Some(self.finish(version, OpenBatch::default(), now))
     }
 
     /// Records held in open batches.
@@ -361,16 +382,21 @@ impl BatchBuilder {
                 cut.push(self.finish(version, b, now));
             }
         }
+        if self.open.is_empty() {
+            cut.extend(self.events_only(now));
+        }
         cut
     }
 
     /// Cuts every open batch (flush, shutdown).
     pub(crate) fn cut_all(&mut self, now: Timestamp) -> Vec<TelemetryBatch> {
-        std::mem::take(&mut self.open)
+        let mut cut: Vec<TelemetryBatch> = std::mem::take(&mut self.open)
             .into_iter()
             .filter(|(_, b)| b.records > 0)
             .map(|(v, b)| self.finish(v, b, now))
-            .collect()
+            .collect();
+        cut.extend(self.events_only(now));
+        cut
     }
 
     /// Whether `r` gets a per-record summary in this mode.
@@ -452,7 +478,8 @@ impl BatchBuilder {
         }
     }
 
-    fn finish(&self, version: u32, b: OpenBatch, now: Timestamp) -> TelemetryBatch {
+    /// Turns an open batch into a batch; the queued rollout events go with it.
+    fn finish(&mut self, version: u32, b: OpenBatch, now: Timestamp) -> TelemetryBatch {
         let (start, end) = b.window.unwrap_or((now, now));
         let executions = b.status.success + b.status.abstain + b.status.error + b.status.timeout;
         let mut outputs: BTreeMap<String, u64> = b.outputs.into_iter().collect();
@@ -483,6 +510,7 @@ impl BatchBuilder {
             },
             execution_summaries: b.summaries,
             sampled_validations: b.validation_summaries,
+            rollout_events: std::mem::take(&mut self.events),
         }
     }
 }
