@@ -617,6 +617,48 @@ mod tests {
         assert!(b.tick(Timestamp(200_000)).is_empty(), "nothing open");
     }
 
+    fn event(canary: u32) -> RolloutEvent {
+        serde_json::from_value(
+            json!({"at": "2025-11-25T00:00:01.000Z", "kind": "stage_advanced",
+            "stable_version": 1, "canary_version": canary, "stage": 1, "fraction": 0.5,
+            "reason": "canary not worse"}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn rollout_events_ride_on_the_next_batch_or_their_own() {
+        let mut b = BatchBuilder::new(ctx(PrivacyMode::Strict, 100));
+        // No batch open: the events get a batch of their own at the next tick.
+        b.add_rollout_events(vec![event(2)]);
+        let cut = b.tick(Timestamp(5_000));
+        assert_eq!(cut.len(), 1);
+        assert_eq!(cut[0].program_version, 2);
+        assert_eq!(cut[0].metrics.executions, 0);
+        assert_eq!(cut[0].rollout_events, [event(2)]);
+        assert!(b.tick(Timestamp(6_000)).is_empty(), "sent once");
+        // A batch open: they go with it when it is cut.
+        b.execution(&exec(1, "a", "ham", 1.0, false), Timestamp(0));
+        b.add_rollout_events(vec![event(2)]);
+        assert!(b.tick(Timestamp(7_000)).is_empty());
+        let cut = b.cut_all(Timestamp(8_000));
+        assert_eq!(cut.len(), 1);
+        assert_eq!(
+            (cut[0].program_version, cut[0].rollout_events.len()),
+            (1, 1)
+        );
+        // The field is left out when empty, and batches without it still parse.
+        let mut json = serde_json::to_value(&cut[0]).unwrap();
+        assert_eq!(json["rollout_events"][0]["kind"], "stage_advanced");
+        json.as_object_mut().unwrap().remove("rollout_events");
+        let parsed: TelemetryBatch = serde_json::from_value(json).unwrap();
+        assert!(parsed.rollout_events.is_empty());
+        assert!(serde_json::to_value(&parsed)
+            .unwrap()
+            .get("rollout_events")
+            .is_none());
+    }
+
     #[test]
     fn validations_count_into_their_version_and_match_rate() {
         let mut b = BatchBuilder::new(ctx(PrivacyMode::Strict, 100));
