@@ -76,7 +76,10 @@
 //! `ArcSwap`, and scratch buffers are per thread (a few KiB, plus 2 bytes per bucket of
 //! the largest hashed n-gram feature up to 2^18 buckets: at most 512 KiB per thread).
 //! [`Runtime::activate`] and [`Runtime::reload`] swap programs atomically; executions in
-//! flight finish on the program they started with.
+//! flight finish on the program they started with. During a canary rollout
+//! ([`Runtime::begin_rollout`]) `execute` also hashes the routing key and bumps per-arm
+//! atomic counters; stage changes, promotion and rollback are decided on the dataset
+//! writer thread (and at [`Runtime::flush`]) and swap programs the same way.
 //!
 //! Logging, flushing and shutdown: see [`Runtime::execute`], [`Runtime::flush`] and
 //! [`Runtime::shutdown`]; every wait takes a timeout, and dropping the last clone of a
