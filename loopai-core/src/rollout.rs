@@ -848,6 +848,18 @@ fn log_event(task: &str, event: &RolloutEvent) {
 }
 
 impl ArtifactStore {
+    /// The rollout in progress; an unreadable `rollout.json` counts as none (logged), so
+    /// that manual activation and rollback always work.
+    fn rollout_in_progress(&self) -> Option<RolloutFile> {
+        match self.read_rollout_file() {
+            Ok(f) => f.filter(|f| f.state == RolloutState::InProgress),
+            Err(e) => {
+                log::warn!("loopai: ignoring the rollout state: {e}");
+                None
+            }
+        }
+    }
+
     fn rollout_path(&self) -> std::path::PathBuf {
         self.task_dir().join(ROLLOUT_FILE)
     }
@@ -934,9 +946,7 @@ impl ArtifactStore {
     /// (`rollout.check_interval_ms`, or its next `flush`). Returns the active version.
     pub fn promote(&self, version: Option<u32>) -> Result<u32> {
         let now = Timestamp(SystemClock.now_millis());
-        let file = self
-            .read_rollout_file()?
-            .filter(|f| f.state == RolloutState::InProgress);
+        let file = self.rollout_in_progress();
         let target = match (version, &file) {
             (Some(v), _) => v,
             (None, Some(f)) => f.canary_version,
@@ -981,10 +991,7 @@ impl ArtifactStore {
     /// canary's version, or `None` when no rollout is in progress (then nothing changes;
     /// [`rollback`](Self::rollback) is the version-level rollback).
     pub fn abort_rollout(&self, reason: &str) -> Result<Option<u32>> {
-        let Some(mut f) = self
-            .read_rollout_file()?
-            .filter(|f| f.state == RolloutState::InProgress)
-        else {
+        let Some(mut f) = self.rollout_in_progress() else {
             return Ok(None);
         };
         let now = Timestamp(SystemClock.now_millis());
@@ -2114,6 +2121,28 @@ mod tests {
             .unwrap();
         rt.begin_rollout(v3).unwrap();
         assert_eq!(rt.active_version(), v3);
+    }
+
+    #[test]
+    fn a_corrupt_rollout_file_never_blocks_manual_activation() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), &program(&["prize"]), true);
+        install(dir.path(), &program(&["win"]), false);
+        let store = ArtifactStore::open(dir.path(), "spam").unwrap();
+        std::fs::write(store.task_dir().join(ROLLOUT_FILE), "{oops").unwrap();
+        let err = store.rollout().unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("artifacts/spam/rollout.json: invalid"),
+            "{err}"
+        );
+        assert_eq!(store.abort_rollout("x").unwrap(), None);
+        assert_eq!(store.promote(Some(2)).unwrap(), 2);
+        // A runtime starts anyway, and a new rollout replaces the file.
+        let rt = runtime(dir.path());
+        assert!(rt.rollout().is_none());
+        rt.begin_rollout(1).unwrap();
+        assert_eq!(store.rollout().unwrap().unwrap().canary_version, 1);
     }
 
     #[test]
