@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use loopai_benches::{email_texts, fixtures, inputs, linear_breakdown, runtime_for, sms_texts};
-use loopai_core::Program;
+use loopai_core::{NewArtifact, Program};
 use serde_json::Value;
 
 fn text_sets() -> Vec<(&'static str, Vec<Value>)> {
@@ -76,6 +76,37 @@ fn execute(c: &mut Criterion) {
     }
 }
 
+/// `execute` during a canary rollout at 50% (the canary is the same program): the cost
+/// of routing (hashing the canonical input, or a caller's key) and of the per-arm counters.
+/// Ids read `execute_canary/<program>/<input|key>`; compare with `execute/<program>/sms`.
+fn execute_canary(c: &mut Criterion) {
+    let set = inputs(&sms_texts());
+    for f in fixtures()
+        .into_iter()
+        .filter(|f| f.name == "rules" || f.name == "linear_hashed")
+    {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = runtime_for(dir.path(), &f.program).expect("runtime starts");
+        runtime
+            .artifacts()
+            .install(&f.program, NewArtifact::default(), false)
+            .expect("installs v2");
+        runtime.begin_rollout(2).expect("rollout starts");
+        let mut group = c.benchmark_group(format!("execute_canary/{}", f.name));
+        bench_cycle(&mut group, "input", &set, |input| {
+            black_box(runtime.execute(input).expect("executes"));
+        });
+        bench_cycle(&mut group, "key", &set, |input| {
+            black_box(
+                runtime
+                    .execute_with_key(input, "user-1234")
+                    .expect("executes"),
+            );
+        });
+        group.finish();
+    }
+}
+
 /// Where the time of `linear_hashed` on SMS goes: variants that drop one cost each.
 fn breakdown(c: &mut Criterion) {
     let set = inputs(&sms_texts());
@@ -99,6 +130,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = evaluate, execute, breakdown
+    targets = evaluate, execute, execute_canary, breakdown
 }
 criterion_main!(benches);

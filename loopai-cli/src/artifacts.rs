@@ -32,7 +32,8 @@ pub(crate) enum ArtifactsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Make an installed version the active one.
+    /// Make an installed version the active one (a rollout of another version in
+    /// progress is aborted).
     Activate {
         #[command(flatten)]
         task: TaskArgs,
@@ -40,8 +41,24 @@ pub(crate) enum ArtifactsCommand {
         #[arg(value_name = "VERSION")]
         number: u32,
     },
-    /// Activate the newest version older than the active one.
+    /// Roll back the canary rollout in progress (the stable version stays active and the
+    /// canary is not rolled out again automatically); without one, activate the newest
+    /// version older than the active one.
     Rollback {
+        #[command(flatten)]
+        task: TaskArgs,
+    },
+    /// Finish the canary rollout in progress now (its canary becomes active), or activate
+    /// VERSION (aborting a rollout of another version).
+    Promote {
+        #[command(flatten)]
+        task: TaskArgs,
+        /// The version number N (as in `vN`); default: the canary in progress.
+        #[arg(value_name = "VERSION")]
+        number: Option<u32>,
+    },
+    /// Show the rollout in progress, or the last one, as JSON (docs/rollout.md).
+    Rollout {
         #[command(flatten)]
         task: TaskArgs,
     },
@@ -112,13 +129,39 @@ pub(crate) fn run(cmd: ArtifactsCommand) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         ArtifactsCommand::Activate { task, number } => {
-            store(&task)?.activate(number)?;
+            store(&task)?.promote(Some(number))?;
             println!("{} v{number} is active", task.task);
             Ok(ExitCode::SUCCESS)
         }
         ArtifactsCommand::Rollback { task } => {
-            let version = store(&task)?.rollback()?;
+            let store = store(&task)?;
+            if let Some(canary) =
+                store.abort_rollout("rolled back by hand (loopai artifacts rollback)")?
+            {
+                let active = store
+                    .active_version()?
+                    .map_or_else(|| "no version".to_owned(), |v| format!("v{v}"));
+                println!(
+                    "{} rollout of v{canary} rolled back: {active} stays active",
+                    task.task
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let version = store.rollback()?;
             println!("{} rolled back: v{version} is active", task.task);
+            Ok(ExitCode::SUCCESS)
+        }
+        ArtifactsCommand::Promote { task, number } => {
+            let version = store(&task)?.promote(number)?;
+            println!("{} v{version} is active", task.task);
+            Ok(ExitCode::SUCCESS)
+        }
+        ArtifactsCommand::Rollout { task } => {
+            let status = store(&task)?.rollout()?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&status).expect("serializable")
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

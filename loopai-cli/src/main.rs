@@ -38,7 +38,7 @@ enum Command {
     /// Work with program files.
     #[command(subcommand)]
     Program(program::ProgramCommand),
-    /// Manage the artifact cache of a task (install, list, activate, rollback).
+    /// Manage the artifact cache of a task (install, list, activate, rollback, promote).
     #[command(subcommand)]
     Artifacts(artifacts::ArtifactsCommand),
     /// Execute the active program: one --input, or JSONL input objects on stdin.

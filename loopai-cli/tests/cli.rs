@@ -404,3 +404,99 @@ fn synth_reports_a_bad_spec_with_its_path() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("examples[0].output"), "{}", stderr(&o));
 }
+
+/// Starts a rollout of v2 with a runtime, as a refresh would, then stops the runtime.
+fn begin_rollout_of_v2(dir: &Path) {
+    let rt = loopai_core::Runtime::builder()
+        .data_dir(dir)
+        .task("spam")
+        .build()
+        .unwrap();
+    rt.begin_rollout(2).unwrap();
+    rt.shutdown(std::time::Duration::from_secs(10)).unwrap();
+}
+
+fn artifacts(dir: &Path, args: &[&str]) -> Output {
+    let o = run(loopai()
+        .arg("artifacts")
+        .args(args)
+        .args(["--task", "spam", "--data-dir"])
+        .arg(dir));
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    o
+}
+
+fn rollout_json(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&stdout(&artifacts(dir, &["rollout"]))).unwrap()
+}
+
+#[test]
+fn promote_and_rollback_work_with_a_rollout_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    install_example(dir.path());
+    for _ in 0..2 {
+        artifacts(
+            dir.path(),
+            &[
+                "install",
+                "--no-activate",
+                example("program.json").to_str().unwrap(),
+            ],
+        );
+    }
+    assert_eq!(rollout_json(dir.path()), serde_json::Value::Null);
+    let o = run(loopai()
+        .args(["artifacts", "promote", "--task", "spam", "--data-dir"])
+        .arg(dir.path()));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("no rollout in progress"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Rollback during a rollout aborts it: v1 stays active, v2 is marked rolled back.
+    begin_rollout_of_v2(dir.path());
+    let r = rollout_json(dir.path());
+    assert_eq!(
+        (r["state"].as_str(), r["canary_version"].as_u64()),
+        (Some("in_progress"), Some(2))
+    );
+    let o = artifacts(dir.path(), &["rollback"]);
+    assert!(
+        stdout(&o).contains("rollout of v2 rolled back: v1 stays active"),
+        "{}",
+        stdout(&o)
+    );
+    let r = rollout_json(dir.path());
+    assert_eq!(r["state"], "rolled_back");
+    assert_eq!(
+        r["recent_events"].as_array().unwrap().last().unwrap()["kind"],
+        "rolled_back"
+    );
+    let store = loopai_core::ArtifactStore::open(dir.path(), "spam").unwrap();
+    assert_eq!(store.active_version().unwrap(), Some(1));
+
+    // Promote finishes a rollout in progress: its canary becomes active.
+    let rt = loopai_core::Runtime::builder()
+        .data_dir(dir.path())
+        .task("spam")
+        .build()
+        .unwrap();
+    assert!(
+        rt.begin_rollout(2).is_err(),
+        "a rolled-back canary is not retried"
+    );
+    rt.begin_rollout(3).unwrap();
+    rt.shutdown(std::time::Duration::from_secs(10)).unwrap();
+    drop(rt);
+    let o = artifacts(dir.path(), &["promote"]);
+    assert_eq!(stdout(&o).trim(), "spam v3 is active");
+    assert_eq!(rollout_json(dir.path())["state"], "promoted");
+    assert_eq!(store.active_version().unwrap(), Some(3));
+    // With a version: activates it; without a rollout, rollback is the version rollback.
+    artifacts(dir.path(), &["promote", "2"]);
+    assert_eq!(store.active_version().unwrap(), Some(2));
+    let o = artifacts(dir.path(), &["rollback"]);
+    assert_eq!(stdout(&o).trim(), "spam rolled back: v1 is active");
+}

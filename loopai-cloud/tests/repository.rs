@@ -78,9 +78,14 @@ fn publish(base: &str, label: &str) -> u32 {
     u32::try_from(body["version"].as_u64().unwrap()).unwrap()
 }
 
+/// Refresh settings for `api_url`. New versions are activated at once (`rollout.enabled:
+/// false`): these tests are about the repository and the refresh; the canary that a
+/// refresh starts by default is tested with the whole loop.
 fn config(api_url: &str, extra: &str) -> DeploymentConfig {
     DeploymentConfig::from_yaml_str(
-        &format!("cloud:\n  api_url: {api_url}\n{extra}telemetry:\n  enabled: false\n"),
+        &format!(
+            "cloud:\n  api_url: {api_url}\n{extra}telemetry:\n  enabled: false\nrollout:\n  enabled: false\n"
+        ),
         "test",
     )
     .unwrap()

@@ -804,6 +804,21 @@ impl ArtifactStore {
         Ok(metadata)
     }
 
+    /// Records in `v<version>/metadata.json` (extra field `rolled_back_at`) that a
+    /// rollout of this version was rolled back; `status` is left alone.
+    pub(crate) fn mark_rolled_back(&self, version: u32, at: crate::Timestamp) -> Result<()> {
+        let _lock = POINTER_LOCK.lock();
+        let mut metadata = self.read_metadata(version)?;
+        let at = serde_json::to_value(at).unwrap_or(Value::Null);
+        metadata.extra.insert("rolled_back_at".to_owned(), at);
+        let rel = self.rel(format!("v{version}/{METADATA_FILE}"));
+        write_atomic(
+            &self.version_dir(version).join(METADATA_FILE),
+            &metadata_json(&metadata)?,
+        )
+        .map_err(|e| Error::io(rel, e))
+    }
+
     /// Rewrites `status` in `v<version>/metadata.json` atomically (temp file, fsync, rename).
     fn set_status(&self, version: u32, status: ArtifactStatus) -> Result<()> {
         let mut metadata = self.read_metadata(version)?;

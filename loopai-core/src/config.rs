@@ -98,6 +98,9 @@ pub struct DeploymentConfig {
     pub validation: ValidationConfig,
     /// `oracle`: the reference model used for validation and fallback (default: none).
     pub oracle: Option<OracleConfig>,
+    /// `rollout`: canary rollout of new versions (see `docs/rollout.md`).
+    #[serde(deserialize_with = "null_as_default")]
+    pub rollout: RolloutConfig,
 }
 
 /// The `runtime` section.
@@ -653,6 +656,137 @@ impl Default for ValidationConfig {
     }
 }
 
+/// The `rollout` section: how a new version is rolled out as a canary and promoted or
+/// rolled back (see `docs/rollout.md`).
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutConfig {
+    /// `rollout.enabled` (default `true`); `false`: `Runtime::begin_rollout` activates the
+    /// version at once.
+    pub enabled: bool,
+    /// `rollout.stages` (default `[0.1, 0.5, 1.0]`): the canary's share of executions at
+    /// each stage; strictly increasing, each in (0, 1].
+    pub stages: Vec<f64>,
+    /// `rollout.min_samples_per_stage` (default 1000, at least 1): executions per arm in a
+    /// stage before it can be promoted.
+    pub min_samples_per_stage: u64,
+    /// `rollout.min_validations_per_stage` (default 50): validations per arm in a stage
+    /// before it can be promoted, when validations can arrive (an oracle and sampling).
+    pub min_validations_per_stage: u64,
+    /// `rollout.confidence` (default 0.95, in (0, 1)): confidence of the sequential test.
+    pub confidence: f64,
+    /// `rollout.max_error_rate_increase` (default 0.02, in (0, 1]): how much higher the
+    /// canary's error and mismatch rates may be for it to be promoted.
+    pub max_error_rate_increase: f64,
+    /// `rollout.max_abstain_rate_increase` (default 0.05, in (0, 1]): the same for the
+    /// abstain rate; the canary is rolled back when it is significantly above it.
+    pub max_abstain_rate_increase: f64,
+    /// `rollout.max_p99_latency_ratio` (default 2.0, at least 1): promotion waits while the
+    /// canary's p99 latency is above this multiple of the stable's (and above
+    /// `p99_floor_ms`).
+    pub max_p99_latency_ratio: f64,
+    /// `rollout.p99_floor_ms` (default 1.0, at least 0): canary p99 latencies below this
+    /// never hold a promotion.
+    pub p99_floor_ms: f64,
+    /// `rollout.sticky_key` (default none): JSON pointer (`/user_id`) of the input value
+    /// that routes an execution; without it, the input's canonical JSON.
+    pub sticky_key: Option<String>,
+    /// `rollout.check_interval_ms` (default 1000, at least 1): time between background
+    /// checks, on the runtime's clock.
+    pub check_interval_ms: u64,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            enabled: true,
+            stages: vec![0.1, 0.5, 1.0],
+            min_samples_per_stage: 1000,
+            min_validations_per_stage: 50,
+            confidence: 0.95,
+            max_error_rate_increase: 0.02,
+            max_abstain_rate_increase: 0.05,
+            max_p99_latency_ratio: 2.0,
+            p99_floor_ms: 1.0,
+            sticky_key: None,
+            check_interval_ms: 1000,
+        }
+    }
+}
+
+impl RolloutConfig {
+    pub(crate) fn check_interval_ms_i64(&self) -> i64 {
+        i64::try_from(self.check_interval_ms).unwrap_or(i64::MAX)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.stages.is_empty() {
+            return Err(config_error("rollout.stages: must list at least one stage"));
+        }
+        for (i, &s) in self.stages.iter().enumerate() {
+            if !(s > 0.0 && s <= 1.0) {
+                return Err(config_error(format!(
+                    "rollout.stages[{i}]: must be greater than 0 and at most 1, got {s}"
+                )));
+            }
+            if i > 0 && s <= self.stages[i - 1] {
+                return Err(config_error(format!(
+                    "rollout.stages[{i}]: must be greater than the stage before ({}), got {s}",
+                    self.stages[i - 1]
+                )));
+            }
+        }
+        at_least(
+            "rollout.min_samples_per_stage",
+            self.min_samples_per_stage,
+            1,
+        )?;
+        if !(self.confidence > 0.0 && self.confidence < 1.0) {
+            return Err(config_error(format!(
+                "rollout.confidence: must be greater than 0 and less than 1, got {}",
+                self.confidence
+            )));
+        }
+        for (key, v) in [
+            (
+                "rollout.max_error_rate_increase",
+                self.max_error_rate_increase,
+            ),
+            (
+                "rollout.max_abstain_rate_increase",
+                self.max_abstain_rate_increase,
+            ),
+        ] {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(config_error(format!(
+                    "{key}: must be greater than 0 and at most 1, got {v}"
+                )));
+            }
+        }
+        if !(self.max_p99_latency_ratio.is_finite() && self.max_p99_latency_ratio >= 1.0) {
+            return Err(config_error(format!(
+                "rollout.max_p99_latency_ratio: must be at least 1, got {}",
+                self.max_p99_latency_ratio
+            )));
+        }
+        if !(self.p99_floor_ms.is_finite() && self.p99_floor_ms >= 0.0) {
+            return Err(config_error(format!(
+                "rollout.p99_floor_ms: must be at least 0, got {}",
+                self.p99_floor_ms
+            )));
+        }
+        if let Some(p) = &self.sticky_key {
+            if !p.starts_with('/') {
+                return Err(config_error(format!(
+                    "rollout.sticky_key: must be a JSON pointer starting with `/` (like `/user_id`), got {p:?}"
+                )));
+            }
+        }
+        at_least("rollout.check_interval_ms", self.check_interval_ms, 1)
+    }
+}
+
 /// `validation.comparison`: how outputs are compared.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -957,7 +1091,7 @@ impl DeploymentConfig {
             }
             at_least("oracle.timeout_ms", oracle.timeout_ms, 1)?;
         }
-        Ok(())
+        self.rollout.validate()
     }
 }
 
@@ -1336,6 +1470,18 @@ retention:
   artifacts: {{keep_versions: 1}}
 validation: {{comparison: fuzzy, fuzzy_threshold: 0.8, workers: 1, queue_capacity: 16}}
 oracle: {{kind: http, base_url: https://oracle.example, model: gpt-x, api_key_env: ORACLE_KEY, timeout_ms: 500, max_retries: 0}}
+rollout:
+  enabled: false
+  stages: [0.05, 0.25, 1]
+  min_samples_per_stage: 10
+  min_validations_per_stage: 0
+  confidence: 0.99
+  max_error_rate_increase: 0.01
+  max_abstain_rate_increase: 0.1
+  max_p99_latency_ratio: 3
+  p99_floor_ms: 0
+  sticky_key: /user/id
+  check_interval_ms: 250
 "
         );
         let c = parse(&text).unwrap();
@@ -1355,6 +1501,10 @@ oracle: {{kind: http, base_url: https://oracle.example, model: gpt-x, api_key_en
         let oracle = c.oracle.as_ref().unwrap();
         assert_eq!(oracle.model, "gpt-x");
         assert_eq!(oracle.timeout_ms, 500);
+        assert!(!c.rollout.enabled);
+        assert_eq!(c.rollout.stages, [0.05, 0.25, 1.0]);
+        assert_eq!(c.rollout.sticky_key.as_deref(), Some("/user/id"));
+        assert_eq!(c.rollout.check_interval_ms, 250);
 
         // Serializing and parsing again gives the same config.
         let yaml = serde_yaml_ng::to_string(&c).unwrap();
@@ -1524,6 +1674,35 @@ runtime:
             (
                 "sampling:\n  strategy: []\n",
                 "sampling.strategy: must name at least one strategy",
+            ),
+            (
+                "rollout:\n  stages: [0.1, 0.1, 1]\n",
+                "rollout.stages[1]: must be greater than the stage before (0.1), got 0.1",
+            ),
+            (
+                "rollout:\n  stages: [0.5, 1.5]\n",
+                "rollout.stages[1]: must be greater than 0 and at most 1, got 1.5",
+            ),
+            ("rollout:\n  stages: []\n", "rollout.stages: must list at least one stage"),
+            (
+                "rollout:\n  confidence: 1\n",
+                "rollout.confidence: must be greater than 0 and less than 1, got 1",
+            ),
+            (
+                "rollout:\n  max_error_rate_increase: 0\n",
+                "rollout.max_error_rate_increase: must be greater than 0 and at most 1, got 0",
+            ),
+            (
+                "rollout:\n  min_samples_per_stage: 0\n",
+                "rollout.min_samples_per_stage: must be at least 1, got 0",
+            ),
+            (
+                "rollout:\n  sticky_key: user_id\n",
+                "rollout.sticky_key: must be a JSON pointer starting with `/` (like `/user_id`), got \"user_id\"",
+            ),
+            (
+                "rollout:\n  max_p99_latency_ratio: 0.5\n",
+                "rollout.max_p99_latency_ratio: must be at least 1, got 0.5",
             ),
             (
                 "execution:\n  worker_count: 0\n",

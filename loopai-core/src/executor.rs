@@ -1,11 +1,13 @@
 //! The [`Executor`]: runs the active program, validates inputs and outputs against the
 //! task's schemas, and swaps programs atomically while other threads execute.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use serde_json::Value;
 
+use crate::rollout::{ArmHandle, CanarySlot};
 use crate::{
     Error, ErrorKind, JsonSchema, LoadedArtifact, Outcome, Program, ProgramLimits, Result,
 };
@@ -49,11 +51,24 @@ pub struct Execution {
     pub decided_by: Option<String>,
 }
 
+/// What [`Executor::execute_routed`] returns: the result, the version that ran (or would
+/// have run) and, during a rollout, the arm to count the outcome against.
+#[derive(Debug)]
+pub(crate) struct Routed {
+    pub result: Result<Execution>,
+    pub version: u32,
+    pub arm: Option<ArmHandle>,
+}
+
 /// Runs the active program of a task.
 ///
 /// `Executor` is `Send + Sync`; [`execute`](Executor::execute) takes no lock: the active
 /// program is read through an [`ArcSwap`], and [`swap`](Executor::swap) replaces it
 /// atomically, so executions in flight finish on the program they started with.
+///
+/// During a canary rollout ([`Runtime::begin_rollout`](crate::Runtime::begin_rollout)) the
+/// executor holds a second program, also behind an atomic pointer, and routes each
+/// execution to one of the two by a hash of its routing key (see `docs/rollout.md`).
 ///
 /// ```
 /// use loopai_core::{Executor, Program};
@@ -71,6 +86,10 @@ pub struct Execution {
 #[derive(Debug)]
 pub struct Executor {
     active: ArcSwap<ActiveProgram>,
+    /// The canary of a rollout in progress. `canary_on` is set after it is stored and
+    /// cleared before it is removed, so without a rollout `execute` reads one flag.
+    canary: ArcSwapOption<CanarySlot>,
+    canary_on: AtomicBool,
     input_schema: Option<JsonSchema>,
     output_schema: Option<JsonSchema>,
 }
@@ -90,6 +109,8 @@ impl Executor {
         let active = Self::prepare(program, version, output_schema.as_ref())?;
         Ok(Executor {
             active: ArcSwap::from_pointee(active),
+            canary: ArcSwapOption::empty(),
+            canary_on: AtomicBool::new(false),
             input_schema,
             output_schema,
         })
@@ -138,12 +159,52 @@ impl Executor {
     /// or the program's input declarations; [`ErrorKind::InvalidOutput`] when the output
     /// does not match the output schema.
     pub fn execute(&self, input: &Value) -> Result<Execution> {
+        if self.canary_on.load(Ordering::Acquire) {
+            return self.execute_routed(input, None).result;
+        }
+        self.run(&self.active.load(), input)
+    }
+
+    /// Runs `input` on the arm its routing key selects (`key`, else the input: see
+    /// `docs/rollout.md`), or on the active program when no rollout is in progress.
+    #[inline]
+    pub(crate) fn execute_routed(&self, input: &Value, key: Option<&str>) -> Routed {
+        if self.canary_on.load(Ordering::Acquire) {
+            if let Some(slot) = self.canary.load_full() {
+                let hash = match key {
+                    Some(k) => slot.route.hash_key(k),
+                    None => slot.route.hash_input(input),
+                };
+                let canary = slot.route.to_canary(hash);
+                let (result, version) = if canary {
+                    let program = &slot.program;
+                    (self.run(program, input), program.version)
+                } else {
+                    let active = self.active.load();
+                    (self.run(&active, input), active.version)
+                };
+                return Routed {
+                    result,
+                    version,
+                    arm: Some(ArmHandle { slot, canary }),
+                };
+            }
+        }
+        let active = self.active.load();
+        Routed {
+            result: self.run(&active, input),
+            version: active.version,
+            arm: None,
+        }
+    }
+
+    #[inline]
+    fn run(&self, active: &ActiveProgram, input: &Value) -> Result<Execution> {
         if let Some(schema) = &self.input_schema {
             schema
                 .validate(input)
                 .map_err(|v| Error::new(ErrorKind::InvalidInput, format!("input {v}")))?;
         }
-        let active = self.active.load();
         let outcome = active.program.evaluate(input)?;
         if let Some(schema) = &self.output_schema {
             if !outcome.output.is_null() {
@@ -173,6 +234,47 @@ impl Executor {
         let active = Self::prepare(program, version, self.output_schema.as_ref())?;
         self.active.store(Arc::new(active));
         Ok(())
+    }
+
+    /// Compiles nothing: checks `program`'s labels against the output schema and wraps it
+    /// for [`set_active`](Self::set_active) or a canary slot.
+    pub(crate) fn prepare_shared(
+        &self,
+        program: Program,
+        version: u32,
+    ) -> Result<Arc<ActiveProgram>> {
+        Self::prepare(program, version, self.output_schema.as_ref()).map(Arc::new)
+    }
+
+    /// Makes an already prepared program the active one.
+    pub(crate) fn set_active(&self, program: Arc<ActiveProgram>) {
+        self.active.store(program);
+    }
+
+    /// Installs (or replaces) the canary slot.
+    pub(crate) fn install_canary(&self, slot: CanarySlot) {
+        self.canary.store(Some(Arc::new(slot)));
+        self.canary_on.store(true, Ordering::Release);
+    }
+
+    /// Removes the canary: every execution runs the active program again.
+    pub(crate) fn clear_canary(&self) {
+        self.canary_on.store(false, Ordering::Release);
+        self.canary.store(None);
+    }
+
+    /// The canary slot of the rollout in progress.
+    pub(crate) fn canary_slot(&self) -> Option<Arc<CanarySlot>> {
+        self.canary.load_full()
+    }
+
+    /// Counts a validation of `version` against its arm, during a rollout.
+    pub(crate) fn record_validation(&self, version: u32, matched: bool) {
+        if self.canary_on.load(Ordering::Acquire) {
+            if let Some(slot) = self.canary.load().as_ref() {
+                slot.record_validation(version, matched);
+            }
+        }
     }
 
     /// The program executing now.

@@ -46,6 +46,11 @@
 //!   the notification stream, downloads new versions, checks their SHA-256 and — with
 //!   `cloud.trusted_keys` — their ed25519 signature, imports them
 //!   ([`ArtifactStore::import`]) and swaps them in. Documented in `docs/repository.md`.
+//! * [`Runtime::begin_rollout`], [`RolloutStatus`] — canary rollout: a new version serves
+//!   a growing share of executions (10% → 50% → 100% by default, sticky per key), per-arm
+//!   statistics feed an anytime-valid sequential test that promotes it or rolls it back;
+//!   the state survives restarts in `artifacts/<task>/rollout.json`. Documented in
+//!   `docs/rollout.md`.
 //! * [`Runtime`] — the facade that ties them together for one task.
 //!
 //! ## Quick start
@@ -78,7 +83,10 @@
 //! `ArcSwap`, and scratch buffers are per thread (a few KiB, plus 2 bytes per bucket of
 //! the largest hashed n-gram feature up to 2^18 buckets: at most 512 KiB per thread).
 //! [`Runtime::activate`] and [`Runtime::reload`] swap programs atomically; executions in
-//! flight finish on the program they started with.
+//! flight finish on the program they started with. During a canary rollout
+//! ([`Runtime::begin_rollout`]) `execute` also hashes the routing key and bumps per-arm
+//! atomic counters; stage changes, promotion and rollback are decided on the dataset
+//! writer thread (and at [`Runtime::flush`]) and swap programs the same way.
 //!
 //! Logging, flushing and shutdown: see [`Runtime::execute`], [`Runtime::flush`] and
 //! [`Runtime::shutdown`]; every wait takes a timeout, and dropping the last clone of a
@@ -127,6 +135,7 @@ mod privacy;
 mod program;
 mod refresh;
 mod repository;
+mod rollout;
 mod runtime;
 mod sampler;
 mod schema;
@@ -140,7 +149,7 @@ pub use artifact::{
 pub use config::{
     ArtifactRetention, CloudConfig, ComparisonMode, DeploymentConfig, Durability, ExecutionConfig,
     ExecutionRetention, Fallback, OnFull, OracleConfig, OracleKind, PrivacyConfig, PrivacyMode,
-    RetentionConfig, RuntimeConfig, RuntimeMode, SamplingConfig, SamplingStrategies,
+    RetentionConfig, RolloutConfig, RuntimeConfig, RuntimeMode, SamplingConfig, SamplingStrategies,
     SamplingStrategy, StorageConfig, TelemetryConfig, ValidationConfig, ValidationRetention,
 };
 pub use dataset::{
@@ -162,6 +171,10 @@ pub use refresh::RefreshMetrics;
 pub use repository::{
     verify_artifact_signature, ArtifactArchive, ArtifactSigner, VersionInfo, VersionList,
     MAX_ARCHIVE_BYTES, VERSIONS_FORMAT,
+};
+pub use rollout::{
+    ArmStats, MetricComparison, RolloutEvent, RolloutEventKind, RolloutState, RolloutStatus,
+    ROLLOUT_FILE, ROLLOUT_FORMAT,
 };
 pub use runtime::{
     ExecutionResult, ExecutionSource, ExecutionStatus, Health, Runtime, RuntimeBuilder, Scores,

@@ -548,11 +548,11 @@ pub(crate) fn first_download(
     }
 }
 
-/// Hands a newly installed version over to the runtime. The single call site that the
-/// rollout replaces: today it activates the version at once (verified and compiled before
-/// anything changes; executions in flight finish on the program they started with).
+/// Hands a newly installed version over to the runtime: it starts the version's canary
+/// rollout ([`Runtime::begin_rollout`]; with `rollout.enabled: false` the version is
+/// activated at once). Executions in flight finish on the program they started with.
 fn hand_over(runtime: &Runtime, version: u32) -> Result<()> {
-    runtime.activate(version)
+    runtime.begin_rollout(version)
 }
 
 enum Ctl {

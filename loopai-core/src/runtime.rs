@@ -11,14 +11,15 @@ use uuid::Uuid;
 
 use crate::dataset::{AnalyticsKeeper, DatasetWriter, Maintenance, RecordObserver, WriterOptions};
 use crate::refresh::{Checker, HttpRepo, Refresh};
+use crate::rollout::{RolloutContext, RolloutController, RolloutOutbox, RolloutTicker};
 use crate::telemetry::Telemetry;
 use crate::validator::{TaskInfo, Validator, ValidatorSettings};
 use crate::{
     ArtifactStore, Clock, DailyStats, DatasetLayout, DatasetMetrics, DatasetReader,
     DeploymentConfig, Durability, Error, ErrorKind, ExecutionRecord, Executor, Fallback,
     HttpOracle, JsonSchema, LoadedArtifact, OnFull, Oracle, Program, ProgramLimits, RefreshMetrics,
-    Result, RetentionPolicy, RetentionReport, Sampler, SystemClock, TelemetryMetrics, Timestamp,
-    ValidationMetrics,
+    Result, RetentionPolicy, RetentionReport, RolloutStatus, Sampler, SamplingStrategy,
+    SystemClock, TelemetryMetrics, Timestamp, ValidationMetrics,
 };
 
 /// How long dropping a [`Runtime`] waits for its background threads to finish.
@@ -254,7 +255,7 @@ impl RuntimeBuilder {
                 ))
             }
         };
-        let executor = Executor::from_artifact(&loaded, &limits)?;
+        let executor = Arc::new(Executor::from_artifact(&loaded, &limits)?);
         let oracle: Option<(Arc<dyn Oracle>, String, Duration)> =
             match (self.oracle, &config.oracle) {
                 (Some(o), section) => {
@@ -297,7 +298,23 @@ impl RuntimeBuilder {
         let layout = DatasetLayout::new(&data_dir, &task);
         let mut observers: Vec<Box<dyn RecordObserver>> =
             vec![Box::new(AnalyticsKeeper::new(layout.clone(), &task))];
-        let telemetry = match Telemetry::start(&data_dir, &task, &config, clock.clone())? {
+        let outbox = Arc::new(RolloutOutbox::default());
+        let sampling = &config.sampling;
+        let samples = sampling.rate > 0.0
+            || sampling.strategy.len() > 1
+            || !sampling.strategy.contains(SamplingStrategy::Random);
+        let rollout = Arc::new(RolloutController::start(RolloutContext {
+            executor: executor.clone(),
+            store: store.clone(),
+            limits: limits.clone(),
+            task: task_info.clone(),
+            config: config.rollout.clone(),
+            with_validations: oracle.is_some() && samples,
+            clock: clock.clone(),
+            outbox: outbox.clone(),
+        })?);
+        observers.push(Box::new(RolloutTicker(rollout.clone())));
+        let telemetry = match Telemetry::start(&data_dir, &task, &config, clock.clone(), outbox)? {
             Some((telemetry, observer)) => {
                 observers.push(Box::new(observer));
                 Some(telemetry)
@@ -323,12 +340,16 @@ impl RuntimeBuilder {
             request_timeout,
             fallback,
         };
+        let counted = executor.clone();
         let validator = Validator::start(
             oracle.map(|(o, name, _)| (o, name)),
             task_info,
             settings,
             dataset.clone(),
             clock.clone(),
+            Some(Arc::new(move |version, matched| {
+                counted.record_validation(version, matched);
+            })),
         )?;
         let privacy = if config.privacy.hash_inputs {
             let hasher = crate::KeyedHasher::load_or_create(&data_dir)?;
@@ -348,6 +369,7 @@ impl RuntimeBuilder {
             limits,
             store,
             executor,
+            rollout,
             dataset,
             maintenance,
             telemetry,
@@ -372,7 +394,8 @@ pub(crate) struct Inner {
     config: DeploymentConfig,
     limits: ProgramLimits,
     store: ArtifactStore,
-    executor: Executor,
+    executor: Arc<Executor>,
+    rollout: Arc<RolloutController>,
     dataset: Arc<DatasetWriter>,
     maintenance: Maintenance,
     /// The telemetry uploader, when telemetry runs.
@@ -427,6 +450,9 @@ pub struct Health {
     /// Validation against the oracle and oracle fallback (see
     /// [`Runtime::validation_metrics`]).
     pub validation: ValidationMetrics,
+    /// The rollout in progress or the last one (see [`Runtime::rollout`]); `None` when the
+    /// task never had one.
+    pub rollout: Option<RolloutStatus>,
 }
 
 /// The embeddable Loopai runtime for one task.
@@ -494,19 +520,61 @@ impl Runtime {
     /// [`ErrorKind::Closed`] after [`shutdown`](Runtime::shutdown), and in `durable` mode
     /// [`ErrorKind::Io`] when the record could not be synced. Oracle failures are never
     /// errors of `execute`.
+    ///
+    /// During a canary rollout the execution goes to the canary or the stable version by a
+    /// hash of the input (or of its `rollout.sticky_key`); see
+    /// [`execute_with_key`](Runtime::execute_with_key).
     pub fn execute(&self, input: &Value) -> Result<ExecutionResult> {
+        self.execute_inner(input, None)
+    }
+
+    /// Like [`execute`](Runtime::execute), with the routing key of a canary rollout given
+    /// by the caller (a user id, a session id): the same key is served by the same version
+    /// for the whole rollout stage, and stays on the canary as its share grows. Without a
+    /// rollout in progress the key is not used.
+    ///
+    /// ```
+    /// # use loopai_core::{ArtifactStore, NewArtifact, Runtime};
+    /// # use serde_json::json;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let program = br#"{"format": "loopai.program/1", "task": "spam",
+    /// #   "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+    /// #   "decide": {"op": "rules", "rules": [{"when": {"always": true}, "then": "ham", "confidence": 0.8}]},
+    /// #   "output": {"kind": "label", "labels": ["spam", "ham"]}}"#;
+    /// # let store = ArtifactStore::open(dir.path(), "spam")?;
+    /// # store.install(program, NewArtifact::default(), true)?;
+    /// # store.install(program, NewArtifact::default(), false)?;
+    /// let runtime = Runtime::builder().data_dir(dir.path()).task("spam").build()?;
+    /// runtime.begin_rollout(2)?; // v2 serves 10% of the keys
+    /// let first = runtime.execute_with_key(&json!({"text": "hi"}), "user-42")?.version;
+    /// let again = runtime.execute_with_key(&json!({"text": "other"}), "user-42")?.version;
+    /// assert_eq!(first, again);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn execute_with_key(&self, input: &Value, key: &str) -> Result<ExecutionResult> {
+        self.execute_inner(input, Some(key))
+    }
+
+    #[inline]
+    fn execute_inner(&self, input: &Value, key: Option<&str>) -> Result<ExecutionResult> {
         if crate::fork::current() != self.inner.fork_generation {
             return Err(forked_error());
         }
         let start = Instant::now();
         let timestamp = Timestamp(self.inner.clock.now_millis());
-        let run = match self.inner.executor.execute(input) {
+        let routed = self.inner.executor.execute_routed(input, key);
+        let arm = routed.arm;
+        let run = match routed.result {
             Ok(run) => run,
             Err(err) => {
-                self.log_failure(input, &err, timestamp, start);
+                let latency_ms = self.log_failure(input, &err, timestamp, start, routed.version);
+                if let Some(arm) = &arm {
+                    arm.record(None, latency_ms);
+                }
                 return Err(err);
             }
         };
+        let abstained = run.outcome.abstained;
         let execution_id = new_execution_id();
         let mut status = if run.outcome.abstained {
             ExecutionStatus::Abstain
@@ -546,6 +614,9 @@ impl Runtime {
                 .submit(execution_id, run.version, input, &output, &run.labels);
         }
         let latency_ms = start.elapsed().as_secs_f64() * 1e3;
+        if let Some(arm) = &arm {
+            arm.record(Some(abstained), latency_ms);
+        }
         self.inner.dataset.log_execution(ExecutionRecord {
             execution_id,
             task_id: self.inner.task.clone(),
@@ -591,15 +662,24 @@ impl Runtime {
         }
     }
 
-    fn log_failure(&self, input: &Value, err: &Error, timestamp: Timestamp, start: Instant) {
+    /// Logs a failed execution of `version`; returns its latency in milliseconds.
+    fn log_failure(
+        &self,
+        input: &Value,
+        err: &Error,
+        timestamp: Timestamp,
+        start: Instant,
+        version: u32,
+    ) -> f64 {
+        let latency_ms = start.elapsed().as_secs_f64() * 1e3;
         let record = ExecutionRecord {
             execution_id: new_execution_id(),
             task_id: self.inner.task.clone(),
-            program_version: self.inner.executor.version(),
+            program_version: version,
             input: self.logged_input(input),
             output: Value::Null,
             confidence: 0.0,
-            latency_ms: start.elapsed().as_secs_f64() * 1e3,
+            latency_ms,
             status: ExecutionStatus::Error,
             error: Some(err.to_string()),
             sampled: false,
@@ -609,6 +689,7 @@ impl Runtime {
         if let Err(e) = self.inner.dataset.log_execution(record) {
             log::warn!("loopai: could not log a failed execution: {e}");
         }
+        latency_ms
     }
 
     /// Logs the validation of a sampled execution against the oracle to
@@ -639,11 +720,13 @@ impl Runtime {
             self.inner.dataset.flush(timeout)?;
             validated = self.inner.validator.flush(deadline);
         }
+        // Decide on what was counted so far, before the telemetry batches are cut.
+        let checked = self.inner.rollout.check();
         if let Some(telemetry) = &self.inner.telemetry {
             telemetry.request_cut();
         }
         let written = self.inner.dataset.flush(left());
-        validated.and(written)?;
+        validated.and(written).and(checked)?;
         match &self.inner.telemetry {
             Some(telemetry) => telemetry.drain(deadline, timeout),
             None => Ok(()),
@@ -709,6 +792,7 @@ impl Runtime {
             telemetry: self.inner.telemetry.as_ref().map(Telemetry::metrics),
             refresh: self.inner.refresh.as_ref().map(Refresh::metrics),
             validation: self.inner.validator.metrics(),
+            rollout: self.inner.rollout.status(),
         }
     }
 
@@ -720,7 +804,8 @@ impl Runtime {
                 let start = Instant::now();
                 let timestamp = Timestamp(self.inner.clock.now_millis());
                 let raw = Value::String(String::from_utf8_lossy(input).into_owned());
-                self.log_failure(&raw, &err, timestamp, start);
+                let version = self.inner.executor.version();
+                self.log_failure(&raw, &err, timestamp, start, version);
                 Err(err)
             }
         }
@@ -752,11 +837,15 @@ impl Runtime {
     }
 
     /// Activates an installed version and swaps it in without interrupting executions.
-    /// The version is verified and compiled before anything changes.
+    /// The version is verified and compiled before anything changes. A rollout in
+    /// progress is aborted first (its canary stops serving; it is not marked rolled back).
     pub fn activate(&self, version: u32) -> Result<()> {
         let loaded = self.inner.store.load(version)?;
         let (program, _, _) = crate::executor::compile_artifact(&loaded, &self.inner.limits)?;
         let description = task_description(&loaded, &program);
+        self.inner
+            .rollout
+            .abort(format!("v{version} activated by hand"), false)?;
         self.inner.store.activate(version)?;
         self.inner.executor.swap(program, version)?;
         self.inner.validator.set_description(description);
@@ -767,8 +856,11 @@ impl Runtime {
     }
 
     /// Re-reads the `active` pointer (changed, say, by `loopai artifacts activate` in
-    /// another process) and swaps in that version if it differs. Returns the active version.
+    /// another process) and swaps in that version if it differs; follows a rollout changed
+    /// by `loopai artifacts promote|rollback`. A rollout in progress whose stable version is
+    /// no longer active is aborted. Returns the active version.
     pub fn reload(&self) -> Result<u32> {
+        self.inner.rollout.check()?;
         let loaded = self.inner.store.load_active()?.ok_or_else(|| {
             Error::new(
                 ErrorKind::Artifact,
@@ -776,6 +868,13 @@ impl Runtime {
             )
         })?;
         if loaded.metadata.version != self.active_version() {
+            self.inner.rollout.abort(
+                format!(
+                    "v{} was activated outside this runtime",
+                    loaded.metadata.version
+                ),
+                false,
+            )?;
             let (program, _, _) = crate::executor::compile_artifact(&loaded, &self.inner.limits)?;
             let description = task_description(&loaded, &program);
             self.inner.executor.swap(program, loaded.metadata.version)?;
@@ -785,6 +884,64 @@ impl Runtime {
                 .version_activated(self.inner.clock.now_millis());
         }
         Ok(loaded.metadata.version)
+    }
+
+    /// Starts a canary rollout of the installed `version` (see `docs/rollout.md`): it
+    /// serves `rollout.stages[0]` of the executions (10% by default, sticky per routing
+    /// key) next to the active version, and is promoted stage by stage or rolled back by
+    /// the sequential test on their error, mismatch and abstain rates. This is how a new
+    /// version installed by a refresh, by `loopai synth --no-activate` or by
+    /// [`ArtifactStore::install`] without activation is handed over; nothing else changes
+    /// the active version gradually.
+    ///
+    /// The version is verified and compiled before anything changes. A rollout already in
+    /// progress is aborted (superseded). Starting the rollout of the canary already in
+    /// progress does nothing. With `rollout.enabled: false` the version is activated at
+    /// once, like [`activate`](Runtime::activate).
+    ///
+    /// Errors: [`ErrorKind::Artifact`] when the version is not installed, is corrupt, is
+    /// the active version, or was rolled back before (a rolled-back canary is never
+    /// rolled out again automatically: activate it by hand); [`ErrorKind::Program`] and
+    /// [`ErrorKind::Schema`] when it does not compile or its labels are not allowed;
+    /// [`ErrorKind::Io`] when `rollout.json` cannot be written.
+    pub fn begin_rollout(&self, version: u32) -> Result<()> {
+        if crate::fork::current() != self.inner.fork_generation {
+            return Err(forked_error());
+        }
+        if !self.inner.config.rollout.enabled {
+            return self.activate(version);
+        }
+        self.inner.rollout.begin(version)?;
+        self.inner
+            .sampler
+            .version_activated(self.inner.clock.now_millis());
+        Ok(())
+    }
+
+    /// Finishes the rollout in progress now: its canary becomes the active version
+    /// (through the artifact store's `active` pointer) and serves every execution.
+    /// Returns that version.
+    ///
+    /// Errors: [`ErrorKind::Artifact`] when no rollout is in progress, or activation
+    /// fails (then the rollout goes on).
+    pub fn promote(&self) -> Result<u32> {
+        self.inner.rollout.promote()
+    }
+
+    /// Rolls back the rollout in progress now: the canary stops serving, the stable
+    /// version stays active, and the canary is marked rolled back (not rolled out again
+    /// automatically). Returns the canary's version, or `None` when no rollout was in
+    /// progress.
+    pub fn abort_rollout(&self) -> Result<Option<u32>> {
+        self.inner
+            .rollout
+            .abort("rolled back by hand".to_owned(), true)
+    }
+
+    /// The rollout in progress, or the last one (with its outcome), with live per-arm
+    /// statistics and the current decision; `None` when the task never had a rollout.
+    pub fn rollout(&self) -> Option<RolloutStatus> {
+        self.inner.rollout.status()
     }
 }
 
@@ -800,18 +957,23 @@ fn shutdown_all(inner: &Inner, timeout: Duration) -> Result<()> {
         refresh.shutdown(start + timeout / 4);
     }
     let validated = inner.validator.shutdown(start + timeout / 2);
+    let persisted = inner.rollout.persist();
     let written = inner.dataset.shutdown(left());
     let stopped = inner.maintenance.shutdown(left());
     let uploaded = match &inner.telemetry {
         Some(t) => t.shutdown(left()),
         None => Ok(()),
     };
-    written.and(stopped).and(uploaded).and(validated)
+    written
+        .and(stopped)
+        .and(uploaded)
+        .and(validated)
+        .and(persisted)
 }
 
 /// The task description sent to the oracle: the artifact metadata's `description`, else
 /// the program's.
-fn task_description(loaded: &LoadedArtifact, program: &Program) -> String {
+pub(crate) fn task_description(loaded: &LoadedArtifact, program: &Program) -> String {
     loaded
         .metadata
         .extra

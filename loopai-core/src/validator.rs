@@ -489,9 +489,14 @@ impl Barrier {
     }
 }
 
+/// Called with `(program version, matched)` after each validation (the rollout's
+/// per-arm counters).
+pub(crate) type ValidationHook = Arc<dyn Fn(u32, bool) + Send + Sync>;
+
 /// Everything a worker needs.
 struct WorkerContext {
     oracle: Arc<dyn Oracle>,
+    hook: Option<ValidationHook>,
     task: Arc<TaskInfo>,
     writer: Arc<DatasetWriter>,
     clock: Arc<dyn Clock>,
@@ -540,6 +545,7 @@ impl Validator {
         settings: ValidatorSettings,
         writer: Arc<DatasetWriter>,
         clock: Arc<dyn Clock>,
+        hook: Option<ValidationHook>,
     ) -> Result<Validator> {
         let shared = Arc::new(Shared::default());
         let (oracle, oracle_name) = match oracle {
@@ -551,6 +557,7 @@ impl Validator {
             Some(oracle) => {
                 let ctx = Arc::new(WorkerContext {
                     oracle: oracle.clone(),
+                    hook,
                     task: task.clone(),
                     writer,
                     clock,
@@ -938,6 +945,9 @@ fn validate(ctx: &WorkerContext, job: Job) {
         &oracle_output,
     );
     ctx.shared.validated(job.version, cmp.matched);
+    if let Some(hook) = &ctx.hook {
+        hook(job.version, cmp.matched);
+    }
     let record = ValidationRecord::new(
         job.execution_id,
         job.version,

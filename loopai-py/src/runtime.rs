@@ -162,14 +162,26 @@ impl PyRuntime {
     }
 
     /// Executes the active program on one input (a dict, e.g. ``{"text": "..."}``) and
-    /// logs the execution. Raises ``InvalidInput`` when the input cannot be converted to
-    /// JSON or does not match the task, ``ClosedError`` after ``close()`` or in a forked
-    /// child.
-    fn execute(&self, py: Python<'_>, input: &Bound<'_, PyAny>) -> PyResult<PyExecutionResult> {
+    /// logs the execution. During a canary rollout ``key`` (a user or session id) routes
+    /// the execution: the same key gets the same version, and stays on the canary as its
+    /// share grows; without it the input (or its ``rollout.sticky_key``) routes. Raises
+    /// ``InvalidInput`` when the input cannot be converted to JSON or does not match the
+    /// task, ``ClosedError`` after ``close()`` or in a forked child.
+    #[pyo3(signature = (input, key = None))]
+    fn execute(
+        &self,
+        py: Python<'_>,
+        input: &Bound<'_, PyAny>,
+        key: Option<&str>,
+    ) -> PyResult<PyExecutionResult> {
         let value =
             convert::to_value(input).map_err(|e| errors::invalid_input(py, e.describe("input")))?;
         let rt = self.rt();
-        match py.detach(|| rt.execute(&value)) {
+        let run = || match key {
+            Some(key) => rt.execute_with_key(&value, key),
+            None => rt.execute(&value),
+        };
+        match py.detach(run) {
             Ok(result) => Ok(PyExecutionResult { inner: result }),
             Err(e) => Err(errors::to_py(py, e)),
         }
@@ -309,6 +321,45 @@ impl PyRuntime {
         py.detach(|| rt.reload()).map_err(|e| errors::to_py(py, e))
     }
 
+    /// Starts a canary rollout of installed version ``version``: it serves a growing
+    /// share of executions (``rollout.stages``, 10% → 50% → 100% by default) and is
+    /// promoted or rolled back on measured error, mismatch and abstain rates (see
+    /// ``docs/rollout.md``). A rollout in progress is superseded. Raises ``ArtifactError``
+    /// when the version is not installed, is active, or was rolled back before.
+    fn begin_rollout(&self, py: Python<'_>, version: u32) -> PyResult<()> {
+        let rt = self.rt();
+        py.detach(|| rt.begin_rollout(version))
+            .map_err(|e| errors::to_py(py, e))
+    }
+
+    /// Finishes the rollout in progress now: its canary becomes the active version,
+    /// which is returned. Raises ``ArtifactError`` when no rollout is in progress.
+    fn promote(&self, py: Python<'_>) -> PyResult<u32> {
+        let rt = self.rt();
+        py.detach(|| rt.promote()).map_err(|e| errors::to_py(py, e))
+    }
+
+    /// Rolls back the rollout in progress: the stable version stays active and the
+    /// canary is not rolled out again automatically. Returns the canary's version, or
+    /// ``None`` when no rollout was in progress.
+    fn abort_rollout(&self, py: Python<'_>) -> PyResult<Option<u32>> {
+        let rt = self.rt();
+        py.detach(|| rt.abort_rollout())
+            .map_err(|e| errors::to_py(py, e))
+    }
+
+    /// The rollout in progress, or the last one, as a dict: ``state`` (``"in_progress"``,
+    /// ``"promoted"``, ``"rolled_back"``, ``"aborted"``), ``stable_version``,
+    /// ``canary_version``, ``stage``, ``stages``, ``fraction``, ``started_at``, per-arm
+    /// ``stable`` and ``canary`` statistics, ``comparisons`` (the confidence sequences),
+    /// ``decision`` and ``recent_events``. ``None`` when the task never had a rollout.
+    fn rollout<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let status = self.rt().rollout();
+        let value = serde_json::to_value(&status)
+            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+        convert::to_py(py, &value)
+    }
+
     /// The task id.
     #[getter]
     fn task_id(&self) -> &str {
@@ -341,8 +392,8 @@ impl PyRuntime {
     /// ``task``, ``active_version``, execution-log counters under ``dataset``, telemetry
     /// counters under ``telemetry`` (``None`` when telemetry is off; see
     /// ``docs/telemetry.md``), artifact refresh under ``refresh`` (``None`` without
-    /// ``cloud.api_url``; see ``docs/repository.md``) and ``validation_metrics()`` under
-    /// ``validation``.
+    /// ``cloud.api_url``; see ``docs/repository.md``), ``validation_metrics()`` under
+    /// ``validation`` and ``rollout()`` under ``rollout``.
     fn health<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let health = self.rt().health();
         let value = serde_json::to_value(&health)

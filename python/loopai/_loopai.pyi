@@ -144,11 +144,13 @@ class Runtime:
         config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
         oracle: Callable[[dict[str, Any]], Any] | None = None,
     ) -> Self: ...
-    def execute(self, input: Mapping[str, Any]) -> ExecutionResult:
+    def execute(self, input: Mapping[str, Any], key: str | None = None) -> ExecutionResult:
         """Executes the active program on one input (a dict, e.g. ``{"text": "..."}``) and
-        logs the execution. Raises ``InvalidInput`` when the input cannot be converted to
-        JSON or does not match the task, ``ClosedError`` after ``close()`` or in a forked
-        child."""
+        logs the execution. During a canary rollout ``key`` (a user or session id) routes
+        the execution: the same key gets the same version, and stays on the canary as its
+        share grows; without it the input (or its ``rollout.sticky_key``) routes. Raises
+        ``InvalidInput`` when the input cannot be converted to JSON or does not match the
+        task, ``ClosedError`` after ``close()`` or in a forked child."""
     def execute_json(self, input: str | bytes) -> ExecutionResult:
         """Executes one input given as JSON text (``str`` or ``bytes``), like ``execute``."""
     def execute_batch(
@@ -173,6 +175,25 @@ class Runtime:
     def activate(self, version: int) -> None:
         """Activates installed version ``version`` (on disk too) and swaps it in without
         interrupting executions in flight. The version is verified and compiled first."""
+    def begin_rollout(self, version: int) -> None:
+        """Starts a canary rollout of installed version ``version``: it serves a growing
+        share of executions (``rollout.stages``, 10% → 50% → 100% by default) and is
+        promoted or rolled back on measured error, mismatch and abstain rates (see
+        ``docs/rollout.md``). A rollout in progress is superseded. Raises ``ArtifactError``
+        when the version is not installed, is active, or was rolled back before."""
+    def promote(self) -> int:
+        """Finishes the rollout in progress now: its canary becomes the active version,
+        which is returned. Raises ``ArtifactError`` when no rollout is in progress."""
+    def abort_rollout(self) -> int | None:
+        """Rolls back the rollout in progress: the stable version stays active and the
+        canary is not rolled out again automatically. Returns the canary's version, or
+        ``None`` when no rollout was in progress."""
+    def rollout(self) -> dict[str, Any] | None:
+        """The rollout in progress, or the last one, as a dict: ``state`` (``"in_progress"``,
+        ``"promoted"``, ``"rolled_back"``, ``"aborted"``), ``stable_version``,
+        ``canary_version``, ``stage``, ``stages``, ``fraction``, ``started_at``, per-arm
+        ``stable`` and ``canary`` statistics, ``comparisons`` (the confidence sequences),
+        ``decision`` and ``recent_events``. ``None`` when the task never had a rollout."""
     def reload(self) -> int:
         """Re-reads the task's ``active`` pointer (changed by ``install_program``,
         ``synthesize`` or the ``loopai`` CLI, possibly in another process) and swaps that
@@ -197,8 +218,8 @@ class Runtime:
         ``task``, ``active_version``, execution-log counters under ``dataset``, telemetry
         counters under ``telemetry`` (``None`` when telemetry is off; see
         ``docs/telemetry.md``), artifact refresh under ``refresh`` (``None`` without
-        ``cloud.api_url``; see ``docs/repository.md``) and ``validation_metrics()`` under
-        ``validation``."""
+        ``cloud.api_url``; see ``docs/repository.md``), ``validation_metrics()`` under
+        ``validation`` and ``rollout()`` under ``rollout``."""
     def validation_metrics(self) -> dict[str, Any]:
         """Validation against the oracle and oracle fallback: ``oracle`` (``"in-process"``,
         ``"http <model> at <url>"`` or ``None``: then samples are not validated),

@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use crate::{PrivacyConfig, PrivacyMode};
 
+pub(crate) use hash::write_canonical;
 pub use hash::{KeyedHasher, HMAC_KEY_FILE, HMAC_KEY_LEN};
 pub use pii::{PiiFilter, PiiKind, PiiMatch};
 

@@ -8,7 +8,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
-    ExecutionRecord, ExecutionStatus, PrivacyMode, PrivacyPolicy, Timestamp, ValidationRecord,
+    ExecutionRecord, ExecutionStatus, PrivacyMode, PrivacyPolicy, RolloutEvent, Timestamp,
+    ValidationRecord,
 };
 
 /// The `format` of every batch this version writes.
@@ -79,6 +80,11 @@ pub struct TelemetryBatch {
     /// The validations of sampled executions against the oracle (`strict`: the oracle's
     /// output as a keyed hash only).
     pub sampled_validations: Vec<ValidationSummary>,
+    /// Canary rollout events of the task since the previous batch (stage changes,
+    /// promotions, rollbacks: see `docs/rollout.md`), whatever their version. Absent from
+    /// the JSON when empty; batches without it parse with an empty list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollout_events: Vec<RolloutEvent>,
 }
 
 /// Aggregate metrics of a batch, over every record of the window (sampled or not).
@@ -261,6 +267,8 @@ impl OpenBatch {
 pub(crate) struct BatchBuilder {
     ctx: BatchContext,
     open: BTreeMap<u32, OpenBatch>,
+    /// Rollout events for the next batch cut.
+    events: Vec<RolloutEvent>,
 }
 
 impl BatchBuilder {
@@ -268,7 +276,20 @@ impl BatchBuilder {
         BatchBuilder {
             ctx,
             open: BTreeMap::new(),
+            events: Vec::new(),
         }
+    }
+
+    /// Queues rollout events: they go with the next batch cut, or — when no batch is
+    /// open — with a batch of their own at the next tick or flush.
+    pub(crate) fn add_rollout_events(&mut self, events: Vec<RolloutEvent>) {
+        self.events.extend(events);
+    }
+
+    /// A batch with no records that carries the queued rollout events.
+    fn events_only(&mut self, now: Timestamp) -> Option<TelemetryBatch> {
+        let version = self.events.last()?.canary_version;
+        Some(self.finish(version, OpenBatch::default(), now))
     }
 
     /// Records held in open batches.
@@ -361,16 +382,21 @@ impl BatchBuilder {
                 cut.push(self.finish(version, b, now));
             }
         }
+        if self.open.is_empty() {
+            cut.extend(self.events_only(now));
+        }
         cut
     }
 
     /// Cuts every open batch (flush, shutdown).
     pub(crate) fn cut_all(&mut self, now: Timestamp) -> Vec<TelemetryBatch> {
-        std::mem::take(&mut self.open)
+        let mut cut: Vec<TelemetryBatch> = std::mem::take(&mut self.open)
             .into_iter()
             .filter(|(_, b)| b.records > 0)
             .map(|(v, b)| self.finish(v, b, now))
-            .collect()
+            .collect();
+        cut.extend(self.events_only(now));
+        cut
     }
 
     /// Whether `r` gets a per-record summary in this mode.
@@ -452,7 +478,8 @@ impl BatchBuilder {
         }
     }
 
-    fn finish(&self, version: u32, b: OpenBatch, now: Timestamp) -> TelemetryBatch {
+    /// Turns an open batch into a batch; the queued rollout events go with it.
+    fn finish(&mut self, version: u32, b: OpenBatch, now: Timestamp) -> TelemetryBatch {
         let (start, end) = b.window.unwrap_or((now, now));
         let executions = b.status.success + b.status.abstain + b.status.error + b.status.timeout;
         let mut outputs: BTreeMap<String, u64> = b.outputs.into_iter().collect();
@@ -483,6 +510,7 @@ impl BatchBuilder {
             },
             execution_summaries: b.summaries,
             sampled_validations: b.validation_summaries,
+            rollout_events: std::mem::take(&mut self.events),
         }
     }
 }
@@ -587,6 +615,48 @@ mod tests {
         assert_eq!(cut.len(), 1);
         assert_eq!(cut[0].timestamp, Timestamp(70_000));
         assert!(b.tick(Timestamp(200_000)).is_empty(), "nothing open");
+    }
+
+    fn event(canary: u32) -> RolloutEvent {
+        serde_json::from_value(
+            json!({"at": "2025-11-25T00:00:01.000Z", "kind": "stage_advanced",
+            "stable_version": 1, "canary_version": canary, "stage": 1, "fraction": 0.5,
+            "reason": "canary not worse"}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn rollout_events_ride_on_the_next_batch_or_their_own() {
+        let mut b = BatchBuilder::new(ctx(PrivacyMode::Strict, 100));
+        // No batch open: the events get a batch of their own at the next tick.
+        b.add_rollout_events(vec![event(2)]);
+        let cut = b.tick(Timestamp(5_000));
+        assert_eq!(cut.len(), 1);
+        assert_eq!(cut[0].program_version, 2);
+        assert_eq!(cut[0].metrics.executions, 0);
+        assert_eq!(cut[0].rollout_events, [event(2)]);
+        assert!(b.tick(Timestamp(6_000)).is_empty(), "sent once");
+        // A batch open: they go with it when it is cut.
+        b.execution(&exec(1, "a", "ham", 1.0, false), Timestamp(0));
+        b.add_rollout_events(vec![event(2)]);
+        assert!(b.tick(Timestamp(7_000)).is_empty());
+        let cut = b.cut_all(Timestamp(8_000));
+        assert_eq!(cut.len(), 1);
+        assert_eq!(
+            (cut[0].program_version, cut[0].rollout_events.len()),
+            (1, 1)
+        );
+        // The field is left out when empty, and batches without it still parse.
+        let mut json = serde_json::to_value(&cut[0]).unwrap();
+        assert_eq!(json["rollout_events"][0]["kind"], "stage_advanced");
+        json.as_object_mut().unwrap().remove("rollout_events");
+        let parsed: TelemetryBatch = serde_json::from_value(json).unwrap();
+        assert!(parsed.rollout_events.is_empty());
+        assert!(serde_json::to_value(&parsed)
+            .unwrap()
+            .get("rollout_events")
+            .is_none());
     }
 
     #[test]

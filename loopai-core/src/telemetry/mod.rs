@@ -29,6 +29,7 @@ use serde::Serialize;
 
 use crate::dataset::RecordObserver;
 use crate::fsutil::{create_dir_all_durable, remove_if_exists, sync_dir};
+use crate::rollout::RolloutOutbox;
 use crate::{
     Clock, DeploymentConfig, Error, ErrorKind, ExecutionRecord, KeyedHasher, PrivacyMode,
     PrivacyPolicy, Result, Timestamp, ValidationRecord,
@@ -269,6 +270,7 @@ impl Telemetry {
         task: &str,
         config: &DeploymentConfig,
         clock: Arc<dyn Clock>,
+        outbox: Arc<RolloutOutbox>,
     ) -> Result<Option<(Telemetry, TelemetryObserver)>> {
         if !config.telemetry.enabled {
             return Ok(None);
@@ -299,7 +301,8 @@ impl Telemetry {
                 .unwrap_or(i64::MAX),
         };
         let endpoint = HttpTransport::endpoint(api_url);
-        Self::start_with(ctx, settings, transport, endpoint, clock).map(Some)
+        Self::start_with(ctx, settings, transport, endpoint, clock)
+            .map(|(t, o)| Some((t, o.with_rollout_events(outbox))))
     }
 
     /// Starts the uploader over `transport` (tests inject a fake one).
@@ -352,6 +355,7 @@ impl Telemetry {
             cut_requested: cut_requested.clone(),
             wake: ctl.clone(),
             clock,
+            outbox: None,
         };
         let telemetry = Telemetry {
             ctl,
@@ -575,6 +579,8 @@ pub(crate) struct TelemetryObserver {
     cut_requested: Arc<AtomicBool>,
     wake: Sender<Ctl>,
     clock: Arc<dyn Clock>,
+    /// Rollout events to send with the next batch.
+    outbox: Option<Arc<RolloutOutbox>>,
 }
 
 impl std::fmt::Debug for TelemetryObserver {
@@ -584,8 +590,24 @@ impl std::fmt::Debug for TelemetryObserver {
 }
 
 impl TelemetryObserver {
+    /// Sends the rollout events queued in `outbox` with the batches.
+    pub(crate) fn with_rollout_events(mut self, outbox: Arc<RolloutOutbox>) -> Self {
+        self.outbox = Some(outbox);
+        self
+    }
+
     fn now(&self) -> Timestamp {
         Timestamp(self.clock.now_millis())
+    }
+
+    /// Moves queued rollout events into the builder (they ride on the next batch cut).
+    fn collect_events(&mut self) {
+        if let Some(outbox) = &self.outbox {
+            let events = outbox.take();
+            if !events.is_empty() {
+                self.builder.add_rollout_events(events);
+            }
+        }
     }
 
     fn spool_batch(&mut self, batch: &TelemetryBatch) {
@@ -657,18 +679,21 @@ impl RecordObserver for TelemetryObserver {
     }
 
     fn tick(&mut self, now: Timestamp) {
+        self.collect_events();
         let due = self.builder.tick(now);
         self.spool_all(due);
     }
 
     fn persist(&mut self, now: Timestamp) {
         if self.cut_requested.swap(false, Ordering::AcqRel) {
+            self.collect_events();
             let all = self.builder.cut_all(now);
             self.spool_all(all);
         }
     }
 
     fn finish(&mut self, now: Timestamp) {
+        self.collect_events();
         let all = self.builder.cut_all(now);
         self.spool_all(all);
     }
