@@ -3,6 +3,7 @@
 mod artifacts;
 mod exec;
 mod program;
+mod serve;
 mod stats;
 mod synth;
 
@@ -46,6 +47,8 @@ enum Command {
     Synth(synth::SynthArgs),
     /// Score the active program on labelled test examples (exactly as `exec` runs it).
     Eval(synth::EvalArgs),
+    /// Serve tasks over HTTP (POST /execute, /health, /ready, /metrics) until SIGTERM.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Stats(args) => stats::run(args),
         Command::Synth(args) => synth::synth(args),
         Command::Eval(args) => synth::eval(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(code) => code,
