@@ -675,3 +675,27 @@ fn a_runtime_built_by_the_caller_is_served_and_shut_down() {
         ErrorKind::Closed
     );
 }
+
+/// deploy/kubernetes.yaml embeds a deployment.yaml and a keys file: the first must be
+/// valid for the runtime, the second must be refused until a real key replaces the
+/// placeholder (so a copy-paste never runs with a known key).
+#[test]
+fn deploy_manifest_config_is_valid_and_its_placeholder_key_is_refused() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let docs: Vec<serde_yaml_ng::Value> = text
+        .split("\n---\n")
+        .map(|d| serde_yaml_ng::from_str(d).unwrap())
+        .collect();
+    let find = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"].as_str() == Some(kind))
+            .unwrap_or_else(|| panic!("no {kind}"))
+    };
+    let config = find("ConfigMap")["data"]["deployment.yaml"].as_str().unwrap();
+    let parsed = loopai_core::DeploymentConfig::from_yaml_str(config, "ConfigMap loopai-config");
+    assert!(parsed.is_ok(), "{parsed:?}");
+    let keys = find("Secret")["stringData"]["api-keys.jsonl"].as_str().unwrap();
+    let err = ApiKeys::parse(keys, "api-keys.jsonl").unwrap_err();
+    assert!(err.to_string().contains("sha256: expected 64 hex digits"), "{err}");
+}
