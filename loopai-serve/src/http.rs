@@ -119,8 +119,8 @@ pub(crate) fn bytes_response(
     response
 }
 
-/// Refuses bodies that declare a type other than JSON (a missing `Content-Type` is
-/// accepted, for `curl -d` and load generators).
+/// Refuses bodies that declare a type other than JSON; a missing `Content-Type` is
+/// accepted (load generators and minimal clients often send none).
 pub(crate) fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(value) = headers.get(CONTENT_TYPE) else {
         return Ok(());
