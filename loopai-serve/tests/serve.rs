@@ -692,10 +692,17 @@ fn deploy_manifest_config_is_valid_and_its_placeholder_key_is_refused() {
             .find(|d| d["kind"].as_str() == Some(kind))
             .unwrap_or_else(|| panic!("no {kind}"))
     };
-    let config = find("ConfigMap")["data"]["deployment.yaml"].as_str().unwrap();
+    let config = find("ConfigMap")["data"]["deployment.yaml"]
+        .as_str()
+        .unwrap();
     let parsed = loopai_core::DeploymentConfig::from_yaml_str(config, "ConfigMap loopai-config");
     assert!(parsed.is_ok(), "{parsed:?}");
-    let keys = find("Secret")["stringData"]["api-keys.jsonl"].as_str().unwrap();
+    let keys = find("Secret")["stringData"]["api-keys.jsonl"]
+        .as_str()
+        .unwrap();
     let err = ApiKeys::parse(keys, "api-keys.jsonl").unwrap_err();
-    assert!(err.to_string().contains("sha256: expected 64 hex digits"), "{err}");
+    assert!(
+        err.to_string().contains("sha256: expected 64 hex digits"),
+        "{err}"
+    );
 }
