@@ -53,7 +53,7 @@
 //! the default buffered execution log, so it runs directly on the async worker that read
 //! the request: no thread hop per request. With `storage.durability: durable` it waits
 //! for fsync and runs on tokio's blocking pool instead, as do batches of more than 16
-//! inputs. Metric counters are atomics; nothing on the request path takes a lock.
+//! inputs. The server's metric counters are atomics: recording them takes no lock.
 //!
 //! [`ServerHandle::shutdown`] (and [`Server::serve`] at SIGINT/SIGTERM) marks the server
 //! not ready, stops accepting connections, lets requests in flight finish (half the
