@@ -41,8 +41,10 @@ def main() -> None:
     throughput = load(out, "rust_throughput")
     python = load(out, "python")
     synth_cli = load(out, "synth_cli")["seconds"]
-    http = {name: load(out, f"http_{name}") for name in ("loopai", "fastapi")}
-    logged = {name: load(out, f"http_{name}_logged")["logged"] for name in ("loopai", "fastapi")}
+    w = args.uvicorn_workers
+    names = {"loopai": "loopai", "fastapi": f"fastapi{w}", "fastapi1": "fastapi1"}
+    http = {k: load(out, f"http_{v}") for k, v in names.items()}
+    logged = {k: load(out, f"http_{v}_logged")["logged"] for k, v in names.items()}
 
     rows_by_name = {r["name"]: r for r in python["rows"]}
     py_loopai = rows_by_name["loopai Runtime.execute(dict)"]
@@ -56,6 +58,7 @@ def main() -> None:
         return sum(h["errors"].values())
 
     loopai_rps, fastapi_rps = rps(http["loopai"]), rps(http["fastapi"])
+    fastapi1_rps = rps(http["fastapi1"])
     loopai_p99_ms = http["loopai"]["latency_us"]["p99"] / 1e3
     fastapi_p99_ms = http["fastapi"]["latency_us"]["p99"] / 1e3
     training = python.get("training_seconds", {})
@@ -78,8 +81,12 @@ def main() -> None:
             "ratio": ratio(py_loopai["p50_us"] * 1e3, latency["p50_ns"]),
         },
         {
-            "what": "HTTP requests/s: loopai serve / FastAPI",
+            "what": f"HTTP requests/s: loopai serve / FastAPI ({w} workers)",
             "ratio": ratio(loopai_rps, fastapi_rps),
+        },
+        {
+            "what": "HTTP requests/s: loopai serve / FastAPI (1 worker, uvicorn's default)",
+            "ratio": ratio(loopai_rps, fastapi1_rps),
         },
         {
             "what": "HTTP p99 latency: FastAPI / loopai serve",
@@ -102,7 +109,13 @@ def main() -> None:
         "loopai_serve_rps_at_least_50k": loopai_rps >= TARGET_RPS,
         "loopai_serve_at_least_20x_fastapi": ratio(loopai_rps, fastapi_rps) >= TARGET_RATIO,
         "loopai_serve_p99_at_most_2ms": loopai_p99_ms <= TARGET_P99_MS,
-        "no_http_errors": http_errors(http["loopai"]) == 0 and http_errors(http["fastapi"]) == 0,
+        "no_http_errors": all(http_errors(h) == 0 for h in http.values()),
+        # wrk counts completed answers (warm-up included); requests cut off at the end
+        # may be logged without being counted.
+        "every_answer_logged": all(
+            logged[k] >= http[k]["requests"] + load(out, f"http_{v}_warmup")["requests"]
+            for k, v in names.items()
+        ),
     }
     results = {
         "quick": bool(args.quick),
@@ -133,7 +146,13 @@ def main() -> None:
                 **http["fastapi"],
                 "requests_per_sec": fastapi_rps,
                 "logged": logged["fastapi"],
-                "server": f"uvicorn[standard] --workers {args.uvicorn_workers}",
+                "server": f"uvicorn[standard] --workers {w}",
+            },
+            "fastapi_1_worker": {
+                **http["fastapi1"],
+                "requests_per_sec": fastapi1_rps,
+                "logged": logged["fastapi1"],
+                "server": "uvicorn[standard] --workers 1",
             },
         },
         "learning_seconds": {
@@ -145,7 +164,7 @@ def main() -> None:
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
-    w = 64
+    width = 64
     print()
     print(
         f"Machine: {machine['cpus']} CPUs ({machine['cpu']}), load average "
@@ -157,32 +176,33 @@ def main() -> None:
         f"{python['program']}"
     )
     print()
-    print(f"{'in-process Rust, Runtime::execute, logging on':{w}} {'':>14}")
-    print(f"{'  p50 / p99 per call':{w}} {latency['p50_ns'] / 1e3:7.2f} / {latency['p99_ns'] / 1e3:.2f} µs")
+    print(f"{'in-process Rust, Runtime::execute, logging on':{width}} {'':>14}")
+    print(f"{'  p50 / p99 per call':{width}} {latency['p50_ns'] / 1e3:7.2f} / {latency['p99_ns'] / 1e3:.2f} µs")
     for n in (1, 2):
-        print(f"{f'  {n} thread(s), logged executions/s':{w}} {threads[n]['per_sec']:14,.0f}")
+        print(f"{f'  {n} thread(s), logged executions/s':{width}} {threads[n]['per_sec']:14,.0f}")
     print()
-    print(f"{'Python, per call':{w}} {'p50 µs':>9} {'p99 µs':>9} {'acc':>7}")
+    print(f"{'Python, per call':{width}} {'p50 µs':>9} {'p99 µs':>9} {'acc':>7}")
     for r in python["rows"]:
-        print(f"{'  ' + r['name']:{w}} {r['p50_us']:9.2f} {r['p99_us']:9.2f} {r['accuracy']:7.4f}")
+        print(f"{'  ' + r['name']:{width}} {r['p50_us']:9.2f} {r['p99_us']:9.2f} {r['accuracy']:7.4f}")
     print()
-    print(f"{'HTTP (wrk ' + args.wrk_flags + ')':{w}} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    print(f"{'HTTP (wrk ' + args.wrk_flags + ')':{width}} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for label, h, r in (
         ("  loopai serve", http["loopai"], loopai_rps),
-        (f"  FastAPI + uvicorn ({args.uvicorn_workers} workers)", http["fastapi"], fastapi_rps),
+        (f"  FastAPI + uvicorn ({w} workers)", http["fastapi"], fastapi_rps),
+        ("  FastAPI + uvicorn (1 worker)", http["fastapi1"], fastapi1_rps),
     ):
         print(
-            f"{label:{w}} {r:10,.0f} {h['latency_us']['p50'] / 1e3:8.3f} "
+            f"{label:{width}} {r:10,.0f} {h['latency_us']['p50'] / 1e3:8.3f} "
             f"{h['latency_us']['p99'] / 1e3:8.3f} {http_errors(h):7d}"
         )
     print()
-    print(f"{'learning from the train split':{w}} {'seconds':>9}")
+    print(f"{'learning from the train split':{width}} {'seconds':>9}")
     for name, secs in results["learning_seconds"].items():
-        print(f"{'  ' + name:{w}} {secs:9.3f}")
+        print(f"{'  ' + name:{width}} {secs:9.3f}")
     print()
-    print(f"{'ratios (same run)':{w}} {'x':>9}")
+    print(f"{'ratios (same run)':{width}} {'x':>9}")
     for c in comparisons:
-        print(f"{'  ' + c['what']:{w}} {c['ratio']:9.2f}")
+        print(f"{'  ' + c['what']:{width}} {c['ratio']:9.2f}")
     print()
     print(
         f"targets: >= {TARGET_RPS:,} req/s: {'met' if targets['loopai_serve_rps_at_least_50k'] else 'MISSED'}"
@@ -191,8 +211,13 @@ def main() -> None:
         f" ({ratio(loopai_rps, fastapi_rps):.1f}x); p99 <= {TARGET_P99_MS} ms: "
         f"{'met' if targets['loopai_serve_p99_at_most_2ms'] else 'MISSED'} ({loopai_p99_ms:.3f} ms)"
     )
+    print(
+        f"every answer logged: {'yes' if targets['every_answer_logged'] else 'NO'} "
+        f"({', '.join(f'{k} {n:,}' for k, n in logged.items())} records); "
+        f"HTTP errors: {'none' if targets['no_http_errors'] else 'SOME'}"
+    )
     print(f"results: {out / 'results.json'}, chart: {out / 'results.png'}")
-    draw(out / "results.png", results, latency, python["rows"], loopai_rps, fastapi_rps)
+    draw(out / "results.png", results, latency, python["rows"], loopai_rps, fastapi_rps, fastapi1_rps, w)
 
 
 def draw(
@@ -202,6 +227,8 @@ def draw(
     py_rows: list[dict[str, Any]],
     loopai_rps: float,
     fastapi_rps: float,
+    fastapi1_rps: float,
+    workers: int,
 ) -> None:
     import matplotlib
 
@@ -233,8 +260,8 @@ def draw(
     bars(axes[0][0], [n for n, _ in per_call], [v for _, v in per_call], "per call, p50", "µs (log)", True)
     bars(
         axes[0][1],
-        ["loopai serve", "FastAPI + uvicorn"],
-        [loopai_rps, fastapi_rps],
+        ["loopai serve", f"FastAPI ({workers} workers)", "FastAPI (1 worker)"],
+        [loopai_rps, fastapi_rps, fastapi1_rps],
         f"HTTP throughput, wrk {results['http']['wrk_flags']}",
         "requests/s",
         False,

@@ -135,7 +135,8 @@ wait_http() { # url
   echo "no answer from $1" >&2; return 1
 }
 run_wrk() { # name url
-  WRK_BODIES="$work/bodies.jsonl" wrk -t1 -c32 -d"${warm_secs}s" -s benches/compare/wrk.lua "$2" >/dev/null
+  WRK_BODIES="$work/bodies.jsonl" wrk -t1 -c32 -d"${warm_secs}s" -s benches/compare/wrk.lua "$2" \
+    | grep '^WRKJSON ' | sed 's/^WRKJSON //' > "$out/http_$1_warmup.json"
   WRK_BODIES="$work/bodies.jsonl" wrk "${wrk_flags[@]}" -s benches/compare/wrk.lua "$2" > "$work/$1.wrk"
   cat "$work/$1.wrk" >&2
   grep '^WRKJSON ' "$work/$1.wrk" | sed 's/^WRKJSON //' > "$out/http_$1.json"
@@ -153,16 +154,20 @@ kill -TERM "$serve_pid"; wait "$serve_pid"
 logged=$(cat "$work"/serve/datasets/sms-spam/executions/*.jsonl | wc -l)
 echo "{\"logged\": $logged}" > "$out/http_loopai_logged.json"
 
-step "HTTP: FastAPI + uvicorn ($uvicorn_workers workers, uvloop, httptools)"
-port=$(free_port)
-(cd benches/compare && LOOPAI_BASELINE_DATA_DIR="$work/fastapi" exec "$repo/$venv/bin/uvicorn" fastapi_baseline:app \
-   --host 127.0.0.1 --port "$port" --workers "$uvicorn_workers" --no-access-log --log-level warning) 2> "$work/uvicorn.log" &
-uv_pid=$!; pids+=("$uv_pid")
-wait_http "http://127.0.0.1:$port/health"
-run_wrk fastapi "http://127.0.0.1:$port/execute"
-kill -TERM "$uv_pid"; wait "$uv_pid" || true
-logged=$(cat "$work"/fastapi/datasets/sms-spam/executions/*.jsonl | wc -l)
-echo "{\"logged\": $logged}" > "$out/http_fastapi_logged.json"
+# The baseline twice: with as many worker processes as loopai serve has threads (the fair
+# comparison, used for the ratio), and with uvicorn's default single process.
+for workers in "$uvicorn_workers" 1; do
+  step "HTTP: FastAPI + uvicorn ($workers worker(s), uvloop, httptools)"
+  port=$(free_port)
+  (cd benches/compare && LOOPAI_BASELINE_DATA_DIR="$work/fastapi$workers" exec "$repo/$venv/bin/uvicorn" fastapi_baseline:app \
+     --host 127.0.0.1 --port "$port" --workers "$workers" --no-access-log --log-level warning) 2> "$work/uvicorn$workers.log" &
+  uv_pid=$!; pids+=("$uv_pid")
+  wait_http "http://127.0.0.1:$port/health"
+  run_wrk "fastapi$workers" "http://127.0.0.1:$port/execute"
+  kill -TERM "$uv_pid"; wait "$uv_pid" || true
+  logged=$(cat "$work/fastapi$workers"/datasets/sms-spam/executions/*.jsonl | wc -l)
+  echo "{\"logged\": $logged}" > "$out/http_fastapi${workers}_logged.json"
+done
 
 step "report"
 "$py" benches/compare/report.py "$out" \
