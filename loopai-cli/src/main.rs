@@ -1,7 +1,9 @@
 //! `loopai`: check, install, activate and execute Loopai programs from the command line.
 
 mod artifacts;
+mod cloud;
 mod exec;
+mod logger;
 mod program;
 mod serve;
 mod stats;
@@ -47,6 +49,9 @@ enum Command {
     Synth(synth::SynthArgs),
     /// Score the active program on labelled test examples (exactly as `exec` runs it).
     Eval(synth::EvalArgs),
+    /// Run the reference cloud server (the telemetry collector).
+    #[command(subcommand)]
+    Cloud(cloud::CloudCommand),
     /// Serve tasks over HTTP (POST /execute, /health, /ready, /metrics) until SIGTERM.
     Serve(serve::ServeArgs),
 }
@@ -60,6 +65,7 @@ fn main() -> ExitCode {
         Command::Stats(args) => stats::run(args),
         Command::Synth(args) => synth::synth(args),
         Command::Eval(args) => synth::eval(args),
+        Command::Cloud(cmd) => cloud::run(cmd),
         Command::Serve(args) => serve::run(args),
     };
     match result {

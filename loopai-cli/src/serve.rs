@@ -93,23 +93,21 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, Error> {
         builder = builder.worker_threads(workers);
     }
     let server = builder.build()?;
+    crate::logger::init();
     let tasks = server.tasks().join(", ");
     let handle = server.spawn()?;
-    eprintln!(
-        "loopai serve: listening on {} (tasks: {tasks})",
-        handle.url()
-    );
+    log::info!("listening on {} (tasks: {tasks})", handle.url());
     handle.run_until_signal(|event| match event {
         ServeEvent::Ready(versions) => {
             let list: Vec<String> = versions.iter().map(|(t, v)| format!("{t} v{v}")).collect();
-            eprintln!("loopai serve: ready ({})", list.join(", "));
+            log::info!("ready ({})", list.join(", "));
         }
-        ServeEvent::Stopping(signal) => eprintln!(
-            "loopai serve: {signal}: draining requests and flushing the execution logs (at most {:.0} s)",
+        ServeEvent::Stopping(signal) => log::info!(
+            "{signal}: draining requests and flushing the execution logs (at most {:.0} s)",
             shutdown_timeout.as_secs_f64()
         ),
         _ => {}
     })?;
-    eprintln!("loopai serve: stopped");
+    log::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

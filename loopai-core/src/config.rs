@@ -189,11 +189,12 @@ impl fmt::Debug for CloudConfig {
 pub struct ExecutionConfig {
     /// `execution.worker_count` (default 4, 1..=1024).
     pub worker_count: usize,
-    /// `execution.timeout_ms` (default 1000, at least 1): per-execution timeout.
+    /// `execution.timeout_ms` (default 1000, at least 1): per-execution timeout; with
+    /// `fallback: oracle`, how long `execute` may wait for the oracle on an abstention.
     pub timeout_ms: u64,
     /// `execution.max_input_bytes` (default 65536, 1 ..= 64 MiB): largest accepted input.
     pub max_input_bytes: usize,
-    /// `execution.fallback` (default `none`): what to do when the program fails.
+    /// `execution.fallback` (default `none`): what to do when the program abstains.
     pub fallback: Fallback,
 }
 
@@ -208,15 +209,16 @@ impl Default for ExecutionConfig {
     }
 }
 
-/// `execution.fallback`: what happens when a program errors or times out.
+/// `execution.fallback`: what happens when a program abstains.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Fallback {
-    /// Return the error (`none`, the default).
+    /// Return the program's answer with status `abstain` (`none`, the default).
     #[default]
     None,
-    /// Ask the configured oracle (`oracle`; requires the `oracle` section).
+    /// Ask the oracle synchronously within `execution.timeout_ms` and return its answer
+    /// (requires an oracle: the `oracle` section or `RuntimeBuilder::oracle`).
     Oracle,
 }
 
@@ -870,11 +872,8 @@ impl DeploymentConfig {
             1,
             MAX_INPUT_BYTES_LIMIT,
         )?;
-        if exec.fallback == Fallback::Oracle && self.oracle.is_none() {
-            return Err(config_error(
-                "execution.fallback: \"oracle\" requires an `oracle` section",
-            ));
-        }
+        // `execution.fallback: oracle` also needs an oracle: the `oracle` section or one
+        // given to `RuntimeBuilder::oracle`, so `RuntimeBuilder::build` checks it.
 
         let sampling = &self.sampling;
         if sampling.strategy.is_empty() {
@@ -1541,10 +1540,6 @@ runtime:
             (
                 "execution:\n  max_input_bytes: 67108865\n",
                 "execution.max_input_bytes: must be between 1 and 67108864, got 67108865",
-            ),
-            (
-                "execution:\n  fallback: oracle\n",
-                "execution.fallback: \"oracle\" requires an `oracle` section",
             ),
             (
                 "cloud:\n  api_url: ftp://x\n",

@@ -30,6 +30,15 @@
 //!   `permissive`: everything), spools them under `<data_dir>/telemetry/spool/<task>/` and
 //!   uploads them gzip-compressed to `{cloud.api_url}/api/v1/telemetry` with retries,
 //!   backoff and `Retry-After`. Documented in `docs/telemetry.md`.
+//! * [`Sampler`] — which executions are checked against the oracle (`random`,
+//!   `uncertainty`, `stratified`, `temporal`; a few nanoseconds per decision).
+//! * [`Oracle`], [`FnOracle`], [`HttpOracle`] — the reference model: an in-process callback
+//!   or an LLM behind the chat-completions API, with strict checking of its answers
+//!   ([`OracleRequest::check_output`]). Sampled executions are validated against it on
+//!   background workers ([`compare_outputs`]: `exact`, `normalized`, `fuzzy`,
+//!   `structured`), and with `execution.fallback: oracle` it answers when the program
+//!   abstains ([`ExecutionSource::Oracle`]). Match rates per version:
+//!   [`Runtime::validation_metrics`]. Documented in `docs/oracle.md`.
 //! * [`Runtime`] — the facade that ties them together for one task.
 //!
 //! ## Quick start
@@ -67,10 +76,13 @@
 //! Logging, flushing and shutdown: see [`Runtime::execute`], [`Runtime::flush`] and
 //! [`Runtime::shutdown`]; every wait takes a timeout, and dropping the last clone of a
 //! runtime shuts it down within [`DROP_SHUTDOWN_TIMEOUT`]. The runtime owns its threads:
-//! the dataset writer (which also builds telemetry batches), the retention thread, and
-//! with telemetry on one uploader, which never blocks `execute`. `flush` also uploads
-//! spooled telemetry within its timeout; `shutdown` uploads until the first failure or the
-//! deadline and leaves the rest spooled for the next start.
+//! the dataset writer (which also builds telemetry batches), the retention thread, with
+//! telemetry on one uploader, and when there is an oracle the `validation.workers`
+//! validation threads; none of them blocks `execute` (a full validation queue skips the
+//! sample and counts it). Only the opt-in oracle fallback makes `execute` wait, at most
+//! `execution.timeout_ms`, and only on abstentions. `flush` also validates queued samples
+//! and uploads spooled telemetry within its timeout; `shutdown` uploads until the first
+//! failure or the deadline and leaves the rest spooled for the next start.
 //!
 //! After `fork()`: background threads do not exist in the child, so a runtime built before
 //! the fork refuses to execute there ([`ErrorKind::Closed`], saying so). Build a new
@@ -105,6 +117,7 @@ mod runtime;
 mod sampler;
 mod schema;
 mod telemetry;
+mod validator;
 
 pub use artifact::{
     validate_task_id, ArtifactMetadata, ArtifactStatus, ArtifactStore, LoadedArtifact, NewArtifact,
@@ -124,7 +137,7 @@ pub use dataset::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use executor::{ActiveProgram, Execution, Executor};
-pub use oracle::{FnOracle, Oracle, OracleAnswer, OracleRequest};
+pub use oracle::{FnOracle, HttpOracle, Oracle, OracleAnswer, OracleRequest, SleepFn};
 pub use privacy::{
     KeyedHasher, PiiFilter, PiiKind, PiiMatch, PrivacyPolicy, HMAC_KEY_FILE, HMAC_KEY_LEN,
 };
@@ -132,7 +145,7 @@ pub use program::{
     ngram_hash, DecisionId, Outcome, Program, ProgramLimits, ProgramStats, FORMAT as PROGRAM_FORMAT,
 };
 pub use runtime::{
-    ExecutionResult, ExecutionStatus, Health, Runtime, RuntimeBuilder, Scores,
+    ExecutionResult, ExecutionSource, ExecutionStatus, Health, Runtime, RuntimeBuilder, Scores,
     DROP_SHUTDOWN_TIMEOUT, MAX_INPUT_DOCUMENT_BYTES,
 };
 pub use sampler::{SampleReason, Sampler};
@@ -140,4 +153,7 @@ pub use schema::{JsonSchema, SchemaViolation};
 pub use telemetry::{
     BatchMetrics, ExecutionSummary, LatencySummary, StatusCounts, TelemetryBatch, TelemetryMetrics,
     ValidationSummary, DEPLOYMENT_ID_FILE, MAX_OUTPUT_CLASSES, TELEMETRY_FORMAT,
+};
+pub use validator::{
+    compare_outputs, Comparison, ValidationMetrics, VersionValidationMetrics, ROLLING_WINDOW,
 };

@@ -11,11 +11,13 @@ use uuid::Uuid;
 
 use crate::dataset::{AnalyticsKeeper, DatasetWriter, Maintenance, RecordObserver, WriterOptions};
 use crate::telemetry::Telemetry;
+use crate::validator::{TaskInfo, Validator, ValidatorSettings};
 use crate::{
     ArtifactStore, Clock, DailyStats, DatasetLayout, DatasetMetrics, DatasetReader,
-    DeploymentConfig, Durability, Error, ErrorKind, ExecutionRecord, Executor, OnFull,
-    ProgramLimits, Result, RetentionPolicy, RetentionReport, Sampler, SystemClock,
-    TelemetryMetrics, Timestamp,
+    DeploymentConfig, Durability, Error, ErrorKind, ExecutionRecord, Executor, Fallback,
+    HttpOracle, JsonSchema, LoadedArtifact, OnFull, Oracle, Program, ProgramLimits, Result,
+    RetentionPolicy, RetentionReport, Sampler, SystemClock, TelemetryMetrics, Timestamp,
+    ValidationMetrics,
 };
 
 /// How long dropping a [`Runtime`] waits for its background threads to finish.
@@ -38,6 +40,18 @@ pub enum ExecutionStatus {
     Error,
     /// The execution did not finish within `execution.timeout_ms` (used by oracle fallback).
     Timeout,
+}
+
+/// Who produced an execution's output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ExecutionSource {
+    /// The program (the default, and the only source unless `execution.fallback: oracle`).
+    #[default]
+    Program,
+    /// The oracle, asked because the program abstained (`execution.fallback: oracle`).
+    Oracle,
 }
 
 /// Per-label scores of a classification, aligned with the program's labels. Serializes as
@@ -98,8 +112,13 @@ pub struct ExecutionResult {
     pub latency_ms: f64,
     /// `success` or `abstain`.
     pub status: ExecutionStatus,
+    /// Who produced `output`: the program, or — when it abstained and
+    /// `execution.fallback: oracle` is on — the oracle. `confidence`, `scores` and
+    /// `decided_by` always describe the program's own decision.
+    pub source: ExecutionSource,
     /// Whether this execution was sampled for validation against the oracle (see
-    /// [`Sampler`] and `sampling.*` in the configuration).
+    /// [`Sampler`] and `sampling.*` in the configuration). Executions answered by the
+    /// oracle are never sampled.
     pub sampled: bool,
     /// The rule or model that decided (`decide.steps[0].rules[2]`).
     pub decided_by: Option<String>,
@@ -121,6 +140,7 @@ pub struct RuntimeBuilder {
     config: Option<DeploymentConfig>,
     config_file: Option<PathBuf>,
     clock: Option<Arc<dyn Clock>>,
+    oracle: Option<Arc<dyn Oracle>>,
 }
 
 impl RuntimeBuilder {
@@ -156,14 +176,26 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Uses this in-process oracle (a closure: [`FnOracle`](crate::FnOracle); or a foreign
+    /// callback) for validation and the oracle fallback. It wins over the configuration's
+    /// `oracle` section. Without either, sampled executions are not validated
+    /// ([`ValidationMetrics::skipped_no_oracle`]).
+    pub fn oracle(mut self, oracle: Arc<dyn Oracle>) -> Self {
+        self.oracle = Some(oracle);
+        self
+    }
+
     /// Loads the configuration and the task's active program and starts the dataset
-    /// writer thread, and the telemetry uploader when `telemetry.enabled` and
-    /// `cloud.api_url` is set (see `docs/telemetry.md`).
+    /// writer thread, the telemetry uploader when `telemetry.enabled` and `cloud.api_url`
+    /// is set (see `docs/telemetry.md`), and the validation workers when there is an
+    /// oracle (see `docs/oracle.md`).
     ///
     /// Errors: [`ErrorKind::Config`] for a missing data dir or task, or a bad
     /// configuration; [`ErrorKind::Artifact`] when the task has no active program or its
     /// files are corrupt or tampered with; [`ErrorKind::Program`] when the program does not
-    /// compile; [`ErrorKind::Schema`] for a bad schema in the artifact metadata.
+    /// compile; [`ErrorKind::Schema`] for a bad schema in the artifact metadata;
+    /// [`ErrorKind::Config`] for `execution.fallback: oracle` without an oracle, or an
+    /// `oracle.api_key_env` that is not set.
     pub fn build(self) -> Result<Runtime> {
         let data_dir = self
             .data_dir
@@ -199,6 +231,40 @@ impl RuntimeBuilder {
             )
         })?;
         let executor = Executor::from_artifact(&loaded, &limits)?;
+        let oracle: Option<(Arc<dyn Oracle>, String, Duration)> =
+            match (self.oracle, &config.oracle) {
+                (Some(o), section) => {
+                    let budget =
+                        Duration::from_millis(section.as_ref().map_or(10_000, |s| s.timeout_ms));
+                    Some((o, "in-process".to_owned(), budget))
+                }
+                (None, Some(section)) => {
+                    let http = HttpOracle::from_config(section)?;
+                    let name = format!("http {} at {}", http.model(), http.endpoint());
+                    let budget = http.worst_case();
+                    Some((Arc::new(http), name, budget))
+                }
+                (None, None) => None,
+            };
+        let fallback = config.execution.fallback == Fallback::Oracle;
+        if fallback && oracle.is_none() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "execution.fallback: \"oracle\" requires an oracle: an `oracle` section or one given to the runtime",
+            ));
+        }
+        let output_schema = match loaded.metadata.extra.get("output_schema") {
+            Some(raw) if !raw.is_null() => Some((raw.clone(), JsonSchema::compile(raw)?)),
+            _ => None,
+        };
+        let task_info = Arc::new(TaskInfo {
+            task: task.clone(),
+            description: arc_swap::ArcSwap::from_pointee(task_description(
+                &loaded,
+                executor.current().program(),
+            )),
+            output_schema,
+        });
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let options = WriterOptions {
             durable: config.storage.durability == Durability::Durable,
@@ -215,11 +281,32 @@ impl RuntimeBuilder {
             }
             None => None,
         };
-        let dataset =
-            DatasetWriter::start(layout.clone(), &task, options, clock.clone(), observers)?;
+        let dataset = Arc::new(DatasetWriter::start(
+            layout.clone(),
+            &task,
+            options,
+            clock.clone(),
+            observers,
+        )?);
         let maintenance =
             Maintenance::start(layout, RetentionPolicy::from_config(&config), clock.clone())?;
         let sampler = Sampler::new(&config.sampling, clock.now_millis());
+        let request_timeout = oracle.as_ref().map_or(Duration::ZERO, |(_, _, t)| *t);
+        let settings = ValidatorSettings {
+            comparison: config.validation.comparison,
+            fuzzy_threshold: config.validation.fuzzy_threshold,
+            workers: config.validation.workers,
+            queue_capacity: config.validation.queue_capacity,
+            request_timeout,
+            fallback,
+        };
+        let validator = Validator::start(
+            oracle.map(|(o, name, _)| (o, name)),
+            task_info,
+            settings,
+            dataset.clone(),
+            clock.clone(),
+        )?;
         let privacy = if config.privacy.hash_inputs {
             let hasher = crate::KeyedHasher::load_or_create(&data_dir)?;
             Some(crate::PrivacyPolicy::new(
@@ -242,6 +329,7 @@ impl RuntimeBuilder {
                 maintenance,
                 telemetry,
                 sampler,
+                validator,
                 privacy,
                 clock,
                 fork_generation: crate::fork::generation(),
@@ -258,11 +346,12 @@ struct Inner {
     limits: ProgramLimits,
     store: ArtifactStore,
     executor: Executor,
-    dataset: DatasetWriter,
+    dataset: Arc<DatasetWriter>,
     maintenance: Maintenance,
     /// The telemetry uploader, when telemetry runs.
     telemetry: Option<Telemetry>,
     sampler: Sampler,
+    validator: Validator,
     /// Set when `privacy.hash_inputs` is on: inputs are logged as keyed hashes.
     privacy: Option<crate::PrivacyPolicy>,
     clock: Arc<dyn Clock>,
@@ -275,12 +364,7 @@ impl Drop for Inner {
             // The writer thread belongs to the parent process: nothing to stop here.
             return;
         }
-        if let Err(e) = shutdown_all(
-            &self.dataset,
-            &self.maintenance,
-            self.telemetry.as_ref(),
-            DROP_SHUTDOWN_TIMEOUT,
-        ) {
+        if let Err(e) = shutdown_all(self, DROP_SHUTDOWN_TIMEOUT) {
             log::error!("loopai: runtime for task {:?} dropped: {e}", self.task);
         }
     }
@@ -301,6 +385,9 @@ pub struct Health {
     /// Telemetry counters (spool depth, sent, dropped, retries, last error); `None` when
     /// telemetry is off (`telemetry.enabled: false` or no `cloud.api_url`).
     pub telemetry: Option<TelemetryMetrics>,
+    /// Validation against the oracle and oracle fallback (see
+    /// [`Runtime::validation_metrics`]).
+    pub validation: ValidationMetrics,
 }
 
 /// The embeddable Loopai runtime for one task.
@@ -347,10 +434,22 @@ impl Runtime {
     /// (the default) the record is queued and `execute` does no I/O; with `durable` it
     /// returns once the record is fsync'd (concurrent callers share one fsync).
     ///
+    /// Sampled executions (see [`Sampler`]) are handed to the validation workers without
+    /// waiting: when their queue is full the sample is skipped and counted
+    /// ([`validation_metrics`](Runtime::validation_metrics)).
+    ///
+    /// With `execution.fallback: oracle`, when the program abstains `execute` asks the
+    /// oracle **synchronously, on the calling thread**, with what is left of
+    /// `execution.timeout_ms`: it may then block up to that long. A valid answer in time is
+    /// returned with status `success` and [`source`](ExecutionResult::source) `oracle`;
+    /// otherwise (oracle error, invalid answer, late answer) the program's answer is
+    /// returned with status `abstain`. Without fallback nothing here waits on the oracle.
+    ///
     /// Errors: [`ErrorKind::InvalidInput`] (not an object, schema mismatch, missing field,
     /// text over `execution.max_input_bytes`), [`ErrorKind::InvalidOutput`],
     /// [`ErrorKind::Closed`] after [`shutdown`](Runtime::shutdown), and in `durable` mode
-    /// [`ErrorKind::Io`] when the record could not be synced.
+    /// [`ErrorKind::Io`] when the record could not be synced. Oracle failures are never
+    /// errors of `execute`.
     pub fn execute(&self, input: &Value) -> Result<ExecutionResult> {
         if crate::fork::current() != self.inner.fork_generation {
             return Err(forked_error());
@@ -365,38 +464,61 @@ impl Runtime {
             }
         };
         let execution_id = new_execution_id();
-        let status = if run.outcome.abstained {
+        let mut status = if run.outcome.abstained {
             ExecutionStatus::Abstain
         } else {
             ExecutionStatus::Success
         };
-        let sampled = self
-            .inner
-            .sampler
-            .decide(
-                &execution_id,
-                run.outcome.label,
-                run.outcome.confidence,
-                timestamp.millis(),
-            )
-            .is_some();
+        let mut output = run.outcome.output;
+        let mut source = ExecutionSource::Program;
+        if status == ExecutionStatus::Abstain && self.inner.validator.fallback() {
+            let budget = Duration::from_millis(self.inner.config.execution.timeout_ms)
+                .saturating_sub(start.elapsed());
+            if let Some(answer) =
+                self.inner
+                    .validator
+                    .cascade(input, &run.labels, run.version, budget)
+            {
+                output = answer;
+                status = ExecutionStatus::Success;
+                source = ExecutionSource::Oracle;
+            }
+        }
+        // An answer from the oracle is not validated against the oracle.
+        let sampled = source == ExecutionSource::Program
+            && self
+                .inner
+                .sampler
+                .decide(
+                    &execution_id,
+                    run.outcome.label,
+                    run.outcome.confidence,
+                    timestamp.millis(),
+                )
+                .is_some();
+        if sampled {
+            self.inner
+                .validator
+                .submit(execution_id, run.version, input, &output, &run.labels);
+        }
         let latency_ms = start.elapsed().as_secs_f64() * 1e3;
         self.inner.dataset.log_execution(ExecutionRecord {
             execution_id,
             task_id: self.inner.task.clone(),
             program_version: run.version,
             input: self.logged_input(input),
-            output: run.outcome.output.clone(),
+            output: output.clone(),
             confidence: run.outcome.confidence,
             latency_ms,
             status,
             error: None,
             sampled,
+            source,
             timestamp,
         })?;
         Ok(ExecutionResult {
             execution_id,
-            output: run.outcome.output,
+            output,
             confidence: run.outcome.confidence,
             scores: Scores {
                 labels: run.labels,
@@ -405,6 +527,7 @@ impl Runtime {
             version: run.version,
             latency_ms,
             status,
+            source,
             sampled,
             decided_by: run.decided_by,
         })
@@ -436,6 +559,7 @@ impl Runtime {
             status: ExecutionStatus::Error,
             error: Some(err.to_string()),
             sampled: false,
+            source: ExecutionSource::Program,
             timestamp,
         };
         if let Err(e) = self.inner.dataset.log_execution(record) {
@@ -450,44 +574,61 @@ impl Runtime {
         self.inner.dataset.log_validation(record)
     }
 
-    /// Makes every execution accepted before this call durable (written and fsync'd) and,
-    /// when telemetry runs, cuts the open telemetry batches and uploads everything spooled,
-    /// all within `timeout`.
+    /// Makes every execution accepted before this call durable (written and fsync'd);
+    /// validates the samples queued before the call and makes their records durable; and,
+    /// when telemetry runs, cuts the open telemetry batches and uploads everything spooled;
+    /// all within `timeout`. The execution log is flushed first, so a slow oracle cannot
+    /// keep it from being durable.
     ///
-    /// Errors: [`ErrorKind::Timeout`] when the log is not durable in time, or when
-    /// telemetry batches are still spooled at the deadline (the message says how many and
-    /// the last upload error; they stay spooled and are retried in the background).
+    /// Errors: [`ErrorKind::Timeout`] when the log is not durable in time, when samples
+    /// are still being validated at the deadline (with a slow oracle, give it time), or
+    /// when telemetry batches are still spooled at the deadline (the message says how many
+    /// and the last upload error; they stay spooled and are retried in the background).
     pub fn flush(&self, timeout: Duration) -> Result<()> {
         if crate::fork::current() != self.inner.fork_generation {
             return Err(forked_error());
         }
         let deadline = Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let mut validated = Ok(());
+        if self.inner.validator.has_workers() {
+            self.inner.dataset.flush(timeout)?;
+            validated = self.inner.validator.flush(deadline);
+        }
         if let Some(telemetry) = &self.inner.telemetry {
             telemetry.request_cut();
         }
-        self.inner.dataset.flush(timeout)?;
+        let written = self.inner.dataset.flush(left());
+        validated.and(written)?;
         match &self.inner.telemetry {
             Some(telemetry) => telemetry.drain(deadline, timeout),
             None => Ok(()),
         }
     }
 
-    /// Flushes and stops the background threads within `timeout`. Telemetry batches are
-    /// cut and uploaded until one upload fails or the deadline passes; what is not sent
-    /// stays spooled in `<data_dir>/telemetry/spool/<task>/` and is sent by the next
-    /// runtime for this task (that is not an error). Later executions fail with
-    /// [`ErrorKind::Closed`]. Calling it again is harmless. Dropping the last clone of a
-    /// runtime does the same with [`DROP_SHUTDOWN_TIMEOUT`].
+    /// Flushes and stops the background threads within `timeout`. Later executions fail
+    /// with [`ErrorKind::Closed`]. Calling it again is harmless. Dropping the last clone of
+    /// a runtime does the same with [`DROP_SHUTDOWN_TIMEOUT`].
+    ///
+    /// Validation stops first and gets at most half of `timeout`: samples still queued
+    /// then are discarded (counted in `skipped_shutdown`), and workers still waiting on the
+    /// oracle are not waited for (their results are discarded; the result is then an
+    /// [`ErrorKind::Timeout`] saying so). The execution log gets the rest of the time.
+    /// Telemetry batches are cut and uploaded until one upload fails or the deadline
+    /// passes; what is not sent stays spooled in `<data_dir>/telemetry/spool/<task>/` and
+    /// is sent by the next runtime for this task (that is not an error).
     pub fn shutdown(&self, timeout: Duration) -> Result<()> {
         if crate::fork::current() != self.inner.fork_generation {
             return Err(forked_error());
         }
-        shutdown_all(
-            &self.inner.dataset,
-            &self.inner.maintenance,
-            self.inner.telemetry.as_ref(),
-            timeout,
-        )
+        shutdown_all(&self.inner, timeout)
+    }
+
+    /// Validation against the oracle and oracle-fallback counters: totals and, per program
+    /// version, the match rate over all validations and over the last
+    /// [`ROLLING_WINDOW`](crate::ROLLING_WINDOW). Cheap; takes no lock on the hot path.
+    pub fn validation_metrics(&self) -> ValidationMetrics {
+        self.inner.validator.metrics()
     }
 
     /// Daily statistics of the last `days` days that have data, oldest first (today's are
@@ -522,6 +663,7 @@ impl Runtime {
             active_version: self.active_version(),
             dataset,
             telemetry: self.inner.telemetry.as_ref().map(Telemetry::metrics),
+            validation: self.inner.validator.metrics(),
         }
     }
 
@@ -569,8 +711,10 @@ impl Runtime {
     pub fn activate(&self, version: u32) -> Result<()> {
         let loaded = self.inner.store.load(version)?;
         let (program, _, _) = crate::executor::compile_artifact(&loaded, &self.inner.limits)?;
+        let description = task_description(&loaded, &program);
         self.inner.store.activate(version)?;
         self.inner.executor.swap(program, version)?;
+        self.inner.validator.set_description(description);
         self.inner
             .sampler
             .version_activated(self.inner.clock.now_millis());
@@ -588,7 +732,9 @@ impl Runtime {
         })?;
         if loaded.metadata.version != self.active_version() {
             let (program, _, _) = crate::executor::compile_artifact(&loaded, &self.inner.limits)?;
+            let description = task_description(&loaded, &program);
             self.inner.executor.swap(program, loaded.metadata.version)?;
+            self.inner.validator.set_description(description);
             self.inner
                 .sampler
                 .version_activated(self.inner.clock.now_millis());
@@ -597,22 +743,34 @@ impl Runtime {
     }
 }
 
-/// Stops the writer (flushing, which cuts the last telemetry batches), the retention
-/// thread and the telemetry uploader within one overall timeout.
-fn shutdown_all(
-    dataset: &DatasetWriter,
-    maintenance: &Maintenance,
-    telemetry: Option<&Telemetry>,
-    timeout: Duration,
-) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    let written = dataset.shutdown(timeout);
-    let stopped = maintenance.shutdown(deadline.saturating_duration_since(Instant::now()));
-    let uploaded = match telemetry {
-        Some(t) => t.shutdown(deadline.saturating_duration_since(Instant::now())),
+/// Stops validation (within half the time), then the writer (flushing, which cuts the last
+/// telemetry batches), the retention thread and the telemetry uploader, all within one
+/// overall timeout.
+fn shutdown_all(inner: &Inner, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let validated = inner.validator.shutdown(start + timeout / 2);
+    let written = inner.dataset.shutdown(left());
+    let stopped = inner.maintenance.shutdown(left());
+    let uploaded = match &inner.telemetry {
+        Some(t) => t.shutdown(left()),
         None => Ok(()),
     };
-    written.and(stopped).and(uploaded)
+    written.and(stopped).and(uploaded).and(validated)
+}
+
+/// The task description sent to the oracle: the artifact metadata's `description`, else
+/// the program's.
+fn task_description(loaded: &LoadedArtifact, program: &Program) -> String {
+    loaded
+        .metadata
+        .extra
+        .get("description")
+        .and_then(Value::as_str)
+        .or_else(|| program.description())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn forked_error() -> Error {

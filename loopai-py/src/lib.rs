@@ -8,6 +8,7 @@
 mod artifacts;
 mod convert;
 mod errors;
+mod oracle;
 mod runtime;
 
 use pyo3::prelude::*;

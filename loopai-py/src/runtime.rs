@@ -2,7 +2,9 @@
 //!
 //! Every method extracts its arguments while attached to the interpreter, then detaches
 //! (releases the GIL) for the core call, so that other Python threads run while loopai
-//! executes, flushes or waits. The core's background threads never touch Python.
+//! executes, flushes or waits. The core's background threads never touch Python, except
+//! the validation workers calling a Python oracle (`oracle.rs`), which take the GIL only
+//! for that call.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
@@ -68,6 +70,15 @@ pub(crate) fn _flush_all(py: Python<'_>, timeout: f64) -> PyResult<Vec<String>> 
 /// ``config`` is a path to a ``deployment.yaml`` or a dict with the same keys; by default
 /// ``<data_dir>/config/deployment.yaml`` is read if it exists.
 ///
+/// ``oracle`` is a callable ``(request: dict) -> output`` used to validate sampled
+/// executions in the background and, with ``execution.fallback: oracle``, to answer when
+/// the program abstains. ``request`` has ``task``, ``description``, ``labels``,
+/// ``output_schema``, ``input`` and ``timeout_ms``; the output is a label (``str``) or a
+/// dict of extracted fields. It is called from loopai's worker threads (the GIL is taken
+/// just for the call) and must be thread-safe; exceptions are counted as oracle errors in
+/// ``validation_metrics()`` and never raised by ``execute``. It wins over the
+/// configuration's ``oracle`` section.
+///
 /// Use it as a context manager, or call ``close()``; runtimes still open at interpreter
 /// exit are flushed by an ``atexit`` hook. A runtime created before ``os.fork()`` raises
 /// ``ClosedError`` in the child: create a new one there.
@@ -103,14 +114,25 @@ impl Drop for PyRuntime {
 #[pymethods]
 impl PyRuntime {
     #[new]
-    #[pyo3(signature = (data_dir, task_id, *, config = None))]
+    #[pyo3(signature = (data_dir, task_id, *, config = None, oracle = None))]
     fn new(
         py: Python<'_>,
         data_dir: PathBuf,
         task_id: String,
         config: Option<&Bound<'_, PyAny>>,
+        oracle: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let mut builder = core::Runtime::builder().data_dir(data_dir).task(task_id);
+        if let Some(oracle) = oracle.filter(|o| !o.is_none()) {
+            if !oracle.is_callable() {
+                return Err(pyo3::exceptions::PyTypeError::new_err(
+                    "oracle: expected a callable (request: dict) -> str | dict",
+                ));
+            }
+            builder = builder.oracle(Arc::new(crate::oracle::PyOracle::new(
+                oracle.clone().unbind(),
+            )));
+        }
         if let Some(config) = config {
             if let Ok(dict) = config.cast::<PyDict>() {
                 let value = convert::to_value(dict.as_any()).map_err(|e| {
@@ -232,8 +254,9 @@ impl PyRuntime {
     }
 
     /// Waits until every execution logged before this call is written and fsync'd, at
-    /// most ``timeout`` seconds (``TimeoutError`` otherwise). The GIL is released while
-    /// waiting.
+    /// most ``timeout`` seconds (``TimeoutError`` otherwise). Executions sampled for
+    /// validation before the call are validated against the oracle first, within the same
+    /// ``timeout``. The GIL is released while waiting.
     #[pyo3(signature = (timeout = 5.0))]
     fn flush(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
         let timeout = seconds(timeout)?;
@@ -315,11 +338,27 @@ impl PyRuntime {
     }
 
     /// The runtime's state for health checks: ``status`` (``"ok"`` or ``"degraded"``),
-    /// ``task``, ``active_version``, execution-log counters under ``dataset`` and telemetry
-    /// counters under ``telemetry`` (``None`` when telemetry is off; see ``docs/telemetry.md``).
+    /// ``task``, ``active_version``, execution-log counters under ``dataset``, telemetry
+    /// counters under ``telemetry`` (``None`` when telemetry is off; see
+    /// ``docs/telemetry.md``) and ``validation_metrics()`` under ``validation``.
     fn health<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let health = self.rt().health();
         let value = serde_json::to_value(&health)
+            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+        convert::to_py(py, &value)
+    }
+
+    /// Validation against the oracle and oracle fallback: ``oracle`` (``"in-process"``,
+    /// ``"http <model> at <url>"`` or ``None``: then samples are not validated),
+    /// ``comparison``, ``fallback``, ``queued``, the totals ``validated``, ``matched``,
+    /// ``match_rate``, ``skipped_queue_full``, ``skipped_no_oracle``, ``skipped_shutdown``,
+    /// ``oracle_errors``, ``oracle_fallbacks``, ``oracle_fallback_failures``, and
+    /// ``versions``: one dict per program version with the same counters plus
+    /// ``rolling_validated`` and ``rolling_match_rate`` (the last 1000 validations).
+    /// Rates are ``None`` before the first validation.
+    fn validation_metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let metrics = self.rt().validation_metrics();
+        let value = serde_json::to_value(&metrics)
             .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
         convert::to_py(py, &value)
     }
@@ -401,10 +440,20 @@ impl PyExecutionResult {
     }
 
     /// ``"success"``, or ``"abstain"`` when the confidence is below the program's
-    /// threshold.
+    /// threshold (and, with ``execution.fallback: oracle``, the oracle could not answer).
     #[getter]
     fn status(&self) -> &'static str {
         status_name(self.inner.status)
+    }
+
+    /// Who produced ``output``: ``"program"``, or ``"oracle"`` when the program abstained
+    /// and ``execution.fallback: oracle`` answered.
+    #[getter]
+    fn source(&self) -> &'static str {
+        match self.inner.source {
+            core::ExecutionSource::Oracle => "oracle",
+            _ => "program",
+        }
     }
 
     /// The rule or model that decided (e.g. ``"decide.steps[0].rules[2]"``), if known.
@@ -423,6 +472,7 @@ impl PyExecutionResult {
         dict.set_item("version", self.inner.version)?;
         dict.set_item("latency_ms", self.inner.latency_ms)?;
         dict.set_item("status", self.status())?;
+        dict.set_item("source", self.source())?;
         dict.set_item("sampled", self.inner.sampled)?;
         dict.set_item("decided_by", self.decided_by())?;
         Ok(dict)

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use loopai_core::{Clock, DatasetLayout, ExecutionResult, ExecutionStatus, SystemClock, Timestamp};
+use loopai_core::{ExecutionResult, ExecutionStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -328,6 +328,7 @@ struct TaskHealth<'a> {
     executions: u64,
     dataset: &'a loopai_core::DatasetMetrics,
     telemetry: Option<&'a loopai_core::TelemetryMetrics>,
+    validation: &'a loopai_core::ValidationMetrics,
 }
 
 /// `GET /health`: liveness. 200 unless loading the tasks failed (503).
@@ -353,6 +354,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
             executions: e.metrics.executions(),
             dataset: &h.dataset,
             telemetry: h.telemetry.as_ref(),
+            validation: &h.validation,
         })
         .collect();
     let status = match phase {
@@ -381,6 +383,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
                 body.insert("executions".into(), t.executions.into());
                 body.insert("dataset".into(), json_value(t.dataset));
                 body.insert("telemetry".into(), json_value(&t.telemetry));
+                body.insert("validation".into(), json_value(t.validation));
             }
         }
         Mode::Central => {
@@ -431,30 +434,16 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
         .get()
         .map(|set| set.entries.clone())
         .unwrap_or_default();
-    // Health takes the writers' locks and validations read a file: not on an async worker.
+    // Health takes the runtimes' locks (briefly, but the log writer may hold one while it
+    // syncs): not on an async worker.
     let st = Arc::clone(&state);
     let rendered = tokio::task::spawn_blocking(move || {
-        let today = Timestamp(SystemClock.now_millis()).day();
         let snapshots: Vec<TaskSnapshot<'_>> = entries
             .iter()
-            .map(|e| {
-                let layout = DatasetLayout::new(e.runtime.data_dir(), e.name());
-                let validations = match loopai_core::read_stats(&layout, today) {
-                    Ok(Some(stats)) if stats.validations.total > 0 => {
-                        Some((stats.validations.matched, stats.validations.total))
-                    }
-                    Ok(_) => None,
-                    Err(err) => {
-                        log::warn!("metrics: {err}");
-                        None
-                    }
-                };
-                TaskSnapshot {
-                    task: e.name(),
-                    metrics: &e.metrics,
-                    health: e.runtime.health(),
-                    validations,
-                }
+            .map(|e| TaskSnapshot {
+                task: e.name(),
+                metrics: &e.metrics,
+                health: e.runtime.health(),
             })
             .collect();
         metrics::render(&st.server, st.phase() == Phase::Ready, &snapshots)

@@ -232,8 +232,6 @@ pub(crate) struct TaskSnapshot<'a> {
     pub(crate) task: &'a str,
     pub(crate) metrics: &'a TaskMetrics,
     pub(crate) health: Health,
-    /// Today's validations from the task's analytics: (matched, total).
-    pub(crate) validations: Option<(u64, u64)>,
 }
 
 /// Escapes a label value (`\`, `"` and newlines).
@@ -255,8 +253,8 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// Renders every metric family. Families with no sample (telemetry when it is off in every
-/// task, validation without validations) are left out.
+/// Renders every metric family. Telemetry families are left out when telemetry is off in
+/// every task.
 pub(crate) fn render(server: &ServerMetrics, ready: bool, tasks: &[TaskSnapshot<'_>]) -> String {
     let mut out = String::with_capacity(8192 + tasks.len() * 6144);
     let o = &mut out;
@@ -418,39 +416,141 @@ pub(crate) fn render(server: &ServerMetrics, ready: bool, tasks: &[TaskSnapshot<
             .render(o, "loopai_request_duration_seconds", &labels);
     }
 
-    let validated: Vec<_> = tasks
-        .iter()
-        .filter_map(|t| t.validations.map(|v| (t.task, v)))
-        .collect();
-    if !validated.is_empty() {
-        family(
-            o,
-            "loopai_validations_today",
-            "gauge",
-            "Validations against the oracle today (UTC), from the task's daily analytics (updated every minute).",
-        );
-        for (task, (_, total)) in &validated {
+    family(
+        o,
+        "loopai_validations_total",
+        "counter",
+        "Sampled executions compared with the oracle, by program version.",
+    );
+    for t in tasks {
+        for v in &t.health.validation.versions {
             let _ = writeln!(
                 o,
-                "loopai_validations_today{{task=\"{}\"}} {total}",
-                label(task)
+                "loopai_validations_total{{task=\"{}\",version=\"{}\"}} {}",
+                label(t.task),
+                v.version,
+                v.validated
             );
         }
-        family(
-            o,
-            "loopai_validation_match_rate",
-            "gauge",
-            "Share of today's validations whose output matched the oracle's.",
-        );
-        for (task, (matched, total)) in &validated {
-            if *total > 0 {
-                let rate = *matched as f64 / *total as f64;
+    }
+    family(
+        o,
+        "loopai_validation_matches_total",
+        "counter",
+        "Validations whose output matched the oracle's, by program version.",
+    );
+    for t in tasks {
+        for v in &t.health.validation.versions {
+            let _ = writeln!(
+                o,
+                "loopai_validation_matches_total{{task=\"{}\",version=\"{}\"}} {}",
+                label(t.task),
+                v.version,
+                v.matched
+            );
+        }
+    }
+    family(
+        o,
+        "loopai_validation_match_rate",
+        "gauge",
+        "Share of validations that matched the oracle, by program version (since start).",
+    );
+    for t in tasks {
+        for v in &t.health.validation.versions {
+            if let Some(rate) = v.match_rate {
                 let _ = writeln!(
                     o,
-                    "loopai_validation_match_rate{{task=\"{}\"}} {rate}",
-                    label(task)
+                    "loopai_validation_match_rate{{task=\"{}\",version=\"{}\"}} {rate}",
+                    label(t.task),
+                    v.version
                 );
             }
+        }
+    }
+    family(
+        o,
+        "loopai_validation_rolling_match_rate",
+        "gauge",
+        "Match rate over the last validations (loopai_core::ROLLING_WINDOW), by program version.",
+    );
+    for t in tasks {
+        for v in &t.health.validation.versions {
+            if let Some(rate) = v.rolling_match_rate {
+                let _ = writeln!(
+                    o,
+                    "loopai_validation_rolling_match_rate{{task=\"{}\",version=\"{}\"}} {rate}",
+                    label(t.task),
+                    v.version
+                );
+            }
+        }
+    }
+    family(
+        o,
+        "loopai_validation_queue_depth",
+        "gauge",
+        "Samples waiting for the oracle.",
+    );
+    for t in tasks {
+        let _ = writeln!(
+            o,
+            "loopai_validation_queue_depth{{task=\"{}\"}} {}",
+            label(t.task),
+            t.health.validation.queued
+        );
+    }
+    family(
+        o,
+        "loopai_validation_skipped_total",
+        "counter",
+        "Sampled executions not validated, by reason.",
+    );
+    for t in tasks {
+        let v = &t.health.validation;
+        for (reason, n) in [
+            ("queue_full", v.skipped_queue_full),
+            ("no_oracle", v.skipped_no_oracle),
+            ("shutdown", v.skipped_shutdown),
+        ] {
+            let _ = writeln!(
+                o,
+                "loopai_validation_skipped_total{{task=\"{}\",reason=\"{reason}\"}} {n}",
+                label(t.task)
+            );
+        }
+    }
+    family(
+        o,
+        "loopai_oracle_errors_total",
+        "counter",
+        "Validations that failed because the oracle failed or answered something invalid.",
+    );
+    for t in tasks {
+        let _ = writeln!(
+            o,
+            "loopai_oracle_errors_total{{task=\"{}\"}} {}",
+            label(t.task),
+            t.health.validation.oracle_errors
+        );
+    }
+    family(
+        o,
+        "loopai_oracle_fallbacks_total",
+        "counter",
+        "Abstentions sent to the oracle (execution.fallback: oracle), by outcome.",
+    );
+    for t in tasks {
+        let v = &t.health.validation;
+        for (outcome, n) in [
+            ("answered", v.oracle_fallbacks),
+            ("failed", v.oracle_fallback_failures),
+        ] {
+            let _ = writeln!(
+                o,
+                "loopai_oracle_fallbacks_total{{task=\"{}\",outcome=\"{outcome}\"}} {n}",
+                label(t.task)
+            );
         }
     }
 

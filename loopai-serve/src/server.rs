@@ -517,7 +517,7 @@ impl Server {
                 }
             }
         });
-        log::info!("listening on http://{local_addr}");
+        log::debug!("listening on http://{local_addr}");
         Ok(ServerHandle {
             local_addr,
             shutdown_timeout: self.shutdown_timeout,

@@ -706,3 +706,62 @@ fn deploy_manifest_config_is_valid_and_its_placeholder_key_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn metrics_report_validation_against_the_oracle() {
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "spam");
+    let config = dir.path().join("deployment.yaml");
+    std::fs::write(&config, "sampling:\n  strategy: random\n  rate: 1\n").unwrap();
+    // The oracle says spam to everything: it agrees with the program on the prize texts.
+    let oracle =
+        loopai_core::FnOracle::shared(|_| Ok(loopai_core::OracleAnswer::new(json!("spam"))));
+    let runtime = loopai_core::Runtime::builder()
+        .data_dir(dir.path())
+        .task("spam")
+        .config_file(&config)
+        .oracle(oracle)
+        .build()
+        .unwrap();
+    let mut server = Server::builder()
+        .runtime(runtime.clone())
+        .port(0)
+        .build()
+        .unwrap()
+        .spawn()
+        .unwrap();
+    server.wait_ready(WAIT).unwrap();
+    for text in ["a prize", "free prize", "see you", "lunch"] {
+        let body = json!({"input": {"text": text}}).to_string();
+        assert_eq!(
+            post(&server, "/execute", &body, None).json()["sampled"],
+            true
+        );
+    }
+    // Waits for the validations of every sampled execution.
+    runtime.flush(WAIT).unwrap();
+    let r = get(&server, "/metrics");
+    let m = parse_prometheus(&r.text);
+    let at = |series: &str| {
+        *m.get(series)
+            .unwrap_or_else(|| panic!("no {series} in\n{}", r.text))
+    };
+    assert_eq!(
+        at(r#"loopai_validations_total{task="spam",version="1"}"#),
+        4.0
+    );
+    assert_eq!(
+        at(r#"loopai_validation_matches_total{task="spam",version="1"}"#),
+        2.0
+    );
+    assert_eq!(
+        at(r#"loopai_validation_match_rate{task="spam",version="1"}"#),
+        0.5
+    );
+    assert_eq!(at(r#"loopai_executions_sampled_total{task="spam"}"#), 4.0);
+    assert_eq!(at(r#"loopai_validation_queue_depth{task="spam"}"#), 0.0);
+    assert_eq!(at(r#"loopai_oracle_errors_total{task="spam"}"#), 0.0);
+    let v = get(&server, "/health").json();
+    assert_eq!(v["validation"]["matched"], 2, "{v}");
+    server.shutdown(WAIT).unwrap();
+}

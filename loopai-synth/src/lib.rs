@@ -15,8 +15,9 @@
 //!   (character n-grams read the first 1 KiB of the text, punctuation included; `log1p`
 //!   counts, L2-normalised; each hash table sized to hold the distinct n-grams of the
 //!   examples at most half full). Each is learnt by L2-regularised logistic regression
-//!   (sigmoid for two labels, softmax otherwise) trained by seeded SGD with the regularisation chosen by
-//!   cross-validation, and multinomial naive Bayes. Confidence is calibrated by a
+//!   (sigmoid for two labels, softmax otherwise) trained by seeded SGD — the initial step
+//!   calibrated on a sample, after Bottou — with the regularisation chosen by
+//!   cross-validation, and by multinomial naive Bayes. Confidence is calibrated by a
 //!   temperature fitted on out-of-fold predictions; with two labels the decision threshold
 //!   is moved to where the out-of-fold accuracy is highest.
 //! * **hybrid** — very high-precision rules first, the best model for everything else.

@@ -3,7 +3,7 @@
 import builtins
 import os
 import pathlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Literal, final
 
 from typing_extensions import Self
@@ -14,10 +14,10 @@ __all__ = [
     "ConfigError",
     "ExecutionResult",
     "InternalError",
-    "OracleError",
     "InvalidInput",
     "InvalidOutput",
     "LoopaiError",
+    "OracleError",
     "ProgramError",
     "Runtime",
     "SchemaError",
@@ -100,7 +100,11 @@ class ExecutionResult:
     @property
     def status(self) -> Literal["success", "abstain"]:
         """``"success"``, or ``"abstain"`` when the confidence is below the program's
-        threshold."""
+        threshold (and, with ``execution.fallback: oracle``, the oracle could not answer)."""
+    @property
+    def source(self) -> Literal["program", "oracle"]:
+        """Who produced ``output``: ``"program"``, or ``"oracle"`` when the program abstained
+        and ``execution.fallback: oracle`` answered."""
     @property
     def decided_by(self) -> str | None:
         """The rule or model that decided (e.g. ``"decide.steps[0].rules[2]"``), if known."""
@@ -118,6 +122,15 @@ class Runtime:
     ``config`` is a path to a ``deployment.yaml`` or a dict with the same keys; by default
     ``<data_dir>/config/deployment.yaml`` is read if it exists.
 
+    ``oracle`` is a callable ``(request: dict) -> output`` used to validate sampled
+    executions in the background and, with ``execution.fallback: oracle``, to answer when
+    the program abstains. ``request`` has ``task``, ``description``, ``labels``,
+    ``output_schema``, ``input`` and ``timeout_ms``; the output is a label (``str``) or a
+    dict of extracted fields. It is called from loopai's worker threads (the GIL is taken
+    just for the call) and must be thread-safe; exceptions are counted as oracle errors in
+    ``validation_metrics()`` and never raised by ``execute``. It wins over the
+    configuration's ``oracle`` section.
+
     Use it as a context manager, or call ``close()``; runtimes still open at interpreter
     exit are flushed by an ``atexit`` hook. A runtime created before ``os.fork()`` raises
     ``ClosedError`` in the child: create a new one there.
@@ -129,6 +142,7 @@ class Runtime:
         task_id: str,
         *,
         config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+        oracle: Callable[[dict[str, Any]], Any] | None = None,
     ) -> Self: ...
     def execute(self, input: Mapping[str, Any]) -> ExecutionResult:
         """Executes the active program on one input (a dict, e.g. ``{"text": "..."}``) and
@@ -146,8 +160,9 @@ class Runtime:
         ``True`` failures are returned in place as ``LoopaiError`` instances."""
     def flush(self, timeout: float = 5.0) -> None:
         """Waits until every execution logged before this call is written and fsync'd, at
-        most ``timeout`` seconds (``TimeoutError`` otherwise). The GIL is released while
-        waiting."""
+        most ``timeout`` seconds (``TimeoutError`` otherwise). Executions sampled for
+        validation before the call are validated against the oracle first, within the same
+        ``timeout``. The GIL is released while waiting."""
     def close(self, timeout: float = 5.0) -> None:
         """Flushes the execution log and stops the background thread within ``timeout``
         seconds. Later executions raise ``ClosedError``; closing again is harmless."""
@@ -179,8 +194,18 @@ class Runtime:
         ``versions``, ``validations``... (see ``docs/datasets.md``)."""
     def health(self) -> dict[str, Any]:
         """The runtime's state for health checks: ``status`` (``"ok"`` or ``"degraded"``),
-        ``task``, ``active_version``, execution-log counters under ``dataset`` and telemetry
-        counters under ``telemetry`` (``None`` when telemetry is off; see ``docs/telemetry.md``)."""
+        ``task``, ``active_version``, execution-log counters under ``dataset``, telemetry
+        counters under ``telemetry`` (``None`` when telemetry is off; see
+        ``docs/telemetry.md``) and ``validation_metrics()`` under ``validation``."""
+    def validation_metrics(self) -> dict[str, Any]:
+        """Validation against the oracle and oracle fallback: ``oracle`` (``"in-process"``,
+        ``"http <model> at <url>"`` or ``None``: then samples are not validated),
+        ``comparison``, ``fallback``, ``queued``, the totals ``validated``, ``matched``,
+        ``match_rate``, ``skipped_queue_full``, ``skipped_no_oracle``, ``skipped_shutdown``,
+        ``oracle_errors``, ``oracle_fallbacks``, ``oracle_fallback_failures``, and
+        ``versions``: one dict per program version with the same counters plus
+        ``rolling_validated`` and ``rolling_match_rate`` (the last 1000 validations).
+        Rates are ``None`` before the first validation."""
 
 def _flush_all(timeout: float = 5.0) -> list[str]:
     """Flushes every runtime still alive in this process, all within one ``timeout``;

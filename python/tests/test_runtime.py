@@ -42,6 +42,7 @@ def test_to_dict_and_repr(rt: loopai.Runtime) -> None:
         "version",
         "latency_ms",
         "status",
+        "source",
         "sampled",
         "decided_by",
     }

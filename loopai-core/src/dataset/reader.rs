@@ -432,6 +432,7 @@ pub(crate) mod tests {
             status: ExecutionStatus::Success,
             error: None,
             sampled: n % 10 == 0,
+            source: crate::ExecutionSource::Program,
             timestamp: Timestamp(noon.millis() + n),
         }
     }

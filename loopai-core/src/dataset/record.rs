@@ -10,7 +10,7 @@ use time::format_description::well_known::Rfc3339;
 use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
-use crate::ExecutionStatus;
+use crate::{ExecutionSource, ExecutionStatus};
 
 /// A source of wall-clock time, injectable for tests (day rollover, retention).
 pub trait Clock: Send + Sync + fmt::Debug {
@@ -186,12 +186,17 @@ pub struct ExecutionRecord {
     pub error: Option<String>,
     /// Whether the execution was sampled for validation.
     pub sampled: bool,
+    /// Who produced `output`: `program`, or `oracle` when the program abstained and
+    /// `execution.fallback: oracle` answered (`program` in logs written before this field).
+    #[serde(default)]
+    pub source: ExecutionSource,
     /// When the execution happened (UTC, millisecond precision).
     pub timestamp: Timestamp,
 }
 
 impl ExecutionRecord {
-    /// An execution record (`error` set for `status: error`).
+    /// An execution record (`error` set for `status: error`), produced by the program
+    /// (set [`source`](ExecutionRecord::source) for an oracle's answer).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         execution_id: Uuid,
@@ -217,6 +222,7 @@ impl ExecutionRecord {
             status,
             error,
             sampled,
+            source: ExecutionSource::Program,
             timestamp,
         }
     }
@@ -364,6 +370,18 @@ mod tests {
             assert_eq!(ts.day(), dt.date(), "at {t}");
             t += 7_777_777_777;
         }
+    }
+
+    #[test]
+    fn execution_records_without_source_parse_as_program() {
+        let old = r#"{"execution_id":"4f1c2a7e-3b9d-4c61-8e2f-0a5b6c7d8e9f","task_id":"spam","program_version":3,"input":{"text":"x"},"output":"spam","confidence":0.9,"latency_ms":0.021,"status":"success","sampled":false,"timestamp":"2026-11-25T04:23:14.123Z"}"#;
+        let r: ExecutionRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(r.source, ExecutionSource::Program);
+        let mut r = r;
+        r.source = ExecutionSource::Oracle;
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(line.contains(r#""source":"oracle""#), "{line}");
+        assert_eq!(serde_json::from_str::<ExecutionRecord>(&line).unwrap(), r);
     }
 
     #[test]

@@ -834,6 +834,7 @@ mod tests {
             status: ExecutionStatus::Success,
             error: None,
             sampled: false,
+            source: crate::ExecutionSource::Program,
             timestamp: Timestamp(at),
         }
     }

@@ -1,0 +1,357 @@
+//! API keys: the keys file, bearer-token authentication and roles.
+//!
+//! The keys file is JSON lines, one key per line; blank lines and lines starting with `#`
+//! are ignored:
+//!
+//! ```text
+//! # deployments upload telemetry
+//! {"key": "dk_7f3a9c0e1b2d4f6a8c", "role": "deployment", "deployment_id": "edge-eu-1"}
+//! # publishers upload artifacts
+//! {"key": "pk_0b1c2d3e4f5a6b7c8d", "role": "publisher", "name": "ci"}
+//! ```
+//!
+//! Keys are kept in memory only as SHA-256 digests, so a lookup compares digests and the
+//! time it takes says nothing useful about the secret.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+use axum::http::header::AUTHORIZATION;
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::http::ApiError;
+use crate::{Error, ErrorKind, Result};
+
+/// The shortest accepted key, in bytes.
+pub const MIN_KEY_BYTES: usize = 16;
+/// The longest accepted key, in bytes.
+pub const MAX_KEY_BYTES: usize = 256;
+/// The longest accepted `deployment_id` or `name`, in bytes.
+const MAX_ID_BYTES: usize = 128;
+
+/// What a key may do.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A deployment (a runtime): may upload telemetry for its own `deployment_id`.
+    Deployment,
+    /// A publisher: may upload artifacts (the artifact repository, a later release).
+    Publisher,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Deployment => "deployment",
+            Role::Publisher => "publisher",
+        })
+    }
+}
+
+/// Who a key belongs to: one line of the keys file, without the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    role: Role,
+    deployment_id: Option<String>,
+    name: Option<String>,
+}
+
+impl Principal {
+    /// The key's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The deployment a `deployment` key belongs to (always set for that role).
+    pub fn deployment_id(&self) -> Option<&str> {
+        self.deployment_id.as_deref()
+    }
+
+    /// The optional human-readable label of the key.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// A short description for logs: `deployment edge-eu-1`, `publisher ci`.
+    pub(crate) fn describe(&self) -> String {
+        match (&self.deployment_id, &self.name) {
+            (Some(id), _) => format!("{} {id}", self.role),
+            (None, Some(name)) => format!("{} {name}", self.role),
+            (None, None) => self.role.to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyLine {
+    key: String,
+    role: Role,
+    #[serde(default)]
+    deployment_id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// The API keys accepted by a server, loaded from a keys file.
+///
+/// ```
+/// use loopai_cloud::{ApiKeys, Role};
+///
+/// let keys = ApiKeys::parse(
+///     r#"{"key": "dk_7f3a9c0e1b2d4f6a8c", "role": "deployment", "deployment_id": "edge-eu-1"}"#,
+///     "keys.jsonl",
+/// )?;
+/// let who = keys.authenticate("dk_7f3a9c0e1b2d4f6a8c").unwrap();
+/// assert_eq!(who.role(), Role::Deployment);
+/// assert_eq!(who.deployment_id(), Some("edge-eu-1"));
+/// assert!(keys.authenticate("dk_something_else_entirely").is_none());
+/// # Ok::<(), loopai_cloud::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct ApiKeys {
+    by_digest: HashMap<[u8; 32], Principal>,
+}
+
+impl fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeys")
+            .field("keys", &self.by_digest.len())
+            .finish()
+    }
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+fn check_id(what: &str, value: &str) -> std::result::Result<(), String> {
+    if value.is_empty() || value.len() > MAX_ID_BYTES {
+        return Err(format!("{what}: must be 1-{MAX_ID_BYTES} bytes"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("{what}: must not contain control characters"));
+    }
+    Ok(())
+}
+
+impl ApiKeys {
+    /// Reads a keys file (see [API keys](crate#api-keys) for the format).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<ApiKeys> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path.display(), e))?;
+        ApiKeys::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses the text of a keys file; `origin` (usually the file name) prefixes error
+    /// messages: ``keys.jsonl:3: role: unknown variant `admin` ...``.
+    pub fn parse(text: &str, origin: &str) -> Result<ApiKeys> {
+        let mut by_digest = HashMap::new();
+        for (index, line) in text.lines().enumerate() {
+            let line_no = index + 1;
+            let trimmed = line.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let fail =
+                |msg: String| Error::new(ErrorKind::Config, format!("{origin}:{line_no}: {msg}"));
+            let entry: KeyLine =
+                serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(trimmed))
+                    .map_err(|e| {
+                        let path = e.path().to_string();
+                        let inner = e.into_inner();
+                        fail(if path == "." {
+                            inner.to_string()
+                        } else {
+                            format!("{path}: {inner}")
+                        })
+                    })?;
+            if entry.key.len() < MIN_KEY_BYTES || entry.key.len() > MAX_KEY_BYTES {
+                return Err(fail(format!(
+                    "key: must be {MIN_KEY_BYTES}-{MAX_KEY_BYTES} bytes, got {}",
+                    entry.key.len()
+                )));
+            }
+            if !entry.key.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(fail(
+                    "key: may only contain printable ASCII without spaces".to_owned(),
+                ));
+            }
+            if let Some(id) = &entry.deployment_id {
+                check_id("deployment_id", id).map_err(fail)?;
+            }
+            if let Some(name) = &entry.name {
+                check_id("name", name).map_err(fail)?;
+            }
+            match entry.role {
+                Role::Deployment if entry.deployment_id.is_none() => {
+                    return Err(fail(
+                        "deployment_id: required for role \"deployment\"".to_owned(),
+                    ));
+                }
+                Role::Publisher if entry.deployment_id.is_some() => {
+                    return Err(fail(
+                        "deployment_id: only allowed for role \"deployment\"".to_owned(),
+                    ));
+                }
+                _ => {}
+            }
+            let principal = Principal {
+                role: entry.role,
+                deployment_id: entry.deployment_id,
+                name: entry.name,
+            };
+            if by_digest.insert(digest(&entry.key), principal).is_some() {
+                return Err(fail(
+                    "key: the same key appears on an earlier line".to_owned(),
+                ));
+            }
+        }
+        Ok(ApiKeys { by_digest })
+    }
+
+    /// Who `key` belongs to, if it is a known key.
+    pub fn authenticate(&self, key: &str) -> Option<&Principal> {
+        self.by_digest.get(&digest(key))
+    }
+
+    /// The number of keys.
+    pub fn len(&self) -> usize {
+        self.by_digest.len()
+    }
+
+    /// Whether there are no keys (such a server refuses every authenticated request).
+    pub fn is_empty(&self) -> bool {
+        self.by_digest.is_empty()
+    }
+}
+
+/// How a server authenticates requests.
+#[derive(Debug)]
+pub(crate) enum Auth {
+    /// No keys file: every request is accepted (a development server).
+    Open,
+    /// Requests need a known bearer key with the right role.
+    Keys(ApiKeys),
+}
+
+/// The caller of an authorized request.
+#[derive(Debug)]
+pub(crate) enum Caller<'a> {
+    /// The server runs open; nobody was authenticated.
+    Anonymous,
+    /// The holder of a known key with the required role.
+    Key(&'a Principal),
+}
+
+impl Caller<'_> {
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Caller::Anonymous => "anonymous".to_owned(),
+            Caller::Key(p) => p.describe(),
+        }
+    }
+}
+
+impl Auth {
+    /// Checks the request's `Authorization: Bearer <key>` header: 401 when it is missing,
+    /// malformed or unknown; 403 when the key's role is not `required`.
+    pub(crate) fn authorize(
+        &self,
+        headers: &HeaderMap,
+        required: Role,
+    ) -> std::result::Result<Caller<'_>, ApiError> {
+        let keys = match self {
+            Auth::Open => return Ok(Caller::Anonymous),
+            Auth::Keys(keys) => keys,
+        };
+        let Some(value) = headers.get(AUTHORIZATION) else {
+            return Err(ApiError::unauthorized(
+                "missing `Authorization: Bearer <key>` header",
+            ));
+        };
+        let value = value
+            .to_str()
+            .map_err(|_| ApiError::unauthorized("Authorization header is not ASCII"))?;
+        let token = match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ => {
+                return Err(ApiError::unauthorized(
+                    "Authorization header must use the Bearer scheme",
+                ))
+            }
+        };
+        let principal = keys
+            .authenticate(token)
+            .ok_or_else(|| ApiError::unauthorized("unknown API key"))?;
+        if principal.role != required {
+            return Err(ApiError::forbidden(format!(
+                "this endpoint needs a {required} key, not a {} key",
+                principal.role
+            )));
+        }
+        Ok(Caller::Key(principal))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_file_errors_name_the_line_and_field() {
+        let cases = [
+            ("{\"key\": \"short\", \"role\": \"deployment\", \"deployment_id\": \"d\"}", "k:1: key: must be 16-256 bytes"),
+            ("\n# c\n{\"key\": \"aaaaaaaaaaaaaaaaaaaa\", \"role\": \"admin\"}", "k:3: role: unknown variant `admin`"),
+            ("{\"key\": \"aaaaaaaaaaaaaaaaaaaa\", \"role\": \"deployment\"}", "k:1: deployment_id: required"),
+            ("{\"key\": \"aaaaaaaaaaaaaaaaaaaa\", \"role\": \"publisher\", \"deployment_id\": \"d\"}", "k:1: deployment_id: only allowed"),
+            ("{\"key\": \"aaaaaaaaaaaaaaaaaaaa\", \"role\": \"publisher\", \"extra\": 1}", "k:1: extra: unknown field `extra`"),
+            ("{\"key\": \"aaaaaaaa aaaaaaaaaaa\", \"role\": \"publisher\"}", "k:1: key: may only contain"),
+            ("{\"key\": \"aaaaaaaaaaaaaaaaaaaa\", \"role\": \"publisher\"}\n{\"key\": \"aaaaaaaaaaaaaaaaaaaa\", \"role\": \"publisher\"}", "k:2: key: the same key"),
+        ];
+        for (text, expected) in cases {
+            let err = ApiKeys::parse(text, "k").unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config);
+            assert!(err.message().starts_with(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn authorize_distinguishes_missing_unknown_and_wrong_role() {
+        let keys = ApiKeys::parse(
+            "{\"key\": \"dddddddddddddddddddd\", \"role\": \"deployment\", \"deployment_id\": \"d1\"}\n\
+             {\"key\": \"pppppppppppppppppppp\", \"role\": \"publisher\", \"name\": \"ci\"}",
+            "k",
+        )
+        .unwrap();
+        let auth = Auth::Keys(keys);
+        let headers = |v: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(v) = v {
+                h.insert(AUTHORIZATION, v.parse().unwrap());
+            }
+            h
+        };
+        let status = |v: Option<&str>| {
+            auth.authorize(&headers(v), Role::Deployment)
+                .map(|c| c.describe())
+                .map_err(|e| e.status().as_u16())
+        };
+        assert_eq!(status(None), Err(401));
+        assert_eq!(status(Some("Basic dddddddddddddddddddd")), Err(401));
+        assert_eq!(status(Some("Bearer nope-nope-nope-nope")), Err(401));
+        assert_eq!(status(Some("Bearer pppppppppppppppppppp")), Err(403));
+        assert_eq!(
+            status(Some("bearer dddddddddddddddddddd")),
+            Ok("deployment d1".to_owned())
+        );
+        let open = Auth::Open
+            .authorize(&headers(None), Role::Deployment)
+            .unwrap();
+        assert_eq!(open.describe(), "anonymous");
+    }
+}

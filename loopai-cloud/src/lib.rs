@@ -1,0 +1,111 @@
+//! # Loopai reference cloud
+//!
+//! The server behind `loopai cloud serve`. Today it is the **telemetry collector**:
+//! deployments (runtimes) upload telemetry batches, and the server stores each batch once,
+//! durably, as one JSON line per batch. The artifact repository, notifications and the
+//! improvement engine will be added to the same server, as more routes on the same state.
+//! The protocol is documented in `docs/cloud.md`.
+//!
+//! ## Overview
+//!
+//! * [`CloudServer`] / [`CloudServerBuilder`] — options (storage directory, address, API
+//!   keys, limits), then [`CloudServer::serve`] (block until SIGINT/SIGTERM) or
+//!   [`CloudServer::spawn`] (run in the background).
+//! * [`ServerHandle`] — the bound address ([`ServerHandle::local_addr`], so port 0 works)
+//!   and a bounded, graceful [`ServerHandle::shutdown`].
+//! * [`ApiKeys`], [`Principal`], [`Role`] — the keys file and who a key belongs to.
+//!
+//! Endpoints:
+//!
+//! | endpoint | |
+//! |---|---|
+//! | `POST /api/v1/telemetry` | a telemetry batch (JSON, optionally `Content-Encoding: gzip`); needs a `deployment` key |
+//! | `GET /health` | `{"status": "ok", "auth": "open" \| "api_keys", "telemetry_batches": N}` |
+//!
+//! ## Quick start
+//!
+//! ```
+//! use std::time::Duration;
+//! use loopai_cloud::CloudServer;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let mut handle = CloudServer::builder().dir(dir.path()).port(0).build()?.spawn()?;
+//! println!("collector at {}/api/v1/telemetry", handle.url());
+//! // ... deployments upload with cloud.api_url = handle.url() ...
+//! handle.shutdown(Duration::from_secs(5))?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Storage
+//!
+//! Each accepted batch is re-serialized as one JSON line (its fields, known or not, kept)
+//! and appended to `<dir>/telemetry/<task_id>/YYYY-MM-DD.jsonl`, the UTC day of receipt.
+//! The line is fsynced before the server answers, files only ever hold whole lines, and a
+//! torn last line left by a crash is cut off when the server starts.
+//!
+//! Batches are de-duplicated by `batch_id` across all tasks and deployments: a batch
+//! whose `batch_id` is already stored is answered `200 {"status": "duplicate"}` and not
+//! written again, also after a restart (the index is rebuilt from the files at startup)
+//! and when copies arrive concurrently. Uploads are therefore idempotent, and a client
+//! may retry any failed upload.
+//!
+//! ## API keys
+//!
+//! Without a keys file the server runs **open** (a development server) and logs a
+//! warning saying so. With one, every request needs `Authorization: Bearer <key>`: 401 when
+//! the header is missing or the key unknown, 403 when the key's role does not fit the
+//! endpoint or a `deployment` key uploads a batch of another `deployment_id`. The file is
+//! JSON lines (`#` comments and blank lines allowed):
+//!
+//! ```text
+//! {"key": "dk_7f3a9c0e1b2d4f6a8c", "role": "deployment", "deployment_id": "edge-eu-1"}
+//! {"key": "pk_0b1c2d3e4f5a6b7c8d", "role": "publisher", "name": "ci"}
+//! ```
+//!
+//! Keys are 16-256 printable ASCII bytes; `deployment_id` is required for, and only
+//! allowed with, role `deployment`.
+//!
+//! ## Threading & shutdown
+//!
+//! The server runs on a tokio runtime of its own (so callers need no async code); blocking
+//! work — gzip decompression, parsing, append and fsync — runs on tokio's blocking pool.
+//! Appends are serialized by one lock, so throughput is bounded by the disk's fsync rate.
+//! [`ServerHandle::shutdown`] stops accepting, waits up to its timeout for requests in
+//! flight, then drops what is left; dropping the handle does the same within
+//! [`DROP_SHUTDOWN_TIMEOUT`]. `spawn`, `serve` and `shutdown` block, and refuse (with an
+//! error, not a panic) to be called from async code.
+//!
+//! ## Errors
+//!
+//! Functions return [`Error`], whose [`ErrorKind`] classifies it; messages name the thing
+//! at fault (``keys.jsonl:3: role: unknown variant `admin` ...``, `127.0.0.1:8080: Address
+//! already in use`). Refused HTTP requests get a 4xx status and `{"error": "<message>"}`
+//! naming the field (`task_id: task id "../x": may only contain ...`).
+
+mod auth;
+mod error;
+mod http;
+mod server;
+mod telemetry;
+mod telemetry_store;
+
+pub use auth::{ApiKeys, Principal, Role, MAX_KEY_BYTES, MIN_KEY_BYTES};
+pub use error::{Error, ErrorKind, Result};
+pub use server::{
+    CloudServer, CloudServerBuilder, ServerHandle, DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_PORT, DEFAULT_SHUTDOWN_TIMEOUT, DROP_SHUTDOWN_TIMEOUT,
+};
+pub use telemetry::MAX_BATCH_ID_BYTES;
+
+#[cfg(test)]
+mod tests {
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn public_types_are_send_and_sync() {
+        assert_send_sync::<crate::CloudServer>();
+        assert_send_sync::<crate::ServerHandle>();
+        assert_send_sync::<crate::ApiKeys>();
+        assert_send_sync::<crate::Error>();
+    }
+}

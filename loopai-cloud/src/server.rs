@@ -1,0 +1,508 @@
+//! The server: builder, routes, the tokio runtime that runs them, and shutdown.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use loopai_core::{Clock, SystemClock};
+use tokio::sync::oneshot;
+
+use crate::auth::{ApiKeys, Auth};
+use crate::http::{self, BodyLimits};
+use crate::telemetry_store::TelemetryStore;
+use crate::{telemetry, Error, ErrorKind, Result};
+
+/// The default largest request body, in bytes, as received and after decompression (16 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
+/// The default time allowed to receive a request body.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default time [`CloudServer::serve`] gives requests in flight at SIGINT/SIGTERM.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long dropping a [`ServerHandle`] that was not shut down waits for requests in flight.
+pub const DROP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default port.
+pub const DEFAULT_PORT: u16 = 8080;
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    pub(crate) auth: Auth,
+    pub(crate) telemetry: TelemetryStore,
+    pub(crate) limits: BodyLimits,
+}
+
+/// Builds a [`CloudServer`]; every option is checked by [`build`](Self::build).
+#[derive(Debug)]
+pub struct CloudServerBuilder {
+    dir: Option<PathBuf>,
+    bind: IpAddr,
+    port: u16,
+    api_keys_file: Option<PathBuf>,
+    api_keys: Option<ApiKeys>,
+    max_body_bytes: usize,
+    body_timeout: Duration,
+    shutdown_timeout: Duration,
+    worker_threads: Option<usize>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for CloudServerBuilder {
+    fn default() -> Self {
+        CloudServerBuilder {
+            dir: None,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: DEFAULT_PORT,
+            api_keys_file: None,
+            api_keys: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            worker_threads: None,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl CloudServerBuilder {
+    /// The storage directory (required): telemetry goes to `<dir>/telemetry/`.
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    /// The address to listen on (default `127.0.0.1`; `0.0.0.0` for every interface).
+    pub fn bind(mut self, addr: IpAddr) -> Self {
+        self.bind = addr;
+        self
+    }
+
+    /// The port to listen on (default [`DEFAULT_PORT`]); `0` picks a free port, see
+    /// [`ServerHandle::local_addr`].
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Require API keys from this keys file (JSON lines, see the crate docs). Without keys
+    /// the server runs open, as a development server, and logs a warning saying so.
+    pub fn api_keys_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.api_keys_file = Some(path.into());
+        self
+    }
+
+    /// Require these API keys (instead of a keys file).
+    pub fn api_keys(mut self, keys: ApiKeys) -> Self {
+        self.api_keys = Some(keys);
+        self
+    }
+
+    /// The largest request body in bytes, both as received and after gzip decompression
+    /// (default [`DEFAULT_MAX_BODY_BYTES`]); larger ones get 413.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// How long receiving a request body may take (default [`DEFAULT_BODY_TIMEOUT`]);
+    /// slower ones get 408.
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
+        self
+    }
+
+    /// How long [`CloudServer::serve`] waits for requests in flight after SIGINT/SIGTERM
+    /// (default [`DEFAULT_SHUTDOWN_TIMEOUT`]).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// The number of async worker threads (default: one per CPU). Blocking work (gzip,
+    /// fsync) runs on tokio's separate blocking pool.
+    pub fn worker_threads(mut self, threads: usize) -> Self {
+        self.worker_threads = Some(threads);
+        self
+    }
+
+    /// The clock that decides the UTC day file a batch is appended to (default: the
+    /// system clock). For tests.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Checks the options, loads the API keys, opens the storage directory (cutting off
+    /// torn tails and rebuilding the `batch_id` index) and returns a server ready to
+    /// [`spawn`](CloudServer::spawn) or [`serve`](CloudServer::serve).
+    pub fn build(self) -> Result<CloudServer> {
+        let dir = self.dir.ok_or_else(|| {
+            Error::new(ErrorKind::Config, "dir: the storage directory is required")
+        })?;
+        if self.max_body_bytes == 0 {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "max_body_bytes: must be at least 1",
+            ));
+        }
+        if self.body_timeout.is_zero() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "body_timeout: must not be zero",
+            ));
+        }
+        if self.worker_threads == Some(0) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "worker_threads: must be at least 1",
+            ));
+        }
+        let auth = match (self.api_keys, self.api_keys_file) {
+            (Some(_), Some(_)) => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "api_keys: give either keys or a keys file, not both",
+                ))
+            }
+            (Some(keys), None) => Auth::Keys(keys),
+            (None, Some(path)) => Auth::Keys(ApiKeys::from_file(&path)?),
+            (None, None) => Auth::Open,
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
+        let (telemetry, report) = TelemetryStore::open(&dir, self.clock)?;
+        for (path, bytes) in &report.repaired {
+            log::warn!(
+                "{}: cut off a torn last line ({bytes} bytes) left by an interrupted write",
+                path.display()
+            );
+        }
+        log::info!(
+            "telemetry under {}: {} batches in {} files{}",
+            dir.join("telemetry").display(),
+            report.batches,
+            report.files,
+            if report.unreadable_lines > 0 {
+                format!(", {} unreadable lines skipped", report.unreadable_lines)
+            } else {
+                String::new()
+            }
+        );
+        Ok(CloudServer {
+            dir,
+            addr: SocketAddr::new(self.bind, self.port),
+            shutdown_timeout: self.shutdown_timeout,
+            worker_threads: self.worker_threads,
+            state: Arc::new(AppState {
+                auth,
+                telemetry,
+                limits: BodyLimits {
+                    max_bytes: self.max_body_bytes,
+                    read_timeout: self.body_timeout,
+                },
+            }),
+        })
+    }
+}
+
+/// The Loopai reference cloud server: today the telemetry collector.
+///
+/// Build one with [`CloudServer::builder`], then either [`serve`](Self::serve) (block until
+/// SIGINT/SIGTERM) or [`spawn`](Self::spawn) (run in the background, get a
+/// [`ServerHandle`]).
+#[derive(Debug)]
+pub struct CloudServer {
+    dir: PathBuf,
+    addr: SocketAddr,
+    shutdown_timeout: Duration,
+    worker_threads: Option<usize>,
+    state: Arc<AppState>,
+}
+
+fn routes(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .merge(telemetry::routes())
+        .fallback(http::not_found)
+        .with_state(state)
+}
+
+async fn health(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Response {
+    let auth = match state.auth {
+        Auth::Open => "open",
+        Auth::Keys(_) => "api_keys",
+    };
+    http::json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "status": "ok",
+            "auth": auth,
+            "telemetry_batches": state.telemetry.batches(),
+        }),
+    )
+}
+
+fn refuse_inside_runtime(what: &str) -> Result<()> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("{what} blocks: call it from a plain thread, not from async code"),
+        ));
+    }
+    Ok(())
+}
+
+impl CloudServer {
+    /// A builder with the defaults: `127.0.0.1:8080`, no API keys, 16 MiB bodies.
+    ///
+    /// ```
+    /// use loopai_cloud::CloudServer;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let server = CloudServer::builder().dir(dir.path()).port(0).build()?;
+    /// let mut handle = server.spawn()?;
+    /// assert_ne!(handle.local_addr().port(), 0);
+    /// handle.shutdown(std::time::Duration::from_secs(5))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn builder() -> CloudServerBuilder {
+        CloudServerBuilder::default()
+    }
+
+    /// The storage directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether requests need an API key (`false`: the server runs open).
+    pub fn requires_api_keys(&self) -> bool {
+        matches!(self.state.auth, Auth::Keys(_))
+    }
+
+    /// Binds the listening socket and starts serving on a tokio runtime of its own;
+    /// returns at once with a handle that knows the bound address.
+    ///
+    /// Must be called from a plain thread, not from async code.
+    pub fn spawn(self) -> Result<ServerHandle> {
+        refuse_inside_runtime("CloudServer::spawn")?;
+        let listener = TcpListener::bind(self.addr).map_err(|e| Error::io(self.addr, e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io(self.addr, e))?;
+        let local_addr = listener.local_addr().map_err(|e| Error::io(self.addr, e))?;
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.enable_all().thread_name("loopai-cloud");
+        if let Some(threads) = self.worker_threads {
+            builder.worker_threads(threads);
+        }
+        let runtime = builder
+            .build()
+            .map_err(|e| Error::io("starting the server runtime", e))?;
+        let listener = {
+            let _guard = runtime.enter();
+            tokio::net::TcpListener::from_std(listener).map_err(|e| Error::io(local_addr, e))?
+        };
+        if let Auth::Open = self.state.auth {
+            log::warn!(
+                "no API keys file: running OPEN as a development server; every request is accepted without authentication"
+            );
+        }
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let app = routes(Arc::clone(&self.state));
+        let task = runtime.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    // A dropped sender also means stop.
+                    let _ = stop_rx.await;
+                })
+                .await
+        });
+        log::info!(
+            "listening on http://{local_addr} (storage {})",
+            self.dir.display()
+        );
+        Ok(ServerHandle {
+            local_addr,
+            shutdown_timeout: self.shutdown_timeout,
+            running: Some(Running {
+                runtime,
+                stop: Some(stop_tx),
+                task,
+            }),
+        })
+    }
+
+    /// Serves until SIGINT or SIGTERM (Ctrl-C on other platforms), then shuts down
+    /// gracefully: no new connections, requests in flight get the builder's
+    /// `shutdown_timeout` to finish.
+    ///
+    /// Must be called from a plain thread, not from async code.
+    pub fn serve(self) -> Result<()> {
+        let mut handle = self.spawn()?;
+        handle.wait_for_signal()?;
+        let timeout = handle.shutdown_timeout;
+        handle.shutdown(timeout)
+    }
+}
+
+struct Running {
+    runtime: tokio::runtime::Runtime,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// A running server. [`shutdown`](Self::shutdown) stops it; dropping the handle does the
+/// same, waiting at most [`DROP_SHUTDOWN_TIMEOUT`].
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    shutdown_timeout: Duration,
+    running: Option<Running>,
+}
+
+impl fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("local_addr", &self.local_addr)
+            .field("running", &self.running.is_some())
+            .finish()
+    }
+}
+
+async fn termination_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => log::info!("SIGINT: shutting down"),
+                    _ = term.recv() => log::info!("SIGTERM: shutting down"),
+                }
+            }
+            Err(e) => {
+                log::warn!("cannot listen for SIGTERM ({e}); only SIGINT stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+                log::info!("SIGINT: shutting down");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        log::info!("Ctrl-C: shutting down");
+    }
+}
+
+impl ServerHandle {
+    /// The bound address (with the actual port when the builder's port was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `http://<local_addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    /// Blocks until SIGINT or SIGTERM arrives, or the server stops by itself (an error:
+    /// the accept loop never ends on its own). Does not stop the server: call
+    /// [`shutdown`](Self::shutdown) next.
+    pub fn wait_for_signal(&mut self) -> Result<()> {
+        refuse_inside_runtime("ServerHandle::wait_for_signal")?;
+        let Some(running) = self.running.as_mut() else {
+            return Ok(());
+        };
+        let task = &mut running.task;
+        let ended = running.runtime.block_on(async {
+            tokio::select! {
+                () = termination_signal() => None,
+                result = task => Some(result),
+            }
+        });
+        match ended {
+            None => Ok(()),
+            Some(result) => {
+                // The task is finished; nothing is left to wait for.
+                if let Some(r) = self.running.take() {
+                    r.runtime.shutdown_background();
+                }
+                match result {
+                    Ok(Ok(())) => Err(Error::new(
+                        ErrorKind::Internal,
+                        "the server stopped unexpectedly",
+                    )),
+                    Ok(Err(e)) => Err(Error::io(self.local_addr, e)),
+                    Err(e) => Err(Error::new(
+                        ErrorKind::Internal,
+                        format!("the server task failed: {e}"),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Stops accepting connections and waits up to `timeout` for requests in flight to
+    /// finish (every accepted batch is on disk when its response is sent). After the
+    /// timeout the remaining connections are dropped and the error is
+    /// [`ErrorKind::Timeout`]. Calling it again after a shutdown does nothing.
+    ///
+    /// Must be called from a plain thread, not from async code.
+    pub fn shutdown(&mut self, timeout: Duration) -> Result<()> {
+        refuse_inside_runtime("ServerHandle::shutdown")?;
+        let Some(mut running) = self.running.take() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        if let Some(stop) = running.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = &mut running.task;
+        let outcome = running
+            .runtime
+            .block_on(async { tokio::time::timeout(timeout, task).await });
+        let result = match outcome {
+            Err(_) => {
+                running.task.abort();
+                Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "requests still in flight after {:.1} s; their connections were dropped",
+                        timeout.as_secs_f64()
+                    ),
+                ))
+            }
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(Error::io(self.local_addr, e)),
+            Ok(Err(e)) => Err(Error::new(
+                ErrorKind::Internal,
+                format!("the server task failed: {e}"),
+            )),
+        };
+        // Blocking tasks (an fsync) finish on their own; nothing waits for them past here.
+        running.runtime.shutdown_background();
+        log::info!("stopped after {:.3} s", started.elapsed().as_secs_f64());
+        result
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if self.running.is_none() {
+            return;
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Cannot block here: stop at once.
+            if let Some(r) = self.running.take() {
+                r.runtime.shutdown_background();
+            }
+            return;
+        }
+        if let Err(e) = self.shutdown(DROP_SHUTDOWN_TIMEOUT) {
+            log::warn!("shutting down on drop: {e}");
+        }
+    }
+}
