@@ -31,6 +31,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 step "program JSON Schema (docs/program.schema.json)"
 "$venv/bin/python" scripts/check_program_schema.py
 
+step "deploy/ (scripts/check_deploy.py: Kubernetes manifest, Dockerfile, flags)"
+"$venv/bin/python" scripts/check_deploy.py --loopai "${CARGO_TARGET_DIR:-target}/debug/loopai"
+
 step "C ABI, Go and C# bindings (scripts/test-bindings.sh)"
 scripts/test-bindings.sh
 

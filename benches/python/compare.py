@@ -11,7 +11,10 @@ On the same held-out SMS texts (``sms-spam/test.jsonl``), measures each call of
 * a scikit-learn ``TfidfVectorizer`` + ``LogisticRegression`` pipeline ``predict([text])``
   (trained on the same split),
 
-and prints p50/p99 per call, accuracy on the test split, and ratios to loopai.
+and prints p50/p99 per call, accuracy on the test split, and ratios to loopai; and the
+time to learn each model from the same train split (``loopai.synthesize``, fastText
+``train_supervised``, scikit-learn ``fit``), side by side. ``--json FILE`` also writes
+every figure to a file (used by ``benches/compare/run.sh``).
 
 Usage::
 
@@ -100,23 +103,30 @@ def time_calls(call: Callable[[Any], object], args: Sequence[Any], rounds: int) 
     return out
 
 
-def loopai_program(spec: dict[str, Any], program: Path | None, data_dir: Path) -> tuple[str, str]:
-    """Installs the program to bench in `data_dir`; returns (task id, description)."""
+def loopai_program(
+    spec: dict[str, Any], program: Path | None, data_dir: Path
+) -> tuple[str, str, float | None]:
+    """Installs the program to bench in `data_dir`; returns (task id, description,
+    synthesis seconds or None when the program was given)."""
     import loopai
 
     if program is None and hasattr(loopai, "synthesize"):
         t0 = time.perf_counter()
         meta = loopai.synthesize(spec, data_dir)
         took = time.perf_counter() - t0
-        return str(meta["task_id"]), (
-            f"synthesized with loopai.synthesize in {took:.1f} s "
-            f"(v{meta['version']}, {meta.get('synthesis_strategy', '?')}, "
-            f"sha256 {str(meta['sha256'])[:12]})"
+        return (
+            str(meta["task_id"]),
+            (
+                f"synthesized with loopai.synthesize in {took:.1f} s "
+                f"(v{meta['version']}, {meta.get('synthesis_strategy', '?')}, "
+                f"sha256 {str(meta['sha256'])[:12]})"
+            ),
+            took,
         )
     path = program or REPO / "examples" / "spam" / "program.json"
     task = json.loads(path.read_text())["task"]
     meta = loopai.install_program(data_dir, task, path)
-    return task, f"{path} (sha256 {str(meta['sha256'])[:12]})"
+    return task, f"{path} (sha256 {str(meta['sha256'])[:12]})", None
 
 
 def main() -> None:
@@ -155,7 +165,10 @@ def main() -> None:
         tmp_dir = Path(tmp)
 
         # loopai, logging on (buffered log, the default deployment configuration).
-        task, program_note = loopai_program(spec, args.program, tmp_dir / "loopai")
+        task, program_note, synth_s = loopai_program(spec, args.program, tmp_dir / "loopai")
+        training: dict[str, float] = {}
+        if synth_s is not None:
+            training["loopai synthesize (candidates + cross-validation)"] = synth_s
         with loopai.Runtime(tmp_dir / "loopai", task) as rt:
             inputs = [{"text": t} for t in texts]
             predictions = [rt.execute(i).output for i in inputs]
@@ -183,9 +196,11 @@ def main() -> None:
         with train_file.open("w") as f:
             for text, label in train:
                 f.write(f"__label__{label} {' '.join(text.split())}\n")
+        t0 = time.perf_counter()
         model = fasttext.train_supervised(
             str(train_file), epoch=25, lr=0.5, wordNgrams=2, dim=50, verbose=0
         )
+        training["fastText train_supervised"] = time.perf_counter() - t0
         one_line = [" ".join(t.split()) for t in texts]  # predict() refuses newlines
         predictions = [model.predict(t)[0][0].removeprefix("__label__") for t in one_line]
         add("fastText predict", time_calls(model.predict, one_line, args.rounds), predictions)
@@ -195,7 +210,9 @@ def main() -> None:
             TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1),
             LogisticRegression(C=10.0, max_iter=2000),
         )
+        t0 = time.perf_counter()
         pipeline.fit([t for t, _ in train], [y for _, y in train])
+        training["scikit-learn TF-IDF+LR fit"] = time.perf_counter() - t0
         predictions = list(pipeline.predict(texts))
         sk_rounds = max(1, args.rounds // 5)
         add(
@@ -232,6 +249,11 @@ def main() -> None:
         f"loopai execute p50 {base:.2f} µs: {fasttext_row['p50_us'] / base:.1f}x faster than "
         f"fastText predict ({fasttext_row['p50_us']:.2f} µs); target <= 5 µs and >= 4x"
     )
+    if training:
+        print()
+        print(f"{'learning from the train split':46} {'seconds':>9}")
+        for name, secs in training.items():
+            print(f"{name:46} {secs:9.3f}")
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -240,6 +262,16 @@ def main() -> None:
                     "test_texts": len(texts),
                     "program": program_note,
                     "rows": rows,
+                    "rounds": args.rounds,
+                    "sklearn_rounds": sk_rounds,
+                    "train_examples": len(train),
+                    "training_seconds": training,
+                    "versions": {
+                        "python": platform.python_version(),
+                        "loopai": loopai.__version__,
+                        "scikit-learn": sklearn.__version__,
+                        "numpy": np.__version__,
+                    },
                     "sha256_test": hashlib.sha256(
                         (args.data_dir / DATASET / "test.jsonl").read_bytes()
                     ).hexdigest(),

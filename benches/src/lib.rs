@@ -410,11 +410,75 @@ pub fn fixtures() -> Vec<Fixture> {
     ]
 }
 
-/// Installs `program` (whose task is `spam`) as the active artifact in `data_dir` and
-/// starts a [`Runtime`] on it.
+/// Installs `program` as the active artifact of its task (its `"task"` field, `spam` when
+/// it has none) in `data_dir` and starts a [`Runtime`] on it.
 pub fn runtime_for(data_dir: &Path, program: &[u8]) -> loopai_core::Result<Runtime> {
-    ArtifactStore::open(data_dir, "spam")?.install(program, NewArtifact::default(), true)?;
-    Runtime::builder().data_dir(data_dir).task("spam").build()
+    let task = serde_json::from_slice::<Value>(program)
+        .ok()
+        .and_then(|v| v["task"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "spam".to_string());
+    ArtifactStore::open(data_dir, &task)?.install(program, NewArtifact::default(), true)?;
+    Runtime::builder().data_dir(data_dir).task(&task).build()
+}
+
+/// Execution inputs from a JSONL file: each line is an input object, or a labelled row
+/// `{"input": {...}, "output": ...}` (as in `test.jsonl` of the datasets) whose input is
+/// taken. Blank lines are skipped.
+pub fn read_inputs(path: &Path) -> Result<Vec<Value>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut inputs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value =
+            serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+        inputs.push(match v.get("input") {
+            Some(input) if input.is_object() => input.clone(),
+            _ => v,
+        });
+    }
+    if inputs.is_empty() {
+        return Err(format!("{}: no input", path.display()));
+    }
+    Ok(inputs)
+}
+
+/// The command-line options shared by the tools: `--program-file FILE`, `--inputs
+/// FILE.jsonl`, `--json FILE`, and the remaining positional arguments.
+#[derive(Debug, Default)]
+pub struct ToolArgs {
+    /// A program document to bench instead of a fixture.
+    pub program_file: Option<std::path::PathBuf>,
+    /// Inputs to execute instead of the fixture texts.
+    pub inputs: Option<std::path::PathBuf>,
+    /// Where to also write the figures as JSON.
+    pub json: Option<std::path::PathBuf>,
+    /// The other arguments, in order.
+    pub positional: Vec<String>,
+}
+
+impl ToolArgs {
+    /// Parses `args` (without the program name).
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<ToolArgs, String> {
+        let mut out = ToolArgs::default();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let slot = match arg.as_str() {
+                "--program-file" => &mut out.program_file,
+                "--inputs" => &mut out.inputs,
+                "--json" => &mut out.json,
+                _ if arg.starts_with("--") => return Err(format!("unknown option {arg}")),
+                _ => {
+                    out.positional.push(arg);
+                    continue;
+                }
+            };
+            let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
+            *slot = Some(value.into());
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -446,5 +510,41 @@ mod tests {
             assert!((5000..=5120).contains(&t.len()), "{} bytes", t.len());
         }
         assert_eq!(email_text(1, 5000), email_text(1, 5000), "deterministic");
+    }
+
+    #[test]
+    fn tool_args_split_options_from_positionals() {
+        let args = |v: &[&str]| ToolArgs::parse(v.iter().map(|s| s.to_string()));
+        let a = args(&["rules", "--json", "out.json", "sms", "--inputs", "t.jsonl"]).unwrap();
+        assert_eq!(a.positional, ["rules", "sms"]);
+        assert_eq!(a.json.unwrap().to_str(), Some("out.json"));
+        assert_eq!(a.inputs.unwrap().to_str(), Some("t.jsonl"));
+        assert!(a.program_file.is_none());
+        assert_eq!(args(&["--json"]).unwrap_err(), "--json needs a value");
+        assert_eq!(args(&["--jsn", "x"]).unwrap_err(), "unknown option --jsn");
+    }
+
+    #[test]
+    fn inputs_are_read_from_labelled_rows_or_bare_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        std::fs::write(
+            &path,
+            "{\"input\": {\"text\": \"a\"}, \"output\": \"ham\"}\n\n{\"text\": \"b\"}\n",
+        )
+        .unwrap();
+        let got = read_inputs(&path).unwrap();
+        assert_eq!(got, vec![json!({"text": "a"}), json!({"text": "b"})]);
+        std::fs::write(&path, "{\"text\": \n").unwrap();
+        assert!(read_inputs(&path).unwrap_err().contains("t.jsonl:1: "));
+    }
+
+    #[test]
+    fn runtime_for_installs_under_the_programs_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut program: Value = serde_json::from_slice(&rules_program()).unwrap();
+        program["task"] = json!("sms-spam");
+        let rt = runtime_for(dir.path(), &serde_json::to_vec(&program).unwrap()).unwrap();
+        assert_eq!(rt.task(), "sms-spam");
     }
 }

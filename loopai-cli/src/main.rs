@@ -6,6 +6,7 @@ mod exec;
 mod logger;
 mod program;
 mod publish;
+mod serve;
 mod stats;
 mod synth;
 
@@ -55,6 +56,8 @@ enum Command {
     Cloud(cloud::CloudCommand),
     /// Upload a program (or a version directory) to an artifact repository as a new version.
     Publish(publish::PublishArgs),
+    /// Serve tasks over HTTP (POST /execute, /health, /ready, /metrics) until SIGTERM.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => synth::eval(args),
         Command::Cloud(cmd) => cloud::run(cmd),
         Command::Publish(args) => publish::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(code) => code,

@@ -3,10 +3,13 @@
 //!
 //! ```text
 //! cargo run --release -p loopai-benches --bin throughput -- [PROGRAM] [N]
+//!     [--program-file FILE] [--inputs FILE.jsonl] [--json OUT.json]
 //! ```
 //! `PROGRAM`: `minimal` (one rule: isolates the cost of the runtime and its log), `rules`,
 //! `linear_hashed`, `hybrid` or `spam_example` (default `rules`); `N`:
-//! executions per thread (default 500 000). Each phase uses a fresh data directory; the
+//! executions per thread (default 500 000). `--program-file` benches a program document,
+//! `--inputs` executes the inputs of a JSONL file instead of the SMS fixture texts, and
+//! `--json` also writes the figures to a file. Each phase uses a fresh data directory; the
 //! wall time includes `flush`, so every counted execution is on disk. The added latency is
 //! the difference of the per-call medians of `Runtime::execute` and `Program::evaluate`.
 
@@ -14,9 +17,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use loopai_benches::{fixtures, inputs, runtime_for, sms_texts};
+use loopai_benches::{fixtures, inputs, read_inputs, runtime_for, sms_texts, ToolArgs};
 use loopai_core::Program;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn median_ns(mut samples: Vec<u64>) -> u64 {
     samples.sort_unstable();
@@ -24,25 +27,62 @@ fn median_ns(mut samples: Vec<u64>) -> u64 {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let which = args.first().map_or("rules", String::as_str);
-    let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(500_000);
+    let args = match ToolArgs::parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let which = args.positional.first().map_or("rules", String::as_str);
+    let n: usize = args
+        .positional
+        .get(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500_000);
     let minimal = br#"{"format": "loopai.program/1", "task": "spam",
         "inputs": [{"name": "text", "path": "/text", "type": "text"}],
         "decide": {"op": "rules", "rules": [{"when": {"always": true}, "then": "ham", "confidence": 0.9}]},
         "output": {"kind": "label", "labels": ["spam", "ham"]}}"#;
-    let program_json = if which == "minimal" {
-        minimal.to_vec()
+    let (which, program_json) = if let Some(path) = &args.program_file {
+        match std::fs::read(path) {
+            Ok(bytes) => (
+                path.file_stem()
+                    .map_or("program".into(), |s| s.to_string_lossy().into_owned()),
+                bytes,
+            ),
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    } else if which == "minimal" {
+        (which.to_string(), minimal.to_vec())
     } else if let Some(f) = fixtures().into_iter().find(|f| f.name == which) {
-        f.program
+        (which.to_string(), f.program)
     } else {
         eprintln!("unknown program {which:?}");
         return ExitCode::from(2);
     };
-    let texts: Arc<Vec<Value>> = Arc::new(inputs(&sms_texts()));
+    let (texts_name, texts): (String, Arc<Vec<Value>>) = match &args.inputs {
+        Some(path) => match read_inputs(path) {
+            Ok(set) => (path.display().to_string(), Arc::new(set)),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => ("SMS texts".to_string(), Arc::new(inputs(&sms_texts()))),
+    };
 
     // Per-call medians: evaluate alone, then execute with logging.
-    let program = Program::from_json(&program_json).expect("fixture compiles");
+    let program = match Program::from_json(&program_json) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{which}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let timed = |f: &mut dyn FnMut(&Value)| -> u64 {
         let mut samples = Vec::with_capacity(100_000);
         for i in 0..110_000 {
@@ -65,7 +105,7 @@ fn main() -> ExitCode {
         std::hint::black_box(runtime.execute(input).unwrap());
     });
     runtime.shutdown(Duration::from_secs(60)).expect("shutdown");
-    println!("program {which}, SMS texts, buffered logging");
+    println!("program {which}, {texts_name}, buffered logging");
     println!(
         "  p50 evaluate (no logging)     {:>8.3} µs",
         eval_p50 as f64 / 1e3
@@ -79,6 +119,7 @@ fn main() -> ExitCode {
         exec_p50.saturating_sub(eval_p50) as f64 / 1e3
     );
 
+    let mut phases = Vec::new();
     for threads in [1usize, 2] {
         let dir = tempfile::tempdir().expect("tempdir");
         let runtime = runtime_for(dir.path(), &program_json).expect("runtime");
@@ -101,13 +142,34 @@ fn main() -> ExitCode {
         let secs = start.elapsed().as_secs_f64();
         let written = runtime.health().dataset.written;
         assert_eq!(written as usize, n * threads, "every execution logged");
+        let per_sec = (n * threads) as f64 / secs;
         println!(
-            "  {threads} thread(s): {:>9.0} logged executions/s ({} executions, {:.2} s incl. flush)",
-            (n * threads) as f64 / secs,
+            "  {threads} thread(s): {per_sec:>9.0} logged executions/s ({} executions, {secs:.2} s incl. flush)",
             n * threads,
-            secs
         );
+        phases.push(json!({
+            "threads": threads,
+            "executions": n * threads,
+            "seconds": secs,
+            "per_sec": per_sec,
+        }));
         runtime.shutdown(Duration::from_secs(60)).expect("shutdown");
+    }
+    if let Some(path) = &args.json {
+        let doc = json!({
+            "tool": "throughput",
+            "program": which,
+            "inputs": texts_name,
+            "logging": "buffered",
+            "evaluate_p50_ns": eval_p50,
+            "execute_p50_ns": exec_p50,
+            "added_ns": exec_p50.saturating_sub(eval_p50),
+            "threads": phases,
+        });
+        if let Err(e) = std::fs::write(path, doc.to_string()) {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
     }
     ExitCode::SUCCESS
 }

@@ -1,0 +1,113 @@
+//! `loopai serve`: the HTTP runtime (edge container or central execution).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use loopai_core::Error;
+use loopai_serve::{ServeEvent, Server};
+
+#[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["task", "tasks", "all_tasks"]))]
+pub(crate) struct ServeArgs {
+    /// The data directory (artifacts/, datasets/, config/).
+    #[arg(long, value_name = "DIR", env = "LOOPAI_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Serve this task at POST /execute (the edge runtime).
+    #[arg(long, value_name = "TASK", env = "LOOPAI_TASK")]
+    task: Option<String>,
+    /// Central mode: serve these tasks at POST /v1/execute/{task} (needs --api-keys).
+    #[arg(
+        long,
+        value_name = "A,B,...",
+        value_delimiter = ',',
+        env = "LOOPAI_TASKS"
+    )]
+    tasks: Vec<String>,
+    /// Central mode: serve every task of the data directory that has an active artifact.
+    #[arg(long)]
+    all_tasks: bool,
+    /// The port to listen on (0: any free port, printed at start).
+    #[arg(long, default_value_t = loopai_serve::DEFAULT_PORT, env = "LOOPAI_PORT")]
+    port: u16,
+    /// The address to listen on (0.0.0.0 for every interface, as in a container).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1",
+        env = "LOOPAI_BIND"
+    )]
+    bind: IpAddr,
+    /// deployment.yaml to use instead of DATA_DIR/config/deployment.yaml.
+    #[arg(long, value_name = "FILE", env = "LOOPAI_CONFIG")]
+    config: Option<PathBuf>,
+    /// Bearer API keys (JSON lines, see docs/serve.md); required in central mode.
+    #[arg(long, value_name = "FILE", env = "LOOPAI_API_KEYS")]
+    api_keys: Option<PathBuf>,
+    /// Body limit of POST /execute in bytes [default: 2 x execution.max_input_bytes + 64 KiB].
+    #[arg(long, value_name = "BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Most inputs in one batch request.
+    #[arg(long, value_name = "N", default_value_t = loopai_serve::DEFAULT_MAX_BATCH)]
+    max_batch: usize,
+    /// Seconds given at SIGTERM/SIGINT to requests in flight, then to flushing the logs.
+    #[arg(long, value_name = "SECS", default_value_t = loopai_serve::DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64())]
+    shutdown_timeout: f64,
+    /// Async worker threads [default: one per CPU].
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+}
+
+pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, Error> {
+    let shutdown_timeout = Duration::try_from_secs_f64(args.shutdown_timeout).map_err(|_| {
+        Error::new(
+            loopai_core::ErrorKind::Config,
+            format!(
+                "--shutdown-timeout: expected seconds, got {}",
+                args.shutdown_timeout
+            ),
+        )
+    })?;
+    let mut builder = Server::builder()
+        .data_dir(&args.data_dir)
+        .bind(args.bind)
+        .port(args.port)
+        .max_batch(args.max_batch)
+        .shutdown_timeout(shutdown_timeout);
+    builder = match (args.task, args.all_tasks) {
+        (Some(task), _) => builder.task(task),
+        (None, true) => builder.all_tasks(),
+        (None, false) => builder.tasks(args.tasks),
+    };
+    if let Some(config) = args.config {
+        builder = builder.config_file(config);
+    }
+    if let Some(keys) = args.api_keys {
+        builder = builder.api_keys_file(keys);
+    }
+    if let Some(bytes) = args.max_body_bytes {
+        builder = builder.max_body_bytes(bytes);
+    }
+    if let Some(workers) = args.workers {
+        builder = builder.worker_threads(workers);
+    }
+    let server = builder.build()?;
+    crate::logger::init();
+    let tasks = server.tasks().join(", ");
+    let handle = server.spawn()?;
+    log::info!("listening on {} (tasks: {tasks})", handle.url());
+    handle.run_until_signal(|event| match event {
+        ServeEvent::Ready(versions) => {
+            let list: Vec<String> = versions.iter().map(|(t, v)| format!("{t} v{v}")).collect();
+            log::info!("ready ({})", list.join(", "));
+        }
+        ServeEvent::Stopping(signal) => log::info!(
+            "{signal}: draining requests and flushing the execution logs (at most {:.0} s)",
+            shutdown_timeout.as_secs_f64()
+        ),
+        _ => {}
+    })?;
+    log::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
