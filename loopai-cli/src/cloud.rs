@@ -45,6 +45,17 @@ pub(crate) struct ServeArgs {
     /// Seconds between heartbeat events on notification streams.
     #[arg(long, value_name = "SECONDS", default_value_t = 15)]
     heartbeat_sec: u64,
+    /// Run the improvement engine every SECONDS: tasks whose newest version fails the
+    /// oracle too often are regenerated from DIR/specs/<task>.json plus the failing cases
+    /// and published (docs/cloud.md). Off without this flag.
+    #[arg(long, value_name = "SECONDS")]
+    improve_interval_sec: Option<u64>,
+    /// The improvement engine's failure-rate threshold.
+    #[arg(long, value_name = "RATE", default_value_t = 0.15)]
+    failure_threshold: f64,
+    /// Validations a version needs before the engine judges it.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    min_samples: u64,
 }
 
 fn core_error(err: loopai_cloud::Error) -> Error {
@@ -72,6 +83,12 @@ pub(crate) fn run(cmd: CloudCommand) -> Result<ExitCode, Error> {
                 builder = builder.signing_key_file(key);
             }
             builder = builder.heartbeat(std::time::Duration::from_secs(args.heartbeat_sec));
+            if let Some(every) = args.improve_interval_sec {
+                let config = loopai_cloud::ImprovementConfig::default()
+                    .with_failure_threshold(args.failure_threshold)
+                    .with_min_samples(args.min_samples);
+                builder = builder.improvement(config, std::time::Duration::from_secs(every));
+            }
             builder
                 .build()
                 .map_err(core_error)?

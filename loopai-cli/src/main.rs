@@ -50,6 +50,9 @@ enum Command {
     Synth(synth::SynthArgs),
     /// Score the active program on labelled test examples (exactly as `exec` runs it).
     Eval(synth::EvalArgs),
+    /// Learn a new version from the stored spec plus the oracle's answers in the local
+    /// dataset (nothing leaves the machine), and start its canary rollout.
+    Improve(synth::ImproveArgs),
     /// Run the reference cloud server (telemetry collector, artifact repository,
     /// notifications), or make its artifact signing key.
     #[command(subcommand)]
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Stats(args) => stats::run(args),
         Command::Synth(args) => synth::synth(args),
         Command::Eval(args) => synth::eval(args),
+        Command::Improve(args) => synth::improve(args),
         Command::Cloud(cmd) => cloud::run(cmd),
         Command::Publish(args) => publish::run(args),
         Command::Serve(args) => serve::run(args),

@@ -186,3 +186,70 @@ pub(crate) fn eval(args: EvalArgs) -> Result<ExitCode, Error> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ImproveArgs {
+    #[command(flatten)]
+    task: TaskArgs,
+    /// Seed of every random choice of the synthesis.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Activate the new version at once instead of starting its canary rollout.
+    #[arg(long)]
+    activate: bool,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Learns a new version from the stored spec plus the oracle's answers in the local
+/// dataset (nothing leaves the machine) and starts its canary.
+pub(crate) fn improve(args: ImproveArgs) -> Result<ExitCode, Error> {
+    let mut options = SynthOptions::default().with_seed(args.seed);
+    if !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        options = options.with_progress(Arc::new(Bars {
+            bar: Mutex::new(None),
+        }));
+    }
+    let data_dir = &args.task.data_dir;
+    let task = &args.task.task;
+    let improvement = loopai_synth::improve(data_dir, task, &options)?;
+    let labels = &improvement.labels;
+    print!("{}", improvement.synthesis.report_text());
+    println!(
+        "oracle-labelled examples: {} (from {} validations, {} mismatches; skipped: {} without their execution, {} hashed inputs, {} answers not a label)",
+        labels.examples.len(),
+        labels.validations,
+        labels.mismatches,
+        labels.missing_execution,
+        labels.hashed_inputs,
+        labels.not_allowed
+    );
+    if let (Some(v), Some(acc)) = (improvement.previous_version, improvement.previous_accuracy) {
+        println!(
+            "on those examples: v{v} {acc:.4}, new v{} {:.4}",
+            improvement.installed.version, improvement.new_accuracy
+        );
+    }
+    let version = improvement.installed.version;
+    let store = ArtifactStore::open(data_dir, task)?;
+    if args.activate {
+        store.activate(version)?;
+        println!("installed {task} v{version}, active");
+    } else {
+        // The rollout state lives in artifacts/<task>/rollout.json: a runtime serving the
+        // task follows it, and one started later resumes it.
+        let runtime = loopai_core::Runtime::builder()
+            .data_dir(data_dir)
+            .task(task)
+            .build()?;
+        let started = runtime.begin_rollout(version);
+        let stopped = runtime.shutdown(Duration::from_secs(10));
+        started?;
+        stopped?;
+        println!(
+            "installed {task} v{version}; canary rollout started (see `loopai artifacts rollout`)"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

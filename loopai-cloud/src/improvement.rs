@@ -1,6 +1,7 @@
 //! The improvement engine: watches the validations deployments report, and when a task's
 //! program fails the oracle too often, learns a new program from the task's specification
-//! plus the failing cases the oracle labelled, and publishes it.
+//! plus the failing cases the oracle labelled (and the validated cases it got right, so the
+//! new program does not unlearn them), and publishes it.
 //!
 //! Inputs, all under the server's directory `D`:
 //!
@@ -121,7 +122,8 @@ pub enum ImprovementAction {
         version: u32,
         /// The failing version's failure rate.
         failure_rate: f64,
-        /// Oracle-labelled failing cases added to the spec's examples.
+        /// Oracle-labelled cases (the failing ones and the validated ones) added to the
+        /// spec's examples.
         oracle_examples: usize,
         /// The new program's cross-validated accuracy.
         cv_accuracy: f64,
@@ -177,13 +179,15 @@ impl TaskState {
     }
 }
 
-/// Per-version validation totals of a task, with the oracle-labelled failing cases.
+/// Per-version validation totals of a task, with its oracle-labelled cases.
 #[derive(Debug, Default)]
 struct VersionStats {
     validations: u64,
     mismatches: u64,
     /// Failing cases whose input and oracle answer are known, by execution id.
     failing: Vec<(uuid::Uuid, Value)>,
+    /// Every validated case (matched or not) whose input and oracle answer are known.
+    labelled: Vec<Value>,
 }
 
 /// Publishes a program as the task's next version and notifies deployments; returns the
@@ -306,10 +310,12 @@ impl ImprovementEngine {
             return Ok(None);
         }
         let failure_rate = rate(failing);
+        // The failing cases, and the cases the version got right too: learning from the
+        // failures alone would unlearn what the version did well.
         let oracle_examples: Vec<Example> = failing
-            .failing
+            .labelled
             .iter()
-            .map(|(_, example)| Example {
+            .map(|example| Example {
                 input: example["input"].clone(),
                 output: example["output"].clone(),
             })
@@ -426,7 +432,7 @@ impl ImprovementEngine {
     }
 
     /// Validation totals per program version, from every stored batch of `task`, with the
-    /// failing cases whose input is known and whose oracle answer is one of the labels.
+    /// validated cases whose input is known and whose oracle answer is one of the labels.
     fn version_stats(&self, task: &str, spec: &TaskSpec) -> Result<BTreeMap<u32, VersionStats>> {
         let allowed: Option<Vec<Value>> = spec
             .output_schema
@@ -442,7 +448,7 @@ impl ImprovementEngine {
         files.sort();
         let mut stats: BTreeMap<u32, VersionStats> = BTreeMap::new();
         let mut inputs: HashMap<uuid::Uuid, Value> = HashMap::new();
-        let mut answers: Vec<(u32, uuid::Uuid, Value)> = Vec::new();
+        let mut answers: Vec<(u32, uuid::Uuid, Value, bool)> = Vec::new();
         for path in files {
             let text = std::fs::read_to_string(&path).map_err(|e| Error::io(path.display(), e))?;
             for (n, line) in text.lines().enumerate() {
@@ -468,23 +474,23 @@ impl ImprovementEngine {
                 for v in batch.sampled_validations {
                     let s = stats.entry(v.program_version).or_default();
                     s.validations += 1;
-                    if !v.matched {
-                        s.mismatches += 1;
-                        if let Some(answer) = v.oracle_output {
-                            let ok = allowed.as_ref().is_none_or(|a| a.contains(&answer));
-                            if ok {
-                                answers.push((v.program_version, v.execution_id, answer));
-                            }
+                    s.mismatches += u64::from(!v.matched);
+                    if let Some(answer) = v.oracle_output {
+                        if allowed.as_ref().is_none_or(|a| a.contains(&answer)) {
+                            answers.push((v.program_version, v.execution_id, answer, v.matched));
                         }
                     }
                 }
             }
         }
-        for (version, id, answer) in answers {
+        for (version, id, answer, matched) in answers {
             if let Some(input) = inputs.get(&id) {
                 if let Some(s) = stats.get_mut(&version) {
-                    s.failing
-                        .push((id, serde_json::json!({"input": input, "output": answer})));
+                    let example = serde_json::json!({"input": input, "output": answer});
+                    if !matched {
+                        s.failing.push((id, example.clone()));
+                    }
+                    s.labelled.push(example);
                 }
             }
         }

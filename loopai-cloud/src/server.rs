@@ -18,7 +18,7 @@ use crate::auth::{ApiKeys, Auth};
 use crate::http::{self, BodyLimits};
 use crate::repository::Repository;
 use crate::telemetry_store::TelemetryStore;
-use crate::{artifacts, telemetry, Error, ErrorKind, Result};
+use crate::{artifacts, telemetry, Error, ErrorKind, ImprovementConfig, ImprovementEngine, Result};
 
 /// The default largest request body, in bytes, as received and after decompression (16 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
@@ -59,6 +59,7 @@ pub struct CloudServerBuilder {
     signing_key_file: Option<PathBuf>,
     signer: Option<ArtifactSigner>,
     heartbeat: Duration,
+    improvement: Option<(ImprovementConfig, Duration)>,
 }
 
 impl Default for CloudServerBuilder {
@@ -77,6 +78,7 @@ impl Default for CloudServerBuilder {
             signing_key_file: None,
             signer: None,
             heartbeat: DEFAULT_HEARTBEAT,
+            improvement: None,
         }
     }
 }
@@ -168,6 +170,15 @@ impl CloudServerBuilder {
     /// [`DEFAULT_HEARTBEAT`]).
     pub fn heartbeat(mut self, every: Duration) -> Self {
         self.heartbeat = every;
+        self
+    }
+
+    /// Runs the improvement engine ([`ImprovementEngine`]) every `every` on a thread of
+    /// the server: failing tasks are regenerated and the new versions published through
+    /// the artifact repository (archive, versions list, signature, notification), exactly
+    /// like uploads. Off by default.
+    pub fn improvement(mut self, config: ImprovementConfig, every: Duration) -> Self {
+        self.improvement = Some((config, every));
         self
     }
 
@@ -268,7 +279,20 @@ impl CloudServerBuilder {
                 String::new()
             }
         );
+        let improvement = match self.improvement {
+            Some((config, every)) => {
+                if every.is_zero() {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        "improvement interval: must not be zero",
+                    ));
+                }
+                Some((ImprovementEngine::new(dir.clone(), config)?, every))
+            }
+            None => None,
+        };
         Ok(CloudServer {
+            improvement,
             dir,
             addr: SocketAddr::new(self.bind, self.port),
             shutdown_timeout: self.shutdown_timeout,
@@ -295,6 +319,7 @@ impl CloudServerBuilder {
 /// [`ServerHandle`]).
 #[derive(Debug)]
 pub struct CloudServer {
+    improvement: Option<(ImprovementEngine, Duration)>,
     dir: PathBuf,
     addr: SocketAddr,
     shutdown_timeout: Duration,
@@ -407,6 +432,10 @@ impl CloudServer {
             "listening on http://{local_addr} (storage {})",
             self.dir.display()
         );
+        let improver = match self.improvement {
+            Some((engine, every)) => Some(start_improver(engine, every, Arc::clone(&self.state))?),
+            None => None,
+        };
         Ok(ServerHandle {
             local_addr,
             shutdown_timeout: self.shutdown_timeout,
@@ -415,6 +444,7 @@ impl CloudServer {
                 runtime,
                 stop: Some(stop_tx),
                 task,
+                improver,
             }),
         })
     }
@@ -437,6 +467,84 @@ struct Running {
     runtime: tokio::runtime::Runtime,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The improvement engine's thread: dropping the sender stops it.
+    improver: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+}
+
+/// Runs `engine` every `every` until the returned sender is dropped. Each pass publishes
+/// through [`artifacts::publish`], like an upload.
+fn start_improver(
+    engine: ImprovementEngine,
+    every: Duration,
+    state: Arc<AppState>,
+) -> Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("loopai-improve".into())
+        .spawn(move || loop {
+            match rx.recv_timeout(every) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            let publish = |task: &str, program: &[u8], meta: loopai_core::NewArtifact| {
+                publish_program(&state, task, program, meta)
+            };
+            match engine.run_once(&publish) {
+                Ok(actions) => {
+                    for action in actions {
+                        log::info!(
+                            "improvement: {}",
+                            serde_json::to_string(&action).unwrap_or_default()
+                        );
+                    }
+                }
+                Err(e) => log::warn!("improvement pass failed: {e}"),
+            }
+        })
+        .map_err(|e| Error::io("starting the improvement thread", e))?;
+    log::info!(
+        "improvement engine: a pass every {:.0} s",
+        every.as_secs_f64()
+    );
+    Ok((tx, handle))
+}
+
+/// Publishes a learnt program through the repository (archive + versions list + signature
+/// + notification).
+fn publish_program(
+    state: &AppState,
+    task: &str,
+    program: &[u8],
+    meta: loopai_core::NewArtifact,
+) -> Result<u32> {
+    let mut fields = meta.extra.clone();
+    fields.insert("synthesis_strategy".into(), meta.synthesis_strategy.into());
+    if let Some(score) = meta.confidence_score {
+        fields.insert("confidence_score".into(), score.into());
+    }
+    fields.insert(
+        "complexity_metrics".into(),
+        serde_json::Value::Object(meta.complexity_metrics.clone()),
+    );
+    if let Some(provider) = &meta.llm_provider {
+        fields.insert("llm_provider".into(), provider.clone().into());
+    }
+    if let Some(model) = &meta.llm_model {
+        fields.insert("llm_model".into(), model.clone().into());
+    }
+    fields.insert("generation_cost".into(), meta.generation_cost.into());
+    fields.insert(
+        "generation_time_sec".into(),
+        meta.generation_time_sec.into(),
+    );
+    let metadata = serde_json::to_vec(&serde_json::Value::Object(fields))
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("metadata: {e}")))?;
+    let archive = loopai_core::ArtifactArchive::new(program.to_vec(), Some(metadata))
+        .pack()
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("packing the archive: {e}")))?;
+    artifacts::publish(state, task, &archive, None)
+        .map(|info| info.version)
+        .map_err(|e| Error::new(ErrorKind::Io, format!("publishing {task}: {}", e.message())))
 }
 
 /// A running server. [`shutdown`](Self::shutdown) stops it; dropping the handle does the
@@ -543,6 +651,19 @@ impl ServerHandle {
         let started = Instant::now();
         if let Some(stop) = running.stop.take() {
             let _ = stop.send(());
+        }
+        if let Some((stop, thread)) = running.improver.take() {
+            drop(stop);
+            // A pass may be learning a program: wait for it within the timeout, else let
+            // it finish on its own (it only writes complete files).
+            while !thread.is_finished() && started.elapsed() < timeout / 2 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                log::warn!("the improvement pass in progress is left to finish on its own");
+            }
         }
         // Notification streams never end on their own: end them.
         running.state.hub.stopping.send_replace(true);

@@ -254,3 +254,169 @@ fn an_unlearnable_task_is_escalated_once_until_its_spec_changes() {
     .unwrap();
     assert!(!engine.run_once(&publish).unwrap().is_empty());
 }
+
+/// A rules program for the fruit task that always answers `label`.
+fn constant_program(label: &str) -> Vec<u8> {
+    json!({"format": "loopai.program/1", "task": TASK,
+        "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+        "decide": {"op": "rules", "rules": [{"when": {"always": true}, "then": label, "confidence": 0.9}]},
+        "output": {"kind": "label", "labels": ["a", "b"]}})
+    .to_string()
+    .into_bytes()
+}
+
+fn upload(base: &str, program: Vec<u8>) -> u32 {
+    let metadata = json!({
+        "synthesis_strategy": "rule",
+        "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+        "output_schema": {"type": "string", "enum": ["a", "b"]},
+    });
+    let archive =
+        loopai_core::ArtifactArchive::new(program, Some(metadata.to_string().into_bytes()))
+            .pack()
+            .unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .post(format!("{base}/api/v1/artifacts/{TASK}/upload"))
+        .send(&archive[..])
+        .unwrap();
+    let text = response.body_mut().read_to_string().unwrap();
+    assert_eq!(response.status().as_u16(), 201, "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    u32::try_from(body["version"].as_u64().unwrap()).unwrap()
+}
+
+/// Executes live traffic in rounds (each flushed: telemetry uploaded, rollout checked)
+/// until `done` holds; panics after a generous deadline.
+fn drive(rt: &Runtime, seed: &mut u64, what: &str, mut done: impl FnMut(&Runtime) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !done(rt) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still waiting for: {what}"
+        );
+        *seed += 1;
+        for (text, _) in texts(&[("a", "apricot"), ("b", "blueberry")], 40, *seed) {
+            rt.execute(&json!({ "text": text })).unwrap();
+        }
+        let _ = rt.flush(Duration::from_secs(10));
+    }
+}
+
+#[test]
+fn the_loop_regenerates_canaries_and_promotes_and_rolls_back_a_worse_version() {
+    let cloud = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(cloud.path().join("specs")).unwrap();
+    let spec_examples = texts(&[("a", "apple"), ("b", "banana")], 80, 1);
+    std::fs::write(
+        cloud.path().join(format!("specs/{TASK}.json")),
+        spec(&spec_examples).to_string(),
+    )
+    .unwrap();
+    let start = |port: u16, improve: bool| {
+        let mut builder = CloudServer::builder().dir(cloud.path()).port(port);
+        if improve {
+            builder = builder.improvement(
+                ImprovementConfig::default().with_min_samples(50),
+                Duration::from_millis(200),
+            );
+        }
+        builder.build().unwrap().spawn().unwrap()
+    };
+    let mut server = start(0, true);
+    let url = server.url();
+    let port = server.local_addr().port();
+    // A deliberately weak v1: it always answers "b".
+    assert_eq!(upload(&url, constant_program("b")), 1);
+
+    let data = tempfile::tempdir().unwrap();
+    let oracle = FnOracle::shared(|req| {
+        let text = req.input["text"].as_str().unwrap_or("");
+        let a = text.contains("apple") || text.contains("apricot");
+        Ok(OracleAnswer::new(json!(if a { "a" } else { "b" })))
+    });
+    let yaml = format!(
+        "cloud:\n  api_url: {url}\n  refresh_interval_sec: 1\n  startup_wait_sec: 60\n\
+         sampling:\n  strategy: random\n  rate: 1\nvalidation:\n  queue_capacity: 1000\n\
+         telemetry:\n  batch_size: 40\n  upload_interval_sec: 1\n\
+         rollout:\n  stages: [0.5, 1.0]\n  min_samples_per_stage: 30\n  min_validations_per_stage: 20\n  check_interval_ms: 50\n"
+    );
+    let build = || {
+        Runtime::builder()
+            .data_dir(data.path())
+            .task(TASK)
+            .config(DeploymentConfig::from_yaml_str(&yaml, "test").unwrap())
+            .oracle(oracle.clone())
+            .build()
+            .unwrap()
+    };
+    let rt = build();
+    assert_eq!(
+        rt.active_version(),
+        1,
+        "the first version comes from the cloud"
+    );
+    let mut seed = 100;
+    // v1 fails half the oracle's answers: telemetry takes that to the cloud, which
+    // regenerates v2 and notifies; the runtime downloads it, canaries it and promotes it.
+    drive(&rt, &mut seed, "a regenerated version promoted", |rt| {
+        rt.active_version() >= 2
+    });
+    let good = rt.active_version();
+    let status = rt.rollout().unwrap();
+    assert_eq!(
+        (status.canary_version, status.state),
+        (good, loopai_core::RolloutState::Promoted)
+    );
+    let meta_path = cloud
+        .path()
+        .join(format!("artifacts/{TASK}/v{good}/metadata.json"));
+    let metadata: Value = serde_json::from_slice(&std::fs::read(meta_path).unwrap()).unwrap();
+    assert!(metadata["improved_from"]["version"].is_u64(), "{metadata}");
+    // The regenerated version agrees with the oracle.
+    let before = rt.validation_metrics();
+    drive(&rt, &mut seed, "validations of the good version", |rt| {
+        rt.validation_metrics().validated >= before.validated + 100
+    });
+    let metrics = rt.validation_metrics();
+    let v = metrics.versions.iter().find(|v| v.version == good).unwrap();
+    assert!(v.rolling_match_rate.unwrap() > 0.9, "{v:?}");
+
+    // The cloud restarts without the engine (so that it does not answer v3 with a v4),
+    // and a worse v3 is published by hand.
+    server.shutdown(Duration::from_secs(10)).unwrap();
+    let mut server = start(port, false);
+    let bad = upload(&url, constant_program("b"));
+    assert!(bad > good);
+    drive(&rt, &mut seed, "the worse version's canary", |rt| {
+        rt.rollout().is_some_and(|s| s.canary_version == bad)
+    });
+    // A restart in the middle of the rollout resumes it.
+    let stage = rt.rollout().unwrap();
+    if stage.state == loopai_core::RolloutState::InProgress {
+        rt.shutdown(Duration::from_secs(10)).unwrap();
+        drop(rt);
+        let rt2 = build();
+        let resumed = rt2.rollout().unwrap();
+        assert_eq!(resumed.canary_version, bad);
+        assert!(resumed.stage >= stage.stage, "{resumed:?}");
+        drive(&rt2, &mut seed, "the worse version rolled back", |rt| {
+            rt.rollout()
+                .is_some_and(|s| s.state != loopai_core::RolloutState::InProgress)
+        });
+        assert_eq!(
+            rt2.rollout().unwrap().state,
+            loopai_core::RolloutState::RolledBack
+        );
+        assert_eq!(rt2.active_version(), good);
+        rt2.shutdown(Duration::from_secs(10)).unwrap();
+    } else {
+        assert_eq!(stage.state, loopai_core::RolloutState::RolledBack);
+        assert_eq!(rt.active_version(), good);
+        rt.shutdown(Duration::from_secs(10)).unwrap();
+    }
+    server.shutdown(Duration::from_secs(10)).unwrap();
+}

@@ -235,3 +235,36 @@ fn accuracy(examples: &[Example], predict: impl Fn(&Value) -> Option<Value>) -> 
         .count();
     correct as f64 / examples.len().max(1) as f64
 }
+
+/// [`improve`] for a live [`Runtime`](loopai_core::Runtime): learns from its data
+/// directory and starts the new version's canary rollout on it.
+///
+/// ```no_run
+/// use loopai_synth::{RuntimeImprove, SynthOptions};
+/// # fn f(runtime: &loopai_core::Runtime) -> loopai_core::Result<()> {
+/// let improvement = runtime.improve(&SynthOptions::default())?;
+/// println!("canary v{}", improvement.installed.version);
+/// # Ok(()) }
+/// ```
+pub trait RuntimeImprove {
+    /// Flushes the runtime (so the latest validations are on disk; a flush that times out
+    /// waiting for telemetry uploads is not an error here), runs [`improve`] on
+    /// its data directory and task, and starts the new version's canary
+    /// ([`Runtime::begin_rollout`](loopai_core::Runtime::begin_rollout)).
+    fn improve(&self, options: &SynthOptions) -> Result<Improvement>;
+}
+
+impl RuntimeImprove for loopai_core::Runtime {
+    fn improve(&self, options: &SynthOptions) -> Result<Improvement> {
+        // A flush that times out on telemetry uploads (an offline deployment) has still
+        // written the execution log: learn from what is on disk.
+        if let Err(e) = self.flush(std::time::Duration::from_secs(30)) {
+            if e.kind() != ErrorKind::Timeout {
+                return Err(e);
+            }
+        }
+        let improvement = improve(self.data_dir(), self.task(), options)?;
+        self.begin_rollout(improvement.installed.version)?;
+        Ok(improvement)
+    }
+}

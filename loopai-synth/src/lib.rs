@@ -87,7 +87,8 @@ mod spec;
 mod synth;
 
 pub use improve::{
-    improve, load_spec, oracle_labels, save_spec, spec_path, Improvement, OracleLabels, SPEC_FILE,
+    improve, load_spec, oracle_labels, save_spec, spec_path, Improvement, OracleLabels,
+    RuntimeImprove, SPEC_FILE,
 };
 pub use metrics::{percentile, score, ClassMetrics, Confusion, EvalReport};
 pub use spec::{Example, TaskSpec};
