@@ -500,3 +500,90 @@ fn promote_and_rollback_work_with_a_rollout_in_progress() {
     let o = artifacts(dir.path(), &["rollback"]);
     assert_eq!(stdout(&o).trim(), "spam rolled back: v1 is active");
 }
+
+#[test]
+fn improve_needs_oracle_answers_and_starts_a_canary_with_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let spec = repo().join("examples/spam/spec.json");
+    let o = run(loopai().args(["synth", spec.to_str().unwrap(), "--data-dir", d, "--quiet"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // No validation yet: nothing to learn from, and it says so.
+    let o = run(loopai().args(["improve", "--data-dir", d, "--task", "spam", "--quiet"]));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("no oracle-labelled execution"),
+        "{}",
+        stderr(&o)
+    );
+    // Validations written as a runtime with an oracle writes them: executions, then the
+    // oracle's answers.
+    let rt = loopai_core::Runtime::builder()
+        .data_dir(d)
+        .task("spam")
+        .build()
+        .unwrap();
+    let mut ids = Vec::new();
+    for (i, text) in [
+        "claim your free prize now",
+        "lunch at noon?",
+        "urgent: win cash",
+    ]
+    .iter()
+    .cycle()
+    .take(30)
+    .enumerate()
+    {
+        let r = rt
+            .execute(&serde_json::json!({ "text": format!("{text} {i}") }))
+            .unwrap();
+        let label = if text.contains("lunch") {
+            "ham"
+        } else {
+            "spam"
+        };
+        ids.push((r.execution_id, r.version, label));
+    }
+    for (id, version, label) in ids {
+        rt.record_validation(loopai_core::ValidationRecord::new(
+            id,
+            version,
+            serde_json::json!(label),
+            1.0,
+            0.0,
+            true,
+            1.0,
+            "exact",
+            loopai_core::Timestamp(rt_now()),
+        ))
+        .unwrap();
+    }
+    rt.shutdown(std::time::Duration::from_secs(10)).unwrap();
+    drop(rt);
+    let o = run(loopai().args(["improve", "--data-dir", d, "--task", "spam", "--quiet"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("oracle-labelled examples: 30"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("canary rollout started"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(loopai().args(["artifacts", "rollout", "--data-dir", d, "--task", "spam"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("\"canary_version\": 2"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+fn rt_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
