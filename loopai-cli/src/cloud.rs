@@ -24,8 +24,8 @@ pub(crate) enum CloudCommand {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
-    /// The storage directory: batches go to DIR/telemetry/<task_id>/YYYY-MM-DD.jsonl,
-    /// artifacts to DIR/artifacts/<task>/ (servable as static files).
+    /// The storage directory: batches go to DIR/telemetry/TASK/YYYY-MM-DD.jsonl,
+    /// artifacts to DIR/artifacts/TASK/ (servable as static files).
     #[arg(long, value_name = "DIR")]
     dir: PathBuf,
     /// The port to listen on (0 picks a free one; the log says which).
@@ -46,7 +46,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 15)]
     heartbeat_sec: u64,
     /// Run the improvement engine every SECONDS: tasks whose newest version fails the
-    /// oracle too often are regenerated from DIR/specs/<task>.json plus the failing cases
+    /// oracle too often are regenerated from DIR/specs/TASK.json plus the failing cases
     /// and published (docs/cloud.md). Off without this flag.
     #[arg(long, value_name = "SECONDS")]
     improve_interval_sec: Option<u64>,

@@ -47,7 +47,7 @@ pub(crate) struct NgramSpec {
 }
 
 /// Size of the head view that character n-grams read.
-pub(crate) const HEAD_BYTES: usize = 1024;
+pub(crate) const HEAD_BYTES: usize = 512;
 
 impl NgramSpec {
     fn suffix(&self) -> &'static str {

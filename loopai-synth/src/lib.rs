@@ -12,7 +12,7 @@
 //!   high precision on the examples), then a default class. Readable and tiny.
 //! * **ml** — linear models over three feature sets: hashed word 1–2-grams with character
 //!   1–5-grams, the same with character 1–3-grams (faster), and word 1–2-grams alone
-//!   (character n-grams read the first 1 KiB of the text, punctuation included; `log1p`
+//!   (character n-grams read the first 512 bytes of the text, punctuation included; `log1p`
 //!   counts, L2-normalised; each hash table sized to hold the distinct n-grams of the
 //!   examples at most half full). Each is learnt by L2-regularised logistic regression
 //!   (sigmoid for two labels, softmax otherwise) trained by seeded SGD — the initial step
