@@ -1,0 +1,7 @@
+//! Integration tests of the reference cloud, one binary: real servers on 127.0.0.1:0 with
+//! real HTTP clients and runtimes.
+
+mod collector;
+mod improvement;
+mod outage;
+mod repository;
