@@ -295,18 +295,7 @@ impl ArtifactStore {
     ) -> Result<ArtifactMetadata> {
         let mut metadata = self.new_metadata(program, meta)?;
 
-        let tmp = self
-            .task_dir
-            .join(format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4()));
-        fs::create_dir(&tmp).map_err(|e| Error::io(self.rel(file_name(&tmp)), e))?;
-        let guard = RemoveOnDrop(Some(tmp.clone()));
-        let tmp_rel = self.rel(file_name(&tmp));
-
-        write_new_file(&tmp.join(PROGRAM_FILE), program)
-            .map_err(|e| Error::io(format!("{tmp_rel}/{PROGRAM_FILE}"), e))?;
-        write_new_file(&tmp.join(METADATA_FILE), &metadata_json(&metadata)?)
-            .map_err(|e| Error::io(format!("{tmp_rel}/{METADATA_FILE}"), e))?;
-        sync_dir(&tmp).map_err(|e| Error::io(&tmp_rel, e))?;
+        let (tmp, guard, tmp_rel) = self.stage_version(program, &metadata)?;
 
         let mut attempts = 0;
         loop {
@@ -405,17 +394,7 @@ impl ArtifactStore {
             return self.same_as_installed(version, &metadata.sha256);
         }
 
-        let tmp = self
-            .task_dir
-            .join(format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4()));
-        fs::create_dir(&tmp).map_err(|e| Error::io(self.rel(file_name(&tmp)), e))?;
-        let guard = RemoveOnDrop(Some(tmp.clone()));
-        let tmp_rel = self.rel(file_name(&tmp));
-        write_new_file(&tmp.join(PROGRAM_FILE), program)
-            .map_err(|e| Error::io(format!("{tmp_rel}/{PROGRAM_FILE}"), e))?;
-        write_new_file(&tmp.join(METADATA_FILE), &metadata_json(&metadata)?)
-            .map_err(|e| Error::io(format!("{tmp_rel}/{METADATA_FILE}"), e))?;
-        sync_dir(&tmp).map_err(|e| Error::io(&tmp_rel, e))?;
+        let (tmp, guard, tmp_rel) = self.stage_version(program, &metadata)?;
         if let Err(err) = fs::rename(&tmp, &target) {
             if fs::symlink_metadata(&target).is_ok() {
                 // Imported concurrently by another writer.
@@ -832,6 +811,28 @@ impl ArtifactStore {
             &metadata_json(&metadata)?,
         )
         .map_err(|e| Error::io(rel, e))
+    }
+
+    /// Writes `program.json` and `metadata.json` into a fresh temporary directory of the
+    /// task and syncs it: the directory (removed on drop unless the guard is disarmed) and
+    /// its name relative to the data directory, for messages.
+    fn stage_version(
+        &self,
+        program: &[u8],
+        metadata: &ArtifactMetadata,
+    ) -> Result<(PathBuf, RemoveOnDrop, String)> {
+        let tmp = self
+            .task_dir
+            .join(format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4()));
+        fs::create_dir(&tmp).map_err(|e| Error::io(self.rel(file_name(&tmp)), e))?;
+        let guard = RemoveOnDrop(Some(tmp.clone()));
+        let tmp_rel = self.rel(file_name(&tmp));
+        write_new_file(&tmp.join(PROGRAM_FILE), program)
+            .map_err(|e| Error::io(format!("{tmp_rel}/{PROGRAM_FILE}"), e))?;
+        write_new_file(&tmp.join(METADATA_FILE), &metadata_json(metadata)?)
+            .map_err(|e| Error::io(format!("{tmp_rel}/{METADATA_FILE}"), e))?;
+        sync_dir(&tmp).map_err(|e| Error::io(&tmp_rel, e))?;
+        Ok((tmp, guard, tmp_rel))
     }
 
     fn new_metadata(&self, program: &[u8], meta: NewArtifact) -> Result<ArtifactMetadata> {
