@@ -239,8 +239,10 @@ impl ImprovementEngine {
         Ok(actions)
     }
 
-    /// Publishes into `D/artifacts/<task>/` with the local artifact store (activated, so
-    /// that the repository lists it as the newest version).
+    /// Installs into `D/artifacts/<task>/` with the local artifact store, activated: for
+    /// running the engine without a server (offline, tests). It writes no repository
+    /// archive, versions-list entry, signature or notification; a running server publishes
+    /// through the repository instead ([`CloudServerBuilder::improvement`](crate::CloudServerBuilder::improvement)).
     pub fn publish_locally(&self, task: &str, program: &[u8], meta: NewArtifact) -> Result<u32> {
         let store = ArtifactStore::open(&self.dir, task).map_err(from_core)?;
         let installed = store.install(program, meta, true).map_err(from_core)?;
