@@ -98,10 +98,8 @@ pub fn oracle_labels(data_dir: &Path, task: &str, spec: &TaskSpec) -> Result<Ora
     let reader = DatasetReader::new(data_dir, task);
     let mut out = OracleLabels::default();
     let mut answers: HashMap<uuid::Uuid, String> = HashMap::new();
-    if let (Some(&from), Some(&to)) = (
-        reader.validation_days()?.first(),
-        reader.validation_days()?.last(),
-    ) {
+    let days = reader.validation_days()?;
+    if let (Some(&from), Some(&to)) = (days.first(), days.last()) {
         for record in reader.validations(from, to)? {
             let record = record?;
             out.validations += 1;
