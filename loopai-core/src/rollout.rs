@@ -242,12 +242,15 @@ impl ArmCounters {
                 (n > 0).then_some((i as u16, n))
             })
             .collect();
+        let validations = self.validations.load(Ordering::Relaxed);
         ArmCounts {
             executions: self.executions.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             abstains: self.abstains.load(Ordering::Relaxed),
-            validations: self.validations.load(Ordering::Relaxed),
-            mismatches: self.mismatches.load(Ordering::Relaxed),
+            validations,
+            // Counted after `validations` by the workers: a snapshot can catch a mismatch
+            // whose validation it missed, never the other way round.
+            mismatches: self.mismatches.load(Ordering::Relaxed).min(validations),
             latency,
         }
     }
@@ -692,7 +695,10 @@ impl ArmStats {
             mismatches: total.mismatches,
             error_rate: rate(total.errors, total.executions),
             abstain_rate: rate(total.abstains, total.executions),
-            match_rate: rate(total.validations - total.mismatches, total.validations),
+            match_rate: rate(
+                total.validations.saturating_sub(total.mismatches),
+                total.validations,
+            ),
             latency_p99_ms: total.p99_ms(),
             stage_executions: stage.executions,
             stage_validations: stage.validations,
@@ -1534,7 +1540,7 @@ impl RolloutController {
                     f.decision = reason;
                 }
                 if live.persisted != counts {
-                    self.save(&mut live)?;
+                    self.save_counters(&mut live)?;
                 }
                 Ok(())
             }
@@ -1564,9 +1570,20 @@ impl RolloutController {
     pub(crate) fn persist(&self) -> Result<()> {
         let mut live = self.live.lock();
         if live.in_progress().is_some() && live.persisted != live.counts() {
-            self.save(&mut live)?;
+            self.save_counters(&mut live)?;
         }
         Ok(())
+    }
+
+    /// Saves the live counters, unless `rollout.json` changed on disk since this runtime
+    /// last wrote or read it (a `loopai artifacts rollback | promote | activate` from
+    /// another process): then that change is adopted and nothing is written, so a
+    /// periodic or shutdown save never overwrites an operator's decision.
+    fn save_counters(&self, live: &mut Live) -> Result<()> {
+        if self.adopt_external(live)? {
+            return Ok(());
+        }
+        self.save(live)
     }
 
     /// The current state, with live counters; `None` when the task never had a rollout.
@@ -2165,6 +2182,35 @@ mod tests {
         assert_eq!(rt.rollout().unwrap().state, RolloutState::RolledBack);
         for i in 0..50 {
             assert_eq!(rt.execute(&text(i)).unwrap().version, v2);
+        }
+    }
+
+    #[test]
+    fn a_shutdown_right_after_a_cli_rollback_keeps_the_rollback() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), &program(&["prize"]), true);
+        let v2 = install(dir.path(), &program(&["win"]), false);
+        let rt = runtime(dir.path());
+        rt.begin_rollout(v2).unwrap();
+        // Unsaved counters, then `loopai artifacts rollback` in another process, then a
+        // shutdown before the runtime's next check.
+        for i in 0..20 {
+            rt.execute(&text(i)).unwrap();
+        }
+        let store = ArtifactStore::open(dir.path(), "spam").unwrap();
+        assert_eq!(store.abort_rollout("by hand").unwrap(), Some(v2));
+        rt.shutdown(Duration::from_secs(10)).unwrap();
+        let status = store.rollout().unwrap().unwrap();
+        assert_eq!(
+            (status.canary_version, status.state),
+            (v2, RolloutState::RolledBack)
+        );
+        drop(rt);
+        // A restarted runtime does not resume the canary.
+        let rt = runtime(dir.path());
+        assert_eq!(rt.rollout().unwrap().state, RolloutState::RolledBack);
+        for i in 0..50 {
+            assert_eq!(rt.execute(&text(i)).unwrap().version, 1);
         }
     }
 

@@ -568,7 +568,10 @@ impl Runtime {
             Ok(run) => run,
             Err(err) => {
                 let latency_ms = self.log_failure(input, &err, timestamp, start, routed.version);
-                if let Some(arm) = &arm {
+                // A malformed input is the caller's fault and fails on either arm: it is
+                // not evidence against the canary (sticky routing would send the retries of
+                // one bad payload to the same arm).
+                if let (Some(arm), false) = (&arm, err.kind() == ErrorKind::InvalidInput) {
                     arm.record(None, latency_ms);
                 }
                 return Err(err);
