@@ -355,12 +355,16 @@ impl Checker {
                 ));
             }
             // Installed but never activated (an interrupted hand-over): resume it. A
-            // version that was active before (rolled back from) is left alone.
-            return Ok(if installed.status == ArtifactStatus::Validated {
-                Found::New(latest.version)
-            } else {
-                Found::Nothing
-            });
+            // version that was active before, or whose canary was rolled back
+            // (`rolled_back_at`), is left alone.
+            let rolled_back = installed.extra.contains_key("rolled_back_at");
+            return Ok(
+                if installed.status == ArtifactStatus::Validated && !rolled_back {
+                    Found::New(latest.version)
+                } else {
+                    Found::Nothing
+                },
+            );
         }
         match self.download(&latest) {
             Ok(version) => {

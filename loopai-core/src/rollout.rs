@@ -1004,6 +1004,8 @@ impl ArtifactStore {
         mark_rolled_back(&mut f, now, reason.to_owned());
         log_event(self.task(), f.history.last().expect("just pushed"));
         self.write_rollout_file(&mut f)?;
+        // Also in the version's metadata: it survives a lost or unreadable rollout.json.
+        self.mark_rolled_back(f.canary_version, now)?;
         Ok(Some(f.canary_version))
     }
 }
@@ -1263,6 +1265,24 @@ impl RolloutController {
             return Err(Error::new(
                 ErrorKind::Artifact,
                 format!("cannot roll out v{version}: it is the active version"),
+            ));
+        }
+        let marked = self
+            .ctx
+            .store
+            .verify(version)
+            .is_ok_and(|m| m.extra.contains_key("rolled_back_at"));
+        if marked
+            && !live
+                .file
+                .as_ref()
+                .is_some_and(|f| f.rolled_back_versions.contains(&version))
+        {
+            return Err(Error::new(
+                ErrorKind::Artifact,
+                format!(
+                    "cannot roll out v{version}: its metadata says it was rolled back (rolled_back_at); it is not rolled out again automatically — activate it by hand (`loopai artifacts promote` or Runtime::activate) if it should run"
+                ),
             ));
         }
         if let Some(f) = live.file.as_ref() {
@@ -2212,6 +2232,14 @@ mod tests {
         for i in 0..50 {
             assert_eq!(rt.execute(&text(i)).unwrap().version, 1);
         }
+        rt.shutdown(Duration::from_secs(10)).unwrap();
+        drop(rt);
+        // The version's metadata remembers it even when rollout.json is lost.
+        assert!(store.verify(v2).unwrap().extra.contains_key("rolled_back_at"));
+        std::fs::remove_file(store.task_dir().join(ROLLOUT_FILE)).unwrap();
+        let rt = runtime(dir.path());
+        let err = rt.begin_rollout(v2).unwrap_err();
+        assert!(err.to_string().contains("rolled back"), "{err}");
     }
 
     /// Two threads execute without pause while versions are swapped 100 times by every
