@@ -24,9 +24,12 @@
 //! [`ImprovementConfig::min_samples`] validations with a failure rate (mismatches over
 //! validations) above [`ImprovementConfig::failure_threshold`]. It is **unsuccessful**
 //! when the regenerated program's cross-validated accuracy does not reach
-//! `1 - failure_threshold` (nothing is published), or when the version it published
-//! later crosses the threshold itself; it is successful when that version gathers
-//! `min_samples` validations under the threshold.
+//! `1 - failure_threshold` (nothing is published), when the version it published later
+//! crosses the threshold itself, or when that version does not gather `min_samples`
+//! validations within [`ImprovementConfig::pending_timeout`] (deployments rolled it back
+//! early); it is successful when that version gathers `min_samples` validations under the
+//! threshold. A version whose attempts were all unsuccessful is tried again (with the
+//! validations gathered since), each try counting towards the escalation.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -52,6 +55,9 @@ pub struct ImprovementConfig {
     pub max_attempts: u32,
     /// Seed of the synthesis (default 0).
     pub seed: u64,
+    /// How long a published version may take to gather `min_samples` validations before
+    /// its attempt counts as unsuccessful (default 24 h).
+    pub pending_timeout: std::time::Duration,
 }
 
 impl Default for ImprovementConfig {
@@ -61,6 +67,7 @@ impl Default for ImprovementConfig {
             min_samples: 100,
             max_attempts: 3,
             seed: 0,
+            pending_timeout: std::time::Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -77,6 +84,13 @@ impl ImprovementConfig {
     #[must_use]
     pub fn with_min_samples(mut self, n: u64) -> Self {
         self.min_samples = n;
+        self
+    }
+
+    /// Sets [`pending_timeout`](Self::pending_timeout).
+    #[must_use]
+    pub fn with_pending_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.pending_timeout = timeout;
         self
     }
 
@@ -279,18 +293,40 @@ impl ImprovementEngine {
         }
         let stats = self.version_stats(task, &spec)?;
         let rate = |s: &VersionStats| s.mismatches as f64 / s.validations.max(1) as f64;
-        // Settle the pending attempt, if its version has enough validations.
+        // Settle the pending attempt: by its version's validations once there are enough,
+        // or as unsuccessful when they did not come within `pending_timeout` (deployments
+        // rolled the version back early, or stopped sampling it).
         if let Some(last) = state.attempts.last_mut() {
             if last.outcome == "pending" {
-                if let Some(s) = last.version.and_then(|v| stats.get(&v)) {
-                    if s.validations >= self.config.min_samples {
-                        last.outcome = if rate(s) > self.config.failure_threshold {
-                            "unsuccessful".into()
+                let validations = last
+                    .version
+                    .and_then(|v| stats.get(&v))
+                    .map_or(0, |s| s.validations);
+                let settled = match last.version.and_then(|v| stats.get(&v)) {
+                    Some(s) if s.validations >= self.config.min_samples => {
+                        Some(if rate(s) > self.config.failure_threshold {
+                            ("unsuccessful", None)
                         } else {
-                            "successful".into()
-                        };
-                        write_state(&state_path, &state)?;
+                            ("successful", None)
+                        })
                     }
+                    _ if age(&last.at) >= self.config.pending_timeout => Some((
+                        "unsuccessful",
+                        Some(format!(
+                            "v{} gathered {validations} validations (of {}) within {} s",
+                            last.version.unwrap_or_default(),
+                            self.config.min_samples,
+                            self.config.pending_timeout.as_secs()
+                        )),
+                    )),
+                    _ => None,
+                };
+                if let Some((outcome, reason)) = settled {
+                    last.outcome = outcome.into();
+                    if reason.is_some() {
+                        last.reason = reason;
+                    }
+                    write_state(&state_path, &state)?;
                 }
             }
         }
@@ -303,7 +339,12 @@ impl ImprovementEngine {
         }) else {
             return Ok(None);
         };
-        if state.attempts.iter().any(|a| a.from_version == version)
+        // Tried already, unless every attempt from it was unsuccessful (a retry learns from
+        // the validations gathered since, and counts towards the escalation).
+        if state
+            .attempts
+            .iter()
+            .any(|a| a.from_version == version && a.outcome != "unsuccessful")
             || state
                 .attempts
                 .last()
@@ -515,6 +556,15 @@ fn hex_sha256(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Time since an RFC 3339 instant (zero when it does not parse or is in the future).
+fn age(at: &str) -> std::time::Duration {
+    time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| time::OffsetDateTime::now_utc() - t)
+        .and_then(|d| std::time::Duration::try_from(d).ok())
+        .unwrap_or_default()
 }
 
 fn now_rfc3339() -> String {

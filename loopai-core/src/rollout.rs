@@ -2235,7 +2235,11 @@ mod tests {
         rt.shutdown(Duration::from_secs(10)).unwrap();
         drop(rt);
         // The version's metadata remembers it even when rollout.json is lost.
-        assert!(store.verify(v2).unwrap().extra.contains_key("rolled_back_at"));
+        assert!(store
+            .verify(v2)
+            .unwrap()
+            .extra
+            .contains_key("rolled_back_at"));
         std::fs::remove_file(store.task_dir().join(ROLLOUT_FILE)).unwrap();
         let rt = runtime(dir.path());
         let err = rt.begin_rollout(v2).unwrap_err();

@@ -214,11 +214,10 @@ fn an_unlearnable_task_is_escalated_once_until_its_spec_changes() {
         format!("{}\n", noisy_batch(1, 200, 7)),
     )
     .unwrap();
+    // The default: escalation after 3 consecutive unsuccessful attempts.
     let engine = ImprovementEngine::new(
         cloud.path(),
-        ImprovementConfig::default()
-            .with_min_samples(100)
-            .with_max_attempts(1),
+        ImprovementConfig::default().with_min_samples(100),
     )
     .unwrap();
     let published = std::cell::Cell::new(0);
@@ -226,11 +225,24 @@ fn an_unlearnable_task_is_escalated_once_until_its_spec_changes() {
         published.set(published.get() + 1);
         Ok(99)
     };
+    for attempt in 1..=2 {
+        let actions = engine.run_once(&publish).unwrap();
+        assert!(
+            matches!(
+                actions.as_slice(),
+                [ImprovementAction::Unsuccessful {
+                    from_version: 1,
+                    ..
+                }]
+            ),
+            "attempt {attempt}: {actions:?}"
+        );
+    }
     let actions = engine.run_once(&publish).unwrap();
     assert!(
         matches!(
             actions.as_slice(),
-            [ImprovementAction::Escalated { attempts: 1, .. }]
+            [ImprovementAction::Escalated { attempts: 3, .. }]
         ),
         "{actions:?}"
     );
@@ -419,4 +431,94 @@ fn the_loop_regenerates_canaries_and_promotes_and_rolls_back_a_worse_version() {
         rt.shutdown(Duration::from_secs(10)).unwrap();
     }
     server.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn a_published_version_that_gathers_no_validations_does_not_stall_the_engine() {
+    let cloud = tempfile::tempdir().unwrap();
+    for dir in ["specs", "telemetry/fruit"] {
+        std::fs::create_dir_all(cloud.path().join(dir)).unwrap();
+    }
+    std::fs::write(
+        cloud.path().join(format!("specs/{TASK}.json")),
+        spec(&texts(&[("a", "apple"), ("b", "banana")], 40, 5)).to_string(),
+    )
+    .unwrap();
+    // v1 fails every validation of a learnable task: "apricot" is "a", "blueberry" "b".
+    let learnable = texts(&[("a", "apricot"), ("b", "blueberry")], 200, 8);
+    let ids: Vec<String> = (0..learnable.len())
+        .map(|i| format!("00000000-0000-4000-8000-{:012x}", i))
+        .collect();
+    let summaries: Vec<Value> = learnable
+        .iter()
+        .zip(&ids)
+        .map(|((t, _), id)| {
+            json!({
+        "execution_id": id, "input_hash": "h", "input": {"text": t}, "output": "x",
+        "confidence": 0.9, "latency_ms": 0.01, "status": "success", "sampled": true,
+        "timestamp": "2026-11-25T00:00:00Z"})
+        })
+        .collect();
+    let validations: Vec<Value> = learnable
+        .iter()
+        .zip(&ids)
+        .map(|((_, l), id)| {
+            json!({
+        "execution_id": id, "program_version": 1, "oracle_output": l,
+        "oracle_latency_ms": 1.0, "oracle_cost": 0.0, "match": false,
+        "similarity_score": 0.0, "comparison_method": "exact",
+        "validated_at": "2026-11-25T00:00:00Z"})
+        })
+        .collect();
+    let mut batch: Value = serde_json::from_str(&noisy_batch(1, 1, 9)).unwrap();
+    batch["execution_summaries"] = json!(summaries);
+    batch["sampled_validations"] = json!(validations);
+    std::fs::write(
+        cloud.path().join("telemetry/fruit/2026-11-25.jsonl"),
+        format!("{batch}\n"),
+    )
+    .unwrap();
+    let engine = ImprovementEngine::new(
+        cloud.path(),
+        ImprovementConfig::default()
+            .with_min_samples(100)
+            .with_pending_timeout(Duration::ZERO),
+    )
+    .unwrap();
+    let next = std::cell::Cell::new(1);
+    let publish = |_: &str, _: &[u8], _: NewArtifact| {
+        next.set(next.get() + 1);
+        Ok(next.get())
+    };
+    let first = engine.run_once(&publish).unwrap();
+    assert!(
+        matches!(
+            first.as_slice(),
+            [ImprovementAction::Published { version: 2, .. }]
+        ),
+        "{first:?}"
+    );
+    // v2 never gets a validation (its canary was rolled back early, say): with a zero
+    // timeout its attempt is settled unsuccessful at once and v1 is tried again.
+    let second = engine.run_once(&publish).unwrap();
+    assert!(
+        matches!(
+            second.as_slice(),
+            [ImprovementAction::Published {
+                from_version: 1,
+                version: 3,
+                ..
+            }]
+        ),
+        "{second:?}"
+    );
+    let state: Value = serde_json::from_slice(
+        &std::fs::read(cloud.path().join(format!("improvement/{TASK}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["attempts"][0]["outcome"], "unsuccessful", "{state}");
+    assert!(state["attempts"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("gathered 0 validations"));
 }
