@@ -154,10 +154,10 @@ fn a_failing_version_is_regenerated_from_the_oracles_answers_and_published() {
     server.shutdown(Duration::from_secs(10)).unwrap();
 }
 
-/// A stored telemetry line: `n` validations of `version`, every one a mismatch whose oracle
-/// answer is a coin flip (nothing a program can learn).
-fn noisy_batch(version: u32, n: usize, seed: u64) -> String {
-    let cases = texts(&[("a", "kiwi"), ("b", "kiwi")], n, seed);
+/// A stored telemetry line: one failed validation of `version` per case (`(text, oracle
+/// answer)`), with the executions' inputs.
+fn failing_batch(version: u32, cases: &[(String, String)], seed: u64) -> String {
+    let n = cases.len();
     let ids: Vec<String> = (0..n)
         .map(|i| format!("00000000-0000-4000-8000-{:012x}", seed * 10_000 + i as u64))
         .collect();
@@ -166,7 +166,7 @@ fn noisy_batch(version: u32, n: usize, seed: u64) -> String {
         .zip(&ids)
         .map(|((t, _), id)| {
             json!({
-        "execution_id": id, "input_hash": "h", "input": {"text": t}, "output": "a",
+        "execution_id": id, "input_hash": "h", "input": {"text": t}, "output": "x",
         "confidence": 0.9, "latency_ms": 0.01, "status": "success", "sampled": true,
         "timestamp": "2026-11-25T00:00:00Z"})
         })
@@ -195,6 +195,16 @@ fn noisy_batch(version: u32, n: usize, seed: u64) -> String {
         "sampled_validations": validations,
     })
     .to_string()
+}
+
+/// `n` failed validations of `version` whose oracle answer is a coin flip on the same
+/// word (nothing a program can learn).
+fn noisy_batch(version: u32, n: usize, seed: u64) -> String {
+    failing_batch(
+        version,
+        &texts(&[("a", "kiwi"), ("b", "kiwi")], n, seed),
+        seed,
+    )
 }
 
 #[test]
@@ -446,33 +456,7 @@ fn a_published_version_that_gathers_no_validations_does_not_stall_the_engine() {
     .unwrap();
     // v1 fails every validation of a learnable task: "apricot" is "a", "blueberry" "b".
     let learnable = texts(&[("a", "apricot"), ("b", "blueberry")], 200, 8);
-    let ids: Vec<String> = (0..learnable.len())
-        .map(|i| format!("00000000-0000-4000-8000-{:012x}", i))
-        .collect();
-    let summaries: Vec<Value> = learnable
-        .iter()
-        .zip(&ids)
-        .map(|((t, _), id)| {
-            json!({
-        "execution_id": id, "input_hash": "h", "input": {"text": t}, "output": "x",
-        "confidence": 0.9, "latency_ms": 0.01, "status": "success", "sampled": true,
-        "timestamp": "2026-11-25T00:00:00Z"})
-        })
-        .collect();
-    let validations: Vec<Value> = learnable
-        .iter()
-        .zip(&ids)
-        .map(|((_, l), id)| {
-            json!({
-        "execution_id": id, "program_version": 1, "oracle_output": l,
-        "oracle_latency_ms": 1.0, "oracle_cost": 0.0, "match": false,
-        "similarity_score": 0.0, "comparison_method": "exact",
-        "validated_at": "2026-11-25T00:00:00Z"})
-        })
-        .collect();
-    let mut batch: Value = serde_json::from_str(&noisy_batch(1, 1, 9)).unwrap();
-    batch["execution_summaries"] = json!(summaries);
-    batch["sampled_validations"] = json!(validations);
+    let batch = failing_batch(1, &learnable, 9);
     std::fs::write(
         cloud.path().join("telemetry/fruit/2026-11-25.jsonl"),
         format!("{batch}\n"),
