@@ -16,6 +16,8 @@ from typing import Any
 TARGET_RPS = 50_000
 TARGET_RATIO = 20.0
 TARGET_P99_MS = 2.0
+TARGET_PY_P50_US = 5.0
+TARGET_PY_RATIO = 4.0
 
 
 def load(out: Path, name: str) -> Any:
@@ -49,6 +51,7 @@ def main() -> None:
     rows_by_name = {r["name"]: r for r in python["rows"]}
     py_loopai = rows_by_name["loopai Runtime.execute(dict)"]
     py_fasttext = rows_by_name["fastText predict"]
+    py_fasttext_words = rows_by_name["fastText predict (no subwords)"]
     py_sklearn = rows_by_name["scikit-learn TF-IDF+LR predict"]
 
     def rps(h: dict[str, Any]) -> float:
@@ -63,7 +66,7 @@ def main() -> None:
     fastapi_p99_ms = http["fastapi"]["latency_us"]["p99"] / 1e3
     training = python.get("training_seconds", {})
     synth_py = next((v for k, v in training.items() if k.startswith("loopai")), None)
-    ft_train = training.get("fastText train_supervised")
+    ft_train = training.get("fastText train_supervised, 1 thread")
     sk_train = training.get("scikit-learn TF-IDF+LR fit")
     threads = {t["threads"]: t for t in throughput["threads"]}
 
@@ -71,6 +74,10 @@ def main() -> None:
         {
             "what": "per call p50, Python: fastText predict / loopai Runtime.execute",
             "ratio": ratio(py_fasttext["p50_us"], py_loopai["p50_us"]),
+        },
+        {
+            "what": "per call p50, Python: fastText predict without subwords / loopai Runtime.execute",
+            "ratio": ratio(py_fasttext_words["p50_us"], py_loopai["p50_us"]),
         },
         {
             "what": "per call p50, Python: scikit-learn predict / loopai Runtime.execute",
@@ -109,6 +116,9 @@ def main() -> None:
         "loopai_serve_rps_at_least_50k": loopai_rps >= TARGET_RPS,
         "loopai_serve_at_least_20x_fastapi": ratio(loopai_rps, fastapi_rps) >= TARGET_RATIO,
         "loopai_serve_p99_at_most_2ms": loopai_p99_ms <= TARGET_P99_MS,
+        "python_execute_p50_at_most_5us": py_loopai["p50_us"] <= TARGET_PY_P50_US,
+        "python_at_least_4x_fasttext": ratio(py_fasttext["p50_us"], py_loopai["p50_us"])
+        >= TARGET_PY_RATIO,
         "no_http_errors": all(http_errors(h) == 0 for h in http.values()),
         # wrk counts completed answers (warm-up included); requests cut off at the end
         # may be logged without being counted.
@@ -210,6 +220,14 @@ def main() -> None:
         f"{'met' if targets['loopai_serve_at_least_20x_fastapi'] else 'MISSED'}"
         f" ({ratio(loopai_rps, fastapi_rps):.1f}x); p99 <= {TARGET_P99_MS} ms: "
         f"{'met' if targets['loopai_serve_p99_at_most_2ms'] else 'MISSED'} ({loopai_p99_ms:.3f} ms)"
+    )
+    print(
+        f"targets, Python: p50 <= {TARGET_PY_P50_US} µs: "
+        f"{'met' if targets['python_execute_p50_at_most_5us'] else 'MISSED'}"
+        f" ({py_loopai['p50_us']:.2f} µs); >= {TARGET_PY_RATIO:.0f}x fastText predict: "
+        f"{'met' if targets['python_at_least_4x_fasttext'] else 'MISSED'}"
+        f" ({ratio(py_fasttext['p50_us'], py_loopai['p50_us']):.1f}x; accuracy loopai "
+        f"{py_loopai['accuracy']:.4f}, fastText {py_fasttext['accuracy']:.4f})"
     )
     print(
         f"every answer logged: {'yes' if targets['every_answer_logged'] else 'NO'} "

@@ -7,9 +7,14 @@ On the same held-out SMS texts (``sms-spam/test.jsonl``), measures each call of
   buffered log, flushed at the end; the flush is not part of any call),
 * the same through ``json.dumps`` + ``Runtime.execute_json`` (the input-conversion
   alternative, for the record),
-* fastText ``model.predict(text)`` (supervised, trained on the spec's train split),
-* a scikit-learn ``TfidfVectorizer`` + ``LogisticRegression`` pipeline ``predict([text])``
-  (trained on the same split),
+* fastText ``model.predict(text)`` (supervised, trained on the spec's train split), in the
+  reference configuration (word bigrams and character 2-5-gram subwords: ``epoch=25,
+  lr=0.5, wordNgrams=2, dim=50, minn=2, maxn=5``, one thread, seed 0), which reproduces the
+  project's reference figures for these splits (0.9849 on SMS, 0.9788 on SpamAssassin), and,
+  for the record, the same without subwords (faster, 1.4 points less accurate here),
+* a scikit-learn ``TfidfVectorizer`` (character 2-5-grams within words, sublinear tf) +
+  ``LogisticRegression(C=10)`` pipeline ``predict([text])``, trained on the same split
+  (the reference configuration: 0.9827 on SMS),
 
 and prints p50/p99 per call, accuracy on the test split, and ratios to loopai; and the
 time to learn each model from the same train split (``loopai.synthesize``, fastText
@@ -197,17 +202,35 @@ def main() -> None:
             for text, label in train:
                 f.write(f"__label__{label} {' '.join(text.split())}\n")
         t0 = time.perf_counter()
-        model = fasttext.train_supervised(
-            str(train_file), epoch=25, lr=0.5, wordNgrams=2, dim=50, verbose=0
-        )
-        training["fastText train_supervised"] = time.perf_counter() - t0
+        # The reference configuration, then the same without subwords. One thread and a
+        # fixed seed make the models (and their accuracies) reproducible.
+        fasttext_configs = {
+            "fastText predict": dict(minn=2, maxn=5),
+            "fastText predict (no subwords)": dict(minn=0, maxn=0),
+        }
         one_line = [" ".join(t.split()) for t in texts]  # predict() refuses newlines
-        predictions = [model.predict(t)[0][0].removeprefix("__label__") for t in one_line]
-        add("fastText predict", time_calls(model.predict, one_line, args.rounds), predictions)
+        for name, subwords in fasttext_configs.items():
+            t0 = time.perf_counter()
+            model = fasttext.train_supervised(
+                str(train_file),
+                epoch=25,
+                lr=0.5,
+                wordNgrams=2,
+                dim=50,
+                thread=1,
+                seed=0,
+                verbose=0,
+                **subwords,
+            )
+            training[name.replace("predict", "train_supervised, 1 thread")] = (
+                time.perf_counter() - t0
+            )
+            predictions = [model.predict(t)[0][0].removeprefix("__label__") for t in one_line]
+            add(name, time_calls(model.predict, one_line, args.rounds), predictions)
 
         # scikit-learn TF-IDF + logistic regression, on the same train split.
         pipeline = make_pipeline(
-            TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1),
+            TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True),
             LogisticRegression(C=10.0, max_iter=2000),
         )
         t0 = time.perf_counter()
@@ -243,12 +266,14 @@ def main() -> None:
             f"{row['name']:34} {row['p50_us']:9.2f} {row['p99_us']:9.2f} "
             f"{row['accuracy']:9.4f} {ratio:12.1f}x"
         )
-    fasttext_row = next(r for r in rows if r["name"].startswith("fastText"))
     print()
-    print(
-        f"loopai execute p50 {base:.2f} µs: {fasttext_row['p50_us'] / base:.1f}x faster than "
-        f"fastText predict ({fasttext_row['p50_us']:.2f} µs); target <= 5 µs and >= 4x"
-    )
+    for row in rows:
+        if row["name"].startswith("fastText"):
+            print(
+                f"loopai execute p50 {base:.2f} µs: {row['p50_us'] / base:.1f}x faster than "
+                f"{row['name']} ({row['p50_us']:.2f} µs, accuracy {row['accuracy']:.4f})"
+            )
+    print("target: p50 <= 5 µs and >= 4x the reference fastText (the first of these)")
     if training:
         print()
         print(f"{'learning from the train split':46} {'seconds':>9}")

@@ -15,6 +15,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The dataset writer thread frees the execution records that `execute` (a server worker
+/// thread, under `loopai serve`) allocated; glibc's malloc takes an arena lock for each
+/// such cross-thread free, mimalloc does not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Loopai: synthesized programs that replace LLM calls, run in-process.
 #[derive(Debug, Parser)]
 #[command(name = "loopai", version, about, propagate_version = true)]

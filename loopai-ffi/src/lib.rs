@@ -40,6 +40,13 @@ use loopai_core::{
 };
 use serde_json::Value;
 
+// The library's own allocations (the host's `malloc` is untouched: every pointer this
+// library returns is freed by one of its `loopai_*_free` functions). The dataset writer
+// thread frees the execution records that `execute` allocated on the caller's thread;
+// glibc's malloc takes an arena lock for each such cross-thread free, mimalloc does not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A status code: `LOOPAI_OK` (0) on success, one of the negative `LOOPAI_E_*` codes on
 /// failure. The codes are stable across releases; new ones may be added.
 pub type loopai_status_t = i32;

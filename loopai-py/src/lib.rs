@@ -13,6 +13,14 @@ mod runtime;
 
 use pyo3::prelude::*;
 
+/// The module's Rust allocations (Python objects keep CPython's allocator). `execute`
+/// allocates the execution record that the dataset writer thread frees: with glibc's
+/// malloc each such free takes the lock of the calling thread's arena, and the two
+/// threads contend on it (futex waits and wake-ups on every call); mimalloc frees
+/// cross-thread without a lock.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Native module of the `loopai` package (import `loopai`, not this module).
 #[pymodule]
 fn _loopai(m: &Bound<'_, PyModule>) -> PyResult<()> {
