@@ -62,6 +62,9 @@ def main() -> None:
 
     loopai_rps, fastapi_rps = rps(http["loopai"]), rps(http["fastapi"])
     fastapi1_rps = rps(http["fastapi1"])
+    # A server that answers a constant 200 and does nothing else, driven the same way.
+    ceiling = load(out, "http_ceiling")
+    ceiling_rps = rps(ceiling)
     loopai_p99_ms = http["loopai"]["latency_us"]["p99"] / 1e3
     fastapi_p99_ms = http["fastapi"]["latency_us"]["p99"] / 1e3
     training = python.get("training_seconds", {})
@@ -76,7 +79,7 @@ def main() -> None:
             "ratio": ratio(py_fasttext["p50_us"], py_loopai["p50_us"]),
         },
         {
-            "what": "per call p50, Python: fastText predict without subwords / loopai Runtime.execute",
+            "what": "per call p50, Python: fastText (no subwords) / loopai",
             "ratio": ratio(py_fasttext_words["p50_us"], py_loopai["p50_us"]),
         },
         {
@@ -94,6 +97,14 @@ def main() -> None:
         {
             "what": "HTTP requests/s: loopai serve / FastAPI (1 worker, uvicorn's default)",
             "ratio": ratio(loopai_rps, fastapi1_rps),
+        },
+        {
+            "what": "HTTP requests/s: loopai serve / do-nothing server",
+            "ratio": ratio(loopai_rps, ceiling_rps),
+        },
+        {
+            "what": f"HTTP requests/s: do-nothing server / FastAPI ({w} workers)",
+            "ratio": ratio(ceiling_rps, fastapi_rps),
         },
         {
             "what": "HTTP p99 latency: FastAPI / loopai serve",
@@ -119,7 +130,7 @@ def main() -> None:
         "python_execute_p50_at_most_5us": py_loopai["p50_us"] <= TARGET_PY_P50_US,
         "python_at_least_4x_fasttext": ratio(py_fasttext["p50_us"], py_loopai["p50_us"])
         >= TARGET_PY_RATIO,
-        "no_http_errors": all(http_errors(h) == 0 for h in http.values()),
+        "no_http_errors": all(http_errors(h) == 0 for h in [*http.values(), ceiling]),
         # wrk counts completed answers (warm-up included); requests cut off at the end
         # may be logged without being counted.
         "every_answer_logged": all(
@@ -164,6 +175,11 @@ def main() -> None:
                 "logged": logged["fastapi1"],
                 "server": "uvicorn[standard] --workers 1",
             },
+            "ceiling": {
+                **ceiling,
+                "requests_per_sec": ceiling_rps,
+                "server": "loopai-benches http_ceiling (constant 200, no parsing, no work)",
+            },
         },
         "learning_seconds": {
             "loopai synth (CLI)": synth_cli,
@@ -200,6 +216,7 @@ def main() -> None:
         ("  loopai serve", http["loopai"], loopai_rps),
         (f"  FastAPI + uvicorn ({w} workers)", http["fastapi"], fastapi_rps),
         ("  FastAPI + uvicorn (1 worker)", http["fastapi1"], fastapi1_rps),
+        ("  do-nothing server (the machine's ceiling)", ceiling, ceiling_rps),
     ):
         print(
             f"{label:{width}} {r:10,.0f} {h['latency_us']['p50'] / 1e3:8.3f} "
@@ -278,8 +295,8 @@ def draw(
     bars(axes[0][0], [n for n, _ in per_call], [v for _, v in per_call], "per call, p50", "µs (log)", True)
     bars(
         axes[0][1],
-        ["loopai serve", f"FastAPI ({workers} workers)", "FastAPI (1 worker)"],
-        [loopai_rps, fastapi_rps, fastapi1_rps],
+        ["do-nothing server", "loopai serve", f"FastAPI ({workers} workers)", "FastAPI (1 worker)"],
+        [results["http"]["ceiling"]["requests_per_sec"], loopai_rps, fastapi_rps, fastapi1_rps],
         f"HTTP throughput, wrk {results['http']['wrk_flags']}",
         "requests/s",
         False,

@@ -17,7 +17,8 @@
 #      (benches/python/compare.py);
 #   3. HTTP on loopback with wrk (same flags for both): `loopai serve` vs a FastAPI/uvicorn
 #      service doing the same job the way the original design's runtime does
-#      (benches/compare/fastapi_baseline.py).
+#      (benches/compare/fastapi_baseline.py), and a server that does no work at all
+#      (loopai-benches http_ceiling): the most any server can reach on the machine.
 # Needs: cargo, python3 with venv, PyPI; wrk (installed with apt-get when run as root).
 # Python packages go to a virtualenv in target/compare/venv (kept between runs; the loopai
 # package is rebuilt only when its sources change).
@@ -168,6 +169,14 @@ for workers in "$uvicorn_workers" 1; do
   logged=$(cat "$work/fastapi$workers"/datasets/sms-spam/executions/*.jsonl | wc -l)
   echo "{\"logged\": $logged}" > "$out/http_fastapi${workers}_logged.json"
 done
+
+step "HTTP: the machine's ceiling (a server that answers a constant 200 and does nothing else)"
+port=$(free_port)
+"$bin/http_ceiling" "$port" 2> "$work/ceiling.log" &
+ceiling_pid=$!; pids+=("$ceiling_pid")
+wait_http "http://127.0.0.1:$port/"
+run_wrk ceiling "http://127.0.0.1:$port/execute"
+kill "$ceiling_pid"; wait "$ceiling_pid" 2>/dev/null || true
 
 step "report"
 "$py" benches/compare/report.py "$out" \
