@@ -224,6 +224,30 @@ loopai_status_t loopai_runtime_execute(const loopai_runtime_t *rt,
                                        loopai_error_t **err);
 
 /**
+ * Executes as `loopai_runtime_execute` does, with the routing key of a canary rollout
+ * given by the caller: `key` is a NUL-terminated UTF-8 string (a user id, a session id;
+ * only read during the call). During a rollout the same key is served by the same version
+ * for the whole stage, and stays on the canary as its share grows (see docs/rollout.md);
+ * the result's `version` says which version served it. Without a rollout in progress the
+ * key is not used. `input_json` and `input_len` are as for `loopai_runtime_execute`.
+ *
+ * On success `*out` receives a new result, owned by the caller, to be freed with
+ * `loopai_result_free`. On failure `*out` is untouched and, if `err` is not NULL, `*err`
+ * receives a new error object.
+ *
+ * Errors: those of `loopai_runtime_execute`, and LOOPAI_E_INVALID_INPUT when `key` is NULL
+ * or not valid UTF-8.
+ *
+ * Thread-safe.
+ */
+loopai_status_t loopai_runtime_execute_with_key(const loopai_runtime_t *rt,
+                                                const uint8_t *input_json,
+                                                size_t input_len,
+                                                const char *key,
+                                                loopai_result_t **out,
+                                                loopai_error_t **err);
+
+/**
  * Executes a batch: `inputs_json` is a JSON array of input objects (`inputs_len` bytes of
  * UTF-8, not NUL-terminated, at most 16 MiB). Each input is executed and logged as by
  * `loopai_runtime_execute`.
@@ -281,8 +305,9 @@ uint32_t loopai_runtime_active_version(const loopai_runtime_t *rt);
  * The runtime's health as a JSON object: `status` ("ok" or "degraded"), `task`,
  * `active_version`, the execution-log counters under `dataset`, the telemetry counters
  * under `telemetry` (`null` when telemetry is off: spool depth `spooled_batches`, `sent`,
- * `retries`, drops, `last_error`; see docs/telemetry.md), and the validation metrics under
- * `validation` (as `loopai_runtime_validation_metrics_json`).
+ * `retries`, drops, `last_error`; see docs/telemetry.md), the validation metrics under
+ * `validation` (as `loopai_runtime_validation_metrics_json`), and the rollout under
+ * `rollout` (as `loopai_runtime_rollout_json`; `null` when the task never had one).
  *
  * On success `*out_json` receives a new NUL-terminated string owned by the caller, to be
  * freed with `loopai_string_free`. Errors: LOOPAI_E_INVALID_INPUT (NULL argument).
@@ -313,6 +338,82 @@ loopai_status_t loopai_runtime_health_json(const loopai_runtime_t *rt,
 loopai_status_t loopai_runtime_validation_metrics_json(const loopai_runtime_t *rt,
                                                        char **out_json,
                                                        loopai_error_t **err);
+
+/**
+ * Starts a canary rollout of the installed `version` (see docs/rollout.md): it serves the
+ * first stage's share of executions (`rollout.stages`, 10% by default, sticky per routing
+ * key) next to the active version, and is promoted stage by stage or rolled back by the
+ * runtime's sequential test. The version is verified and compiled before anything
+ * changes. A rollout of another version in progress is aborted (superseded); starting the
+ * rollout of the canary already in progress does nothing. With `rollout.enabled: false`
+ * the version is activated at once.
+ *
+ * Errors: LOOPAI_E_ARTIFACT (the version is not installed, is corrupt, is the active
+ * version, or was rolled back before: a rolled-back canary is never rolled out again
+ * automatically), LOOPAI_E_PROGRAM and LOOPAI_E_SCHEMA (it does not compile, or its labels
+ * are not allowed), LOOPAI_E_IO (`rollout.json` cannot be written), LOOPAI_E_CLOSED (in a
+ * child process after fork()), LOOPAI_E_INVALID_INPUT (`rt` is NULL). On failure, if `err`
+ * is not NULL, `*err` receives a new error object.
+ *
+ * Thread-safe: executions go on while the canary is swapped in.
+ */
+loopai_status_t loopai_runtime_begin_rollout(const loopai_runtime_t *rt,
+                                             uint32_t version,
+                                             loopai_error_t **err);
+
+/**
+ * Finishes the rollout in progress now: its canary becomes the active version (through
+ * the artifact store's `active` pointer) and serves every execution.
+ *
+ * On success, if `out_version` is not NULL, `*out_version` receives the canary's version,
+ * now active. On failure it is untouched.
+ *
+ * Errors: LOOPAI_E_ARTIFACT (no rollout in progress, or the activation failed: then the
+ * rollout goes on), LOOPAI_E_INVALID_INPUT (`rt` is NULL).
+ *
+ * Thread-safe.
+ */
+loopai_status_t loopai_runtime_promote(const loopai_runtime_t *rt,
+                                       uint32_t *out_version,
+                                       loopai_error_t **err);
+
+/**
+ * Rolls back the rollout in progress now: the canary stops serving, the stable version
+ * stays active, and the canary is marked rolled back (`loopai_runtime_begin_rollout`
+ * refuses it from then on; activate it by hand if it should run). Having no rollout in
+ * progress is not an error.
+ *
+ * On success, if `out_version` is not NULL, `*out_version` receives the canary's version,
+ * or 0 when no rollout was in progress (nothing was done). On failure it is untouched.
+ *
+ * Errors: LOOPAI_E_IO (`rollout.json` cannot be written), LOOPAI_E_INVALID_INPUT (`rt` is
+ * NULL).
+ *
+ * Thread-safe.
+ */
+loopai_status_t loopai_runtime_abort_rollout(const loopai_runtime_t *rt,
+                                             uint32_t *out_version,
+                                             loopai_error_t **err);
+
+/**
+ * The rollout in progress, or the last one with its outcome, as a JSON object: `state`
+ * ("in_progress", "promoted", "rolled_back" or "aborted"), `stable_version`,
+ * `canary_version`, `stage` (index in `stages`), `stages`, `fraction` (the canary's share
+ * now), `started_at` (RFC 3339), `stable` and `canary` (per-arm statistics: `version`,
+ * `executions`, `errors`, `abstains`, `validations`, `mismatches`, `error_rate`,
+ * `abstain_rate`, `match_rate`, `latency_p99_ms`, `stage_executions`,
+ * `stage_validations`), `comparisons`, `decision` and `recent_events`. It is the JSON
+ * `null` when the task never had a rollout. See docs/rollout.md. The same value is
+ * `rollout` in `loopai_runtime_health_json`.
+ *
+ * On success `*out_json` receives a new NUL-terminated string owned by the caller, to be
+ * freed with `loopai_string_free`. Errors: LOOPAI_E_INVALID_INPUT (NULL argument).
+ *
+ * Thread-safe.
+ */
+loopai_status_t loopai_runtime_rollout_json(const loopai_runtime_t *rt,
+                                            char **out_json,
+                                            loopai_error_t **err);
 
 /**
  * Frees a runtime: shuts it down, waiting at most 5 seconds for its execution log to be
@@ -405,7 +506,8 @@ void loopai_error_free(loopai_error_t *e);
 /**
  * Frees a string returned through a `char **out_json` parameter
  * (`loopai_runtime_execute_batch`, `loopai_runtime_health_json`,
- * `loopai_runtime_validation_metrics_json`). NULL is ignored.
+ * `loopai_runtime_validation_metrics_json`, `loopai_runtime_rollout_json`). NULL is
+ * ignored.
  * Never pass it a string returned as `const char *`: those belong to their object.
  */
 void loopai_string_free(char *s);

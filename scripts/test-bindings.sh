@@ -43,15 +43,23 @@ if [ "$exported" != "$declared" ]; then
 fi
 echo "$(echo "$exported" | wc -l) functions"
 
-# One data dir per language, each with task "spam" installed twice over: the example program
-# (spam/) and the parity-vector program (vectors/).
+# One data dir per language, each with task "spam" installed three times over: the example
+# program (spam/), the parity-vector program (vectors/), and for the canary-rollout tests
+# (rollout/) the example program as v1, active, and again as v2 and v3, not activated.
 prepare() {
   local d=$work/data-$1
   "$bin/loopai" artifacts install --data-dir "$d/spam" --task spam \
     --spec examples/spam/spec.json examples/spam/program.json >/dev/null
   "$bin/loopai" artifacts install --data-dir "$d/vectors" --task spam \
     --spec tests/vectors/spec.json tests/vectors/program.json >/dev/null
+  "$bin/loopai" artifacts install --data-dir "$d/rollout" --task spam \
+    --spec examples/spam/spec.json examples/spam/program.json >/dev/null
+  for _ in 2 3; do
+    "$bin/loopai" artifacts install --data-dir "$d/rollout" --task spam --no-activate \
+      --spec examples/spam/spec.json examples/spam/program.json >/dev/null
+  done
   export LOOPAI_TEST_DATA_DIR=$d/spam LOOPAI_VECTORS_DATA_DIR=$d/vectors
+  export LOOPAI_ROLLOUT_DATA_DIR=$d/rollout
 }
 export LOOPAI_VECTORS=$root/tests/vectors/spam.jsonl
 cflags=(-std=c11 -g -O1 -Wall -Wextra -Werror -fno-omit-frame-pointer

@@ -19,6 +19,10 @@
 //   Func<OracleRequest, OracleAnswer> oracle = req =>
 //       OracleAnswer.Label(req.InputJson.Contains("prize") ? "spam" : "ham");
 //   using (var rt = new LoopaiRuntime("/var/lib/loopai", "spam", null, oracle)) { ... }
+//
+// A new version installed without activation is handed over by a canary rollout
+// (docs/rollout.md): BeginRollout(version), then Promote() or AbortRollout(), with Rollout()
+// showing where it stands; ExecuteWithKey(input, userId) keeps each user on one version.
 using System;
 using System.Collections.Generic;
 using System.Globalization;
@@ -183,6 +187,212 @@ namespace Loopai
         }
     }
 
+    /// <summary>Where a canary rollout stands.</summary>
+    public enum RolloutState
+    {
+        /// <summary>A state this binding does not know (written by a newer libloopai).</summary>
+        Unknown = 0,
+        /// <summary>"in_progress": the canary serves its stage's share; decisions are pending.</summary>
+        InProgress,
+        /// <summary>"promoted": the canary is the active version.</summary>
+        Promoted,
+        /// <summary>"rolled_back": the stable version stays active; the canary is not rolled out again automatically.</summary>
+        RolledBack,
+        /// <summary>"aborted": superseded by a newer canary, or another version was activated by hand.</summary>
+        Aborted,
+    }
+
+    /// <summary>One arm's statistics over a rollout (and over its current stage).</summary>
+    public sealed class ArmStats
+    {
+        /// <summary>The artifact version of this arm.</summary>
+        public uint Version { get; private set; }
+        /// <summary>Executions served since the rollout started.</summary>
+        public ulong Executions { get; private set; }
+        /// <summary>Of those, errors.</summary>
+        public ulong Errors { get; private set; }
+        /// <summary>Of those, abstentions.</summary>
+        public ulong Abstains { get; private set; }
+        /// <summary>Validations against the oracle of executions served by this arm.</summary>
+        public ulong Validations { get; private set; }
+        /// <summary>Of those, disagreements with the oracle.</summary>
+        public ulong Mismatches { get; private set; }
+        /// <summary>Errors per execution; null without data.</summary>
+        public double? ErrorRate { get; private set; }
+        /// <summary>Abstentions per execution; null without data.</summary>
+        public double? AbstainRate { get; private set; }
+        /// <summary>1 - mismatches per validation; null without data.</summary>
+        public double? MatchRate { get; private set; }
+        /// <summary>99th percentile of execution latency (upper bound of its ~19% histogram bucket), in ms; null without data.</summary>
+        public double? LatencyP99Ms { get; private set; }
+        /// <summary>Executions in the current stage.</summary>
+        public ulong StageExecutions { get; private set; }
+        /// <summary>Validations in the current stage.</summary>
+        public ulong StageValidations { get; private set; }
+
+        internal static ArmStats Parse(string json)
+        {
+            var m = JsonText.ParseObject(json);
+            return new ArmStats
+            {
+                Version = (uint)JsonText.GetUInt(m, "version"),
+                Executions = JsonText.GetUInt(m, "executions"),
+                Errors = JsonText.GetUInt(m, "errors"),
+                Abstains = JsonText.GetUInt(m, "abstains"),
+                Validations = JsonText.GetUInt(m, "validations"),
+                Mismatches = JsonText.GetUInt(m, "mismatches"),
+                ErrorRate = JsonText.GetNullableDouble(m, "error_rate"),
+                AbstainRate = JsonText.GetNullableDouble(m, "abstain_rate"),
+                MatchRate = JsonText.GetNullableDouble(m, "match_rate"),
+                LatencyP99Ms = JsonText.GetNullableDouble(m, "latency_p99_ms"),
+                StageExecutions = JsonText.GetUInt(m, "stage_executions"),
+                StageValidations = JsonText.GetUInt(m, "stage_validations"),
+            };
+        }
+    }
+
+    /// <summary>
+    /// One compared metric of a rollout: both arms' rates and the confidence sequence for
+    /// their difference, canary - stable (docs/rollout.md).
+    /// </summary>
+    public sealed class MetricComparison
+    {
+        /// <summary>"error_rate", "mismatch_rate" or "abstain_rate".</summary>
+        public string Metric { get; private set; }
+        /// <summary>The stable arm's rate over the rollout; null without data.</summary>
+        public double? StableRate { get; private set; }
+        /// <summary>The canary's rate over the rollout; null without data.</summary>
+        public double? CanaryRate { get; private set; }
+        /// <summary>Lower end of the confidence sequence for canary - stable.</summary>
+        public double DifferenceLower { get; private set; }
+        /// <summary>Upper end of the confidence sequence for canary - stable.</summary>
+        public double DifferenceUpper { get; private set; }
+        /// <summary>How much worse the canary may be: promotion needs DifferenceUpper below it.</summary>
+        public double Margin { get; private set; }
+        /// <summary>The canary is rolled back when DifferenceLower is above this.</summary>
+        public double RollbackAbove { get; private set; }
+
+        internal static MetricComparison Parse(string json)
+        {
+            var m = JsonText.ParseObject(json);
+            return new MetricComparison
+            {
+                Metric = JsonText.GetString(m, "metric"),
+                StableRate = JsonText.GetNullableDouble(m, "stable_rate"),
+                CanaryRate = JsonText.GetNullableDouble(m, "canary_rate"),
+                DifferenceLower = JsonText.GetDouble(m, "difference_lower"),
+                DifferenceUpper = JsonText.GetDouble(m, "difference_upper"),
+                Margin = JsonText.GetDouble(m, "margin"),
+                RollbackAbove = JsonText.GetDouble(m, "rollback_above"),
+            };
+        }
+    }
+
+    /// <summary>One event of a rollout.</summary>
+    public sealed class RolloutEvent
+    {
+        /// <summary>When it happened.</summary>
+        public DateTimeOffset At { get; private set; }
+        /// <summary>"started", "resumed", "stage_advanced", "promoted", "rolled_back" or "aborted" ("other" from a newer writer).</summary>
+        public string Kind { get; private set; }
+        /// <summary>The stable version of the rollout.</summary>
+        public uint StableVersion { get; private set; }
+        /// <summary>The canary version.</summary>
+        public uint CanaryVersion { get; private set; }
+        /// <summary>The stage index after the event.</summary>
+        public int Stage { get; private set; }
+        /// <summary>The canary's share of executions after the event.</summary>
+        public double Fraction { get; private set; }
+        /// <summary>Why (the decision's reason, or who asked).</summary>
+        public string Reason { get; private set; }
+
+        internal static RolloutEvent Parse(string json)
+        {
+            var m = JsonText.ParseObject(json);
+            return new RolloutEvent
+            {
+                At = JsonText.GetTimestamp(m, "at"),
+                Kind = JsonText.GetString(m, "kind"),
+                StableVersion = (uint)JsonText.GetUInt(m, "stable_version"),
+                CanaryVersion = (uint)JsonText.GetUInt(m, "canary_version"),
+                Stage = (int)JsonText.GetUInt(m, "stage"),
+                Fraction = JsonText.GetDouble(m, "fraction"),
+                Reason = JsonText.GetString(m, "reason"),
+            };
+        }
+    }
+
+    /// <summary>
+    /// The state of a task's rollout: the one in progress, or the last one with its outcome
+    /// (LoopaiRuntime.Rollout, docs/rollout.md). Plain managed data.
+    /// </summary>
+    public sealed class RolloutStatus
+    {
+        /// <summary>The whole document as JSON, as libloopai wrote it.</summary>
+        public string Json { get; private set; }
+        /// <summary>Where the rollout stands.</summary>
+        public RolloutState State { get; private set; }
+        /// <summary>The state as written in the JSON ("in_progress", "promoted", "rolled_back", "aborted").</summary>
+        public string StateName { get; private set; }
+        /// <summary>The version serving the rest of the executions.</summary>
+        public uint StableVersion { get; private set; }
+        /// <summary>The version being rolled out.</summary>
+        public uint CanaryVersion { get; private set; }
+        /// <summary>Index of the current stage in Stages.</summary>
+        public int Stage { get; private set; }
+        /// <summary>The canary's share of executions at each stage.</summary>
+        public double[] Stages { get; private set; }
+        /// <summary>The canary's share now (Stages[Stage] while in progress, 1 once promoted, 0 once rolled back or aborted).</summary>
+        public double Fraction { get; private set; }
+        /// <summary>When the rollout started.</summary>
+        public DateTimeOffset StartedAt { get; private set; }
+        /// <summary>The stable arm's statistics.</summary>
+        public ArmStats Stable { get; private set; }
+        /// <summary>The canary's statistics.</summary>
+        public ArmStats Canary { get; private set; }
+        /// <summary>The compared metrics, with their confidence sequences.</summary>
+        public MetricComparison[] Comparisons { get; private set; }
+        /// <summary>The reason of the last decision (what it waits for, or why it ended).</summary>
+        public string Decision { get; private set; }
+        /// <summary>The last events, oldest first.</summary>
+        public RolloutEvent[] RecentEvents { get; private set; }
+
+        internal static RolloutStatus Parse(string json)
+        {
+            var m = JsonText.ParseObject(json);
+            var state = JsonText.GetString(m, "state");
+            return new RolloutStatus
+            {
+                Json = json,
+                State = ParseState(state),
+                StateName = state,
+                StableVersion = (uint)JsonText.GetUInt(m, "stable_version"),
+                CanaryVersion = (uint)JsonText.GetUInt(m, "canary_version"),
+                Stage = (int)JsonText.GetUInt(m, "stage"),
+                Stages = Array.ConvertAll<string, double>(JsonText.Items(JsonText.Get(m, "stages")), JsonText.ParseDouble),
+                Fraction = JsonText.GetDouble(m, "fraction"),
+                StartedAt = JsonText.GetTimestamp(m, "started_at"),
+                Stable = ArmStats.Parse(JsonText.Get(m, "stable")),
+                Canary = ArmStats.Parse(JsonText.Get(m, "canary")),
+                Comparisons = Array.ConvertAll<string, MetricComparison>(JsonText.Items(JsonText.Get(m, "comparisons")), MetricComparison.Parse),
+                Decision = JsonText.GetString(m, "decision"),
+                RecentEvents = Array.ConvertAll<string, RolloutEvent>(JsonText.Items(JsonText.Get(m, "recent_events")), RolloutEvent.Parse),
+            };
+        }
+
+        private static RolloutState ParseState(string state)
+        {
+            switch (state)
+            {
+                case "in_progress": return RolloutState.InProgress;
+                case "promoted": return RolloutState.Promoted;
+                case "rolled_back": return RolloutState.RolledBack;
+                case "aborted": return RolloutState.Aborted;
+                default: return RolloutState.Unknown;
+            }
+        }
+    }
+
     /// <summary>A minimal reader of the compact JSON libloopai writes (no dependency).</summary>
     internal static class JsonText
     {
@@ -256,6 +466,81 @@ namespace Loopai
                     i = SkipSpace(json, i + 1);
             }
             return items.ToArray();
+        }
+
+        /// <summary>The raw JSON texts of the items of a JSON array.</summary>
+        internal static string[] Items(string json)
+        {
+            var items = new List<string>();
+            int i = SkipSpace(json, 0);
+            if (i >= json.Length || json[i] != '[')
+                throw new FormatException("expected a JSON array, got " + json);
+            i = SkipSpace(json, i + 1);
+            while (json[i] != ']')
+            {
+                int end = SkipValue(json, i);
+                items.Add(json.Substring(i, end - i).TrimEnd());
+                i = SkipSpace(json, end);
+                if (json[i] == ',')
+                    i = SkipSpace(json, i + 1);
+                else if (json[i] != ']')
+                    throw new FormatException("malformed JSON array " + json);
+            }
+            return items.ToArray();
+        }
+
+        /// <summary>The members of a JSON object; throws FormatException if it is not one.</summary>
+        internal static Dictionary<string, string> ParseObject(string json)
+        {
+            var members = Members(json);
+            if (members == null)
+                throw new FormatException("expected a JSON object, got " + json);
+            return members;
+        }
+
+        /// <summary>The raw JSON text of member <paramref name="key"/>; throws FormatException if it is missing.</summary>
+        internal static string Get(Dictionary<string, string> members, string key)
+        {
+            string value;
+            if (!members.TryGetValue(key, out value))
+                throw new FormatException("no \"" + key + "\" in the JSON object");
+            return value;
+        }
+
+        internal static string GetString(Dictionary<string, string> members, string key)
+        {
+            var value = LoopaiRuntime.DecodeJsonString(Get(members, key));
+            if (value == null)
+                throw new FormatException("\"" + key + "\" is not a JSON string");
+            return value;
+        }
+
+        internal static ulong GetUInt(Dictionary<string, string> members, string key)
+        {
+            return ulong.Parse(Get(members, key), NumberStyles.None, CultureInfo.InvariantCulture);
+        }
+
+        internal static double ParseDouble(string json)
+        {
+            return double.Parse(json, NumberStyles.Float, CultureInfo.InvariantCulture);
+        }
+
+        internal static double GetDouble(Dictionary<string, string> members, string key)
+        {
+            return ParseDouble(Get(members, key));
+        }
+
+        internal static double? GetNullableDouble(Dictionary<string, string> members, string key)
+        {
+            var value = Get(members, key);
+            return value == "null" ? (double?)null : ParseDouble(value);
+        }
+
+        /// <summary>An RFC 3339 timestamp such as "2026-11-25T04:23:00.112Z".</summary>
+        internal static DateTimeOffset GetTimestamp(Dictionary<string, string> members, string key)
+        {
+            return DateTimeOffset.Parse(GetString(members, key), CultureInfo.InvariantCulture,
+                DateTimeStyles.AssumeUniversal);
         }
 
         /// <summary>A JSON string literal for <paramref name="s"/>.</summary>
@@ -465,6 +750,45 @@ namespace Loopai
             int status = Call(() => Native.loopai_runtime_execute(
                 handle, inputJson, (UIntPtr)inputJson.Length, ref res, ref err));
             Check(status, err);
+            return TakeResult(res);
+        }
+
+        /// <summary>
+        /// Executes as Execute does, with the routing key of a canary rollout chosen by the
+        /// caller (a user id, a session id): during a rollout the same key is served by the
+        /// same version for the whole stage, and stays on the canary as its share grows
+        /// (docs/rollout.md). The result's Version says which version served it. Without a
+        /// rollout in progress the key is not used. A null key, or one containing a NUL
+        /// character, throws (InvalidInput).
+        /// </summary>
+        public LoopaiResult ExecuteWithKey(string inputJson, string key)
+        {
+            if (inputJson == null)
+                throw new LoopaiException(LoopaiStatus.InvalidInput, "inputJson is null");
+            return ExecuteWithKey(Encoding.UTF8.GetBytes(inputJson), key);
+        }
+
+        /// <summary>Executes UTF-8 JSON bytes as ExecuteWithKey(string, string) does.</summary>
+        public LoopaiResult ExecuteWithKey(byte[] inputJson, string key)
+        {
+            if (inputJson == null)
+                throw new LoopaiException(LoopaiStatus.InvalidInput, "inputJson is null");
+            if (key == null)
+                throw new LoopaiException(LoopaiStatus.InvalidInput, "key is null");
+            if (key.IndexOf('\0') >= 0)
+                throw new LoopaiException(LoopaiStatus.InvalidInput, "key contains a NUL character");
+            var keyZ = Encoding.UTF8.GetBytes(key + "\0");
+            var res = IntPtr.Zero;
+            var err = IntPtr.Zero;
+            int status = Call(() => Native.loopai_runtime_execute_with_key(
+                handle, inputJson, (UIntPtr)inputJson.Length, keyZ, ref res, ref err));
+            Check(status, err);
+            return TakeResult(res);
+        }
+
+        /// <summary>Copies a native result into a LoopaiResult and frees it.</summary>
+        private static LoopaiResult TakeResult(IntPtr res)
+        {
             using (var owned = new ResultHandle(res))
             {
                 var ptr = owned.DangerousGetHandle();
@@ -521,7 +845,7 @@ namespace Loopai
             }
         }
 
-        /// <summary>The health as JSON: status ("ok" or "degraded"), task, active_version, dataset counters, telemetry (null when off), validation.</summary>
+        /// <summary>The health as JSON: status ("ok" or "degraded"), task, active_version, dataset counters, telemetry (null when off), validation, rollout (as RolloutJson).</summary>
         public string HealthJson()
         {
             var text = IntPtr.Zero;
@@ -543,6 +867,89 @@ namespace Loopai
             var text = IntPtr.Zero;
             var err = IntPtr.Zero;
             Check(Call(() => Native.loopai_runtime_validation_metrics_json(handle, ref text, ref err)), err);
+            using (var owned = new StringHandle(text))
+                return FromUtf8(owned.DangerousGetHandle());
+        }
+
+        /// <summary>
+        /// Starts a canary rollout of installed version <paramref name="version"/>: it serves
+        /// the first stage's share of executions (rollout.stages, 10% by default, sticky per
+        /// routing key) next to the active version, and is promoted stage by stage or rolled
+        /// back by the runtime's sequential test (docs/rollout.md). A rollout of another
+        /// version in progress is superseded; beginning the rollout of the canary in progress
+        /// does nothing. With rollout.enabled: false the version is activated at once.
+        /// </summary>
+        /// <exception cref="LoopaiException">Artifact when the version is not installed, is
+        /// corrupt, is the active version, or was rolled back before; Program or Schema when
+        /// it does not compile; Io when rollout.json cannot be written.</exception>
+        public void BeginRollout(uint version)
+        {
+            var err = IntPtr.Zero;
+            Check(Call(() => Native.loopai_runtime_begin_rollout(handle, version, ref err)), err);
+        }
+
+        /// <summary>
+        /// Finishes the rollout in progress now: its canary becomes the active version and
+        /// serves every execution. Returns that version.
+        /// </summary>
+        /// <exception cref="LoopaiException">Artifact when no rollout is in progress, or the
+        /// activation failed (then the rollout goes on).</exception>
+        public uint Promote()
+        {
+            uint version = 0;
+            var err = IntPtr.Zero;
+            Check(Call(() => Native.loopai_runtime_promote(handle, ref version, ref err)), err);
+            return version;
+        }
+
+        /// <summary>
+        /// Rolls back the rollout in progress now: the canary stops serving, the stable
+        /// version stays active, and the canary is marked rolled back (BeginRollout refuses
+        /// it from then on). Returns the canary's version, or null when no rollout was in
+        /// progress (which is not an error).
+        /// </summary>
+        /// <exception cref="LoopaiException">Io when rollout.json cannot be written.</exception>
+        public uint? AbortRollout()
+        {
+            uint version = 0;
+            var err = IntPtr.Zero;
+            Check(Call(() => Native.loopai_runtime_abort_rollout(handle, ref version, ref err)), err);
+            return version == 0 ? (uint?)null : version;
+        }
+
+        /// <summary>
+        /// The rollout in progress, or the last one with its outcome, with live per-arm
+        /// statistics and the current decision; null when the task never had a rollout.
+        /// </summary>
+        public RolloutStatus Rollout()
+        {
+            var json = RolloutJson();
+            if (json == "null")
+                return null;
+            try
+            {
+                return RolloutStatus.Parse(json);
+            }
+            catch (FormatException e)
+            {
+                throw new LoopaiException(LoopaiStatus.Internal, "cannot parse the rollout status: " + e.Message);
+            }
+            catch (OverflowException e)
+            {
+                throw new LoopaiException(LoopaiStatus.Internal, "cannot parse the rollout status: " + e.Message);
+            }
+        }
+
+        /// <summary>
+        /// The rollout as JSON (state, stable_version, canary_version, stage, stages,
+        /// fraction, started_at, stable, canary, comparisons, decision, recent_events), or
+        /// "null" when the task never had a rollout.
+        /// </summary>
+        public string RolloutJson()
+        {
+            var text = IntPtr.Zero;
+            var err = IntPtr.Zero;
+            Check(Call(() => Native.loopai_runtime_rollout_json(handle, ref text, ref err)), err);
             using (var owned = new StringHandle(text))
                 return FromUtf8(owned.DangerousGetHandle());
         }
@@ -708,6 +1115,22 @@ namespace Loopai
             [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
             internal static extern int loopai_runtime_execute(RuntimeHandle rt, byte[] input, UIntPtr len,
                 ref IntPtr result, ref IntPtr err);
+
+            [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+            internal static extern int loopai_runtime_execute_with_key(RuntimeHandle rt, byte[] input, UIntPtr len,
+                byte[] key, ref IntPtr result, ref IntPtr err);
+
+            [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+            internal static extern int loopai_runtime_begin_rollout(RuntimeHandle rt, uint version, ref IntPtr err);
+
+            [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+            internal static extern int loopai_runtime_promote(RuntimeHandle rt, ref uint version, ref IntPtr err);
+
+            [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+            internal static extern int loopai_runtime_abort_rollout(RuntimeHandle rt, ref uint version, ref IntPtr err);
+
+            [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+            internal static extern int loopai_runtime_rollout_json(RuntimeHandle rt, ref IntPtr outJson, ref IntPtr err);
 
             [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
             internal static extern int loopai_runtime_execute_batch(RuntimeHandle rt, byte[] inputs, UIntPtr len,

@@ -10,6 +10,10 @@
 // NewRuntimeWithOracle gives the runtime an in-process oracle, a Go function that
 // validates sampled executions and answers abstentions (docs/oracle.md).
 //
+// A version installed without activation is handed over by a canary rollout
+// (docs/rollout.md): BeginRollout, then Promote or AbortRollout, with Rollout showing where
+// it stands; ExecuteWithKey keeps each caller-chosen key (a user id) on one version.
+//
 // A Runtime is safe for concurrent use by many goroutines. Close it when done; a finalizer
 // closes a Runtime that is garbage-collected without Close, but the execution log is then
 // flushed at an unpredictable time.
@@ -292,10 +296,34 @@ func bytesArg(data []byte) (*C.uint8_t, C.size_t) {
 
 // Execute runs the active program on input: raw JSON ([]byte or json.RawMessage) or any
 // value that marshals to a JSON object, such as map[string]any.
+//
+// During a canary rollout the input (or its rollout.sticky_key) routes the execution to the
+// stable or the canary version; see ExecuteWithKey.
 func (r *Runtime) Execute(input any) (*Result, error) {
+	return r.execute(input, nil)
+}
+
+// ExecuteWithKey runs the program on input as Execute does, with the routing key of a
+// canary rollout chosen by the caller (a user id, a session id): during a rollout the same
+// key is served by the same version for the whole stage, and stays on the canary as its
+// share grows (docs/rollout.md). Result.Version says which version served it. Without a
+// rollout in progress the key is not used. A key containing a NUL byte is ErrInvalidInput.
+func (r *Runtime) ExecuteWithKey(input any, key string) (*Result, error) {
+	return r.execute(input, &key)
+}
+
+// execute runs loopai_runtime_execute, or loopai_runtime_execute_with_key when key is set.
+func (r *Runtime) execute(input any, key *string) (*Result, error) {
 	data, err := inputBytes(input)
 	if err != nil {
 		return nil, err
+	}
+	var ckey *C.char
+	if key != nil {
+		if ckey, err = cString("key", *key, CodeInvalidInput); err != nil {
+			return nil, err
+		}
+		defer C.free(unsafe.Pointer(ckey))
 	}
 	ptr, err := r.handle()
 	if err != nil {
@@ -304,7 +332,12 @@ func (r *Runtime) Execute(input any) (*Result, error) {
 	p, n := bytesArg(data)
 	var cres *C.loopai_result_t
 	var cerr *C.loopai_error_t
-	status := C.loopai_runtime_execute(ptr, p, n, &cres, &cerr)
+	var status C.loopai_status_t
+	if key != nil {
+		status = C.loopai_runtime_execute_with_key(ptr, p, n, ckey, &cres, &cerr)
+	} else {
+		status = C.loopai_runtime_execute(ptr, p, n, &cres, &cerr)
+	}
 	r.mu.RUnlock()
 	runtime.KeepAlive(r)
 	runtime.KeepAlive(data)
@@ -423,7 +456,8 @@ func (r *Runtime) ActiveVersion() uint32 {
 
 // Health returns the runtime's health as JSON: status ("ok" or "degraded"), task,
 // active_version, the execution-log counters under dataset, the telemetry counters under
-// telemetry (null when telemetry is off) and the validation metrics under validation.
+// telemetry (null when telemetry is off), the validation metrics under validation and the
+// rollout under rollout (as Rollout; null when the task never had one).
 func (r *Runtime) Health() (json.RawMessage, error) {
 	ptr, err := r.handle()
 	if err != nil {

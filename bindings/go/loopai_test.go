@@ -461,3 +461,120 @@ func TestNewRuntimeWithOracleErrorsAndRelease(t *testing.T) {
 		t.Fatalf("after Close: %v", err)
 	}
 }
+
+// The rollout data dir has v1 active and v2, v3 installed (scripts/test-bindings.sh); this
+// test is the only user of it and leaves v2 active, v3 rolled back.
+func TestRolloutRoutesByKeyPromotesAndRollsBack(t *testing.T) {
+	rt, err := NewRuntime(env(t, "LOOPAI_ROLLOUT_DATA_DIR"), "spam",
+		map[string]any{"rollout": map[string]any{"stages": []float64{0.5, 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	if s, err := rt.Rollout(); err != nil || s != nil {
+		t.Fatalf("before any rollout: %+v, %v", s, err)
+	}
+	if v, err := rt.AbortRollout(); err != nil || v != 0 {
+		t.Fatalf("abort without a rollout: %d, %v", v, err)
+	}
+	if _, err := rt.Promote(); !errors.Is(err, ErrArtifact) {
+		t.Fatalf("promote without a rollout: %v", err)
+	}
+	for _, v := range []uint32{1, 9} { // the active version; not installed
+		if err := rt.BeginRollout(v); !errors.Is(err, ErrArtifact) {
+			t.Fatalf("BeginRollout(%d): want ErrArtifact, got %v", v, err)
+		}
+	}
+
+	if err := rt.BeginRollout(2); err != nil {
+		t.Fatal(err)
+	}
+	s, err := rt.Rollout()
+	if err != nil || s == nil {
+		t.Fatalf("rollout: %+v, %v", s, err)
+	}
+	if s.State != RolloutInProgress || s.StableVersion != 1 || s.CanaryVersion != 2 || s.Stage != 0 ||
+		s.Fraction != 0.5 || len(s.Stages) != 2 || s.Canary.Version != 2 || s.StartedAt.IsZero() ||
+		len(s.RecentEvents) == 0 || s.RecentEvents[0].Kind != "started" {
+		t.Fatalf("rollout %s", s.JSON)
+	}
+	served := map[uint32]int{}
+	for i := 0; i < 64; i++ {
+		key := "user-" + strconv.Itoa(i)
+		first, err := rt.ExecuteWithKey(map[string]any{"text": "hello"}, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := rt.ExecuteWithKey([]byte(`{"text": "WIN a FREE prize, call now"}`), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first.Version != again.Version {
+			t.Fatalf("key %s served by v%d, then v%d", key, first.Version, again.Version)
+		}
+		served[first.Version]++
+	}
+	if len(served) != 2 || served[1] == 0 || served[2] == 0 {
+		t.Fatalf("versions served: %v", served)
+	}
+	if s, err := rt.Rollout(); err != nil || s.Stable.Executions+s.Canary.Executions != 128 {
+		t.Fatalf("arm statistics: %+v, %v", s, err)
+	}
+	if _, err := rt.ExecuteWithKey(map[string]any{"text": "x"}, "us\x00er"); !errors.Is(err, ErrInvalidInput) {
+		t.Fatalf("NUL in key: %v", err)
+	}
+	if _, err := rt.ExecuteWithKey([]byte(`{"text": `), "user-1"); !errors.Is(err, ErrInvalidInput) {
+		t.Fatalf("bad JSON: %v", err)
+	}
+
+	if v, err := rt.Promote(); err != nil || v != 2 {
+		t.Fatalf("promote: %d, %v", v, err)
+	}
+	if rt.ActiveVersion() != 2 {
+		t.Fatalf("active version %d after promote", rt.ActiveVersion())
+	}
+	if s, err := rt.Rollout(); err != nil || s.State != RolloutPromoted || s.Fraction != 1 {
+		t.Fatalf("after promote: %+v, %v", s, err)
+	}
+	if res, err := rt.ExecuteWithKey(map[string]any{"text": "hello"}, "user-0"); err != nil || res.Version != 2 {
+		t.Fatalf("after promote: %+v, %v", res, err)
+	}
+
+	if err := rt.BeginRollout(3); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := rt.AbortRollout(); err != nil || v != 3 {
+		t.Fatalf("abort: %d, %v", v, err)
+	}
+	if rt.ActiveVersion() != 2 {
+		t.Fatalf("active version %d after abort", rt.ActiveVersion())
+	}
+	s, err = rt.Rollout()
+	if err != nil || s.State != RolloutRolledBack || s.StableVersion != 2 || s.CanaryVersion != 3 || s.Fraction != 0 {
+		t.Fatalf("after abort: %+v, %v", s, err)
+	}
+	if err := rt.BeginRollout(3); !errors.Is(err, ErrArtifact) {
+		t.Fatalf("a rolled-back canary again: %v", err)
+	}
+	health, err := rt.Health()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h struct {
+		Rollout *RolloutStatus `json:"rollout"`
+	}
+	if err := json.Unmarshal(health, &h); err != nil || h.Rollout == nil || h.Rollout.State != RolloutRolledBack {
+		t.Fatalf("health %s (%v)", health, err)
+	}
+
+	_ = rt.Close()
+	if err := rt.BeginRollout(3); !errors.Is(err, ErrClosed) {
+		t.Fatalf("after Close: %v", err)
+	}
+	if _, err := rt.ExecuteWithKey(map[string]any{"text": "x"}, "k"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("after Close: %v", err)
+	}
+	if _, err := rt.Rollout(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("after Close: %v", err)
+	}
+}

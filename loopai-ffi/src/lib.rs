@@ -467,15 +467,73 @@ pub unsafe extern "C" fn loopai_runtime_execute(
         // SAFETY: `input_json` is NULL or points to `input_len` bytes, per contract.
         let input = unsafe { byte_slice(F, "input_json", input_json, input_len)? };
         let result = runtime.execute_json(input)?;
-        let handle = Box::into_raw(Box::new(loopai_result_t {
-            result,
-            json: OnceLock::new(),
-            output_json: OnceLock::new(),
-        }));
         // SAFETY: `out` is not NULL (checked) and writable per contract.
-        unsafe { *out = handle };
+        unsafe { write_result(result, out) };
         Ok(())
     })
+}
+
+/// Executes as `loopai_runtime_execute` does, with the routing key of a canary rollout
+/// given by the caller: `key` is a NUL-terminated UTF-8 string (a user id, a session id;
+/// only read during the call). During a rollout the same key is served by the same version
+/// for the whole stage, and stays on the canary as its share grows (see docs/rollout.md);
+/// the result's `version` says which version served it. Without a rollout in progress the
+/// key is not used. `input_json` and `input_len` are as for `loopai_runtime_execute`.
+///
+/// On success `*out` receives a new result, owned by the caller, to be freed with
+/// `loopai_result_free`. On failure `*out` is untouched and, if `err` is not NULL, `*err`
+/// receives a new error object.
+///
+/// Errors: those of `loopai_runtime_execute`, and LOOPAI_E_INVALID_INPUT when `key` is NULL
+/// or not valid UTF-8.
+///
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_runtime_execute_with_key(
+    rt: *const loopai_runtime_t,
+    input_json: *const u8,
+    input_len: usize,
+    key: *const c_char,
+    out: *mut *mut loopai_result_t,
+    err: *mut *mut loopai_error_t,
+) -> loopai_status_t {
+    const F: &str = "loopai_runtime_execute_with_key";
+    guard(F, err, || {
+        // SAFETY: `rt` is NULL or a live runtime, per contract.
+        let runtime = unsafe { runtime_ref(F, rt)? };
+        check_out(F, out)?;
+        // SAFETY: `input_json` is NULL or points to `input_len` bytes, per contract.
+        let input = unsafe { byte_slice(F, "input_json", input_json, input_len)? };
+        // SAFETY: `key` is NULL or NUL-terminated, per contract.
+        let key = unsafe { c_str(F, "key", key, ErrorKind::InvalidInput)? };
+        let document = (input.len() <= MAX_INPUT_DOCUMENT_BYTES)
+            .then(|| serde_json::from_slice::<Value>(input).ok())
+            .flatten();
+        let result = match document {
+            Some(value) => runtime.execute_with_key(&value, key)?,
+            // Not a JSON document, or over the size limit: `execute_json` refuses it with the
+            // error `loopai_runtime_execute` gives and logs the failed execution as that
+            // does (the core has no keyed variant taking bytes; a document that routes
+            // nowhere needs no key).
+            None => runtime.execute_json(input)?,
+        };
+        // SAFETY: `out` is not NULL (checked) and writable per contract.
+        unsafe { write_result(result, out) };
+        Ok(())
+    })
+}
+
+/// Moves `result` into a new `loopai_result_t` at `*out`.
+///
+/// SAFETY: `out` is not NULL and writable.
+unsafe fn write_result(result: ExecutionResult, out: *mut *mut loopai_result_t) {
+    let handle = Box::into_raw(Box::new(loopai_result_t {
+        result,
+        json: OnceLock::new(),
+        output_json: OnceLock::new(),
+    }));
+    // SAFETY: guaranteed by the caller.
+    unsafe { *out = handle };
 }
 
 /// Executes a batch: `inputs_json` is a JSON array of input objects (`inputs_len` bytes of
@@ -607,8 +665,9 @@ pub unsafe extern "C" fn loopai_runtime_active_version(rt: *const loopai_runtime
 /// The runtime's health as a JSON object: `status` ("ok" or "degraded"), `task`,
 /// `active_version`, the execution-log counters under `dataset`, the telemetry counters
 /// under `telemetry` (`null` when telemetry is off: spool depth `spooled_batches`, `sent`,
-/// `retries`, drops, `last_error`; see docs/telemetry.md), and the validation metrics under
-/// `validation` (as `loopai_runtime_validation_metrics_json`).
+/// `retries`, drops, `last_error`; see docs/telemetry.md), the validation metrics under
+/// `validation` (as `loopai_runtime_validation_metrics_json`), and the rollout under
+/// `rollout` (as `loopai_runtime_rollout_json`; `null` when the task never had one).
 ///
 /// On success `*out_json` receives a new NUL-terminated string owned by the caller, to be
 /// freed with `loopai_string_free`. Errors: LOOPAI_E_INVALID_INPUT (NULL argument).
@@ -658,6 +717,123 @@ pub unsafe extern "C" fn loopai_runtime_validation_metrics_json(
         check_out(F, out_json)?;
         // SAFETY: `out_json` is not NULL (checked) and writable per contract.
         unsafe { write_json(F, &runtime.validation_metrics(), out_json) }
+    })
+}
+
+/// Starts a canary rollout of the installed `version` (see docs/rollout.md): it serves the
+/// first stage's share of executions (`rollout.stages`, 10% by default, sticky per routing
+/// key) next to the active version, and is promoted stage by stage or rolled back by the
+/// runtime's sequential test. The version is verified and compiled before anything
+/// changes. A rollout of another version in progress is aborted (superseded); starting the
+/// rollout of the canary already in progress does nothing. With `rollout.enabled: false`
+/// the version is activated at once.
+///
+/// Errors: LOOPAI_E_ARTIFACT (the version is not installed, is corrupt, is the active
+/// version, or was rolled back before: a rolled-back canary is never rolled out again
+/// automatically), LOOPAI_E_PROGRAM and LOOPAI_E_SCHEMA (it does not compile, or its labels
+/// are not allowed), LOOPAI_E_IO (`rollout.json` cannot be written), LOOPAI_E_CLOSED (in a
+/// child process after fork()), LOOPAI_E_INVALID_INPUT (`rt` is NULL). On failure, if `err`
+/// is not NULL, `*err` receives a new error object.
+///
+/// Thread-safe: executions go on while the canary is swapped in.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_runtime_begin_rollout(
+    rt: *const loopai_runtime_t,
+    version: u32,
+    err: *mut *mut loopai_error_t,
+) -> loopai_status_t {
+    const F: &str = "loopai_runtime_begin_rollout";
+    guard(F, err, || {
+        // SAFETY: `rt` is NULL or a live runtime, per contract.
+        unsafe { runtime_ref(F, rt)? }.begin_rollout(version)
+    })
+}
+
+/// Finishes the rollout in progress now: its canary becomes the active version (through
+/// the artifact store's `active` pointer) and serves every execution.
+///
+/// On success, if `out_version` is not NULL, `*out_version` receives the canary's version,
+/// now active. On failure it is untouched.
+///
+/// Errors: LOOPAI_E_ARTIFACT (no rollout in progress, or the activation failed: then the
+/// rollout goes on), LOOPAI_E_INVALID_INPUT (`rt` is NULL).
+///
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_runtime_promote(
+    rt: *const loopai_runtime_t,
+    out_version: *mut u32,
+    err: *mut *mut loopai_error_t,
+) -> loopai_status_t {
+    const F: &str = "loopai_runtime_promote";
+    guard(F, err, || {
+        // SAFETY: `rt` is NULL or a live runtime, per contract.
+        let version = unsafe { runtime_ref(F, rt)? }.promote()?;
+        if !out_version.is_null() {
+            // SAFETY: `out_version` is not NULL and writable per contract.
+            unsafe { *out_version = version };
+        }
+        Ok(())
+    })
+}
+
+/// Rolls back the rollout in progress now: the canary stops serving, the stable version
+/// stays active, and the canary is marked rolled back (`loopai_runtime_begin_rollout`
+/// refuses it from then on; activate it by hand if it should run). Having no rollout in
+/// progress is not an error.
+///
+/// On success, if `out_version` is not NULL, `*out_version` receives the canary's version,
+/// or 0 when no rollout was in progress (nothing was done). On failure it is untouched.
+///
+/// Errors: LOOPAI_E_IO (`rollout.json` cannot be written), LOOPAI_E_INVALID_INPUT (`rt` is
+/// NULL).
+///
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_runtime_abort_rollout(
+    rt: *const loopai_runtime_t,
+    out_version: *mut u32,
+    err: *mut *mut loopai_error_t,
+) -> loopai_status_t {
+    const F: &str = "loopai_runtime_abort_rollout";
+    guard(F, err, || {
+        // SAFETY: `rt` is NULL or a live runtime, per contract.
+        let version = unsafe { runtime_ref(F, rt)? }.abort_rollout()?;
+        if !out_version.is_null() {
+            // SAFETY: `out_version` is not NULL and writable per contract.
+            unsafe { *out_version = version.unwrap_or(0) };
+        }
+        Ok(())
+    })
+}
+
+/// The rollout in progress, or the last one with its outcome, as a JSON object: `state`
+/// ("in_progress", "promoted", "rolled_back" or "aborted"), `stable_version`,
+/// `canary_version`, `stage` (index in `stages`), `stages`, `fraction` (the canary's share
+/// now), `started_at` (RFC 3339), `stable` and `canary` (per-arm statistics: `version`,
+/// `executions`, `errors`, `abstains`, `validations`, `mismatches`, `error_rate`,
+/// `abstain_rate`, `match_rate`, `latency_p99_ms`, `stage_executions`,
+/// `stage_validations`), `comparisons`, `decision` and `recent_events`. It is the JSON
+/// `null` when the task never had a rollout. See docs/rollout.md. The same value is
+/// `rollout` in `loopai_runtime_health_json`.
+///
+/// On success `*out_json` receives a new NUL-terminated string owned by the caller, to be
+/// freed with `loopai_string_free`. Errors: LOOPAI_E_INVALID_INPUT (NULL argument).
+///
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_runtime_rollout_json(
+    rt: *const loopai_runtime_t,
+    out_json: *mut *mut c_char,
+    err: *mut *mut loopai_error_t,
+) -> loopai_status_t {
+    const F: &str = "loopai_runtime_rollout_json";
+    guard(F, err, || {
+        // SAFETY: `rt` is NULL or a live runtime, per contract.
+        let runtime = unsafe { runtime_ref(F, rt)? };
+        check_out(F, out_json)?;
+        // SAFETY: `out_json` is not NULL (checked) and writable per contract.
+        unsafe { write_json(F, &runtime.rollout(), out_json) }
     })
 }
 
@@ -958,7 +1134,8 @@ pub unsafe extern "C" fn loopai_error_free(e: *mut loopai_error_t) {
 
 /// Frees a string returned through a `char **out_json` parameter
 /// (`loopai_runtime_execute_batch`, `loopai_runtime_health_json`,
-/// `loopai_runtime_validation_metrics_json`). NULL is ignored.
+/// `loopai_runtime_validation_metrics_json`, `loopai_runtime_rollout_json`). NULL is
+/// ignored.
 /// Never pass it a string returned as `const char *`: those belong to their object.
 #[no_mangle]
 pub unsafe extern "C" fn loopai_string_free(s: *mut c_char) {
@@ -1139,6 +1316,219 @@ mod tests {
         }
         assert_eq!(reply.answer.as_deref(), Some(&b"{}"[..]));
         assert!(reply.misuse.is_none());
+    }
+
+    const RULES: &[u8] = br#"{"format": "loopai.program/1", "task": "spam",
+      "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+      "decide": {"op": "rules", "rules": [{"when": {"always": true}, "then": "ham", "confidence": 0.8}]},
+      "output": {"kind": "label", "labels": ["spam", "ham"]}}"#;
+
+    /// A runtime on a data dir where v1 is active and v2, v3 are installed.
+    fn runtime_with_three_versions(dir: &std::path::Path) -> *mut loopai_runtime_t {
+        let store = loopai_core::ArtifactStore::open(dir, "spam").unwrap();
+        for activate in [true, false, false] {
+            store
+                .install(RULES, loopai_core::NewArtifact::default(), activate)
+                .unwrap();
+        }
+        let dir = CString::new(dir.to_str().unwrap()).unwrap();
+        let config = c"{\"rollout\": {\"stages\": [0.5, 1.0]}}";
+        let mut rt = std::ptr::null_mut();
+        // SAFETY: valid NUL-terminated strings and out pointer.
+        let status = unsafe {
+            loopai_runtime_new(
+                dir.as_ptr(),
+                c"spam".as_ptr(),
+                config.as_ptr(),
+                &mut rt,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(status, LOOPAI_OK);
+        rt
+    }
+
+    /// SAFETY: `rt` is a live runtime.
+    unsafe fn rollout_json(rt: *const loopai_runtime_t) -> Value {
+        let mut out = std::ptr::null_mut();
+        // SAFETY: per this function's contract; `out` is freed below.
+        unsafe {
+            assert_eq!(
+                loopai_runtime_rollout_json(rt, &mut out, std::ptr::null_mut()),
+                LOOPAI_OK
+            );
+            let value = serde_json::from_slice(CStr::from_ptr(out).to_bytes()).unwrap();
+            loopai_string_free(out);
+            value
+        }
+    }
+
+    /// SAFETY: `rt` is a live runtime; `key` is NULL or NUL-terminated.
+    unsafe fn version_for(rt: *const loopai_runtime_t, input: &str, key: *const c_char) -> u32 {
+        let mut result = std::ptr::null_mut();
+        // SAFETY: per this function's contract; `result` is freed below.
+        unsafe {
+            let status = loopai_runtime_execute_with_key(
+                rt,
+                input.as_ptr(),
+                input.len(),
+                key,
+                &mut result,
+                std::ptr::null_mut(),
+            );
+            assert_eq!(status, LOOPAI_OK);
+            let version = loopai_result_version(result);
+            loopai_result_free(result);
+            version
+        }
+    }
+
+    #[test]
+    fn keyed_executions_stick_to_an_arm_and_rollouts_promote_and_roll_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime_with_three_versions(dir.path());
+        let mut version = 7u32;
+        let mut err = std::ptr::null_mut();
+        // SAFETY: `rt` is live; every out pointer is valid; errors are freed.
+        unsafe {
+            assert_eq!(rollout_json(rt), Value::Null);
+            assert_eq!(
+                loopai_runtime_abort_rollout(rt, &mut version, std::ptr::null_mut()),
+                LOOPAI_OK
+            );
+            assert_eq!(version, 0, "nothing to abort");
+            version = 7;
+            assert_eq!(
+                loopai_runtime_promote(rt, &mut version, &mut err),
+                LOOPAI_E_ARTIFACT
+            );
+            assert_eq!(version, 7, "untouched on failure");
+            loopai_error_free(err);
+            for missing in [1, 9] {
+                err = std::ptr::null_mut();
+                assert_eq!(
+                    loopai_runtime_begin_rollout(rt, missing, &mut err),
+                    LOOPAI_E_ARTIFACT
+                );
+                assert_eq!(loopai_error_code(err), LOOPAI_E_ARTIFACT);
+                loopai_error_free(err);
+            }
+
+            assert_eq!(
+                loopai_runtime_begin_rollout(rt, 2, std::ptr::null_mut()),
+                LOOPAI_OK
+            );
+            let status = rollout_json(rt);
+            assert_eq!(status["state"], "in_progress");
+            assert_eq!(
+                (&status["stable_version"], &status["canary_version"]),
+                (&Value::from(1), &Value::from(2))
+            );
+            assert_eq!(
+                (&status["stage"], &status["fraction"]),
+                (&Value::from(0), &Value::from(0.5))
+            );
+            let mut seen = [0u32; 2];
+            for i in 0..64 {
+                let key = CString::new(format!("user-{i}")).unwrap();
+                let first = version_for(rt, r#"{"text": "hello"}"#, key.as_ptr());
+                let again = version_for(rt, r#"{"text": "something else"}"#, key.as_ptr());
+                assert_eq!(first, again, "key user-{i}");
+                seen[first as usize - 1] += 1;
+            }
+            assert!(seen[0] > 0 && seen[1] > 0, "both arms serve: {seen:?}");
+
+            let input = r#"{"text": "x"}"#;
+            let sentinel = std::ptr::dangling_mut::<loopai_result_t>();
+            let mut result = sentinel;
+            err = std::ptr::null_mut();
+            assert_eq!(
+                loopai_runtime_execute_with_key(
+                    rt,
+                    input.as_ptr(),
+                    input.len(),
+                    std::ptr::null(),
+                    &mut result,
+                    &mut err
+                ),
+                LOOPAI_E_INVALID_INPUT
+            );
+            assert!(CStr::from_ptr(loopai_error_message(err))
+                .to_str()
+                .unwrap()
+                .contains("key is NULL"));
+            loopai_error_free(err);
+            assert_eq!(
+                loopai_runtime_execute_with_key(
+                    rt,
+                    input.as_ptr(),
+                    input.len(),
+                    c"\xff".as_ptr(),
+                    &mut result,
+                    std::ptr::null_mut()
+                ),
+                LOOPAI_E_INVALID_INPUT
+            );
+            assert_eq!(
+                loopai_runtime_execute_with_key(
+                    rt,
+                    b"{".as_ptr(),
+                    1,
+                    c"k".as_ptr(),
+                    &mut result,
+                    std::ptr::null_mut()
+                ),
+                LOOPAI_E_INVALID_INPUT
+            );
+            assert_eq!(result, sentinel, "untouched on failure");
+
+            assert_eq!(
+                loopai_runtime_promote(rt, &mut version, std::ptr::null_mut()),
+                LOOPAI_OK
+            );
+            assert_eq!((version, loopai_runtime_active_version(rt)), (2, 2));
+            assert_eq!(rollout_json(rt)["state"], "promoted");
+            assert_eq!(version_for(rt, input, c"user-1".as_ptr()), 2);
+
+            assert_eq!(
+                loopai_runtime_begin_rollout(rt, 3, std::ptr::null_mut()),
+                LOOPAI_OK
+            );
+            assert_eq!(
+                loopai_runtime_abort_rollout(rt, std::ptr::null_mut(), std::ptr::null_mut()),
+                LOOPAI_OK,
+                "out_version may be NULL"
+            );
+            assert_eq!(loopai_runtime_active_version(rt), 2);
+            let status = rollout_json(rt);
+            assert_eq!(
+                (&status["state"], &status["canary_version"]),
+                (&Value::from("rolled_back"), &Value::from(3))
+            );
+            assert_eq!(
+                loopai_runtime_begin_rollout(rt, 3, std::ptr::null_mut()),
+                LOOPAI_E_ARTIFACT,
+                "a rolled-back canary is refused"
+            );
+
+            assert_eq!(
+                loopai_runtime_begin_rollout(std::ptr::null(), 3, std::ptr::null_mut()),
+                LOOPAI_E_INVALID_INPUT
+            );
+            assert_eq!(
+                loopai_runtime_promote(std::ptr::null(), &mut version, std::ptr::null_mut()),
+                LOOPAI_E_INVALID_INPUT
+            );
+            assert_eq!(
+                loopai_runtime_abort_rollout(std::ptr::null(), &mut version, std::ptr::null_mut()),
+                LOOPAI_E_INVALID_INPUT
+            );
+            assert_eq!(
+                loopai_runtime_rollout_json(rt, std::ptr::null_mut(), std::ptr::null_mut()),
+                LOOPAI_E_INVALID_INPUT
+            );
+            loopai_runtime_free(rt);
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@
  *                            (installed with examples/spam/spec.json) active
  *   LOOPAI_VECTORS_DATA_DIR  a data dir where tests/vectors/program.json is active
  *   LOOPAI_VECTORS           tests/vectors/spam.jsonl
+ *   LOOPAI_ROLLOUT_DATA_DIR  a data dir where examples/spam/program.json is installed as v1
+ *                            (active), v2 and v3 (not activated)
  */
 #define _GNU_SOURCE
 #include <glob.h>
@@ -867,6 +869,188 @@ TEST(runtime_new_with_oracle_errors_release_user_data) {
     END;
 }
 
+/* ---- canary rollout ------------------------------------------------------------------- */
+
+/* The rollout JSON of `rt` (free it with loopai_string_free), or NULL after a failed check. */
+static char *rollout_json(const loopai_runtime_t *rt, int *failed_ptr) {
+    int failed_here = 0;
+    char *json = NULL;
+    CHECK_STATUS(loopai_runtime_rollout_json(rt, &json, NULL), LOOPAI_OK);
+    CHECK(json != NULL);
+    if (failed_here)
+        *failed_ptr = 1;
+    return json;
+}
+
+/* Whether top-level key `key` of `obj` is exactly the JSON text `value`. */
+static int json_is(const char *obj, const char *key, const char *value) {
+    const char *s, *e;
+    return obj != NULL && find_key(obj, key, &s, &e) && span_eq(s, e, value);
+}
+
+/* The version that served `input` with routing key `key`, or 0 after an error. */
+static uint32_t served_by(const loopai_runtime_t *rt, const char *input, const char *key) {
+    loopai_result_t *r = NULL;
+    loopai_error_t *err = NULL;
+    if (loopai_runtime_execute_with_key(rt, (const uint8_t *)input, strlen(input), key, &r, &err) !=
+        LOOPAI_OK) {
+        fprintf(stderr, "loopai_runtime_execute_with_key: %s\n", loopai_error_message(err));
+        loopai_error_free(err);
+        return 0;
+    }
+    uint32_t v = loopai_result_version(r);
+    loopai_result_free(r);
+    return v;
+}
+
+/* LOOPAI_ROLLOUT_DATA_DIR has v1 active and v2, v3 installed (scripts/test-bindings.sh);
+ * this test is its only user and leaves v2 active, v3 rolled back. */
+TEST(rollout_routes_by_key_promotes_and_rolls_back) {
+    BEGIN;
+    const char *dir = getenv("LOOPAI_ROLLOUT_DATA_DIR");
+    CHECK(dir != NULL);
+    if (dir == NULL) {
+        END;
+        return;
+    }
+    loopai_runtime_t *rt = NULL;
+    loopai_error_t *err = NULL;
+    CHECK_STATUS(loopai_runtime_new(dir, "spam", "{\"rollout\": {\"stages\": [0.5, 1.0]}}", &rt,
+                                    &err),
+                 LOOPAI_OK);
+    if (rt == NULL) {
+        fprintf(stderr, "%s\n", loopai_error_message(err));
+        loopai_error_free(err);
+        END;
+        return;
+    }
+
+    /* No rollout yet: the JSON null, nothing to abort, nothing to promote. */
+    char *json = rollout_json(rt, &failed_here);
+    CHECK(json != NULL && strcmp(json, "null") == 0);
+    loopai_string_free(json);
+    uint32_t version = 77;
+    CHECK_STATUS(loopai_runtime_abort_rollout(rt, &version, NULL), LOOPAI_OK);
+    CHECK(version == 0);
+    version = 77;
+    CHECK_STATUS(loopai_runtime_promote(rt, &version, &err), LOOPAI_E_ARTIFACT);
+    CHECK(version == 77);
+    CHECK(loopai_error_code(err) == LOOPAI_E_ARTIFACT);
+    CHECK(strstr(loopai_error_message(err), "no rollout in progress") != NULL);
+    loopai_error_free(err);
+    err = NULL;
+    /* Not installed; the active version. */
+    CHECK_STATUS(loopai_runtime_begin_rollout(rt, 9, &err), LOOPAI_E_ARTIFACT);
+    CHECK(loopai_error_code(err) == LOOPAI_E_ARTIFACT);
+    loopai_error_free(err);
+    err = NULL;
+    CHECK_STATUS(loopai_runtime_begin_rollout(rt, 1, NULL), LOOPAI_E_ARTIFACT);
+
+    /* Roll out v2: half of the keys go to it, each key always to the same version. */
+    CHECK_STATUS(loopai_runtime_begin_rollout(rt, 2, &err), LOOPAI_OK);
+    CHECK(err == NULL);
+    json = rollout_json(rt, &failed_here);
+    CHECK(json_is(json, "state", "\"in_progress\""));
+    CHECK(json_is(json, "stable_version", "1") && json_is(json, "canary_version", "2"));
+    CHECK(json_is(json, "stage", "0") && json_is(json, "fraction", "0.5"));
+    CHECK(json_is(json, "stages", "[0.5,1.0]"));
+    loopai_string_free(json);
+    int served[3] = {0, 0, 0};
+    for (int i = 0; i < 64; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "user-%d", i);
+        uint32_t first = served_by(rt, "{\"text\": \"hello\"}", key);
+        uint32_t again = served_by(rt, "{\"text\": \"WIN a FREE prize, call now\"}", key);
+        CHECK(first == again);
+        CHECK(first == 1 || first == 2);
+        if (first == 1 || first == 2)
+            served[first]++;
+    }
+    CHECK(served[1] > 0 && served[2] > 0);
+    json = rollout_json(rt, &failed_here);
+    const char *s, *e;
+    CHECK(json != NULL && find_key(json, "canary", &s, &e) &&
+          json_int(s, "executions") == 2 * served[2]);
+    loopai_string_free(json);
+
+    /* A NULL or non-UTF-8 key is invalid input; the result is untouched. */
+    loopai_result_t *r = (loopai_result_t *)0x1;
+    const char *input = "{\"text\": \"hello\"}";
+    CHECK_STATUS(loopai_runtime_execute_with_key(rt, (const uint8_t *)input, strlen(input), NULL,
+                                                 &r, &err),
+                 LOOPAI_E_INVALID_INPUT);
+    CHECK(loopai_error_code(err) == LOOPAI_E_INVALID_INPUT);
+    CHECK(strstr(loopai_error_message(err), "key is NULL") != NULL);
+    loopai_error_free(err);
+    err = NULL;
+    CHECK_STATUS(loopai_runtime_execute_with_key(rt, (const uint8_t *)input, strlen(input),
+                                                 "us\xff" "er", &r, NULL),
+                 LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_execute_with_key(rt, (const uint8_t *)"{\"text\": ", 9, "user-1",
+                                                 &r, NULL),
+                 LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_execute_with_key(rt, NULL, 0, "user-1", &r, NULL),
+                 LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_execute_with_key(NULL, (const uint8_t *)input, strlen(input),
+                                                 "user-1", &r, NULL),
+                 LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_execute_with_key(rt, (const uint8_t *)input, strlen(input),
+                                                 "user-1", NULL, NULL),
+                 LOOPAI_E_INVALID_INPUT);
+    CHECK(r == (loopai_result_t *)0x1);
+
+    /* Promote: v2 becomes active and serves every key. */
+    CHECK_STATUS(loopai_runtime_promote(rt, &version, NULL), LOOPAI_OK);
+    CHECK(version == 2);
+    CHECK(loopai_runtime_active_version(rt) == 2);
+    CHECK(served_by(rt, input, "user-0") == 2);
+    json = rollout_json(rt, &failed_here);
+    CHECK(json_is(json, "state", "\"promoted\"") && json_is(json, "fraction", "1.0"));
+    loopai_string_free(json);
+
+    /* Roll out v3, then roll it back by hand: v2 stays active, v3 is refused from then on. */
+    CHECK_STATUS(loopai_runtime_begin_rollout(rt, 3, NULL), LOOPAI_OK);
+    version = 0;
+    CHECK_STATUS(loopai_runtime_abort_rollout(rt, &version, NULL), LOOPAI_OK);
+    CHECK(version == 3);
+    CHECK(loopai_runtime_active_version(rt) == 2);
+    CHECK(served_by(rt, input, "user-0") == 2);
+    json = rollout_json(rt, &failed_here);
+    CHECK(json_is(json, "state", "\"rolled_back\""));
+    CHECK(json_is(json, "stable_version", "2") && json_is(json, "canary_version", "3"));
+    CHECK(json_is(json, "fraction", "0.0"));
+    loopai_string_free(json);
+    CHECK_STATUS(loopai_runtime_abort_rollout(rt, NULL, NULL), LOOPAI_OK); /* nothing left */
+    CHECK_STATUS(loopai_runtime_begin_rollout(rt, 3, &err), LOOPAI_E_ARTIFACT);
+    CHECK(strstr(loopai_error_message(err), "rolled back") != NULL);
+    loopai_error_free(err);
+    err = NULL;
+    char *health = NULL;
+    CHECK_STATUS(loopai_runtime_health_json(rt, &health, NULL), LOOPAI_OK);
+    CHECK(health != NULL && find_key(health, "rollout", &s, &e) &&
+          strncmp(s, "{\"state\":\"rolled_back\"", 22) == 0);
+    loopai_string_free(health);
+
+    /* NULL arguments. */
+    CHECK_STATUS(loopai_runtime_begin_rollout(NULL, 2, NULL), LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_promote(NULL, &version, NULL), LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_abort_rollout(NULL, &version, NULL), LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_rollout_json(NULL, &json, NULL), LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_rollout_json(rt, NULL, NULL), LOOPAI_E_INVALID_INPUT);
+    loopai_runtime_free(rt);
+
+    /* A new runtime finds v2 active and the rolled-back rollout. */
+    CHECK_STATUS(loopai_runtime_new(dir, "spam", NULL, &rt, NULL), LOOPAI_OK);
+    if (rt != NULL) {
+        CHECK(loopai_runtime_active_version(rt) == 2);
+        json = rollout_json(rt, &failed_here);
+        CHECK(json_is(json, "state", "\"rolled_back\""));
+        loopai_string_free(json);
+        loopai_runtime_free(rt);
+    }
+    END;
+}
+
 int main(void) {
     struct {
         const char *name;
@@ -886,6 +1070,7 @@ int main(void) {
         T(failing_oracle_callbacks_are_counted),
         T(oracle_callback_answers_abstentions_in_the_cascade),
         T(runtime_new_with_oracle_errors_release_user_data),
+        T(rollout_routes_by_key_promotes_and_rolls_back),
 #undef T
     };
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {

@@ -1,7 +1,8 @@
 // Tests of the C# binding against a real libloopai, run by scripts/test-bindings.sh:
 //   mcs -out:LoopaiTests.exe bindings/csharp/Loopai.cs bindings/csharp/tests/LoopaiTests.cs
 //   mono LoopaiTests.exe
-// Environment: LOOPAI_TEST_DATA_DIR, LOOPAI_VECTORS_DATA_DIR, LOOPAI_VECTORS (see the script).
+// Environment: LOOPAI_TEST_DATA_DIR, LOOPAI_VECTORS_DATA_DIR, LOOPAI_VECTORS,
+// LOOPAI_ROLLOUT_DATA_DIR (see the script).
 using System;
 using System.Collections.Generic;
 using System.Globalization;
@@ -367,6 +368,80 @@ internal static class LoopaiTests
         Assert(Throws(() => rt.ValidationMetricsJson()).Code == LoopaiStatus.Closed, "after Dispose");
     }
 
+    // ---- canary rollout ------------------------------------------------------------------
+
+    /// LOOPAI_ROLLOUT_DATA_DIR has v1 active and v2, v3 installed (scripts/test-bindings.sh);
+    /// this test is its only user and leaves v2 active, v3 rolled back.
+    private static void RolloutRoutesByKeyPromotesAndRollsBack()
+    {
+        var dir = Env("LOOPAI_ROLLOUT_DATA_DIR");
+        var rt = new LoopaiRuntime(dir, "spam", "{\"rollout\": {\"stages\": [0.5, 1.0]}}");
+        using (rt)
+        {
+            Assert(rt.Rollout() == null && rt.RolloutJson() == "null", "before any rollout: " + rt.RolloutJson());
+            Assert(rt.AbortRollout() == null, "nothing to abort");
+            var e = Throws(() => rt.Promote());
+            Assert(e.Code == LoopaiStatus.Artifact && e.Message.Contains("no rollout in progress"), e.Message);
+            Assert(Throws(() => rt.BeginRollout(9)).Code == LoopaiStatus.Artifact, "not installed");
+            Assert(Throws(() => rt.BeginRollout(1)).Code == LoopaiStatus.Artifact, "the active version");
+
+            rt.BeginRollout(2);
+            var s = rt.Rollout();
+            Assert(s != null && s.State == RolloutState.InProgress && s.StateName == "in_progress", rt.RolloutJson());
+            Assert(s.StableVersion == 1 && s.CanaryVersion == 2 && s.Stage == 0 && s.Fraction == 0.5, s.Json);
+            Assert(s.Stages.Length == 2 && s.Stages[0] == 0.5 && s.Stages[1] == 1.0, s.Json);
+            Assert(s.Stable.Version == 1 && s.Canary.Version == 2 && s.Canary.ErrorRate == null, s.Json);
+            Assert(s.StartedAt.Year >= 2024 && s.StartedAt.Offset == TimeSpan.Zero, s.Json);
+            Assert(s.RecentEvents.Length >= 1 && s.RecentEvents[0].Kind == "started"
+                   && s.RecentEvents[0].CanaryVersion == 2, s.Json);
+            Assert(s.Comparisons.Length >= 2 && s.Comparisons[0].Metric == "error_rate", s.Json);
+
+            var served = new int[3];
+            for (int i = 0; i < 64; i++)
+            {
+                var key = "user-" + i;
+                var first = rt.ExecuteWithKey("{\"text\": \"hello\"}", key);
+                var again = rt.ExecuteWithKey(System.Text.Encoding.UTF8.GetBytes("{\"text\": \"WIN a FREE prize, call now\"}"), key);
+                Assert(first.Version == again.Version, key + ": v" + first.Version + " then v" + again.Version);
+                Assert(first.Version == 1 || first.Version == 2, first.Json);
+                served[first.Version]++;
+            }
+            Assert(served[1] > 0 && served[2] > 0, "served " + served[1] + " by v1, " + served[2] + " by v2");
+            s = rt.Rollout();
+            Assert(s.Canary.Executions == (ulong)(2 * served[2]) && s.Stable.Executions == (ulong)(2 * served[1]), s.Json);
+
+            e = Throws(() => rt.ExecuteWithKey("{\"text\": \"x\"}", null));
+            Assert(e.Code == LoopaiStatus.InvalidInput, e.Message);
+            e = Throws(() => rt.ExecuteWithKey("{\"text\": \"x\"}", "us\0er"));
+            Assert(e.Code == LoopaiStatus.InvalidInput, e.Message);
+            e = Throws(() => rt.ExecuteWithKey("{\"text\": ", "user-1"));
+            Assert(e.Code == LoopaiStatus.InvalidInput, e.Message);
+            e = Throws(() => rt.ExecuteWithKey((string)null, "user-1"));
+            Assert(e.Code == LoopaiStatus.InvalidInput, e.Message);
+
+            Assert(rt.Promote() == 2, "promote");
+            Assert(rt.ActiveVersion == 2, "active version " + rt.ActiveVersion);
+            Assert(rt.ExecuteWithKey("{\"text\": \"hello\"}", "user-0").Version == 2, "after promote");
+            s = rt.Rollout();
+            Assert(s.State == RolloutState.Promoted && s.Fraction == 1.0, s.Json);
+
+            rt.BeginRollout(3);
+            Assert(rt.AbortRollout() == 3, "abort");
+            Assert(rt.ActiveVersion == 2, "active version " + rt.ActiveVersion);
+            s = rt.Rollout();
+            Assert(s.State == RolloutState.RolledBack && s.StableVersion == 2 && s.CanaryVersion == 3
+                   && s.Fraction == 0.0, s.Json);
+            Assert(s.RecentEvents[s.RecentEvents.Length - 1].Kind == "rolled_back", s.Json);
+            Assert(rt.AbortRollout() == null, "nothing left to abort");
+            e = Throws(() => rt.BeginRollout(3));
+            Assert(e.Code == LoopaiStatus.Artifact && e.Message.Contains("rolled back"), e.Message);
+            Assert(Field(rt.HealthJson(), "rollout").StartsWith("{\"state\":\"rolled_back\""), rt.HealthJson());
+        }
+        Assert(Throws(() => rt.BeginRollout(3)).Code == LoopaiStatus.Closed, "after Dispose");
+        Assert(Throws(() => rt.ExecuteWithKey("{\"text\": \"x\"}", "k")).Code == LoopaiStatus.Closed, "after Dispose");
+        Assert(Throws(() => rt.Rollout()).Code == LoopaiStatus.Closed, "after Dispose");
+    }
+
     private static int Main()
     {
         Run("execute_returns_results", ExecuteReturnsResults);
@@ -379,6 +454,7 @@ internal static class LoopaiTests
         Run("failing_oracles_are_counted", FailingOraclesAreCounted);
         Run("oracle_answers_abstentions_in_the_cascade", OracleAnswersAbstentionsInTheCascade);
         Run("oracle_constructor_errors_release_the_delegate", OracleConstructorErrorsReleaseTheDelegate);
+        Run("rollout_routes_by_key_promotes_and_rolls_back", RolloutRoutesByKeyPromotesAndRollsBack);
         Console.WriteLine("csharp: " + passed + " passed, " + failed + " failed");
         return failed == 0 ? 0 : 1;
     }
