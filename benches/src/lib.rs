@@ -548,3 +548,10 @@ mod tests {
         assert_eq!(rt.task(), "sms-spam");
     }
 }
+
+/// The bench tools and criterion benches allocate with mimalloc, like the shipped
+/// artifacts (the Python module, libloopai, the `loopai` binary): with glibc's malloc the
+/// dataset writer thread's frees of records allocated by `execute` contend on an arena
+/// lock. Embedders of `loopai-core` choose their own allocator; see README "Performance".
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -122,6 +122,20 @@
 //! input, regexes use the linear-time `regex` crate with size limits, and sizes (program,
 //! inputs, features, rules, vocabularies, weights, tree nodes) are bounded by
 //! [`ProgramLimits`]. A program cannot read files, open sockets or allocate without bound.
+//!
+//! ## Allocator
+//!
+//! The dataset writer thread frees the execution records that `execute` allocates on the
+//! caller's thread. glibc's `malloc` takes the allocating arena's lock for each such free,
+//! and the caller's thread then waits on it: with the system allocator `execute` adds about
+//! twice the latency, and logged throughput on two threads halves. A library does not pick
+//! the process's allocator; set one that frees across threads without a lock, as the
+//! shipped artifacts (Python module, `libloopai`, the `loopai` binary) do:
+//!
+//! ```ignore
+//! #[global_allocator]
+//! static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+//! ```
 
 mod artifact;
 mod config;
