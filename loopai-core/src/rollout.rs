@@ -9,7 +9,12 @@
 //!   fraction grows.
 //! * Statistics ([`ArmCounters`]): per arm and per stage, atomic counters bumped by
 //!   `execute` (executions, errors, abstentions, a fixed-bucket latency histogram) and by
-//!   the validation workers (validations, mismatches).
+//!   the validation workers (validations, mismatches). Only validations of executions
+//!   sampled by the random draw ([`SampleReason::Random`]) are counted: those sampled for
+//!   low confidence or a class quota are not comparable between the arms (a canary sure
+//!   of its wrong answers would send fewer, and less telling, executions to validation).
+//!   Without random sampling the mismatch rate is not compared at all, as without an
+//!   oracle.
 //! * Decisions ([`decide`]): an anytime-valid confidence sequence per arm and metric
 //!   (Robbins' beta-binomial mixture), checked by the dataset writer thread every
 //!   `rollout.check_interval_ms` of the runtime's clock and by every `flush`.
@@ -31,8 +36,8 @@ use crate::executor::{ActiveProgram, Executor};
 use crate::fsutil::write_atomic;
 use crate::validator::TaskInfo;
 use crate::{
-    ArtifactStore, Clock, Error, ErrorKind, ProgramLimits, Result, RolloutConfig, SystemClock,
-    Timestamp,
+    ArtifactStore, Clock, Error, ErrorKind, ProgramLimits, Result, RolloutConfig, SampleReason,
+    SystemClock, Timestamp,
 };
 
 /// The `format` of `rollout.json`.
@@ -149,8 +154,16 @@ pub(crate) struct CanarySlot {
 }
 
 impl CanarySlot {
-    /// Counts a validation of `version` against the arm that runs it.
-    pub(crate) fn record_validation(&self, version: u32, matched: bool) {
+    /// Counts a validation of `version` against the arm that runs it — only when the
+    /// execution was sampled by the random draw ([`SampleReason::Random`]). Executions
+    /// sampled for another reason (low confidence, a class quota) are not comparable
+    /// samples of the two arms: an arm that is sure of itself sends fewer of them, and not
+    /// representative ones. They are validated and recorded all the same, but are not
+    /// evidence in the rollout.
+    pub(crate) fn record_validation(&self, version: u32, reason: SampleReason, matched: bool) {
+        if reason != SampleReason::Random {
+            return;
+        }
         if version == self.program.version() {
             self.counters.canary.record_validation(matched);
         } else if version == self.stable_version {
@@ -665,7 +678,9 @@ pub struct ArmStats {
     pub errors: u64,
     /// Of those, abstentions.
     pub abstains: u64,
-    /// Validations against the oracle of executions served by this arm.
+    /// Validations against the oracle of executions served by this arm and sampled at
+    /// random ([`SampleReason::Random`](crate::SampleReason::Random)); executions sampled
+    /// for another reason are validated but not counted here.
     pub validations: u64,
     /// Of those, how many disagreed with the oracle.
     pub mismatches: u64,
@@ -1057,7 +1072,8 @@ pub(crate) struct RolloutContext {
     pub limits: ProgramLimits,
     pub task: Arc<TaskInfo>,
     pub config: RolloutConfig,
-    /// Whether validations can arrive (there is an oracle and sampling).
+    /// Whether validations that count can arrive: there is an oracle and the sampler can
+    /// sample at random ([`SampleReason::Random`]).
     pub with_validations: bool,
     pub clock: Arc<dyn Clock>,
     pub outbox: Arc<RolloutOutbox>,
@@ -1925,8 +1941,13 @@ mod tests {
     /// A runtime whose only rollout checks are those of `flush` (the clock never moves),
     /// validating every execution against an oracle that says spam for "prize" and "win".
     fn runtime(dir: &Path) -> Runtime {
+        runtime_with(dir, "sampling: {rate: 1}\n")
+    }
+
+    /// Like [`runtime`], with `yaml` (say a `sampling` section) before the rollout settings.
+    fn runtime_with(dir: &Path, yaml: &str) -> Runtime {
         let config = DeploymentConfig::from_yaml_str(
-            "sampling: {rate: 1}\nrollout:\n  min_samples_per_stage: 100\n  min_validations_per_stage: 50\n  max_error_rate_increase: 0.1\n  max_abstain_rate_increase: 0.1\n  p99_floor_ms: 100000\n",
+            &format!("{yaml}rollout:\n  min_samples_per_stage: 100\n  min_validations_per_stage: 50\n  max_error_rate_increase: 0.1\n  max_abstain_rate_increase: 0.1\n  p99_floor_ms: 100000\n"),
             "test",
         )
         .unwrap();
@@ -1943,6 +1964,32 @@ mod tests {
             .oracle(oracle)
             .build()
             .unwrap()
+    }
+
+    /// What the test oracle answers for `input`.
+    fn truth(input: &Value) -> &'static str {
+        let text = input["text"].as_str().unwrap_or_default();
+        if text.contains("prize") || text.contains("win") {
+            "spam"
+        } else {
+            "ham"
+        }
+    }
+
+    /// spam for "prize" and ham otherwise, both at 0.9, except "win": ham at only 0.6.
+    /// Unsure exactly where it is wrong (a quarter of [`text`]).
+    fn unsure_where_wrong() -> Vec<u8> {
+        serde_json::to_vec(&json!({"format": "loopai.program/1", "task": "spam",
+            "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+            "features": [
+                {"name": "prize", "op": "keywords", "source": "text", "terms": ["prize"]},
+                {"name": "win", "op": "keywords", "source": "text", "terms": ["win"]}],
+            "decide": {"op": "rules", "rules": [
+                {"when": {"feature": "prize", "gt": 0}, "then": "spam", "confidence": 0.9},
+                {"when": {"feature": "win", "gt": 0}, "then": "ham", "confidence": 0.6},
+                {"when": {"always": true}, "then": "ham", "confidence": 0.9}]},
+            "output": {"kind": "label", "labels": ["spam", "ham"]}}))
+        .unwrap()
     }
 
     fn text(i: u64) -> Value {
@@ -2011,6 +2058,113 @@ mod tests {
         let on_disk = rt.artifacts().rollout().unwrap().unwrap();
         assert_eq!(on_disk.state, RolloutState::Promoted);
         assert_eq!(rt.health().rollout.unwrap().state, RolloutState::Promoted);
+    }
+
+    /// Under `uncertainty` sampling the stable version below sends every execution it is
+    /// wrong about to validation (it is unsure of them), while the canary — wrong twice as
+    /// often, always sure of itself — sends only its random share. Counting every
+    /// validation, the stable arm looks worse (a mismatch rate of about 0.25 / (0.25 +
+    /// 0.75 × 0.2) ≈ 0.62 against the canary's 0.5) and the canary would be promoted. Only
+    /// the random draws are comparable samples of both arms: counting those, the canary
+    /// is rolled back, and the arms' counts are exactly the executions the random draw
+    /// picked, whatever else applied to them.
+    #[test]
+    fn only_random_samples_count_in_the_mismatch_comparison() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), &unsure_where_wrong(), true);
+        let v2 = install(dir.path(), &constant("spam"), false);
+        let sampling =
+            "sampling: {strategy: [random, uncertainty], rate: 0.2, uncertainty_threshold: 0.7, seed: 11}\n";
+        let rt = runtime_with(dir.path(), sampling);
+        rt.begin_rollout(v2).unwrap();
+        let mut results = Vec::new();
+        for round in 0..100u64 {
+            for i in 0..100 {
+                let input = text(round * 100 + i);
+                let r = rt.execute(&input).unwrap();
+                results.push((truth(&input), r));
+            }
+            rt.flush(Duration::from_secs(30)).unwrap();
+            if rt.rollout().unwrap().state != RolloutState::InProgress {
+                break;
+            }
+        }
+        let status = rt.rollout().unwrap();
+        assert_eq!(status.state, RolloutState::RolledBack, "{status:#?}");
+        assert!(
+            status
+                .decision
+                .starts_with("mismatch_rate is significantly worse"),
+            "{}",
+            status.decision
+        );
+        // What the random draw alone picked (the same draw: same seed and rate).
+        let config = DeploymentConfig::from_yaml_str(
+            "sampling: {strategy: random, rate: 0.2, seed: 11}\n",
+            "t",
+        )
+        .unwrap();
+        let draw = crate::Sampler::new(&config.sampling, 0);
+        let mut expected = BTreeMap::<u32, (u64, u64)>::new();
+        for (answer, r) in &results {
+            if draw.decide(&r.execution_id, None, 1.0, 0).is_some() {
+                let e = expected.entry(r.version).or_default();
+                e.0 += 1;
+                e.1 += u64::from(r.output != *answer);
+            }
+        }
+        assert_eq!(
+            (status.stable.validations, status.stable.mismatches),
+            expected[&1]
+        );
+        assert_eq!(
+            (status.canary.validations, status.canary.mismatches),
+            expected[&v2]
+        );
+        // Every sample was still validated and recorded.
+        let sampled = results.iter().filter(|(_, r)| r.sampled).count() as u64;
+        let metrics = rt.validation_metrics();
+        assert_eq!(metrics.validated, sampled);
+        assert!(sampled > status.stable.validations + status.canary.validations);
+    }
+
+    /// With sampling that is never random (uncertainty only, rate 0) the validations that
+    /// happen say nothing comparable about the arms: the rollout is decided as without an
+    /// oracle, on executions alone, and the arms count no validation.
+    #[test]
+    fn without_random_samples_the_rollout_is_decided_without_validations() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), &unsure_where_wrong(), true);
+        let v2 = install(dir.path(), &program(&["prize", "win"]), false);
+        let rt = runtime_with(
+            dir.path(),
+            "sampling: {strategy: uncertainty, rate: 0, uncertainty_threshold: 0.7}\n",
+        );
+        rt.begin_rollout(v2).unwrap();
+        let status = rt.rollout().unwrap();
+        assert_eq!(
+            status
+                .comparisons
+                .iter()
+                .map(|m| m.metric)
+                .collect::<Vec<_>>(),
+            ["error_rate", "abstain_rate"]
+        );
+        drive(&rt, 0, 100, 200, |s| s.state != RolloutState::InProgress);
+        let status = rt.rollout().unwrap();
+        assert_eq!(status.state, RolloutState::Promoted, "{status:#?}");
+        assert_eq!(rt.active_version(), v2);
+        assert_eq!(
+            (status.stable.validations, status.canary.validations),
+            (0, 0)
+        );
+        assert!(
+            !status.decision.contains("validations"),
+            "{}",
+            status.decision
+        );
+        // The unsure stable version's executions were validated all the same.
+        assert!(rt.validation_metrics().validated > 0);
     }
 
     #[test]

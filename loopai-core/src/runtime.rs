@@ -18,8 +18,8 @@ use crate::{
     ArtifactStore, Clock, DailyStats, DatasetLayout, DatasetMetrics, DatasetReader,
     DeploymentConfig, Durability, Error, ErrorKind, ExecutionRecord, Executor, Fallback,
     HttpOracle, JsonSchema, LoadedArtifact, OnFull, Oracle, Program, ProgramLimits, RefreshMetrics,
-    Result, RetentionPolicy, RetentionReport, RolloutStatus, Sampler, SamplingStrategy,
-    SystemClock, TelemetryMetrics, Timestamp, ValidationMetrics,
+    Result, RetentionPolicy, RetentionReport, RolloutStatus, Sampler, SystemClock,
+    TelemetryMetrics, Timestamp, ValidationMetrics,
 };
 
 /// How long dropping a [`Runtime`] waits for its background threads to finish.
@@ -299,17 +299,15 @@ impl RuntimeBuilder {
         let mut observers: Vec<Box<dyn RecordObserver>> =
             vec![Box::new(AnalyticsKeeper::new(layout.clone(), &task))];
         let outbox = Arc::new(RolloutOutbox::default());
-        let sampling = &config.sampling;
-        let samples = sampling.rate > 0.0
-            || sampling.strategy.len() > 1
-            || !sampling.strategy.contains(SamplingStrategy::Random);
+        let sampler = Sampler::new(&config.sampling, clock.now_millis());
         let rollout = Arc::new(RolloutController::start(RolloutContext {
             executor: executor.clone(),
             store: store.clone(),
             limits: limits.clone(),
             task: task_info.clone(),
             config: config.rollout.clone(),
-            with_validations: oracle.is_some() && samples,
+            // Only random samples count in a rollout's comparison.
+            with_validations: oracle.is_some() && sampler.samples_at_random(),
             clock: clock.clone(),
             outbox: outbox.clone(),
         })?);
@@ -330,7 +328,6 @@ impl RuntimeBuilder {
         )?);
         let maintenance =
             Maintenance::start(layout, RetentionPolicy::from_config(&config), clock.clone())?;
-        let sampler = Sampler::new(&config.sampling, clock.now_millis());
         let request_timeout = oracle.as_ref().map_or(Duration::ZERO, |(_, _, t)| *t);
         let settings = ValidatorSettings {
             comparison: config.validation.comparison,
@@ -347,8 +344,8 @@ impl RuntimeBuilder {
             settings,
             dataset.clone(),
             clock.clone(),
-            Some(Arc::new(move |version, matched| {
-                counted.record_validation(version, matched);
+            Some(Arc::new(move |version, reason, matched| {
+                counted.record_validation(version, reason, matched);
             })),
         )?;
         let privacy = if config.privacy.hash_inputs {
@@ -600,21 +597,26 @@ impl Runtime {
             }
         }
         // An answer from the oracle is not validated against the oracle.
-        let sampled = source == ExecutionSource::Program
-            && self
-                .inner
-                .sampler
-                .decide(
-                    &execution_id,
-                    run.outcome.label,
-                    run.outcome.confidence,
-                    timestamp.millis(),
-                )
-                .is_some();
-        if sampled {
-            self.inner
-                .validator
-                .submit(execution_id, run.version, input, &output, &run.labels);
+        let reason = if source == ExecutionSource::Program {
+            self.inner.sampler.decide(
+                &execution_id,
+                run.outcome.label,
+                run.outcome.confidence,
+                timestamp.millis(),
+            )
+        } else {
+            None
+        };
+        let sampled = reason.is_some();
+        if let Some(reason) = reason {
+            self.inner.validator.submit(
+                execution_id,
+                run.version,
+                reason,
+                input,
+                &output,
+                &run.labels,
+            );
         }
         let latency_ms = start.elapsed().as_secs_f64() * 1e3;
         if let Some(arm) = &arm {
