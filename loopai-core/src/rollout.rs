@@ -16,8 +16,10 @@
 //!   Without random sampling the mismatch rate is not compared at all, as without an
 //!   oracle.
 //! * Decisions ([`decide`]): an anytime-valid confidence sequence per arm and metric
-//!   (Robbins' beta-binomial mixture), checked by the dataset writer thread every
-//!   `rollout.check_interval_ms` of the runtime's clock and by every `flush`.
+//!   (Robbins' beta-binomial mixture), checked by the runtime's rollout thread
+//!   ([`RolloutChecker`], `loopai-rollout`) every `rollout.check_interval_ms` of the
+//!   runtime's clock and by every `flush`. A check's file I/O happens there, never on
+//!   the dataset writer thread nor in `execute`.
 //! * State: `<data_dir>/artifacts/<task>/rollout.json`, written atomically; a restarted
 //!   runtime resumes the rollout at the same stage with its counters.
 //!
@@ -25,10 +27,14 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -1115,7 +1121,7 @@ impl Live {
     }
 }
 
-/// Drives one runtime's rollouts. Shared by the runtime and the dataset writer's ticker.
+/// Drives one runtime's rollouts. Shared by the runtime and its rollout thread.
 pub(crate) struct RolloutController {
     ctx: RolloutContext,
     live: Mutex<Live>,
@@ -1514,10 +1520,28 @@ impl RolloutController {
         Ok(())
     }
 
-    /// One check: follows outside changes, then decides and acts. Called by the dataset
-    /// writer's ticker and by `flush`.
+    /// One check: follows outside changes, then decides and acts. Called by the rollout
+    /// thread ([`RolloutChecker`]) and by `reload`.
     pub(crate) fn check(&self) -> Result<()> {
-        let mut live = self.live.lock();
+        self.check_locked(self.live.lock())
+    }
+
+    /// [`check`](Self::check), waiting for the state at most until `deadline` (another
+    /// check may be in progress, in I/O on `rollout.json`). Called by `flush`.
+    pub(crate) fn check_until(&self, deadline: Instant) -> Result<()> {
+        let live = self.live.try_lock_until(deadline).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "task {:?}: rollout check: another check was still running at the deadline",
+                    self.ctx.task.task
+                ),
+            )
+        })?;
+        self.check_locked(live)
+    }
+
+    fn check_locked(&self, mut live: MutexGuard<'_, Live>) -> Result<()> {
         if live.in_progress().is_none() {
             return Ok(());
         }
@@ -1583,9 +1607,25 @@ impl RolloutController {
         }
     }
 
-    /// Called by the dataset writer thread about every 100 ms: checks once
-    /// `rollout.check_interval_ms` of the runtime's clock have passed since the last check.
-    pub(crate) fn tick(&self, now_ms: i64) {
+    /// How long the rollout thread sleeps before its next [`tick`](Self::tick): until the
+    /// next check is due on the runtime's clock, at most `rollout.check_interval_ms` (so
+    /// that an injected clock that jumps is followed within that much real time), at least
+    /// 1 ms.
+    fn until_next_check(&self) -> Duration {
+        let left = self
+            .next_check_ms
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.ctx.clock.now_millis());
+        let ms = u64::try_from(left)
+            .unwrap_or(0)
+            .clamp(1, self.ctx.config.check_interval_ms.max(1));
+        Duration::from_millis(ms)
+    }
+
+    /// Called by the rollout thread: checks once `rollout.check_interval_ms` of the
+    /// runtime's clock have passed since the last check.
+    fn tick(&self) {
+        let now_ms = self.ctx.clock.now_millis();
         let due = self.next_check_ms.load(Ordering::Relaxed);
         if now_ms < due {
             return;
@@ -1602,9 +1642,18 @@ impl RolloutController {
         }
     }
 
-    /// Persists the counters (at shutdown).
-    pub(crate) fn persist(&self) -> Result<()> {
-        let mut live = self.live.lock();
+    /// Persists the counters (at shutdown), waiting for the state at most until
+    /// `deadline` (a check stuck in I/O keeps it).
+    pub(crate) fn persist(&self, deadline: Instant) -> Result<()> {
+        let mut live = self.live.try_lock_until(deadline).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "task {:?}: rollout counters not persisted: a check was still running at the deadline",
+                    self.ctx.task.task
+                ),
+            )
+        })?;
         if live.in_progress().is_some() && live.persisted != live.counts() {
             self.save_counters(&mut live)?;
         }
@@ -1655,23 +1704,110 @@ fn no_rollout(task: &str) -> Error {
     )
 }
 
-/// Checks the rollout on the dataset writer thread's ticks.
-pub(crate) struct RolloutTicker(pub(crate) Arc<RolloutController>);
+// ---------------------------------------------------------------------------------------
+// The rollout thread
 
-impl std::fmt::Debug for RolloutTicker {
+/// The rollout thread (`loopai-rollout`) of one runtime: checks the rollout every
+/// `rollout.check_interval_ms` of the runtime's clock. A check reads and writes
+/// `rollout.json` (fsync'd) and may swap programs; on a thread of its own that I/O delays
+/// neither `execute` nor the execution log.
+///
+/// The thread sleeps until the next check is due on the runtime's clock, at most
+/// `check_interval_ms` of real time at a time: with an injected clock that does not move
+/// it wakes and finds nothing due (tests then decide through `flush`). It stops at once
+/// when asked, or after the check it is in. After `fork()` it does not exist in the child:
+/// nothing there waits for it.
+pub(crate) struct RolloutChecker {
+    /// Dropped to stop the thread (wakes it at once).
+    stop: Mutex<Option<Sender<()>>>,
+    exited: Receiver<()>,
+    handle: Mutex<Option<JoinHandle<()>>>,
+    fork_generation: u64,
+}
+
+impl std::fmt::Debug for RolloutChecker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RolloutTicker").finish_non_exhaustive()
+        f.debug_struct("RolloutChecker")
+            .field("running", &self.handle.lock().is_some())
+            .finish_non_exhaustive()
     }
 }
 
-impl crate::dataset::RecordObserver for RolloutTicker {
-    fn execution(&mut self, _: &crate::ExecutionRecord) {}
-    fn validation(&mut self, _: &crate::ValidationRecord) {}
-    fn tick(&mut self, now: Timestamp) {
-        self.0.tick(now.millis());
+/// Signals `exited` when the rollout thread ends, however it ends.
+struct CheckerExit(Sender<()>);
+
+impl Drop for CheckerExit {
+    fn drop(&mut self) {
+        let _ = self.0.try_send(());
     }
-    fn persist(&mut self, _: Timestamp) {}
-    fn finish(&mut self, _: Timestamp) {}
+}
+
+impl RolloutChecker {
+    /// Starts the rollout thread for `controller`.
+    pub(crate) fn start(controller: Arc<RolloutController>) -> Result<RolloutChecker> {
+        let (stop, stop_rx) = bounded::<()>(0);
+        let (exited_tx, exited) = bounded::<()>(1);
+        let handle = std::thread::Builder::new()
+            .name("loopai-rollout".into())
+            .spawn(move || {
+                let _exit = CheckerExit(exited_tx);
+                // Woken early only by the stop (the sender dropped).
+                while let Err(RecvTimeoutError::Timeout) =
+                    stop_rx.recv_timeout(controller.until_next_check())
+                {
+                    // A bug in a check must not end the background checks.
+                    if catch_unwind(AssertUnwindSafe(|| controller.tick())).is_err() {
+                        log::error!(
+                            "loopai: task {:?}: a rollout check panicked (a bug in loopai)",
+                            controller.ctx.task.task
+                        );
+                    }
+                }
+            })
+            .map_err(|e| Error::io("starting the rollout thread", e))?;
+        Ok(RolloutChecker {
+            stop: Mutex::new(Some(stop)),
+            exited,
+            handle: Mutex::new(Some(handle)),
+            fork_generation: crate::fork::generation(),
+        })
+    }
+
+    /// Tells the thread to stop, without waiting: it makes no further check.
+    pub(crate) fn stop(&self) {
+        drop(self.stop.lock().take());
+    }
+
+    /// Stops the thread and waits for it until `deadline`. A check in progress (in I/O on
+    /// `rollout.json`) is finished first: when it is still running at the deadline the
+    /// thread is left to stop on its own after it ([`ErrorKind::Timeout`]); calling this
+    /// again waits for it again.
+    pub(crate) fn shutdown(&self, deadline: Instant) -> Result<()> {
+        self.stop();
+        if crate::fork::current() != self.fork_generation {
+            // The thread belongs to the parent process.
+            return Ok(());
+        }
+        let Some(handle) = self.handle.lock().take() else {
+            return Ok(());
+        };
+        if self.exited.recv_deadline(deadline).is_ok() {
+            let _ = handle.join();
+            return Ok(());
+        }
+        *self.handle.lock() = Some(handle);
+        Err(Error::new(
+            ErrorKind::Timeout,
+            "the rollout thread was still inside a check (rollout.json I/O) at the shutdown deadline; it stops after it",
+        ))
+    }
+}
+
+impl Drop for RolloutChecker {
+    fn drop(&mut self) {
+        // Only reached without a runtime shutdown (a failed build): stop, never wait.
+        self.stop();
+    }
 }
 
 #[cfg(test)]
@@ -2478,6 +2614,218 @@ mod tests {
         }
         assert_eq!(failures.load(Ordering::Relaxed), 0, "failed calls");
         assert!(runs.load(Ordering::Relaxed) >= 400);
+    }
+
+    /// A clock that moves only when told to.
+    #[derive(Debug)]
+    struct ManualClock(std::sync::atomic::AtomicI64);
+
+    impl ManualClock {
+        fn new() -> Arc<ManualClock> {
+            Arc::new(ManualClock(std::sync::atomic::AtomicI64::new(
+                FrozenClock.now_millis(),
+            )))
+        }
+
+        fn advance(&self, ms: i64) {
+            self.0.fetch_add(ms, Ordering::SeqCst);
+        }
+    }
+
+    impl Clock for ManualClock {
+        fn now_millis(&self) -> i64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    /// A runtime on `clock` without an oracle (decisions on executions alone), checking
+    /// in the background every 100 ms of that clock.
+    fn runtime_on(dir: &Path, clock: Arc<dyn Clock>) -> Runtime {
+        let config = DeploymentConfig::from_yaml_str(
+            "rollout:\n  min_samples_per_stage: 100\n  max_error_rate_increase: 0.1\n  max_abstain_rate_increase: 0.1\n  check_interval_ms: 100\n  p99_floor_ms: 100000\n",
+            "test",
+        )
+        .unwrap();
+        Runtime::builder()
+            .data_dir(dir)
+            .task("spam")
+            .config(config)
+            .clock(clock)
+            .build()
+            .unwrap()
+    }
+
+    /// Polls `done` until it holds; panics with `what` after a minute.
+    fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never happened: {what}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Without `flush`, checks happen in the background when `check_interval_ms` of the
+    /// runtime's clock have passed — never before, however long the thread waits.
+    #[test]
+    fn background_checks_follow_the_runtime_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), &program(&["prize"]), true);
+        let v2 = install(dir.path(), &program(&["prize", "win"]), false);
+        let clock = ManualClock::new();
+        let rt = runtime_on(dir.path(), clock.clone());
+        rt.begin_rollout(v2).unwrap();
+        for i in 0..2000 {
+            rt.execute(&text(i)).unwrap();
+        }
+        // Enough executions to advance, but the clock has not moved: no check yet.
+        assert!(rt.rollout().unwrap().canary.stage_executions >= 100);
+        assert_eq!(rt.rollout().unwrap().decision, "started");
+        clock.advance(100);
+        wait_for("a background check", || rt.rollout().unwrap().stage == 1);
+        assert_eq!(
+            rt.rollout().unwrap().recent_events.last().unwrap().kind,
+            RolloutEventKind::StageAdvanced
+        );
+        rt.shutdown(Duration::from_secs(10)).unwrap();
+    }
+
+    /// A rollout check stuck in I/O on `rollout.json` (here: a FIFO that nobody writes)
+    /// holds up neither the execution log — durable executions still return, as checks do
+    /// not run on the dataset writer thread — nor `shutdown` beyond its timeout.
+    #[cfg(unix)]
+    #[test]
+    fn a_stuck_rollout_check_holds_up_neither_the_execution_log_nor_shutdown() {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), &program(&["prize"]), true);
+        let v2 = install(dir.path(), &program(&["prize", "win"]), false);
+        let config = DeploymentConfig::from_yaml_str(
+            "storage: {durability: durable}\nrollout: {check_interval_ms: 1}\n",
+            "test",
+        )
+        .unwrap();
+        let rt = Runtime::builder()
+            .data_dir(dir.path())
+            .task("spam")
+            .config(config)
+            .build()
+            .unwrap();
+        rt.begin_rollout(v2).unwrap();
+        let task_dir = rt.artifacts().task_dir().to_path_buf();
+        let path = task_dir.join(ROLLOUT_FILE);
+        let saved = std::fs::read(&path).unwrap();
+        let fifo = task_dir.join("rollout.fifo");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        std::fs::rename(&fifo, &path).unwrap();
+        // Once a check has opened the FIFO to read it, opening its write end succeeds; while
+        // that end stays open, the check is stuck reading.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let held = loop {
+            let opened = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path);
+            match opened {
+                Ok(f) => break f,
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "no check read the file"
+                    );
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let release = move || {
+            std::fs::rename(&path, task_dir.join("stuck.fifo")).unwrap();
+            std::fs::write(task_dir.join("rollout.tmp"), &saved).unwrap();
+            std::fs::rename(task_dir.join("rollout.tmp"), &path).unwrap();
+            drop(held);
+        };
+        let (done, logged) = std::sync::mpsc::channel();
+        let executing = rt.clone();
+        let worker = std::thread::spawn(move || {
+            for i in 0..3 {
+                executing.execute(&text(i)).unwrap();
+            }
+            let _ = done.send(());
+        });
+        if logged.recv_timeout(Duration::from_secs(60)).is_err() {
+            release();
+            worker.join().unwrap();
+            panic!("durable executions waited for a stuck rollout check");
+        }
+        worker.join().unwrap();
+        let err = rt.shutdown(Duration::from_secs(5)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        assert!(err.to_string().contains("rollout"), "{err}");
+        let log = dir.path().join("datasets/spam/executions");
+        let lines: usize = std::fs::read_dir(log)
+            .unwrap()
+            .map(|e| {
+                std::fs::read_to_string(e.unwrap().path())
+                    .unwrap()
+                    .lines()
+                    .count()
+            })
+            .sum();
+        assert_eq!(lines, 3);
+        // Once the check is released, the thread stops and a second shutdown completes,
+        // persisting the counters.
+        release();
+        rt.shutdown(Duration::from_secs(30)).unwrap();
+        let status = rt.artifacts().rollout().unwrap().unwrap();
+        assert_eq!(status.state, RolloutState::InProgress);
+        assert_eq!(status.canary.executions + status.stable.executions, 3);
+    }
+
+    /// In a forked child the rollout thread does not exist: dropping the runtime there
+    /// does not wait for it, and the parent's thread goes on checking.
+    #[cfg(unix)]
+    #[test]
+    fn a_forked_child_does_not_wait_for_the_rollout_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), &program(&["prize"]), true);
+        let v2 = install(dir.path(), &program(&["prize", "win"]), false);
+        let clock = ManualClock::new();
+        let rt = runtime_on(dir.path(), clock.clone());
+        rt.begin_rollout(v2).unwrap();
+        for i in 0..2000 {
+            rt.execute(&text(i)).unwrap();
+        }
+        // SAFETY: the child calls methods that fail fast, drops the runtime and _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let refused = matches!(rt.flush(Duration::from_millis(10)), Err(e) if e.kind() == ErrorKind::Closed);
+            drop(rt);
+            unsafe { libc::_exit(if refused { 0 } else { 1 }) };
+        }
+        let status = std::cell::Cell::new(0);
+        wait_for("the forked child's exit", || {
+            let mut s = 0;
+            // SAFETY: waits for our own child without blocking.
+            let exited = unsafe { libc::waitpid(pid, &mut s, libc::WNOHANG) } == pid;
+            status.set(s);
+            exited
+        });
+        let status = status.get();
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child checks failed"
+        );
+        clock.advance(100);
+        wait_for("a background check in the parent", || {
+            rt.rollout().unwrap().stage == 1
+        });
+        rt.shutdown(Duration::from_secs(10)).unwrap();
     }
 
     #[test]
