@@ -672,7 +672,8 @@ pub struct RolloutConfig {
     /// stage before it can be promoted.
     pub min_samples_per_stage: u64,
     /// `rollout.min_validations_per_stage` (default 50): validations per arm in a stage
-    /// before it can be promoted, when validations can arrive (an oracle and sampling).
+    /// before it can be promoted, when validations that count can arrive (an oracle and
+    /// random sampling: only executions sampled at random count, see `docs/rollout.md`).
     pub min_validations_per_stage: u64,
     /// `rollout.confidence` (default 0.95, in (0, 1)): confidence of the sequential test.
     pub confidence: f64,

@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::rollout::{ArmHandle, CanarySlot};
 use crate::{
     Error, ErrorKind, JsonSchema, LoadedArtifact, Outcome, Program, ProgramLimits, Result,
+    SampleReason,
 };
 
 /// A program together with the artifact version it was loaded from.
@@ -268,11 +269,12 @@ impl Executor {
         self.canary.load_full()
     }
 
-    /// Counts a validation of `version` against its arm, during a rollout.
-    pub(crate) fn record_validation(&self, version: u32, matched: bool) {
+    /// Counts a validation of `version`, sampled for `reason`, against its arm during a
+    /// rollout (see [`CanarySlot::record_validation`]).
+    pub(crate) fn record_validation(&self, version: u32, reason: SampleReason, matched: bool) {
         if self.canary_on.load(Ordering::Acquire) {
             if let Some(slot) = self.canary.load().as_ref() {
-                slot.record_validation(version, matched);
+                slot.record_validation(version, reason, matched);
             }
         }
     }

@@ -85,13 +85,14 @@
 //! [`Runtime::activate`] and [`Runtime::reload`] swap programs atomically; executions in
 //! flight finish on the program they started with. During a canary rollout
 //! ([`Runtime::begin_rollout`]) `execute` also hashes the routing key and bumps per-arm
-//! atomic counters; stage changes, promotion and rollback are decided on the dataset
-//! writer thread (and at [`Runtime::flush`]) and swap programs the same way.
+//! atomic counters; stage changes, promotion and rollback are decided on the rollout
+//! thread (and at [`Runtime::flush`]) and swap programs the same way.
 //!
 //! Logging, flushing and shutdown: see [`Runtime::execute`], [`Runtime::flush`] and
 //! [`Runtime::shutdown`]; every wait takes a timeout, and dropping the last clone of a
 //! runtime shuts it down within [`DROP_SHUTDOWN_TIMEOUT`]. The runtime owns its threads:
-//! the dataset writer (which also builds telemetry batches), the retention thread, with
+//! the dataset writer (which also builds telemetry batches), the retention thread, the
+//! rollout thread (which checks a canary rollout and does its `rollout.json` I/O), with
 //! telemetry on one uploader, with `cloud.api_url` the artifact refresh thread and the
 //! notification listener, and when there is an oracle the `validation.workers`
 //! validation threads; none of them blocks `execute` (a full validation queue skips the

@@ -9,10 +9,17 @@
 //!   fraction grows.
 //! * Statistics ([`ArmCounters`]): per arm and per stage, atomic counters bumped by
 //!   `execute` (executions, errors, abstentions, a fixed-bucket latency histogram) and by
-//!   the validation workers (validations, mismatches).
+//!   the validation workers (validations, mismatches). Only validations of executions
+//!   sampled by the random draw ([`SampleReason::Random`]) are counted: those sampled for
+//!   low confidence or a class quota are not comparable between the arms (a canary sure
+//!   of its wrong answers would send fewer, and less telling, executions to validation).
+//!   Without random sampling the mismatch rate is not compared at all, as without an
+//!   oracle.
 //! * Decisions ([`decide`]): an anytime-valid confidence sequence per arm and metric
-//!   (Robbins' beta-binomial mixture), checked by the dataset writer thread every
-//!   `rollout.check_interval_ms` of the runtime's clock and by every `flush`.
+//!   (Robbins' beta-binomial mixture), checked by the runtime's rollout thread
+//!   ([`RolloutChecker`], `loopai-rollout`) every `rollout.check_interval_ms` of the
+//!   runtime's clock and by every `flush`. A check's file I/O happens there, never on
+//!   the dataset writer thread nor in `execute`.
 //! * State: `<data_dir>/artifacts/<task>/rollout.json`, written atomically; a restarted
 //!   runtime resumes the rollout at the same stage with its counters.
 //!
@@ -20,10 +27,14 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -31,8 +42,8 @@ use crate::executor::{ActiveProgram, Executor};
 use crate::fsutil::write_atomic;
 use crate::validator::TaskInfo;
 use crate::{
-    ArtifactStore, Clock, Error, ErrorKind, ProgramLimits, Result, RolloutConfig, SystemClock,
-    Timestamp,
+    ArtifactStore, Clock, Error, ErrorKind, ProgramLimits, Result, RolloutConfig, SampleReason,
+    SystemClock, Timestamp,
 };
 
 /// The `format` of `rollout.json`.
@@ -149,8 +160,16 @@ pub(crate) struct CanarySlot {
 }
 
 impl CanarySlot {
-    /// Counts a validation of `version` against the arm that runs it.
-    pub(crate) fn record_validation(&self, version: u32, matched: bool) {
+    /// Counts a validation of `version` against the arm that runs it — only when the
+    /// execution was sampled by the random draw ([`SampleReason::Random`]). Executions
+    /// sampled for another reason (low confidence, a class quota) are not comparable
+    /// samples of the two arms: an arm that is sure of itself sends fewer of them, and not
+    /// representative ones. They are validated and recorded all the same, but are not
+    /// evidence in the rollout.
+    pub(crate) fn record_validation(&self, version: u32, reason: SampleReason, matched: bool) {
+        if reason != SampleReason::Random {
+            return;
+        }
         if version == self.program.version() {
             self.counters.canary.record_validation(matched);
         } else if version == self.stable_version {
@@ -665,7 +684,9 @@ pub struct ArmStats {
     pub errors: u64,
     /// Of those, abstentions.
     pub abstains: u64,
-    /// Validations against the oracle of executions served by this arm.
+    /// Validations against the oracle of executions served by this arm and sampled at
+    /// random ([`SampleReason::Random`](crate::SampleReason::Random)); executions sampled
+    /// for another reason are validated but not counted here.
     pub validations: u64,
     /// Of those, how many disagreed with the oracle.
     pub mismatches: u64,
@@ -1057,7 +1078,8 @@ pub(crate) struct RolloutContext {
     pub limits: ProgramLimits,
     pub task: Arc<TaskInfo>,
     pub config: RolloutConfig,
-    /// Whether validations can arrive (there is an oracle and sampling).
+    /// Whether validations that count can arrive: there is an oracle and the sampler can
+    /// sample at random ([`SampleReason::Random`]).
     pub with_validations: bool,
     pub clock: Arc<dyn Clock>,
     pub outbox: Arc<RolloutOutbox>,
@@ -1099,7 +1121,7 @@ impl Live {
     }
 }
 
-/// Drives one runtime's rollouts. Shared by the runtime and the dataset writer's ticker.
+/// Drives one runtime's rollouts. Shared by the runtime and its rollout thread.
 pub(crate) struct RolloutController {
     ctx: RolloutContext,
     live: Mutex<Live>,
@@ -1498,10 +1520,28 @@ impl RolloutController {
         Ok(())
     }
 
-    /// One check: follows outside changes, then decides and acts. Called by the dataset
-    /// writer's ticker and by `flush`.
+    /// One check: follows outside changes, then decides and acts. Called by the rollout
+    /// thread ([`RolloutChecker`]) and by `reload`.
     pub(crate) fn check(&self) -> Result<()> {
-        let mut live = self.live.lock();
+        self.check_locked(self.live.lock())
+    }
+
+    /// [`check`](Self::check), waiting for the state at most until `deadline` (another
+    /// check may be in progress, in I/O on `rollout.json`). Called by `flush`.
+    pub(crate) fn check_until(&self, deadline: Instant) -> Result<()> {
+        let live = self.live.try_lock_until(deadline).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "task {:?}: rollout check: another check was still running at the deadline",
+                    self.ctx.task.task
+                ),
+            )
+        })?;
+        self.check_locked(live)
+    }
+
+    fn check_locked(&self, mut live: MutexGuard<'_, Live>) -> Result<()> {
         if live.in_progress().is_none() {
             return Ok(());
         }
@@ -1567,9 +1607,25 @@ impl RolloutController {
         }
     }
 
-    /// Called by the dataset writer thread about every 100 ms: checks once
-    /// `rollout.check_interval_ms` of the runtime's clock have passed since the last check.
-    pub(crate) fn tick(&self, now_ms: i64) {
+    /// How long the rollout thread sleeps before its next [`tick`](Self::tick): until the
+    /// next check is due on the runtime's clock, at most `rollout.check_interval_ms` (so
+    /// that an injected clock that jumps is followed within that much real time), at least
+    /// 1 ms.
+    fn until_next_check(&self) -> Duration {
+        let left = self
+            .next_check_ms
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.ctx.clock.now_millis());
+        let ms = u64::try_from(left)
+            .unwrap_or(0)
+            .clamp(1, self.ctx.config.check_interval_ms.max(1));
+        Duration::from_millis(ms)
+    }
+
+    /// Called by the rollout thread: checks once `rollout.check_interval_ms` of the
+    /// runtime's clock have passed since the last check.
+    fn tick(&self) {
+        let now_ms = self.ctx.clock.now_millis();
         let due = self.next_check_ms.load(Ordering::Relaxed);
         if now_ms < due {
             return;
@@ -1586,9 +1642,18 @@ impl RolloutController {
         }
     }
 
-    /// Persists the counters (at shutdown).
-    pub(crate) fn persist(&self) -> Result<()> {
-        let mut live = self.live.lock();
+    /// Persists the counters (at shutdown), waiting for the state at most until
+    /// `deadline` (a check stuck in I/O keeps it).
+    pub(crate) fn persist(&self, deadline: Instant) -> Result<()> {
+        let mut live = self.live.try_lock_until(deadline).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "task {:?}: rollout counters not persisted: a check was still running at the deadline",
+                    self.ctx.task.task
+                ),
+            )
+        })?;
         if live.in_progress().is_some() && live.persisted != live.counts() {
             self.save_counters(&mut live)?;
         }
@@ -1639,23 +1704,110 @@ fn no_rollout(task: &str) -> Error {
     )
 }
 
-/// Checks the rollout on the dataset writer thread's ticks.
-pub(crate) struct RolloutTicker(pub(crate) Arc<RolloutController>);
+// ---------------------------------------------------------------------------------------
+// The rollout thread
 
-impl std::fmt::Debug for RolloutTicker {
+/// The rollout thread (`loopai-rollout`) of one runtime: checks the rollout every
+/// `rollout.check_interval_ms` of the runtime's clock. A check reads and writes
+/// `rollout.json` (fsync'd) and may swap programs; on a thread of its own that I/O delays
+/// neither `execute` nor the execution log.
+///
+/// The thread sleeps until the next check is due on the runtime's clock, at most
+/// `check_interval_ms` of real time at a time: with an injected clock that does not move
+/// it wakes and finds nothing due (tests then decide through `flush`). It stops at once
+/// when asked, or after the check it is in. After `fork()` it does not exist in the child:
+/// nothing there waits for it.
+pub(crate) struct RolloutChecker {
+    /// Dropped to stop the thread (wakes it at once).
+    stop: Mutex<Option<Sender<()>>>,
+    exited: Receiver<()>,
+    handle: Mutex<Option<JoinHandle<()>>>,
+    fork_generation: u64,
+}
+
+impl std::fmt::Debug for RolloutChecker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RolloutTicker").finish_non_exhaustive()
+        f.debug_struct("RolloutChecker")
+            .field("running", &self.handle.lock().is_some())
+            .finish_non_exhaustive()
     }
 }
 
-impl crate::dataset::RecordObserver for RolloutTicker {
-    fn execution(&mut self, _: &crate::ExecutionRecord) {}
-    fn validation(&mut self, _: &crate::ValidationRecord) {}
-    fn tick(&mut self, now: Timestamp) {
-        self.0.tick(now.millis());
+/// Signals `exited` when the rollout thread ends, however it ends.
+struct CheckerExit(Sender<()>);
+
+impl Drop for CheckerExit {
+    fn drop(&mut self) {
+        let _ = self.0.try_send(());
     }
-    fn persist(&mut self, _: Timestamp) {}
-    fn finish(&mut self, _: Timestamp) {}
+}
+
+impl RolloutChecker {
+    /// Starts the rollout thread for `controller`.
+    pub(crate) fn start(controller: Arc<RolloutController>) -> Result<RolloutChecker> {
+        let (stop, stop_rx) = bounded::<()>(0);
+        let (exited_tx, exited) = bounded::<()>(1);
+        let handle = std::thread::Builder::new()
+            .name("loopai-rollout".into())
+            .spawn(move || {
+                let _exit = CheckerExit(exited_tx);
+                // Woken early only by the stop (the sender dropped).
+                while let Err(RecvTimeoutError::Timeout) =
+                    stop_rx.recv_timeout(controller.until_next_check())
+                {
+                    // A bug in a check must not end the background checks.
+                    if catch_unwind(AssertUnwindSafe(|| controller.tick())).is_err() {
+                        log::error!(
+                            "loopai: task {:?}: a rollout check panicked (a bug in loopai)",
+                            controller.ctx.task.task
+                        );
+                    }
+                }
+            })
+            .map_err(|e| Error::io("starting the rollout thread", e))?;
+        Ok(RolloutChecker {
+            stop: Mutex::new(Some(stop)),
+            exited,
+            handle: Mutex::new(Some(handle)),
+            fork_generation: crate::fork::generation(),
+        })
+    }
+
+    /// Tells the thread to stop, without waiting: it makes no further check.
+    pub(crate) fn stop(&self) {
+        drop(self.stop.lock().take());
+    }
+
+    /// Stops the thread and waits for it until `deadline`. A check in progress (in I/O on
+    /// `rollout.json`) is finished first: when it is still running at the deadline the
+    /// thread is left to stop on its own after it ([`ErrorKind::Timeout`]); calling this
+    /// again waits for it again.
+    pub(crate) fn shutdown(&self, deadline: Instant) -> Result<()> {
+        self.stop();
+        if crate::fork::current() != self.fork_generation {
+            // The thread belongs to the parent process.
+            return Ok(());
+        }
+        let Some(handle) = self.handle.lock().take() else {
+            return Ok(());
+        };
+        if self.exited.recv_deadline(deadline).is_ok() {
+            let _ = handle.join();
+            return Ok(());
+        }
+        *self.handle.lock() = Some(handle);
+        Err(Error::new(
+            ErrorKind::Timeout,
+            "the rollout thread was still inside a check (rollout.json I/O) at the shutdown deadline; it stops after it",
+        ))
+    }
+}
+
+impl Drop for RolloutChecker {
+    fn drop(&mut self) {
+        // Only reached without a runtime shutdown (a failed build): stop, never wait.
+        self.stop();
+    }
 }
 
 #[cfg(test)]
@@ -1925,8 +2077,13 @@ mod tests {
     /// A runtime whose only rollout checks are those of `flush` (the clock never moves),
     /// validating every execution against an oracle that says spam for "prize" and "win".
     fn runtime(dir: &Path) -> Runtime {
+        runtime_with(dir, "sampling: {rate: 1}\n")
+    }
+
+    /// Like [`runtime`], with `yaml` (say a `sampling` section) before the rollout settings.
+    fn runtime_with(dir: &Path, yaml: &str) -> Runtime {
         let config = DeploymentConfig::from_yaml_str(
-            "sampling: {rate: 1}\nrollout:\n  min_samples_per_stage: 100\n  min_validations_per_stage: 50\n  max_error_rate_increase: 0.1\n  max_abstain_rate_increase: 0.1\n  p99_floor_ms: 100000\n",
+            &format!("{yaml}rollout:\n  min_samples_per_stage: 100\n  min_validations_per_stage: 50\n  max_error_rate_increase: 0.1\n  max_abstain_rate_increase: 0.1\n  p99_floor_ms: 100000\n"),
             "test",
         )
         .unwrap();
@@ -1943,6 +2100,32 @@ mod tests {
             .oracle(oracle)
             .build()
             .unwrap()
+    }
+
+    /// What the test oracle answers for `input`.
+    fn truth(input: &Value) -> &'static str {
+        let text = input["text"].as_str().unwrap_or_default();
+        if text.contains("prize") || text.contains("win") {
+            "spam"
+        } else {
+            "ham"
+        }
+    }
+
+    /// spam for "prize" and ham otherwise, both at 0.9, except "win": ham at only 0.6.
+    /// Unsure exactly where it is wrong (a quarter of [`text`]).
+    fn unsure_where_wrong() -> Vec<u8> {
+        serde_json::to_vec(&json!({"format": "loopai.program/1", "task": "spam",
+            "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+            "features": [
+                {"name": "prize", "op": "keywords", "source": "text", "terms": ["prize"]},
+                {"name": "win", "op": "keywords", "source": "text", "terms": ["win"]}],
+            "decide": {"op": "rules", "rules": [
+                {"when": {"feature": "prize", "gt": 0}, "then": "spam", "confidence": 0.9},
+                {"when": {"feature": "win", "gt": 0}, "then": "ham", "confidence": 0.6},
+                {"when": {"always": true}, "then": "ham", "confidence": 0.9}]},
+            "output": {"kind": "label", "labels": ["spam", "ham"]}}))
+        .unwrap()
     }
 
     fn text(i: u64) -> Value {
@@ -2011,6 +2194,113 @@ mod tests {
         let on_disk = rt.artifacts().rollout().unwrap().unwrap();
         assert_eq!(on_disk.state, RolloutState::Promoted);
         assert_eq!(rt.health().rollout.unwrap().state, RolloutState::Promoted);
+    }
+
+    /// Under `uncertainty` sampling the stable version below sends every execution it is
+    /// wrong about to validation (it is unsure of them), while the canary — wrong twice as
+    /// often, always sure of itself — sends only its random share. Counting every
+    /// validation, the stable arm looks worse (a mismatch rate of about 0.25 / (0.25 +
+    /// 0.75 × 0.2) ≈ 0.62 against the canary's 0.5) and the canary would be promoted. Only
+    /// the random draws are comparable samples of both arms: counting those, the canary
+    /// is rolled back, and the arms' counts are exactly the executions the random draw
+    /// picked, whatever else applied to them.
+    #[test]
+    fn only_random_samples_count_in_the_mismatch_comparison() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), &unsure_where_wrong(), true);
+        let v2 = install(dir.path(), &constant("spam"), false);
+        let sampling =
+            "sampling: {strategy: [random, uncertainty], rate: 0.2, uncertainty_threshold: 0.7, seed: 11}\n";
+        let rt = runtime_with(dir.path(), sampling);
+        rt.begin_rollout(v2).unwrap();
+        let mut results = Vec::new();
+        for round in 0..100u64 {
+            for i in 0..100 {
+                let input = text(round * 100 + i);
+                let r = rt.execute(&input).unwrap();
+                results.push((truth(&input), r));
+            }
+            rt.flush(Duration::from_secs(30)).unwrap();
+            if rt.rollout().unwrap().state != RolloutState::InProgress {
+                break;
+            }
+        }
+        let status = rt.rollout().unwrap();
+        assert_eq!(status.state, RolloutState::RolledBack, "{status:#?}");
+        assert!(
+            status
+                .decision
+                .starts_with("mismatch_rate is significantly worse"),
+            "{}",
+            status.decision
+        );
+        // What the random draw alone picked (the same draw: same seed and rate).
+        let config = DeploymentConfig::from_yaml_str(
+            "sampling: {strategy: random, rate: 0.2, seed: 11}\n",
+            "t",
+        )
+        .unwrap();
+        let draw = crate::Sampler::new(&config.sampling, 0);
+        let mut expected = BTreeMap::<u32, (u64, u64)>::new();
+        for (answer, r) in &results {
+            if draw.decide(&r.execution_id, None, 1.0, 0).is_some() {
+                let e = expected.entry(r.version).or_default();
+                e.0 += 1;
+                e.1 += u64::from(r.output != *answer);
+            }
+        }
+        assert_eq!(
+            (status.stable.validations, status.stable.mismatches),
+            expected[&1]
+        );
+        assert_eq!(
+            (status.canary.validations, status.canary.mismatches),
+            expected[&v2]
+        );
+        // Every sample was still validated and recorded.
+        let sampled = results.iter().filter(|(_, r)| r.sampled).count() as u64;
+        let metrics = rt.validation_metrics();
+        assert_eq!(metrics.validated, sampled);
+        assert!(sampled > status.stable.validations + status.canary.validations);
+    }
+
+    /// With sampling that is never random (uncertainty only, rate 0) the validations that
+    /// happen say nothing comparable about the arms: the rollout is decided as without an
+    /// oracle, on executions alone, and the arms count no validation.
+    #[test]
+    fn without_random_samples_the_rollout_is_decided_without_validations() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), &unsure_where_wrong(), true);
+        let v2 = install(dir.path(), &program(&["prize", "win"]), false);
+        let rt = runtime_with(
+            dir.path(),
+            "sampling: {strategy: uncertainty, rate: 0, uncertainty_threshold: 0.7}\n",
+        );
+        rt.begin_rollout(v2).unwrap();
+        let status = rt.rollout().unwrap();
+        assert_eq!(
+            status
+                .comparisons
+                .iter()
+                .map(|m| m.metric)
+                .collect::<Vec<_>>(),
+            ["error_rate", "abstain_rate"]
+        );
+        drive(&rt, 0, 100, 200, |s| s.state != RolloutState::InProgress);
+        let status = rt.rollout().unwrap();
+        assert_eq!(status.state, RolloutState::Promoted, "{status:#?}");
+        assert_eq!(rt.active_version(), v2);
+        assert_eq!(
+            (status.stable.validations, status.canary.validations),
+            (0, 0)
+        );
+        assert!(
+            !status.decision.contains("validations"),
+            "{}",
+            status.decision
+        );
+        // The unsure stable version's executions were validated all the same.
+        assert!(rt.validation_metrics().validated > 0);
     }
 
     #[test]
@@ -2324,6 +2614,218 @@ mod tests {
         }
         assert_eq!(failures.load(Ordering::Relaxed), 0, "failed calls");
         assert!(runs.load(Ordering::Relaxed) >= 400);
+    }
+
+    /// A clock that moves only when told to.
+    #[derive(Debug)]
+    struct ManualClock(std::sync::atomic::AtomicI64);
+
+    impl ManualClock {
+        fn new() -> Arc<ManualClock> {
+            Arc::new(ManualClock(std::sync::atomic::AtomicI64::new(
+                FrozenClock.now_millis(),
+            )))
+        }
+
+        fn advance(&self, ms: i64) {
+            self.0.fetch_add(ms, Ordering::SeqCst);
+        }
+    }
+
+    impl Clock for ManualClock {
+        fn now_millis(&self) -> i64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    /// A runtime on `clock` without an oracle (decisions on executions alone), checking
+    /// in the background every 100 ms of that clock.
+    fn runtime_on(dir: &Path, clock: Arc<dyn Clock>) -> Runtime {
+        let config = DeploymentConfig::from_yaml_str(
+            "rollout:\n  min_samples_per_stage: 100\n  max_error_rate_increase: 0.1\n  max_abstain_rate_increase: 0.1\n  check_interval_ms: 100\n  p99_floor_ms: 100000\n",
+            "test",
+        )
+        .unwrap();
+        Runtime::builder()
+            .data_dir(dir)
+            .task("spam")
+            .config(config)
+            .clock(clock)
+            .build()
+            .unwrap()
+    }
+
+    /// Polls `done` until it holds; panics with `what` after a minute.
+    fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never happened: {what}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Without `flush`, checks happen in the background when `check_interval_ms` of the
+    /// runtime's clock have passed — never before, however long the thread waits.
+    #[test]
+    fn background_checks_follow_the_runtime_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), &program(&["prize"]), true);
+        let v2 = install(dir.path(), &program(&["prize", "win"]), false);
+        let clock = ManualClock::new();
+        let rt = runtime_on(dir.path(), clock.clone());
+        rt.begin_rollout(v2).unwrap();
+        for i in 0..2000 {
+            rt.execute(&text(i)).unwrap();
+        }
+        // Enough executions to advance, but the clock has not moved: no check yet.
+        assert!(rt.rollout().unwrap().canary.stage_executions >= 100);
+        assert_eq!(rt.rollout().unwrap().decision, "started");
+        clock.advance(100);
+        wait_for("a background check", || rt.rollout().unwrap().stage == 1);
+        assert_eq!(
+            rt.rollout().unwrap().recent_events.last().unwrap().kind,
+            RolloutEventKind::StageAdvanced
+        );
+        rt.shutdown(Duration::from_secs(10)).unwrap();
+    }
+
+    /// A rollout check stuck in I/O on `rollout.json` (here: a FIFO that nobody writes)
+    /// holds up neither the execution log — durable executions still return, as checks do
+    /// not run on the dataset writer thread — nor `shutdown` beyond its timeout.
+    #[cfg(unix)]
+    #[test]
+    fn a_stuck_rollout_check_holds_up_neither_the_execution_log_nor_shutdown() {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), &program(&["prize"]), true);
+        let v2 = install(dir.path(), &program(&["prize", "win"]), false);
+        let config = DeploymentConfig::from_yaml_str(
+            "storage: {durability: durable}\nrollout: {check_interval_ms: 1}\n",
+            "test",
+        )
+        .unwrap();
+        let rt = Runtime::builder()
+            .data_dir(dir.path())
+            .task("spam")
+            .config(config)
+            .build()
+            .unwrap();
+        rt.begin_rollout(v2).unwrap();
+        let task_dir = rt.artifacts().task_dir().to_path_buf();
+        let path = task_dir.join(ROLLOUT_FILE);
+        let saved = std::fs::read(&path).unwrap();
+        let fifo = task_dir.join("rollout.fifo");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        std::fs::rename(&fifo, &path).unwrap();
+        // Once a check has opened the FIFO to read it, opening its write end succeeds; while
+        // that end stays open, the check is stuck reading.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let held = loop {
+            let opened = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path);
+            match opened {
+                Ok(f) => break f,
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "no check read the file"
+                    );
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let release = move || {
+            std::fs::rename(&path, task_dir.join("stuck.fifo")).unwrap();
+            std::fs::write(task_dir.join("rollout.tmp"), &saved).unwrap();
+            std::fs::rename(task_dir.join("rollout.tmp"), &path).unwrap();
+            drop(held);
+        };
+        let (done, logged) = std::sync::mpsc::channel();
+        let executing = rt.clone();
+        let worker = std::thread::spawn(move || {
+            for i in 0..3 {
+                executing.execute(&text(i)).unwrap();
+            }
+            let _ = done.send(());
+        });
+        if logged.recv_timeout(Duration::from_secs(60)).is_err() {
+            release();
+            worker.join().unwrap();
+            panic!("durable executions waited for a stuck rollout check");
+        }
+        worker.join().unwrap();
+        let err = rt.shutdown(Duration::from_secs(5)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        assert!(err.to_string().contains("rollout"), "{err}");
+        let log = dir.path().join("datasets/spam/executions");
+        let lines: usize = std::fs::read_dir(log)
+            .unwrap()
+            .map(|e| {
+                std::fs::read_to_string(e.unwrap().path())
+                    .unwrap()
+                    .lines()
+                    .count()
+            })
+            .sum();
+        assert_eq!(lines, 3);
+        // Once the check is released, the thread stops and a second shutdown completes,
+        // persisting the counters.
+        release();
+        rt.shutdown(Duration::from_secs(30)).unwrap();
+        let status = rt.artifacts().rollout().unwrap().unwrap();
+        assert_eq!(status.state, RolloutState::InProgress);
+        assert_eq!(status.canary.executions + status.stable.executions, 3);
+    }
+
+    /// In a forked child the rollout thread does not exist: dropping the runtime there
+    /// does not wait for it, and the parent's thread goes on checking.
+    #[cfg(unix)]
+    #[test]
+    fn a_forked_child_does_not_wait_for_the_rollout_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), &program(&["prize"]), true);
+        let v2 = install(dir.path(), &program(&["prize", "win"]), false);
+        let clock = ManualClock::new();
+        let rt = runtime_on(dir.path(), clock.clone());
+        rt.begin_rollout(v2).unwrap();
+        for i in 0..2000 {
+            rt.execute(&text(i)).unwrap();
+        }
+        // SAFETY: the child calls methods that fail fast, drops the runtime and _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let refused = matches!(rt.flush(Duration::from_millis(10)), Err(e) if e.kind() == ErrorKind::Closed);
+            drop(rt);
+            unsafe { libc::_exit(if refused { 0 } else { 1 }) };
+        }
+        let status = std::cell::Cell::new(0);
+        wait_for("the forked child's exit", || {
+            let mut s = 0;
+            // SAFETY: waits for our own child without blocking.
+            let exited = unsafe { libc::waitpid(pid, &mut s, libc::WNOHANG) } == pid;
+            status.set(s);
+            exited
+        });
+        let status = status.get();
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child checks failed"
+        );
+        clock.advance(100);
+        wait_for("a background check in the parent", || {
+            rt.rollout().unwrap().stage == 1
+        });
+        rt.shutdown(Duration::from_secs(10)).unwrap();
     }
 
     #[test]

@@ -11,15 +11,15 @@ use uuid::Uuid;
 
 use crate::dataset::{AnalyticsKeeper, DatasetWriter, Maintenance, RecordObserver, WriterOptions};
 use crate::refresh::{Checker, HttpRepo, Refresh};
-use crate::rollout::{RolloutContext, RolloutController, RolloutOutbox, RolloutTicker};
+use crate::rollout::{RolloutChecker, RolloutContext, RolloutController, RolloutOutbox};
 use crate::telemetry::Telemetry;
 use crate::validator::{TaskInfo, Validator, ValidatorSettings};
 use crate::{
     ArtifactStore, Clock, DailyStats, DatasetLayout, DatasetMetrics, DatasetReader,
     DeploymentConfig, Durability, Error, ErrorKind, ExecutionRecord, Executor, Fallback,
     HttpOracle, JsonSchema, LoadedArtifact, OnFull, Oracle, Program, ProgramLimits, RefreshMetrics,
-    Result, RetentionPolicy, RetentionReport, RolloutStatus, Sampler, SamplingStrategy,
-    SystemClock, TelemetryMetrics, Timestamp, ValidationMetrics,
+    Result, RetentionPolicy, RetentionReport, RolloutStatus, Sampler, SystemClock,
+    TelemetryMetrics, Timestamp, ValidationMetrics,
 };
 
 /// How long dropping a [`Runtime`] waits for its background threads to finish.
@@ -188,9 +188,9 @@ impl RuntimeBuilder {
     }
 
     /// Loads the configuration and the task's active program and starts the dataset
-    /// writer thread, the telemetry uploader when `telemetry.enabled` and `cloud.api_url`
-    /// is set (see `docs/telemetry.md`), and the validation workers when there is an
-    /// oracle (see `docs/oracle.md`).
+    /// writer thread, the rollout thread (see `docs/rollout.md`), the telemetry uploader
+    /// when `telemetry.enabled` and `cloud.api_url` is set (see `docs/telemetry.md`), and
+    /// the validation workers when there is an oracle (see `docs/oracle.md`).
     ///
     /// Errors: [`ErrorKind::Config`] for a missing data dir or task, or a bad
     /// configuration; [`ErrorKind::Artifact`] when the task has no active program or its
@@ -299,21 +299,18 @@ impl RuntimeBuilder {
         let mut observers: Vec<Box<dyn RecordObserver>> =
             vec![Box::new(AnalyticsKeeper::new(layout.clone(), &task))];
         let outbox = Arc::new(RolloutOutbox::default());
-        let sampling = &config.sampling;
-        let samples = sampling.rate > 0.0
-            || sampling.strategy.len() > 1
-            || !sampling.strategy.contains(SamplingStrategy::Random);
+        let sampler = Sampler::new(&config.sampling, clock.now_millis());
         let rollout = Arc::new(RolloutController::start(RolloutContext {
             executor: executor.clone(),
             store: store.clone(),
             limits: limits.clone(),
             task: task_info.clone(),
             config: config.rollout.clone(),
-            with_validations: oracle.is_some() && samples,
+            // Only random samples count in a rollout's comparison.
+            with_validations: oracle.is_some() && sampler.samples_at_random(),
             clock: clock.clone(),
             outbox: outbox.clone(),
         })?);
-        observers.push(Box::new(RolloutTicker(rollout.clone())));
         let telemetry = match Telemetry::start(&data_dir, &task, &config, clock.clone(), outbox)? {
             Some((telemetry, observer)) => {
                 observers.push(Box::new(observer));
@@ -330,7 +327,6 @@ impl RuntimeBuilder {
         )?);
         let maintenance =
             Maintenance::start(layout, RetentionPolicy::from_config(&config), clock.clone())?;
-        let sampler = Sampler::new(&config.sampling, clock.now_millis());
         let request_timeout = oracle.as_ref().map_or(Duration::ZERO, |(_, _, t)| *t);
         let settings = ValidatorSettings {
             comparison: config.validation.comparison,
@@ -347,8 +343,8 @@ impl RuntimeBuilder {
             settings,
             dataset.clone(),
             clock.clone(),
-            Some(Arc::new(move |version, matched| {
-                counted.record_validation(version, matched);
+            Some(Arc::new(move |version, reason, matched| {
+                counted.record_validation(version, reason, matched);
             })),
         )?;
         let privacy = if config.privacy.hash_inputs {
@@ -362,6 +358,7 @@ impl RuntimeBuilder {
             None
         };
         let refresh = checker.map(|(api_url, checker)| Refresh::new(checker, api_url, &config));
+        let rollout_thread = RolloutChecker::start(rollout.clone())?;
         let inner = Arc::new(Inner {
             data_dir,
             task,
@@ -370,6 +367,7 @@ impl RuntimeBuilder {
             store,
             executor,
             rollout,
+            rollout_thread,
             dataset,
             maintenance,
             telemetry,
@@ -396,6 +394,8 @@ pub(crate) struct Inner {
     store: ArtifactStore,
     executor: Arc<Executor>,
     rollout: Arc<RolloutController>,
+    /// Checks the rollout every `rollout.check_interval_ms`.
+    rollout_thread: RolloutChecker,
     dataset: Arc<DatasetWriter>,
     maintenance: Maintenance,
     /// The telemetry uploader, when telemetry runs.
@@ -420,7 +420,7 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         if crate::fork::current() != self.fork_generation {
-            // The writer thread belongs to the parent process: nothing to stop here.
+            // The background threads belong to the parent process: nothing to stop here.
             return;
         }
         if let Err(e) = shutdown_all(self, DROP_SHUTDOWN_TIMEOUT) {
@@ -600,21 +600,26 @@ impl Runtime {
             }
         }
         // An answer from the oracle is not validated against the oracle.
-        let sampled = source == ExecutionSource::Program
-            && self
-                .inner
-                .sampler
-                .decide(
-                    &execution_id,
-                    run.outcome.label,
-                    run.outcome.confidence,
-                    timestamp.millis(),
-                )
-                .is_some();
-        if sampled {
-            self.inner
-                .validator
-                .submit(execution_id, run.version, input, &output, &run.labels);
+        let reason = if source == ExecutionSource::Program {
+            self.inner.sampler.decide(
+                &execution_id,
+                run.outcome.label,
+                run.outcome.confidence,
+                timestamp.millis(),
+            )
+        } else {
+            None
+        };
+        let sampled = reason.is_some();
+        if let Some(reason) = reason {
+            self.inner.validator.submit(
+                execution_id,
+                run.version,
+                reason,
+                input,
+                &output,
+                &run.labels,
+            );
         }
         let latency_ms = start.elapsed().as_secs_f64() * 1e3;
         if let Some(arm) = &arm {
@@ -703,15 +708,17 @@ impl Runtime {
     }
 
     /// Makes every execution accepted before this call durable (written and fsync'd);
-    /// validates the samples queued before the call and makes their records durable; and,
-    /// when telemetry runs, cuts the open telemetry batches and uploads everything spooled;
-    /// all within `timeout`. The execution log is flushed first, so a slow oracle cannot
-    /// keep it from being durable.
+    /// validates the samples queued before the call and makes their records durable;
+    /// checks the canary rollout in progress on what was counted so far (see
+    /// [`begin_rollout`](Runtime::begin_rollout)); and, when telemetry runs, cuts the open
+    /// telemetry batches and uploads everything spooled; all within `timeout`. The
+    /// execution log is flushed first, so a slow oracle cannot keep it from being durable.
     ///
     /// Errors: [`ErrorKind::Timeout`] when the log is not durable in time, when samples
-    /// are still being validated at the deadline (with a slow oracle, give it time), or
-    /// when telemetry batches are still spooled at the deadline (the message says how many
-    /// and the last upload error; they stay spooled and are retried in the background).
+    /// are still being validated at the deadline (with a slow oracle, give it time), when
+    /// a rollout check of the rollout thread still runs at the deadline, or when telemetry
+    /// batches are still spooled at the deadline (the message says how many and the last
+    /// upload error; they stay spooled and are retried in the background).
     pub fn flush(&self, timeout: Duration) -> Result<()> {
         if crate::fork::current() != self.inner.fork_generation {
             return Err(forked_error());
@@ -724,7 +731,7 @@ impl Runtime {
             validated = self.inner.validator.flush(deadline);
         }
         // Decide on what was counted so far, before the telemetry batches are cut.
-        let checked = self.inner.rollout.check();
+        let checked = self.inner.rollout.check_until(deadline);
         if let Some(telemetry) = &self.inner.telemetry {
             telemetry.request_cut();
         }
@@ -746,7 +753,11 @@ impl Runtime {
     /// [`ErrorKind::Timeout`] saying so). The execution log gets the rest of the time.
     /// Telemetry batches are cut and uploaded until one upload fails or the deadline
     /// passes; what is not sent stays spooled in `<data_dir>/telemetry/spool/<task>/` and
-    /// is sent by the next runtime for this task (that is not an error).
+    /// is sent by the next runtime for this task (that is not an error). The rollout thread
+    /// makes no check once shutdown starts; one it is inside (reading or writing
+    /// `rollout.json`) is waited for until the deadline, then the rollout counters are
+    /// persisted ([`ErrorKind::Timeout`] if that check is still running: the thread stops
+    /// on its own after it).
     pub fn shutdown(&self, timeout: Duration) -> Result<()> {
         if crate::fork::current() != self.inner.fork_generation {
             return Err(forked_error());
@@ -949,8 +960,8 @@ impl Runtime {
 }
 
 /// Stops validation (within half the time), then the writer (flushing, which cuts the last
-/// telemetry batches), the retention thread and the telemetry uploader, all within one
-/// overall timeout.
+/// telemetry batches), the retention thread, the telemetry uploader and the rollout thread
+/// (then persists the rollout counters), all within one overall timeout.
 fn shutdown_all(inner: &Inner, timeout: Duration) -> Result<()> {
     let start = Instant::now();
     let deadline = start + timeout;
@@ -959,18 +970,23 @@ fn shutdown_all(inner: &Inner, timeout: Duration) -> Result<()> {
     if let Some(refresh) = &inner.refresh {
         refresh.shutdown(start + timeout / 4);
     }
+    // No background check starts from now on.
+    inner.rollout_thread.stop();
     let validated = inner.validator.shutdown(start + timeout / 2);
-    let persisted = inner.rollout.persist();
     let written = inner.dataset.shutdown(left());
     let stopped = inner.maintenance.shutdown(left());
     let uploaded = match &inner.telemetry {
         Some(t) => t.shutdown(left()),
         None => Ok(()),
     };
+    // Last, so that a check stuck in I/O on rollout.json takes no time from the others.
+    let checks = inner.rollout_thread.shutdown(deadline);
+    let persisted = inner.rollout.persist(deadline);
     written
         .and(stopped)
         .and(uploaded)
         .and(validated)
+        .and(checks)
         .and(persisted)
 }
 

@@ -16,6 +16,12 @@
 //! `sampling.seed`: the decision is a pure function of id, seed and state, so a given seed
 //! reproduces the same decisions (deterministic mode). Deciding costs a few atomic loads
 //! and one 64-bit hash; no lock, no allocation.
+//!
+//! The reason reported is [`SampleReason::Random`] whenever the random draw picks the
+//! execution, even when another strategy would have picked it too: the executions sampled
+//! for that reason are a uniform sample of all executions, whatever their confidence or
+//! class (at a rate that depends on time alone). A canary rollout compares its arms'
+//! mismatch rates on those only (see `docs/rollout.md`).
 
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 
@@ -33,11 +39,14 @@ const HOUR_MS: i64 = 3_600_000;
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum SampleReason {
-    /// The random draw fell below the (possibly temporally boosted) rate.
+    /// The random draw fell below the (possibly temporally boosted) rate. Reported
+    /// whenever the draw picks the execution, even if another reason applies too, so that
+    /// the executions sampled for this reason are a uniform sample of all executions.
     Random,
-    /// The confidence was below the uncertainty threshold.
+    /// The confidence was below the uncertainty threshold (and the random draw did not
+    /// pick the execution).
     Uncertainty,
-    /// The output class was below its hourly quota.
+    /// The output class was below its hourly quota (and neither reason above applied).
     Stratified,
 }
 
@@ -78,6 +87,13 @@ impl Sampler {
             hour: AtomicI64::new(now_ms.div_euclid(HOUR_MS)),
             counts: std::array::from_fn(|_| AtomicU32::new(0)),
         }
+    }
+
+    /// Whether executions can be sampled for [`SampleReason::Random`]: a base rate above
+    /// 0 (with `random` or `uncertainty`) or a temporal boost above 0.
+    pub(crate) fn samples_at_random(&self) -> bool {
+        ((self.random || self.uncertainty.is_some()) && self.rate > 0.0)
+            || self.temporal.is_some_and(|(boost, _)| boost > 0.0)
     }
 
     /// Restarts the temporal boost (call when a new version is activated).
@@ -127,6 +143,17 @@ impl Sampler {
         class: Option<usize>,
         now_ms: i64,
     ) -> Option<SampleReason> {
+        // The draw first: it must not depend on whether another reason applies.
+        let rate = if self.temporal.is_some() {
+            self.current_rate(now_ms)
+        } else if self.random || self.uncertainty.is_some() {
+            self.rate
+        } else {
+            0.0
+        };
+        if rate > 0.0 && unit_draw(id, self.seed) < rate {
+            return Some(SampleReason::Random);
+        }
         if let Some(threshold) = self.uncertainty {
             if confidence < threshold {
                 return Some(SampleReason::Uncertainty);
@@ -137,14 +164,7 @@ impl Sampler {
                 return Some(SampleReason::Stratified);
             }
         }
-        let rate = if self.temporal.is_some() {
-            self.current_rate(now_ms)
-        } else if self.random || self.uncertainty.is_some() {
-            self.rate
-        } else {
-            0.0
-        };
-        (rate > 0.0 && unit_draw(id, self.seed) < rate).then_some(SampleReason::Random)
+        None
     }
 
     /// The counter of `class` for the hour of `now_ms`, resetting all counters when the
@@ -222,6 +242,60 @@ mod tests {
             Some(SampleReason::Uncertainty)
         );
         assert_eq!(s.decide(&id, Some(0), 0.95, 0), None);
+    }
+
+    /// The executions the draw picks are reported as random even when they are also
+    /// uncertain or below their class quota: the random ones stay a uniform sample.
+    #[test]
+    fn the_random_draw_is_reported_whatever_else_applies() {
+        let mut c = config(
+            &[
+                SamplingStrategy::Random,
+                SamplingStrategy::Uncertainty,
+                SamplingStrategy::Stratified,
+            ],
+            0.3,
+        );
+        c.stratified_min_per_class = 1_000_000;
+        let all = Sampler::new(&c, 0);
+        let random = Sampler::new(&config(&[SamplingStrategy::Random], 0.3), 0);
+        let mut drawn = 0;
+        for (i, id) in ids(10_000).enumerate() {
+            // Every execution is both uncertain and below its quota.
+            let reason = all.decide(&id, Some(i % 2), 0.1, 0);
+            let by_draw = random.decide(&id, Some(i % 2), 0.99, 0).is_some();
+            drawn += usize::from(by_draw);
+            let expected = if by_draw {
+                SampleReason::Random
+            } else {
+                SampleReason::Uncertainty
+            };
+            assert_eq!(reason, Some(expected), "execution {i}");
+        }
+        assert!((2700..3300).contains(&drawn), "{drawn}");
+    }
+
+    #[test]
+    fn random_samples_are_possible_with_a_rate_or_a_temporal_boost() {
+        let can = |strategies: &[SamplingStrategy], rate: f64, boost: f64| {
+            let mut c = config(strategies, rate);
+            c.temporal_boost_rate = boost;
+            Sampler::new(&c, 0).samples_at_random()
+        };
+        use SamplingStrategy::{Random, Stratified, Temporal, Uncertainty};
+        assert!(can(&[Random], 0.05, 0.5));
+        assert!(!can(&[Random], 0.0, 0.5));
+        assert!(
+            can(&[Uncertainty], 0.05, 0.5),
+            "uncertainty adds the base rate"
+        );
+        assert!(!can(&[Uncertainty], 0.0, 0.5));
+        assert!(
+            !can(&[Stratified], 0.05, 0.5),
+            "stratified alone has no base rate"
+        );
+        assert!(can(&[Stratified, Temporal], 0.0, 0.5));
+        assert!(!can(&[Uncertainty, Stratified, Temporal], 0.0, 0.0));
     }
 
     #[test]

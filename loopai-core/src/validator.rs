@@ -32,8 +32,8 @@ use uuid::Uuid;
 use crate::dataset::DatasetWriter;
 use crate::oracle::check_output;
 use crate::{
-    Clock, ComparisonMode, Error, ErrorKind, JsonSchema, Oracle, OracleRequest, Result, Timestamp,
-    ValidationRecord,
+    Clock, ComparisonMode, Error, ErrorKind, JsonSchema, Oracle, OracleRequest, Result,
+    SampleReason, Timestamp, ValidationRecord,
 };
 
 /// Validations per version over which the rolling match rate is computed.
@@ -443,6 +443,8 @@ pub(crate) struct ValidatorSettings {
 struct Job {
     execution_id: Uuid,
     version: u32,
+    /// Why the execution was sampled (only random samples count for a rollout).
+    reason: SampleReason,
     input: Value,
     output: Value,
     labels: Arc<[String]>,
@@ -489,9 +491,9 @@ impl Barrier {
     }
 }
 
-/// Called with `(program version, matched)` after each validation (the rollout's
-/// per-arm counters).
-pub(crate) type ValidationHook = Arc<dyn Fn(u32, bool) + Send + Sync>;
+/// Called with `(program version, sample reason, matched)` after each validation (the
+/// rollout's per-arm counters).
+pub(crate) type ValidationHook = Arc<dyn Fn(u32, SampleReason, bool) + Send + Sync>;
 
 /// Everything a worker needs.
 struct WorkerContext {
@@ -583,6 +585,7 @@ impl Validator {
         &self,
         execution_id: Uuid,
         version: u32,
+        reason: SampleReason,
         input: &Value,
         output: &Value,
         labels: &Arc<[String]>,
@@ -606,6 +609,7 @@ impl Validator {
         let job = Job {
             execution_id,
             version,
+            reason,
             input: input.clone(),
             output: output.clone(),
             labels: Arc::clone(labels),
@@ -946,7 +950,7 @@ fn validate(ctx: &WorkerContext, job: Job) {
     );
     ctx.shared.validated(job.version, cmp.matched);
     if let Some(hook) = &ctx.hook {
-        hook(job.version, cmp.matched);
+        hook(job.version, job.reason, cmp.matched);
     }
     let record = ValidationRecord::new(
         job.execution_id,
