@@ -919,9 +919,7 @@ impl Runtime {
     /// [`ErrorKind::Schema`] when it does not compile or its labels are not allowed;
     /// [`ErrorKind::Io`] when `rollout.json` cannot be written.
     pub fn begin_rollout(&self, version: u32) -> Result<()> {
-        if crate::fork::current() != self.inner.fork_generation {
-            return Err(forked_error());
-        }
+        self.ensure_open()?;
         if !self.inner.config.rollout.enabled {
             return self.activate(version);
         }
@@ -937,8 +935,10 @@ impl Runtime {
     /// Returns that version.
     ///
     /// Errors: [`ErrorKind::Artifact`] when no rollout is in progress, or activation
-    /// fails (then the rollout goes on).
+    /// fails (then the rollout goes on); [`ErrorKind::Closed`] after
+    /// [`shutdown`](Runtime::shutdown) or in a forked child.
     pub fn promote(&self) -> Result<u32> {
+        self.ensure_open()?;
         self.inner.rollout.promote()
     }
 
@@ -946,10 +946,32 @@ impl Runtime {
     /// version stays active, and the canary is marked rolled back (not rolled out again
     /// automatically). Returns the canary's version, or `None` when no rollout was in
     /// progress.
+    ///
+    /// Errors: [`ErrorKind::Closed`] after [`shutdown`](Runtime::shutdown) or in a forked
+    /// child; I/O errors saving the rollout state.
     pub fn abort_rollout(&self) -> Result<Option<u32>> {
+        self.ensure_open()?;
         self.inner
             .rollout
             .abort("rolled back by hand".to_owned(), true)
+    }
+
+    /// Refuses rollout changes in a forked child (the rollout thread does not exist there)
+    /// and after `shutdown` (the rollout state was saved for the next start).
+    fn ensure_open(&self) -> Result<()> {
+        if crate::fork::current() != self.inner.fork_generation {
+            return Err(forked_error());
+        }
+        if self.inner.dataset.is_closed() {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                format!(
+                    "task {:?}: the runtime was shut down; rollout changes need a running runtime",
+                    self.inner.task
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The rollout in progress, or the last one (with its outcome), with live per-arm
@@ -1256,6 +1278,32 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Closed);
     }
 
+    #[test]
+    fn rollout_changes_are_refused_after_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), RULES, Default::default());
+        ArtifactStore::open(dir.path(), "spam")
+            .unwrap()
+            .install(RULES, NewArtifact::default(), false)
+            .unwrap();
+        let rt = runtime(dir.path()).unwrap();
+        rt.begin_rollout(2).unwrap();
+        rt.shutdown(Duration::from_secs(5)).unwrap();
+        let closed = |r: Result<()>| match r {
+            Err(e) if e.kind() == ErrorKind::Closed => e.to_string(),
+            other => panic!("expected Closed, got {other:?}"),
+        };
+        assert!(closed(rt.promote().map(drop)).contains("shut down"));
+        closed(rt.abort_rollout().map(drop));
+        closed(rt.begin_rollout(2));
+        // The rollout saved at shutdown resumes in the next runtime, unchanged.
+        let next = runtime(dir.path()).unwrap();
+        let status = next.rollout().expect("the rollout was saved");
+        assert_eq!(status.canary_version, 2);
+        assert_eq!(next.promote().unwrap(), 2);
+        assert_eq!(next.active_version(), 2);
+    }
+
     #[cfg(unix)]
     #[test]
     fn a_runtime_refuses_to_run_in_a_forked_child() {
@@ -1267,8 +1315,12 @@ mod tests {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
-            let ok = matches!(rt.execute(&json!({"text": "x"})), Err(e) if e.kind() == ErrorKind::Closed)
-                && matches!(rt.flush(Duration::from_millis(10)), Err(e) if e.kind() == ErrorKind::Closed);
+            let closed = |r: Result<()>| matches!(r, Err(e) if e.kind() == ErrorKind::Closed);
+            let ok = closed(rt.execute(&json!({"text": "x"})).map(drop))
+                && closed(rt.flush(Duration::from_millis(10)))
+                && closed(rt.begin_rollout(2))
+                && closed(rt.promote().map(drop))
+                && closed(rt.abort_rollout().map(drop));
             // A fresh runtime in the child works.
             let fresh = runtime(dir.path()).and_then(|r| r.execute(&json!({"text": "child"})));
             unsafe { libc::_exit(if ok && fresh.is_ok() { 0 } else { 1 }) };
