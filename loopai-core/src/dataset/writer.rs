@@ -144,6 +144,9 @@ pub(crate) struct DatasetWriter {
     handle: Mutex<Option<JoinHandle<()>>>,
     exited: Receiver<()>,
     options: WriterOptions,
+    /// The fork generation the thread was started in: in a forked child the thread does
+    /// not exist, and nothing waits for it.
+    fork_generation: u64,
 }
 
 impl std::fmt::Debug for DatasetWriter {
@@ -168,6 +171,7 @@ impl DatasetWriter {
         create_dir_all_durable(&layout.validations_dir())?;
         let (tx, rx) = bounded(options.queue_capacity.max(1));
         let (exited_tx, exited) = bounded(1);
+        let fork_generation = crate::fork::generation();
         let shared = Arc::new(Shared::default());
         let mut state = WriterState::new(layout, options.durable, clock, observers, shared.clone());
         let handle = std::thread::Builder::new()
@@ -183,6 +187,7 @@ impl DatasetWriter {
             handle: Mutex::new(Some(handle)),
             exited,
             options,
+            fork_generation,
         })
     }
 
@@ -290,6 +295,10 @@ impl DatasetWriter {
     pub(crate) fn shutdown(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         self.shared.closed.store(true, Ordering::Release);
+        if crate::fork::current() != self.fork_generation {
+            // A forked child: the thread (and whatever it held) stayed in the parent.
+            return Ok(());
+        }
         let Some(handle) = self.handle.lock().take() else {
             return Ok(());
         };
@@ -1107,6 +1116,42 @@ mod tests {
         }
         assert!(w.healthy());
         assert_eq!(lines(&file).len(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_forked_child_does_not_wait_for_the_parents_writer_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let obs = Counting::default();
+        let w = writer(dir.path(), opts(false), day1_clock(), obs.clone());
+        w.log_execution(record(0, DAY1)).unwrap();
+        w.flush(Duration::from_secs(10)).unwrap();
+        // SAFETY: the child shuts the writer down (atomics only once it sees the fork),
+        // drops it and _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // Without the fork check this waits the whole hour for a thread that is not here.
+            let ok = w.shutdown(Duration::from_secs(3600)).is_ok()
+                && w.log_execution(record(1, DAY1)).is_err();
+            drop(w);
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut status = 0;
+        // SAFETY: waits for our own child without blocking.
+        while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != pid {
+            if Instant::now() > deadline {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!("the forked child hung in the writer's shutdown");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        // The parent's writer is untouched by the child.
+        w.log_execution(record(2, DAY1)).unwrap();
+        w.shutdown(Duration::from_secs(10)).unwrap();
+        assert_eq!(obs.0.lock().0, 2);
     }
 
     #[test]
