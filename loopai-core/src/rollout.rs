@@ -2667,19 +2667,26 @@ mod tests {
         }
     }
 
+    /// v1 active, v2 in its first canary stage with 2000 executions behind it, on a
+    /// manual clock that has not moved (so no check has run yet).
+    fn rolling_out_after_2000_executions(dir: &Path) -> (Runtime, Arc<ManualClock>) {
+        install(dir, &program(&["prize"]), true);
+        let v2 = install(dir, &program(&["prize", "win"]), false);
+        let clock = ManualClock::new();
+        let rt = runtime_on(dir, clock.clone());
+        rt.begin_rollout(v2).unwrap();
+        for i in 0..2000 {
+            rt.execute(&text(i)).unwrap();
+        }
+        (rt, clock)
+    }
+
     /// Without `flush`, checks happen in the background when `check_interval_ms` of the
     /// runtime's clock have passed — never before, however long the thread waits.
     #[test]
     fn background_checks_follow_the_runtime_clock() {
         let dir = tempfile::tempdir().unwrap();
-        install(dir.path(), &program(&["prize"]), true);
-        let v2 = install(dir.path(), &program(&["prize", "win"]), false);
-        let clock = ManualClock::new();
-        let rt = runtime_on(dir.path(), clock.clone());
-        rt.begin_rollout(v2).unwrap();
-        for i in 0..2000 {
-            rt.execute(&text(i)).unwrap();
-        }
+        let (rt, clock) = rolling_out_after_2000_executions(dir.path());
         // Enough executions to advance, but the clock has not moved: no check yet.
         assert!(rt.rollout().unwrap().canary.stage_executions >= 100);
         assert_eq!(rt.rollout().unwrap().decision, "started");
@@ -2792,14 +2799,7 @@ mod tests {
     #[test]
     fn a_forked_child_does_not_wait_for_the_rollout_thread() {
         let dir = tempfile::tempdir().unwrap();
-        install(dir.path(), &program(&["prize"]), true);
-        let v2 = install(dir.path(), &program(&["prize", "win"]), false);
-        let clock = ManualClock::new();
-        let rt = runtime_on(dir.path(), clock.clone());
-        rt.begin_rollout(v2).unwrap();
-        for i in 0..2000 {
-            rt.execute(&text(i)).unwrap();
-        }
+        let (rt, clock) = rolling_out_after_2000_executions(dir.path());
         // SAFETY: the child calls methods that fail fast, drops the runtime and _exits.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
