@@ -1673,7 +1673,24 @@ impl RolloutController {
 
     /// The current state, with live counters; `None` when the task never had a rollout.
     pub(crate) fn status(&self) -> Option<RolloutStatus> {
-        let live = self.live.lock();
+        self.status_of(&self.live.lock())
+    }
+
+    /// Like `status`, without waiting for the lock: `None` when it is held. For a forked
+    /// child, where a lock held by the parent's rollout thread at the fork is never
+    /// released.
+    pub(crate) fn try_status(&self) -> Option<RolloutStatus> {
+        let live = self.live.try_lock()?;
+        self.status_of(&live)
+    }
+
+    /// Holds the rollout lock (tests of what must not wait for it).
+    #[cfg(test)]
+    pub(crate) fn hold_lock(&self) -> impl Sized + '_ {
+        self.live.lock()
+    }
+
+    fn status_of(&self, live: &Live) -> Option<RolloutStatus> {
         let file = live.file.as_ref()?;
         let counts = live.counts();
         let comparisons = if live.comparisons.is_empty() {

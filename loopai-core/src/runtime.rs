@@ -806,7 +806,7 @@ impl Runtime {
             telemetry: self.inner.telemetry.as_ref().map(Telemetry::metrics),
             refresh: self.inner.refresh.as_ref().map(Refresh::metrics),
             validation: self.inner.validator.metrics(),
-            rollout: self.inner.rollout.status(),
+            rollout: self.rollout(),
         }
     }
 
@@ -976,7 +976,14 @@ impl Runtime {
 
     /// The rollout in progress, or the last one (with its outcome), with live per-arm
     /// statistics and the current decision; `None` when the task never had a rollout.
+    ///
+    /// In a process forked after the runtime was built, the state is read without waiting
+    /// for the rollout lock (the parent's rollout thread may have held it at the fork, and
+    /// would never release it here): `None` when it was held.
     pub fn rollout(&self) -> Option<RolloutStatus> {
+        if crate::fork::current() != self.inner.fork_generation {
+            return self.inner.rollout.try_status();
+        }
         self.inner.rollout.status()
     }
 }
@@ -1332,6 +1339,43 @@ mod tests {
             "child checks failed"
         );
         assert!(rt.execute(&json!({"text": "parent still works"})).is_ok());
+    }
+
+    /// The parent's rollout thread may hold the rollout lock at the moment of a fork; in
+    /// the child nobody ever releases it, and `rollout()` / `health()` must not wait on it.
+    #[cfg(unix)]
+    #[test]
+    fn a_forked_child_reads_the_rollout_without_waiting_for_its_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), RULES, Default::default());
+        ArtifactStore::open(dir.path(), "spam")
+            .unwrap()
+            .install(RULES, NewArtifact::default(), false)
+            .unwrap();
+        let rt = runtime(dir.path()).unwrap();
+        rt.begin_rollout(2).unwrap();
+        let held = rt.inner.rollout.hold_lock();
+        // SAFETY: the child reads the rollout state and _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let ok = rt.rollout().is_none() && rt.health().rollout.is_none();
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut status = 0;
+        // SAFETY: waits for our own child without blocking.
+        while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != pid {
+            if Instant::now() > deadline {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!("the forked child hung on the rollout lock");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        drop(held);
+        assert_eq!(rt.rollout().unwrap().canary_version, 2);
+        rt.shutdown(Duration::from_secs(5)).unwrap();
     }
 
     #[cfg(unix)]
