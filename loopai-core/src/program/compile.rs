@@ -815,6 +815,7 @@ pub(crate) fn compile_value(
         inputs,
         text_inputs,
         views,
+        view_max_bytes: limits.max_input_bytes.saturating_mul(VIEW_GROWTH),
         features,
         decide,
         output,
@@ -1210,6 +1211,12 @@ impl Compiler<'_> {
         let t = t.unwrap_or(1.0);
         if !(t.is_finite() && t > 0.0) {
             return Err(perr(path, format!("must be a positive number, got {t}")));
+        }
+        if !(1.0 / t).is_finite() {
+            return Err(perr(
+                path,
+                format!("{t} is too small: its inverse is not a finite number"),
+            ));
         }
         Ok(t)
     }

@@ -124,7 +124,10 @@ pub(crate) fn evaluate(plan: &Plan, input: &Value) -> Result<Outcome> {
 }
 
 fn run(plan: &Plan, texts: &[&str], numbers: &[f64], s: &mut Scratch) -> Outcome {
-    // Text views.
+    // Text views. Every step's output is cut at `cap` bytes: inputs and earlier views are
+    // within it, and the steps that can grow a text (nfkc, lowercase, replace) stop there,
+    // so that chained replacements cannot grow a view without bound.
+    let cap = plan.view_max_bytes;
     if s.views.len() < plan.views.len() {
         s.views.resize_with(plan.views.len(), String::new);
     }
@@ -140,20 +143,20 @@ fn run(plan: &Plan, texts: &[&str], numbers: &[f64], s: &mut Scratch) -> Outcome
         dst.push_str(src);
         for step in &view.steps {
             match step {
-                StepPlan::Nfkc => text::nfkc_into(dst, &mut s.tmp),
+                StepPlan::Nfkc => text::nfkc_into(dst, &mut s.tmp, cap),
                 StepPlan::Lowercase => {
                     if dst.is_ascii() {
                         dst.make_ascii_lowercase();
                         continue;
                     }
-                    text::lowercase_into(dst, &mut s.tmp)
+                    text::lowercase_into(dst, &mut s.tmp, cap)
                 }
                 StepPlan::CollapseWhitespace => text::collapse_whitespace_into(dst, &mut s.tmp),
                 StepPlan::Replace { kind, with } => {
                     if !kind.may_match(dst) {
                         continue;
                     }
-                    text::replace_into(kind.regex(), dst, with, &mut s.tmp)
+                    text::replace_into(kind.regex(), dst, with, &mut s.tmp, cap)
                 }
                 StepPlan::Truncate(max) => {
                     let keep = text::truncate_str(dst, *max).len();

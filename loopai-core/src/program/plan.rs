@@ -12,6 +12,8 @@ use super::text::Placeholder;
 use super::ProgramStats;
 
 pub(crate) const MAX_INPUTS: usize = 32;
+/// A view's text is at most this many times `ProgramLimits::max_input_bytes`.
+pub(crate) const VIEW_GROWTH: usize = 8;
 pub(crate) const MAX_CLASSES: usize = 1024;
 pub(crate) const MAX_DECISION_DEPTH: usize = 8;
 pub(crate) const MAX_CONDITION_DEPTH: usize = 32;
@@ -23,6 +25,8 @@ pub(crate) struct Plan {
     pub inputs: Vec<InputPlan>,
     pub text_inputs: usize,
     pub views: Vec<ViewPlan>,
+    /// Largest text of a view, in bytes ([`VIEW_GROWTH`] × the input limit).
+    pub view_max_bytes: usize,
     pub features: Vec<FeaturePlan>,
     pub decide: Option<DecisionPlan>,
     pub output: OutputPlan,

@@ -425,3 +425,42 @@ fn program_and_outcome_are_send_and_sync() {
     check::<Program>();
     check::<Outcome>();
 }
+
+// ---------------------------------------------------------------------------------------
+// Adversarial programs: each of these once cost the host unbounded time or memory, or
+// loaded a program that could never answer.
+
+#[test]
+fn chained_replacements_cannot_grow_a_view_without_bound() {
+    // Each step turns every number into 32 numbers: 32^5 numbers (64 MiB) from "1"
+    // without the view cap, 8 x 64 = 512 bytes with it.
+    let with = vec!["1"; 32].join(" ");
+    let steps: Vec<Value> = (0..5)
+        .map(|_| json!({"op": "replace", "kind": "number", "with": with}))
+        .collect();
+    let v = json!({
+        "format": "loopai.program/1",
+        "task": "t",
+        "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+        "preprocess": [{"name": "big", "from": "text", "steps": steps}],
+        "features": [{"name": "len", "op": "stat", "source": "big", "stat": "bytes"}],
+        "decide": {"op": "rules", "rules": [
+            {"when": {"feature": "len", "eq": 512}, "then": "capped", "confidence": 0.9},
+            {"when": {"always": true}, "then": "other", "confidence": 0.9}
+        ]},
+        "output": {"kind": "label", "labels": ["capped", "other"]}
+    });
+    let p = Program::from_value(&v, &ProgramLimits::default().with_max_input_bytes(64)).unwrap();
+    let o = p.evaluate(&json!({"text": "1"})).unwrap();
+    assert_eq!(o.output, "capped");
+}
+
+#[test]
+fn a_temperature_whose_inverse_overflows_is_refused() {
+    // 1 / 1e-320 is infinite: every score would be NaN and the program would abstain on
+    // every input.
+    let mut v = linear_program(json!([2.0, 1.0, -3.0, 0.5]), "sigmoid", json!([-1.0]));
+    v["decide"]["temperature"] = json!(1e-320);
+    let err = load_err(v);
+    assert!(err.starts_with("decide.temperature: "), "{err}");
+}

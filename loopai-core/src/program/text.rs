@@ -187,39 +187,64 @@ impl Placeholder {
     }
 }
 
-/// Writes `src` into `dst` with every match of `re` replaced by `with`.
-pub(crate) fn replace_into(re: &Regex, src: &str, with: &str, dst: &mut String) {
+/// Cuts `s` to [`truncate_str`]`(s, max)`.
+#[inline]
+fn cut(s: &mut String, max: usize) {
+    let keep = truncate_str(s, max).len();
+    s.truncate(keep);
+}
+
+/// Writes `src` into `dst` with every match of `re` replaced by `with`, cut at `cap`
+/// bytes (at a UTF-8 boundary): the same text as replacing everything and then cutting,
+/// without ever building more than `cap` plus one piece.
+pub(crate) fn replace_into(re: &Regex, src: &str, with: &str, dst: &mut String, cap: usize) {
     dst.clear();
     let mut last = 0;
     for m in re.find_iter(src) {
         dst.push_str(&src[last..m.start()]);
         dst.push_str(with);
         last = m.end();
+        if dst.len() >= cap {
+            cut(dst, cap);
+            return;
+        }
     }
     dst.push_str(&src[last..]);
+    cut(dst, cap);
 }
 
-/// Unicode NFKC of `src` into `dst`.
-pub(crate) fn nfkc_into(src: &str, dst: &mut String) {
+/// Unicode NFKC of `src` into `dst`, cut at `cap` bytes (at a UTF-8 boundary).
+pub(crate) fn nfkc_into(src: &str, dst: &mut String, cap: usize) {
     dst.clear();
     if src.is_ascii() || is_nfkc_quick(src.chars()) == IsNormalized::Yes {
         dst.push_str(src);
     } else {
-        dst.extend(src.nfkc());
+        for c in src.nfkc() {
+            if dst.len() >= cap {
+                break;
+            }
+            dst.push(c);
+        }
     }
+    cut(dst, cap);
 }
 
-/// Unicode lowercase of `src` into `dst` (`char::to_lowercase`).
-pub(crate) fn lowercase_into(src: &str, dst: &mut String) {
+/// Unicode lowercase of `src` into `dst` (`char::to_lowercase`), cut at `cap` bytes (at a
+/// UTF-8 boundary).
+pub(crate) fn lowercase_into(src: &str, dst: &mut String, cap: usize) {
     dst.clear();
     if src.is_ascii() {
         dst.push_str(src);
         dst.make_ascii_lowercase();
     } else {
         for c in src.chars() {
+            if dst.len() >= cap {
+                break;
+            }
             dst.extend(c.to_lowercase());
         }
     }
+    cut(dst, cap);
 }
 
 /// Trims and collapses every run of whitespace to one ASCII space.
@@ -308,22 +333,30 @@ mod tests {
         let mut dst = String::new();
         collapse_whitespace_into("  a \n\t b  ", &mut dst);
         assert_eq!(dst, "a b");
-        lowercase_into("ÀB", &mut dst);
+        lowercase_into("ÀB", &mut dst, usize::MAX);
         assert_eq!(dst, "àb");
-        nfkc_into("ﬁ①", &mut dst);
+        nfkc_into("ﬁ①", &mut dst, usize::MAX);
         assert_eq!(dst, "fi1");
         replace_into(
             &URL_RE,
             "see http://x.io/a?b=1 or www.y.com.",
             "URL",
             &mut dst,
+            usize::MAX,
         );
         assert_eq!(dst, "see URL or URL");
-        replace_into(&EMAIL_RE, "mail a.b@c.org now", "@", &mut dst);
+        replace_into(&EMAIL_RE, "mail a.b@c.org now", "@", &mut dst, usize::MAX);
         assert_eq!(dst, "mail @ now");
-        replace_into(&NUMBER_RE, "call 0800 123,45 x2", "#", &mut dst);
+        replace_into(&NUMBER_RE, "call 0800 123,45 x2", "#", &mut dst, usize::MAX);
         assert_eq!(dst, "call # # x#");
         assert_eq!(truncate_str("héllo", 2), "h");
+        // Capped steps give the prefix of the uncapped result, cut at a char boundary.
+        replace_into(&NUMBER_RE, "a 1 b 2", "ééé", &mut dst, 6);
+        assert_eq!(dst, "a éé");
+        nfkc_into("ﬁﬁﬁ", &mut dst, 3);
+        assert_eq!(dst, "fif");
+        lowercase_into("ÀÀÀ", &mut dst, 5);
+        assert_eq!(dst, "àà");
         assert_eq!(truncate_str("héllo", 3), "hé");
     }
 }
