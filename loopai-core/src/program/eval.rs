@@ -25,6 +25,8 @@ struct Scratch {
     scalars: Vec<f64>,
     stack: Vec<f64>,
     z: Vec<f64>,
+    /// Sparse model inputs of a tree, sorted by index (see [`TreeInputs`]).
+    lookup: Vec<(usize, f64)>,
 }
 
 thread_local! {
@@ -243,7 +245,7 @@ fn run(plan: &Plan, texts: &[&str], numbers: &[f64], s: &mut Scratch) -> Outcome
             };
             let (out, stack) = s.stack.split_at_mut(c);
             out.fill(0.0);
-            let decided = decide_into(decide, &ctx, out, stack, &mut s.z)
+            let decided = decide_into(decide, &ctx, out, stack, &mut s.z, &mut s.lookup)
                 .filter(|_| out.iter().all(|p| p.is_finite()));
             match decided {
                 Some(id) => {
@@ -607,6 +609,7 @@ fn decide_into(
     out: &mut [f64],
     stack: &mut [f64],
     z: &mut Vec<f64>,
+    lookup: &mut Vec<(usize, f64)>,
 ) -> Option<u32> {
     match d {
         DecisionPlan::Rules(rules) => {
@@ -702,8 +705,9 @@ fn decide_into(
         }
         DecisionPlan::Tree(t) => {
             let mut node = 0usize;
+            let mut inputs = TreeInputs::new(lookup);
             while t.feature[node] != u32::MAX {
-                let x = feature_value(&t.groups, t.feature[node] as usize, ctx);
+                let x = inputs.value(&t.groups, t.feature[node] as usize, ctx);
                 node = if x <= f64::from(t.threshold[node]) {
                     t.left[node] as usize
                 } else {
@@ -724,7 +728,7 @@ fn decide_into(
         }
         DecisionPlan::First(steps) => {
             for step in steps {
-                if let Some(id) = decide_into(step, ctx, out, stack, z) {
+                if let Some(id) = decide_into(step, ctx, out, stack, z, lookup) {
                     return Some(id);
                 }
                 out.fill(0.0);
@@ -741,7 +745,7 @@ fn decide_into(
             let mut total = 0.0;
             for (w, member) in members {
                 child.fill(0.0);
-                if decide_into(member, ctx, child, deeper, z).is_some() {
+                if decide_into(member, ctx, child, deeper, z, lookup).is_some() {
                     total += w;
                     for (o, p) in out.iter_mut().zip(child.iter()) {
                         *o += w * p;
@@ -761,13 +765,80 @@ fn decide_into(
     }
 }
 
+/// Sparse lookups a tree walk does by scanning before it sorts its sparse inputs once.
+const TREE_SCANS: u32 = 8;
+
+/// The model inputs of one tree walk. A lookup in a sparse input scans its entries; a
+/// walk that does more than [`TREE_SCANS`] of them sorts the entries of all its sparse
+/// inputs once and then searches them, so that a deep tree over a long text costs
+/// `O(entries * log(entries) + depth * log(entries))`, not `O(depth * entries)`.
+struct TreeInputs<'s> {
+    lookup: &'s mut Vec<(usize, f64)>,
+    scans: u32,
+}
+
+impl<'s> TreeInputs<'s> {
+    fn new(lookup: &'s mut Vec<(usize, f64)>) -> Self {
+        TreeInputs { lookup, scans: 0 }
+    }
+
+    /// The value of flattened model input `index` (as [`feature_value`]).
+    fn value(&mut self, groups: &[InputGroup], index: usize, ctx: &Ctx<'_>) -> f64 {
+        let g = group_of(groups, index);
+        if !g.sparse {
+            return ctx.scalars[g.feature];
+        }
+        if self.scans < TREE_SCANS {
+            self.scans += 1;
+            if self.scans == TREE_SCANS {
+                self.sort(groups, ctx);
+            }
+            return feature_value(groups, index, ctx);
+        }
+        match self.lookup.binary_search_by_key(&index, |e| e.0) {
+            Ok(at) => self.lookup[at].1,
+            Err(_) => std::iter::empty::<f64>().sum(),
+        }
+    }
+
+    /// Fills `lookup` with the sparse entries of `groups`, by flattened index, the values
+    /// of one index summed in entry order (the sum [`feature_value`] computes).
+    fn sort(&mut self, groups: &[InputGroup], ctx: &Ctx<'_>) {
+        let all = &mut *self.lookup;
+        all.clear();
+        for g in groups.iter().filter(|g| g.sparse) {
+            all.extend(
+                ctx.sparse[g.feature]
+                    .iter()
+                    .map(|&(i, v)| (g.offset + i as usize, f64::from(v))),
+            );
+        }
+        // Stable: entries of one index keep their order.
+        all.sort_by_key(|e| e.0);
+        let (mut w, mut r) = (0, 0);
+        while r < all.len() {
+            let index = all[r].0;
+            let end = r + all[r..].iter().take_while(|e| e.0 == index).count();
+            let sum: f64 = all[r..end].iter().map(|e| e.1).sum();
+            all[w] = (index, sum);
+            w += 1;
+            r = end;
+        }
+        all.truncate(w);
+    }
+}
+
+/// The input group holding flattened model input `index` (offsets increase).
+fn group_of(groups: &[InputGroup], index: usize) -> &InputGroup {
+    let after = groups.partition_point(|g| g.offset <= index);
+    &groups[after
+        .checked_sub(1)
+        .expect("index validated at compile time")]
+}
+
 /// The value of flattened model input `index`.
 fn feature_value(groups: &[InputGroup], index: usize, ctx: &Ctx<'_>) -> f64 {
-    let g = groups
-        .iter()
-        .rev()
-        .find(|g| g.offset <= index)
-        .expect("index validated at compile time");
+    let g = group_of(groups, index);
     match g.sparse {
         true => {
             let local = (index - g.offset) as u32;

@@ -464,3 +464,65 @@ fn a_temperature_whose_inverse_overflows_is_refused() {
     let err = load_err(v);
     assert!(err.starts_with("decide.temperature: "), "{err}");
 }
+
+/// A chain tree of `k` tests over `["words", "len"]` (dimension 4: the vocabulary's
+/// "free", "prize", "hello", then the word count): test `j` reads input `j % 4` and goes
+/// on (right) when it is above `thresholds[j % 4]`, except the last test, which needs
+/// "free" above `last`. Ending the chain is "deep", leaving it early "shallow".
+fn chain_tree(k: usize, thresholds: [f64; 4], last: f64) -> Value {
+    let (mut feature, mut threshold, mut left, mut right, mut value) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for j in 0..k {
+        let (f, t) = if j + 1 == k {
+            (0, last)
+        } else {
+            (j % 4, thresholds[j % 4])
+        };
+        // Node 2j tests, node 2j + 1 is its "shallow" leaf.
+        feature.extend([f as i64, -1]);
+        threshold.extend([t, 0.0]);
+        left.extend([2 * j + 1, 0]);
+        right.extend([2 * j + 2, 0]);
+        value.extend([0.0, 0.0, 0.0, 1.0]);
+    }
+    feature.push(-1);
+    threshold.push(0.0);
+    left.push(0);
+    right.push(0);
+    value.extend([1.0, 0.0]);
+    json!({
+        "format": "loopai.program/1",
+        "task": "t",
+        "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+        "features": [
+            {"name": "words", "op": "word_ngrams", "source": "text", "n": [1, 1], "vocabulary": ["free", "prize", "hello"]},
+            {"name": "len", "op": "stat", "source": "text", "stat": "words"}
+        ],
+        "decide": {"op": "tree", "inputs": ["words", "len"], "classes": ["deep", "shallow"],
+                   "feature": feature, "threshold": threshold, "left": left, "right": right,
+                   "value": value},
+        "output": {"kind": "label", "labels": ["deep", "shallow"]}
+    })
+}
+
+#[test]
+fn deep_trees_over_ngrams_read_the_same_values_as_shallow_ones() {
+    // Deeper than the walk's scans before it sorts its sparse inputs: every lookup after
+    // the 8th goes through the sorted table, including repeated n-grams (summed) and
+    // absent ones (0).
+    for k in [3, 40, 1000] {
+        let p = program(chain_tree(k, [0.5, 0.5, -0.5, 2.5], 2.5));
+        let o = p
+            .evaluate(&json!({"text": "free prize free free"}))
+            .unwrap();
+        assert_eq!(o.output, "deep", "k = {k}");
+        let o = p.evaluate(&json!({"text": "free prize free"})).unwrap();
+        assert_eq!(o.output, "shallow", "k = {k}: the last test sees free = 2");
+        let o = p
+            .evaluate(&json!({"text": "free prize hello free free"}))
+            .unwrap();
+        assert_eq!(o.output, "deep", "k = {k}");
+        let o = p.evaluate(&json!({"text": "prize free"})).unwrap();
+        assert_eq!(o.output, "shallow", "k = {k}: len = 2 stops at test 3");
+    }
+}
