@@ -384,6 +384,220 @@ TEST(runtime_from_before_fork_is_closed_in_the_child) {
     END;
 }
 
+/* ---- adversarial arguments and inputs -------------------------------------------------- */
+
+TEST(every_pointer_argument_may_be_null) {
+    BEGIN;
+    loopai_runtime_t *rt = open_spam();
+    const uint8_t *in = (const uint8_t *)"{\"text\": \"hi\"}";
+    size_t n = strlen((const char *)in);
+    loopai_result_t *r = (loopai_result_t *)0x1;
+    char *json = (char *)0x1;
+    uint32_t version = 77;
+
+    CHECK_STATUS(loopai_runtime_execute_with_key(NULL, in, n, "k", &r, NULL),
+                 LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_execute_with_key(rt, NULL, n, "k", &r, NULL),
+                 LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_execute_with_key(rt, in, n, NULL, &r, NULL),
+                 LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_execute_with_key(rt, in, n, "k", NULL, NULL),
+                 LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_execute_with_key(rt, in, n, "k\xff", &r, NULL),
+                 LOOPAI_E_INVALID_INPUT);
+    CHECK(r == (loopai_result_t *)0x1);
+
+    CHECK_STATUS(loopai_runtime_execute_batch(NULL, (const uint8_t *)"[]", 2, &json, NULL),
+                 LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_execute_batch(rt, NULL, 2, &json, NULL), LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_execute_batch(rt, (const uint8_t *)"[]", 2, NULL, NULL),
+                 LOOPAI_E_INVALID_INPUT);
+    CHECK(json == (char *)0x1);
+
+    CHECK_STATUS(loopai_runtime_health_json(NULL, &json, NULL), LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_validation_metrics_json(NULL, &json, NULL),
+                 LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_validation_metrics_json(rt, NULL, NULL), LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_rollout_json(NULL, &json, NULL), LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_rollout_json(rt, NULL, NULL), LOOPAI_E_INVALID_INPUT);
+    CHECK(json == (char *)0x1);
+
+    CHECK_STATUS(loopai_runtime_begin_rollout(NULL, 2, NULL), LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_promote(NULL, &version, NULL), LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_abort_rollout(NULL, &version, NULL), LOOPAI_E_INVALID_INPUT);
+    CHECK(version == 77);
+    /* Optional outputs may be NULL. */
+    CHECK_STATUS(loopai_runtime_abort_rollout(rt, NULL, NULL), LOOPAI_OK);
+
+    CHECK(loopai_oracle_reply_set(NULL, "{}", 2) == LOOPAI_E_INVALID_INPUT);
+    CHECK(loopai_oracle_reply_set_error(NULL, "x", 1) == LOOPAI_E_INVALID_INPUT);
+    CHECK(loopai_runtime_new_with_oracle(spam_dir(), "spam", NULL, NULL, NULL, NULL, NULL,
+                                         NULL) == LOOPAI_E_CONFIG);
+    loopai_runtime_free(NULL);
+    loopai_runtime_free(rt);
+    END;
+}
+
+TEST(hostile_inputs_are_refused_with_a_message) {
+    BEGIN;
+    loopai_runtime_t *rt = open_spam();
+    loopai_result_t *r = (loopai_result_t *)0x1;
+    loopai_error_t *err = NULL;
+
+    /* Embedded NUL before the end of the buffer: the length counts, not the NUL. */
+    static const char nul[] = "{\"text\": \"a\0b\"}";
+    CHECK_STATUS(loopai_runtime_execute(rt, (const uint8_t *)nul, sizeof nul - 1, &r, &err),
+                 LOOPAI_E_INVALID_INPUT);
+    loopai_error_free(err);
+    err = NULL;
+    /* An escaped NUL is a valid JSON string character. */
+    loopai_result_t *ok = NULL;
+    CHECK_STATUS(exec_str(rt, "{\"text\": \"a\\u0000b\"}", &ok, NULL), LOOPAI_OK);
+    loopai_result_free(ok);
+
+    /* Nesting far deeper than the parser's recursion limit: an error, not a stack
+     * overflow. */
+    size_t depth = 1 << 20;
+    char *deep = malloc(2 * depth + 32);
+    CHECK(deep != NULL);
+    if (deep != NULL) {
+        size_t k = (size_t)sprintf(deep, "{\"text\": \"x\", \"a\": ");
+        memset(deep + k, '[', depth);
+        memset(deep + k + depth, ']', depth);
+        strcpy(deep + k + 2 * depth, "}");
+        CHECK_STATUS(exec_str(rt, deep, &r, &err), LOOPAI_E_INVALID_INPUT);
+        CHECK(err != NULL && strstr(loopai_error_message(err), "recursion limit") != NULL);
+        loopai_error_free(err);
+        err = NULL;
+        char *out = (char *)0x1;
+        deep[0] = '[';
+        CHECK_STATUS(loopai_runtime_execute_batch(rt, (const uint8_t *)deep, strlen(deep), &out,
+                                                  NULL),
+                     LOOPAI_E_INVALID_INPUT);
+        CHECK(out == (char *)0x1);
+        free(deep);
+    }
+
+    /* One byte over the 16 MiB document limit. */
+    size_t big = (16u << 20) + 1;
+    char *huge = malloc(big);
+    CHECK(huge != NULL);
+    if (huge != NULL) {
+        memset(huge, ' ', big);
+        memcpy(huge, "{\"text\": \"x\"}", 13);
+        CHECK_STATUS(loopai_runtime_execute(rt, (const uint8_t *)huge, big, &r, &err),
+                     LOOPAI_E_INVALID_INPUT);
+        CHECK(err != NULL && strstr(loopai_error_message(err), "over the limit") != NULL);
+        loopai_error_free(err);
+        err = NULL;
+        /* Exactly at the limit the document is parsed (the padding is whitespace). */
+        CHECK_STATUS(loopai_runtime_execute(rt, (const uint8_t *)huge, big - 1, &ok, NULL),
+                     LOOPAI_OK);
+        loopai_result_free(ok);
+        free(huge);
+    }
+
+    /* Numbers out of f64 range; a text over execution.max_input_bytes (64 KiB). */
+    CHECK_STATUS(exec_str(rt, "{\"text\": \"x\", \"n\": 1e400}", &r, &err),
+                 LOOPAI_E_INVALID_INPUT);
+    loopai_error_free(err);
+    err = NULL;
+    size_t long_len = (64u << 10) + 1;
+    char *long_text = malloc(long_len + 16);
+    CHECK(long_text != NULL);
+    if (long_text != NULL) {
+        strcpy(long_text, "{\"text\": \"");
+        memset(long_text + 10, 'a', long_len);
+        strcpy(long_text + 10 + long_len, "\"}");
+        /* The example program asks for "on_oversize": "truncate". */
+        CHECK_STATUS(exec_str(rt, long_text, &ok, NULL), LOOPAI_OK);
+        loopai_result_free(ok);
+        free(long_text);
+    }
+    CHECK(r == (loopai_result_t *)0x1);
+
+    /* A batch mixing good, bad and non-object elements answers each in order. */
+    const char *mixed = "[{\"text\": \"WIN a FREE prize, call now\"}, 7, {\"text\": 1}, null, "
+                        "{\"text\": \"\\ud800\"}, {\"text\": \"dinner?\"}]";
+    char *out = NULL;
+    CHECK_STATUS(loopai_runtime_execute_batch(rt, (const uint8_t *)mixed, strlen(mixed), &out,
+                                              &err),
+                 LOOPAI_E_INVALID_INPUT);
+    loopai_error_free(err); /* "\ud800" is a lone surrogate: the whole document is refused */
+    err = NULL;
+    mixed = "[{\"text\": \"WIN a FREE prize, call now\"}, 7, {\"text\": 1}, null, "
+            "{\"text\": \"dinner?\"}]";
+    CHECK_STATUS(loopai_runtime_execute_batch(rt, (const uint8_t *)mixed, strlen(mixed), &out,
+                                              NULL),
+                 LOOPAI_OK);
+    if (out != NULL) {
+        const char *p = out;
+        int errors = 0;
+        while ((p = strstr(p, "\"error\":{\"code\":-1")) != NULL) {
+            errors++;
+            p++;
+        }
+        CHECK(errors == 3);
+        CHECK(strstr(out, "\"output\":\"spam\"") < strstr(out, "\"error\""));
+        loopai_string_free(out);
+    }
+    loopai_runtime_free(rt);
+    END;
+}
+
+/* ---- executions racing a shutdown ------------------------------------------------------ */
+
+struct racer {
+    const loopai_runtime_t *rt;
+    int unexpected;
+    int closed;
+};
+
+static void *race_work(void *arg) {
+    struct racer *w = arg;
+    for (int i = 0; i < 2000 && w->closed < 50; i++) {
+        loopai_result_t *r = NULL;
+        loopai_error_t *err = NULL;
+        loopai_status_t st = exec_str(w->rt, "{\"text\": \"WIN a FREE prize, call now\"}", &r, &err);
+        if (st == LOOPAI_OK) {
+            if (strcmp(loopai_result_output_json(r), "\"spam\"") != 0)
+                w->unexpected++;
+            loopai_result_free(r);
+        } else if (st == LOOPAI_E_CLOSED && loopai_error_code(err) == LOOPAI_E_CLOSED) {
+            w->closed++;
+        } else {
+            w->unexpected++;
+        }
+        loopai_error_free(err);
+    }
+    return NULL;
+}
+
+TEST(executions_racing_a_shutdown_succeed_or_are_closed) {
+    BEGIN;
+    loopai_runtime_t *rt = open_spam();
+    pthread_t threads[THREADS];
+    struct racer racers[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        racers[i] = (struct racer){.rt = rt, .unexpected = 0, .closed = 0};
+        CHECK(pthread_create(&threads[i], NULL, race_work, &racers[i]) == 0);
+    }
+    loopai_status_t st = loopai_runtime_shutdown(rt, 10000, NULL);
+    CHECK(st == LOOPAI_OK);
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(threads[i], NULL);
+        CHECK(racers[i].unexpected == 0);
+    }
+    /* After shutdown every execution is closed; the metrics are still readable. */
+    loopai_result_t *r = NULL;
+    CHECK_STATUS(exec_str(rt, "{\"text\": \"late\"}", &r, NULL), LOOPAI_E_CLOSED);
+    char *metrics = NULL;
+    CHECK_STATUS(loopai_runtime_validation_metrics_json(rt, &metrics, NULL), LOOPAI_OK);
+    loopai_string_free(metrics);
+    loopai_runtime_free(rt);
+    END;
+}
+
 /* ---- parity vectors ------------------------------------------------------------------- */
 
 /* Returns a pointer just past the JSON value starting at p (minimal scanner for the
@@ -1065,6 +1279,9 @@ int main(void) {
         T(bad_input_is_an_error_never_a_crash),
         T(four_threads_execute_concurrently),
         T(runtime_from_before_fork_is_closed_in_the_child),
+        T(every_pointer_argument_may_be_null),
+        T(hostile_inputs_are_refused_with_a_message),
+        T(executions_racing_a_shutdown_succeed_or_are_closed),
         T(parity_vectors_bit_for_bit),
         T(oracle_callback_validates_sampled_executions),
         T(failing_oracle_callbacks_are_counted),
