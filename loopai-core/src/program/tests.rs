@@ -526,3 +526,20 @@ fn deep_trees_over_ngrams_read_the_same_values_as_shallow_ones() {
         assert_eq!(o.output, "shallow", "k = {k}: len = 2 stops at test 3");
     }
 }
+
+#[test]
+fn deeply_nested_program_json_is_refused_without_overflowing_the_stack() {
+    let deep = format!("{}{}", "[".repeat(1 << 20), "]".repeat(1 << 20));
+    let doc = format!(r#"{{"format": "loopai.program/1", "task": "t", "metadata": {deep}}}"#);
+    let err = Program::from_json(doc.as_bytes()).expect_err("must be refused");
+    assert_eq!(err.kind(), ErrorKind::Program);
+    assert!(err.to_string().contains("recursion limit"), "{err}");
+    // Within the parser's limit, the conditions' own depth limit names the path.
+    let mut when = json!({"always": true});
+    for _ in 0..40 {
+        when = json!({"not": when});
+    }
+    let err = load_err(set(base(), "/decide/rules/0/when", when));
+    assert!(err.contains("conditions nest deeper than 32"), "{err}");
+    assert!(err.starts_with("decide.rules[0].when.not"), "{err}");
+}
