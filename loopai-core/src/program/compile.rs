@@ -482,6 +482,8 @@ struct Compiler<'l> {
     stats: ProgramStats,
     decision_names: Vec<String>,
     regex_bytes_used: usize,
+    /// Classes summed over the models compiled so far (`max_model_classes`).
+    model_classes: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -561,6 +563,7 @@ pub(crate) fn compile_value(
         },
         decision_names: Vec::new(),
         regex_bytes_used: 0,
+        model_classes: 0,
     };
 
     // Inputs.
@@ -1080,6 +1083,21 @@ impl Compiler<'_> {
         }
     }
 
+    /// Adds a model's classes to the program's total (`max_model_classes`).
+    fn count_model_classes(&mut self, classes: usize, path: &str) -> Result<()> {
+        self.model_classes = self.model_classes.saturating_add(classes);
+        if self.model_classes > self.limits.max_model_classes {
+            return Err(perr(
+                &join(path, "classes"),
+                format!(
+                    "the program's models have more than {} classes in all (each model scores all its classes for every input feature)",
+                    self.limits.max_model_classes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn class_map(&self, classes: &[String], path: &str) -> Result<Vec<usize>> {
         if classes.is_empty() {
             return Err(perr(path, "at least one class is required"));
@@ -1279,6 +1297,7 @@ impl Compiler<'_> {
             "linear" => {
                 let r: RawLinear = typed(value, path)?;
                 let classes = self.class_map(&r.classes, &join(path, "classes"))?;
+                self.count_model_classes(classes.len(), path)?;
                 let (groups, dim) = self.model_inputs(&r.inputs, &join(path, "inputs"))?;
                 let width = match r.link {
                     RawLink::Softmax => classes.len(),
@@ -1313,6 +1332,7 @@ impl Compiler<'_> {
             "naive_bayes" => {
                 let r: RawBayes = typed(value, path)?;
                 let classes = self.class_map(&r.classes, &join(path, "classes"))?;
+                self.count_model_classes(classes.len(), path)?;
                 let (groups, dim) = self.model_inputs(&r.inputs, &join(path, "inputs"))?;
                 let expected = dim
                     .checked_mul(classes.len())
@@ -1341,6 +1361,7 @@ impl Compiler<'_> {
             "tree" => {
                 let r: RawTree = typed(value, path)?;
                 let classes = self.class_map(&r.classes, &join(path, "classes"))?;
+                self.count_model_classes(classes.len(), path)?;
                 let (groups, dim) = self.model_inputs(&r.inputs, &join(path, "inputs"))?;
                 let n = r.feature.len();
                 if n == 0 || n > self.limits.max_tree_nodes {

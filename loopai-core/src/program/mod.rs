@@ -48,6 +48,11 @@ pub struct ProgramLimits {
     pub max_weights: usize,
     /// Most nodes in one decision tree (default 1 000 000).
     pub max_tree_nodes: usize,
+    /// Most classes summed over every model (`linear`, `naive_bayes`, `tree`) of a program
+    /// (default 4 096). Each model scores each of its classes for the input's features, so
+    /// this bounds the work of one evaluation per input feature, however many models a
+    /// program combines with `first` and `vote`.
+    pub max_model_classes: usize,
 }
 
 impl Default for ProgramLimits {
@@ -64,6 +69,7 @@ impl Default for ProgramLimits {
             max_keywords: 100_000,
             max_weights: 1 << 26,
             max_tree_nodes: 1_000_000,
+            max_model_classes: 4096,
         }
     }
 }

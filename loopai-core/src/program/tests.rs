@@ -543,3 +543,50 @@ fn deeply_nested_program_json_is_refused_without_overflowing_the_stack() {
     assert!(err.contains("conditions nest deeper than 32"), "{err}");
     assert!(err.starts_with("decide.rules[0].when.not"), "{err}");
 }
+
+#[test]
+fn the_classes_of_all_models_together_are_limited() {
+    let linear = json!({"op": "linear", "inputs": ["w"], "classes": ["spam", "ham"], "link": "softmax",
+                        "weights": [0, 1, 2, 0], "bias": [0, 0]});
+    let with_members = |n: usize| {
+        json!({
+            "format": "loopai.program/1", "task": "t",
+            "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+            "features": [{"name": "w", "op": "word_ngrams", "source": "text", "n": [1, 1],
+                          "vocabulary": ["hello", "cash"]}],
+            "decide": {"op": "vote", "members": vec![json!({"weight": 1, "decide": linear}); n]},
+            "output": {"kind": "label", "labels": ["spam", "ham"]}
+        })
+    };
+    let limits = ProgramLimits {
+        max_model_classes: 6,
+        ..ProgramLimits::default()
+    };
+    // Three two-class models: 6 classes in all, at the limit.
+    Program::from_value(&with_members(3), &limits).unwrap();
+    let Err(err) = Program::from_value(&with_members(4), &limits) else {
+        panic!("8 classes were accepted with a limit of 6");
+    };
+    assert_eq!(err.kind(), ErrorKind::Program);
+    let message = err.to_string();
+    assert!(
+        message.contains("decide.members[3].decide.classes"),
+        "{message}"
+    );
+    assert!(message.contains("more than 6 classes"), "{message}");
+    // By default 4096 classes: 8 × 16 × 16 two-class models in three levels of votes.
+    let nested = |outer: usize| {
+        let mut v = with_members(16);
+        let level1 = v["decide"].clone();
+        let level2 =
+            json!({"op": "vote", "members": vec![json!({"weight": 1, "decide": level1}); 16]});
+        v["decide"] =
+            json!({"op": "vote", "members": vec![json!({"weight": 1, "decide": level2}); outer]});
+        v
+    };
+    assert!(Program::from_value(&nested(8), &ProgramLimits::default()).is_ok());
+    match Program::from_value(&nested(9), &ProgramLimits::default()) {
+        Err(e) => assert!(e.to_string().contains("more than 4096 classes"), "{e}"),
+        Ok(_) => panic!("4608 classes were accepted"),
+    }
+}
