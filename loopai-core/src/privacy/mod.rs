@@ -13,6 +13,8 @@ mod pii;
 
 #[cfg(test)]
 pub(crate) mod corpus;
+#[cfg(test)]
+mod review_set;
 
 use std::borrow::Cow;
 use std::sync::Arc;

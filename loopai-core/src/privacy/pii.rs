@@ -309,19 +309,27 @@ impl fmt::Debug for Detector {
     }
 }
 
-/// Separators inside phone numbers.
-const SEP: &str = r"[ .\-]";
+/// Separators inside phone numbers: space, `.`, `-`, and their typographic variants as
+/// pasted from web pages and word processors (no-break spaces, non-breaking hyphen, en dash).
+const SEP: &str = r"[ .\-\x{A0}\x{202F}\x{2011}\x{2013}]";
+
+/// Separators inside international numbers: [`SEP`], or a line break (a number wrapped
+/// at the end of a line).
+const INTL_SEP: &str = r"(?:[ .\-\x{A0}\x{202F}\x{2011}\x{2013}]|\r?\n)";
 
 fn detector_specs() -> Vec<(PiiKind, Check, String)> {
-    let card_sep = r"[ \-]";
+    let card_sep = r"[ \-\x{A0}\x{202F}\x{2011}\x{2013}]";
+    // A parenthesised group inside an international number: `+44 (0)20`, `+1 (415)`.
+    const PAREN: &str =
+        r"[ .\-\x{A0}\x{202F}\x{2011}\x{2013}]?\(\d{1,5}\)[ .\-\x{A0}\x{202F}\x{2011}\x{2013}]?";
     let mut specs = vec![
         (
             PiiKind::Email,
             Check::Email,
             concat!(
-                r"[\p{L}\p{N}!#$%&*+=?^_~\-]+(?:\.[\p{L}\p{N}!#$%&*+=?^_~\-]+)*@",
+                r"[\p{L}\p{N}!#$%&*+?^_~\-]+(?:['.][\p{L}\p{N}!#$%&*+?^_~\-]+)*@",
                 r"(?:[\p{L}\p{N}](?:[\p{L}\p{N}\-]*[\p{L}\p{N}])?\.)+",
-                r"(?:\p{L}{2,63}|xn--[a-zA-Z0-9\-]{1,59})"
+                r"(?:xn--[a-zA-Z0-9\-]{1,59}|[a-zA-Z]{2,63}|\p{L}{2,63})"
             )
             .to_owned(),
         ),
@@ -333,12 +341,7 @@ fn detector_specs() -> Vec<(PiiKind, Check, String)> {
         (
             PiiKind::Iban,
             Check::Iban,
-            r"[A-Z]{2}\d{2}[A-Z0-9]{11,30}".to_owned(),
-        ),
-        (
-            PiiKind::Iban,
-            Check::Iban,
-            r"[A-Z]{2}\d{2}(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,4})?".to_owned(),
+            r"[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]){11,30}".to_owned(),
         ),
         (
             PiiKind::Ip,
@@ -354,13 +357,14 @@ fn detector_specs() -> Vec<(PiiKind, Check, String)> {
         (
             PiiKind::CreditCard,
             Check::Card,
-            r"[1-9]\d{12,18}".to_owned(),
+            r"[2-6]\d{12,18}".to_owned(),
         ),
+        // A line break only after a second group: `+44 20` / `7946 0958`, not `+1500` / `2000`.
         (
             PiiKind::Phone,
             Check::PhoneIntl,
             format!(
-                r"(?:\+|00)[1-9]\d{{0,14}}(?:(?:{SEP}|{SEP}?\(\d{{1,5}}\){SEP}?)\d{{1,14}}){{0,8}}"
+                r"(?:(?:\+|00)[1-9]\d{{0,14}}|\(\+[1-9]\d{{0,3}}\))(?:(?:{SEP}|{PAREN})\d{{1,14}}(?:(?:{INTL_SEP}|{PAREN})\d{{1,14}}){{0,7}})?"
             ),
         ),
         (
@@ -369,6 +373,13 @@ fn detector_specs() -> Vec<(PiiKind, Check, String)> {
             format!(
                 r"(?:\(0[1-9]\d{{0,4}}\){SEP}?|0[1-9]\d{{0,4}}(?:{SEP}|/))\d{{2,8}}(?:{SEP}\d{{2,8}}){{0,4}}"
             ),
+        ),
+        // A parenthesised area code without a trunk 0 (Brazil, Mexico: (11) 91234-5678),
+        // or after the trunk 8 (Russia and neighbours: 8 (495) 123-45-67).
+        (
+            PiiKind::Phone,
+            Check::PhoneNationalGrouped,
+            format!(r"(?:\([1-9]\d\)|8 ?\(\d{{3,5}}\)){SEP}?\d{{2,5}}(?:{SEP}\d{{2,5}}){{1,3}}"),
         ),
         // A trunk 0 followed by 9–11 digits: 09061701461, 07700900123.
         (
@@ -402,7 +413,7 @@ fn detector_specs() -> Vec<(PiiKind, Check, String)> {
         specs.push((
             PiiKind::CreditCard,
             Check::Card,
-            format!("[1-9]{}", layout.replace('S', card_sep)),
+            format!("[2-6]{}", layout.replace('S', card_sep)),
         ));
     }
     specs
@@ -468,21 +479,30 @@ impl Detector {
             Check::Iban => iban_end(text, start, end),
             Check::Ipv4 => (ipv4_ok(s) && numeric_boundary(text, start, end, ".")).then_some(end),
             Check::Ipv6 => ipv6_end(text, start, end),
-            Check::PhoneIntl => group_ends(s)
-                .find(|&len| {
-                    let sub = &s[..len];
-                    let min = if sub.starts_with('+') { 7 } else { 8 };
+            Check::PhoneIntl => {
+                let valid = |len: &usize| {
+                    let sub = &s[..*len];
+                    let min = if sub.starts_with("00") { 8 } else { 7 };
                     (min..=15).contains(&intl_phone_digits(sub))
                         && !ssn_shaped(sub)
                         && !after_digit_group(text, start)
                         && numeric_boundary(text, start, start + len, "-./:")
-                })
-                .map(|len| start + len),
+                };
+                // Across a line break only when the first line alone is not a number: a
+                // complete number ends at the end of its line (the next may start a card).
+                let first_line = s.find(['\r', '\n']).unwrap_or(s.len());
+                group_ends(&s[..first_line])
+                    .find(valid)
+                    .or_else(|| group_ends(s).find(|&len| len > first_line && valid(&len)))
+                    .map(|len| start + len)
+            }
             Check::PhoneNationalGrouped => group_ends(s)
                 .find(|&len| {
                     let sub = &s[..len];
                     (9..=12).contains(&count_digits(sub))
                         && !looks_like_date(sub)
+                        && !looks_like_date(after_paren(sub))
+                        && !year_range(after_paren(sub))
                         && !ssn_shaped(sub)
                         && !after_digit_group(text, start)
                         && numeric_boundary(text, start, start + len, "-./:")
@@ -591,12 +611,33 @@ fn is_word(c: char) -> bool {
     c.is_alphanumeric() || c == '_'
 }
 
+/// Whether a number next to `c` is glued to a word: a letter, digit or `_`, except the
+/// letters of scripts written without spaces between words (Han, kana, Hangul, Thai),
+/// where a number directly follows or precedes the text around it (`電話番号は090-1234-5678です`).
+fn glues(c: char) -> bool {
+    is_word(c) && !spaceless_script(c)
+}
+
+fn spaceless_script(c: char) -> bool {
+    matches!(c,
+        '\u{0E00}'..='\u{0E7F}'     // Thai
+        | '\u{1100}'..='\u{11FF}'   // Hangul Jamo
+        | '\u{3040}'..='\u{30FF}'   // Hiragana, Katakana
+        | '\u{3130}'..='\u{318F}'   // Hangul compatibility Jamo
+        | '\u{3400}'..='\u{4DBF}'   // CJK extension A
+        | '\u{4E00}'..='\u{9FFF}'   // CJK unified ideographs
+        | '\u{AC00}'..='\u{D7AF}'   // Hangul syllables
+        | '\u{F900}'..='\u{FAFF}'   // CJK compatibility ideographs
+        | '\u{FF66}'..='\u{FF9F}'   // half-width Katakana
+    )
+}
+
 /// Not glued to a word, and not part of a longer number joined by one of `joiners`
 /// (`1.2.3.4.5`, `12-123-45-6789`). A leading `-`, `.`, `/` or `:` after a digit counts
 /// as a joiner on the left whatever `joiners` says.
 fn numeric_boundary(text: &str, start: usize, end: usize, joiners: &str) -> bool {
     if let Some(c) = char_before(text, start) {
-        if is_word(c) {
+        if glues(c) {
             return false;
         }
         if "-./:".contains(c)
@@ -606,7 +647,7 @@ fn numeric_boundary(text: &str, start: usize, end: usize, joiners: &str) -> bool
         }
     }
     if let Some(c) = char_after(text, end) {
-        if is_word(c) {
+        if glues(c) {
             return false;
         }
         if joiners.contains(c)
@@ -685,6 +726,23 @@ fn looks_like_date(s: &str) -> bool {
     ((day_month(a, b) || day_month(b, a)) && year(c)) || (long_year(a) && day_month(c, b))
 }
 
+/// The text after a parenthesised area code, or all of `s`.
+fn after_paren(s: &str) -> &str {
+    s.split_once(')').map_or(s, |(_, rest)| rest)
+}
+
+/// Exactly two 4-digit years 1900–2099: `2019-2020` (after an area code: `(10) 2019-2020`).
+fn year_range(s: &str) -> bool {
+    let groups: Vec<&str> = s
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|g| !g.is_empty())
+        .collect();
+    groups.len() == 2
+        && groups
+            .iter()
+            .all(|g| g.len() == 4 && g.parse::<u32>().is_ok_and(|y| (1900..=2099).contains(&y)))
+}
+
 fn email_ok(text: &str, start: usize, end: usize) -> bool {
     let s = &text[start..end];
     let Some((local, domain)) = s.rsplit_once('@') else {
@@ -719,15 +777,17 @@ fn ssn_ok(s: &str) -> bool {
     area != 0 && area != 666 && area < 900 && group != 0 && serial != 0
 }
 
-/// 13–19 digits, one kind of separator at most, Luhn-valid.
+/// 13–19 digits (13 only for Visa, which starts with 4), one kind of separator at most,
+/// Luhn-valid.
 fn card_ok(s: &str) -> bool {
-    let has_space = s.contains(' ');
-    let has_dash = s.contains('-');
-    if has_space && has_dash {
-        return false;
+    let mut separators = s.chars().filter(|c| !c.is_ascii_digit());
+    if let Some(first) = separators.next() {
+        if separators.any(|c| c != first) {
+            return false;
+        }
     }
     let n = count_digits(s);
-    (13..=19).contains(&n) && luhn_ok(s)
+    (13..=19).contains(&n) && (n > 13 || s.starts_with('4')) && luhn_ok(s)
 }
 
 /// The Luhn checksum over the digits of `s`.
@@ -834,18 +894,24 @@ const IBAN_LENGTHS: &[(&str, usize)] = &[
     ("XK", 20),
 ];
 
-/// Valid length for its country and `mod 97 == 1`; `s` may contain spaces.
+/// Valid length for its country and `mod 97 == 1`; `s` may contain spaces. Letters may
+/// be upper or lower case; one with a lower-case letter must name a registry country.
 pub(crate) fn iban_ok(s: &str) -> bool {
-    let compact: Vec<u8> = s.bytes().filter(|&b| b != b' ').collect();
+    let lower = s.bytes().any(|b| b.is_ascii_lowercase());
+    let compact: Vec<u8> = s
+        .bytes()
+        .filter(|&b| b != b' ')
+        .map(|b| b.to_ascii_uppercase())
+        .collect();
     let len = compact.len();
     if !(15..=34).contains(&len) {
         return false;
     }
     let country = std::str::from_utf8(&compact[..2]).unwrap_or("");
-    if let Ok(i) = IBAN_LENGTHS.binary_search_by(|(c, _)| c.cmp(&country)) {
-        if IBAN_LENGTHS[i].1 != len {
-            return false;
-        }
+    match IBAN_LENGTHS.binary_search_by(|(c, _)| c.cmp(&country)) {
+        Ok(i) if IBAN_LENGTHS[i].1 != len => return false,
+        Err(_) if lower => return false,
+        _ => {}
     }
     iban_mod97(&compact) == Some(1)
 }
@@ -876,7 +942,7 @@ fn iban_end(text: &str, start: usize, end: usize) -> Option<usize> {
 }
 
 fn word_boundary(text: &str, start: usize, end: usize) -> bool {
-    !char_before(text, start).is_some_and(is_word) && !char_after(text, end).is_some_and(is_word)
+    !char_before(text, start).is_some_and(glues) && !char_after(text, end).is_some_and(glues)
 }
 
 fn ipv4_ok(s: &str) -> bool {
@@ -895,10 +961,10 @@ fn ipv6_end(text: &str, start: usize, end: usize) -> Option<usize> {
     let end = start + s.len();
     let groups = s.split([':', '.']).filter(|g| !g.is_empty()).count();
     let hex = s.bytes().filter(u8::is_ascii_hexdigit).count();
-    let before_ok = !char_before(text, start).is_some_and(|c| is_word(c) || c == ':' || c == '.');
+    let before_ok = !char_before(text, start).is_some_and(|c| glues(c) || c == ':' || c == '.');
     let after_ok = match char_after(text, end) {
         None => true,
-        Some(c) if is_word(c) => false,
+        Some(c) if glues(c) => false,
         Some(c @ (':' | '.')) => {
             !char_after(text, end + c.len_utf8()).is_some_and(|d| d.is_ascii_hexdigit())
         }
@@ -1077,7 +1143,9 @@ mod tests {
     #[test]
     fn adversarial_inputs_stay_fast_and_do_not_panic() {
         let f = PiiFilter::new();
-        for unit in ["1.", "1-", "1 ", "a:", "+1 ", "é1", "@a.", "00", "::"] {
+        for unit in [
+            "1.", "1-", "1 ", "a:", "+1 ", "é1", "@a.", "00", "::", "+1 2\n", "(11) 2", "a1 ",
+        ] {
             let text = unit.repeat(20_000);
             let _ = f.find(&text);
         }
