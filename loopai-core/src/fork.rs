@@ -34,6 +34,27 @@ pub(crate) fn current() -> u64 {
     GENERATION.load(Ordering::Relaxed)
 }
 
+/// Waits for a forked test child and asserts it exited with 0; kills it and fails the test
+/// when it has not exited within a minute (`what` names what it would be stuck on).
+#[cfg(all(test, unix))]
+pub(crate) fn expect_child_success(pid: libc::pid_t, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut status = 0;
+    // SAFETY: waits for our own child without blocking.
+    while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != pid {
+        if std::time::Instant::now() > deadline {
+            // SAFETY: kills our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("the forked child hung {what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the forked child's checks failed"
+    );
+}
+
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;

@@ -1088,6 +1088,15 @@ mod tests {
             .version
     }
 
+    /// v1 active and v2 installed beside it, both the RULES program.
+    fn install_active_and_inactive(dir: &Path) {
+        install(dir, RULES, Default::default());
+        ArtifactStore::open(dir, "spam")
+            .unwrap()
+            .install(RULES, NewArtifact::default(), false)
+            .unwrap();
+    }
+
     fn runtime(dir: &Path) -> Result<Runtime> {
         Runtime::builder().data_dir(dir).task("spam").build()
     }
@@ -1288,11 +1297,7 @@ mod tests {
     #[test]
     fn rollout_changes_are_refused_after_shutdown() {
         let dir = tempfile::tempdir().unwrap();
-        install(dir.path(), RULES, Default::default());
-        ArtifactStore::open(dir.path(), "spam")
-            .unwrap()
-            .install(RULES, NewArtifact::default(), false)
-            .unwrap();
+        install_active_and_inactive(dir.path());
         let rt = runtime(dir.path()).unwrap();
         rt.begin_rollout(2).unwrap();
         rt.shutdown(Duration::from_secs(5)).unwrap();
@@ -1347,11 +1352,7 @@ mod tests {
     #[test]
     fn a_forked_child_reads_the_rollout_without_waiting_for_its_lock() {
         let dir = tempfile::tempdir().unwrap();
-        install(dir.path(), RULES, Default::default());
-        ArtifactStore::open(dir.path(), "spam")
-            .unwrap()
-            .install(RULES, NewArtifact::default(), false)
-            .unwrap();
+        install_active_and_inactive(dir.path());
         let rt = runtime(dir.path()).unwrap();
         rt.begin_rollout(2).unwrap();
         let held = rt.inner.rollout.hold_lock();
@@ -1362,17 +1363,7 @@ mod tests {
             let ok = rt.rollout().is_none() && rt.health().rollout.is_none();
             unsafe { libc::_exit(if ok { 0 } else { 1 }) };
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut status = 0;
-        // SAFETY: waits for our own child without blocking.
-        while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != pid {
-            if Instant::now() > deadline {
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                panic!("the forked child hung on the rollout lock");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        crate::fork::expect_child_success(pid, "on the rollout lock");
         drop(held);
         assert_eq!(rt.rollout().unwrap().canary_version, 2);
         rt.shutdown(Duration::from_secs(5)).unwrap();

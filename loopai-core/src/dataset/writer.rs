@@ -1137,17 +1137,7 @@ mod tests {
             drop(w);
             unsafe { libc::_exit(if ok { 0 } else { 1 }) };
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut status = 0;
-        // SAFETY: waits for our own child without blocking.
-        while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != pid {
-            if Instant::now() > deadline {
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                panic!("the forked child hung in the writer's shutdown");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        crate::fork::expect_child_success(pid, "in the writer's shutdown");
         // The parent's writer is untouched by the child.
         w.log_execution(record(2, DAY1)).unwrap();
         w.shutdown(Duration::from_secs(10)).unwrap();
