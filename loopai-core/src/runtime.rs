@@ -811,9 +811,21 @@ impl Runtime {
     }
 
     /// Parses `input` as a JSON object (at most [`MAX_INPUT_DOCUMENT_BYTES`]) and executes it.
+    /// A document that does not parse is refused ([`ErrorKind::InvalidInput`]) and logged as
+    /// a failed execution with the raw text as its input.
     pub fn execute_json(&self, input: &[u8]) -> Result<ExecutionResult> {
+        self.execute_json_inner(input, None)
+    }
+
+    /// [`execute_json`](Runtime::execute_json) with the routing key of a canary rollout,
+    /// as [`execute_with_key`](Runtime::execute_with_key).
+    pub fn execute_json_with_key(&self, input: &[u8], key: &str) -> Result<ExecutionResult> {
+        self.execute_json_inner(input, Some(key))
+    }
+
+    fn execute_json_inner(&self, input: &[u8], key: Option<&str>) -> Result<ExecutionResult> {
         match parse_input(input) {
-            Ok(value) => self.execute(&value),
+            Ok(value) => self.execute_inner(&value, key),
             Err(err) => {
                 let start = Instant::now();
                 let timestamp = Timestamp(self.inner.clock.now_millis());
@@ -1292,6 +1304,31 @@ mod tests {
         rt.shutdown(Duration::from_secs(5)).unwrap();
         let err = rt.execute(&json!({"text": "hello"})).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Closed);
+    }
+
+    #[test]
+    fn execute_json_with_key_routes_by_the_key_and_logs_what_does_not_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        install_active_and_inactive(dir.path());
+        let rt = runtime(dir.path()).unwrap();
+        rt.begin_rollout(2).unwrap();
+        let mut served = std::collections::BTreeSet::new();
+        for user in 0..64 {
+            let key = format!("user-{user}");
+            let first = rt.execute_json_with_key(br#"{"text": "a"}"#, &key).unwrap();
+            let again = rt.execute_json_with_key(br#"{"text": "b"}"#, &key).unwrap();
+            assert_eq!(first.version, again.version, "{key}");
+            served.insert(first.version);
+        }
+        assert_eq!(served, [1, 2].into(), "both arms serve some keys");
+        let err = rt
+            .execute_json_with_key(b"{not json", "user-1")
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        rt.flush(Duration::from_secs(5)).unwrap();
+        let lines = day_lines(dir.path(), "executions");
+        assert_eq!(lines.len(), 129);
+        assert!(lines.iter().any(|l| l["input"] == json!("{not json")));
     }
 
     #[test]

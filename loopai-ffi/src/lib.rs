@@ -506,17 +506,7 @@ pub unsafe extern "C" fn loopai_runtime_execute_with_key(
         let input = unsafe { byte_slice(F, "input_json", input_json, input_len)? };
         // SAFETY: `key` is NULL or NUL-terminated, per contract.
         let key = unsafe { c_str(F, "key", key, ErrorKind::InvalidInput)? };
-        let document = (input.len() <= MAX_INPUT_DOCUMENT_BYTES)
-            .then(|| serde_json::from_slice::<Value>(input).ok())
-            .flatten();
-        let result = match document {
-            Some(value) => runtime.execute_with_key(&value, key)?,
-            // Not a JSON document, or over the size limit: `execute_json` refuses it with the
-            // error `loopai_runtime_execute` gives and logs the failed execution as that
-            // does (the core has no keyed variant taking bytes; a document that routes
-            // nowhere needs no key).
-            None => runtime.execute_json(input)?,
-        };
+        let result = runtime.execute_json_with_key(input, key)?;
         // SAFETY: `out` is not NULL (checked) and writable per contract.
         unsafe { write_result(result, out) };
         Ok(())
