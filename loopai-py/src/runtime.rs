@@ -187,11 +187,14 @@ impl PyRuntime {
         }
     }
 
-    /// Executes one input given as JSON text (``str`` or ``bytes``), like ``execute``.
+    /// Executes one input given as JSON text (``str`` or ``bytes``), like ``execute``
+    /// (``key`` routes it during a canary rollout, as there).
+    #[pyo3(signature = (input, key = None))]
     fn execute_json(
         &self,
         py: Python<'_>,
         input: &Bound<'_, PyAny>,
+        key: Option<&str>,
     ) -> PyResult<PyExecutionResult> {
         let owned: Vec<u8>;
         let bytes: &[u8] = if let Ok(b) = input.cast::<pyo3::types::PyBytes>() {
@@ -205,7 +208,11 @@ impl PyRuntime {
             ));
         };
         let rt = self.rt();
-        match py.detach(|| rt.execute_json(bytes)) {
+        let run = || match key {
+            Some(key) => rt.execute_json_with_key(bytes, key),
+            None => rt.execute_json(bytes),
+        };
+        match py.detach(run) {
             Ok(result) => Ok(PyExecutionResult { inner: result }),
             Err(e) => Err(errors::to_py(py, e)),
         }

@@ -151,8 +151,9 @@ class Runtime:
         share grows; without it the input (or its ``rollout.sticky_key``) routes. Raises
         ``InvalidInput`` when the input cannot be converted to JSON or does not match the
         task, ``ClosedError`` after ``close()`` or in a forked child."""
-    def execute_json(self, input: str | bytes) -> ExecutionResult:
-        """Executes one input given as JSON text (``str`` or ``bytes``), like ``execute``."""
+    def execute_json(self, input: str | bytes, key: str | None = None) -> ExecutionResult:
+        """Executes one input given as JSON text (``str`` or ``bytes``), like ``execute``
+        (``key`` routes it during a canary rollout, as there)."""
     def execute_batch(
         self, inputs: Iterable[Mapping[str, Any]], *, return_exceptions: bool = False
     ) -> list[Any]:

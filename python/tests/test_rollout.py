@@ -54,6 +54,8 @@ def test_a_better_canary_is_promoted_and_keys_are_sticky(data_dir: Path) -> None
         }
         again = {k: rt.execute({"text": "other"}, key=k).version for k in by_key}
         assert again == by_key
+        as_json = {k: rt.execute_json('{"text": "json"}', key=k).version for k in by_key}
+        assert as_json == by_key
         assert 1 in by_key.values() and v2 in by_key.values()
 
         texts = ["win a car", "claim your prize", "see you later", "lunch?"]
