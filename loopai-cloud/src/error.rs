@@ -48,6 +48,22 @@ impl Error {
         }
     }
 
+    /// The same error from the server lifecycle shared with loopai-serve.
+    pub(crate) fn from_http(err: loopai_http::Error) -> Error {
+        let (kind, message, source) = err.into_parts();
+        let kind = match kind {
+            loopai_http::ErrorKind::Config => ErrorKind::Config,
+            loopai_http::ErrorKind::Io => ErrorKind::Io,
+            loopai_http::ErrorKind::Timeout => ErrorKind::Timeout,
+            _ => ErrorKind::Internal,
+        };
+        Error {
+            kind,
+            message,
+            source: source.map(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
+        }
+    }
+
     /// The category of this error.
     pub fn kind(&self) -> ErrorKind {
         self.kind

@@ -1,7 +1,7 @@
 //! The server: builder, routes, the tokio runtime that runs them, and shutdown.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use loopai_core::{ArtifactSigner, Clock, SystemClock};
-use tokio::sync::oneshot;
+use loopai_http::Serving;
 
 use crate::artifacts::Hub;
 use crate::auth::{ApiKeys, Auth};
@@ -354,13 +354,7 @@ async fn health(axum::extract::State(state): axum::extract::State<Arc<AppState>>
 }
 
 fn refuse_inside_runtime(what: &str) -> Result<()> {
-    if tokio::runtime::Handle::try_current().is_ok() {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!("{what} blocks: call it from a plain thread, not from async code"),
-        ));
-    }
-    Ok(())
+    loopai_http::refuse_inside_runtime(what).map_err(Error::from_http)
 }
 
 impl CloudServer {
@@ -396,38 +390,21 @@ impl CloudServer {
     /// Must be called from a plain thread, not from async code.
     pub fn spawn(self) -> Result<ServerHandle> {
         refuse_inside_runtime("CloudServer::spawn")?;
-        let listener = TcpListener::bind(self.addr).map_err(|e| Error::io(self.addr, e))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::io(self.addr, e))?;
-        let local_addr = listener.local_addr().map_err(|e| Error::io(self.addr, e))?;
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.enable_all().thread_name("loopai-cloud");
-        if let Some(threads) = self.worker_threads {
-            builder.worker_threads(threads);
-        }
-        let runtime = builder
-            .build()
-            .map_err(|e| Error::io("starting the server runtime", e))?;
-        let listener = {
-            let _guard = runtime.enter();
-            tokio::net::TcpListener::from_std(listener).map_err(|e| Error::io(local_addr, e))?
-        };
+        let serving = loopai_http::start(
+            self.addr,
+            self.worker_threads,
+            "loopai-cloud",
+            "starting the server runtime",
+            routes(Arc::clone(&self.state)),
+            false,
+        )
+        .map_err(Error::from_http)?;
+        let local_addr = serving.local_addr;
         if let Auth::Open = self.state.auth {
             log::warn!(
                 "no API keys file: running OPEN as a development server; every request is accepted without authentication"
             );
         }
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let app = routes(Arc::clone(&self.state));
-        let task = runtime.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    // A dropped sender also means stop.
-                    let _ = stop_rx.await;
-                })
-                .await
-        });
         log::info!(
             "listening on http://{local_addr} (storage {})",
             self.dir.display()
@@ -441,9 +418,7 @@ impl CloudServer {
             shutdown_timeout: self.shutdown_timeout,
             running: Some(Running {
                 state: Arc::clone(&self.state),
-                runtime,
-                stop: Some(stop_tx),
-                task,
+                serving,
                 improver,
             }),
         })
@@ -464,9 +439,8 @@ impl CloudServer {
 
 struct Running {
     state: Arc<AppState>,
-    runtime: tokio::runtime::Runtime,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The tokio runtime and the task serving the routes.
+    serving: Serving,
     /// The improvement engine's thread: dropping the sender stops it.
     improver: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
 }
@@ -564,31 +538,6 @@ impl fmt::Debug for ServerHandle {
     }
 }
 
-async fn termination_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => log::info!("SIGINT: shutting down"),
-                    _ = term.recv() => log::info!("SIGTERM: shutting down"),
-                }
-            }
-            Err(e) => {
-                log::warn!("cannot listen for SIGTERM ({e}); only SIGINT stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-                log::info!("SIGINT: shutting down");
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        log::info!("Ctrl-C: shutting down");
-    }
-}
-
 impl ServerHandle {
     /// The bound address (with the actual port when the builder's port was 0).
     pub fn local_addr(&self) -> SocketAddr {
@@ -608,31 +557,17 @@ impl ServerHandle {
         let Some(running) = self.running.as_mut() else {
             return Ok(());
         };
-        let task = &mut running.task;
-        let ended = running.runtime.block_on(async {
-            tokio::select! {
-                () = termination_signal() => None,
-                result = task => Some(result),
+        match running.serving.wait_for_signal() {
+            Ok(name) => {
+                log::info!("{name}: shutting down");
+                Ok(())
             }
-        });
-        match ended {
-            None => Ok(()),
-            Some(result) => {
+            Err(e) => {
                 // The task is finished; nothing is left to wait for.
                 if let Some(r) = self.running.take() {
-                    r.runtime.shutdown_background();
+                    r.serving.shutdown_background();
                 }
-                match result {
-                    Ok(Ok(())) => Err(Error::new(
-                        ErrorKind::Internal,
-                        "the server stopped unexpectedly",
-                    )),
-                    Ok(Err(e)) => Err(Error::io(self.local_addr, e)),
-                    Err(e) => Err(Error::new(
-                        ErrorKind::Internal,
-                        format!("the server task failed: {e}"),
-                    )),
-                }
+                Err(Error::from_http(e))
             }
         }
     }
@@ -649,9 +584,7 @@ impl ServerHandle {
             return Ok(());
         };
         let started = Instant::now();
-        if let Some(stop) = running.stop.take() {
-            let _ = stop.send(());
-        }
+        running.serving.stop();
         if let Some((stop, thread)) = running.improver.take() {
             drop(stop);
             // A pass may be learning a program: wait for it within the timeout, else let
@@ -667,30 +600,9 @@ impl ServerHandle {
         }
         // Notification streams never end on their own: end them.
         running.state.hub.stopping.send_replace(true);
-        let task = &mut running.task;
-        let outcome = running
-            .runtime
-            .block_on(async { tokio::time::timeout(timeout, task).await });
-        let result = match outcome {
-            Err(_) => {
-                running.task.abort();
-                Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "requests still in flight after {:.1} s; their connections were dropped",
-                        timeout.as_secs_f64()
-                    ),
-                ))
-            }
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(Error::io(self.local_addr, e)),
-            Ok(Err(e)) => Err(Error::new(
-                ErrorKind::Internal,
-                format!("the server task failed: {e}"),
-            )),
-        };
+        let result = running.serving.join(timeout).map_err(Error::from_http);
         // Blocking tasks (an fsync) finish on their own; nothing waits for them past here.
-        running.runtime.shutdown_background();
+        running.serving.shutdown_background();
         log::info!("stopped after {:.3} s", started.elapsed().as_secs_f64());
         result
     }
@@ -704,7 +616,7 @@ impl Drop for ServerHandle {
         if tokio::runtime::Handle::try_current().is_ok() {
             // Cannot block here: stop at once.
             if let Some(r) = self.running.take() {
-                r.runtime.shutdown_background();
+                r.serving.shutdown_background();
             }
             return;
         }
