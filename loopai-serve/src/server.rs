@@ -1,7 +1,7 @@
 //! The server: builder, state, the tokio runtime that runs it, loading, and shutdown.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode};
 use loopai_core::{Error, ErrorKind, Result, Runtime, MAX_INPUT_DOCUMENT_BYTES};
+use loopai_http::Serving;
 use parking_lot::Mutex;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use crate::auth::ApiKeys;
 use crate::http::{self, ApiError};
@@ -431,13 +432,23 @@ pub struct Server {
 }
 
 fn refuse_inside_runtime(what: &str) -> Result<()> {
-    if tokio::runtime::Handle::try_current().is_ok() {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!("{what} blocks: call it from a plain thread, not from async code"),
-        ));
+    loopai_http::refuse_inside_runtime(what).map_err(http_error)
+}
+
+/// The same error from the server lifecycle shared with loopai-cloud.
+fn http_error(err: loopai_http::Error) -> Error {
+    let (kind, message, source) = err.into_parts();
+    let kind = match kind {
+        loopai_http::ErrorKind::Config => ErrorKind::Config,
+        loopai_http::ErrorKind::Io => ErrorKind::Io,
+        loopai_http::ErrorKind::Timeout => ErrorKind::Timeout,
+        _ => ErrorKind::Internal,
+    };
+    let err = Error::new(kind, message);
+    match source {
+        Some(source) => err.with_source(source),
+        None => err,
     }
-    Ok(())
 }
 
 impl Server {
@@ -462,45 +473,22 @@ impl Server {
     /// returns at once. Must be called from a plain thread, not from async code.
     pub fn spawn(self) -> Result<ServerHandle> {
         refuse_inside_runtime("Server::spawn")?;
-        let listener = TcpListener::bind(self.addr).map_err(|e| Error::io(self.addr, e))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::io(self.addr, e))?;
-        let local_addr = listener.local_addr().map_err(|e| Error::io(self.addr, e))?;
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.enable_all().thread_name("loopai-serve");
-        if let Some(threads) = self.worker_threads {
-            builder.worker_threads(threads);
-        }
-        let runtime = builder
-            .build()
-            .map_err(|e| Error::io("starting the server's async runtime", e))?;
-        let listener = {
-            let _guard = runtime.enter();
-            tokio::net::TcpListener::from_std(listener).map_err(|e| Error::io(local_addr, e))?
-        };
         let state = self.state;
-
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let app = crate::api::router(Arc::clone(&state));
-        let server = runtime.spawn(async move {
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    log::debug!("TCP_NODELAY: {e}");
-                }
-            });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    // A dropped sender also means stop.
-                    let _ = stop_rx.await;
-                })
-                .await
-        });
+        let serving = loopai_http::start(
+            self.addr,
+            self.worker_threads,
+            "loopai-serve",
+            "starting the server's async runtime",
+            crate::api::router(Arc::clone(&state)),
+            true,
+        )
+        .map_err(http_error)?;
+        let local_addr = serving.local_addr;
 
         let source = self.source;
         let body_limit = state.body_limit;
         let loading = Arc::clone(&state);
-        let loader = runtime.spawn_blocking(move || {
+        let loader = serving.runtime.spawn_blocking(move || {
             let started = Instant::now();
             match source.load() {
                 Ok(runtimes) => {
@@ -522,12 +510,7 @@ impl Server {
             local_addr,
             shutdown_timeout: self.shutdown_timeout,
             state,
-            running: Some(Running {
-                runtime,
-                stop: Some(stop_tx),
-                server,
-                loader,
-            }),
+            running: Some(Running { serving, loader }),
         })
     }
 
@@ -540,9 +523,8 @@ impl Server {
 }
 
 struct Running {
-    runtime: tokio::runtime::Runtime,
-    stop: Option<oneshot::Sender<()>>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The tokio runtime and the task serving the routes.
+    serving: Serving,
     loader: tokio::task::JoinHandle<()>,
 }
 
@@ -572,29 +554,6 @@ impl fmt::Debug for ServerHandle {
             .field("phase", &self.state.phase())
             .field("running", &self.running.is_some())
             .finish()
-    }
-}
-
-async fn termination_signal() -> &'static str {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = tokio::signal::ctrl_c() => "SIGINT",
-                _ = term.recv() => "SIGTERM",
-            },
-            Err(e) => {
-                log::warn!("cannot listen for SIGTERM ({e}); only SIGINT stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
     }
 }
 
@@ -629,7 +588,7 @@ impl ServerHandle {
             return Err(Error::new(ErrorKind::Closed, "the server was shut down"));
         };
         let mut rx = self.state.phase_tx.subscribe();
-        let outcome = running.runtime.block_on(async {
+        let outcome = running.serving.runtime.block_on(async {
             tokio::time::timeout(timeout, async {
                 rx.wait_for(|p| *p != Phase::Starting)
                     .await
@@ -674,7 +633,7 @@ impl ServerHandle {
         // Subscribed before the first look at the phase: no change is missed.
         let mut rx = state.phase_tx.subscribe();
         // Created once: a signal between two waits is not lost.
-        let mut signal = Box::pin(termination_signal());
+        let mut signal = Box::pin(loopai_http::termination_signal());
         let mut ready_reported = false;
         let ended = loop {
             match state.phase() {
@@ -695,10 +654,10 @@ impl ServerHandle {
                 Phase::Failed => break Ended::LoadFailed,
                 _ => {}
             }
-            let server = &mut running.server;
+            let server = &mut running.serving.task;
             let signal = &mut signal;
             // The sender lives in `state`, held here: `changed` cannot fail.
-            let step = running.runtime.block_on(async {
+            let step = running.serving.runtime.block_on(async {
                 tokio::select! {
                     name = signal => Some(Ended::Signal(name)),
                     result = server => Some(Ended::ServerExited(result)),
@@ -721,15 +680,7 @@ impl ServerHandle {
                 Err(err)
             }
             Ended::ServerExited(result) => {
-                let err = match result {
-                    Ok(Ok(())) => {
-                        Error::new(ErrorKind::Internal, "the server stopped unexpectedly")
-                    }
-                    Ok(Err(e)) => Error::io(self.local_addr, e),
-                    Err(e) => {
-                        Error::new(ErrorKind::Internal, format!("the server task failed: {e}"))
-                    }
-                };
+                let err = http_error(running.serving.exit_error(result));
                 let _ = self.shutdown(timeout);
                 Err(err)
             }
@@ -752,36 +703,13 @@ impl ServerHandle {
         if !self.state.advance(Phase::Ready, Phase::Draining) {
             self.state.advance(Phase::Starting, Phase::Draining);
         }
-        if let Some(stop) = running.stop.take() {
-            let _ = stop.send(());
-        }
-        let drain = timeout / 2;
-        let server = &mut running.server;
-        let drained = running
-            .runtime
-            .block_on(async { tokio::time::timeout(drain, server).await });
-        let mut first_error = match drained {
-            Err(_) => {
-                running.server.abort();
-                Some(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "requests still in flight after {:.1} s; their connections were dropped",
-                        drain.as_secs_f64()
-                    ),
-                ))
-            }
-            Ok(Ok(Ok(()))) => None,
-            Ok(Ok(Err(e))) => Some(Error::io(self.local_addr, e)),
-            Ok(Err(e)) => Some(Error::new(
-                ErrorKind::Internal,
-                format!("the server task failed: {e}"),
-            )),
-        };
+        running.serving.stop();
+        let mut first_error = running.serving.join(timeout / 2).err().map(http_error);
         // A load still running finishes first, so that its runtimes are shut down too.
         let loader = &mut running.loader;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let _ = running
+            .serving
             .runtime
             .block_on(async { tokio::time::timeout(remaining, loader).await });
         if let Some(set) = self.state.tasks.get() {
@@ -797,7 +725,7 @@ impl ServerHandle {
                 }
             }
         }
-        running.runtime.shutdown_background();
+        running.serving.shutdown_background();
         match first_error {
             Some(e) => Err(e),
             None => Ok(()),
@@ -814,7 +742,7 @@ impl Drop for ServerHandle {
             // Blocking is not allowed here: stop the server's runtime without waiting;
             // the task runtimes shut themselves down (bounded) when the state is dropped.
             if let Some(running) = self.running.take() {
-                running.runtime.shutdown_background();
+                running.serving.shutdown_background();
             }
         } else if let Err(e) = self.shutdown(DROP_SHUTDOWN_TIMEOUT) {
             log::error!("loopai-serve: dropped server: {e}");
