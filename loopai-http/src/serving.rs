@@ -56,6 +56,19 @@ pub async fn termination_signal() -> &'static str {
 ///
 /// Errors are [`ErrorKind::Io`]: binding (named by `addr`), starting the runtime (named by
 /// `runtime_context`, e.g. `"starting the server runtime"`).
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let app = axum::Router::new();
+/// let addr = "127.0.0.1:0".parse()?;
+/// let mut serving = loopai_http::start(addr, Some(1), "example", "starting", app, false)?;
+/// assert_ne!(serving.local_addr.port(), 0);
+/// serving.stop();
+/// serving.join(Duration::from_secs(5))?;
+/// serving.shutdown_background();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn start(
     addr: SocketAddr,
     worker_threads: Option<usize>,
