@@ -13,7 +13,14 @@ import loopai
 from support import EXAMPLE_PROGRAM, RULES, log_lines
 
 
-def test_execute_returns_output_confidence_scores_and_status(rt: loopai.Runtime) -> None:
+def test_execute_returns_output_confidence_scores_and_status(data_dir: Path) -> None:
+    # Sampling is off, so that `sampled` is decided by the configuration, not by chance.
+    no_sampling = {"sampling": {"strategy": "random", "rate": 0}}
+    with loopai.Runtime(data_dir, "spam", config=no_sampling) as rt:
+        _check_execute_result(rt)
+
+
+def _check_execute_result(rt: loopai.Runtime) -> None:
     result = rt.execute({"text": "you won a prize"})
     assert result.output == "spam"
     assert result.confidence == pytest.approx(0.95)
