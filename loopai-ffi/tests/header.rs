@@ -1,5 +1,6 @@
 //! The committed header `include/loopai.h` must be exactly what cbindgen generates from
-//! `src/lib.rs`. `LOOPAI_BLESS=1 cargo test -p loopai-ffi --test header` rewrites it.
+//! `src/lib.rs` and the modules it declares (one per C type, parsed in declaration order).
+//! `LOOPAI_BLESS=1 cargo test -p loopai-ffi --test header` rewrites it.
 
 use std::path::Path;
 
