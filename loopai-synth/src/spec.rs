@@ -61,24 +61,22 @@ pub(crate) struct TextField {
 }
 
 impl TaskSpec {
-    /// Parses a specification from JSON bytes. Errors name the path (`spec.examples[3].output`).
+    /// Parses a specification from JSON bytes.
+    ///
+    /// Errors are [`ErrorKind::InvalidInput`] and say what is wrong and where: a JSON syntax
+    /// error names its line and column; anything but an object says what a specification
+    /// is; a program file (`loopai.program/1`) is recognised as one; and every field that
+    /// does not have the right type is reported (`spec.examples[3].output: ...`), one a
+    /// line, not only the first.
     pub fn from_json(bytes: &[u8]) -> Result<TaskSpec> {
-        let de = &mut serde_json::Deserializer::from_slice(bytes);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let at = if path == "." {
-                "spec".to_string()
-            } else {
-                format!("spec.{path}")
-            };
-            Error::new(ErrorKind::InvalidInput, format!("{at}: {}", e.inner()))
-        })
+        parse(bytes, None)
     }
 
-    /// Reads and parses a specification file.
+    /// Reads and parses a specification file. Errors start with the file name (a JSON
+    /// syntax error as `FILE:LINE:COLUMN`).
     pub fn from_path(path: &Path) -> Result<TaskSpec> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path.display(), e))?;
-        TaskSpec::from_json(&bytes).map_err(|e| e.context(path.display()))
+        parse(&bytes, Some(path))
     }
 
     /// Appends examples from JSON Lines bytes (one `{"input": ..., "output": ...}` a line;
@@ -114,72 +112,118 @@ impl TaskSpec {
             .map_err(|e| e.context(path.display()))
     }
 
-    /// Checks the specification: a usable name, a supported output schema, every example an
-    /// object whose output is one of the labels, and at least one text field.
+    /// Checks the specification: a usable name, a supported output schema with at least
+    /// two labels, every example an object whose output is one of the labels, and at least
+    /// one text field.
     ///
     /// Errors are [`ErrorKind::InvalidInput`] and name the path, e.g.
-    /// `spec.examples[12].output: "maybe" is not one of output_schema.enum`.
+    /// `spec.examples[12].output: "maybe" is not one of output_schema.enum`; when there are
+    /// several problems, all of them are listed, one a line (at most 20, then how many
+    /// more). An extraction task (an object output) is [`ErrorKind::Program`].
     pub fn validate(&self) -> Result<()> {
+        let mut problems = Vec::new();
         let n = self.name.chars().count();
         if n == 0 || n > 128 {
-            return Err(invalid("spec.name: must be 1 to 128 characters"));
+            problems.push("spec.name: must be 1 to 128 characters".to_string());
         }
-        check_unit(self.accuracy_target, "spec.accuracy_target")?;
-        check_unit(self.sampling_rate, "spec.sampling_rate")?;
+        check_unit(self.accuracy_target, "spec.accuracy_target", &mut problems);
+        check_unit(self.sampling_rate, "spec.sampling_rate", &mut problems);
         if let Some(ms) = self.latency_target_ms {
             if !(ms.is_finite() && ms > 0.0) {
-                return Err(invalid(format!(
+                problems.push(format!(
                     "spec.latency_target_ms: must be a positive number, got {ms}"
-                )));
+                ));
             }
         }
+        let mut schema_ok = true;
         if !self.input_schema.is_null() && !self.input_schema.is_object() {
-            return Err(invalid("spec.input_schema: expected a JSON object"));
+            problems.push("spec.input_schema: expected a JSON object".to_string());
+            schema_ok = false;
         }
-        if let Some(i) = self.examples.iter().position(|e| !e.input.is_object()) {
-            return Err(invalid(format!(
-                "spec.examples[{i}].input: expected a JSON object"
-            )));
+        let labels = match self.labels() {
+            Ok(labels) => Some(labels),
+            Err(e) if e.kind() == ErrorKind::Program => return Err(e),
+            Err(e) => {
+                problems.push(e.to_string());
+                None
+            }
+        };
+        if let Some([only]) = labels.as_deref() {
+            problems.push(if self.output_schema.get("enum").is_some() {
+                format!(
+                    "spec.output_schema.enum: only one label ({only:?}); a classifier needs at least two"
+                )
+            } else {
+                format!(
+                    "spec.examples: every example has the output {only:?}; a classifier needs at \
+                     least two labels (list them in output_schema.enum)"
+                )
+            });
         }
-        let labels = self.labels()?;
-        let fields = self.text_fields()?;
+        let fields = if schema_ok {
+            match self.text_fields() {
+                Ok(fields) => fields,
+                Err(e) => {
+                    problems.push(e.to_string());
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
         for (i, ex) in self.examples.iter().enumerate() {
             let Some(obj) = ex.input.as_object() else {
-                return Err(invalid(format!(
-                    "spec.examples[{i}].input: expected a JSON object"
-                )));
+                problems.push(format!("spec.examples[{i}].input: expected a JSON object"));
+                continue;
             };
             for f in &fields {
                 match obj.get(&f.key) {
                     Some(Value::String(_)) => {}
                     None | Some(Value::Null) if !f.required => {}
-                    None | Some(Value::Null) => {
-                        return Err(invalid(format!(
-                            "spec.examples[{i}].input.{}: required by input_schema but missing",
-                            f.key
-                        )))
-                    }
-                    Some(_) => {
-                        return Err(invalid(format!(
-                            "spec.examples[{i}].input.{}: expected a string",
-                            f.key
-                        )))
-                    }
+                    None | Some(Value::Null) => problems.push(format!(
+                        "spec.examples[{i}].input.{}: required by input_schema but missing",
+                        f.key
+                    )),
+                    Some(_) => problems.push(format!(
+                        "spec.examples[{i}].input.{}: expected a string",
+                        f.key
+                    )),
                 }
             }
-            match &ex.output {
-                Value::String(s) if labels.iter().any(|l| l == s) => {}
-                other => {
-                    return Err(invalid(format!(
+            if let Some(labels) = &labels {
+                match &ex.output {
+                    Value::String(s) if labels.iter().any(|l| l == s) => {}
+                    other => problems.push(format!(
                         "spec.examples[{i}].output: {other} is not one of output_schema.enum"
-                    )))
+                    )),
                 }
             }
         }
         if self.examples.is_empty() {
-            return Err(invalid("spec.examples: at least one example is needed"));
+            problems.push("spec.examples: at least one example is needed".to_string());
         }
-        Ok(())
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(invalid(list_problems(problems)))
+        }
+    }
+
+    /// What is legal but probably not what was meant: labels of `output_schema.enum` that
+    /// no example has (the program never answers them; with one label left, it always
+    /// answers that one). [`synthesize`](crate::synthesize) copies these into
+    /// [`Synthesis::warnings`](crate::Synthesis::warnings).
+    pub fn warnings(&self) -> Vec<String> {
+        let Ok(labels) = self.labels() else {
+            return Vec::new();
+        };
+        labels
+            .iter()
+            .filter(|l| !self.examples.iter().any(|e| e.output.as_str() == Some(l.as_str())))
+            .map(|l| {
+                format!("spec.output_schema.enum: label {l:?} has no example; the program will never answer it")
+            })
+            .collect()
     }
 
     /// The output labels, from `output_schema.enum` or else the examples.
@@ -333,12 +377,177 @@ impl TaskSpec {
     }
 }
 
-fn check_unit(v: Option<f64>, path: &str) -> Result<()> {
-    match v {
-        Some(x) if !(0.0..=1.0).contains(&x) => {
-            Err(invalid(format!("{path}: must be between 0 and 1, got {x}")))
+fn check_unit(v: Option<f64>, path: &str, problems: &mut Vec<String>) {
+    if let Some(x) = v {
+        if !(0.0..=1.0).contains(&x) {
+            problems.push(format!("{path}: must be between 0 and 1, got {x}"));
         }
-        _ => Ok(()),
+    }
+}
+
+/// At most this many problems are listed in one error.
+const MAX_LISTED: usize = 20;
+
+/// One problem as it is; several one a line, at most [`MAX_LISTED`].
+fn list_problems(problems: Vec<String>) -> String {
+    if problems.len() == 1 {
+        return problems.into_iter().next().unwrap_or_default();
+    }
+    let mut s = format!("the task specification has {} problems:", problems.len());
+    for p in problems.iter().take(MAX_LISTED) {
+        s.push_str("\n  ");
+        s.push_str(p);
+    }
+    if problems.len() > MAX_LISTED {
+        s.push_str(&format!("\n  ... and {} more", problems.len() - MAX_LISTED));
+    }
+    s
+}
+
+/// What a specification is, said when something else is given.
+const SPEC_SHAPE: &str = "a task specification is a JSON object with `name` (the task id), \
+    `output_schema` ({\"type\": \"string\", \"enum\": [labels]}) and `examples` \
+    ([{\"input\": {...}, \"output\": label}, ...]); `description`, `input_schema`, \
+    `accuracy_target`, `latency_target_ms` and `sampling_rate` are optional";
+
+/// Parses a specification, collecting every field error; `file` prefixes the messages.
+fn parse(bytes: &[u8], file: Option<&Path>) -> Result<TaskSpec> {
+    let located = |msg: String| match file {
+        Some(f) => invalid(format!("{}: {msg}", f.display())),
+        None => invalid(msg),
+    };
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        let text = e.to_string();
+        let suffix = format!(" at line {} column {}", e.line(), e.column());
+        let what = text.strip_suffix(&suffix).unwrap_or(&text);
+        invalid(match file {
+            Some(f) => format!(
+                "{}:{}:{}: not valid JSON: {what}",
+                f.display(),
+                e.line(),
+                e.column()
+            ),
+            None => format!(
+                "spec: not valid JSON at line {} column {}: {what}",
+                e.line(),
+                e.column()
+            ),
+        })
+    })?;
+    let mut obj = match value {
+        Value::Object(obj) => obj,
+        other => {
+            return Err(located(format!(
+                "spec: {SPEC_SHAPE}; got {}",
+                kind_of(&other)
+            )))
+        }
+    };
+    let is_program = obj
+        .get("format")
+        .and_then(Value::as_str)
+        .is_some_and(|f| f.starts_with("loopai.program/"))
+        || (obj.contains_key("decide") && !obj.contains_key("examples"));
+    if is_program {
+        return Err(located(format!(
+            "spec: this looks like a program ({}), not a task specification; install it \
+             with `loopai artifacts install` (Python: `loopai.install_program`), or give \
+             `loopai synth` the specification it was learnt from",
+            loopai_core::PROGRAM_FORMAT
+        )));
+    }
+    let mut problems = Vec::new();
+    let name: Option<String> = field(&mut obj, "name", &mut problems);
+    let output_schema: Option<Value> = field(&mut obj, "output_schema", &mut problems);
+    let description: Option<String> = field(&mut obj, "description", &mut problems);
+    let input_schema: Option<Value> = field(&mut obj, "input_schema", &mut problems);
+    let accuracy_target: Option<f64> = field(&mut obj, "accuracy_target", &mut problems);
+    let latency_target_ms: Option<f64> = field(&mut obj, "latency_target_ms", &mut problems);
+    let sampling_rate: Option<f64> = field(&mut obj, "sampling_rate", &mut problems);
+    let mut examples = Vec::new();
+    match obj.remove("examples") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            examples.reserve(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                match deserialize::<Example>(item) {
+                    Ok(ex) => examples.push(ex),
+                    Err((path, msg)) => problems.push(format!("spec.examples[{i}]{path}: {msg}")),
+                }
+            }
+        }
+        Some(other) => problems.push(format!(
+            "spec.examples: expected an array of {{\"input\": {{...}}, \"output\": label}}, got {}",
+            kind_of(&other)
+        )),
+    }
+    if name.is_none() && !problems.iter().any(|p| p.starts_with("spec.name")) {
+        problems.insert(0, "spec.name: missing (the task id)".to_string());
+    }
+    if output_schema.is_none() && !problems.iter().any(|p| p.starts_with("spec.output_schema")) {
+        problems.push(
+            "spec.output_schema: missing ({\"type\": \"string\", \"enum\": [labels]})".to_string(),
+        );
+    }
+    match (name, output_schema) {
+        (Some(name), Some(output_schema)) if problems.is_empty() => Ok(TaskSpec {
+            name,
+            description: description.unwrap_or_default(),
+            input_schema: input_schema.unwrap_or_default(),
+            output_schema,
+            examples,
+            accuracy_target,
+            latency_target_ms,
+            sampling_rate,
+        }),
+        _ => Err(located(list_problems(problems))),
+    }
+}
+
+/// Takes `key` out of `obj` and deserializes it; a problem naming the path otherwise.
+/// `null` counts as absent.
+fn field<T: serde::de::DeserializeOwned>(
+    obj: &mut serde_json::Map<String, Value>,
+    key: &str,
+    problems: &mut Vec<String>,
+) -> Option<T> {
+    let value = obj.remove(key).filter(|v| !v.is_null())?;
+    match deserialize::<T>(value) {
+        Ok(v) => Some(v),
+        Err((path, msg)) => {
+            problems.push(format!("spec.{key}{path}: {msg}"));
+            None
+        }
+    }
+}
+
+/// Deserializes `value`; on error the path inside it (`.input`, empty at the top) and the
+/// message.
+fn deserialize<T: serde::de::DeserializeOwned>(
+    value: Value,
+) -> std::result::Result<T, (String, String)> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." {
+            String::new()
+        } else if path.starts_with('[') {
+            path
+        } else {
+            format!(".{path}")
+        };
+        (path, e.inner().to_string())
+    })
+}
+
+/// "an array", "a string", ... for messages.
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 

@@ -160,9 +160,10 @@ pub struct CandidateReport {
     pub strategy: Strategy,
     /// What it is, e.g. `ml/logreg[w1-2,c2-5] C=8`.
     pub name: String,
-    /// Cross-validated accuracy on the examples.
+    /// Cross-validated accuracy on the examples; NaN when not cross-validated (see
+    /// [`Synthesis::cv_accuracy`]).
     pub cv_accuracy: f64,
-    /// Cross-validated per-class metrics.
+    /// Cross-validated per-class metrics (empty when not cross-validated).
     pub per_class: Vec<ClassMetrics>,
     /// Median time of one execution of the final program, measured in-process on a
     /// sample of the examples, in microseconds.
@@ -186,7 +187,9 @@ pub struct Synthesis {
     pub strategy: Strategy,
     /// The chosen candidate's name.
     pub model: String,
-    /// Its cross-validated accuracy (the confidence estimate).
+    /// Its cross-validated accuracy (the confidence estimate). NaN when nothing was
+    /// cross-validated (`folds` is 0: only one label has examples, and the program always
+    /// answers it).
     pub cv_accuracy: f64,
     /// Accuracy of the final program on the training examples, computed by the trainer
     /// (equal to what the runtime gives on the same examples).
@@ -197,7 +200,7 @@ pub struct Synthesis {
     pub labels: Vec<String>,
     /// Examples trained on.
     pub examples: usize,
-    /// Cross-validation folds used.
+    /// Cross-validation folds used; 0 when there was nothing to cross-validate.
     pub folds: usize,
     /// Shape of the chosen program.
     pub stats: ProgramStats,
@@ -205,11 +208,15 @@ pub struct Synthesis {
     pub accuracy_target: Option<f64>,
     /// Wall-clock synthesis time.
     pub elapsed: Duration,
+    /// What is legal but probably not what was meant ([`TaskSpec::warnings`], and that the
+    /// program is constant when only one label has examples). Printed by
+    /// [`report_text`](Self::report_text).
+    pub warnings: Vec<String>,
 }
 
 impl Synthesis {
     /// The artifact metadata for installing the program: `synthesis_strategy`,
-    /// `confidence_score` (the CV accuracy), `complexity_metrics` (rules, features,
+    /// `confidence_score` (the CV accuracy; absent when not cross-validated), `complexity_metrics` (rules, features,
     /// keywords, weights, sparse_dims, program_bytes, model, cv_folds, examples),
     /// `generation_time_sec`, `generation_cost` 0 and `llm_provider` `"none"`.
     pub fn new_artifact(&self) -> NewArtifact {
@@ -226,7 +233,7 @@ impl Synthesis {
         m.insert("examples".into(), json!(self.examples));
         NewArtifact {
             synthesis_strategy: self.strategy.as_str().to_string(),
-            confidence_score: Some(self.cv_accuracy),
+            confidence_score: (self.folds > 0).then_some(self.cv_accuracy),
             complexity_metrics: m,
             llm_provider: Some("none".to_string()),
             generation_cost: 0.0,
@@ -239,13 +246,25 @@ impl Synthesis {
     /// per-class precision/recall and the time taken.
     pub fn report_text(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "synthesized from {} examples, {} labels, {}-fold cross-validation",
-            self.examples,
-            self.labels.len(),
-            self.folds
-        );
+        for w in &self.warnings {
+            let _ = writeln!(s, "warning: {w}");
+        }
+        if self.folds > 0 {
+            let _ = writeln!(
+                s,
+                "synthesized from {} examples, {} labels, {}-fold cross-validation",
+                self.examples,
+                self.labels.len(),
+                self.folds
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "synthesized from {} examples, {} labels, not cross-validated (one label has examples)",
+                self.examples,
+                self.labels.len(),
+            );
+        }
         let w = self
             .candidates
             .iter()
@@ -260,10 +279,10 @@ impl Synthesis {
         for c in &self.candidates {
             let _ = writeln!(
                 s,
-                "{} {:<w$}  {:>7.4}  {:>11}  {:>11}  {:>5}",
+                "{} {:<w$}  {:>7}  {:>11}  {:>11}  {:>5}",
                 if c.chosen { "*" } else { " " },
                 c.name,
-                c.cv_accuracy,
+                Acc(c.cv_accuracy),
                 c.est_latency_us
                     .map_or("-".to_string(), |l| format!("{l:.2}")),
                 c.program_bytes,
@@ -272,15 +291,19 @@ impl Synthesis {
         }
         let _ = writeln!(
             s,
-            "chosen: {} ({}), cv accuracy {:.4}{}, training accuracy {:.4}",
+            "chosen: {} ({}), cv accuracy {}{}, training accuracy {:.4}",
             self.model,
             self.strategy,
-            self.cv_accuracy,
+            Acc(self.cv_accuracy),
             self.accuracy_target
                 .map_or(String::new(), |t| format!(" (target {t})")),
             self.train_accuracy
         );
-        if let Some(c) = self.candidates.iter().find(|c| c.chosen) {
+        if let Some(c) = self
+            .candidates
+            .iter()
+            .find(|c| c.chosen && !c.per_class.is_empty())
+        {
             let _ = writeln!(s, "cross-validated per-class metrics:");
             let _ = write_class_table(&mut s, &c.per_class);
         }
@@ -293,6 +316,19 @@ impl Synthesis {
             self.elapsed.as_secs_f64()
         );
         s
+    }
+}
+
+/// An accuracy for the report: four decimals, or "not measured" for NaN.
+struct Acc(f64);
+
+impl fmt::Display for Acc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_nan() {
+            f.pad("not measured")
+        } else {
+            f.pad(&format!("{:.4}", self.0))
+        }
     }
 }
 
@@ -381,6 +417,7 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
         seen.iter().filter(|&&b| b).count()
     };
     let mut cands: Vec<Cand> = Vec::new();
+    let mut warnings = spec.warnings();
     if present < 2 {
         // One label: nothing to learn, the program always answers it.
         let list = RuleList {
@@ -395,6 +432,11 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
             Strategy::Rule,
         );
         let _ = list;
+        warnings.push(format!(
+            "only {:?} has examples: the program always answers it, and its accuracy cannot be \
+             estimated (not cross-validated)",
+            labels[ctx.y[0]]
+        ));
         cands.push(Cand {
             strategy: Strategy::Rule,
             name: "rule/constant".into(),
@@ -444,7 +486,11 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
             )
         })?;
         let latency = measure_latency(&program, spec);
-        let (acc, per_class) = class_metrics(&labels, &ctx.y, &c.oof);
+        let (acc, per_class) = if ctx.n_folds == 0 {
+            (f64::NAN, Vec::new())
+        } else {
+            class_metrics(&labels, &ctx.y, &c.oof)
+        };
         reports.push(CandidateReport {
             strategy: c.strategy,
             name: c.name.clone(),
@@ -519,6 +565,7 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
         stats: program.stats().clone(),
         accuracy_target: spec.accuracy_target,
         elapsed: start.elapsed(),
+        warnings,
     })
 }
 

@@ -315,24 +315,32 @@ fn malformed_specs_name_the_path() {
             r#"spec.examples[1].output: "maybe" is not one of output_schema.enum"#,
         ),
         (
-            r#"{"name": "t", "output_schema": {"enum": ["a"]}, "examples": [{"input": "text", "output": "a"}]}"#,
+            r#"{"name": "t", "output_schema": {"enum": ["a", "b"]}, "examples": [{"input": "text", "output": "a"}, {"input": {"text": "y"}, "output": "b"}]}"#,
             "spec.examples[0].input: expected a JSON object",
         ),
         (
-            r#"{"name": "", "output_schema": {"enum": ["a"]}, "examples": []}"#,
+            r#"{"name": "", "output_schema": {"enum": ["a", "b"]}, "examples": [{"input": {"text": "y"}, "output": "b"}]}"#,
             "spec.name: must be 1 to 128 characters",
         ),
         (
-            r#"{"name": "t", "output_schema": {"enum": ["a", 3]}, "examples": []}"#,
+            r#"{"name": "t", "output_schema": {"enum": ["a", 3]}, "examples": [{"input": {"text": "y"}, "output": "a"}]}"#,
             "spec.output_schema.enum[1]: expected a string, got 3",
         ),
         (
-            r#"{"name": "t", "input_schema": {"properties": {"text": {"type": "string"}}, "required": ["text"]}, "output_schema": {"enum": ["a"]}, "examples": [{"input": {}, "output": "a"}]}"#,
+            r#"{"name": "t", "input_schema": {"properties": {"text": {"type": "string"}}, "required": ["text"]}, "output_schema": {"enum": ["a", "b"]}, "examples": [{"input": {}, "output": "a"}, {"input": {"text": "y"}, "output": "b"}]}"#,
             "spec.examples[0].input.text: required by input_schema but missing",
         ),
         (
-            r#"{"name": "t", "output_schema": {"enum": ["a"]}, "accuracy_target": 3, "examples": []}"#,
+            r#"{"name": "t", "output_schema": {"enum": ["a", "b"]}, "accuracy_target": 3, "examples": [{"input": {"text": "x"}, "output": "a"}, {"input": {"text": "y"}, "output": "b"}]}"#,
             "spec.accuracy_target: must be between 0 and 1, got 3",
+        ),
+        (
+            r#"{"name": "t", "output_schema": {"enum": ["spam"]}, "examples": [{"input": {"text": "x"}, "output": "spam"}]}"#,
+            r#"spec.output_schema.enum: only one label ("spam"); a classifier needs at least two"#,
+        ),
+        (
+            r#"{"name": "t", "output_schema": {"type": "string"}, "examples": [{"input": {"text": "x"}, "output": "spam"}]}"#,
+            r#"spec.examples: every example has the output "spam"; a classifier needs at least two labels (list them in output_schema.enum)"#,
         ),
     ];
     for (json, message) in cases {
@@ -359,7 +367,7 @@ fn malformed_specs_name_the_path() {
 }
 
 #[test]
-fn a_single_label_gives_a_constant_program() {
+fn a_single_label_with_examples_gives_a_constant_program_with_a_warning_and_no_cv_figure() {
     let spec = spec_of(
         "one",
         &["a", "b"],
@@ -371,6 +379,143 @@ fn a_single_label_gives_a_constant_program() {
     let s = synthesize(&spec, &SynthOptions::default().with_strategy(Strategy::Ml)).unwrap();
     let program = Program::from_json(&s.program_json).unwrap();
     assert_eq!(program.evaluate(&json!({"text": "y"})).unwrap().output, "b");
+    assert_eq!(s.folds, 0);
+    assert!(s.cv_accuracy.is_nan());
+    assert_eq!(s.new_artifact().confidence_score, None);
+    assert_eq!(
+        s.warnings,
+        [
+            r#"spec.output_schema.enum: label "a" has no example; the program will never answer it"#,
+            r#"only "b" has examples: the program always answers it, and its accuracy cannot be estimated (not cross-validated)"#,
+        ]
+    );
+    let report = s.report_text();
+    assert!(
+        report.starts_with("warning: spec.output_schema.enum: label \"a\""),
+        "{report}"
+    );
+    assert!(report.contains("cv accuracy not measured"), "{report}");
+    assert!(!report.contains("1.0000  "), "{report}");
+}
+
+#[test]
+fn a_label_without_examples_is_warned_about_and_cv_still_measured() {
+    let mut examples = Vec::new();
+    for i in 0..20 {
+        examples.push(Example {
+            input: json!({"text": format!("free prize {i}")}),
+            output: json!("spam"),
+        });
+        examples.push(Example {
+            input: json!({"text": format!("lunch at noon {i}")}),
+            output: json!("ham"),
+        });
+    }
+    let spec = spec_of("three", &["spam", "ham", "phishing"], examples);
+    let s = synthesize(
+        &spec,
+        &SynthOptions::default().with_strategy(Strategy::Rule),
+    )
+    .unwrap();
+    assert_eq!(
+        s.warnings,
+        [
+            r#"spec.output_schema.enum: label "phishing" has no example; the program will never answer it"#
+        ]
+    );
+    assert!(s.folds > 0 && !s.cv_accuracy.is_nan());
+    assert!(s
+        .report_text()
+        .contains("warning: spec.output_schema.enum: label \"phishing\""));
+}
+
+#[test]
+fn spec_parse_errors_say_what_a_spec_is_and_where_the_syntax_breaks() {
+    for (json, got) in [
+        ("[]", "an array"),
+        ("\"spec\"", "a string"),
+        ("3", "a number"),
+    ] {
+        let err = TaskSpec::from_json(json.as_bytes()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("spec: a task specification is a JSON object with `name`"),
+            "{msg}"
+        );
+        assert!(msg.ends_with(&format!("; got {got}")), "{msg}");
+        assert!(!msg.contains("TaskSpec"), "{msg}");
+    }
+    let trailing = b"{\"name\": \"t\",\n \"output_schema\": {},\n}";
+    let err = TaskSpec::from_json(trailing).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "spec: not valid JSON at line 3 column 1: trailing comma"
+    );
+    let dir = tempdir();
+    let file = dir.0.join("spec.json");
+    std::fs::write(&file, trailing).unwrap();
+    let err = TaskSpec::from_path(&file).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("{}:3:1: not valid JSON: trailing comma", file.display())
+    );
+    std::fs::write(&file, "[]").unwrap();
+    let err = TaskSpec::from_path(&file).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: spec: a task specification", file.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_field_error_of_a_spec_is_reported() {
+    let err = TaskSpec::from_json(
+        br#"{"description": 3, "accuracy_target": "high", "examples": [
+            {"input": {"text": "x"}, "output": "a"}, {"output": "b"}, 7]}"#,
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert_eq!(
+        err.to_string(),
+        "the task specification has 6 problems:
+  spec.name: missing (the task id)
+  spec.description: invalid type: integer `3`, expected a string
+  spec.accuracy_target: invalid type: string \"high\", expected f64
+  spec.examples[1]: missing field `input`
+  spec.examples[2]: invalid type: integer `7`, expected struct Example
+  spec.output_schema: missing ({\"type\": \"string\", \"enum\": [labels]})"
+    );
+    // Validation lists every problem too.
+    let spec = TaskSpec::from_json(
+        br#"{"name": "t", "output_schema": {"enum": ["a", "b"]}, "latency_target_ms": -1,
+            "examples": [{"input": {"text": "x"}, "output": "c"}, {"input": 5, "output": "a"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        spec.validate().unwrap_err().to_string(),
+        "the task specification has 3 problems:
+  spec.latency_target_ms: must be a positive number, got -1
+  spec.examples[0].output: \"c\" is not one of output_schema.enum
+  spec.examples[1].input: expected a JSON object"
+    );
+}
+
+#[test]
+fn a_program_given_as_a_spec_is_recognised() {
+    let program =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/spam/program.json"))
+            .unwrap();
+    let err = TaskSpec::from_json(&program).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(
+        err.to_string().starts_with(
+            "spec: this looks like a program (loopai.program/1), not a task specification; \
+             install it with `loopai artifacts install`"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
