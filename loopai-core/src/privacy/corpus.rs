@@ -384,9 +384,9 @@ impl Gen {
         format!("{area:03}{sep}{group:02}{sep}{serial:04}")
     }
 
-    /// A Luhn-valid card number from a realistic IIN range.
+    /// A Luhn-valid card number from a realistic IIN range and length.
     pub fn card_digits(&mut self) -> String {
-        let (prefix, len): (String, usize) = match self.rng.u8(0..12) {
+        let (prefix, len): (String, usize) = match self.rng.u8(0..16) {
             0..=2 => ("4".into(), *self.pick(&[16, 16, 16, 13, 19])),
             3 => (format!("5{}", self.digit_from(1, 5)), 16),
             4 => (format!("{}", self.rng.u16(2221..2721)), 16),
@@ -399,7 +399,60 @@ impl Gen {
             8 => (format!("30{}", self.digit_from(0, 5)), 14),
             9 => (format!("{}", self.rng.u16(3528..3590)), 16),
             10 => ("62".into(), *self.pick(&[16, 17, 18, 19])),
-            _ => ("6759".into(), *self.pick(&[16, 18, 19])),
+            11 => ("6759".into(), *self.pick(&[16, 18, 19])),
+            // Maestro at every length it is issued in, 12 and 13 included.
+            12 => (
+                (*self.pick(&[
+                    "5018", "5020", "5038", "5893", "6304", "6759", "6761", "6762", "6763",
+                ]))
+                .to_owned(),
+                self.rng.usize(12..20),
+            ),
+            // Mir.
+            13 => (
+                format!("220{}", self.digit_from(0, 4)),
+                *self.pick(&[16, 19]),
+            ),
+            // RuPay, Troy, Humo, UzCard, Dankort, BORICA.
+            14 => (
+                (*self.pick(&[
+                    "60", "81", "82", "508", "9792", "9860", "8600", "5019", "2205",
+                ]))
+                .to_owned(),
+                16,
+            ),
+            // Verve.
+            _ => (
+                format!("{}", self.rng.u32(506099..506199)),
+                *self.pick(&[16, 18, 19]),
+            ),
+        };
+        let mut digits = prefix;
+        let body = self.digits(len - 1 - digits.len());
+        digits.push_str(&body);
+        digits.push(luhn_check_digit(&digits));
+        digits
+    }
+
+    /// A Luhn-valid number of 12–19 digits that no network issues: a prefix outside every
+    /// IIN range (`1`, `7`, `9` but Troy and Humo, `20`, `31`), or a 12-digit Visa-like
+    /// number (Visa issues 13, 16 and 19 digits).
+    fn luhn_valid_not_a_card(&mut self) -> String {
+        let (prefix, len): (String, usize) = match self.rng.u8(0..5) {
+            0 => (
+                format!("{}", self.pick(&['1', '7'])),
+                self.rng.usize(12..20),
+            ),
+            1 => (
+                format!("9{}", self.digit_from(0, 6)),
+                self.rng.usize(12..20),
+            ),
+            2 => (
+                format!("20{}", self.digit_from(0, 9)),
+                self.rng.usize(12..20),
+            ),
+            3 => ("31".into(), self.rng.usize(12..20)),
+            _ => ("4".into(), 12),
         };
         let mut digits = prefix;
         let body = self.digits(len - 1 - digits.len());
@@ -414,6 +467,7 @@ impl Gen {
             return digits.to_owned();
         }
         let layout: &[usize] = match digits.len() {
+            12 => &[4, 4, 4],
             13 => &[4, 4, 5],
             14 => &[4, 6, 4],
             15 => &[4, 6, 5],
@@ -639,6 +693,16 @@ impl Gen {
         push(
             format!("card {card} declined"),
             "invalid_luhn",
+            Some(PiiKind::CreditCard),
+        );
+        let number = self.luhn_valid_not_a_card();
+        let number = self.group_card(&number);
+        push(
+            format!(
+                "{} {number} logged",
+                self.pick(&["order", "ref", "ts", "id", "tracking"])
+            ),
+            "luhn_no_iin",
             Some(PiiKind::CreditCard),
         );
         let iban = self.iban(false);

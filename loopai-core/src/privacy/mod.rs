@@ -184,6 +184,19 @@ mod tests {
     }
 
     #[test]
+    fn a_12_digit_maestro_never_leaves_the_process_in_any_mode() {
+        let input = json!({"text": "Maestro 5018 1234 5673, or 6304-1234-5674"});
+        let redacted = json!({"text": "Maestro [CREDIT_CARD], or [CREDIT_CARD]"});
+        let h = KeyedHasher::new(b"k");
+        for mode in [PrivacyMode::Balanced, PrivacyMode::Permissive] {
+            let p = PrivacyPolicy::new(mode, &PrivacyConfig::default(), h.clone());
+            assert_eq!(p.upload_value(&input), Some(redacted.clone()), "{mode:?}");
+        }
+        let strict = PrivacyPolicy::new(PrivacyMode::Strict, &PrivacyConfig::default(), h);
+        assert_eq!(strict.upload_value(&input), None);
+    }
+
+    #[test]
     fn generated_corpus_recall_is_at_least_99_percent_per_kind() {
         let corpus = corpus::generate(0x5eed_0002, 250);
         let filter = PiiFilter::new();

@@ -43,8 +43,9 @@ pub enum PiiKind {
     /// US Social Security numbers (`123-45-6789`, `123 45 6789`) with valid area, group
     /// and serial.
     Ssn,
-    /// Payment card numbers: 13–19 digits, optionally grouped by spaces or dashes,
-    /// Luhn-valid.
+    /// Payment card numbers: 12–19 digits in a length and IIN range that a card network
+    /// issues (Visa, Mastercard, Amex, Discover, JCB, Diners, UnionPay, Maestro, Mir,
+    /// RuPay, ...), optionally grouped by spaces or dashes, Luhn-valid.
     CreditCard,
     /// IBANs, grouped by 4 or not, with valid length and mod-97 check digits.
     Iban,
@@ -357,7 +358,7 @@ fn detector_specs() -> Vec<(PiiKind, Check, String)> {
         (
             PiiKind::CreditCard,
             Check::Card,
-            r"[2-6]\d{12,18}".to_owned(),
+            r"[2-689]\d{11,18}".to_owned(),
         ),
         // A line break only after a second group: `+44 20` / `7946 0958`, not `+1500` / `2000`.
         (
@@ -409,11 +410,12 @@ fn detector_specs() -> Vec<(PiiKind, Check, String)> {
         r"\d{3}S\d{6}S\d{4,5}",             // 4-6-5 (Amex), 4-6-4 (Diners)
         r"\d{3}S\d{4}S\d{4}S\d{1,3}",       // 13–15 digits
         r"\d{3}S\d{4}S\d{5}",               // 4-4-5
+        r"\d{3}S\d{4}S\d{4}",               // 4-4-4 (12-digit Maestro)
     ] {
         specs.push((
             PiiKind::CreditCard,
             Check::Card,
-            format!("[2-6]{}", layout.replace('S', card_sep)),
+            format!("[2-689]{}", layout.replace('S', card_sep)),
         ));
     }
     specs
@@ -474,7 +476,8 @@ impl Detector {
             Check::Ssn => (ssn_ok(s) && numeric_boundary(text, start, end, "-./:")).then_some(end),
             Check::Card => (card_ok(s)
                 && numeric_boundary(text, start, end, "-./:")
-                && !after_digit_group(text, start))
+                && !after_digit_group(text, start)
+                && !(count_digits(s) == 12 && continues_grouped(text, end)))
             .then_some(end),
             Check::Iban => iban_end(text, start, end),
             Check::Ipv4 => (ipv4_ok(s) && numeric_boundary(text, start, end, ".")).then_some(end),
@@ -777,8 +780,8 @@ fn ssn_ok(s: &str) -> bool {
     area != 0 && area != 666 && area < 900 && group != 0 && serial != 0
 }
 
-/// 13–19 digits (13 only for Visa, which starts with 4), one kind of separator at most,
-/// Luhn-valid.
+/// 12–19 digits in a length and IIN range that a network issues ([`card_network`]), one
+/// kind of separator at most, Luhn-valid.
 fn card_ok(s: &str) -> bool {
     let mut separators = s.chars().filter(|c| !c.is_ascii_digit());
     if let Some(first) = separators.next() {
@@ -786,8 +789,109 @@ fn card_ok(s: &str) -> bool {
             return false;
         }
     }
-    let n = count_digits(s);
-    (13..=19).contains(&n) && (n > 13 || s.starts_with('4')) && luhn_ok(s)
+    let digits: Vec<u8> = s.bytes().filter(u8::is_ascii_digit).collect();
+    card_network(&digits).is_some() && luhn_ok(s)
+}
+
+/// Whether a grouped number goes on after `end`: a separator and a digit (`5018 1234 5673`
+/// is the start of `5018 1234 5673 0001`, not a 12-digit card).
+fn continues_grouped(text: &str, end: usize) -> bool {
+    char_after(text, end).is_some_and(|sep| {
+        CARD_SEPARATORS.contains(&sep)
+            && char_after(text, end + sep.len_utf8()).is_some_and(|d| d.is_ascii_digit())
+    })
+}
+
+/// What may separate the groups of a card number (the `card_sep` of the detectors).
+const CARD_SEPARATORS: &[char] = &[' ', '-', '\u{A0}', '\u{202F}', '\u{2011}', '\u{2013}'];
+
+/// One row of [`CARD_IINS`]: the number's first digits, read as a number of as many digits
+/// as `lo`, lie in `lo..=hi`, and the number has a length in `lengths`.
+struct Iin {
+    network: &'static str,
+    lo: u32,
+    hi: u32,
+    lengths: &'static [usize],
+}
+
+const fn iin(network: &'static str, lo: u32, hi: u32, lengths: &'static [usize]) -> Iin {
+    Iin {
+        network,
+        lo,
+        hi,
+        lengths,
+    }
+}
+
+const LEN_12_19: &[usize] = &[12, 13, 14, 15, 16, 17, 18, 19];
+const LEN_14_19: &[usize] = &[14, 15, 16, 17, 18, 19];
+const LEN_16_19: &[usize] = &[16, 17, 18, 19];
+const LEN_16: &[usize] = &[16];
+
+/// The IIN ranges and lengths that card networks issue (the networks' published tables, as
+/// collected by ISO/IEC 7812 registries). A Luhn-valid number outside them (an order id,
+/// a timestamp) is not a card. Maestro alone issues 12- and 13-digit numbers besides
+/// Visa's 13, and only from its own IINs; its wider 50 and 56–69 ranges count from 16
+/// digits, so that EAN-13 barcodes and 12-digit ids starting with 5 or 6 stay numbers.
+/// The first row that matches names the network.
+const CARD_IINS: &[Iin] = &[
+    iin("Visa", 4, 4, &[13, 16, 19]),
+    iin("Mastercard", 51, 55, LEN_16),
+    iin("Mastercard", 2221, 2720, LEN_16),
+    iin("American Express", 34, 34, &[15]),
+    iin("American Express", 37, 37, &[15]),
+    iin("Diners Club", 300, 305, LEN_14_19),
+    iin("Diners Club", 3095, 3095, LEN_14_19),
+    iin("Diners Club", 36, 36, LEN_14_19),
+    iin("Diners Club", 38, 39, LEN_14_19),
+    iin("Discover", 6011, 6011, LEN_16_19),
+    iin("Discover", 644, 649, LEN_16_19),
+    iin("Discover", 65, 65, LEN_16_19),
+    iin("JCB", 3528, 3589, LEN_16_19),
+    iin("UnionPay", 62, 62, LEN_16_19),
+    iin("Maestro", 5018, 5018, LEN_12_19),
+    iin("Maestro", 5020, 5020, LEN_12_19),
+    iin("Maestro", 5038, 5038, LEN_12_19),
+    iin("Maestro", 5893, 5893, LEN_12_19),
+    iin("Maestro", 6304, 6304, LEN_12_19),
+    iin("Maestro", 6759, 6759, LEN_12_19),
+    iin("Maestro", 6761, 6763, LEN_12_19),
+    iin("Maestro", 676770, 676770, LEN_12_19),
+    iin("Maestro", 676774, 676774, LEN_12_19),
+    iin("Mir", 2200, 2204, LEN_16_19),
+    iin("BORICA", 2205, 2205, LEN_16),
+    iin("RuPay", 60, 60, LEN_16),
+    iin("RuPay", 81, 82, LEN_16),
+    iin("RuPay", 508, 508, LEN_16),
+    iin("Troy", 9792, 9792, LEN_16),
+    iin("Verve", 506099, 506198, &[16, 18, 19]),
+    iin("Verve", 507865, 507964, &[16, 18, 19]),
+    iin("Verve", 650002, 650027, &[16, 18, 19]),
+    iin("Dankort", 5019, 5019, LEN_16),
+    iin("InterPayment", 636, 636, LEN_16_19),
+    iin("UzCard", 8600, 8600, LEN_16),
+    iin("Humo", 9860, 9860, LEN_16),
+    // Last: the wide ranges, after the networks that issue inside them.
+    iin("Maestro", 50, 50, LEN_16_19),
+    iin("Maestro", 56, 69, LEN_16_19),
+];
+
+/// The network that issues card numbers with these digits (IIN range and length), if any.
+fn card_network(digits: &[u8]) -> Option<&'static str> {
+    CARD_IINS
+        .iter()
+        .find(|iin| {
+            let width = iin.lo.checked_ilog10().map_or(1, |l| l as usize + 1);
+            iin.lengths.contains(&digits.len())
+                && digits.len() >= width
+                && digits[..width]
+                    .iter()
+                    .try_fold(0u32, |n, &d| {
+                        d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+                    })
+                    .is_some_and(|prefix| (iin.lo..=iin.hi).contains(&prefix))
+        })
+        .map(|iin| iin.network)
 }
 
 /// The Luhn checksum over the digits of `s`.
@@ -1102,6 +1206,43 @@ mod tests {
         assert_eq!(kinds(text), vec![(PiiKind::CreditCard, text)]);
         let text = "john.4155552671@example.com";
         assert_eq!(kinds(text), vec![(PiiKind::Email, text)]);
+    }
+
+    #[test]
+    fn cards_of_12_to_19_digits_are_found_in_their_networks_ranges() {
+        for text in [
+            "5018 1234 5673",            // Maestro, 12 digits
+            "6304-1234-5674",            // Maestro, 12 digits, dashes
+            "675912345674",              // Maestro, 12 digits, bare
+            "6759\u{a0}0012\u{a0}34561", // Maestro, 13 digits, no-break spaces
+            "2204 1234 5678 9015",       // Mir
+            "8171 1234 5678 9011",       // RuPay
+            "9792 1234 5678 9018",       // Troy
+            "6763 1234 5678 9012 344",   // Maestro, 19 digits
+        ] {
+            assert_eq!(
+                kinds(&format!("card {text}.")),
+                vec![(PiiKind::CreditCard, text)]
+            );
+        }
+        assert_eq!(card_network(b"501812345673"), Some("Maestro"));
+        assert_eq!(card_network(b"2720123456789010"), Some("Mastercard"));
+        assert_eq!(card_network(b"5060991234567895"), Some("Verve"));
+    }
+
+    #[test]
+    fn luhn_valid_numbers_outside_every_iin_range_or_length_are_not_cards() {
+        for text in [
+            "ts 20240315103000 ok",              // 14 digits, 2024 is no IIN
+            "ref 2000 1234 5678 9011",           // 16 digits, 2000 is no IIN
+            "order #412312345678 shipped",       // Visa issues no 12-digit numbers
+            "event_us=1710123456789014",         // nothing starts with 1
+            "card 5018 1234 5673 0001 declined", // a 12-digit Maestro prefix of a longer number
+        ] {
+            assert_eq!(kinds(text), vec![], "{text}");
+        }
+        assert_eq!(card_network(b"412312345678"), None);
+        assert_eq!(card_network(b"6011123456789"), None);
     }
 
     #[test]

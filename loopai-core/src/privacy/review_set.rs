@@ -143,6 +143,23 @@ pub(crate) const POSITIVES: &[&str] = &[
     "card_number=«c|5200828282828210»&cvc=123",
     "Paid with «c|4111111111111111», thanks",
     "(«c|5555-5555-5555-4444»)",
+    // 12–19 digits outside 13–16: Maestro 12/13/19, Mir, RuPay, Troy, Verve, Dankort...
+    "Maestro «c|5018 1234 5673» exp 09/27",
+    "maestro card «c|675912345674»",
+    "Maestro UK «c|6304-1234-5674»",
+    "Maestro «c|5893 1234 5673», thanks",
+    "card «c|6759 0012 34561»",
+    "Maestro «c|6763 1234 5678 9012 344»",
+    "Карта Мир «c|2204 1234 5678 9015»",
+    "Мир «c|2201 1234 5678 9012 349»",
+    "RuPay «c|6071 1234 5678 9016»",
+    "RuPay «c|8171-1234-5678-9011»",
+    "Troy «c|9792 1234 5678 9018»",
+    "Verve «c|5060991234567895»",
+    "Dankort «c|5019 1234 5678 9013»",
+    "UnionPay «c|6200 1234 5678 9012 347»",
+    "Discover «c|64451234567890129»",
+    "Mastercard «c|2720 1234 5678 9010»",
     // ---- IBAN ---------------------------------------------------------------------------
     "Bitte überweisen an «b|DE89 3704 0044 0532 0130 00».",
     "IBAN: «b|DE89370400440532013000»",
@@ -312,6 +329,18 @@ pub(crate) const NEGATIVES: &[&str] = &[
     "ISBN 9783161484100",
     "epoch_ms=1710498600123",
     "id 1234567890128",
+    // Luhn-valid by chance, but in no network's IIN range or length
+    "ts 20240315103000 ok",
+    "ref 2000 1234 5678 9011",
+    "ticket 3100123456789018 closed",
+    "order #412312345678 shipped",
+    "tracking 7001 1234 5678 9019",
+    "event_us=1710123456789014",
+    "batch 9000 1234 5678 9012 348",
+    "msisdn 447700900114",
+    "order 7091 2345 6788",
+    // a 12-digit Maestro prefix inside a longer number that fails Luhn
+    "card 5018 1234 5673 0001 declined",
     // near misses of the wider rules (line breaks, lower case, parentheses, no-break spaces)
     "delta +1500\n2000 rows copied",
     "step (10) 2019-2020 season",
@@ -417,6 +446,21 @@ mod tests {
     #[test]
     fn review_set_recall_is_at_least_95_percent_per_kind() {
         let r = review(&PiiFilter::new());
+        // The figures of docs/privacy.md: `cargo test -p loopai-core --lib review_set --
+        // --nocapture`.
+        for (kind, found, total) in &r.found {
+            eprintln!("review set recall {kind}: {found}/{total}");
+        }
+        eprintln!(
+            "review set: {} extra or partial matches, {} of {} hard negatives with a match",
+            r.false_positives.len(),
+            r.negative_hits
+                .iter()
+                .map(|(text, ..)| text)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            NEGATIVES.len()
+        );
         for (kind, found, total) in &r.found {
             assert!(*total >= 8, "{kind}: only {total} cases");
             let recall = *found as f64 / *total as f64;
