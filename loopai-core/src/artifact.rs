@@ -785,7 +785,7 @@ impl ArtifactStore {
 
     /// Records in `v<version>/metadata.json` (extra field `rolled_back_at`) that a
     /// rollout of this version was rolled back; `status` is left alone.
-    pub(crate) fn mark_rolled_back(&self, version: u32, at: crate::Timestamp) -> Result<()> {
+    pub(crate) fn mark_rolled_back(&self, version: u32, at: crate::clock::Timestamp) -> Result<()> {
         let _lock = POINTER_LOCK.lock();
         let mut metadata = self.read_metadata(version)?;
         let at = serde_json::to_value(at).unwrap_or(Value::Null);

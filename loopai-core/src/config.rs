@@ -23,7 +23,7 @@ use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value as YamlValue;
 
-use crate::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// The largest accepted `execution.max_input_bytes` (64 MiB).
 const MAX_INPUT_BYTES_LIMIT: usize = 64 * 1024 * 1024;

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use serde_json::Value;
 
+use crate::artifact::LoadedArtifact;
+use crate::error::{Error, ErrorKind, Result};
+use crate::program::{Outcome, Program, ProgramLimits};
 use crate::rollout::{ArmHandle, CanarySlot};
-use crate::{
-    Error, ErrorKind, JsonSchema, LoadedArtifact, Outcome, Program, ProgramLimits, Result,
-    SampleReason,
-};
+use crate::sampler::SampleReason;
+use crate::schema::JsonSchema;
 
 /// A program together with the artifact version it was loaded from.
 #[derive(Debug)]

@@ -4,7 +4,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Creates (or truncates) `path`, writes `bytes` and fsyncs the file.
 pub(crate) fn write_new_file(path: &Path, bytes: &[u8]) -> io::Result<()> {

@@ -139,12 +139,15 @@
 //! ```
 
 mod artifact;
+mod clock;
 mod config;
 mod dataset;
 mod error;
 mod executor;
+mod fnv;
 mod fork;
 mod fsutil;
+mod net;
 mod oracle;
 mod privacy;
 mod program;
@@ -161,6 +164,7 @@ pub use artifact::{
     validate_task_id, ArtifactMetadata, ArtifactStatus, ArtifactStore, LoadedArtifact, NewArtifact,
     PROGRAM_LANGUAGE,
 };
+pub use clock::{day_string, parse_day, Clock, SystemClock, Timestamp};
 pub use config::{
     ArtifactRetention, CloudConfig, ComparisonMode, DeploymentConfig, Durability, ExecutionConfig,
     ExecutionRetention, Fallback, OnFull, OracleConfig, OracleKind, PrivacyConfig, PrivacyMode,
@@ -168,9 +172,9 @@ pub use config::{
     SamplingStrategy, StorageConfig, TelemetryConfig, ValidationConfig, ValidationRetention,
 };
 pub use dataset::{
-    apply_retention, day_string, parse_day, read_stats, rebuild_stats, write_stats, Clock,
-    DailyAggregate, DailyStats, DatasetLayout, DatasetMetrics, DatasetReader, ExecutionRecord,
-    LatencyStats, RetentionPolicy, RetentionReport, SystemClock, Timestamp, ValidationRecord,
+    apply_retention, read_stats, rebuild_stats, write_stats, DailyAggregate, DailyStats,
+    DatasetLayout, DatasetMetrics, DatasetReader, ExecutionRecord, ExecutionSource,
+    ExecutionStatus, LatencyStats, RetentionPolicy, RetentionReport, ValidationRecord,
     ValidationStats, MAX_OUTPUT_KEYS,
 };
 pub use error::{Error, ErrorKind, Result};
@@ -192,8 +196,8 @@ pub use rollout::{
     ROLLOUT_FILE, ROLLOUT_FORMAT,
 };
 pub use runtime::{
-    ExecutionResult, ExecutionSource, ExecutionStatus, Health, Runtime, RuntimeBuilder, Scores,
-    DROP_SHUTDOWN_TIMEOUT, MAX_INPUT_DOCUMENT_BYTES,
+    ExecutionResult, Health, Runtime, RuntimeBuilder, Scores, DROP_SHUTDOWN_TIMEOUT,
+    MAX_INPUT_DOCUMENT_BYTES,
 };
 pub use sampler::{SampleReason, Sampler};
 pub use schema::{JsonSchema, SchemaViolation};
@@ -204,3 +208,14 @@ pub use telemetry::{
 pub use validator::{
     compare_outputs, Comparison, ValidationMetrics, VersionValidationMetrics, ROLLING_WINDOW,
 };
+
+/// Not public API: pieces the workspace's other crates share with this one so that they
+/// compute exactly the same thing (`loopai-synth` buckets n-grams with [`fnv`](crate::fnv)
+/// as the runtime does). May change in any release.
+#[doc(hidden)]
+pub mod __private {
+    /// The FNV-1a of n-gram buckets (part of the program format).
+    pub mod fnv {
+        pub use crate::fnv::{fmix64, hash, Fnv, FNV_OFFSET, FNV_PRIME};
+    }
+}

@@ -24,13 +24,16 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendErro
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::artifact::{ArtifactMetadata, ArtifactStatus, ArtifactStore, LoadedArtifact};
+use crate::clock::{Clock, Timestamp};
+use crate::config::DeploymentConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::executor::Executor;
+use crate::net::{self, parse_retry_after, Backoff, Jitter};
+use crate::program::ProgramLimits;
 use crate::repository::{notifications_url, task_url, MAX_VERSIONS_BYTES};
-use crate::telemetry::{parse_retry_after, Backoff};
-use crate::{
-    ArtifactArchive, ArtifactMetadata, ArtifactStatus, ArtifactStore, Clock, DeploymentConfig,
-    Error, ErrorKind, Executor, LoadedArtifact, ProgramLimits, Result, Runtime, Timestamp,
-    VersionInfo, VersionList, MAX_ARCHIVE_BYTES,
-};
+use crate::repository::{ArtifactArchive, VersionInfo, VersionList, MAX_ARCHIVE_BYTES};
+use crate::runtime::Runtime;
 
 /// The timeout of every versions-list and download request.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,12 +48,14 @@ const STREAM_BACKOFF: Backoff = Backoff {
     base: Duration::from_secs(1),
     cap: Duration::from_secs(300),
     max_retry_after: Duration::from_secs(3600),
+    jitter: Jitter::Full,
 };
 /// Retry backoff of the start-up wait.
 const STARTUP_BACKOFF: Backoff = Backoff {
     base: Duration::from_millis(250),
     cap: Duration::from_secs(5),
     max_retry_after: Duration::from_secs(5),
+    jitter: Jitter::Full,
 };
 
 /// What the repository answered to a GET.
@@ -93,18 +98,10 @@ impl fmt::Debug for HttpRepo {
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .user_agent(format!("loopai/{}", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into()
-}
-
 impl HttpRepo {
     pub(crate) fn new(api_key: Option<&str>) -> HttpRepo {
         HttpRepo {
-            agent: agent(),
+            agent: net::agent(true),
             authorization: api_key.map(|k| format!("Bearer {k}")),
         }
     }
@@ -758,7 +755,7 @@ fn listen(
     stop: &AtomicBool,
     shared: &Shared,
 ) {
-    let agent = agent();
+    let agent = net::agent(true);
     let mut rng = fastrand::Rng::new();
     let mut failures = 0u32;
     while !stop.load(Ordering::Acquire) {
@@ -860,7 +857,9 @@ fn read_events(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ArtifactSigner, NewArtifact, SystemClock};
+    use crate::artifact::NewArtifact;
+    use crate::clock::SystemClock;
+    use crate::repository::ArtifactSigner;
     use std::collections::HashMap;
 
     const API: &str = "http://repo.test";

@@ -18,7 +18,7 @@ use ed25519_dalek::{Signer as _, Verifier as _};
 use serde::{Deserialize, Serialize};
 
 use crate::artifact::{abbreviate, sha256_hex};
-use crate::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// The `format` of a [`VersionList`].
 pub const VERSIONS_FORMAT: &str = "loopai.versions/1";

@@ -38,13 +38,16 @@ use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::artifact::ArtifactStore;
+use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::config::RolloutConfig;
+use crate::error::{Error, ErrorKind, Result};
 use crate::executor::{ActiveProgram, Executor};
+use crate::fnv::Fnv;
 use crate::fsutil::write_atomic;
+use crate::program::ProgramLimits;
+use crate::sampler::SampleReason;
 use crate::validator::TaskInfo;
-use crate::{
-    ArtifactStore, Clock, Error, ErrorKind, ProgramLimits, Result, RolloutConfig, SampleReason,
-    SystemClock, Timestamp,
-};
 
 /// The `format` of `rollout.json`.
 pub const ROLLOUT_FORMAT: &str = "loopai.rollout/1";
@@ -60,9 +63,6 @@ const MAX_HISTORY: usize = 1000;
 const MAX_OUTBOX: usize = 256;
 /// Events shown by [`RolloutStatus::recent_events`].
 const RECENT_EVENTS: usize = 20;
-/// The FNV-1a offset basis and prime (as in [`ngram_hash`](crate::ngram_hash)).
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 // ---------------------------------------------------------------------------------------
 // Routing
@@ -87,7 +87,7 @@ impl Route {
         fraction: f64,
         key_pointer: Option<String>,
     ) -> Route {
-        let salt = crate::ngram_hash(u64::from(canary_version), task);
+        let salt = crate::program::ngram_hash(u64::from(canary_version), task);
         // 2^64 as f64 is exact; `as` saturates.
         let threshold = (fraction.clamp(0.0, 1.0) * 18_446_744_073_709_551_616.0) as u64;
         Route {
@@ -101,7 +101,7 @@ impl Route {
     /// `fmix64(fnv1a64(salt, key))`, the construction of [`ngram_hash`](crate::ngram_hash).
     #[inline]
     pub(crate) fn hash_key(&self, key: &str) -> u64 {
-        crate::ngram_hash(self.salt, key)
+        crate::program::ngram_hash(self.salt, key)
     }
 
     /// The routing hash of an input without a caller-supplied key: the string at
@@ -116,10 +116,10 @@ impl Route {
         match value {
             Value::String(s) => self.hash_key(s),
             other => {
-                let mut w = FnvWriter(FNV_OFFSET ^ self.salt);
+                let mut w = Fnv::new(self.salt);
                 // Writing into a hasher cannot fail.
                 let _ = crate::privacy::write_canonical(other, &mut w);
-                crate::program::fmix64(w.0)
+                w.finish()
             }
         }
     }
@@ -128,23 +128,6 @@ impl Route {
     #[inline]
     pub(crate) fn to_canary(&self, hash: u64) -> bool {
         self.all || hash < self.threshold
-    }
-}
-
-struct FnvWriter(u64);
-
-impl io::Write for FnvWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut h = self.0;
-        for &b in buf {
-            h = (h ^ u64::from(b)).wrapping_mul(FNV_PRIME);
-        }
-        self.0 = h;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
@@ -1420,7 +1403,10 @@ impl RolloutController {
             Some(d) => d,
             None => {
                 let loaded = self.ctx.store.load(version)?;
-                let p = crate::Program::from_json_with_limits(&loaded.program, &self.ctx.limits)?;
+                let p = crate::program::Program::from_json_with_limits(
+                    &loaded.program,
+                    &self.ctx.limits,
+                )?;
                 crate::runtime::task_description(&loaded, &p)
             }
         };
@@ -1830,7 +1816,10 @@ impl Drop for RolloutChecker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ArtifactStore, DeploymentConfig, FnOracle, NewArtifact, OracleAnswer, Runtime};
+    use crate::artifact::{ArtifactStore, NewArtifact};
+    use crate::config::DeploymentConfig;
+    use crate::oracle::{FnOracle, OracleAnswer};
+    use crate::runtime::Runtime;
     use serde_json::json;
     use std::path::Path;
     use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -2024,7 +2013,7 @@ mod tests {
         let r = &routes[0];
         assert_eq!(
             r.hash_key("k"),
-            crate::ngram_hash(crate::ngram_hash(2, "spam"), "k")
+            crate::program::ngram_hash(crate::program::ngram_hash(2, "spam"), "k")
         );
         assert_ne!(
             Route::new("spam", 3, 0.1, None).hash_key("k"),
@@ -2257,7 +2246,7 @@ mod tests {
             "t",
         )
         .unwrap();
-        let draw = crate::Sampler::new(&config.sampling, 0);
+        let draw = crate::sampler::Sampler::new(&config.sampling, 0);
         let mut expected = BTreeMap::<u32, (u64, u64)>::new();
         for (answer, r) in &results {
             if draw.decide(&r.execution_id, None, 1.0, 0).is_some() {

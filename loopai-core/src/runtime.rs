@@ -9,18 +9,31 @@ use serde::{Serialize, Serializer};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::dataset::{AnalyticsKeeper, DatasetWriter, Maintenance, RecordObserver, WriterOptions};
-use crate::refresh::{Checker, HttpRepo, Refresh};
-use crate::rollout::{RolloutChecker, RolloutContext, RolloutController, RolloutOutbox};
-use crate::telemetry::Telemetry;
-use crate::validator::{TaskInfo, Validator, ValidatorSettings};
-use crate::{
-    ArtifactStore, Clock, DailyStats, DatasetLayout, DatasetMetrics, DatasetReader,
-    DeploymentConfig, Durability, Error, ErrorKind, ExecutionRecord, Executor, Fallback,
-    HttpOracle, JsonSchema, LoadedArtifact, OnFull, Oracle, Program, ProgramLimits, RefreshMetrics,
-    Result, RetentionPolicy, RetentionReport, RolloutStatus, Sampler, SystemClock,
-    TelemetryMetrics, Timestamp, ValidationMetrics,
+use crate::artifact::{ArtifactStore, LoadedArtifact};
+use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::config::{DeploymentConfig, Durability, Fallback, OnFull};
+use crate::dataset::{
+    AnalyticsKeeper, DatasetWriter, ExecutionSource, ExecutionStatus, Maintenance, RecordObserver,
+    WriterOptions,
 };
+use crate::dataset::{
+    DailyStats, DatasetLayout, DatasetMetrics, DatasetReader, ExecutionRecord, RetentionPolicy,
+    RetentionReport,
+};
+use crate::error::{Error, ErrorKind, Result};
+use crate::executor::Executor;
+use crate::oracle::{HttpOracle, Oracle};
+use crate::program::{Program, ProgramLimits};
+use crate::refresh::RefreshMetrics;
+use crate::refresh::{Checker, HttpRepo, Refresh};
+use crate::rollout::RolloutStatus;
+use crate::rollout::{RolloutChecker, RolloutContext, RolloutController, RolloutOutbox};
+use crate::sampler::Sampler;
+use crate::schema::JsonSchema;
+use crate::telemetry::Telemetry;
+use crate::telemetry::TelemetryMetrics;
+use crate::validator::ValidationMetrics;
+use crate::validator::{TaskInfo, Validator, ValidatorSettings};
 
 /// How long dropping a [`Runtime`] waits for its background threads to finish.
 pub const DROP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,33 +41,6 @@ pub const DROP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest JSON document accepted by [`Runtime::execute_json`] (16 MiB). The text fields a
 /// program reads are limited separately by `execution.max_input_bytes`.
 pub const MAX_INPUT_DOCUMENT_BYTES: usize = 16 << 20;
-
-/// How an execution ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExecutionStatus {
-    /// The program produced an output with enough confidence.
-    Success,
-    /// The program abstained: its confidence is below its `abstain_below` threshold, or no
-    /// decision applied (the output is then `null`).
-    Abstain,
-    /// The execution failed (recorded in execution logs; `execute` returns the error).
-    Error,
-    /// The execution did not finish within `execution.timeout_ms` (used by oracle fallback).
-    Timeout,
-}
-
-/// Who produced an execution's output.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum ExecutionSource {
-    /// The program (the default, and the only source unless `execution.fallback: oracle`).
-    #[default]
-    Program,
-    /// The oracle, asked because the program abstained (`execution.fallback: oracle`).
-    Oracle,
-}
 
 /// Per-label scores of a classification, aligned with the program's labels. Serializes as
 /// a JSON object `{label: score}`.
@@ -348,8 +334,8 @@ impl RuntimeBuilder {
             })),
         )?;
         let privacy = if config.privacy.hash_inputs {
-            let hasher = crate::KeyedHasher::load_or_create(&data_dir)?;
-            Some(crate::PrivacyPolicy::new(
+            let hasher = crate::privacy::KeyedHasher::load_or_create(&data_dir)?;
+            Some(crate::privacy::PrivacyPolicy::new(
                 config.telemetry.privacy_mode,
                 &config.privacy,
                 hasher,
@@ -403,7 +389,7 @@ pub(crate) struct Inner {
     sampler: Sampler,
     validator: Validator,
     /// Set when `privacy.hash_inputs` is on: inputs are logged as keyed hashes.
-    privacy: Option<crate::PrivacyPolicy>,
+    privacy: Option<crate::privacy::PrivacyPolicy>,
     clock: Arc<dyn Clock>,
     /// The artifact refresh threads, when `cloud.api_url` is set.
     refresh: Option<Refresh>,
@@ -703,7 +689,7 @@ impl Runtime {
     /// Logs the validation of a sampled execution against the oracle to
     /// `datasets/<task>/validations/sampled-YYYY-MM-DD.jsonl` (same durability rules as
     /// executions).
-    pub fn record_validation(&self, record: crate::ValidationRecord) -> Result<()> {
+    pub fn record_validation(&self, record: crate::dataset::ValidationRecord) -> Result<()> {
         self.inner.dataset.log_validation(record)
     }
 
@@ -1077,7 +1063,7 @@ pub(crate) fn parse_input(input: &[u8]) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::NewArtifact;
+    use crate::artifact::NewArtifact;
     use serde_json::json;
 
     const RULES: &[u8] = br#"{"format": "loopai.program/1", "task": "spam",
@@ -1288,7 +1274,7 @@ mod tests {
         // No flush: the record is already on disk.
         assert_eq!(day_lines(dir.path(), "executions").len(), 1);
         assert!(rt.health().dataset.syncs >= 1);
-        rt.record_validation(crate::ValidationRecord::new(
+        rt.record_validation(crate::dataset::ValidationRecord::new(
             Uuid::nil(),
             1,
             json!("ham"),
@@ -1573,8 +1559,8 @@ mod tests {
         assert!(!executions.join("2025-11-25.jsonl").exists());
         let records: Vec<_> = DatasetReader::new(dir.path(), "spam")
             .executions(
-                crate::parse_day("2025-11-25").unwrap(),
-                crate::parse_day("2025-11-25").unwrap(),
+                crate::clock::parse_day("2025-11-25").unwrap(),
+                crate::clock::parse_day("2025-11-25").unwrap(),
             )
             .unwrap()
             .collect::<Result<_>>()
@@ -1647,7 +1633,7 @@ mod tests {
             lines[1]["input"], lines[0]["input"],
             "a keyed hash is stable"
         );
-        assert!(dir.path().join(crate::HMAC_KEY_FILE).exists());
+        assert!(dir.path().join(crate::privacy::HMAC_KEY_FILE).exists());
     }
 
     #[test]

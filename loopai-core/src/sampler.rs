@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 
 use uuid::Uuid;
 
-use crate::{SamplingConfig, SamplingStrategy};
+use crate::config::{SamplingConfig, SamplingStrategy};
 
 /// Output classes tracked individually by the `stratified` strategy; classes beyond this
 /// share the last counter.
@@ -191,14 +191,14 @@ impl Sampler {
 #[inline]
 fn unit_draw(id: &Uuid, seed: u64) -> f64 {
     let (hi, lo) = id.as_u64_pair();
-    let h = crate::program::fmix64(hi ^ lo.rotate_left(29) ^ seed);
+    let h = crate::fnv::fmix64(hi ^ lo.rotate_left(29) ^ seed);
     (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::SamplingStrategies;
+    use crate::config::SamplingStrategies;
 
     fn config(strategies: &[SamplingStrategy], rate: f64) -> SamplingConfig {
         SamplingConfig {

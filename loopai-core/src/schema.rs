@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Number, Value};
 
-use crate::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// The validation keywords of the subset, as listed in error messages.
 const SUPPORTED: &str = "type, properties, required, additionalProperties, enum, const, \

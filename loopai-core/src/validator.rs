@@ -29,12 +29,15 @@ use serde_json::Value;
 use unicode_normalization::UnicodeNormalization;
 use uuid::Uuid;
 
+use crate::clock::{Clock, Timestamp};
+use crate::config::ComparisonMode;
 use crate::dataset::DatasetWriter;
+use crate::dataset::ValidationRecord;
+use crate::error::{Error, ErrorKind, Result};
 use crate::oracle::check_output;
-use crate::{
-    Clock, ComparisonMode, Error, ErrorKind, JsonSchema, Oracle, OracleRequest, Result,
-    SampleReason, Timestamp, ValidationRecord,
-};
+use crate::oracle::{Oracle, OracleRequest};
+use crate::sampler::SampleReason;
+use crate::schema::JsonSchema;
 
 /// Validations per version over which the rolling match rate is computed.
 pub const ROLLING_WINDOW: usize = 1000;
@@ -1082,11 +1085,12 @@ mod tests {
     // -----------------------------------------------------------------------------------
     // Through the runtime: validation, queue, cascade, shutdown, fork.
 
+    use crate::artifact::{ArtifactStore, NewArtifact};
+    use crate::config::DeploymentConfig;
+    use crate::dataset::{ExecutionSource, ExecutionStatus};
     use crate::oracle::test_server::{Reply, TestServer};
-    use crate::{
-        ArtifactStore, DeploymentConfig, ExecutionSource, ExecutionStatus, FnOracle, NewArtifact,
-        OracleAnswer, Runtime,
-    };
+    use crate::oracle::{FnOracle, OracleAnswer};
+    use crate::runtime::Runtime;
     use std::path::Path;
     use std::sync::mpsc;
 
@@ -1102,7 +1106,11 @@ mod tests {
 
     const SAMPLE_ALL: &str = "sampling:\n  strategy: random\n  rate: 1\n";
 
-    fn runtime(dir: &Path, yaml: &str, oracle: Option<Arc<dyn Oracle>>) -> crate::Result<Runtime> {
+    fn runtime(
+        dir: &Path,
+        yaml: &str,
+        oracle: Option<Arc<dyn Oracle>>,
+    ) -> crate::error::Result<Runtime> {
         if ArtifactStore::open(dir, "spam")
             .unwrap()
             .load_active()
@@ -1488,7 +1496,7 @@ mod tests {
         assert!(pid >= 0);
         if pid == 0 {
             let closed =
-                |r: crate::Result<()>| matches!(r, Err(e) if e.kind() == ErrorKind::Closed);
+                |r: crate::error::Result<()>| matches!(r, Err(e) if e.kind() == ErrorKind::Closed);
             let ok = rt.execute(&json!({"text": "prize"})).is_err()
                 && closed(rt.flush(Duration::from_millis(10)))
                 && closed(rt.shutdown(Duration::from_millis(10)))
@@ -1511,7 +1519,7 @@ mod tests {
         fn check<T: Send + Sync>() {}
         check::<ValidationMetrics>();
         check::<Comparison>();
-        check::<crate::HttpOracle>();
+        check::<crate::oracle::HttpOracle>();
         check::<Validator>();
     }
 }

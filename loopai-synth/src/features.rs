@@ -5,6 +5,7 @@
 
 use std::sync::LazyLock;
 
+use loopai_core::__private::fnv::Fnv;
 use regex::Regex;
 use serde_json::{json, Value};
 use unicode_normalization::UnicodeNormalization;
@@ -289,30 +290,10 @@ pub(crate) fn tokenize(text: &str, out: &mut Vec<(usize, usize)>) {
     }
 }
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
+/// The runtime's bucket: the top `bits` bits of the finished hash.
 #[inline]
-fn fnv_write(mut h: u64, bytes: &[u8]) -> u64 {
-    for &b in bytes {
-        h = (h ^ u64::from(b)).wrapping_mul(FNV_PRIME);
-    }
-    h
-}
-
-#[inline]
-fn fmix64(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
-    h
-}
-
-#[inline]
-fn bucket(h: u64, bits: u32) -> u32 {
-    (fmix64(h) >> (64 - bits)) as u32
+fn bucket(h: Fnv, bits: u32) -> u32 {
+    (h.finish() >> (64 - bits)) as u32
 }
 
 #[derive(Default)]
@@ -330,9 +311,9 @@ fn char_ngrams(ng: &NgramSpec, t: &str, offsets: &mut Vec<usize>, out: &mut Vec<
     let bytes = t.as_bytes();
     let n = offsets.len() - 1;
     for i in 0..n {
-        let mut h = FNV_OFFSET ^ ng.seed;
+        let mut h = Fnv::new(ng.seed);
         for k in 0..ng.n_max.min(n - i) {
-            h = fnv_write(h, &bytes[offsets[i + k]..offsets[i + k + 1]]);
+            h.write(&bytes[offsets[i + k]..offsets[i + k + 1]]);
             if k + 1 >= ng.n_min {
                 out.push((bucket(h, ng.bits), 1.0));
             }
@@ -349,13 +330,13 @@ fn sparse_features(ng: &NgramSpec, t: &str, s: &mut Scratch) {
         let bytes = t.as_bytes();
         let toks = &s.tokens;
         for i in 0..toks.len() {
-            let mut h = FNV_OFFSET ^ ng.seed;
+            let mut h = Fnv::new(ng.seed);
             for n in 0..ng.n_max.min(toks.len() - i) {
                 let (a, b) = toks[i + n];
                 if n > 0 {
-                    h = fnv_write(h, b" ");
+                    h.write_u8(b' ');
                 }
-                h = fnv_write(h, &bytes[a..b]);
+                h.write(&bytes[a..b]);
                 if n + 1 >= ng.n_min {
                     out.push((bucket(h, ng.bits), 1.0));
                 }
@@ -432,10 +413,12 @@ mod tests {
 
     #[test]
     fn hash_matches_the_documented_reference_values() {
-        let h = fnv_write(FNV_OFFSET, b"free");
-        assert_eq!(fmix64(h), loopai_core::ngram_hash(0, "free"));
-        let h = fnv_write(FNV_OFFSET ^ 7, b"free prize");
-        assert_eq!(fmix64(h), 0xa949_58cb_4d19_478a);
+        let mut h = Fnv::new(0);
+        h.write(b"free");
+        assert_eq!(h.finish(), loopai_core::ngram_hash(0, "free"));
+        let mut h = Fnv::new(7);
+        h.write(b"free prize");
+        assert_eq!(h.finish(), 0xa949_58cb_4d19_478a);
     }
 
     #[test]

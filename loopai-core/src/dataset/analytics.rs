@@ -42,10 +42,13 @@ use serde_json::Value;
 use time::Date;
 
 use super::reader::DatasetReader;
-use super::record::day_string;
-use super::{DatasetLayout, ExecutionRecord, Timestamp, ValidationRecord};
+use super::record::{DatasetLayout, ExecutionRecord, ValidationRecord};
+use crate::clock::day_string;
+use crate::clock::{parse_day, Timestamp};
+use crate::dataset::ExecutionStatus;
+use crate::error::{Error, ErrorKind, Result};
+use crate::fnv::Fnv;
 use crate::fsutil::{create_dir_all_durable, write_atomic};
-use crate::{Error, ErrorKind, ExecutionStatus, Result};
 
 /// The most distinct outputs counted per day; further new outputs count as `"(other)"`.
 pub const MAX_OUTPUT_KEYS: usize = 1000;
@@ -406,7 +409,7 @@ fn ratio_f(sum: f64, n: u64) -> f64 {
 /// Writes `stats` to `analytics/daily-stats-<stats.date>.json` atomically (readers see the
 /// previous or the new file, never a mix), creating `analytics/` durably.
 pub fn write_stats(layout: &DatasetLayout, stats: &DailyStats) -> Result<()> {
-    let day = super::parse_day(&stats.date).ok_or_else(|| {
+    let day = parse_day(&stats.date).ok_or_else(|| {
         Error::new(
             ErrorKind::InvalidInput,
             format!("daily stats date {:?}: expected YYYY-MM-DD", stats.date),
@@ -461,23 +464,25 @@ pub fn rebuild_stats(
     Ok(stats)
 }
 
-/// FNV-1a with a MurmurHash3 finalizer: much cheaper than SipHash for short labels.
-#[derive(Default)]
-struct LabelHasher(u64);
+/// FNV-1a with a MurmurHash3 finalizer ([`crate::fnv`]): much cheaper than SipHash for
+/// short labels.
+struct LabelHasher(Fnv);
+
+impl Default for LabelHasher {
+    fn default() -> Self {
+        LabelHasher(Fnv::new(0))
+    }
+}
 
 impl Hasher for LabelHasher {
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = self.0 ^ 0xcbf2_9ce4_8422_2325;
-        for &b in bytes {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        self.0 = h;
+        self.0.write(bytes);
     }
 
     #[inline]
     fn finish(&self) -> u64 {
-        crate::program::fmix64(self.0)
+        self.0.finish()
     }
 }
 

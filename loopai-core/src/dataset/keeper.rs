@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use time::Date;
 
 use super::analytics::{write_stats, DailyAggregate};
-use super::record::{DatasetLayout, ExecutionRecord, Timestamp, ValidationRecord};
+use super::record::{DatasetLayout, ExecutionRecord, ValidationRecord};
 use super::writer::RecordObserver;
+use crate::clock::Timestamp;
 
 /// How often dirty aggregates are written.
 const WRITE_INTERVAL_MS: i64 = 60_000;

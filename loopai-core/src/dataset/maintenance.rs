@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
-use super::record::{Clock, DatasetLayout, Timestamp};
+use super::record::DatasetLayout;
 use super::retention::{apply_retention, RetentionPolicy, RetentionReport};
-use crate::{Error, ErrorKind, Result};
+use crate::clock::{Clock, Timestamp};
+use crate::error::{Error, ErrorKind, Result};
 
 /// How often the thread checks whether the day changed.
 const CHECK_INTERVAL: Duration = Duration::from_secs(300);

@@ -17,8 +17,7 @@ pub(crate) use keeper::AnalyticsKeeper;
 pub(crate) use maintenance::Maintenance;
 pub use reader::DatasetReader;
 pub use record::{
-    day_string, parse_day, Clock, DatasetLayout, ExecutionRecord, SystemClock, Timestamp,
-    ValidationRecord,
+    DatasetLayout, ExecutionRecord, ExecutionSource, ExecutionStatus, ValidationRecord,
 };
 pub use retention::{apply_retention, RetentionPolicy, RetentionReport};
 pub use writer::DatasetMetrics;

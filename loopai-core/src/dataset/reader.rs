@@ -29,9 +29,9 @@ use serde::de::DeserializeOwned;
 use time::{Date, Duration};
 
 use super::analytics::{read_stats, DailyAggregate, DailyStats};
-use super::record::{day_string, parse_day, Clock, SystemClock, Timestamp};
 use super::{DatasetLayout, ExecutionRecord, ValidationRecord};
-use crate::{Error, ErrorKind, Result};
+use crate::clock::{day_string, parse_day, Clock, SystemClock, Timestamp};
+use crate::error::{Error, ErrorKind, Result};
 
 /// File-name prefix and extension of the three per-day file families.
 pub(crate) const EXECUTIONS: (&str, &str) = ("", ".jsonl");
@@ -412,7 +412,7 @@ pub(crate) mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::ExecutionStatus;
+    use crate::dataset::ExecutionStatus;
 
     pub(crate) fn day(s: &str) -> Date {
         parse_day(s).unwrap()
@@ -432,7 +432,7 @@ pub(crate) mod tests {
             status: ExecutionStatus::Success,
             error: None,
             sampled: n % 10 == 0,
-            source: crate::ExecutionSource::Program,
+            source: crate::dataset::ExecutionSource::Program,
             timestamp: Timestamp(noon.millis() + n),
         }
     }

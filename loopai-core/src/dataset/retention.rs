@@ -45,8 +45,9 @@ use time::{Date, Duration};
 
 use super::reader::{day_files, DayFile, FileKind, EXECUTIONS, STATS, VALIDATIONS};
 use super::DatasetLayout;
+use crate::config::DeploymentConfig;
+use crate::error::{Error, Result};
 use crate::fsutil::{remove_if_exists, sync_dir};
-use crate::{DeploymentConfig, Error, Result};
 
 /// How long a task's dataset files are kept; the rules are under [`apply_retention`].
 ///
@@ -311,9 +312,10 @@ fn tree_size(root: &Path) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Timestamp;
     use crate::dataset::reader::tests::{day, exec, gzip, jsonl, validation, write};
     use crate::dataset::DatasetReader;
-    use crate::dataset::{write_stats, DailyAggregate, Timestamp};
+    use crate::dataset::{write_stats, DailyAggregate};
 
     fn policy() -> RetentionPolicy {
         RetentionPolicy::from_config(&DeploymentConfig::default())

@@ -26,9 +26,10 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendErro
 use parking_lot::{Condvar, Mutex};
 use time::Date;
 
-use super::record::{Clock, DatasetLayout, ExecutionRecord, Timestamp, ValidationRecord};
+use super::record::{DatasetLayout, ExecutionRecord, ValidationRecord};
+use crate::clock::{Clock, Timestamp};
+use crate::error::{Error, ErrorKind, Result};
 use crate::fsutil::{create_dir_all_durable, sync_dir};
-use crate::{Error, ErrorKind, Result};
 
 /// Most records drained into one batch.
 const MAX_BATCH: usize = 8192;
@@ -800,8 +801,8 @@ pub(crate) fn repair_tail(file: &mut File, path: &Path) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataset::record::parse_day;
-    use crate::ExecutionStatus;
+    use crate::clock::parse_day;
+    use crate::dataset::ExecutionStatus;
     use serde_json::json;
     use std::sync::atomic::AtomicI64;
 
@@ -843,7 +844,7 @@ mod tests {
             status: ExecutionStatus::Success,
             error: None,
             sampled: false,
-            source: crate::ExecutionSource::Program,
+            source: crate::dataset::ExecutionSource::Program,
             timestamp: Timestamp(at),
         }
     }

@@ -3,22 +3,32 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use super::{quote_snippet, Oracle, OracleAnswer, OracleRequest};
-use crate::{Error, ErrorKind, OracleConfig, Result};
+use crate::clock::{Clock, SystemClock};
+use crate::config::OracleConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::net::{self, is_retryable_status, parse_retry_after, Backoff, Jitter};
 
 /// How [`HttpOracle`] waits between attempts (injectable so that tests do not sleep).
 pub type SleepFn = Arc<dyn Fn(Duration) + Send + Sync>;
 
 /// Largest response body read (an answer is a label or a small object).
 const MAX_RESPONSE_BYTES: u64 = 4 << 20;
-/// First backoff delay; it doubles per retry up to [`BACKOFF_CAP`].
-const BACKOFF_BASE: Duration = Duration::from_millis(250);
 /// Longest backoff delay (a `Retry-After` may ask for longer).
 pub(crate) const BACKOFF_CAP: Duration = Duration::from_secs(8);
+/// The wait before retry `n` (1-based): the step `250 ms × 2^(n-1)` capped at
+/// [`BACKOFF_CAP`], jittered uniformly between half and all of it; a `Retry-After` is
+/// honoured whatever its length (the request's budget bounds it).
+const BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(250),
+    cap: BACKOFF_CAP,
+    max_retry_after: Duration::MAX,
+    jitter: Jitter::Equal,
+};
 
 /// An oracle that asks an LLM through `POST {base_url}/chat/completions`.
 ///
@@ -92,14 +102,8 @@ impl HttpOracle {
         if model.is_empty() {
             return Err(Error::new(ErrorKind::Config, "oracle.model: required"));
         }
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .user_agent(concat!("loopai/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
         Ok(HttpOracle {
-            agent,
+            agent: net::agent(false),
             endpoint: format!("{base}/chat/completions"),
             model: model.to_owned(),
             api_key: None,
@@ -215,7 +219,7 @@ impl HttpOracle {
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+            .and_then(|v| parse_retry_after(v, SystemClock.now_millis()));
         let text = response
             .body_mut()
             .with_config()
@@ -234,7 +238,7 @@ impl HttpOracle {
                 _ => String::new(),
             };
             return Err(Failure {
-                retryable: matches!(status, 408 | 429 | 500..=599),
+                retryable: is_retryable_status(status),
                 retry_after,
                 message: format!("HTTP {status}{hint}: {}", quote_snippet(&detail)),
             });
@@ -281,6 +285,7 @@ impl Oracle for HttpOracle {
             ))
         };
         let mut attempts = 0u32;
+        let mut rng = fastrand::Rng::new();
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -302,7 +307,7 @@ impl Oracle for HttpOracle {
             if !failure.retryable || attempts > self.max_retries {
                 return fail(attempts, failure.message);
             }
-            let wait = failure.retry_after.unwrap_or_else(|| backoff(attempts - 1));
+            let wait = BACKOFF.delay(attempts, failure.retry_after, &mut rng);
             let remaining = deadline.saturating_duration_since(Instant::now());
             if wait >= remaining {
                 return fail(
@@ -384,35 +389,6 @@ fn transport_failure(e: ureq::Error, timeout: Duration) -> Failure {
         retry_after: None,
         message,
     }
-}
-
-/// The wait before retry number `retry` (0-based): the step `250 ms × 2^retry` capped at
-/// 8 s, jittered uniformly between half and all of it.
-pub(crate) fn backoff(retry: u32) -> Duration {
-    let step = BACKOFF_BASE
-        .saturating_mul(1u32.checked_shl(retry.min(16)).unwrap_or(u32::MAX))
-        .min(BACKOFF_CAP);
-    let half = step / 2;
-    half + half.mul_f64(fastrand::f64())
-}
-
-/// `Retry-After`: delay-seconds or an HTTP date (RFC 9110 §10.2.3).
-fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let format = time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
-    let at = time::PrimitiveDateTime::parse(value, &format)
-        .ok()?
-        .assume_utc();
-    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(at.unix_timestamp()).ok()?);
-    Some(
-        at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
 }
 
 #[cfg(test)]
@@ -645,25 +621,6 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Oracle);
         assert!(err.to_string().ends_with("(after 2 attempts)"), "{err}");
         assert_eq!(waits.lock().unwrap().len(), 1);
-    }
-
-    #[test]
-    fn retry_after_accepts_seconds_and_http_dates() {
-        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        let later = time::OffsetDateTime::now_utc() + time::Duration::seconds(100);
-        let format = time::macros::format_description!(
-            "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-        );
-        let wait = parse_retry_after(&later.format(&format).unwrap()).unwrap();
-        assert!(
-            wait > Duration::from_secs(90) && wait <= Duration::from_secs(100),
-            "{wait:?}"
-        );
-        assert_eq!(parse_retry_after("soon"), None);
     }
 
     #[test]

@@ -22,7 +22,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::{Error, ErrorKind, JsonSchema, Result};
+use crate::error::{Error, ErrorKind, Result};
+use crate::schema::JsonSchema;
 
 pub use http::{HttpOracle, SleepFn};
 

@@ -9,8 +9,8 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
+use crate::error::{Error, ErrorKind, Result};
 use crate::fsutil::{create_dir_all_durable, remove_if_exists, sync_dir};
-use crate::{Error, ErrorKind, Result};
 
 /// The secret's length in bytes.
 pub const HMAC_KEY_LEN: usize = 32;

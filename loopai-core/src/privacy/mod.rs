@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::{PrivacyConfig, PrivacyMode};
+use crate::config::{PrivacyConfig, PrivacyMode};
 
 pub(crate) use hash::write_canonical;
 pub use hash::{KeyedHasher, HMAC_KEY_FILE, HMAC_KEY_LEN};

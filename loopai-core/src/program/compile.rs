@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::plan::*;
 use super::text::{ngram_hash, Placeholder};
 use super::{ProgramLimits, ProgramStats, FORMAT};
-use crate::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// A program error at `path`.
 pub(crate) fn perr(path: &str, msg: impl std::fmt::Display) -> Error {

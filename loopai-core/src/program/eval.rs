@@ -7,9 +7,10 @@ use serde_json::{Map, Value};
 
 use super::compile::kind_of;
 use super::plan::*;
-use super::text::{self, bucket, Fnv};
+use super::text::{self, bucket};
 use super::{DecisionId, Outcome};
-use crate::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
+use crate::fnv::Fnv;
 
 #[derive(Default)]
 struct Scratch {

@@ -12,9 +12,8 @@ mod text;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::Result;
+use crate::error::Result;
 
-pub(crate) use text::fmix64;
 pub use text::ngram_hash;
 
 /// The `format` string every program carries.

@@ -1,7 +1,7 @@
 use serde_json::{json, Value};
 
 use super::*;
-use crate::ErrorKind;
+use crate::error::ErrorKind;
 
 fn program(v: Value) -> Program {
     Program::from_value(&v, &ProgramLimits::default()).expect("program compiles")

@@ -7,60 +7,9 @@ use std::sync::LazyLock;
 use regex::Regex;
 use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
-/// FNV-1a 64-bit offset basis.
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-/// FNV-1a 64-bit prime.
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
-/// Streaming FNV-1a (64-bit) over UTF-8 bytes, seeded by XOR-ing the seed into the
-/// offset basis. [`finish`] applies MurmurHash3's `fmix64` so that the top bits are
-/// well mixed; a bucket is the top `bits` bits of the finished hash.
-#[derive(Clone, Copy)]
-pub(crate) struct Fnv(u64);
-
-impl Fnv {
-    #[inline]
-    pub(crate) fn new(seed: u64) -> Fnv {
-        Fnv(FNV_OFFSET ^ seed)
-    }
-
-    #[inline]
-    pub(crate) fn write(&mut self, bytes: &[u8]) {
-        let mut h = self.0;
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(FNV_PRIME);
-        }
-        self.0 = h;
-    }
-
-    #[inline]
-    pub(crate) fn write_u8(&mut self, b: u8) {
-        self.0 = (self.0 ^ u64::from(b)).wrapping_mul(FNV_PRIME);
-    }
-
-    #[inline]
-    pub(crate) fn finish(self) -> u64 {
-        fmix64(self.0)
-    }
-}
-
-/// MurmurHash3 64-bit finalizer.
-#[inline]
-pub(crate) fn fmix64(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
-    h
-}
-
 /// The documented hash of an n-gram string: `fmix64(fnv1a64(seed, utf8))`.
 pub fn ngram_hash(seed: u64, text: &str) -> u64 {
-    let mut h = Fnv::new(seed);
-    h.write(text.as_bytes());
-    h.finish()
+    crate::fnv::hash(seed, text.as_bytes())
 }
 
 /// Bucket of a finished hash for a table of `2^bits` entries (`bits` in 1..=24).
@@ -279,6 +228,7 @@ pub(crate) fn truncate_str(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fnv::{fmix64, Fnv, FNV_OFFSET};
 
     #[test]
     fn ngram_hash_is_fixed_across_releases() {

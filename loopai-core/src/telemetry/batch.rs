@@ -7,10 +7,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{
-    ExecutionRecord, ExecutionStatus, PrivacyMode, PrivacyPolicy, RolloutEvent, Timestamp,
-    ValidationRecord,
-};
+use crate::clock::Timestamp;
+use crate::config::PrivacyMode;
+use crate::dataset::{ExecutionRecord, ExecutionStatus, ValidationRecord};
+use crate::privacy::PrivacyPolicy;
+use crate::rollout::RolloutEvent;
 
 /// The `format` of every batch this version writes.
 pub const TELEMETRY_FORMAT: &str = "loopai.telemetry/1";
@@ -538,7 +539,8 @@ fn latency_summary(mut latencies: Vec<f64>) -> Option<LatencySummary> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{KeyedHasher, PrivacyConfig};
+    use crate::config::PrivacyConfig;
+    use crate::privacy::KeyedHasher;
     use serde_json::json;
 
     fn ctx(mode: PrivacyMode, batch_size: usize) -> BatchContext {

@@ -27,13 +27,14 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvErro
 use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 
+use crate::clock::{Clock, Timestamp};
+use crate::config::{DeploymentConfig, PrivacyMode};
 use crate::dataset::RecordObserver;
+use crate::dataset::{ExecutionRecord, ValidationRecord};
+use crate::error::{Error, ErrorKind, Result};
 use crate::fsutil::{create_dir_all_durable, remove_if_exists, sync_dir};
+use crate::privacy::{KeyedHasher, PrivacyPolicy};
 use crate::rollout::RolloutOutbox;
-use crate::{
-    Clock, DeploymentConfig, Error, ErrorKind, ExecutionRecord, KeyedHasher, PrivacyMode,
-    PrivacyPolicy, Result, Timestamp, ValidationRecord,
-};
 
 use batch::{BatchBuilder, BatchContext};
 pub use batch::{
@@ -41,7 +42,6 @@ pub use batch::{
     ValidationSummary, MAX_OUTPUT_CLASSES, TELEMETRY_FORMAT,
 };
 use spool::Spool;
-pub(crate) use upload::{parse_retry_after, Backoff};
 use upload::{HttpTransport, Step, Transport, Uploader};
 
 /// The file holding the generated deployment id, relative to the data directory.
@@ -333,7 +333,7 @@ impl Telemetry {
             transport,
             counters: counters.clone(),
             clock: clock.clone(),
-            backoff: Backoff::default(),
+            backoff: crate::net::Backoff::default(),
             rng: fastrand::Rng::new(),
             failures: 0,
         };

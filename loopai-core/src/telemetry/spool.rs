@@ -19,8 +19,8 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 use uuid::Uuid;
 
+use crate::error::{Error, Result};
 use crate::fsutil::{create_dir_all_durable, remove_if_exists, sync_dir, write_atomic};
-use crate::{Error, Result};
 
 /// Suffix of spool files.
 const SUFFIX: &str = ".json.gz";

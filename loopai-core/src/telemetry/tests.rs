@@ -12,7 +12,8 @@ use uuid::Uuid;
 
 use super::testing::{closed_port_url, FakeTransport, TestCollector};
 use super::*;
-use crate::{ArtifactStore, NewArtifact, Runtime};
+use crate::artifact::{ArtifactStore, NewArtifact};
+use crate::runtime::Runtime;
 
 const PROGRAM: &[u8] = br#"{"format": "loopai.program/1", "task": "spam",
   "inputs": [{"name": "text", "path": "/text", "type": "text"}],
@@ -53,8 +54,12 @@ fn telemetry(rt: &Runtime) -> TelemetryMetrics {
     rt.health().telemetry.expect("telemetry runs")
 }
 
-fn validation(execution_id: Uuid, oracle_output: Value, matched: bool) -> crate::ValidationRecord {
-    crate::ValidationRecord::new(
+fn validation(
+    execution_id: Uuid,
+    oracle_output: Value,
+    matched: bool,
+) -> crate::dataset::ValidationRecord {
+    crate::dataset::ValidationRecord::new(
         execution_id,
         1,
         oracle_output,
@@ -297,7 +302,7 @@ fn permissive_sends_every_execution_and_validation() {
         "raw with pii_detection: false"
     );
     let failed = &batch.execution_summaries[2];
-    assert_eq!(failed.status, crate::ExecutionStatus::Error);
+    assert_eq!(failed.status, crate::dataset::ExecutionStatus::Error);
     assert!(
         failed.error.as_deref().unwrap().contains("text"),
         "{failed:?}"
@@ -439,7 +444,7 @@ fn the_spool_bound_drops_the_oldest_and_counts_them() {
         task_id: "spam".into(),
         policy: PrivacyPolicy::new(
             PrivacyMode::Permissive,
-            &crate::PrivacyConfig::default(),
+            &crate::config::PrivacyConfig::default(),
             hasher,
         ),
         hash_inputs: false,
@@ -459,7 +464,7 @@ fn the_spool_bound_drops_the_oldest_and_counts_them() {
         settings,
         transport,
         "fake".into(),
-        Arc::new(crate::SystemClock),
+        Arc::new(crate::clock::SystemClock),
     )
     .unwrap();
     let mut rng = fastrand::Rng::with_seed(3);
@@ -467,7 +472,7 @@ fn the_spool_bound_drops_the_oldest_and_counts_them() {
     for _ in 0..40 {
         // ~600 bytes of incompressible input per batch.
         let text: String = (0..600).map(|_| rng.alphanumeric()).collect();
-        let record = crate::ExecutionRecord::new(
+        let record = crate::dataset::ExecutionRecord::new(
             Uuid::new_v4(),
             "spam",
             1,
@@ -475,7 +480,7 @@ fn the_spool_bound_drops_the_oldest_and_counts_them() {
             json!("ham"),
             0.9,
             0.01,
-            crate::ExecutionStatus::Success,
+            crate::dataset::ExecutionStatus::Success,
             None,
             false,
             Timestamp(0),

@@ -7,18 +7,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use time::PrimitiveDateTime;
-
 use super::spool::{verify, Spool};
 use super::Counters;
-use crate::Clock;
-
-/// Delay before the first retry (the upper bound of its jitter).
-pub(crate) const BACKOFF_BASE: Duration = Duration::from_secs(1);
-/// Longest delay between retries without a `Retry-After`.
-pub(crate) const BACKOFF_CAP: Duration = Duration::from_secs(300);
-/// Longest `Retry-After` honoured; longer ones are shortened to this.
-pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+use crate::clock::Clock;
+use crate::net::{self, is_permanent_status, parse_retry_after, Backoff};
 
 /// What the collector answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,16 +53,10 @@ impl HttpTransport {
     }
 
     pub(crate) fn new(api_url: &str, api_key: Option<&str>) -> HttpTransport {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            // 4xx and 5xx are answers to classify, not errors.
-            .http_status_as_error(false)
-            .user_agent(format!("loopai/{}", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
         HttpTransport {
             url: Self::endpoint(api_url),
             authorization: api_key.map(|k| format!("Bearer {k}")),
-            agent,
+            agent: net::agent(true),
         }
     }
 }
@@ -138,14 +124,7 @@ pub(crate) fn classify(result: Result<Response, String>, now_ms: i64) -> Verdict
     let status = response.status;
     match status {
         200..=299 => Verdict::Sent,
-        408 | 429 => Verdict::Retry {
-            reason: format!("HTTP {status}"),
-            after: response
-                .retry_after
-                .as_deref()
-                .and_then(|v| parse_retry_after(v, now_ms)),
-        },
-        400..=499 => Verdict::Permanent(format!("HTTP {status}")),
+        _ if is_permanent_status(status) => Verdict::Permanent(format!("HTTP {status}")),
         _ => Verdict::Retry {
             reason: format!("HTTP {status}"),
             after: response
@@ -153,69 +132,6 @@ pub(crate) fn classify(result: Result<Response, String>, now_ms: i64) -> Verdict
                 .as_deref()
                 .and_then(|v| parse_retry_after(v, now_ms)),
         },
-    }
-}
-
-/// Parses `Retry-After`: delay-seconds, or an HTTP date (IMF-fixdate,
-/// `Sun, 06 Nov 1994 08:49:37 GMT`) resolved against `now_ms`; a date in the past is a
-/// zero delay. Anything else is ignored (`None`).
-pub(crate) fn parse_retry_after(value: &str, now_ms: i64) -> Option<Duration> {
-    let value = value.trim();
-    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        let secs = value.parse::<u64>().unwrap_or(u64::MAX);
-        return Some(Duration::from_secs(secs));
-    }
-    let format = time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
-    let at = PrimitiveDateTime::parse(value, format).ok()?.assume_utc();
-    let at_ms = i64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()?;
-    Some(Duration::from_millis(
-        u64::try_from(at_ms.saturating_sub(now_ms)).unwrap_or(0),
-    ))
-}
-
-/// Exponential backoff with full jitter, capped; `Retry-After` wins when given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Backoff {
-    pub base: Duration,
-    pub cap: Duration,
-    pub max_retry_after: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            base: BACKOFF_BASE,
-            cap: BACKOFF_CAP,
-            max_retry_after: MAX_RETRY_AFTER,
-        }
-    }
-}
-
-impl Backoff {
-    /// The ceiling of the jitter after `failures` consecutive failures (≥ 1):
-    /// `min(cap, base · 2^(failures-1))`.
-    pub(crate) fn ceiling(&self, failures: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(failures.saturating_sub(1).min(31))
-            .unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.cap)
-    }
-
-    /// The wait before the next attempt: the collector's `Retry-After` (at most
-    /// `max_retry_after`) when it sent one, otherwise uniform in `[0, ceiling]`.
-    pub(crate) fn delay(
-        &self,
-        failures: u32,
-        retry_after: Option<Duration>,
-        rng: &mut fastrand::Rng,
-    ) -> Duration {
-        if let Some(after) = retry_after {
-            return after.min(self.max_retry_after);
-        }
-        let ceiling = u64::try_from(self.ceiling(failures).as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rng.u64(0..=ceiling))
     }
 }
 
@@ -321,6 +237,7 @@ impl Uploader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::MAX_RETRY_AFTER;
     use crate::telemetry::testing::FakeTransport;
     use uuid::Uuid;
 
@@ -363,27 +280,6 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_accepts_seconds_and_http_dates() {
-        assert_eq!(
-            parse_retry_after("120", NOW),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(parse_retry_after(" 0 ", NOW), Some(Duration::ZERO));
-        assert_eq!(
-            parse_retry_after("Tue, 25 Nov 2025 00:01:30 GMT", NOW),
-            Some(Duration::from_secs(90))
-        );
-        assert_eq!(
-            parse_retry_after("Mon, 24 Nov 2025 23:00:00 GMT", NOW),
-            Some(Duration::ZERO),
-            "a date in the past means now"
-        );
-        assert_eq!(parse_retry_after("soon", NOW), None);
-        assert_eq!(parse_retry_after("-5", NOW), None);
-        assert_eq!(parse_retry_after("", NOW), None);
-    }
-
-    #[test]
     fn statuses_are_classified() {
         let r = |status| {
             classify(
@@ -406,33 +302,6 @@ mod tests {
             classify(Err("connection refused".into()), NOW),
             Verdict::Retry { after: None, .. }
         ));
-    }
-
-    #[test]
-    fn backoff_is_exponential_capped_and_fully_jittered() {
-        let b = Backoff::default();
-        assert_eq!(b.ceiling(1), Duration::from_secs(1));
-        assert_eq!(b.ceiling(2), Duration::from_secs(2));
-        assert_eq!(b.ceiling(5), Duration::from_secs(16));
-        assert_eq!(b.ceiling(9), Duration::from_secs(256));
-        assert_eq!(b.ceiling(10), BACKOFF_CAP);
-        assert_eq!(b.ceiling(u32::MAX), BACKOFF_CAP);
-        let mut rng = fastrand::Rng::with_seed(1);
-        let delays: Vec<Duration> = (0..200).map(|_| b.delay(4, None, &mut rng)).collect();
-        assert!(delays.iter().all(|d| *d <= Duration::from_secs(8)));
-        assert!(
-            delays.iter().any(|d| *d < Duration::from_secs(2)),
-            "jitter reaches low"
-        );
-        assert!(
-            delays.iter().any(|d| *d > Duration::from_secs(6)),
-            "jitter reaches high"
-        );
-        // Retry-After wins, capped.
-        let ra = Some(Duration::from_secs(42));
-        assert_eq!(b.delay(1, ra, &mut rng), Duration::from_secs(42));
-        let huge = Some(Duration::from_secs(86_400));
-        assert_eq!(b.delay(1, huge, &mut rng), MAX_RETRY_AFTER);
     }
 
     #[test]
