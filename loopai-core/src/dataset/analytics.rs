@@ -43,8 +43,7 @@ use time::Date;
 
 use super::reader::DatasetReader;
 use super::record::{DatasetLayout, ExecutionRecord, ValidationRecord};
-use crate::clock::day_string;
-use crate::clock::{parse_day, Timestamp};
+use crate::clock::{day_string, parse_day, Clock, SystemClock, Timestamp};
 use crate::dataset::ExecutionStatus;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fnv::Fnv;
@@ -403,6 +402,31 @@ fn ratio_f(sum: f64, n: u64) -> f64 {
         0.0
     } else {
         sum / n as f64
+    }
+}
+
+impl DatasetReader {
+    /// The statistics of the last `days` UTC days up to `today` (inclusive) that have data,
+    /// oldest first. Each day comes from its `daily-stats` file, or when that is missing is
+    /// computed from the JSONL files (without writing anything: this is read-only).
+    pub fn stats(&self, days: u32, today: Date) -> Result<Vec<DailyStats>> {
+        if days == 0 {
+            return Ok(Vec::new());
+        }
+        let from = today
+            .checked_sub(time::Duration::days(i64::from(days) - 1))
+            .unwrap_or(Date::MIN);
+        let now = Timestamp(SystemClock.now_millis());
+        let mut stats = Vec::new();
+        for day in self.days_with_data(from, today)? {
+            match read_stats(self.layout(), day)? {
+                Some(s) => stats.push(s),
+                None => {
+                    stats.push(DailyAggregate::load(self.layout(), self.task(), day)?.to_stats(now))
+                }
+            }
+        }
+        Ok(stats)
     }
 }
 

@@ -26,11 +26,10 @@ use std::path::{Path, PathBuf};
 use flate2::read::MultiGzDecoder;
 use memmap2::Mmap;
 use serde::de::DeserializeOwned;
-use time::{Date, Duration};
+use time::Date;
 
-use super::analytics::{read_stats, DailyAggregate, DailyStats};
 use super::{DatasetLayout, ExecutionRecord, ValidationRecord};
-use crate::clock::{day_string, parse_day, Clock, SystemClock, Timestamp};
+use crate::clock::{day_string, parse_day};
 use crate::error::{Error, ErrorKind, Result};
 
 /// File-name prefix and extension of the three per-day file families.
@@ -184,16 +183,14 @@ impl DatasetReader {
         Records::new(&dir, VALIDATIONS, from, to)
     }
 
-    /// The statistics of the last `days` UTC days up to `today` (inclusive) that have data,
-    /// oldest first. Each day comes from its `daily-stats` file, or when that is missing is
-    /// computed from the JSONL files (without writing anything: this is read-only).
-    pub fn stats(&self, days: u32, today: Date) -> Result<Vec<DailyStats>> {
-        if days == 0 {
-            return Ok(Vec::new());
-        }
-        let from = today
-            .checked_sub(Duration::days(i64::from(days) - 1))
-            .unwrap_or(Date::MIN);
+    /// The task whose dataset this is.
+    pub(crate) fn task(&self) -> &str {
+        &self.task
+    }
+
+    /// The UTC days in `from..=to` that have executions, validations or statistics, in
+    /// order. Temporaries are not counted.
+    pub(crate) fn days_with_data(&self, from: Date, to: Date) -> Result<BTreeSet<Date>> {
         let mut with_data = BTreeSet::new();
         for (dir, family) in [
             (self.layout.executions_dir(), EXECUTIONS),
@@ -203,21 +200,11 @@ impl DatasetReader {
             with_data.extend(
                 day_files(&dir, family)?
                     .into_iter()
-                    .filter(|f| f.kind != FileKind::Temp && f.day >= from && f.day <= today)
+                    .filter(|f| f.kind != FileKind::Temp && f.day >= from && f.day <= to)
                     .map(|f| f.day),
             );
         }
-        let now = Timestamp(SystemClock.now_millis());
-        let mut stats = Vec::with_capacity(with_data.len());
-        for day in with_data {
-            match read_stats(&self.layout, day)? {
-                Some(s) => stats.push(s),
-                None => {
-                    stats.push(DailyAggregate::load(&self.layout, &self.task, day)?.to_stats(now))
-                }
-            }
-        }
-        Ok(stats)
+        Ok(with_data)
     }
 }
 
@@ -412,6 +399,8 @@ pub(crate) mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::clock::Timestamp;
+    use crate::dataset::analytics::DailyAggregate;
     use crate::dataset::ExecutionStatus;
 
     pub(crate) fn day(s: &str) -> Date {
