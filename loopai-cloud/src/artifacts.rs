@@ -9,7 +9,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -25,37 +24,12 @@ use tokio::sync::{broadcast, watch};
 
 use crate::auth::Role;
 use crate::http::{self, ApiError};
+use crate::publish::{self, Published};
 use crate::repository::etag;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Roles that may read the repository and subscribe to notifications.
 const READERS: &[Role] = &[Role::Deployment, Role::Publisher];
-
-/// A published version, broadcast to the notification streams.
-#[derive(Debug, Clone)]
-pub(crate) struct Published {
-    pub(crate) task: String,
-    pub(crate) version: u32,
-}
-
-/// The notification hub: one broadcast channel for every task (streams filter by task),
-/// the heartbeat period, and the server's stop signal (ends every stream at shutdown).
-#[derive(Debug)]
-pub(crate) struct Hub {
-    pub(crate) tx: broadcast::Sender<Published>,
-    pub(crate) heartbeat: Duration,
-    pub(crate) stopping: watch::Sender<bool>,
-}
-
-impl Hub {
-    pub(crate) fn new(heartbeat: Duration) -> Hub {
-        Hub {
-            tx: broadcast::channel(256).0,
-            heartbeat,
-            stopping: watch::channel(false).0,
-        }
-    }
-}
 
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -70,7 +44,7 @@ fn check_task(task: &str) -> Result<(), ApiError> {
 }
 
 fn not_found(message: String) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, message)
+    ApiError::not_found(message)
 }
 
 /// Whether `If-None-Match` lists `etag` (or is `*`); weak comparison.
@@ -196,7 +170,7 @@ async fn upload(
         let task2 = task.clone();
         let info = tokio::task::spawn_blocking(move || {
             let body = http::decode(bytes, encoding, max)?;
-            publish(&app2, &task2, &body, requested)
+            publish::publish(&app2.repository, &app2.hub, &task2, &body, requested)
         })
         .await
         .map_err(|e| ApiError::internal(format!("the storage task failed: {e}")))??;
@@ -218,25 +192,6 @@ async fn upload(
         );
         err.into_response()
     })
-}
-
-/// Validates and publishes a version (`body`: a tar.gz archive or a bare program.json,
-/// see `Repository::publish`) and notifies the task's listeners. Blocking. Every
-/// publication goes through here (uploads, and publishers inside the server), so the
-/// archive, the versions list, the signature and the notification are never skipped.
-pub(crate) fn publish(
-    app: &AppState,
-    task: &str,
-    body: &[u8],
-    requested: Option<u32>,
-) -> Result<loopai_core::VersionInfo, ApiError> {
-    let info = app.repository.publish(task, body, requested)?;
-    // No receiver is fine: nobody listens.
-    let _ = app.hub.tx.send(Published {
-        task: task.to_owned(),
-        version: info.version,
-    });
-    Ok(info)
 }
 
 fn artifact_event(task: &str, version: u32) -> Event {

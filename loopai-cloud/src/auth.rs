@@ -13,22 +13,18 @@
 //! Keys are kept in memory only as SHA-256 digests, so a lookup compares digests and the
 //! time it takes says nothing useful about the secret.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
 use axum::http::header::AUTHORIZATION;
 use axum::http::HeaderMap;
+use loopai_http::{check_key, key_digest, KeyDigest, KeyFile, KeyProblem, LineErrors};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
+use crate::error::{Error, ErrorKind, Result};
 use crate::http::ApiError;
-use crate::{Error, ErrorKind, Result};
 
-/// The shortest accepted key, in bytes.
-pub const MIN_KEY_BYTES: usize = 16;
-/// The longest accepted key, in bytes.
-pub const MAX_KEY_BYTES: usize = 256;
+pub use loopai_http::{MAX_KEY_BYTES, MIN_KEY_BYTES};
 /// The longest accepted `deployment_id` or `name`, in bytes.
 const MAX_ID_BYTES: usize = 128;
 
@@ -115,19 +111,15 @@ struct KeyLine {
 /// ```
 #[derive(Clone)]
 pub struct ApiKeys {
-    by_digest: HashMap<[u8; 32], Principal>,
+    keys: KeyFile<Principal>,
 }
 
 impl fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiKeys")
-            .field("keys", &self.by_digest.len())
+            .field("keys", &self.keys.len())
             .finish()
     }
-}
-
-fn digest(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
 }
 
 fn check_id(what: &str, value: &str) -> std::result::Result<(), String> {
@@ -138,6 +130,40 @@ fn check_id(what: &str, value: &str) -> std::result::Result<(), String> {
         return Err(format!("{what}: must not contain control characters"));
     }
     Ok(())
+}
+
+/// Checks one line of the keys file: its key's digest and who holds it.
+fn entry(line: KeyLine, _line_no: usize) -> std::result::Result<(KeyDigest, Principal), String> {
+    match check_key(&line.key) {
+        Ok(()) => {}
+        Err(KeyProblem::Length(len)) => {
+            return Err(format!(
+                "key: must be {MIN_KEY_BYTES}-{MAX_KEY_BYTES} bytes, got {len}"
+            ))
+        }
+        Err(_) => return Err("key: may only contain printable ASCII without spaces".to_owned()),
+    }
+    if let Some(id) = &line.deployment_id {
+        check_id("deployment_id", id)?;
+    }
+    if let Some(name) = &line.name {
+        check_id("name", name)?;
+    }
+    match line.role {
+        Role::Deployment if line.deployment_id.is_none() => {
+            return Err("deployment_id: required for role \"deployment\"".to_owned());
+        }
+        Role::Publisher if line.deployment_id.is_some() => {
+            return Err("deployment_id: only allowed for role \"deployment\"".to_owned());
+        }
+        _ => {}
+    }
+    let principal = Principal {
+        role: line.role,
+        deployment_id: line.deployment_id,
+        name: line.name,
+    };
+    Ok((key_digest(&line.key), principal))
 }
 
 impl ApiKeys {
@@ -151,83 +177,24 @@ impl ApiKeys {
     /// Parses the text of a keys file; `origin` (usually the file name) prefixes error
     /// messages: ``keys.jsonl:3: role: unknown variant `admin` ...``.
     pub fn parse(text: &str, origin: &str) -> Result<ApiKeys> {
-        let mut by_digest = HashMap::new();
-        for (index, line) in text.lines().enumerate() {
-            let line_no = index + 1;
-            let trimmed = line.trim();
-            if trimmed.is_empty() || trimmed.starts_with('#') {
-                continue;
-            }
-            let fail =
-                |msg: String| Error::new(ErrorKind::Config, format!("{origin}:{line_no}: {msg}"));
-            let entry: KeyLine =
-                serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(trimmed))
-                    .map_err(|e| {
-                        let path = e.path().to_string();
-                        let inner = e.into_inner();
-                        fail(if path == "." {
-                            inner.to_string()
-                        } else {
-                            format!("{path}: {inner}")
-                        })
-                    })?;
-            if entry.key.len() < MIN_KEY_BYTES || entry.key.len() > MAX_KEY_BYTES {
-                return Err(fail(format!(
-                    "key: must be {MIN_KEY_BYTES}-{MAX_KEY_BYTES} bytes, got {}",
-                    entry.key.len()
-                )));
-            }
-            if !entry.key.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(fail(
-                    "key: may only contain printable ASCII without spaces".to_owned(),
-                ));
-            }
-            if let Some(id) = &entry.deployment_id {
-                check_id("deployment_id", id).map_err(fail)?;
-            }
-            if let Some(name) = &entry.name {
-                check_id("name", name).map_err(fail)?;
-            }
-            match entry.role {
-                Role::Deployment if entry.deployment_id.is_none() => {
-                    return Err(fail(
-                        "deployment_id: required for role \"deployment\"".to_owned(),
-                    ));
-                }
-                Role::Publisher if entry.deployment_id.is_some() => {
-                    return Err(fail(
-                        "deployment_id: only allowed for role \"deployment\"".to_owned(),
-                    ));
-                }
-                _ => {}
-            }
-            let principal = Principal {
-                role: entry.role,
-                deployment_id: entry.deployment_id,
-                name: entry.name,
-            };
-            if by_digest.insert(digest(&entry.key), principal).is_some() {
-                return Err(fail(
-                    "key: the same key appears on an earlier line".to_owned(),
-                ));
-            }
-        }
-        Ok(ApiKeys { by_digest })
+        let keys = KeyFile::parse(text, origin, LineErrors::FieldPath, entry)
+            .map_err(|e| Error::new(ErrorKind::Config, e.message()))?;
+        Ok(ApiKeys { keys })
     }
 
     /// Who `key` belongs to, if it is a known key.
     pub fn authenticate(&self, key: &str) -> Option<&Principal> {
-        self.by_digest.get(&digest(key))
+        self.keys.get(key)
     }
 
     /// The number of keys.
     pub fn len(&self) -> usize {
-        self.by_digest.len()
+        self.keys.len()
     }
 
     /// Whether there are no keys (such a server refuses every authenticated request).
     pub fn is_empty(&self) -> bool {
-        self.by_digest.is_empty()
+        self.keys.is_empty()
     }
 }
 

@@ -1,90 +1,23 @@
-//! HTTP plumbing shared by every endpoint: JSON error bodies, bounded request bodies,
-//! `Content-Encoding: gzip`.
+//! HTTP plumbing of the cloud's endpoints: its error style, the unknown-route answer,
+//! `Content-Encoding: gzip`. The error type, JSON responses and bounded body reads are
+//! loopai-http's.
 
-use std::error::Error as _;
 use std::io::Read;
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::header::CONTENT_ENCODING;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use flate2::read::MultiGzDecoder;
+use loopai_http::MessageOnly;
+pub(crate) use loopai_http::{json_response, BodyLimits};
 
-/// A refused request: a status and a message, sent as `{"error": "<message>"}`.
-#[derive(Debug)]
-pub(crate) struct ApiError {
-    status: StatusCode,
-    message: String,
-}
-
-impl ApiError {
-    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-        }
-    }
-
-    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, message)
-    }
-
-    pub(crate) fn unauthorized(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, message)
-    }
-
-    pub(crate) fn forbidden(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::FORBIDDEN, message)
-    }
-
-    pub(crate) fn too_large(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message)
-    }
-
-    pub(crate) fn internal(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
-    }
-
-    pub(crate) fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    pub(crate) fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response =
-            json_response(self.status, &serde_json::json!({ "error": self.message }));
-        if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"loopai\""),
-            );
-        }
-        response
-    }
-}
-
-/// A JSON response with `status`.
-pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
-    let mut response = (status, value.to_string()).into_response();
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
+/// The API error of the reference cloud: `{"error": "<message>"}`.
+pub(crate) type ApiError = loopai_http::ApiError<MessageOnly>;
 
 /// The unknown-route answer: 404 with a JSON body.
 pub(crate) async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> Response {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        format!("no endpoint {method} {}", uri.path()),
-    )
-    .into_response()
+    ApiError::not_found(format!("no endpoint {method} {}", uri.path())).into_response()
 }
 
 /// How a request body is encoded.
@@ -92,15 +25,6 @@ pub(crate) async fn not_found(method: axum::http::Method, uri: axum::http::Uri) 
 pub(crate) enum Encoding {
     Identity,
     Gzip,
-}
-
-/// Limits on request bodies.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct BodyLimits {
-    /// The largest body, in bytes, both as received and after decompression.
-    pub(crate) max_bytes: usize,
-    /// How long reading a body may take.
-    pub(crate) read_timeout: Duration,
 }
 
 fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
@@ -114,6 +38,7 @@ fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
                 _ => {
                     return Err(ApiError::new(
                         StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "unsupported_media_type",
                         format!("Content-Encoding {value:?} is not supported; use gzip or none"),
                     ))
                 }
@@ -123,53 +48,17 @@ fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
     Ok(encoding)
 }
 
-/// Reads the whole body, refusing (413) one larger than `limits.max_bytes` as soon as that
-/// is known, and (408) one that takes longer than `limits.read_timeout`.
+/// Reads the whole body within `limits` ([`loopai_http::read_body`]: 413 when larger than
+/// `limits.max_bytes` as soon as that is known, 408 when slower than `limits.read_timeout`),
+/// after refusing (415) a `Content-Encoding` other than gzip.
 pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limits: BodyLimits,
 ) -> Result<(Bytes, Encoding), ApiError> {
     let encoding = encoding(headers)?;
-    let too_large =
-        || ApiError::too_large(format!("request body exceeds {} bytes", limits.max_bytes));
-    if let Some(length) = headers.get(CONTENT_LENGTH) {
-        let length: u64 = length
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| ApiError::bad_request("Content-Length is not a number"))?;
-        if length > limits.max_bytes as u64 {
-            return Err(too_large());
-        }
-    }
-    match tokio::time::timeout(
-        limits.read_timeout,
-        axum::body::to_bytes(body, limits.max_bytes),
-    )
-    .await
-    {
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            format!(
-                "request body not received within {} s",
-                limits.read_timeout.as_secs_f64()
-            ),
-        )),
-        Ok(Ok(bytes)) => Ok((bytes, encoding)),
-        Ok(Err(err)) => {
-            let mut source: Option<&(dyn std::error::Error + 'static)> = err.source();
-            while let Some(e) = source {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    return Err(too_large());
-                }
-                source = e.source();
-            }
-            Err(ApiError::bad_request(format!(
-                "reading the request body: {err}"
-            )))
-        }
-    }
+    let bytes = loopai_http::read_body(headers, body, limits).await?;
+    Ok((bytes, encoding))
 }
 
 /// Decodes a body read by [`read_body`]; a gzip body may expand to at most `max_bytes`
@@ -202,8 +91,10 @@ pub(crate) fn decode(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use axum::http::HeaderValue;
     use flate2::write::GzEncoder;
+
+    use super::*;
     use std::io::Write;
 
     fn gzip(data: &[u8]) -> Bytes {

@@ -85,6 +85,15 @@
 //! [`DROP_SHUTDOWN_TIMEOUT`]. `spawn`, `serve` and `shutdown` block, and refuse (with an
 //! error, not a panic) to be called from async code.
 //!
+//! ## Source layout
+//!
+//! Dependencies run one way: `state.rs` (what every handler shares) sits below the
+//! handlers (`telemetry.rs`, `artifacts.rs`) and `server.rs` (builder, lifecycle, the
+//! improvement thread); the publish service (`publish.rs`: repository + notification hub)
+//! sits below both the upload handler and the improvement engine, so every new version
+//! takes the same path. The body reader, the JSON error type and the keys-file parser
+//! are loopai-http's, shared with `loopai serve`.
+//!
 //! ## Errors
 //!
 //! Functions return [`Error`], whose [`ErrorKind`] classifies it; messages name the thing
@@ -97,8 +106,10 @@ mod auth;
 mod error;
 mod http;
 mod improvement;
+mod publish;
 mod repository;
 mod server;
+mod state;
 mod telemetry;
 mod telemetry_store;
 

@@ -28,8 +28,8 @@ use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::error::{Error, ErrorKind, Result};
 use crate::http::ApiError;
-use crate::{Error, ErrorKind, Result};
 
 /// The versions list's file name in a task directory.
 pub(crate) const VERSIONS_FILE: &str = "versions";
@@ -321,13 +321,18 @@ impl Repository {
             .unwrap_or(0)
             .checked_add(1)
             .ok_or_else(|| {
-                ApiError::new(axum::http::StatusCode::CONFLICT, "no version number left")
+                ApiError::new(
+                    axum::http::StatusCode::CONFLICT,
+                    "conflict",
+                    "no version number left",
+                )
             })?;
         let version = match requested {
             Some(0) => return Err(ApiError::bad_request("version: must be at least 1")),
             Some(v) if installed.contains(&v) => {
                 return Err(ApiError::new(
                     axum::http::StatusCode::CONFLICT,
+                    "conflict",
                     format!(
                         "version: v{v} of task {task:?} already exists (versions are immutable)"
                     ),

@@ -13,12 +13,15 @@ use axum::Router;
 use loopai_core::{ArtifactSigner, Clock, SystemClock};
 use loopai_http::Serving;
 
-use crate::artifacts::Hub;
 use crate::auth::{ApiKeys, Auth};
+use crate::error::{Error, ErrorKind, Result};
 use crate::http::{self, BodyLimits};
+use crate::improvement::{ImprovementConfig, ImprovementEngine};
+use crate::publish::{self, Hub};
 use crate::repository::Repository;
+use crate::state::AppState;
 use crate::telemetry_store::TelemetryStore;
-use crate::{artifacts, telemetry, Error, ErrorKind, ImprovementConfig, ImprovementEngine, Result};
+use crate::{artifacts, telemetry};
 
 /// The default largest request body, in bytes, as received and after decompression (16 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
@@ -32,16 +35,6 @@ pub const DROP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_PORT: u16 = 8080;
 /// The default period of `heartbeat` events on notification streams.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
-
-/// What every request handler shares.
-#[derive(Debug)]
-pub(crate) struct AppState {
-    pub(crate) auth: Auth,
-    pub(crate) telemetry: TelemetryStore,
-    pub(crate) repository: Repository,
-    pub(crate) hub: Hub,
-    pub(crate) limits: BodyLimits,
-}
 
 /// Builds a [`CloudServer`]; every option is checked by [`build`](Self::build).
 #[derive(Debug)]
@@ -446,7 +439,7 @@ struct Running {
 }
 
 /// Runs `engine` every `every` until the returned sender is dropped. Each pass publishes
-/// through [`artifacts::publish`], like an upload.
+/// through the publish service ([`publish::publish_program`]), like an upload.
 fn start_improver(
     engine: ImprovementEngine,
     every: Duration,
@@ -461,7 +454,7 @@ fn start_improver(
                 _ => return,
             }
             let publish = |task: &str, program: &[u8], meta: loopai_core::NewArtifact| {
-                publish_program(&state, task, program, meta)
+                publish::publish_program(&state.repository, &state.hub, task, program, meta)
             };
             match engine.run_once(&publish) {
                 Ok(actions) => {
@@ -481,44 +474,6 @@ fn start_improver(
         every.as_secs_f64()
     );
     Ok((tx, handle))
-}
-
-/// Publishes a learnt program through the repository (archive + versions list + signature
-/// + notification).
-fn publish_program(
-    state: &AppState,
-    task: &str,
-    program: &[u8],
-    meta: loopai_core::NewArtifact,
-) -> Result<u32> {
-    let mut fields = meta.extra.clone();
-    fields.insert("synthesis_strategy".into(), meta.synthesis_strategy.into());
-    if let Some(score) = meta.confidence_score {
-        fields.insert("confidence_score".into(), score.into());
-    }
-    fields.insert(
-        "complexity_metrics".into(),
-        serde_json::Value::Object(meta.complexity_metrics.clone()),
-    );
-    if let Some(provider) = &meta.llm_provider {
-        fields.insert("llm_provider".into(), provider.clone().into());
-    }
-    if let Some(model) = &meta.llm_model {
-        fields.insert("llm_model".into(), model.clone().into());
-    }
-    fields.insert("generation_cost".into(), meta.generation_cost.into());
-    fields.insert(
-        "generation_time_sec".into(),
-        meta.generation_time_sec.into(),
-    );
-    let metadata = serde_json::to_vec(&serde_json::Value::Object(fields))
-        .map_err(|e| Error::new(ErrorKind::Internal, format!("metadata: {e}")))?;
-    let archive = loopai_core::ArtifactArchive::new(program.to_vec(), Some(metadata))
-        .pack()
-        .map_err(|e| Error::new(ErrorKind::Internal, format!("packing the archive: {e}")))?;
-    artifacts::publish(state, task, &archive, None)
-        .map(|info| info.version)
-        .map_err(|e| Error::new(ErrorKind::Io, format!("publishing {task}: {}", e.message())))
 }
 
 /// A running server. [`shutdown`](Self::shutdown) stops it; dropping the handle does the

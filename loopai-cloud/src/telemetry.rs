@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::auth::{Caller, Role};
 use crate::http::{self, ApiError};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::telemetry_store::Appended;
 
 /// The longest accepted `batch_id`, in bytes.

@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// The outcome of [`TelemetryStore::append`].
 #[derive(Debug, Clone, PartialEq, Eq)]

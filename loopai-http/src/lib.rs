@@ -1,7 +1,14 @@
-//! The lifecycle shared by Loopai's HTTP servers, `loopai-cloud` (the reference cloud) and
+//! What Loopai's HTTP servers share: `loopai-cloud` (the reference cloud) and
 //! `loopai-serve` (the HTTP runtime behind `loopai serve`).
 //!
 //! # Overview
+//!
+//! * The serving lifecycle: [`start`], [`Serving`], [`termination_signal`].
+//! * Request bodies: [`read_body`] within [`BodyLimits`] (size and time).
+//! * The JSON API error: [`ApiError`], written in each server's documented style
+//!   ([`KindAndMessage`] for `loopai serve`, [`MessageOnly`] for the cloud), and
+//!   [`json_response`].
+//! * API-key files: [`KeyFile`] (JSON lines, keys kept as SHA-256 digests), [`check_key`].
 //!
 //! A server [`start`]s: it binds its listening socket, builds a multi-thread tokio runtime
 //! of its own and serves an axum [`Router`](axum::Router) on it. The returned [`Serving`]
@@ -21,8 +28,19 @@
 //! Functions return [`Error`], whose [`ErrorKind`] each server maps to its own error type;
 //! the message is final and names what is wrong (an address, the blocking call).
 
+mod api_error;
+mod body;
 mod error;
+mod keys;
 mod serving;
 
+pub use api_error::{
+    bytes_response, json_response, ApiError, ErrorFields, ErrorStyle, KindAndMessage, MessageOnly,
+};
+pub use body::{read_body, BodyLimits};
 pub use error::{Error, ErrorKind, Result};
+pub use keys::{
+    check_key, key_digest, parse_key_digest, KeyDigest, KeyFile, KeyProblem, LineErrors,
+    MAX_KEY_BYTES, MIN_KEY_BYTES,
+};
 pub use serving::{refuse_inside_runtime, start, termination_signal, Serving};

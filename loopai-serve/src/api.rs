@@ -8,7 +8,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use loopai_core::{ExecutionResult, ExecutionStatus};
@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::http::{self, ApiError, ErrorFields};
 use crate::metrics::{self, Route, TaskSnapshot};
-use crate::server::{AppState, Mode, Phase};
+use crate::state::{AppState, Mode, Phase};
 use crate::tasks::TaskEntry;
 
 /// Batches with more inputs than this run on the blocking pool, so that one large batch
@@ -208,7 +208,7 @@ async fn execute_on(
     };
     let response = match result {
         Ok(r) => http::json_response(StatusCode::OK, &ExecuteResponse::from(&r)),
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => http::runtime_error(e).into_response(),
     };
     entry.metrics.request_took(start.elapsed());
     Ok(response)
@@ -240,7 +240,7 @@ async fn batch_on(
     let run = |entry: &TaskEntry, inputs: &[Value]| -> Response {
         let results: Vec<Result<ExecutionResult, ApiError>> = inputs
             .iter()
-            .map(|i| run_one(entry, i).map_err(ApiError::from))
+            .map(|i| run_one(entry, i).map_err(http::runtime_error))
             .collect();
         let results = results
             .iter()
@@ -248,8 +248,8 @@ async fn batch_on(
                 Ok(r) => BatchItem::Ok(ExecuteResponse::from(r)),
                 Err(e) => BatchItem::Err {
                     error: ErrorFields {
-                        kind: e.kind,
-                        message: &e.message,
+                        kind: e.kind(),
+                        message: e.message(),
                     },
                 },
             })

@@ -1,17 +1,13 @@
 //! Bearer API keys: the keys file, and who may execute which task.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::Path;
 
 use loopai_core::{validate_task_id, Error, ErrorKind, Result};
+use loopai_http::{check_key, key_digest, parse_key_digest, KeyDigest, KeyFile, LineErrors};
+pub use loopai_http::{MAX_KEY_BYTES, MIN_KEY_BYTES};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
-
-/// The shortest accepted API key, in bytes.
-pub const MIN_KEY_BYTES: usize = 16;
-/// The longest accepted API key, in bytes.
-pub const MAX_KEY_BYTES: usize = 256;
 
 /// Who an API key belongs to and which tasks it may execute.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,12 +57,12 @@ impl Principal {
 /// ```
 #[derive(Clone)]
 pub struct ApiKeys {
-    by_digest: HashMap<[u8; 32], Principal>,
+    keys: KeyFile<Principal>,
 }
 
 impl fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut names: Vec<&str> = self.by_digest.values().map(Principal::name).collect();
+        let mut names: Vec<&str> = self.keys.holders().map(Principal::name).collect();
         names.sort_unstable();
         f.debug_struct("ApiKeys").field("names", &names).finish()
     }
@@ -81,34 +77,44 @@ struct KeyLine {
     tasks: Option<Vec<String>>,
 }
 
-fn digest(key: &[u8]) -> [u8; 32] {
-    Sha256::digest(key).into()
-}
-
-fn parse_hex_digest(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-fn check_key(key: &str) -> std::result::Result<(), String> {
-    if !(MIN_KEY_BYTES..=MAX_KEY_BYTES).contains(&key.len()) {
-        return Err(format!(
-            "must be {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes, got {}",
-            key.len()
-        ));
-    }
-    if let Some(c) = key.chars().find(|c| !c.is_ascii_graphic()) {
-        return Err(format!(
-            "may only contain printable ASCII without spaces, found {c:?}"
-        ));
-    }
-    Ok(())
+/// Checks one line of the keys file: its key's digest and who holds it.
+fn entry(line: KeyLine, line_no: usize) -> std::result::Result<(KeyDigest, Principal), String> {
+    let digest = match (line.key, line.sha256) {
+        (Some(key), None) => {
+            check_key(&key).map_err(|p| format!("key: {p}"))?;
+            key_digest(&key)
+        }
+        (None, Some(hex)) => {
+            parse_key_digest(&hex).ok_or_else(|| "sha256: expected 64 hex digits".to_string())?
+        }
+        (Some(_), Some(_)) => return Err("give either key or sha256, not both".to_string()),
+        (None, None) => return Err("key (or sha256) is required".to_string()),
+    };
+    let tasks = match line.tasks {
+        None => None,
+        Some(list) if list.iter().any(|t| t == "*") => {
+            if list.len() > 1 {
+                return Err(
+                    "tasks: \"*\" (every task) cannot be combined with task ids".to_string()
+                );
+            }
+            None
+        }
+        Some(list) => {
+            if list.is_empty() {
+                return Err("tasks: empty (omit it, or use [\"*\"], for every task)".to_string());
+            }
+            for (j, task) in list.iter().enumerate() {
+                validate_task_id(task).map_err(|e| format!("tasks[{j}]: {}", e.message()))?;
+            }
+            Some(list.into_iter().collect())
+        }
+    };
+    let principal = Principal {
+        name: line.name.unwrap_or_else(|| format!("line {line_no}")),
+        tasks,
+    };
+    Ok((digest, principal))
 }
 
 impl ApiKeys {
@@ -122,87 +128,37 @@ impl ApiKeys {
     /// Parses the contents of a keys file; `origin` names it in error messages. Blank lines
     /// and lines starting with `#` are skipped. A file without any key is an error.
     pub fn parse(text: &str, origin: &str) -> Result<ApiKeys> {
-        let mut by_digest = HashMap::new();
-        for (i, line) in text.lines().enumerate() {
-            let line_no = i + 1;
-            let trimmed = line.trim();
-            if trimmed.is_empty() || trimmed.starts_with('#') {
-                continue;
-            }
-            let bad =
-                |msg: String| Error::new(ErrorKind::Config, format!("{origin}:{line_no}: {msg}"));
-            let entry: KeyLine = serde_json::from_str(trimmed).map_err(|e| bad(e.to_string()))?;
-            let digest = match (entry.key, entry.sha256) {
-                (Some(key), None) => {
-                    check_key(&key).map_err(|m| bad(format!("key: {m}")))?;
-                    digest(key.as_bytes())
-                }
-                (None, Some(hex)) => parse_hex_digest(&hex.to_ascii_lowercase())
-                    .ok_or_else(|| bad("sha256: expected 64 hex digits".to_string()))?,
-                (Some(_), Some(_)) => {
-                    return Err(bad("give either key or sha256, not both".to_string()))
-                }
-                (None, None) => return Err(bad("key (or sha256) is required".to_string())),
-            };
-            let tasks = match entry.tasks {
-                None => None,
-                Some(list) if list.iter().any(|t| t == "*") => {
-                    if list.len() > 1 {
-                        return Err(bad(
-                            "tasks: \"*\" (every task) cannot be combined with task ids"
-                                .to_string(),
-                        ));
-                    }
-                    None
-                }
-                Some(list) => {
-                    if list.is_empty() {
-                        return Err(bad(
-                            "tasks: empty (omit it, or use [\"*\"], for every task)".to_string(),
-                        ));
-                    }
-                    for (j, task) in list.iter().enumerate() {
-                        validate_task_id(task)
-                            .map_err(|e| bad(format!("tasks[{j}]: {}", e.message())))?;
-                    }
-                    Some(list.into_iter().collect())
-                }
-            };
-            let principal = Principal {
-                name: entry.name.unwrap_or_else(|| format!("line {line_no}")),
-                tasks,
-            };
-            if by_digest.insert(digest, principal).is_some() {
-                return Err(bad("the same key appears twice".to_string()));
-            }
-        }
-        if by_digest.is_empty() {
+        let keys = KeyFile::parse(text, origin, LineErrors::Serde, entry)
+            .map_err(|e| Error::new(ErrorKind::Config, e.message()))?;
+        if keys.is_empty() {
             return Err(Error::new(
                 ErrorKind::Config,
                 format!("{origin}: no API key in the file"),
             ));
         }
-        Ok(ApiKeys { by_digest })
+        Ok(ApiKeys { keys })
     }
 
     /// The principal of `key`, or `None` for an unknown key.
     pub fn authenticate(&self, key: &str) -> Option<&Principal> {
-        self.by_digest.get(&digest(key.as_bytes()))
+        self.keys.get(key)
     }
 
     /// Number of keys.
     pub fn len(&self) -> usize {
-        self.by_digest.len()
+        self.keys.len()
     }
 
     /// Always false: a keys file holds at least one key.
     pub fn is_empty(&self) -> bool {
-        self.by_digest.is_empty()
+        self.keys.is_empty()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use sha2::{Digest, Sha256};
+
     use super::*;
 
     #[test]

@@ -62,6 +62,13 @@
 //! [`DROP_SHUTDOWN_TIMEOUT`]. `spawn`, `serve`, `wait_ready` and `shutdown` block, and
 //! refuse (with an error, not a panic) to be called from async code.
 //!
+//! ## Source layout
+//!
+//! Dependencies run one way: `state.rs` (mode, phase, loaded tasks, keys, limits, metrics)
+//! sits below the handlers (`api.rs`) and the server (`server.rs`: builder, loading,
+//! lifecycle), so neither imports the other's internals. The body reader, the JSON error
+//! type and the keys-file parser are loopai-http's, shared with the reference cloud.
+//!
 //! ## Errors
 //!
 //! Functions return [`loopai_core::Error`]; messages name the option or file at fault
@@ -78,13 +85,15 @@ mod auth;
 mod http;
 mod metrics;
 mod server;
+mod state;
 mod tasks;
 
 pub use auth::{ApiKeys, Principal, MAX_KEY_BYTES, MIN_KEY_BYTES};
 pub use server::{
-    Mode, ServeEvent, Server, ServerBuilder, ServerHandle, DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BATCH,
+    ServeEvent, Server, ServerBuilder, ServerHandle, DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BATCH,
     DEFAULT_MAX_BATCH_BODY_BYTES, DEFAULT_PORT, DEFAULT_SHUTDOWN_TIMEOUT, DROP_SHUTDOWN_TIMEOUT,
 };
+pub use state::Mode;
 pub use tasks::{active_tasks, default_body_limit, BODY_ENVELOPE_BYTES};
 
 #[cfg(test)]

@@ -1,22 +1,16 @@
-//! The server: builder, state, the tokio runtime that runs it, loading, and shutdown.
+//! The server: builder, the tokio runtime that runs it, loading, and shutdown.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, StatusCode};
 use loopai_core::{Error, ErrorKind, Result, Runtime, MAX_INPUT_DOCUMENT_BYTES};
 use loopai_http::Serving;
-use parking_lot::Mutex;
-use tokio::sync::watch;
 
 use crate::auth::ApiKeys;
-use crate::http::{self, ApiError};
-use crate::metrics::ServerMetrics;
+use crate::state::{AppState, Mode, Phase};
 use crate::tasks::{self, Source, TaskSet};
 
 /// The default port.
@@ -32,107 +26,6 @@ pub const DEFAULT_MAX_BATCH: usize = 1000;
 pub const DEFAULT_MAX_BATCH_BODY_BYTES: usize = MAX_INPUT_DOCUMENT_BYTES;
 /// The default time allowed to receive a request body; slower ones get 408.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Which routes the server has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// One task (the edge runtime): `POST /execute` and `POST /execute/batch`, and the
-    /// central routes for that task.
-    Single,
-    /// Several tasks (central execution): `POST /v1/execute/{task}` and
-    /// `POST /v1/execute/{task}/batch`, with API keys.
-    Central,
-}
-
-/// Where the server is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum Phase {
-    Starting = 0,
-    Ready = 1,
-    Draining = 2,
-    Failed = 3,
-}
-
-impl Phase {
-    fn from_u8(v: u8) -> Phase {
-        match v {
-            0 => Phase::Starting,
-            1 => Phase::Ready,
-            2 => Phase::Draining,
-            _ => Phase::Failed,
-        }
-    }
-
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Phase::Starting => "starting",
-            Phase::Ready => "ready",
-            Phase::Draining => "draining",
-            Phase::Failed => "failed",
-        }
-    }
-}
-
-/// What every handler shares.
-#[derive(Debug)]
-pub(crate) struct AppState {
-    pub(crate) mode: Mode,
-    pub(crate) task_names: Vec<String>,
-    pub(crate) tasks: OnceLock<TaskSet>,
-    phase: AtomicU8,
-    phase_tx: watch::Sender<Phase>,
-    pub(crate) load_error: Mutex<Option<(ErrorKind, String)>>,
-    pub(crate) auth: Option<ApiKeys>,
-    pub(crate) server: ServerMetrics,
-    pub(crate) max_batch: usize,
-    pub(crate) batch_body_limit: usize,
-    body_limit: Option<usize>,
-    body_timeout: Duration,
-}
-
-impl AppState {
-    pub(crate) fn phase(&self) -> Phase {
-        Phase::from_u8(self.phase.load(Ordering::Acquire))
-    }
-
-    fn set_phase(&self, phase: Phase) {
-        self.phase.store(phase as u8, Ordering::Release);
-        self.phase_tx.send_replace(phase);
-    }
-
-    /// Moves to `to` only from `from`; returns whether it did.
-    fn advance(&self, from: Phase, to: Phase) -> bool {
-        let moved = self
-            .phase
-            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
-        if moved {
-            self.phase_tx.send_replace(to);
-        }
-        moved
-    }
-
-    /// Reads a request body within the size limit and the body timeout.
-    pub(crate) async fn read_body(
-        &self,
-        headers: &HeaderMap,
-        body: Body,
-        limit: usize,
-    ) -> std::result::Result<Bytes, ApiError> {
-        match tokio::time::timeout(self.body_timeout, http::read_body(headers, body, limit)).await {
-            Ok(result) => result,
-            Err(_) => Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                format!(
-                    "request body: not received within {:.0} s",
-                    self.body_timeout.as_secs_f64()
-                ),
-            )),
-        }
-    }
-}
 
 #[derive(Debug)]
 enum Tasks {
@@ -393,21 +286,15 @@ impl ServerBuilder {
                 "api_keys: central mode (several tasks) requires API keys (a keys file)",
             ));
         }
-        let (phase_tx, _) = watch::channel(Phase::Starting);
-        let state = AppState {
+        let state = AppState::new(
             mode,
-            task_names: source.task_names(),
-            tasks: OnceLock::new(),
-            phase: AtomicU8::new(Phase::Starting as u8),
-            phase_tx,
-            load_error: Mutex::new(None),
+            source.task_names(),
             auth,
-            server: ServerMetrics::default(),
-            max_batch: self.max_batch,
-            batch_body_limit: self.max_batch_body_bytes,
-            body_limit: self.max_body_bytes,
-            body_timeout: self.body_timeout,
-        };
+            self.max_batch,
+            self.max_batch_body_bytes,
+            self.max_body_bytes,
+            self.body_timeout,
+        );
         Ok(Server {
             addr: SocketAddr::new(self.bind, self.port),
             shutdown_timeout: self.shutdown_timeout,
