@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # The README quick start: build the `loopai` command, synthesize a program from the bundled
 # spam task specification into a fresh data directory, execute it, and score it.
+#
+# The results go to stdout; the build's progress and the synthesis table go to stderr. The
+# binary is found in cargo's target directory, wherever CARGO_TARGET_DIR (absolute or
+# relative to where this is run) or a .cargo/config.toml puts it.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/../scripts/lib.sh"
 
-cargo build --release --locked -q -p loopai-cli
-loopai=target/release/loopai
+loopai=$target_dir/release/loopai
+echo "== building the loopai command (cargo build --release -p loopai-cli) into $target_dir" >&2
+if [ ! -x "$loopai" ]; then
+  echo "   the first build compiles every dependency in release mode: it takes several minutes" >&2
+fi
+cargo build --release --locked -p loopai-cli
 data_dir=${LOOPAI_DATA_DIR:-$(mktemp -d)}
 
 # Learn a program from the specification's examples and activate it as spam v1.

@@ -3,7 +3,7 @@
 Dockerfile has the promised shape, and (with --loopai BIN) every flag and environment
 variable they use is one `loopai serve` knows.
 
-    python scripts/check_deploy.py [--loopai target/debug/loopai]
+    python scripts/check_deploy.py [--loopai BIN]    (BIN: e.g. debug/loopai in cargo's target dir)
 
 No Docker engine or cluster is needed; the deployment.yaml embedded in the manifest is
 checked by the Rust runtime's own parser in loopai-serve's tests.

@@ -7,15 +7,15 @@
 # Environment: PYTHON (default python3); CARGO_TARGET_DIR is honoured, so repeated runs
 # rebuild incrementally.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"   # cd to the repository; $target_dir: cargo's target directory
 
 step() { printf '\n== %s\n' "$*"; }
 
 python=${PYTHON:-python3}
-venv=target/py-test-venv
+venv=$target_dir/py-test-venv
 rm -rf "$venv"
 "$python" -m venv "$venv"
-py="$PWD/$venv/bin/python"
+py=$venv/bin/python
 pipq=("$py" -m pip install -q --disable-pip-version-check)
 
 step "pip install . (maturin through pip's build isolation)"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every check and test of the repository. This is the README's test command and
 # what CI (.ci/run) calls after installing the toolchain pieces it needs.
+#
+# CARGO_TARGET_DIR is honoured (absolute, or relative to the directory this is run from).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"   # cd to the repository; $target_dir: cargo's target directory
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -10,7 +12,7 @@ step() { printf '\n== %s\n' "$*"; }
 scripts/install-deps.sh
 
 # Python tools live in a private virtualenv so that the checks need nothing preinstalled.
-venv=target/py-venv
+venv=$target_dir/py-venv
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
@@ -32,7 +34,10 @@ step "program JSON Schema (docs/program.schema.json)"
 "$venv/bin/python" scripts/check_program_schema.py
 
 step "deploy/ (scripts/check_deploy.py: Kubernetes manifest, Dockerfile, flags)"
-"$venv/bin/python" scripts/check_deploy.py --loopai "${CARGO_TARGET_DIR:-target}/debug/loopai"
+"$venv/bin/python" scripts/check_deploy.py --loopai "$target_dir/debug/loopai"
+
+step "dataset fetcher (scripts/fetch_datasets.py: split, spec shape, cache; no network)"
+"$venv/bin/python" -m pytest -q -p no:cacheprovider scripts/tests
 
 step "C ABI, Go and C# bindings (scripts/test-bindings.sh)"
 scripts/test-bindings.sh
@@ -41,7 +46,16 @@ step "Python package (scripts/test-python.sh: fresh virtualenv, pip install ., p
 scripts/test-python.sh
 
 step "quick start (README)"
-examples/quickstart.sh >/dev/null
+repo=$PWD
+elsewhere=$(mktemp -d)
+LOOPAI_DATA_DIR=$elsewhere/data examples/quickstart.sh >/dev/null
+# Again from another directory, with CARGO_TARGET_DIR relative to it: a link to the same
+# target directory, so nothing is rebuilt, but a script that looked for target/release/...
+# or resolved CARGO_TARGET_DIR against the repository would fail. (.ci/run sets
+# CARGO_TARGET_DIR to target/ci, so the first run is not in target/ either.)
+ln -s "$target_dir" "$elsewhere/build"
+(cd "$elsewhere" && CARGO_TARGET_DIR=build LOOPAI_DATA_DIR=$elsewhere/data2 "$repo/examples/quickstart.sh" >/dev/null)
+rm -rf "$elsewhere"
 
 echo
 echo "all checks passed"
