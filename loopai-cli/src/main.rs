@@ -54,7 +54,8 @@ enum Command {
     Stats(stats::StatsArgs),
     /// Learn a program from a task specification and install it as a new version.
     Synth(synth::SynthArgs),
-    /// Score the active program on labelled test examples (exactly as `exec` runs it).
+    /// Score the active program on labelled test examples (exactly as `exec` runs it;
+    /// latency p50/p99 are timed after one untimed warm-up call).
     Eval(synth::EvalArgs),
     /// Learn a new version from the stored spec plus the oracle's answers in the local
     /// dataset (nothing leaves the machine), and start its canary rollout.

@@ -1,6 +1,6 @@
 //! `loopai synth` and `loopai eval`.
 
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -36,13 +36,62 @@ pub(crate) struct SynthArgs {
     /// Also write the program to this file.
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
-    /// No progress bars.
+    /// No progress output (bars on a terminal, one line per stage and candidate otherwise).
     #[arg(long)]
     quiet: bool,
 }
 
-/// Renders the generator's progress with indicatif, on stderr, only when it is a terminal
-/// and a stage takes more than a moment.
+/// The progress receiver for `synth` and `improve`: bars on stderr when it is a terminal,
+/// plain lines (one per stage begun and per candidate trained) when it is not, nothing
+/// with `--quiet`.
+fn progress(quiet: bool) -> Option<Arc<dyn Progress>> {
+    if quiet {
+        None
+    } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        Some(Arc::new(Bars {
+            bar: Mutex::new(None),
+        }))
+    } else {
+        Some(Arc::new(Lines {
+            start: Instant::now(),
+        }))
+    }
+}
+
+/// Renders the generator's progress as plain lines on stderr (for logs and CI, where a
+/// redrawn bar is noise): `[  1.2s] ml/logreg[w1-2,c1-5] (31 steps)`, and one line per
+/// candidate with its cross-validated accuracy.
+struct Lines {
+    start: Instant,
+}
+
+impl Lines {
+    fn line(&self, text: std::fmt::Arguments<'_>) {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "[{:6.1}s] {text}", self.start.elapsed().as_secs_f64());
+    }
+}
+
+impl Progress for Lines {
+    fn stage(&self, name: &str, total: u64) {
+        self.line(format_args!("{name} ({total} steps)"));
+    }
+
+    fn advance(&self, _n: u64) {}
+
+    fn finish_stage(&self) {}
+
+    fn candidate(&self, name: &str, cv_accuracy: f64) {
+        if cv_accuracy.is_nan() {
+            self.line(format_args!("trained {name}: not cross-validated"));
+        } else {
+            self.line(format_args!("trained {name}: cv accuracy {cv_accuracy:.4}"));
+        }
+    }
+}
+
+/// Renders the generator's progress with indicatif, on stderr, when it is a terminal: one
+/// bar per stage, named after it (`ml/logreg[w1-2,c1-5]`).
 struct Bars {
     bar: Mutex<Option<ProgressBar>>,
 }
@@ -51,7 +100,7 @@ impl Progress for Bars {
     fn stage(&self, name: &str, total: u64) {
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
         bar.set_style(
-            ProgressStyle::with_template("{msg:<28} [{bar:30}] {pos}/{len} {elapsed}")
+            ProgressStyle::with_template("{msg:<32} [{bar:30}] {pos}/{len} {elapsed}")
                 .expect("valid template")
                 .progress_chars("=> "),
         );
@@ -71,6 +120,19 @@ impl Progress for Bars {
             bar.finish_and_clear();
         }
     }
+
+    fn candidate(&self, name: &str, cv_accuracy: f64) {
+        let acc = if cv_accuracy.is_nan() {
+            "not cross-validated".to_string()
+        } else {
+            format!("cv accuracy {cv_accuracy:.4}")
+        };
+        let line = format!("trained {name}: {acc}");
+        match &*self.bar.lock() {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
 }
 
 pub(crate) fn synth(args: SynthArgs) -> Result<ExitCode, Error> {
@@ -81,13 +143,16 @@ pub(crate) fn synth(args: SynthArgs) -> Result<ExitCode, Error> {
             .map_err(|e| e.context(file.display()))?;
         eprintln!("{}: {added} examples added", file.display());
     }
+    // Checked here too (synthesis checks again) so that the errors name the file.
+    spec.validate().map_err(|e| match e.kind() {
+        ErrorKind::InvalidInput | ErrorKind::Program => e.context(args.spec.display()),
+        _ => e,
+    })?;
     let mut options = SynthOptions::default()
         .with_strategy(args.strategy)
         .with_seed(args.seed);
-    if !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        options = options.with_progress(Arc::new(Bars {
-            bar: Mutex::new(None),
-        }));
+    if let Some(progress) = progress(args.quiet) {
+        options = options.with_progress(progress);
     }
     let (synthesis, installed) =
         loopai_synth::synthesize_and_install(&spec, &options, &args.data_dir, !args.no_activate)?;
@@ -110,7 +175,9 @@ pub(crate) fn synth(args: SynthArgs) -> Result<ExitCode, Error> {
 pub(crate) struct EvalArgs {
     #[command(flatten)]
     task: TaskArgs,
-    /// Labelled test examples, one `{"input": {...}, "output": ...}` a line.
+    /// Labelled test examples, one `{"input": {...}, "output": ...}` a line. Latency is
+    /// timed per example after one untimed warm-up call on the first example (so p99 does
+    /// not include the cold first call).
     test: PathBuf,
     /// Print the report as JSON.
     #[arg(long)]
@@ -152,6 +219,10 @@ pub(crate) fn eval(args: EvalArgs) -> Result<ExitCode, Error> {
                 format!("{at}: expected {{\"input\": {{...}}, \"output\": ...}}"),
             ));
         };
+        if latencies.is_empty() {
+            // Warm-up, untimed: the first call pays for cold caches and lazy allocations.
+            let _ = executor.execute(input);
+        }
         let start = Instant::now();
         let result = executor.execute(input);
         latencies.push(start.elapsed().as_secs_f64() * 1e6);
@@ -183,6 +254,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<ExitCode, Error> {
             args.test.display()
         );
         print!("{report}");
+        println!("(latency: in-process, one call per example, after one untimed warm-up call)");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -197,7 +269,7 @@ pub(crate) struct ImproveArgs {
     /// Activate the new version at once instead of starting its canary rollout.
     #[arg(long)]
     activate: bool,
-    /// No progress bars.
+    /// No progress output.
     #[arg(long)]
     quiet: bool,
 }
@@ -206,10 +278,8 @@ pub(crate) struct ImproveArgs {
 /// dataset (nothing leaves the machine) and starts its canary.
 pub(crate) fn improve(args: ImproveArgs) -> Result<ExitCode, Error> {
     let mut options = SynthOptions::default().with_seed(args.seed);
-    if !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        options = options.with_progress(Arc::new(Bars {
-            bar: Mutex::new(None),
-        }));
+    if let Some(progress) = progress(args.quiet) {
+        options = options.with_progress(progress);
     }
     let data_dir = &args.task.data_dir;
     let task = &args.task.task;

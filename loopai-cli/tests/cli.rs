@@ -384,6 +384,48 @@ fn synth_then_eval_scores_exactly_what_exec_returns() {
     let accuracy = report["accuracy"].as_f64().unwrap();
     assert_eq!(accuracy, agree as f64 / examples.len() as f64);
     assert_eq!(report["n"], examples.len());
+    // The text report says what its latency figures include.
+    let o = run(loopai()
+        .args(["eval", "--task", "spam", "--data-dir"])
+        .arg(dir.path())
+        .arg(&test));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("after one untimed warm-up call"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn synth_prints_one_progress_line_per_stage_and_candidate_when_stderr_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(loopai()
+        .args(["synth", "--seed", "3", "--data-dir"])
+        .arg(dir.path())
+        .arg(example("spec.json")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(!err.contains('\r'), "no bar redraws: {err:?}");
+    for expected in [
+        "] preprocess (",
+        "] vectorize [w1-2,c1-5] (",
+        "] ml/logreg[w1-2,c1-5] (",
+        "] ml/naive_bayes[w1-2] (",
+        "] trained ml/logreg[w1-2,c1-5] C=",
+        "] trained rule/keywords (",
+        "] measure latency (",
+    ] {
+        assert!(err.contains(expected), "{expected:?} missing in:\n{err}");
+    }
+    assert!(err.lines().all(|l| l.starts_with('[')), "{err}");
+    // --quiet: nothing.
+    let o = run(loopai()
+        .args(["synth", "--quiet", "--seed", "3", "--data-dir"])
+        .arg(dir.path())
+        .arg(example("spec.json")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "");
 }
 
 #[test]
@@ -402,7 +444,46 @@ fn synth_reports_a_bad_spec_with_its_path() {
         .arg(dir.path())
         .arg(&spec));
     assert!(!o.status.success());
+    assert!(
+        stderr(&o).starts_with(&format!(
+            "error: {}: spec.examples[0].output: \"maybe\" is not one of output_schema.enum",
+            spec.display()
+        )),
+        "{}",
+        stderr(&o)
+    );
     assert!(stderr(&o).contains("examples[0].output"), "{}", stderr(&o));
+    assert!(
+        !dir.path().join("artifacts").exists(),
+        "nothing is created for a refused spec"
+    );
+
+    // A syntax error: file, line and column.
+    std::fs::write(&spec, "{\"name\": \"t\",\n}").unwrap();
+    let o = run(loopai()
+        .args(["synth", "--data-dir"])
+        .arg(dir.path())
+        .arg(&spec));
+    assert!(!o.status.success());
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "error: {}:2:1: not valid JSON: trailing comma\n",
+            spec.display()
+        )
+    );
+
+    // A program given as a spec.
+    let o = run(loopai()
+        .args(["synth", "--data-dir"])
+        .arg(dir.path())
+        .arg(example("program.json")));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("this looks like a program (loopai.program/1), not a task specification; install it with `loopai artifacts install`"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// Starts a rollout of v2 with a runtime, as a refresh would, then stops the runtime.

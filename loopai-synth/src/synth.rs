@@ -79,8 +79,12 @@ impl FromStr for Strategy {
     }
 }
 
-/// Receives progress reports while synthesis runs (the CLI renders them as progress bars).
-/// Methods may be called from worker threads.
+/// Receives progress reports while synthesis runs (the CLI renders them as progress bars
+/// on a terminal, as plain lines otherwise). Methods may be called from worker threads.
+///
+/// Stages are named after what they do and on what: `preprocess`, `rules`,
+/// `vectorize [w1-2,c1-5]`, `ml/logreg[w1-2,c1-5]` (the regularisation grid, cross-validated),
+/// `ml/naive_bayes[w1-2]`, `hybrid rules`, `measure latency`.
 pub trait Progress: Send + Sync {
     /// A stage with `total` steps begins.
     fn stage(&self, name: &str, total: u64);
@@ -88,6 +92,11 @@ pub trait Progress: Send + Sync {
     fn advance(&self, n: u64);
     /// The current stage is over.
     fn finish_stage(&self);
+    /// A candidate is trained: its name as in the report (`ml/logreg[w1-2] C=4`) and its
+    /// cross-validated accuracy (NaN when not cross-validated). Does nothing by default.
+    fn candidate(&self, name: &str, cv_accuracy: f64) {
+        let _ = (name, cv_accuracy);
+    }
 }
 
 /// Options of [`synthesize`].
@@ -437,6 +446,7 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
              estimated (not cross-validated)",
             labels[ctx.y[0]]
         ));
+        ctx.progress.candidate("rule/constant", f64::NAN);
         cands.push(Cand {
             strategy: Strategy::Rule,
             name: "rule/constant".into(),
@@ -458,13 +468,18 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
             None
         };
         if let (true, Some(index)) = (want_rule, &index) {
-            cands.push(ctx.rule_candidate(index));
+            let cand = ctx.rule_candidate(index);
+            ctx.announce(&cand);
+            cands.push(cand);
         }
         if want_ml {
             let ml = ctx.ml_candidates()?;
             if want_hybrid {
                 if let (Some(best), Some(index)) = (best_ml(&ml, &ctx.y), &index) {
-                    cands.extend(ctx.hybrid_candidate(index, best));
+                    if let Some(cand) = ctx.hybrid_candidate(index, best) {
+                        ctx.announce(&cand);
+                        cands.push(cand);
+                    }
                 }
             }
             cands.extend(ml.into_iter().map(|m| m.cand));
@@ -474,7 +489,7 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
     // Compile every candidate, measure it, pick one.
     let mut reports = Vec::new();
     let mut compiled = Vec::new();
-    ctx.progress.stage("measure", cands.len() as u64);
+    ctx.progress.stage("measure latency", cands.len() as u64);
     for c in &cands {
         let bytes = serde_json::to_vec(&c.program).map_err(|e| {
             Error::new(ErrorKind::Internal, format!("serializing the program: {e}"))
@@ -623,6 +638,11 @@ impl Progress2<'_> {
             p.finish_stage();
         }
     }
+    fn candidate(&self, name: &str, cv_accuracy: f64) {
+        if let Some(p) = self.0 {
+            p.candidate(name, cv_accuracy);
+        }
+    }
 }
 
 struct Ctx<'a> {
@@ -713,11 +733,30 @@ impl Ctx<'_> {
         sets
     }
 
+    /// Tells the progress receiver that `cand` is trained, with its out-of-fold accuracy.
+    fn announce(&self, cand: &Cand) {
+        let correct = cand
+            .oof
+            .iter()
+            .zip(&self.y)
+            .filter(|(p, &y)| **p == Some(y))
+            .count();
+        let acc = correct as f64 / self.y.len().max(1) as f64;
+        self.progress.candidate(&cand.name, acc);
+    }
+
     fn ml_candidates(&self) -> Result<Vec<MlCand>> {
         let mut out = Vec::new();
         for config in self.feature_sets() {
             let n = self.y.len();
-            self.progress.stage("vectorize", n as u64);
+            let desc = config
+                .ngrams
+                .iter()
+                .map(NgramSpec::short)
+                .collect::<Vec<_>>()
+                .join(",");
+            self.progress
+                .stage(&format!("vectorize [{desc}]"), n as u64);
             let xs = par_map(n, self.threads, |i| {
                 let mut v = Vec::new();
                 config.vectorize(&self.views[i], &mut v);
@@ -726,14 +765,13 @@ impl Ctx<'_> {
             });
             self.progress.finish_stage();
             let xs = Arc::new(xs);
-            let desc = config
-                .ngrams
-                .iter()
-                .map(NgramSpec::short)
-                .collect::<Vec<_>>()
-                .join(",");
-            out.push(self.logreg(&config, &xs, &desc));
-            out.push(self.bayes(&config, &xs, &desc));
+            for m in [
+                self.logreg(&config, &xs, &desc),
+                self.bayes(&config, &xs, &desc),
+            ] {
+                self.announce(&m.cand);
+                out.push(m);
+            }
         }
         Ok(out)
     }
@@ -802,7 +840,7 @@ impl Ctx<'_> {
         let sigmoid = k == 2;
         let epochs_of = |rows: usize| linear::epochs_for(rows);
         self.progress.stage(
-            "logistic regression",
+            &format!("ml/logreg[{desc}]"),
             (C_GRID.len() * self.n_folds + 1) as u64,
         );
         let logits = self.cv_logits(xs, C_GRID.len(), |g, rows| {
@@ -860,8 +898,10 @@ impl Ctx<'_> {
     fn bayes(&self, config: &FeatureConfig, xs: &Arc<Vec<SparseVec>>, desc: &str) -> MlCand {
         let dim = config.dim();
         let k = self.k;
-        self.progress
-            .stage("naive Bayes", (ALPHA_GRID.len() * self.n_folds + 1) as u64);
+        self.progress.stage(
+            &format!("ml/naive_bayes[{desc}]"),
+            (ALPHA_GRID.len() * self.n_folds + 1) as u64,
+        );
         let logits = self.cv_logits(xs, ALPHA_GRID.len(), |g, rows| {
             linear::train_bayes(xs, &self.y, rows, dim, k, ALPHA_GRID[g])
         });
@@ -1000,6 +1040,7 @@ impl Ctx<'_> {
         let n = self.y.len();
         let params = self.rule_params(false, ml.config.groups().len());
         let mut oof = ml.cand.oof.clone();
+        self.progress.stage("hybrid rules", self.n_folds as u64 + 1);
         for fold in 0..self.n_folds {
             let list = rules::mine(index, &self.y, &self.train_rows(fold), self.k, params);
             let rows = self.test_rows(fold);
@@ -1009,8 +1050,11 @@ impl Ctx<'_> {
                     oof[r] = Some(rule.class);
                 }
             }
+            self.progress.advance(1);
         }
         let list = rules::mine(index, &self.y, &self.all_rows(), self.k, params);
+        self.progress.advance(1);
+        self.progress.finish_stage();
         if list.rules.is_empty() && !self.hybrid_required {
             return None;
         }
