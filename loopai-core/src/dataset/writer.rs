@@ -9,11 +9,20 @@
 //!   has synced, so concurrent callers share one fsync per batch.
 //!
 //! Nothing accepted is dropped silently: on a full queue the producer blocks (`on_full:
-//! block`) or the record is counted as dropped (`on_full: drop`). A failed write is rolled
-//! back to the last complete line, reported (metrics, `log`, health) and retried with
-//! backoff; while it fails, records stay in memory up to a bound and then the queue fills.
+//! block`) or the record is counted as dropped (`on_full: drop`). A failed write keeps the
+//! whole lines that reached the file (a disk with room for part of the backlog takes that
+//! part) and cuts a torn last line; it is reported (metrics, `log`, health) and the rest is
+//! retried with exponential backoff (50 ms doubling to 5 s), which every path honours: no
+//! periodic sync, durable batch or flush makes an attempt before the backoff has passed,
+//! only the final one of `shutdown`. While writes fail, records stay in memory up to a
+//! bound and then the queue fills. Health recovers at the first write that drains the
+//! backlog.
+//!
+//! Observers (analytics, telemetry) see a record only once it is in the local log: written
+//! to the OS in `buffered` mode, written and fsync'd in `durable` mode. A record that was
+//! never written never reaches them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -42,8 +51,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// Pause between batches while records keep arriving (`buffered` mode).
 const BUSY_NAP: Duration = Duration::from_millis(1);
 
-/// Sees every record the writer thread writes, on that thread: the daily analytics and the
-/// telemetry queue.
+/// Sees every record the writer thread has appended to the local log (`durable`: and
+/// synced), on that thread, in queue order: the daily analytics and the telemetry queue.
 pub(crate) trait RecordObserver: Send {
     fn execution(&mut self, record: &ExecutionRecord);
     fn validation(&mut self, record: &ValidationRecord);
@@ -61,6 +70,48 @@ pub(crate) struct WriterOptions {
     pub durable: bool,
     pub drop_when_full: bool,
     pub queue_capacity: usize,
+}
+
+/// Where the writer's files live: the file system ([`FileSystem`]), or in tests a disk that
+/// fills up.
+pub(crate) trait LogStorage: Send + Sync {
+    /// Opens `path` for appending (created durably if new, a torn tail cut off) and returns
+    /// it with its length.
+    fn open(&self, path: &Path) -> io::Result<(Box<dyn LogFile>, u64)>;
+}
+
+/// A file the writer appends to.
+pub(crate) trait LogFile: Send {
+    /// Appends from `buf`; returns how many bytes were taken (a full disk may take part).
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
+    /// Truncates to `len` bytes.
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+    /// fsync of the data.
+    fn sync_data(&mut self) -> io::Result<()>;
+}
+
+impl LogFile for File {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Write::write(self, buf)
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        File::set_len(self, len)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        File::sync_data(self)
+    }
+}
+
+/// The real file system.
+pub(crate) struct FileSystem;
+
+impl LogStorage for FileSystem {
+    fn open(&self, path: &Path) -> io::Result<(Box<dyn LogFile>, u64)> {
+        let (file, len) = open_for_append(path)?;
+        Ok((Box::new(file), len))
+    }
 }
 
 enum Msg {
@@ -168,13 +219,39 @@ impl DatasetWriter {
         clock: Arc<dyn Clock>,
         observers: Vec<Box<dyn RecordObserver>>,
     ) -> Result<DatasetWriter> {
+        Self::start_with(
+            layout,
+            task,
+            options,
+            clock,
+            observers,
+            Arc::new(FileSystem),
+        )
+    }
+
+    /// [`start`](Self::start) with the files opened through `storage`.
+    pub(crate) fn start_with(
+        layout: DatasetLayout,
+        task: &str,
+        options: WriterOptions,
+        clock: Arc<dyn Clock>,
+        observers: Vec<Box<dyn RecordObserver>>,
+        storage: Arc<dyn LogStorage>,
+    ) -> Result<DatasetWriter> {
         create_dir_all_durable(&layout.executions_dir())?;
         create_dir_all_durable(&layout.validations_dir())?;
         let (tx, rx) = bounded(options.queue_capacity.max(1));
         let (exited_tx, exited) = bounded(1);
         let fork_generation = crate::fork::generation();
         let shared = Arc::new(Shared::default());
-        let mut state = WriterState::new(layout, options.durable, clock, observers, shared.clone());
+        let mut state = WriterState::new(
+            layout,
+            options.durable,
+            clock,
+            observers,
+            shared.clone(),
+            storage,
+        );
         let handle = std::thread::Builder::new()
             .name(format!("loopai-dataset-{task}"))
             .spawn(move || {
@@ -397,19 +474,30 @@ enum Kind {
 
 /// An open append-only file and its confirmed length (everything before it is whole lines).
 struct OpenFile {
-    file: File,
+    file: Box<dyn LogFile>,
     path: PathBuf,
     len: u64,
     unsynced: bool,
 }
 
-/// Bytes waiting to be appended to one file.
+/// A record as the observers see it.
+enum Observed {
+    Execution(ExecutionRecord),
+    Validation(ValidationRecord),
+}
+
+/// One line of [`Pending::bytes`].
+struct Line {
+    len: usize,
+    seq: u64,
+    record: Observed,
+}
+
+/// Bytes waiting to be appended to one file, one line per record.
 struct Pending {
     key: (Kind, Date),
     bytes: Vec<u8>,
-    /// Sequence number of the first record in `bytes`.
-    first_seq: u64,
-    records: u64,
+    lines: VecDeque<Line>,
 }
 
 struct WriterState {
@@ -423,7 +511,11 @@ struct WriterState {
     /// Sequence number of the last record serialized.
     seq: u64,
     observers: Vec<Box<dyn RecordObserver>>,
+    /// Written records the observers have not seen yet (`durable`: not synced yet).
+    unobserved: Vec<(u64, Observed)>,
+    storage: Arc<dyn LogStorage>,
     last_sync: Instant,
+    /// No write or sync is attempted before this, except the last one of a shutdown.
     retry_at: Option<Instant>,
     backoff: Duration,
 }
@@ -435,9 +527,12 @@ impl WriterState {
         clock: Arc<dyn Clock>,
         observers: Vec<Box<dyn RecordObserver>>,
         shared: Arc<Shared>,
+        storage: Arc<dyn LogStorage>,
     ) -> WriterState {
         WriterState {
             observers,
+            unobserved: Vec::new(),
+            storage,
             layout,
             durable,
             clock,
@@ -491,16 +586,11 @@ impl WriterState {
             for msg in batch.drain(..) {
                 match msg {
                     Msg::Execution(r) => {
-                        for o in &mut self.observers {
-                            o.execution(&r);
-                        }
-                        self.append(Kind::Executions, r.timestamp.day(), &r);
+                        self.append(Kind::Executions, r.timestamp.day(), Observed::Execution(r));
                     }
                     Msg::Validation(r) => {
-                        for o in &mut self.observers {
-                            o.validation(&r);
-                        }
-                        self.append(Kind::Validations, r.validated_at.day(), &r);
+                        let day = r.validated_at.day();
+                        self.append(Kind::Validations, day, Observed::Validation(r));
                     }
                     Msg::Flush(s) => flushes.push(s),
                     Msg::Shutdown(s) => {
@@ -513,7 +603,7 @@ impl WriterState {
                 || !flushes.is_empty()
                 || stop.is_some()
                 || self.last_sync.elapsed() >= BUFFERED_SYNC_INTERVAL;
-            let result = self.commit(must_sync);
+            let result = self.commit(must_sync, stop.is_some());
             let now = self.now();
             for o in &mut self.observers {
                 o.tick(now);
@@ -531,7 +621,7 @@ impl WriterState {
         }
         self.files.clear();
         if let Some(s) = stop {
-            let unwritten: u64 = self.pending.iter().map(|p| p.records).sum();
+            let unwritten: usize = self.pending.iter().map(|p| p.lines.len()).sum();
             let result = if unwritten == 0 {
                 Ok(())
             } else {
@@ -549,7 +639,7 @@ impl WriterState {
         }
     }
 
-    fn append<T: serde::Serialize>(&mut self, kind: Kind, day: Date, record: &T) {
+    fn append(&mut self, kind: Kind, day: Date, record: Observed) {
         self.seq += 1;
         // A day older than yesterday may already be compressed by retention: a late record
         // (say, a validation stamped long ago) goes to today's file instead, keeping its
@@ -566,60 +656,65 @@ impl WriterState {
                 self.pending.push(Pending {
                     key,
                     bytes: Vec::with_capacity(64 << 10),
-                    first_seq: self.seq,
-                    records: 0,
+                    lines: VecDeque::new(),
                 });
                 self.pending.len() - 1
             }
         };
         let p = &mut self.pending[idx];
-        if p.records == 0 {
-            p.first_seq = self.seq;
-        }
         let before = p.bytes.len();
         // serde_json escapes control characters: a record is always exactly one line.
-        if serde_json::to_writer(&mut p.bytes, record).is_ok() {
+        let serialized = match &record {
+            Observed::Execution(r) => serde_json::to_writer(&mut p.bytes, r),
+            Observed::Validation(r) => serde_json::to_writer(&mut p.bytes, r),
+        };
+        if serialized.is_ok() {
             p.bytes.push(b'\n');
-            p.records += 1;
-            self.pending_bytes += p.bytes.len() - before;
+            let len = p.bytes.len() - before;
+            p.lines.push_back(Line {
+                len,
+                seq: self.seq,
+                record,
+            });
+            self.pending_bytes += len;
         } else {
             p.bytes.truncate(before);
             log::error!("loopai: a dataset record could not be serialized and was skipped");
         }
     }
 
-    /// Writes pending bytes and, if asked, fsyncs; then publishes progress.
-    fn commit(&mut self, sync: bool) -> std::result::Result<(), String> {
+    /// Writes pending bytes and, if asked, fsyncs; then publishes progress and hands what
+    /// is in the log to the observers. During the backoff after a failure nothing is
+    /// attempted unless `last` (the final commit of a shutdown).
+    fn commit(&mut self, sync: bool, last: bool) -> std::result::Result<(), String> {
         if let Some(at) = self.retry_at {
-            if Instant::now() < at && !sync {
-                return Err(self
-                    .shared
-                    .progress
-                    .lock()
-                    .last_error
-                    .clone()
-                    .unwrap_or_default());
+            let now = Instant::now();
+            if now < at && !last {
+                let mut progress = self.shared.progress.lock();
+                // Durable callers waiting for these records learn now that they are not
+                // durable yet (they stay queued and are retried).
+                progress.failed_seq = self.seq;
+                let error = format!(
+                    "{} (next attempt in {:?})",
+                    progress.last_error.as_deref().unwrap_or("write failed"),
+                    at - now
+                );
+                drop(progress);
+                self.shared.progress_cv.notify_all();
+                return Err(error);
             }
         }
         let mut error: Option<String> = None;
         let mut written = 0u64;
         for i in 0..self.pending.len() {
-            if self.pending[i].records == 0 {
+            if self.pending[i].lines.is_empty() {
                 continue;
             }
-            let key = self.pending[i].key;
-            match self.write_pending(i) {
-                Ok(()) => {
-                    let p = &mut self.pending[i];
-                    written += p.records;
-                    self.pending_bytes -= p.bytes.len();
-                    p.bytes.clear();
-                    p.records = 0;
-                }
-                Err(e) => {
-                    let path = self.path_for(key);
-                    error = Some(format!("{}: {e}", path.display()));
-                }
+            let path = self.path_for(self.pending[i].key);
+            let (lines, result) = self.write_pending(i, &path);
+            written += lines;
+            if let Err(e) = result {
+                error = Some(format!("{}: {e}", path.display()));
             }
         }
         self.shared.written.fetch_add(written, Ordering::Relaxed);
@@ -630,7 +725,8 @@ impl WriterState {
         }
         // Idle pending slots of past days are released.
         let today = self.now().day();
-        self.pending.retain(|p| p.records > 0 || p.key.1 >= today);
+        self.pending
+            .retain(|p| !p.lines.is_empty() || p.key.1 >= today);
         self.close_old_files();
 
         let mut progress = self.shared.progress.lock();
@@ -639,8 +735,7 @@ impl WriterState {
                 let lowest_unsynced = self
                     .pending
                     .iter()
-                    .filter(|p| p.records > 0)
-                    .map(|p| p.first_seq)
+                    .filter_map(|p| p.lines.front().map(|l| l.seq))
                     .min();
                 let synced_all = self.files.values().all(|f| !f.unsynced);
                 if synced_all {
@@ -666,7 +761,25 @@ impl WriterState {
         }
         drop(progress);
         self.shared.progress_cv.notify_all();
+        self.observe();
         error.map_or(Ok(()), Err)
+    }
+
+    /// Hands the records in the log to the observers, in queue order: every written record
+    /// in `buffered` mode, once every file is synced in `durable` mode.
+    fn observe(&mut self) {
+        if self.unobserved.is_empty() || (self.durable && self.files.values().any(|f| f.unsynced)) {
+            return;
+        }
+        self.unobserved.sort_unstable_by_key(|(seq, _)| *seq);
+        for (_, record) in self.unobserved.drain(..) {
+            for o in &mut self.observers {
+                match &record {
+                    Observed::Execution(r) => o.execution(r),
+                    Observed::Validation(r) => o.validation(r),
+                }
+            }
+        }
     }
 
     fn now(&self) -> Timestamp {
@@ -680,28 +793,81 @@ impl WriterState {
         }
     }
 
-    fn write_pending(&mut self, i: usize) -> io::Result<()> {
+    /// Appends the lines of `pending[i]` to its file (`path`). On a failure, the whole
+    /// lines that reached the file stay there and leave the pending bytes; a torn last line
+    /// is cut off. Returns how many lines were written.
+    fn write_pending(&mut self, i: usize, path: &Path) -> (u64, io::Result<()>) {
         let key = self.pending[i].key;
         if !self.files.contains_key(&key) {
-            let path = self.path_for(key);
-            let file = open_for_append(&path)?;
-            self.files.insert(key, file);
-        }
-        let f = self.files.get_mut(&key).expect("just inserted");
-        let bytes = &self.pending[i].bytes;
-        match f.file.write_all(bytes) {
-            Ok(()) => {
-                f.len += bytes.len() as u64;
-                f.unsynced = true;
-                Ok(())
+            match self.storage.open(path) {
+                Ok((file, len)) => {
+                    let path = path.to_path_buf();
+                    let unsynced = false;
+                    self.files.insert(
+                        key,
+                        OpenFile {
+                            file,
+                            path,
+                            len,
+                            unsynced,
+                        },
+                    );
+                }
+                Err(e) => return (0, Err(e)),
             }
-            Err(e) => {
-                // Roll back a partial line so the file stays whole lines; reopen next time.
-                let _ = f.file.set_len(f.len);
+        }
+        let Some(f) = self.files.get_mut(&key) else {
+            return (0, Err(io::Error::other("the file was not opened")));
+        };
+        let p = &mut self.pending[i];
+        let mut done = 0;
+        let mut failure = None;
+        while done < p.bytes.len() {
+            match f.file.write(&p.bytes[done..]) {
+                Ok(0) => {
+                    failure = Some(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "the file took no bytes",
+                    ));
+                    break;
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        // The whole lines among the bytes the file took.
+        let (mut lines, mut bytes) = (0, 0);
+        for line in &p.lines {
+            if bytes + line.len > done {
+                break;
+            }
+            lines += 1;
+            bytes += line.len;
+        }
+        if done > bytes {
+            // Cut the torn line. If even that fails, the handle is dropped and the reopen
+            // repairs the tail (cutting exactly the torn line), after syncing what is whole.
+            if f.file.set_len(f.len + bytes as u64).is_err() {
+                if bytes > 0 {
+                    let _ = f.file.sync_data();
+                }
                 self.files.remove(&key);
-                Err(e)
             }
         }
+        if let Some(f) = self.files.get_mut(&key) {
+            f.len += bytes as u64;
+            f.unsynced |= bytes > 0;
+        }
+        p.bytes.drain(..bytes);
+        self.pending_bytes -= bytes;
+        for line in p.lines.drain(..lines) {
+            self.unobserved.push((line.seq, line.record));
+        }
+        (lines as u64, failure.map_or(Ok(()), Err))
     }
 
     fn sync_all(&mut self) -> std::result::Result<(), String> {
@@ -730,7 +896,7 @@ impl WriterState {
 
 /// Opens (creating durably if needed) a JSONL file for appending, after repairing a torn
 /// tail: anything after the last newline, and a last line that does not parse, is cut off.
-fn open_for_append(path: &Path) -> io::Result<OpenFile> {
+fn open_for_append(path: &Path) -> io::Result<(File, u64)> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let existed = path.exists();
     let mut file = OpenOptions::new()
@@ -743,12 +909,7 @@ fn open_for_append(path: &Path) -> io::Result<OpenFile> {
         sync_dir(dir)?;
     }
     let len = repair_tail(&mut file, path)?;
-    Ok(OpenFile {
-        file,
-        path: path.to_path_buf(),
-        len,
-        unsynced: false,
-    })
+    Ok((file, len))
 }
 
 /// Truncates a torn last line; returns the resulting length.
@@ -1143,6 +1304,258 @@ mod tests {
         w.log_execution(record(2, DAY1)).unwrap();
         w.shutdown(Duration::from_secs(10)).unwrap();
         assert_eq!(obs.0.lock().0, 2);
+    }
+
+    /// A disk with `free` bytes left: a write takes what fits, then fails as a full disk
+    /// does; truncating gives the bytes back. `fail_sync` makes fsync fail.
+    #[derive(Clone, Default)]
+    struct SmallDisk {
+        free: Arc<AtomicU64>,
+        fail_sync: Arc<AtomicBool>,
+    }
+
+    impl SmallDisk {
+        fn with_free(free: u64) -> SmallDisk {
+            let disk = SmallDisk::default();
+            disk.free.store(free, Ordering::SeqCst);
+            disk
+        }
+    }
+
+    struct SmallFile {
+        file: File,
+        disk: SmallDisk,
+    }
+
+    impl LogStorage for SmallDisk {
+        fn open(&self, path: &Path) -> io::Result<(Box<dyn LogFile>, u64)> {
+            let (file, len) = open_for_append(path)?;
+            let disk = self.clone();
+            Ok((Box::new(SmallFile { file, disk }), len))
+        }
+    }
+
+    impl LogFile for SmallFile {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let free = self.disk.free.load(Ordering::SeqCst);
+            if free == 0 {
+                return Err(io::Error::other("No space left on device (simulated)"));
+            }
+            let n = Write::write(&mut self.file, &buf[..buf.len().min(free as usize)])?;
+            self.disk.free.fetch_sub(n as u64, Ordering::SeqCst);
+            Ok(n)
+        }
+
+        fn set_len(&mut self, len: u64) -> io::Result<()> {
+            let old = self.file.metadata()?.len();
+            self.file.set_len(len)?;
+            self.disk
+                .free
+                .fetch_add(old.saturating_sub(len), Ordering::SeqCst);
+            Ok(())
+        }
+
+        fn sync_data(&mut self) -> io::Result<()> {
+            if self.disk.fail_sync.load(Ordering::SeqCst) {
+                return Err(io::Error::other("fsync failed (simulated)"));
+            }
+            self.file.sync_data()
+        }
+    }
+
+    fn small_disk_writer(
+        dir: &Path,
+        options: WriterOptions,
+        disk: &SmallDisk,
+        obs: Counting,
+    ) -> DatasetWriter {
+        DatasetWriter::start_with(
+            DatasetLayout::new(dir, "spam"),
+            "spam",
+            options,
+            day1_clock(),
+            vec![Box::new(obs)],
+            Arc::new(disk.clone()),
+        )
+        .unwrap()
+    }
+
+    /// Polls `done` every 10 ms for at most 30 s.
+    fn eventually(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "never happened: {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn line_len(i: u64) -> u64 {
+        serde_json::to_vec(&record(i, DAY1)).unwrap().len() as u64 + 1
+    }
+
+    #[test]
+    fn no_commit_retries_before_the_backoff_has_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = SmallDisk::with_free(0);
+        let shared = Arc::new(Shared::default());
+        let layout = DatasetLayout::new(dir.path(), "spam");
+        std::fs::create_dir_all(layout.executions_dir()).unwrap();
+        let mut state = WriterState::new(
+            layout.clone(),
+            false,
+            day1_clock(),
+            Vec::new(),
+            shared.clone(),
+            Arc::new(disk.clone()),
+        );
+        state.backoff = Duration::from_secs(3600);
+        let day = parse_day("2025-11-25").unwrap();
+        state.append(Kind::Executions, day, Observed::Execution(record(1, DAY1)));
+        assert!(state.commit(true, false).is_err());
+        assert_eq!(shared.write_errors.load(Ordering::SeqCst), 1);
+        // The disk has room again, but within the backoff neither the periodic sync nor a
+        // durable batch or a flush (all `commit(true, _)`) makes an attempt.
+        disk.free.store(u64::MAX, Ordering::SeqCst);
+        for _ in 0..50 {
+            let err = state.commit(true, false).unwrap_err();
+            assert!(
+                err.contains("No space left") && err.contains("next attempt in"),
+                "{err}"
+            );
+        }
+        assert_eq!(shared.write_errors.load(Ordering::SeqCst), 1);
+        assert_eq!(shared.written.load(Ordering::SeqCst), 0);
+        // The last commit of a shutdown tries regardless.
+        state.commit(true, true).unwrap();
+        assert_eq!(lines(&layout.executions_file(day)).len(), 1);
+    }
+
+    #[test]
+    fn a_failing_disk_is_retried_with_backoff_not_at_every_periodic_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = DatasetLayout::new(dir.path(), "spam");
+        let w = writer(dir.path(), opts(false), day1_clock(), Counting::default());
+        let file = layout.executions_file(parse_day("2025-11-25").unwrap());
+        std::fs::create_dir_all(&file).unwrap();
+        w.log_execution(record(1, DAY1)).unwrap();
+        // 8 s idle: the backoff (50 ms doubling to 5 s) allows 8 attempts; the periodic
+        // sync used to force one every 100 ms once 5 s had passed (~35 attempts). A loaded
+        // machine can only make fewer.
+        std::thread::sleep(Duration::from_secs(8));
+        let attempts = w.metrics().write_errors;
+        eprintln!("failed write attempts in 8 s idle: {attempts}");
+        assert!((1..=9).contains(&attempts), "{attempts} attempts in 8 s");
+    }
+
+    #[test]
+    fn a_disk_with_room_for_part_of_the_backlog_takes_whole_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = DatasetLayout::new(dir.path(), "spam");
+        let file = layout.executions_file(parse_day("2025-11-25").unwrap());
+        let disk = SmallDisk::with_free(0);
+        let obs = Counting::default();
+        let w = small_disk_writer(dir.path(), opts(false), &disk, obs.clone());
+        for i in 0..30 {
+            w.log_execution(record(i, DAY1)).unwrap();
+        }
+        assert!(w.flush(Duration::from_secs(5)).is_err());
+        assert!(!w.healthy());
+        // Room for 10 records and half of the 11th.
+        let room: u64 = (0..10).map(line_len).sum::<u64>() + line_len(10) / 2;
+        disk.free.store(room, Ordering::SeqCst);
+        eventually("10 records written", || w.metrics().written >= 10);
+        let got = lines(&file);
+        assert_eq!(got.len(), 10);
+        for (i, line) in got.iter().enumerate() {
+            assert_eq!(
+                line["input"]["text"],
+                format!("message {i}\nwith a newline")
+            );
+        }
+        let m = w.metrics();
+        assert_eq!((m.written, m.pending), (10, 20));
+        assert!(!w.healthy() && m.last_error.is_some());
+        // The torn half line was cut off and its bytes given back.
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().len(),
+            (0..10).map(line_len).sum::<u64>()
+        );
+        // Room for everything: health recovers once the backlog is drained.
+        disk.free.store(u64::MAX, Ordering::SeqCst);
+        eventually("healthy again", || w.healthy());
+        let m = w.metrics();
+        assert_eq!((m.written, m.pending, m.last_error), (30, 0, None));
+        let got = lines(&file);
+        assert_eq!(got.len(), 30);
+        for (i, line) in got.iter().enumerate() {
+            assert_eq!(
+                line["input"]["text"],
+                format!("message {i}\nwith a newline")
+            );
+        }
+        w.shutdown(Duration::from_secs(10)).unwrap();
+        assert_eq!(obs.0.lock().0, 30);
+    }
+
+    #[test]
+    fn observers_see_only_records_in_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = SmallDisk::with_free(0);
+        let obs = Counting::default();
+        let w = small_disk_writer(dir.path(), opts(false), &disk, obs.clone());
+        for i in 0..5 {
+            w.log_execution(record(i, DAY1)).unwrap();
+        }
+        assert!(w.flush(Duration::from_secs(5)).is_err());
+        assert_eq!(
+            obs.0.lock().0,
+            0,
+            "observers saw records that are not in the log"
+        );
+        disk.free.store(line_len(0) + line_len(1), Ordering::SeqCst);
+        eventually("2 records written", || w.metrics().written >= 2);
+        assert_eq!(obs.0.lock().0, 2);
+        disk.free.store(u64::MAX, Ordering::SeqCst);
+        eventually("all written", || w.metrics().written == 5);
+        w.shutdown(Duration::from_secs(10)).unwrap();
+        assert_eq!(obs.0.lock().0, 5);
+    }
+
+    #[test]
+    fn a_record_never_written_never_reaches_the_observers() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = SmallDisk::with_free(0);
+        let obs = Counting::default();
+        let w = small_disk_writer(dir.path(), opts(false), &disk, obs.clone());
+        w.log_execution(record(1, DAY1)).unwrap();
+        let err = w.shutdown(Duration::from_secs(10)).unwrap_err();
+        assert!(
+            err.to_string().contains("1 records could not be written"),
+            "{err}"
+        );
+        let seen = obs.0.lock();
+        assert_eq!((seen.0, seen.2), (0, true));
+    }
+
+    #[test]
+    fn durable_observers_see_a_record_only_once_it_is_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = SmallDisk::with_free(u64::MAX);
+        disk.fail_sync.store(true, Ordering::SeqCst);
+        let obs = Counting::default();
+        let w = small_disk_writer(dir.path(), opts(true), &disk, obs.clone());
+        let err = w.log_execution(record(1, DAY1)).unwrap_err();
+        assert!(err.to_string().contains("fsync failed"), "{err}");
+        assert_eq!(w.metrics().written, 1);
+        assert_eq!(
+            obs.0.lock().0,
+            0,
+            "observers saw a record that is not synced"
+        );
+        disk.fail_sync.store(false, Ordering::SeqCst);
+        eventually("synced and observed", || obs.0.lock().0 == 1);
+        assert!(w.healthy());
+        w.shutdown(Duration::from_secs(10)).unwrap();
     }
 
     #[test]
