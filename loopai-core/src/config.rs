@@ -25,6 +25,13 @@ use serde_yaml_ng::Value as YamlValue;
 
 use crate::error::{Error, ErrorKind, Result};
 
+mod gateway;
+
+pub use gateway::{
+    GatewayConfig, GatewayRoute, GatewayTaskConfig, InputMapping, InputMode, LearnConfig,
+    MessagePick, Pick, UpstreamConfig,
+};
+
 /// The largest accepted `execution.max_input_bytes` (64 MiB).
 const MAX_INPUT_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 /// The largest accepted `execution.worker_count` and `validation.workers`.
@@ -101,6 +108,12 @@ pub struct DeploymentConfig {
     /// `rollout`: canary rollout of new versions (see `docs/rollout.md`).
     #[serde(deserialize_with = "null_as_default")]
     pub rollout: RolloutConfig,
+    /// `gateway`: the OpenAI-compatible gateway of `loopai serve` (default: off; see
+    /// `docs/gateway.md`).
+    pub gateway: Option<GatewayConfig>,
+    /// `learn`: background learning of gateway tasks (see `docs/gateway.md`).
+    #[serde(deserialize_with = "null_as_default")]
+    pub learn: LearnConfig,
 }
 
 /// The `runtime` section.
@@ -976,6 +989,15 @@ impl DeploymentConfig {
     /// (`sampling.rate: must be between 0 and 1, got 1.5`). The loaders call this and
     /// prefix the origin; call it yourself after changing fields.
     pub fn validate(&self) -> Result<()> {
+        if let Some(gateway) = &self.gateway {
+            gateway.validate()?;
+            if self.privacy.hash_inputs {
+                return Err(config_error(
+                    "gateway: cannot run with privacy.hash_inputs: true (the gateway learns from the inputs' text)",
+                ));
+            }
+        }
+        self.learn.validate()?;
         if let Some(id) = &self.runtime.deployment_id {
             if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
                 return Err(config_error(

@@ -167,9 +167,11 @@ pub use artifact::{
 pub use clock::{day_string, parse_day, Clock, SystemClock, Timestamp};
 pub use config::{
     ArtifactRetention, CloudConfig, ComparisonMode, DeploymentConfig, Durability, ExecutionConfig,
-    ExecutionRetention, Fallback, OnFull, OracleConfig, OracleKind, PrivacyConfig, PrivacyMode,
-    RetentionConfig, RolloutConfig, RuntimeConfig, RuntimeMode, SamplingConfig, SamplingStrategies,
-    SamplingStrategy, StorageConfig, TelemetryConfig, ValidationConfig, ValidationRetention,
+    ExecutionRetention, Fallback, GatewayConfig, GatewayRoute, GatewayTaskConfig, InputMapping,
+    InputMode, LearnConfig, MessagePick, OnFull, OracleConfig, OracleKind, Pick, PrivacyConfig,
+    PrivacyMode, RetentionConfig, RolloutConfig, RuntimeConfig, RuntimeMode, SamplingConfig,
+    SamplingStrategies, SamplingStrategy, StorageConfig, TelemetryConfig, UpstreamConfig,
+    ValidationConfig, ValidationRetention,
 };
 pub use dataset::{
     apply_retention, read_stats, rebuild_stats, write_stats, DailyAggregate, DailyStats,

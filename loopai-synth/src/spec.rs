@@ -121,6 +121,17 @@ impl TaskSpec {
     /// several problems, all of them are listed, one a line (at most 20, then how many
     /// more). An extraction task (an object output) is [`ErrorKind::Program`].
     pub fn validate(&self) -> Result<()> {
+        self.check(true)
+    }
+
+    /// Checks the specification as [`TaskSpec::validate`] does, except that it may have no
+    /// example yet: a task served through the gateway learns from the LLM's answers. Its
+    /// labels must then be given by `output_schema.enum`.
+    pub fn validate_without_examples(&self) -> Result<()> {
+        self.check(false)
+    }
+
+    fn check(&self, need_examples: bool) -> Result<()> {
         let mut problems = Vec::new();
         let n = self.name.chars().count();
         if n == 0 || n > 128 {
@@ -199,7 +210,7 @@ impl TaskSpec {
                 }
             }
         }
-        if self.examples.is_empty() {
+        if need_examples && self.examples.is_empty() {
             problems.push("spec.examples: at least one example is needed".to_string());
         }
         if problems.is_empty() {
@@ -226,8 +237,9 @@ impl TaskSpec {
             .collect()
     }
 
-    /// The output labels, from `output_schema.enum` or else the examples.
-    pub(crate) fn labels(&self) -> Result<Vec<String>> {
+    /// The labels of a classification task: `output_schema.enum`, else the distinct example
+    /// outputs (sorted). Errors as [`TaskSpec::validate`] for unsupported output schemas.
+    pub fn labels(&self) -> Result<Vec<String>> {
         let schema = self
             .output_schema
             .as_object()

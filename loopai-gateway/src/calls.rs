@@ -1,0 +1,293 @@
+//! The gateway's call log, `<data_dir>/datasets/<task>/gateway/calls-YYYY-MM-DD.jsonl`:
+//! the record of a call, the background writer, and reading it back.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use loopai_core::{day_string, DatasetLayout, Error, ErrorKind, Result, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Lines queued for the writer at most; more are dropped and counted.
+pub(crate) const QUEUE: usize = 8192;
+
+/// What the program answered on a call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgramAnswer {
+    /// The artifact version that ran.
+    pub version: u32,
+    /// Its output (a label, or null when it abstained without one).
+    pub output: Value,
+    /// Its confidence.
+    pub confidence: f64,
+}
+
+/// `call` or `validation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallKind {
+    /// A call answered by the program or forwarded.
+    Call,
+    /// The upstream's answer on a call the program answered, asked in the background.
+    Validation,
+}
+
+/// Who answered a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The program, locally.
+    Program,
+    /// The upstream LLM.
+    Oracle,
+}
+
+/// One line of the call log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct CallRecord {
+    /// The call's id (the execution id when the program answered).
+    pub id: Uuid,
+    /// When the call was recorded.
+    pub timestamp: Timestamp,
+    /// `call` or `validation`.
+    pub kind: CallKind,
+    /// Who answered the client.
+    pub source: Source,
+    /// The program's input.
+    pub input: Value,
+    /// The oracle's answer normalised to a label (null when it answered outside the labels,
+    /// or did not answer).
+    pub label: Option<String>,
+    /// Whether the oracle answered outside the label set.
+    pub outside_labels: bool,
+    /// What the program answered, when it ran.
+    pub program: Option<ProgramAnswer>,
+    /// Time in the program, in milliseconds.
+    pub program_latency_ms: Option<f64>,
+    /// Time of the upstream call, in milliseconds.
+    pub upstream_latency_ms: Option<f64>,
+    /// The upstream's `usage.total_tokens`.
+    pub upstream_tokens: Option<u64>,
+}
+
+/// `datasets/<task>/gateway/`.
+pub(crate) fn calls_dir(data_dir: &Path, task: &str) -> PathBuf {
+    DatasetLayout::new(data_dir, task).root().join("gateway")
+}
+
+enum Msg {
+    Line(usize, Timestamp, Vec<u8>),
+    Flush(Sender<()>),
+    Stop,
+}
+
+/// The background writer of every task's call log.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    tx: Sender<MsgBox>,
+    pub(crate) dropped: Arc<AtomicU64>,
+    pub(crate) write_errors: Arc<AtomicU64>,
+}
+
+/// `Msg` behind a newtype so that `Writer` can derive `Debug`.
+struct MsgBox(Msg);
+
+impl std::fmt::Debug for MsgBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Msg")
+    }
+}
+
+impl Writer {
+    /// Starts the writer thread for the tasks' directories (index = task index).
+    pub(crate) fn start(dirs: Vec<PathBuf>) -> Result<(Writer, JoinHandle<()>)> {
+        let (tx, rx) = bounded::<MsgBox>(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let write_errors = Arc::new(AtomicU64::new(0));
+        let errors = Arc::clone(&write_errors);
+        let handle = std::thread::Builder::new()
+            .name("loopai-gateway-log".into())
+            .spawn(move || write_loop(&dirs, &rx, &errors))
+            .map_err(|e| Error::io("starting the gateway log thread", e))?;
+        Ok((
+            Writer {
+                tx,
+                dropped,
+                write_errors,
+            },
+            handle,
+        ))
+    }
+
+    /// Queues a record of task `index`; drops and counts it when the queue is full.
+    pub(crate) fn push(&self, index: usize, record: &CallRecord) {
+        let mut line = match serde_json::to_vec(record) {
+            Ok(line) => line,
+            Err(e) => {
+                log::warn!("loopai gateway: could not serialize a call record: {e}");
+                self.write_errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        line.push(b'\n');
+        match self
+            .tx
+            .try_send(MsgBox(Msg::Line(index, record.timestamp, line)))
+        {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Waits until every record queued before the call is written, at most `timeout`.
+    pub(crate) fn flush(&self, timeout: Duration) -> Result<()> {
+        let (done_tx, done_rx) = bounded(1);
+        let deadline = Instant::now() + timeout;
+        self.tx
+            .send_deadline(MsgBox(Msg::Flush(done_tx)), deadline)
+            .map_err(|_| timeout_error())?;
+        done_rx.recv_deadline(deadline).map_err(|_| timeout_error())
+    }
+
+    /// Stops the writer: it writes what is queued before, then exits.
+    pub(crate) fn stop(&self) {
+        let _ = self
+            .tx
+            .send_timeout(MsgBox(Msg::Stop), Duration::from_secs(1));
+    }
+}
+
+fn timeout_error() -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        "gateway call log: not written within the timeout",
+    )
+}
+
+fn write_loop(dirs: &[PathBuf], rx: &Receiver<MsgBox>, errors: &AtomicU64) {
+    let mut open: HashMap<usize, (String, BufWriter<File>)> = HashMap::new();
+    loop {
+        let msg = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(MsgBox(msg)) => msg,
+            Err(RecvTimeoutError::Timeout) => {
+                flush_all(&mut open, errors);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        match msg {
+            Msg::Line(index, ts, line) => {
+                let Some(dir) = dirs.get(index) else { continue };
+                let day = day_string(ts.day());
+                let stale = open.get(&index).is_none_or(|(d, _)| *d != day);
+                if stale {
+                    if let Some((_, mut w)) = open.remove(&index) {
+                        let _ = w.flush();
+                    }
+                    match open_day(dir, &day) {
+                        Ok(w) => {
+                            open.insert(index, (day, w));
+                        }
+                        Err(e) => {
+                            log::warn!("loopai gateway: {e}");
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    }
+                }
+                if let Some((_, w)) = open.get_mut(&index) {
+                    if let Err(e) = w.write_all(&line) {
+                        log::warn!("loopai gateway: writing the call log: {e}");
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if rx.is_empty() {
+                    flush_all(&mut open, errors);
+                }
+            }
+            Msg::Flush(done) => {
+                flush_all(&mut open, errors);
+                let _ = done.send(());
+            }
+            Msg::Stop => break,
+        }
+    }
+    flush_all(&mut open, errors);
+}
+
+fn flush_all(open: &mut HashMap<usize, (String, BufWriter<File>)>, errors: &AtomicU64) {
+    for (_, w) in open.values_mut() {
+        if let Err(e) = w.flush() {
+            log::warn!("loopai gateway: flushing the call log: {e}");
+            errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn open_day(dir: &Path, day: &str) -> Result<BufWriter<File>> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let path = dir.join(format!("calls-{day}.jsonl"));
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    Ok(BufWriter::with_capacity(64 * 1024, file))
+}
+
+/// Every record of `task`'s call log, oldest day first. A torn last line (a crash while
+/// writing) is skipped; other unreadable lines are errors naming file and line.
+pub(crate) fn read_all(data_dir: &Path, task: &str) -> Result<Vec<CallRecord>> {
+    let dir = calls_dir(data_dir, task);
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("calls-") && n.ends_with(".jsonl"))
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("reading {}", dir.display()), e)),
+    };
+    files.sort();
+    let mut out = Vec::new();
+    for path in files {
+        let file =
+            File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let lines: Vec<String> = BufReader::new(file)
+            .lines()
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let last = lines.len();
+        for (i, line) in lines.iter().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<CallRecord>(line) {
+                Ok(r) => out.push(r),
+                Err(_) if i + 1 == last => {}
+                Err(e) => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        format!("{}:{}: {e}", path.display(), i + 1),
+                    ))
+                }
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,345 @@
+//! The gateway library end to end, without HTTP: shadow forwarding and labels, learning at
+//! `learn.min_examples`, the calibrated threshold, local answers, drift back to
+//! forwarding, bad input, and state restored on reopening.
+
+use std::path::Path;
+use std::time::Duration;
+
+use loopai_core::{DeploymentConfig, ErrorKind};
+use loopai_gateway::{
+    add_task, summarize, ChatRequest, Decision, Gateway, Recorded, TaskState, UpstreamAnswer,
+};
+use loopai_synth::TaskSpec;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn spec() -> TaskSpec {
+    TaskSpec::from_json(
+        br#"{"name": "spam", "description": "Is this SMS spam?",
+        "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+        "output_schema": {"type": "string", "enum": ["spam", "ham"]}}"#,
+    )
+    .unwrap()
+}
+
+/// Learning at 60 labels; `growth` large: one pass only, unless a test says otherwise.
+fn config(extra: &str) -> DeploymentConfig {
+    let extra = if extra.contains("learn:") {
+        extra.to_string()
+    } else {
+        format!("learn: {{min_examples: 60, growth: 100, seed: 7}}\n{extra}")
+    };
+    DeploymentConfig::from_yaml_str(
+        &format!(
+            "gateway:\n  upstream: {{base_url: 'http://127.0.0.1:9/v1'}}\n  max_disagreement: 0.05\n  routes:\n    - {{task: spam, model: sms-model}}\nsampling: {{rate: 0}}\n{extra}"
+        ),
+        "test",
+    )
+    .unwrap()
+}
+
+/// A deterministic SMS-like stream: (text, label).
+fn messages(n: usize, seed: u64) -> Vec<(String, &'static str)> {
+    const SPAM: [&str; 10] = [
+        "win", "free", "prize", "claim", "cash", "urgent", "offer", "winner", "txt", "reward",
+    ];
+    const HAM: [&str; 10] = [
+        "lunch", "meeting", "tomorrow", "home", "love", "dinner", "work", "movie", "later", "mum",
+    ];
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..n)
+        .map(|_| {
+            let spam = rng.bool();
+            let words = if spam { &SPAM } else { &HAM };
+            let mut text = vec!["the", "you"];
+            for _ in 0..rng.usize(3..7) {
+                text.push(words[rng.usize(..words.len())]);
+            }
+            rng.shuffle(&mut text);
+            (text.join(" "), if spam { "spam" } else { "ham" })
+        })
+        .collect()
+}
+
+fn request(text: &str) -> ChatRequest {
+    let body = serde_json::json!({"model": "sms-model", "messages": [
+        {"role": "system", "content": "Answer spam or ham."},
+        {"role": "user", "content": text}]});
+    ChatRequest::parse(body.to_string().as_bytes()).unwrap()
+}
+
+/// Sends `text` through the gateway; a forwarded call gets `label` from the "upstream".
+/// Returns whether the program answered.
+fn call(gw: &Gateway, text: &str, label: &str) -> bool {
+    match gw.decide(None, &request(text)).unwrap() {
+        Decision::Local(_) => true,
+        Decision::Forward(pending) => {
+            assert_eq!(pending.task(), Some("spam"));
+            let recorded =
+                gw.record_upstream(pending, &UpstreamAnswer::new(Some(label), Some(40), 100.0));
+            assert_eq!(recorded, Recorded::Label(label.to_string()));
+            false
+        }
+        _ => unreachable!(),
+    }
+}
+
+fn setup(dir: &Path) {
+    add_task(dir, &spec()).unwrap();
+}
+
+#[test]
+fn shadow_forwards_and_records_labels_and_outside_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let gw = Gateway::open(dir.path(), &config("")).unwrap();
+    assert_eq!(gw.tasks(), ["spam"]);
+    for (text, label) in messages(5, 1) {
+        assert!(!call(&gw, &text, label));
+    }
+    // Normalised: quotes, case, a final period.
+    let Decision::Forward(p) = gw.decide(Some("spam"), &request("x")).unwrap() else {
+        panic!("shadow must forward")
+    };
+    assert_eq!(
+        gw.record_upstream(p, &UpstreamAnswer::new(Some(" \"SPAM.\"\n"), None, 1.0)),
+        Recorded::Label("spam".into())
+    );
+    let Decision::Forward(p) = gw.decide(None, &request("y")).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        gw.record_upstream(
+            p,
+            &UpstreamAnswer::new(Some("I cannot tell."), Some(12), 1.0)
+        ),
+        Recorded::Outside
+    );
+    // A failed upstream call records nothing.
+    let Decision::Forward(p) = gw.decide(None, &request("z")).unwrap() else {
+        panic!()
+    };
+    gw.record_failure(p);
+    // No task: forwarded untouched, counted.
+    let other = ChatRequest::parse(
+        br#"{"model": "other", "messages": [{"role": "user", "content": "hi"}]}"#,
+    )
+    .unwrap();
+    let Decision::Forward(p) = gw.decide(None, &other).unwrap() else {
+        panic!()
+    };
+    assert_eq!(p.task(), None);
+    assert_eq!(
+        gw.record_upstream(p, &UpstreamAnswer::new(Some("hello"), None, 1.0)),
+        Recorded::Untasked
+    );
+    let stats = gw.stats();
+    assert_eq!(stats.untasked_calls, 1);
+    let t = &stats.tasks[0];
+    assert_eq!(t.state, TaskState::Shadow);
+    assert_eq!((t.calls, t.local, t.forwarded), (8, 0, 8));
+    assert_eq!(
+        (t.oracle_labels, t.outside_labels, t.upstream_errors),
+        (6, 1, 1)
+    );
+    assert_eq!(t.upstream_tokens, 5 * 40 + 12);
+    gw.flush(WAIT).unwrap();
+    let day_files: Vec<_> = std::fs::read_dir(dir.path().join("datasets/spam/gateway"))
+        .unwrap()
+        .collect();
+    assert_eq!(day_files.len(), 1);
+    let text = std::fs::read_to_string(day_files[0].as_ref().unwrap().path()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 7, "the failed call is not logged");
+    assert_eq!(lines[0]["source"], "oracle");
+    assert_eq!(lines[0]["input"]["text"], messages(1, 1)[0].0);
+    assert_eq!(lines[6]["label"], serde_json::Value::Null);
+    assert_eq!(lines[6]["outside_labels"], true);
+    gw.shutdown(WAIT).unwrap();
+
+    // Reopened: the counters come back from the call log.
+    let gw = Gateway::open(dir.path(), &config("")).unwrap();
+    let t = &gw.stats().tasks[0];
+    assert_eq!((t.calls, t.oracle_labels, t.outside_labels), (7, 6, 1));
+    gw.shutdown(WAIT).unwrap();
+    let offline = summarize(dir.path(), None).unwrap();
+    assert_eq!(offline[0].oracle_labels, 6);
+    assert_eq!(offline[0].state, TaskState::Shadow);
+}
+
+#[test]
+fn bad_input_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let yaml = "  tasks:\n    spam:\n      input: {mode: json}\n";
+    let mut c = config("");
+    let with_json = DeploymentConfig::from_yaml_str(
+        &format!("gateway:\n  upstream: {{base_url: 'http://127.0.0.1:9/v1'}}\n{yaml}"),
+        "test",
+    )
+    .unwrap();
+    c.gateway = with_json.gateway;
+    let gw = Gateway::open(dir.path(), &c).unwrap();
+    let err = gw.decide(Some("nope"), &request("x")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(
+        err.to_string().contains("\"nope\" is not a gateway task"),
+        "{err}"
+    );
+    let err = gw.decide(Some("spam"), &request("not json")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Schema);
+    assert!(err.to_string().contains("is not JSON"), "{err}");
+    assert_eq!(gw.stats().tasks[0].calls, 0, "refused calls are not calls");
+    gw.shutdown(WAIT).unwrap();
+
+    // A route to a task without a spec is a configuration error.
+    let bad = DeploymentConfig::from_yaml_str(
+        "gateway:\n  upstream: {base_url: 'http://127.0.0.1:9/v1'}\n  routes: [{task: ghost, model: m}]\n",
+        "test",
+    )
+    .unwrap();
+    let err = Gateway::open(dir.path(), &bad).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("gateway.routes[0].task"), "{err}");
+    // An extraction spec is refused by `tasks add`, naming the schema.
+    let extraction = TaskSpec::from_json(
+        br#"{"name": "order", "output_schema": {"type": "object", "properties": {"id": {"type": "string"}}}}"#,
+    )
+    .unwrap();
+    let err = add_task(dir.path(), &extraction).unwrap_err();
+    assert!(err.to_string().contains("output_schema"), "{err}");
+}
+
+#[test]
+fn learns_at_min_examples_then_answers_locally_within_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let gw = Gateway::open(dir.path(), &config("")).unwrap();
+    let stream = messages(600, 42);
+    // 59 labels: not yet.
+    for (text, label) in &stream[..59] {
+        call(&gw, text, label);
+    }
+    gw.wait_idle(WAIT).unwrap();
+    assert_eq!(gw.stats().tasks[0].active_version, None);
+    // The 60th starts the first learning pass in the background.
+    call(&gw, &stream[59].0, stream[59].1);
+    gw.wait_idle(WAIT).unwrap();
+    let t = gw.stats().tasks[0].clone();
+    assert_eq!(t.active_version, Some(1), "{t:?}");
+    assert!(t.last_learn_error.is_none(), "{t:?}");
+    // 12 held-out pairs cannot show 5% with 95% confidence: still forwarding.
+    assert_eq!(t.state, TaskState::Learning, "{t:?}");
+    // Forwarded calls calibrate the program (it runs on them; the oracle answers).
+    let mut local = 0;
+    for (text, label) in &stream[60..] {
+        local += usize::from(call(&gw, text, label));
+    }
+    gw.wait_idle(WAIT).unwrap();
+    let t = gw.stats().tasks[0].clone();
+    assert_eq!(t.state, TaskState::Serving, "{t:?}");
+    assert!(local > 100, "answered locally: {local}; {t:?}");
+    assert!(t.disagreement_upper.unwrap() <= 0.05, "{t:?}");
+    assert!(t.tokens_saved > 0);
+    let Decision::Local(answer) = gw
+        .decide(None, &request("win free prize cash the you"))
+        .unwrap()
+    else {
+        panic!("a confident input must be answered locally")
+    };
+    assert_eq!(answer.content, "spam");
+    assert!(answer.validate.is_none(), "sampling.rate is 0");
+
+    gw.shutdown(WAIT).unwrap();
+}
+
+#[test]
+fn sampled_local_answers_are_validated_and_disagreement_sends_the_task_back() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let gw = Gateway::open(dir.path(), &config("")).unwrap();
+    for (text, label) in &messages(60, 3) {
+        call(&gw, text, label);
+    }
+    gw.wait_idle(WAIT).unwrap();
+    for (text, label) in &messages(300, 4) {
+        call(&gw, text, label);
+    }
+    gw.wait_idle(WAIT).unwrap();
+    assert_eq!(gw.stats().tasks[0].state, TaskState::Serving);
+    gw.shutdown(WAIT).unwrap();
+
+    // Reopened with every local answer sampled: the state comes back from the log, and
+    // validations that disagree take the task back to forwarding.
+    let mut every = config("");
+    every.sampling.rate = 1.0;
+    let gw = Gateway::open(dir.path(), &every).unwrap();
+    assert_eq!(gw.stats().tasks[0].state, TaskState::Serving);
+    let mut validated = 0;
+    for (text, label) in &messages(100, 5) {
+        match gw.decide(None, &request(text)).unwrap() {
+            Decision::Local(answer) => {
+                let p = answer.validate.expect("rate 1 samples every local answer");
+                let wrong = if answer.content == "spam" {
+                    "ham"
+                } else {
+                    "spam"
+                };
+                gw.record_upstream(p, &UpstreamAnswer::new(Some(wrong), None, 1.0));
+                validated += 1;
+            }
+            Decision::Forward(p) => {
+                gw.record_upstream(p, &UpstreamAnswer::new(Some(label), None, 1.0));
+            }
+            _ => unreachable!(),
+        }
+    }
+    gw.wait_idle(WAIT).unwrap();
+    gw.recalibrate("spam");
+    let t = gw.stats().tasks[0].clone();
+    assert!(validated > 0);
+    assert_eq!(t.validations as usize, validated);
+    assert_eq!(t.validation_disagreements as usize, validated);
+    assert_ne!(t.state, TaskState::Serving, "{t:?}");
+    gw.shutdown(WAIT).unwrap();
+}
+
+#[test]
+fn learns_again_each_time_the_labels_grow_by_the_growth_share() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let gw = Gateway::open(
+        dir.path(),
+        &config("learn: {min_examples: 40, growth: 0.5, seed: 7}\n"),
+    )
+    .unwrap();
+    let stream = messages(70, 11);
+    for (text, label) in &stream[..59] {
+        call(&gw, text, label);
+        gw.wait_idle(WAIT).unwrap();
+    }
+    // Passes at 40 labels and at 60 (40 x 1.5); not yet at 59.
+    assert_eq!(gw.stats().tasks[0].active_version, Some(1));
+    call(&gw, &stream[59].0, stream[59].1);
+    gw.wait_idle(WAIT).unwrap();
+    let t = gw.stats().tasks[0].clone();
+    let versions = loopai_core::ArtifactStore::open(dir.path(), "spam")
+        .unwrap()
+        .versions()
+        .unwrap();
+    assert_eq!(versions, [1, 2], "{t:?}");
+    let report = gw.learn_now("spam").unwrap();
+    assert_eq!(report.labels, 60);
+    assert_eq!(report.version, 3);
+    assert!(report.holdout_agreement.unwrap() > 0.8, "{report:?}");
+    gw.shutdown(WAIT).unwrap();
+}
+
+#[test]
+fn gateway_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Gateway>();
+}
