@@ -45,6 +45,9 @@ scripts/test-bindings.sh
 step "Python package (scripts/test-python.sh: fresh virtualenv, pip install ., pytest, stubtest, ruff)"
 scripts/test-python.sh
 
+step "gateway with the official openai SDK (scripts/test-gateway.sh: stand-in upstream, loopai serve)"
+scripts/test-gateway.sh
+
 step "quick start (README)"
 repo=$PWD
 elsewhere=$(mktemp -d)
