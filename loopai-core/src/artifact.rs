@@ -29,6 +29,7 @@ use crate::fsutil::{
 };
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::program::Program;
 
 /// The value of [`ArtifactMetadata::language`] for programs written by this runtime.
 pub const PROGRAM_LANGUAGE: &str = crate::program::FORMAT;
@@ -196,6 +197,20 @@ pub struct LoadedArtifact {
     pub program: Vec<u8>,
     /// The `v<N>` directory.
     pub dir: PathBuf,
+}
+
+impl LoadedArtifact {
+    /// The task description sent to the oracle: the metadata's `description`, else the
+    /// description of `program` (this artifact's program, compiled).
+    pub(crate) fn description(&self, program: &Program) -> String {
+        self.metadata
+            .extra
+            .get("description")
+            .and_then(Value::as_str)
+            .or_else(|| program.description())
+            .unwrap_or_default()
+            .to_owned()
+    }
 }
 
 /// The artifact cache of one task: `<data_dir>/artifacts/<task>/`.

@@ -9,7 +9,7 @@ use serde::{Serialize, Serializer};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::artifact::{ArtifactStore, LoadedArtifact};
+use crate::artifact::ArtifactStore;
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::config::{DeploymentConfig, Durability, Fallback, OnFull};
 use crate::dataset::{
@@ -23,7 +23,7 @@ use crate::dataset::{
 use crate::error::{Error, ErrorKind, Result};
 use crate::executor::Executor;
 use crate::oracle::{HttpOracle, Oracle};
-use crate::program::{Program, ProgramLimits};
+use crate::program::ProgramLimits;
 use crate::refresh::RefreshMetrics;
 use crate::refresh::{Checker, HttpRepo, Refresh};
 use crate::rollout::RolloutStatus;
@@ -270,10 +270,9 @@ impl RuntimeBuilder {
         };
         let task_info = Arc::new(TaskInfo {
             task: task.clone(),
-            description: arc_swap::ArcSwap::from_pointee(task_description(
-                &loaded,
-                executor.current().program(),
-            )),
+            description: arc_swap::ArcSwap::from_pointee(
+                loaded.description(executor.current().program()),
+            ),
             output_schema,
         });
         let options = WriterOptions {
@@ -854,7 +853,7 @@ impl Runtime {
     pub fn activate(&self, version: u32) -> Result<()> {
         let loaded = self.inner.store.load(version)?;
         let (program, _, _) = crate::executor::compile_artifact(&loaded, &self.inner.limits)?;
-        let description = task_description(&loaded, &program);
+        let description = loaded.description(&program);
         self.inner
             .rollout
             .abort(format!("v{version} activated by hand"), false)?;
@@ -888,7 +887,7 @@ impl Runtime {
                 false,
             )?;
             let (program, _, _) = crate::executor::compile_artifact(&loaded, &self.inner.limits)?;
-            let description = task_description(&loaded, &program);
+            let description = loaded.description(&program);
             self.inner.executor.swap(program, loaded.metadata.version)?;
             self.inner.validator.set_description(description);
             self.inner
@@ -1015,19 +1014,6 @@ fn shutdown_all(inner: &Inner, timeout: Duration) -> Result<()> {
         .and(validated)
         .and(checks)
         .and(persisted)
-}
-
-/// The task description sent to the oracle: the artifact metadata's `description`, else
-/// the program's.
-pub(crate) fn task_description(loaded: &LoadedArtifact, program: &Program) -> String {
-    loaded
-        .metadata
-        .extra
-        .get("description")
-        .and_then(Value::as_str)
-        .or_else(|| program.description())
-        .unwrap_or_default()
-        .to_owned()
 }
 
 fn forked_error() -> Error {

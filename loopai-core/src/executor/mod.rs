@@ -7,12 +7,14 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use serde_json::Value;
 
+pub(crate) mod canary;
+
 use crate::artifact::LoadedArtifact;
 use crate::error::{Error, ErrorKind, Result};
 use crate::program::{Outcome, Program, ProgramLimits};
-use crate::rollout::{ArmHandle, CanarySlot};
 use crate::sampler::SampleReason;
 use crate::schema::JsonSchema;
+use canary::{ArmHandle, CanarySlot};
 
 /// A program together with the artifact version it was loaded from.
 #[derive(Debug)]
