@@ -16,7 +16,7 @@
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,6 @@ use crate::net::{self, parse_retry_after, Backoff, Jitter};
 use crate::program::ProgramLimits;
 use crate::repository::{notifications_url, task_url, MAX_VERSIONS_BYTES};
 use crate::repository::{ArtifactArchive, VersionInfo, VersionList, MAX_ARCHIVE_BYTES};
-use crate::runtime::Runtime;
 
 /// The timeout of every versions-list and download request.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -549,11 +548,17 @@ pub(crate) fn first_download(
     }
 }
 
-/// Hands a newly installed version over to the runtime: it starts the version's canary
-/// rollout ([`Runtime::begin_rollout`]; with `rollout.enabled: false` the version is
-/// activated at once). Executions in flight finish on the program they started with.
-fn hand_over(runtime: &Runtime, version: u32) -> Result<()> {
-    runtime.begin_rollout(version)
+/// What the refresh thread needs of the runtime it feeds. The runtime implements it on a
+/// weak handle: once the runtime is gone, every call answers `None` and the thread exits.
+pub(crate) trait RefreshTarget: Send + 'static {
+    /// The artifact version executing now; `None` once the runtime is gone.
+    fn active_version(&self) -> Option<u32>;
+
+    /// Hands a newly installed version over: the runtime starts the version's canary
+    /// rollout ([`Runtime::begin_rollout`](crate::Runtime::begin_rollout); with
+    /// `rollout.enabled: false` the version is activated at once). Executions in flight
+    /// finish on the program they started with. `None` once the runtime is gone.
+    fn hand_over(&self, version: u32) -> Option<Result<()>>;
 }
 
 enum Ctl {
@@ -623,7 +628,7 @@ impl Refresh {
 
     /// Starts the refresh thread (and the notification listener when
     /// `cloud.notifications` is on) for the runtime behind `runtime`.
-    pub(crate) fn start(&self, runtime: Weak<crate::runtime::Inner>) -> Result<()> {
+    pub(crate) fn start(&self, runtime: Box<dyn RefreshTarget>) -> Result<()> {
         let Some(p) = self.pending.lock().take() else {
             return Ok(());
         };
@@ -653,7 +658,7 @@ impl Refresh {
             std::thread::Builder::new()
                 .name(format!("loopai-refresh-{task}"))
                 .spawn(move || {
-                    run(&mut checker, &ctl_rx, &runtime, interval, &stop);
+                    run(&mut checker, &ctl_rx, runtime.as_ref(), interval, &stop);
                     let _ = exited.send(());
                 })
                 .map_err(|e| Error::io("starting the artifact refresh thread", e))?,
@@ -699,7 +704,7 @@ impl Refresh {
 fn run(
     checker: &mut Checker,
     ctl: &Receiver<Ctl>,
-    runtime: &Weak<crate::runtime::Inner>,
+    runtime: &dyn RefreshTarget,
     interval: Duration,
     stop: &AtomicBool,
 ) {
@@ -714,7 +719,7 @@ fn run(
         if stop.load(Ordering::Acquire) {
             return;
         }
-        let Some(active) = runtime.upgrade().map(|inner| inner.active_version()) else {
+        let Some(active) = runtime.active_version() else {
             return;
         };
         let found = checker.check(Some(active));
@@ -725,12 +730,12 @@ fn run(
             Ok(found) => {
                 failures = 0;
                 if let Found::New(version) = found {
-                    let Some(inner) = runtime.upgrade() else {
-                        return;
-                    };
-                    let runtime = Runtime::from_inner(inner);
-                    if let Err(e) = hand_over(&runtime, version) {
-                        checker.record_error(&e.context(format!("handing over v{version}")));
+                    match runtime.hand_over(version) {
+                        None => return,
+                        Some(Err(e)) => {
+                            checker.record_error(&e.context(format!("handing over v{version}")));
+                        }
+                        Some(Ok(())) => {}
                     }
                 }
                 interval

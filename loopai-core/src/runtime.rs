@@ -2,7 +2,7 @@
 //! configured by the deployment configuration.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use serde::{Serialize, Serializer};
@@ -24,16 +24,14 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::executor::Executor;
 use crate::oracle::{HttpOracle, Oracle};
 use crate::program::ProgramLimits;
-use crate::refresh::RefreshMetrics;
-use crate::refresh::{Checker, HttpRepo, Refresh};
-use crate::rollout::RolloutStatus;
-use crate::rollout::{RolloutChecker, RolloutContext, RolloutController, RolloutOutbox};
+use crate::refresh::{Checker, HttpRepo, Refresh, RefreshMetrics, RefreshTarget};
+use crate::rollout::{
+    RolloutChecker, RolloutContext, RolloutController, RolloutOutbox, RolloutStatus,
+};
 use crate::sampler::Sampler;
 use crate::schema::JsonSchema;
-use crate::telemetry::Telemetry;
-use crate::telemetry::TelemetryMetrics;
-use crate::validator::ValidationMetrics;
-use crate::validator::{TaskInfo, Validator, ValidatorSettings};
+use crate::telemetry::{Telemetry, TelemetryMetrics};
+use crate::validator::{TaskInfo, ValidationMetrics, Validator, ValidatorSettings};
 
 /// How long dropping a [`Runtime`] waits for its background threads to finish.
 pub const DROP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -364,7 +362,7 @@ impl RuntimeBuilder {
             fork_generation: crate::fork::generation(),
         });
         if let Some(refresh) = &inner.refresh {
-            refresh.start(Arc::downgrade(&inner))?;
+            refresh.start(Box::new(WeakRuntime(Arc::downgrade(&inner))))?;
         }
         Ok(Runtime { inner })
     }
@@ -395,10 +393,18 @@ pub(crate) struct Inner {
     fork_generation: u64,
 }
 
-impl Inner {
-    /// The artifact version executing now.
-    pub(crate) fn active_version(&self) -> u32 {
-        self.executor.version()
+/// The refresh thread's handle on its runtime: weak, so that the thread does not keep the
+/// runtime alive.
+struct WeakRuntime(Weak<Inner>);
+
+impl RefreshTarget for WeakRuntime {
+    fn active_version(&self) -> Option<u32> {
+        self.0.upgrade().map(|inner| inner.executor.version())
+    }
+
+    fn hand_over(&self, version: u32) -> Option<Result<()>> {
+        let runtime = Runtime::from_inner(self.0.upgrade()?);
+        Some(runtime.begin_rollout(version))
     }
 }
 
