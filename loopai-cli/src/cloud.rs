@@ -56,6 +56,18 @@ pub(crate) struct ServeArgs {
     /// Validations a version needs before the engine judges it.
     #[arg(long, value_name = "N", default_value_t = 100)]
     min_samples: u64,
+    /// Seconds a request's headers may take to arrive (from the accept for a connection's
+    /// first request, from its first byte for a later one); slower clients are
+    /// disconnected.
+    #[arg(long, value_name = "SECONDS", default_value_t = loopai_cloud::DEFAULT_HEADER_READ_TIMEOUT.as_secs())]
+    header_read_timeout_sec: u64,
+    /// Seconds a keep-alive connection may wait for its next request before it is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = loopai_cloud::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    idle_timeout_sec: u64,
+    /// Most open connections (notification streams included); past it a new connection
+    /// gets 503 and is closed at once (lowered at start to fit under ulimit -n).
+    #[arg(long, value_name = "N", default_value_t = loopai_cloud::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
 }
 
 fn core_error(err: loopai_cloud::Error) -> Error {
@@ -75,7 +87,10 @@ pub(crate) fn run(cmd: CloudCommand) -> Result<ExitCode, Error> {
             let mut builder = loopai_cloud::CloudServer::builder()
                 .dir(&args.dir)
                 .bind(args.bind)
-                .port(args.port);
+                .port(args.port)
+                .header_read_timeout(std::time::Duration::from_secs(args.header_read_timeout_sec))
+                .idle_timeout(std::time::Duration::from_secs(args.idle_timeout_sec))
+                .max_connections(args.max_connections);
             if let Some(keys) = &args.api_keys {
                 builder = builder.api_keys_file(keys);
             }

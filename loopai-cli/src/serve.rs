@@ -54,26 +54,43 @@ pub(crate) struct ServeArgs {
     /// Seconds given at SIGTERM/SIGINT to requests in flight, then to flushing the logs.
     #[arg(long, value_name = "SECS", default_value_t = loopai_serve::DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64())]
     shutdown_timeout: f64,
+    /// Seconds a request's headers may take to arrive (from the accept for a connection's
+    /// first request, from its first byte for a later one); slower clients are
+    /// disconnected.
+    #[arg(long, value_name = "SECS", default_value_t = loopai_serve::DEFAULT_HEADER_READ_TIMEOUT.as_secs_f64())]
+    header_read_timeout: f64,
+    /// Seconds a keep-alive connection may wait for its next request before it is closed.
+    #[arg(long, value_name = "SECS", default_value_t = loopai_serve::DEFAULT_IDLE_TIMEOUT.as_secs_f64())]
+    idle_timeout: f64,
+    /// Most open connections; past it a new connection gets 503 and is closed at once
+    /// (lowered at start to fit under the file descriptor limit, ulimit -n).
+    #[arg(long, value_name = "N", default_value_t = loopai_serve::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
     /// Async worker threads [default: one per CPU].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
 }
 
-pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, Error> {
-    let shutdown_timeout = Duration::try_from_secs_f64(args.shutdown_timeout).map_err(|_| {
+/// `value` seconds of option `--{flag}` as a duration.
+fn seconds(flag: &str, value: f64) -> Result<Duration, Error> {
+    Duration::try_from_secs_f64(value).map_err(|_| {
         Error::new(
             loopai_core::ErrorKind::Config,
-            format!(
-                "--shutdown-timeout: expected seconds, got {}",
-                args.shutdown_timeout
-            ),
+            format!("--{flag}: expected seconds, got {value}"),
         )
-    })?;
+    })
+}
+
+pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, Error> {
+    let shutdown_timeout = seconds("shutdown-timeout", args.shutdown_timeout)?;
     let mut builder = Server::builder()
         .data_dir(&args.data_dir)
         .bind(args.bind)
         .port(args.port)
         .max_batch(args.max_batch)
+        .header_read_timeout(seconds("header-read-timeout", args.header_read_timeout)?)
+        .idle_timeout(seconds("idle-timeout", args.idle_timeout)?)
+        .max_connections(args.max_connections)
         .shutdown_timeout(shutdown_timeout);
     builder = match (args.task, args.all_tasks) {
         (Some(task), _) => builder.task(task),

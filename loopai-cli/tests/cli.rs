@@ -1,35 +1,12 @@
 //! End-to-end tests of the `loopai` binary.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Output, Stdio};
 
-fn loopai() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_loopai"))
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn example(name: &str) -> PathBuf {
-    repo().join("examples/spam").join(name)
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("loopai runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use common::{example, loopai, repo, run, stderr, stdout};
 
 fn install_example(dir: &Path) {
     let o = run(loopai()

@@ -2,9 +2,13 @@
 
 #![cfg(unix)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
+
+use common::{loopai, sigterm};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -14,7 +18,7 @@ const HANG: Duration = Duration::from_secs(60);
 #[test]
 fn cloud_serve_accepts_a_batch_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_loopai"))
+    let mut child = loopai()
         .args(["cloud", "serve", "--port", "0", "--dir"])
         .arg(dir.path())
         .env_remove("LOOPAI_LOG")
@@ -68,11 +72,7 @@ fn cloud_serve_accepts_a_batch_and_stops_on_sigterm() {
         assert_eq!(body["status"], expected, "{body}");
     }
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    sigterm(&child);
     let status = child.wait().unwrap();
     let log = reader.join().unwrap().join("\n");
     assert!(status.success(), "{status:?}\n{log}");
@@ -101,7 +101,7 @@ fn cloud_serve_refuses_a_bad_keys_file_naming_the_line() {
         "# ok\n{\"key\": \"short\", \"role\": \"deployment\", \"deployment_id\": \"d\"}\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_loopai"))
+    let out = loopai()
         .args(["cloud", "serve", "--port", "0", "--dir"])
         .arg(dir.path())
         .arg("--api-keys")
@@ -131,7 +131,7 @@ fn spam_program(label: &str) -> String {
 fn publish_uploads_a_program_or_a_version_dir_signed_with_a_keygen_key() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("signing.key");
-    let out = Command::new(env!("CARGO_BIN_EXE_loopai"))
+    let out = loopai()
         .args(["cloud", "keygen", "--out"])
         .arg(&key_file)
         .output()
@@ -145,7 +145,7 @@ fn publish_uploads_a_program_or_a_version_dir_signed_with_a_keygen_key() {
         let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    let again = Command::new(env!("CARGO_BIN_EXE_loopai"))
+    let again = loopai()
         .args(["cloud", "keygen", "--out"])
         .arg(&key_file)
         .output()
@@ -170,7 +170,7 @@ fn publish_uploads_a_program_or_a_version_dir_signed_with_a_keygen_key() {
         .unwrap();
     let url = server.url();
     let publish = |key: &str, path: &Path| {
-        Command::new(env!("CARGO_BIN_EXE_loopai"))
+        loopai()
             .args([
                 "publish",
                 "--api-url",

@@ -4,15 +4,15 @@
 //! `LOOPAI_CRASH_ITERATIONS` sets the number of kills (default 50); `scripts/crash-loop.sh`
 //! runs a longer loop.
 
+mod common;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
-}
+use common::{loopai, repo};
 
 /// A small deterministic generator, so a failing iteration can be replayed.
 struct Lcg(u64);
@@ -54,7 +54,7 @@ fn sigkill_never_loses_a_reported_execution() {
         .unwrap_or(50);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    let status = Command::new(env!("CARGO_BIN_EXE_loopai"))
+    let status = loopai()
         .args(["artifacts", "install", "--task", "spam", "--data-dir"])
         .arg(data)
         .arg(repo().join("examples/spam/program.json"))
@@ -67,7 +67,7 @@ fn sigkill_never_loses_a_reported_execution() {
     let mut rng = Lcg(0x5eed);
     let mut reported: HashSet<String> = HashSet::new();
     for iteration in 0..iterations {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_loopai"))
+        let mut child = loopai()
             .args(["exec", "--task", "spam", "--config"])
             .arg(&config)
             .arg("--data-dir")
@@ -115,7 +115,7 @@ fn sigkill_never_loses_a_reported_execution() {
         feeder.join().unwrap();
     }
     // Reopen (a normal run repairs any torn tail), then check.
-    let out = Command::new(env!("CARGO_BIN_EXE_loopai"))
+    let out = loopai()
         .args([
             "exec",
             "--task",

@@ -1,20 +1,12 @@
 //! `loopai serve` end to end: synthesize into a fresh data directory, serve it on a free
 //! port, execute over HTTP, stop with SIGTERM.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-fn loopai() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_loopai"))
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+use common::{loopai, repo, sigterm};
 
 /// Reads stderr lines until one contains `marker`; panics with everything read if the
 /// stream ends first (the server exited).
@@ -74,11 +66,7 @@ fn serve_executes_a_synthesized_program_and_flushes_at_sigterm() {
     assert_eq!(v["output"], "spam", "{v}");
     assert_eq!(v["version"], 1, "{v}");
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    sigterm(&child);
     wait_for(&mut lines, "SIGTERM: draining");
     wait_for(&mut lines, "stopped");
     assert!(child.wait().unwrap().success());

@@ -1,8 +1,12 @@
 //! `loopai stats` on a dataset written by hand.
 
+mod common;
+
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+
+use common::{loopai, stderr, stdout};
 
 use loopai_core::{
     day_string, Clock, DatasetLayout, ExecutionRecord, SystemClock, Timestamp, ValidationRecord,
@@ -12,20 +16,12 @@ use serde_json::{json, Value};
 const DAY_MS: i64 = 86_400_000;
 
 fn loopai_stats(dir: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_loopai"))
+    loopai()
         .args(["stats", "--task", "spam", "--data-dir"])
         .arg(dir)
         .args(extra)
         .output()
         .expect("loopai runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn execution(

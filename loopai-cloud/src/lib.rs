@@ -75,6 +75,13 @@
 //! Keys are 16-256 printable ASCII bytes; `deployment_id` is required for, and only
 //! allowed with, role `deployment`.
 //!
+//! ## Connections
+//!
+//! A request's headers must arrive within [`CloudServerBuilder::header_read_timeout`], an
+//! idle keep-alive connection is closed after [`CloudServerBuilder::idle_timeout`], and
+//! past [`CloudServerBuilder::max_connections`] a new connection is answered 503 and closed
+//! at once; `GET /metrics` counts all three.
+//!
 //! ## Threading & shutdown
 //!
 //! The server runs on a tokio runtime of its own (so callers need no async code); blocking
@@ -117,8 +124,9 @@ pub use auth::{ApiKeys, Principal, Role, MAX_KEY_BYTES, MIN_KEY_BYTES};
 pub use error::{Error, ErrorKind, Result};
 pub use improvement::{ImprovementAction, ImprovementConfig, ImprovementEngine, PublishFn};
 pub use server::{
-    CloudServer, CloudServerBuilder, ServerHandle, DEFAULT_BODY_TIMEOUT, DEFAULT_HEARTBEAT,
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT, DEFAULT_SHUTDOWN_TIMEOUT, DROP_SHUTDOWN_TIMEOUT,
+    CloudServer, CloudServerBuilder, ServerHandle, DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_PORT, DEFAULT_SHUTDOWN_TIMEOUT, DROP_SHUTDOWN_TIMEOUT,
 };
 pub use telemetry::MAX_BATCH_ID_BYTES;
 

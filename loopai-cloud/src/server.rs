@@ -11,7 +11,8 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use loopai_core::{ArtifactSigner, Clock, SystemClock};
-use loopai_http::Serving;
+use loopai_http::{ConnectionLimits, Serving};
+pub use loopai_http::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS};
 
 use crate::auth::{ApiKeys, Auth};
 use crate::error::{Error, ErrorKind, Result};
@@ -46,6 +47,7 @@ pub struct CloudServerBuilder {
     api_keys: Option<ApiKeys>,
     max_body_bytes: usize,
     body_timeout: Duration,
+    connections: ConnectionLimits,
     shutdown_timeout: Duration,
     worker_threads: Option<usize>,
     clock: Arc<dyn Clock>,
@@ -65,6 +67,7 @@ impl Default for CloudServerBuilder {
             api_keys: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            connections: ConnectionLimits::default(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             worker_threads: None,
             clock: Arc::new(SystemClock),
@@ -120,6 +123,30 @@ impl CloudServerBuilder {
     /// slower ones get 408.
     pub fn body_timeout(mut self, timeout: Duration) -> Self {
         self.body_timeout = timeout;
+        self
+    }
+
+    /// How long a request's headers may take to arrive (default
+    /// [`DEFAULT_HEADER_READ_TIMEOUT`]): from the accept for a connection's first request,
+    /// from its first byte for a later one. A slower client (slowloris) is disconnected.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.connections.header_read_timeout = timeout;
+        self
+    }
+
+    /// How long a keep-alive connection may wait for its next request before it is closed
+    /// (default [`DEFAULT_IDLE_TIMEOUT`]).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.connections.idle_timeout = timeout;
+        self
+    }
+
+    /// The largest number of open connections (default [`DEFAULT_MAX_CONNECTIONS`], lowered
+    /// at start to fit under the process's file descriptor limit). A connection past it is
+    /// answered 503 and closed at once; the open ones keep being served. Notification
+    /// streams hold a connection each.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.connections.max_connections = max;
         self
     }
 
@@ -200,6 +227,9 @@ impl CloudServerBuilder {
                 "worker_threads: must be at least 1",
             ));
         }
+        self.connections
+            .check()
+            .map_err(|message| Error::new(ErrorKind::Config, message))?;
         let auth = match (self.api_keys, self.api_keys_file) {
             (Some(_), Some(_)) => {
                 return Err(Error::new(
@@ -299,7 +329,9 @@ impl CloudServerBuilder {
                     max_bytes: self.max_body_bytes,
                     read_timeout: self.body_timeout,
                 },
+                connections: Arc::default(),
             }),
+            connections: self.connections,
         })
     }
 }
@@ -313,6 +345,7 @@ impl CloudServerBuilder {
 #[derive(Debug)]
 pub struct CloudServer {
     improvement: Option<(ImprovementEngine, Duration)>,
+    connections: ConnectionLimits,
     dir: PathBuf,
     addr: SocketAddr,
     shutdown_timeout: Duration,
@@ -323,6 +356,7 @@ pub struct CloudServer {
 fn routes(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .merge(telemetry::routes())
         .merge(artifacts::routes())
         .fallback(http::not_found)
@@ -343,6 +377,17 @@ async fn health(axum::extract::State(state): axum::extract::State<Arc<AppState>>
             "artifact_tasks": state.repository.task_count(),
             "signing_key": state.repository.public_key(),
         }),
+    )
+}
+
+/// `GET /metrics`: the connection counters in Prometheus text format.
+async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Response {
+    let mut text = String::with_capacity(2048);
+    state.connections.render_prometheus(&mut text);
+    loopai_http::bytes_response(
+        StatusCode::OK,
+        axum::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        text.into_bytes(),
     )
 }
 
@@ -383,13 +428,14 @@ impl CloudServer {
     /// Must be called from a plain thread, not from async code.
     pub fn spawn(self) -> Result<ServerHandle> {
         refuse_inside_runtime("CloudServer::spawn")?;
-        let serving = loopai_http::start(
+        let serving = loopai_http::start_with(
             self.addr,
             self.worker_threads,
             "loopai-cloud",
             "starting the server runtime",
             routes(Arc::clone(&self.state)),
-            false,
+            self.connections,
+            Arc::clone(&self.state.connections),
         )
         .map_err(Error::from_http)?;
         let local_addr = serving.local_addr;

@@ -3,7 +3,10 @@
 //!
 //! # Overview
 //!
-//! * The serving lifecycle: [`start`], [`Serving`], [`termination_signal`].
+//! * The serving lifecycle: [`start`] / [`start_with`], [`Serving`], [`termination_signal`].
+//! * Connections: [`ConnectionLimits`] (header-read timeout, idle keep-alive timeout, a
+//!   cap on open connections, past which a connection is answered 503 and closed at once)
+//!   and their counters, [`ConnectionStats`], for a server's `/metrics`.
 //! * Request bodies: [`read_body`] within [`BodyLimits`] (size and time).
 //! * The JSON API error: [`ApiError`], written in each server's documented style
 //!   ([`KindAndMessage`] for `loopai serve`, [`MessageOnly`] for the cloud), and
@@ -30,6 +33,7 @@
 
 mod api_error;
 mod body;
+mod connections;
 mod error;
 mod keys;
 mod serving;
@@ -38,9 +42,13 @@ pub use api_error::{
     bytes_response, json_response, ApiError, ErrorFields, ErrorStyle, KindAndMessage, MessageOnly,
 };
 pub use body::{read_body, BodyLimits};
+pub use connections::{
+    ConnectionLimits, ConnectionStats, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use keys::{
     check_key, key_digest, parse_key_digest, KeyDigest, KeyFile, KeyProblem, LineErrors,
     MAX_KEY_BYTES, MIN_KEY_BYTES,
 };
-pub use serving::{refuse_inside_runtime, start, termination_signal, Serving};
+pub use serving::{refuse_inside_runtime, start, start_with, termination_signal, Serving};

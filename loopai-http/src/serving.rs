@@ -1,15 +1,16 @@
 //! Binding, the server's tokio runtime, the serving task, signals and the graceful stop.
+//! Connections themselves are served by `connections.rs`.
 
-use std::fmt;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::{Listener, ListenerExt};
 use axum::Router;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tokio::task::{JoinError, JoinHandle};
 
+use crate::connections::{fit_to_fd_limit, serve_until_stopped, ConnectionLimits, ConnectionStats};
 use crate::{Error, ErrorKind, Result};
 
 /// Fails with [`ErrorKind::Config`] when called from async code (inside a tokio runtime):
@@ -77,6 +78,39 @@ pub fn start(
     app: Router,
     nodelay: bool,
 ) -> Result<Serving> {
+    let limits = ConnectionLimits {
+        nodelay,
+        ..ConnectionLimits::default()
+    };
+    start_with(
+        addr,
+        worker_threads,
+        thread_name,
+        runtime_context,
+        app,
+        limits,
+        Arc::default(),
+    )
+}
+
+/// [`start`] with explicit [`ConnectionLimits`] (header-read and idle timeouts, the cap on
+/// open connections, `TCP_NODELAY`), counting into `stats` (for a server's `/metrics`).
+/// The cap is lowered to fit under the process's file descriptor limit (logged).
+///
+/// Errors are [`ErrorKind::Config`] for limits that fail [`ConnectionLimits::check`], else
+/// as [`start`]'s.
+pub fn start_with(
+    addr: SocketAddr,
+    worker_threads: Option<usize>,
+    thread_name: &str,
+    runtime_context: &str,
+    app: Router,
+    limits: ConnectionLimits,
+    stats: Arc<ConnectionStats>,
+) -> Result<Serving> {
+    limits
+        .check()
+        .map_err(|message| Error::new(ErrorKind::Config, message))?;
     let listener = TcpListener::bind(addr).map_err(|e| Error::io(addr, e))?;
     listener
         .set_nonblocking(true)
@@ -92,42 +126,29 @@ pub fn start(
         let _guard = runtime.enter();
         tokio::net::TcpListener::from_std(listener).map_err(|e| Error::io(local_addr, e))?
     };
+    let limits = ConnectionLimits {
+        max_connections: fit_to_fd_limit(limits.max_connections),
+        ..limits
+    };
+    stats.max_connections.store(
+        u64::try_from(limits.max_connections).unwrap_or(u64::MAX),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let task = runtime.spawn(async move {
-        if nodelay {
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    log::debug!("TCP_NODELAY: {e}");
-                }
-            });
-            serve_until_stopped(listener, app, stop_rx).await
-        } else {
-            serve_until_stopped(listener, app, stop_rx).await
-        }
-    });
+    let task = runtime.spawn(serve_until_stopped(
+        listener,
+        app,
+        stop_rx,
+        limits,
+        Arc::clone(&stats),
+    ));
     Ok(Serving {
         local_addr,
         runtime,
         task,
+        connections: stats,
         stop: Some(stop_tx),
     })
-}
-
-async fn serve_until_stopped<L>(
-    listener: L,
-    app: Router,
-    stop: oneshot::Receiver<()>,
-) -> std::io::Result<()>
-where
-    L: Listener,
-    L::Addr: fmt::Debug,
-{
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            // A dropped sender also means stop.
-            let _ = stop.await;
-        })
-        .await
 }
 
 /// A started server: its tokio runtime and the task that accepts and serves connections.
@@ -143,6 +164,8 @@ pub struct Serving {
     /// The serving task: it ends after [`stop`](Self::stop) once connections are closed,
     /// or by itself on an error.
     pub task: JoinHandle<std::io::Result<()>>,
+    /// The counters of the server's connections (open, refused, timed out).
+    pub connections: Arc<ConnectionStats>,
     stop: Option<oneshot::Sender<()>>,
 }
 

@@ -446,7 +446,9 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
                 health: e.runtime.health(),
             })
             .collect();
-        metrics::render(&st.server, st.phase() == Phase::Ready, &snapshots)
+        let mut text = metrics::render(&st.server, st.phase() == Phase::Ready, &snapshots);
+        st.connections.render_prometheus(&mut text);
+        text
     })
     .await;
     let result = rendered

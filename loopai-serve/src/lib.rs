@@ -22,6 +22,11 @@
 //! | `GET /ready` | readiness: 200 once the tasks are loaded, 503 before and during shutdown |
 //! | `GET /metrics` | Prometheus text format |
 //!
+//! Connections are bounded (loopai-http): a request's headers must arrive within
+//! [`ServerBuilder::header_read_timeout`], an idle keep-alive connection is closed after
+//! [`ServerBuilder::idle_timeout`], and past [`ServerBuilder::max_connections`] a new
+//! connection is answered 503 and closed at once; `/metrics` counts all three.
+//!
 //! ## Quick start
 //!
 //! ```
@@ -90,8 +95,10 @@ mod tasks;
 
 pub use auth::{ApiKeys, Principal, MAX_KEY_BYTES, MIN_KEY_BYTES};
 pub use server::{
-    ServeEvent, Server, ServerBuilder, ServerHandle, DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BATCH,
-    DEFAULT_MAX_BATCH_BODY_BYTES, DEFAULT_PORT, DEFAULT_SHUTDOWN_TIMEOUT, DROP_SHUTDOWN_TIMEOUT,
+    ServeEvent, Server, ServerBuilder, ServerHandle, DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_BATCH_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_PORT, DEFAULT_SHUTDOWN_TIMEOUT,
+    DROP_SHUTDOWN_TIMEOUT,
 };
 pub use state::Mode;
 pub use tasks::{active_tasks, default_body_limit, BODY_ENVELOPE_BYTES};

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use loopai_core::{Error, ErrorKind, Result, Runtime, MAX_INPUT_DOCUMENT_BYTES};
-use loopai_http::Serving;
+use loopai_http::{ConnectionLimits, Serving};
+pub use loopai_http::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS};
 
 use crate::auth::ApiKeys;
 use crate::state::{AppState, Mode, Phase};
@@ -52,6 +53,7 @@ pub struct ServerBuilder {
     max_batch: usize,
     max_batch_body_bytes: usize,
     body_timeout: Duration,
+    connections: ConnectionLimits,
     shutdown_timeout: Duration,
     worker_threads: Option<usize>,
 }
@@ -71,6 +73,10 @@ impl Default for ServerBuilder {
             max_batch: DEFAULT_MAX_BATCH,
             max_batch_body_bytes: DEFAULT_MAX_BATCH_BODY_BYTES,
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            connections: ConnectionLimits {
+                nodelay: true,
+                ..ConnectionLimits::default()
+            },
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             worker_threads: None,
         }
@@ -184,6 +190,29 @@ impl ServerBuilder {
         self
     }
 
+    /// How long a request's headers may take to arrive (default
+    /// [`DEFAULT_HEADER_READ_TIMEOUT`]): from the accept for a connection's first request,
+    /// from its first byte for a later one. A slower client (slowloris) is disconnected.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.connections.header_read_timeout = timeout;
+        self
+    }
+
+    /// How long a keep-alive connection may wait for its next request before it is closed
+    /// (default [`DEFAULT_IDLE_TIMEOUT`]).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.connections.idle_timeout = timeout;
+        self
+    }
+
+    /// The largest number of open connections (default [`DEFAULT_MAX_CONNECTIONS`], lowered
+    /// at start to fit under the process's file descriptor limit). A connection past it is
+    /// answered 503 and closed at once; the open ones keep being served.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.connections.max_connections = max;
+        self
+    }
+
     /// The time [`Server::serve`] gives, at SIGINT/SIGTERM, to requests in flight and then
     /// to flushing the execution logs (default [`DEFAULT_SHUTDOWN_TIMEOUT`]).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
@@ -227,6 +256,7 @@ impl ServerBuilder {
         if self.worker_threads == Some(0) {
             return Err(config("worker_threads: must be at least 1"));
         }
+        self.connections.check().map_err(|m| config(&m))?;
         let auth = match (self.api_keys, &self.api_keys_file) {
             (Some(_), Some(_)) => {
                 return Err(config(
@@ -296,6 +326,7 @@ impl ServerBuilder {
             self.body_timeout,
         );
         Ok(Server {
+            connections: self.connections,
             addr: SocketAddr::new(self.bind, self.port),
             shutdown_timeout: self.shutdown_timeout,
             worker_threads: self.worker_threads,
@@ -312,6 +343,7 @@ impl ServerBuilder {
 #[derive(Debug)]
 pub struct Server {
     addr: SocketAddr,
+    connections: ConnectionLimits,
     shutdown_timeout: Duration,
     worker_threads: Option<usize>,
     source: Source,
@@ -361,13 +393,14 @@ impl Server {
     pub fn spawn(self) -> Result<ServerHandle> {
         refuse_inside_runtime("Server::spawn")?;
         let state = self.state;
-        let serving = loopai_http::start(
+        let serving = loopai_http::start_with(
             self.addr,
             self.worker_threads,
             "loopai-serve",
             "starting the server's async runtime",
             crate::api::router(Arc::clone(&state)),
-            true,
+            self.connections,
+            Arc::clone(&state.connections),
         )
         .map_err(http_error)?;
         let local_addr = serving.local_addr;

@@ -3,13 +3,13 @@
 //! read it.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::HeaderMap;
 use loopai_core::ErrorKind;
-use loopai_http::BodyLimits;
+use loopai_http::{BodyLimits, ConnectionStats};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
@@ -70,6 +70,8 @@ pub(crate) struct AppState {
     pub(crate) load_error: Mutex<Option<(ErrorKind, String)>>,
     pub(crate) auth: Option<ApiKeys>,
     pub(crate) server: ServerMetrics,
+    /// The connection counters, shared with the accept loop (loopai-http).
+    pub(crate) connections: Arc<ConnectionStats>,
     pub(crate) max_batch: usize,
     pub(crate) batch_body_limit: usize,
     pub(crate) body_limit: Option<usize>,
@@ -98,6 +100,7 @@ impl AppState {
             load_error: Mutex::new(None),
             auth,
             server: ServerMetrics::default(),
+            connections: Arc::default(),
             max_batch,
             batch_body_limit,
             body_limit,

@@ -765,3 +765,165 @@ fn metrics_report_validation_against_the_oracle() {
     assert_eq!(v["validation"]["matched"], 2, "{v}");
     server.shutdown(WAIT).unwrap();
 }
+
+/// A raw connection to `server`, for what an HTTP client library hides (keep-alive,
+/// half-sent headers).
+fn raw(server: &ServerHandle) -> std::net::TcpStream {
+    let stream = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream
+}
+
+/// Sends one keep-alive request on `stream` and returns the response (head and body).
+fn exchange(stream: &mut std::net::TcpStream, method: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).expect("a response");
+        assert!(
+            n > 0,
+            "closed before the response: {:?}",
+            String::from_utf8_lossy(&response)
+        );
+        response.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&response);
+        if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if rest.len() >= length {
+                return text.into_owned();
+            }
+        }
+    }
+}
+
+/// Reads until the server closes `stream`; panics if it is still open after `WAIT`.
+fn closed_by_server(stream: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut all = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("connection still open after {WAIT:?} ({e})"),
+        }
+    }
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+#[test]
+fn slowloris_and_idle_connections_are_closed_and_counted() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "spam");
+    let mut server = Server::builder()
+        .data_dir(dir.path())
+        .task("spam")
+        .port(0)
+        .header_read_timeout(Duration::from_millis(400))
+        .idle_timeout(Duration::from_millis(400))
+        .build()
+        .unwrap()
+        .spawn()
+        .unwrap();
+    server.wait_ready(WAIT).unwrap();
+
+    // A header line every 100 ms, never the end of the headers.
+    let mut slow = raw(&server);
+    slow.write_all(b"POST /execute HTTP/1.1\r\n").unwrap();
+    let mut closed = false;
+    for i in 0..300 {
+        std::thread::sleep(Duration::from_millis(100));
+        if slow
+            .write_all(format!("x-slow-{i}: 1\r\n").as_bytes())
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        slow.set_nonblocking(true).unwrap();
+        let peek = slow.read(&mut [0u8; 64]);
+        slow.set_nonblocking(false).unwrap();
+        if matches!(peek, Ok(0))
+            || matches!(&peek, Err(e) if e.kind() != std::io::ErrorKind::WouldBlock)
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "a slowloris client was still connected after 300 header lines"
+    );
+
+    // A keep-alive connection that goes quiet after its request.
+    let mut idle = raw(&server);
+    let answer = exchange(
+        &mut idle,
+        "POST",
+        "/execute",
+        r#"{"input": {"text": "win a prize"}}"#,
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(closed_by_server(&mut idle), "");
+
+    let metrics = get(&server, "/metrics").text;
+    for line in [
+        "loopai_http_connections_timed_out_total{reason=\"header\"} 1\n",
+        "loopai_http_connections_timed_out_total{reason=\"idle\"} 1\n",
+        "loopai_http_connections_refused_total 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line}in\n{metrics}");
+    }
+    server.shutdown(WAIT).unwrap();
+}
+
+#[test]
+fn over_max_connections_new_ones_get_503_while_execute_keeps_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "spam");
+    let mut server = Server::builder()
+        .data_dir(dir.path())
+        .task("spam")
+        .port(0)
+        .max_connections(2)
+        .build()
+        .unwrap()
+        .spawn()
+        .unwrap();
+    server.wait_ready(WAIT).unwrap();
+    let mut first = raw(&server);
+    let mut second = raw(&server);
+    assert!(exchange(&mut first, "GET", "/ready", "").starts_with("HTTP/1.1 200"));
+    assert!(exchange(&mut second, "GET", "/ready", "").starts_with("HTTP/1.1 200"));
+
+    let refused = closed_by_server(&mut raw(&server));
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+
+    let input = r#"{"input": {"text": "win a prize"}}"#;
+    for stream in [&mut first, &mut second] {
+        let answer = exchange(stream, "POST", "/execute", input);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("\"output\":\"spam\""), "{answer}");
+    }
+    let metrics = exchange(&mut first, "GET", "/metrics", "");
+    for line in [
+        "loopai_http_connections_open 2\n",
+        "loopai_http_connections_max 2\n",
+        "loopai_http_connections_refused_total 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line}in\n{metrics}");
+    }
+    drop((first, second));
+    server.shutdown(WAIT).unwrap();
+}

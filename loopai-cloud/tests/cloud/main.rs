@@ -2,6 +2,7 @@
 //! real HTTP clients and runtimes.
 
 mod collector;
+mod connections;
 mod improvement;
 mod outage;
 mod repository;
