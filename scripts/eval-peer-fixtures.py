@@ -1,19 +1,23 @@
 #!/usr/bin/env python3
 """Scores the generator on the peer fixtures beside that project's published figures.
 
-Each fixture of ``../shared/data/loopai-peer-fixtures`` (or the copy under
-``loopai-synth/tests/data/peer-fixtures``) is split as the Rust test does: even ids train
+Each fixture of FIXTURE_DIR (default: the copy in this repository,
+``loopai-synth/tests/data/peer-fixtures``, with its LICENSE and README) is split as the Rust test does: even ids train
 (ids 4m+1 and 4m+2 when the even ids miss a label), the rest are held out. The train half
 becomes a TaskSpecification; ``loopai synth`` learns a program from it and ``loopai eval``
 scores the held-out half.
 
-    scripts/eval-peer-fixtures.py [FIXTURE_DIR] [--loopai target/release/loopai]
+    scripts/eval-peer-fixtures.py [FIXTURE_DIR] [--loopai BIN]
+
+BIN defaults to ``release/loopai`` in cargo's target directory (CARGO_TARGET_DIR honoured),
+built with ``cargo build --release -p loopai-cli`` when missing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -48,11 +52,29 @@ def split(doc: dict) -> tuple[list[dict], list[dict], list[str]]:
     return train, test, labels
 
 
+def default_loopai() -> str:
+    """release/loopai in cargo's own target directory, built first when missing."""
+    env = dict(os.environ)
+    if env.get("CARGO_TARGET_DIR"):  # relative to where this is run, not to the repository
+        env["CARGO_TARGET_DIR"] = os.path.abspath(env["CARGO_TARGET_DIR"])
+    meta = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps", "--offline"],
+                          cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
+    binary = Path(json.loads(meta)["target_directory"]) / "release" / "loopai"
+    if not binary.exists():
+        print("building loopai (release; the first build takes several minutes)", file=sys.stderr)
+        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "loopai-cli"], cwd=ROOT, env=env, check=True)
+    return str(binary)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("fixtures", nargs="?", default=str(ROOT / "loopai-synth/tests/data/peer-fixtures"))
-    ap.add_argument("--loopai", default=str(ROOT / "target/release/loopai"))
+    ap.add_argument("--loopai", help="the loopai binary (default: release/loopai of cargo's target directory)")
     args = ap.parse_args()
+    if not list(Path(args.fixtures).glob("*.json")):
+        ap.error(f"{args.fixtures}: no fixture (*.json) in this directory")
+    if args.loopai is None:
+        args.loopai = default_loopai()
     rows = []
     for path in sorted(Path(args.fixtures).glob("*.json")):
         doc = json.loads(path.read_text())

