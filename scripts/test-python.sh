@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tests the Python package `loopai-runtime` the way a user gets it: a fresh virtualenv, one
 # `pip install <repo>` (pip runs maturin in build isolation and compiles loopai-py in
-# release mode), then pytest, the stub check (mypy.stubtest), mypy on the tests, and ruff.
+# release mode), the installed `loopai` command, then pytest, the stub check
+# (mypy.stubtest), mypy on the tests, and ruff.
 #
 # Needs: a Rust toolchain, python3 (>= 3.9) with the venv module, and PyPI.
 # Environment: PYTHON (default python3); CARGO_TARGET_DIR is honoured, so repeated runs
@@ -24,6 +25,9 @@ step "pip install . (maturin through pip's build isolation)"
 "${pipq[@]}" .
 # From a neutral directory: the installed package, not the source tree, must be imported.
 (cd /tmp && "$py" -c 'import loopai, sys; print("loopai", loopai.__version__, "from", loopai.__file__); sys.exit("imported from the source tree" if "site-packages" not in loopai.__file__ else 0)')
+
+step "the wheel's loopai command"
+(cd /tmp && "$(dirname "$py")/loopai" --version && "$py" -m loopai --version)
 
 step "pytest"
 "$py" -m pytest -q -p no:cacheprovider python/tests

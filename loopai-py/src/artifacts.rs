@@ -13,32 +13,48 @@ fn program_bytes(
     py: Python<'_>,
     program: &Bound<'_, PyAny>,
 ) -> PyResult<Result<Vec<u8>, core::Error>> {
+    Ok(document(py, program, "program")?.map(|(bytes, _)| bytes))
+}
+
+/// The bytes of a JSON document given as a dict, JSON text (`str`/`bytes`), or a path to a
+/// file, and the path when it was one.
+#[allow(clippy::type_complexity)]
+fn document(
+    py: Python<'_>,
+    program: &Bound<'_, PyAny>,
+    what: &str,
+) -> PyResult<Result<(Vec<u8>, Option<PathBuf>), core::Error>> {
     if let Ok(dict) = program.cast::<PyDict>() {
-        let value = convert::to_value(dict.as_any()).map_err(|e| {
-            errors::to_py(
-                py,
-                core::Error::new(core::ErrorKind::Program, e.describe("program")),
-            )
-        })?;
+        let kind = if what == "program" {
+            core::ErrorKind::Program
+        } else {
+            core::ErrorKind::InvalidInput
+        };
+        let value = convert::to_value(dict.as_any())
+            .map_err(|e| errors::to_py(py, core::Error::new(kind, e.describe(what))))?;
         return serde_json::to_vec(&value)
-            .map(Ok)
+            .map(|bytes| Ok((bytes, None)))
             .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()));
     }
     if let Ok(bytes) = program.cast::<PyBytes>() {
-        return Ok(Ok(bytes.as_bytes().to_vec()));
+        return Ok(Ok((bytes.as_bytes().to_vec(), None)));
     }
     if let Ok(s) = program.cast::<PyString>() {
         let text = s.to_cow()?;
-        if text.trim_start().starts_with('{') {
-            return Ok(Ok(text.into_owned().into_bytes()));
+        let start = text.trim_start();
+        if start.starts_with('{') || start.starts_with('[') {
+            return Ok(Ok((text.into_owned().into_bytes(), None)));
         }
     }
     let path: PathBuf = program.extract().map_err(|_| {
-        pyo3::exceptions::PyTypeError::new_err(
-            "program: expected a dict, JSON text, or a path (str or os.PathLike) to a program.json",
-        )
+        pyo3::exceptions::PyTypeError::new_err(format!(
+            "{what}: expected a dict, JSON text, or a path (str or os.PathLike) to a {what} file"
+        ))
     })?;
-    Ok(py.detach(move || std::fs::read(&path).map_err(|e| core::Error::io(path.display(), e))))
+    Ok(py.detach(move || match std::fs::read(&path) {
+        Ok(bytes) => Ok((bytes, Some(path))),
+        Err(e) => Err(core::Error::io(path.display(), e)),
+    }))
 }
 
 /// Checks a ``loopai.program/1`` program and installs it as the next version of task
@@ -87,8 +103,12 @@ pub(crate) fn install_program<'py>(
 /// making it the active one if ``activate``. ``spec`` is a dict, JSON text, or a path to a
 /// spec file; ``strategy`` is ``"auto"``, ``"rule"``, ``"ml"`` or ``"hybrid"``. The GIL is
 /// released while training. Returns the new artifact's metadata (``version``,
-/// ``synthesis_strategy``, ``confidence_score`` — the cross-validated accuracy —,
-/// ``complexity_metrics``, ...).
+/// ``synthesis_strategy``, ``confidence_score`` — the cross-validated accuracy, absent
+/// when there was nothing to cross-validate —, ``complexity_metrics``, ...).
+///
+/// A malformed spec raises ``InvalidInput`` listing every problem, each with its path
+/// (``spec.examples[3].output: ...``) and, for a spec file, the file name. Labels without
+/// examples are reported as ``UserWarning``s.
 #[pyfunction]
 #[pyo3(signature = (spec, data_dir, *, strategy = "auto", activate = true, seed = 0))]
 pub(crate) fn synthesize<'py>(
@@ -100,15 +120,35 @@ pub(crate) fn synthesize<'py>(
     seed: u64,
 ) -> PyResult<Bound<'py, PyAny>> {
     let strategy: loopai_synth::Strategy = strategy.parse().map_err(|e| errors::to_py(py, e))?;
-    let bytes = program_bytes(py, spec)?.map_err(|e| errors::to_py(py, e))?;
-    let installed = py.detach(move || -> core::Result<core::ArtifactMetadata> {
-        let spec = loopai_synth::TaskSpec::from_json(&bytes)?;
-        let options = loopai_synth::SynthOptions::default()
-            .with_strategy(strategy)
-            .with_seed(seed);
-        loopai_synth::synthesize_and_install(&spec, &options, &data_dir, activate).map(|(_, m)| m)
-    });
-    let installed = installed.map_err(|e| errors::to_py(py, e))?;
+    let (bytes, file) = document(py, spec, "spec")?.map_err(|e| errors::to_py(py, e))?;
+    let done = py.detach(
+        move || -> core::Result<(core::ArtifactMetadata, Vec<String>)> {
+            let spec = match &file {
+                // Read again by the parser, whose errors then name the file.
+                Some(path) => loopai_synth::TaskSpec::from_path(path)?,
+                None => loopai_synth::TaskSpec::from_json(&bytes)?,
+            };
+            // Checked here too (synthesis checks again) so that the errors name the file.
+            spec.validate().map_err(|e| match (&file, e.kind()) {
+                (Some(path), core::ErrorKind::InvalidInput | core::ErrorKind::Program) => {
+                    e.context(path.display())
+                }
+                _ => e,
+            })?;
+            let options = loopai_synth::SynthOptions::default()
+                .with_strategy(strategy)
+                .with_seed(seed);
+            loopai_synth::synthesize_and_install(&spec, &options, &data_dir, activate)
+                .map(|(s, m)| (m, s.warnings))
+        },
+    );
+    let (installed, warnings) = done.map_err(|e| errors::to_py(py, e))?;
+    let category = py.get_type::<pyo3::exceptions::PyUserWarning>();
+    for w in warnings {
+        let message = std::ffi::CString::new(format!("loopai.synthesize: {w}"))
+            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+        PyErr::warn(py, &category, &message, 1)?;
+    }
     let value = serde_json::to_value(&installed)
         .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
     convert::to_py(py, &value)

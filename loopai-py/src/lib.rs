@@ -31,5 +31,15 @@ fn _loopai(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(artifacts::install_program, m)?)?;
     m.add_function(wrap_pyfunction!(artifacts::synthesize, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_flush_all, m)?)?;
+    m.add_function(wrap_pyfunction!(_cli_main, m)?)?;
     Ok(())
+}
+
+/// Runs the ``loopai`` command (the same CLI as the Rust binary) with ``argv``, the
+/// program name first, and returns its exit status (0 success, 1 failure, 2 usage error).
+/// It writes to the process's stdout and stderr directly. The GIL is released while it
+/// runs. Used by ``loopai.__main__`` (the wheel's ``loopai`` script, ``python -m loopai``).
+#[pyfunction]
+fn _cli_main(py: Python<'_>, argv: Vec<std::ffi::OsString>) -> i32 {
+    py.detach(|| loopai_cli::main_with_args(argv))
 }

@@ -7,6 +7,7 @@
 //! for that call.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -79,13 +80,15 @@ pub(crate) fn _flush_all(py: Python<'_>, timeout: f64) -> PyResult<Vec<String>> 
 /// ``validation_metrics()`` and never raised by ``execute``. It wins over the
 /// configuration's ``oracle`` section.
 ///
-/// Use it as a context manager, or call ``close()``; runtimes still open at interpreter
-/// exit are flushed by an ``atexit`` hook. A runtime created before ``os.fork()`` raises
-/// ``ClosedError`` in the child: create a new one there.
+/// Use it as a context manager, or call ``shutdown()`` (``close()`` is an alias); runtimes
+/// still open at interpreter exit are flushed by an ``atexit`` hook. A runtime created
+/// before ``os.fork()`` raises ``ClosedError`` in the child: create a new one there.
 #[pyclass(frozen, name = "Runtime", module = "loopai")]
 pub(crate) struct PyRuntime {
     // `Option` only so that `Drop` can release the GIL while the core shuts down.
     inner: Option<Arc<core::Runtime>>,
+    /// `shutdown()` (or `close()`) was called: later calls say so, `flush()` is a no-op.
+    shut_down: AtomicBool,
 }
 
 impl PyRuntime {
@@ -93,6 +96,19 @@ impl PyRuntime {
         self.inner
             .as_ref()
             .expect("loopai: Runtime used after drop (a bug in the binding)")
+    }
+
+    /// The Python exception for `e`; after `shutdown()`, a `ClosedError` says so in the
+    /// user's terms rather than naming the component that refused.
+    fn error(&self, py: Python<'_>, e: core::Error) -> PyErr {
+        if e.kind() == core::ErrorKind::Closed && self.shut_down.load(Ordering::Acquire) {
+            let message = format!(
+                "task {:?}: the runtime is shut down (shutdown() or close() was called); create a new Runtime",
+                self.rt().task()
+            );
+            return errors::to_py(py, core::Error::new(core::ErrorKind::Closed, message));
+        }
+        errors::to_py(py, e)
     }
 }
 
@@ -158,7 +174,10 @@ impl PyRuntime {
             .map_err(|e| errors::to_py(py, e))?;
         let rt = Arc::new(rt);
         register(&rt);
-        Ok(PyRuntime { inner: Some(rt) })
+        Ok(PyRuntime {
+            inner: Some(rt),
+            shut_down: AtomicBool::new(false),
+        })
     }
 
     /// Executes the active program on one input (a dict, e.g. ``{"text": "..."}``) and
@@ -166,7 +185,7 @@ impl PyRuntime {
     /// the execution: the same key gets the same version, and stays on the canary as its
     /// share grows; without it the input (or its ``rollout.sticky_key``) routes. Raises
     /// ``InvalidInput`` when the input cannot be converted to JSON or does not match the
-    /// task, ``ClosedError`` after ``close()`` or in a forked child.
+    /// task, ``ClosedError`` after ``shutdown()`` or in a forked child.
     #[pyo3(signature = (input, key = None))]
     fn execute(
         &self,
@@ -182,8 +201,8 @@ impl PyRuntime {
             None => rt.execute(&value),
         };
         match py.detach(run) {
-            Ok(result) => Ok(PyExecutionResult { inner: result }),
-            Err(e) => Err(errors::to_py(py, e)),
+            Ok(result) => Ok(PyExecutionResult::from(result)),
+            Err(e) => Err(self.error(py, e)),
         }
     }
 
@@ -213,8 +232,8 @@ impl PyRuntime {
             None => rt.execute_json(bytes),
         };
         match py.detach(run) {
-            Ok(result) => Ok(PyExecutionResult { inner: result }),
-            Err(e) => Err(errors::to_py(py, e)),
+            Ok(result) => Ok(PyExecutionResult::from(result)),
+            Err(e) => Err(self.error(py, e)),
         }
     }
 
@@ -251,8 +270,8 @@ impl PyRuntime {
                     Err(errors::invalid_input(py, message))
                 }
                 _ => match results.next() {
-                    Some(Ok(result)) => Ok(PyExecutionResult { inner: result }),
-                    Some(Err(e)) => Err(errors::to_py(py, e)),
+                    Some(Ok(result)) => Ok(PyExecutionResult::from(result)),
+                    Some(Err(e)) => Err(self.error(py, e)),
                     None => break,
                 },
             };
@@ -275,23 +294,39 @@ impl PyRuntime {
     /// Waits until every execution logged before this call is written and fsync'd, at
     /// most ``timeout`` seconds (``TimeoutError`` otherwise). Executions sampled for
     /// validation before the call are validated against the oracle first, within the same
-    /// ``timeout``. The GIL is released while waiting.
+    /// ``timeout``. The GIL is released while waiting. After ``shutdown()`` it returns at
+    /// once: the shutdown flushed everything there was.
     #[pyo3(signature = (timeout = 5.0))]
     fn flush(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
         let timeout = seconds(timeout)?;
+        if self.shut_down.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let rt = self.rt();
         py.detach(|| rt.flush(timeout))
-            .map_err(|e| errors::to_py(py, e))
+            .map_err(|e| self.error(py, e))
     }
 
-    /// Flushes the execution log and stops the background thread within ``timeout``
-    /// seconds. Later executions raise ``ClosedError``; closing again is harmless.
+    /// Flushes the execution log and stops the background threads within ``timeout``
+    /// seconds (``TimeoutError`` otherwise), as ``shutdown`` does in Rust, C and Go. Later
+    /// executions raise ``ClosedError`` ("the runtime is shut down"), ``flush()`` returns
+    /// at once, and shutting down again is harmless. The GIL is released while waiting.
     #[pyo3(signature = (timeout = 5.0))]
-    fn close(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
+    fn shutdown(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
         let timeout = seconds(timeout)?;
         let rt = self.rt();
-        py.detach(|| rt.shutdown(timeout))
-            .map_err(|e| errors::to_py(py, e))
+        let result = py.detach(|| rt.shutdown(timeout));
+        // A `Closed` refusal (a runtime created before fork()) keeps its own message.
+        if !matches!(&result, Err(e) if e.kind() == core::ErrorKind::Closed) {
+            self.shut_down.store(true, Ordering::Release);
+        }
+        result.map_err(|e| self.error(py, e))
+    }
+
+    /// The same as ``shutdown(timeout)`` (the name Python's file-like objects use).
+    #[pyo3(signature = (timeout = 5.0))]
+    fn close(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
+        self.shutdown(py, timeout)
     }
 
     /// Returns the runtime itself (``with Runtime(...) as rt:``).
@@ -299,10 +334,10 @@ impl PyRuntime {
         slf
     }
 
-    /// Closes the runtime (``close(timeout=5.0)``); exceptions propagate.
+    /// Shuts the runtime down (``shutdown(timeout=5.0)``); exceptions propagate.
     #[pyo3(signature = (*_args))]
     fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
-        self.close(py, 5.0)?;
+        self.shutdown(py, 5.0)?;
         Ok(false)
     }
 
@@ -317,7 +352,7 @@ impl PyRuntime {
     fn activate(&self, py: Python<'_>, version: u32) -> PyResult<()> {
         let rt = self.rt();
         py.detach(|| rt.activate(version))
-            .map_err(|e| errors::to_py(py, e))
+            .map_err(|e| self.error(py, e))
     }
 
     /// Re-reads the task's ``active`` pointer (changed by ``install_program``,
@@ -325,7 +360,7 @@ impl PyRuntime {
     /// version in if it differs. Returns the active version.
     fn reload(&self, py: Python<'_>) -> PyResult<u32> {
         let rt = self.rt();
-        py.detach(|| rt.reload()).map_err(|e| errors::to_py(py, e))
+        py.detach(|| rt.reload()).map_err(|e| self.error(py, e))
     }
 
     /// Starts a canary rollout of installed version ``version``: it serves a growing
@@ -336,14 +371,14 @@ impl PyRuntime {
     fn begin_rollout(&self, py: Python<'_>, version: u32) -> PyResult<()> {
         let rt = self.rt();
         py.detach(|| rt.begin_rollout(version))
-            .map_err(|e| errors::to_py(py, e))
+            .map_err(|e| self.error(py, e))
     }
 
     /// Finishes the rollout in progress now: its canary becomes the active version,
     /// which is returned. Raises ``ArtifactError`` when no rollout is in progress.
     fn promote(&self, py: Python<'_>) -> PyResult<u32> {
         let rt = self.rt();
-        py.detach(|| rt.promote()).map_err(|e| errors::to_py(py, e))
+        py.detach(|| rt.promote()).map_err(|e| self.error(py, e))
     }
 
     /// Rolls back the rollout in progress: the stable version stays active and the
@@ -352,7 +387,7 @@ impl PyRuntime {
     fn abort_rollout(&self, py: Python<'_>) -> PyResult<Option<u32>> {
         let rt = self.rt();
         py.detach(|| rt.abort_rollout())
-            .map_err(|e| errors::to_py(py, e))
+            .map_err(|e| self.error(py, e))
     }
 
     /// The rollout in progress, or the last one, as a dict: ``state`` (``"in_progress"``,
@@ -389,7 +424,7 @@ impl PyRuntime {
         let rt = self.rt();
         let stats = py
             .detach(|| rt.stats(days))
-            .map_err(|e| errors::to_py(py, e))?;
+            .map_err(|e| self.error(py, e))?;
         let value = serde_json::to_value(&stats)
             .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
         convert::to_py(py, &value)
@@ -434,10 +469,56 @@ impl PyRuntime {
     }
 }
 
-/// The result of ``Runtime.execute``.
+/// The result of ``Runtime.execute``. Immutable; compares equal field by field; can be
+/// pickled (and copied).
 #[pyclass(frozen, name = "ExecutionResult", module = "loopai")]
 pub(crate) struct PyExecutionResult {
-    inner: core::ExecutionResult,
+    execution_id: uuid::Uuid,
+    output: serde_json::Value,
+    confidence: f64,
+    scores: Scores,
+    version: u32,
+    latency_ms: f64,
+    status: &'static str,
+    source: &'static str,
+    sampled: bool,
+    decided_by: Option<String>,
+}
+
+/// The per-label scores: the core's (no copy on the execute path), or read back from a
+/// pickle.
+enum Scores {
+    Core(core::Scores),
+    Owned(Vec<(String, f64)>),
+}
+
+impl Scores {
+    fn pairs(&self) -> Vec<(&str, f64)> {
+        match self {
+            Scores::Core(s) => s.iter().collect(),
+            Scores::Owned(v) => v.iter().map(|(l, x)| (l.as_str(), *x)).collect(),
+        }
+    }
+}
+
+impl From<core::ExecutionResult> for PyExecutionResult {
+    fn from(r: core::ExecutionResult) -> Self {
+        PyExecutionResult {
+            execution_id: r.execution_id,
+            status: status_name(r.status),
+            source: match r.source {
+                core::ExecutionSource::Oracle => "oracle",
+                _ => "program",
+            },
+            output: r.output,
+            confidence: r.confidence,
+            scores: Scores::Core(r.scores),
+            version: r.version,
+            latency_ms: r.latency_ms,
+            sampled: r.sampled,
+            decided_by: r.decided_by,
+        }
+    }
 }
 
 fn status_name(status: core::ExecutionStatus) -> &'static str {
@@ -449,19 +530,33 @@ fn status_name(status: core::ExecutionStatus) -> &'static str {
     }
 }
 
+/// `state[key]`, or a `ValueError` naming what is missing from the pickled state.
+fn state_item<'py, T: FromPyObjectOwned<'py>>(
+    state: &Bound<'py, PyDict>,
+    key: &str,
+) -> PyResult<T> {
+    let item = state
+        .get_item(key)?
+        .ok_or_else(|| PyValueError::new_err(format!("ExecutionResult state: missing {key:?}")))?;
+    item.extract::<T>().map_err(|e| {
+        let e: PyErr = e.into();
+        PyValueError::new_err(format!("ExecutionResult state: {key}: {e}"))
+    })
+}
+
 #[pymethods]
 impl PyExecutionResult {
     /// The output: a label (``str``), a dict of extracted fields, or ``None`` when the
     /// program abstained without an answer.
     #[getter]
     fn output<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        convert::to_py(py, &self.inner.output)
+        convert::to_py(py, &self.output)
     }
 
     /// Calibrated confidence in ``[0, 1]``.
     #[getter]
     fn confidence(&self) -> f64 {
-        self.inner.confidence
+        self.confidence
     }
 
     /// Per-label scores, ``{label: score}`` in the program's label order (empty for
@@ -469,7 +564,7 @@ impl PyExecutionResult {
     #[getter]
     fn scores<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let dict = PyDict::new(py);
-        for (label, score) in self.inner.scores.iter() {
+        for (label, score) in self.scores.pairs() {
             dict.set_item(label, score)?;
         }
         Ok(dict)
@@ -478,48 +573,47 @@ impl PyExecutionResult {
     /// The artifact version that produced the output.
     #[getter]
     fn version(&self) -> u32 {
-        self.inner.version
+        self.version
     }
 
     /// Unique id of this execution (a UUID string), also the key of its log record.
     #[getter]
     fn execution_id(&self) -> String {
-        self.inner.execution_id.to_string()
+        self.execution_id.to_string()
     }
 
     /// Time spent in the core's ``execute``, in milliseconds.
     #[getter]
     fn latency_ms(&self) -> f64 {
-        self.inner.latency_ms
+        self.latency_ms
     }
 
-    /// Whether this execution was sampled for validation against the oracle.
+    /// Whether this execution was sampled for validation against the oracle. Always
+    /// ``False`` when nothing could validate it: no oracle and no telemetry upload
+    /// configured.
     #[getter]
     fn sampled(&self) -> bool {
-        self.inner.sampled
+        self.sampled
     }
 
     /// ``"success"``, or ``"abstain"`` when the confidence is below the program's
     /// threshold (and, with ``execution.fallback: oracle``, the oracle could not answer).
     #[getter]
     fn status(&self) -> &'static str {
-        status_name(self.inner.status)
+        self.status
     }
 
     /// Who produced ``output``: ``"program"``, or ``"oracle"`` when the program abstained
     /// and ``execution.fallback: oracle`` answered.
     #[getter]
     fn source(&self) -> &'static str {
-        match self.inner.source {
-            core::ExecutionSource::Oracle => "oracle",
-            _ => "program",
-        }
+        self.source
     }
 
     /// The rule or model that decided (e.g. ``"decide.steps[0].rules[2]"``), if known.
     #[getter]
     fn decided_by(&self) -> Option<&str> {
-        self.inner.decided_by.as_deref()
+        self.decided_by.as_deref()
     }
 
     /// All fields as a plain dict (JSON-serializable).
@@ -527,26 +621,101 @@ impl PyExecutionResult {
         let dict = PyDict::new(py);
         dict.set_item("execution_id", self.execution_id())?;
         dict.set_item("output", self.output(py)?)?;
-        dict.set_item("confidence", self.inner.confidence)?;
+        dict.set_item("confidence", self.confidence)?;
         dict.set_item("scores", self.scores(py)?)?;
-        dict.set_item("version", self.inner.version)?;
-        dict.set_item("latency_ms", self.inner.latency_ms)?;
-        dict.set_item("status", self.status())?;
-        dict.set_item("source", self.source())?;
-        dict.set_item("sampled", self.inner.sampled)?;
+        dict.set_item("version", self.version)?;
+        dict.set_item("latency_ms", self.latency_ms)?;
+        dict.set_item("status", self.status)?;
+        dict.set_item("source", self.source)?;
+        dict.set_item("sampled", self.sampled)?;
         dict.set_item("decided_by", self.decided_by())?;
         Ok(dict)
+    }
+
+    /// Rebuilds a result from ``to_dict()`` (how pickle restores one).
+    #[classmethod]
+    fn _from_dict(
+        _cls: &Bound<'_, pyo3::types::PyType>,
+        state: &Bound<'_, PyDict>,
+    ) -> PyResult<Self> {
+        let id: String = state_item(state, "execution_id")?;
+        let execution_id = uuid::Uuid::parse_str(&id).map_err(|e| {
+            PyValueError::new_err(format!("ExecutionResult state: execution_id: {e}"))
+        })?;
+        let output = state
+            .get_item("output")?
+            .ok_or_else(|| PyValueError::new_err("ExecutionResult state: missing \"output\""))?;
+        let output = convert::to_value(&output)
+            .map_err(|e| PyValueError::new_err(e.describe("ExecutionResult state: output")))?;
+        let scores: Bound<'_, PyDict> = state_item(state, "scores")?;
+        let mut pairs = Vec::with_capacity(scores.len());
+        for (label, score) in scores.iter() {
+            pairs.push((label.extract::<String>()?, score.extract::<f64>()?));
+        }
+        let status: String = state_item(state, "status")?;
+        let status = ["success", "abstain", "error", "timeout"]
+            .into_iter()
+            .find(|s| *s == status)
+            .ok_or_else(|| {
+                PyValueError::new_err(format!("ExecutionResult state: status: unknown {status:?}"))
+            })?;
+        let source: String = state_item(state, "source")?;
+        let source = ["program", "oracle"]
+            .into_iter()
+            .find(|s| *s == source)
+            .ok_or_else(|| {
+                PyValueError::new_err(format!("ExecutionResult state: source: unknown {source:?}"))
+            })?;
+        Ok(PyExecutionResult {
+            execution_id,
+            output,
+            confidence: state_item(state, "confidence")?,
+            scores: Scores::Owned(pairs),
+            version: state_item(state, "version")?,
+            latency_ms: state_item(state, "latency_ms")?,
+            status,
+            source,
+            sampled: state_item(state, "sampled")?,
+            decided_by: state_item(state, "decided_by")?,
+        })
+    }
+
+    /// Pickle support: ``(ExecutionResult._from_dict, (self.to_dict(),))``.
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyDict>,))> {
+        let py = slf.py();
+        let rebuild = slf.get_type().getattr("_from_dict")?;
+        Ok((rebuild, (slf.get().to_dict(py)?,)))
+    }
+
+    /// Equal when every field is equal (``scores`` in label order).
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        let Ok(other) = other.cast::<PyExecutionResult>() else {
+            return false;
+        };
+        let o = other.get();
+        self.execution_id == o.execution_id
+            && self.output == o.output
+            && self.confidence == o.confidence
+            && self.scores.pairs() == o.scores.pairs()
+            && self.version == o.version
+            && self.latency_ms == o.latency_ms
+            && self.status == o.status
+            && self.source == o.source
+            && self.sampled == o.sampled
+            && self.decided_by == o.decided_by
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let output = self.output(py)?.repr()?;
         Ok(format!(
             "ExecutionResult(output={output}, confidence={}, status='{}', version={}, execution_id='{}', latency_ms={:.4})",
-            self.inner.confidence,
-            self.status(),
-            self.inner.version,
-            self.inner.execution_id,
-            self.inner.latency_ms
+            self.confidence,
+            self.status,
+            self.version,
+            self.execution_id,
+            self.latency_ms
         ))
     }
 }

@@ -24,6 +24,7 @@ __all__ = [
     "StorageError",
     "TimeoutError",
     "__version__",
+    "_cli_main",
     "_flush_all",
     "install_program",
     "synthesize",
@@ -72,7 +73,8 @@ class OracleError(LoopaiError):
 
 @final
 class ExecutionResult:
-    """The result of ``Runtime.execute``."""
+    """The result of ``Runtime.execute``. Immutable; compares equal field by field; can be
+    pickled (and copied)."""
 
     @property
     def output(self) -> Any:
@@ -96,7 +98,9 @@ class ExecutionResult:
         """Time spent in the core's ``execute``, in milliseconds."""
     @property
     def sampled(self) -> bool:
-        """Whether this execution was sampled for validation against the oracle."""
+        """Whether this execution was sampled for validation against the oracle. Always
+        ``False`` when nothing could validate it: no oracle and no telemetry upload
+        configured."""
     @property
     def status(self) -> Literal["success", "abstain"]:
         """``"success"``, or ``"abstain"`` when the confidence is below the program's
@@ -110,6 +114,13 @@ class ExecutionResult:
         """The rule or model that decided (e.g. ``"decide.steps[0].rules[2]"``), if known."""
     def to_dict(self) -> dict[str, Any]:
         """All fields as a plain dict (JSON-serializable)."""
+    @classmethod
+    def _from_dict(cls, state: dict[str, Any]) -> ExecutionResult:
+        """Rebuilds a result from ``to_dict()`` (how pickle restores one)."""
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        """Pickle support: ``(ExecutionResult._from_dict, (self.to_dict(),))``."""
+    def __eq__(self, value: object, /) -> bool:
+        """Equal when every field is equal (``scores`` in label order)."""
 
 @final
 class Runtime:
@@ -131,9 +142,9 @@ class Runtime:
     ``validation_metrics()`` and never raised by ``execute``. It wins over the
     configuration's ``oracle`` section.
 
-    Use it as a context manager, or call ``close()``; runtimes still open at interpreter
-    exit are flushed by an ``atexit`` hook. A runtime created before ``os.fork()`` raises
-    ``ClosedError`` in the child: create a new one there.
+    Use it as a context manager, or call ``shutdown()`` (``close()`` is an alias); runtimes
+    still open at interpreter exit are flushed by an ``atexit`` hook. A runtime created
+    before ``os.fork()`` raises ``ClosedError`` in the child: create a new one there.
     """
 
     def __new__(
@@ -150,7 +161,7 @@ class Runtime:
         the execution: the same key gets the same version, and stays on the canary as its
         share grows; without it the input (or its ``rollout.sticky_key``) routes. Raises
         ``InvalidInput`` when the input cannot be converted to JSON or does not match the
-        task, ``ClosedError`` after ``close()`` or in a forked child."""
+        task, ``ClosedError`` after ``shutdown()`` or in a forked child."""
     def execute_json(self, input: str | bytes, key: str | None = None) -> ExecutionResult:
         """Executes one input given as JSON text (``str`` or ``bytes``), like ``execute``
         (``key`` routes it during a canary rollout, as there)."""
@@ -165,14 +176,19 @@ class Runtime:
         """Waits until every execution logged before this call is written and fsync'd, at
         most ``timeout`` seconds (``TimeoutError`` otherwise). Executions sampled for
         validation before the call are validated against the oracle first, within the same
-        ``timeout``. The GIL is released while waiting."""
+        ``timeout``. The GIL is released while waiting. After ``shutdown()`` it returns at
+        once: the shutdown flushed everything there was."""
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Flushes the execution log and stops the background threads within ``timeout``
+        seconds (``TimeoutError`` otherwise), as ``shutdown`` does in Rust, C and Go. Later
+        executions raise ``ClosedError`` ("the runtime is shut down"), ``flush()`` returns
+        at once, and shutting down again is harmless. The GIL is released while waiting."""
     def close(self, timeout: float = 5.0) -> None:
-        """Flushes the execution log and stops the background thread within ``timeout``
-        seconds. Later executions raise ``ClosedError``; closing again is harmless."""
+        """The same as ``shutdown(timeout)`` (the name Python's file-like objects use)."""
     def __enter__(self) -> Self:
         """Returns the runtime itself (``with Runtime(...) as rt:``)."""
     def __exit__(self, *args: object) -> bool:
-        """Closes the runtime (``close(timeout=5.0)``); exceptions propagate."""
+        """Shuts the runtime down (``shutdown(timeout=5.0)``); exceptions propagate."""
     def activate(self, version: int) -> None:
         """Activates installed version ``version`` (on disk too) and swaps it in without
         interrupting executions in flight. The version is verified and compiled first."""
@@ -231,6 +247,12 @@ class Runtime:
         ``rolling_validated`` and ``rolling_match_rate`` (the last 1000 validations).
         Rates are ``None`` before the first validation."""
 
+def _cli_main(argv: list[str]) -> int:
+    """Runs the ``loopai`` command (the same CLI as the Rust binary) with ``argv``, the
+    program name first, and returns its exit status (0 success, 1 failure, 2 usage error).
+    It writes to the process's stdout and stderr directly. The GIL is released while it
+    runs. Used by ``loopai.__main__`` (the wheel's ``loopai`` script, ``python -m loopai``)."""
+
 def _flush_all(timeout: float = 5.0) -> list[str]:
     """Flushes every runtime still alive in this process, all within one ``timeout``;
     returns the failures as messages. Called by the package's ``atexit`` hook."""
@@ -264,5 +286,9 @@ def synthesize(
     making it the active one if ``activate``. ``spec`` is a dict, JSON text, or a path to a
     spec file; ``strategy`` is ``"auto"``, ``"rule"``, ``"ml"`` or ``"hybrid"``. The GIL is
     released while training. Returns the new artifact's metadata (``version``,
-    ``synthesis_strategy``, ``confidence_score`` — the cross-validated accuracy —,
-    ``complexity_metrics``, ...)."""
+    ``synthesis_strategy``, ``confidence_score`` — the cross-validated accuracy, absent
+    when there was nothing to cross-validate —, ``complexity_metrics``, ...).
+
+    A malformed spec raises ``InvalidInput`` listing every problem, each with its path
+    (``spec.examples[3].output: ...``) and, for a spec file, the file name. Labels without
+    examples are reported as ``UserWarning``s."""

@@ -1,8 +1,10 @@
-"""Runtime: execute, batch, flush/close, context manager, configuration."""
+"""Runtime: execute, batch, flush/shutdown, context manager, configuration."""
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 import uuid
 from pathlib import Path
 from typing import Any
@@ -139,6 +141,48 @@ def test_close_flushes_and_later_calls_raise(data_dir: Path) -> None:
     with pytest.raises(loopai.ClosedError) as info:
         rt.execute({"text": "x"})
     assert info.value.kind == "closed"
+
+
+def test_shutdown_flushes_then_calls_say_the_runtime_is_shut_down(data_dir: Path) -> None:
+    rt = loopai.Runtime(data_dir, "spam")
+    for _ in range(10):
+        rt.execute({"text": "x"})
+    rt.shutdown(timeout=5.0)
+    assert len(log_lines(data_dir)) == 10
+    for call in (
+        lambda: rt.execute({"text": "x"}),
+        lambda: rt.execute_json('{"text": "x"}'),
+        lambda: rt.begin_rollout(1),
+    ):
+        with pytest.raises(loopai.ClosedError, match="the runtime is shut down") as info:
+            call()
+        assert "writer" not in str(info.value)
+    [failed] = rt.execute_batch([{"text": "x"}], return_exceptions=True)
+    assert isinstance(failed, loopai.ClosedError)
+    assert "the runtime is shut down" in str(failed)
+    # flush() after shutdown is a no-op that returns; shutting down again is harmless.
+    rt.flush()  # returns at once
+    rt.shutdown()
+    rt.close()
+    assert len(log_lines(data_dir)) == 10
+
+
+def test_execution_results_pickle_and_copy_to_equal_objects(data_dir: Path) -> None:
+    with loopai.Runtime(data_dir, "spam") as rt:
+        results = [rt.execute({"text": "a prize"}), rt.execute({"text": "hello"})]
+    for result in results:
+        for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+            back = pickle.loads(pickle.dumps(result, protocol=protocol))
+            assert isinstance(back, loopai.ExecutionResult)
+            assert back == result
+            assert back.to_dict() == result.to_dict()
+            assert repr(back) == repr(result)
+        assert copy.copy(result) == result
+        assert copy.deepcopy(result) == result
+    assert results[0] != results[1]
+    assert results[0] != "not a result"
+    with pytest.raises(ValueError, match="ExecutionResult state: status"):
+        loopai.ExecutionResult._from_dict({**results[0].to_dict(), "status": "great"})
 
 
 def test_bad_timeouts_are_value_errors(rt: loopai.Runtime) -> None:

@@ -40,3 +40,44 @@ def test_bad_specs_raise_with_the_path(tmp_path: pathlib.Path) -> None:
         loopai.synthesize(spec, tmp_path)
     with pytest.raises(loopai.ConfigError):
         loopai.synthesize(SPEC, tmp_path, strategy="magic")
+
+
+def test_spec_file_errors_name_the_file_and_list_every_problem(tmp_path: pathlib.Path) -> None:
+    bad = tmp_path / "bad-spec.json"
+    bad.write_text('{"name": "t",\n "output_schema": {},\n}')
+    with pytest.raises(loopai.InvalidInput) as info:
+        loopai.synthesize(bad, tmp_path)
+    assert str(info.value) == f"{bad}:3:1: not valid JSON: trailing comma"
+
+    bad.write_text("[]")
+    with pytest.raises(loopai.InvalidInput, match="a task specification is a JSON object"):
+        loopai.synthesize(bad, tmp_path)
+
+    spec = json.loads(SPEC.read_text())
+    spec["examples"][0]["output"] = "maybe"
+    spec["examples"][1]["input"] = 5
+    bad.write_text(json.dumps(spec))
+    with pytest.raises(loopai.InvalidInput) as info:
+        loopai.synthesize(bad, tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"{bad}: the task specification has 2 problems:"), message
+    assert "spec.examples[0].output" in message
+    assert "spec.examples[1].input" in message
+
+    program = SPEC.parent / "program.json"
+    with pytest.raises(
+        loopai.InvalidInput, match=r"this looks like a program \(loopai.program/1\)"
+    ):
+        loopai.synthesize(program, tmp_path)
+    assert not (tmp_path / "artifacts").exists()
+
+
+def test_a_label_without_examples_is_a_warning(tmp_path: pathlib.Path) -> None:
+    spec = json.loads(SPEC.read_text())
+    spec["output_schema"]["enum"].append("phishing")
+    with pytest.warns(UserWarning, match='label "phishing" has no example'):
+        meta = loopai.synthesize(spec, tmp_path, strategy="rule")
+    assert meta["version"] == 1
+    spec["output_schema"]["enum"] = ["spam"]
+    with pytest.raises(loopai.InvalidInput, match="only one label"):
+        loopai.synthesize(spec, tmp_path)
