@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use loopai_core::{ArtifactStore, Error, ErrorKind, Executor, JsonSchema, NewArtifact};
+use loopai_core::{
+    ArtifactStore, DeploymentConfig, Error, ErrorKind, Executor, JsonSchema, NewArtifact,
+};
 use serde_json::Value;
 
 use crate::TaskArgs;
@@ -24,7 +26,9 @@ pub(crate) enum ArtifactsCommand {
         #[arg(long)]
         no_activate: bool,
     },
-    /// List installed versions.
+    /// List installed versions, each verified as the runtime loads it (with the signature
+    /// when `cloud.trusted_keys` is set); damaged ones are marked. Exits 1 when the active
+    /// version is damaged.
     List {
         #[command(flatten)]
         task: TaskArgs,
@@ -64,8 +68,11 @@ pub(crate) enum ArtifactsCommand {
     },
 }
 
+/// The task's store, verifying signatures at every load when the data directory's
+/// configuration sets `cloud.trusted_keys` (as the runtime does).
 fn store(task: &TaskArgs) -> Result<ArtifactStore, Error> {
-    ArtifactStore::open(&task.data_dir, &task.task)
+    let config = DeploymentConfig::load_for_data_dir(&task.data_dir)?;
+    ArtifactStore::open(&task.data_dir, &task.task)?.with_trusted_keys(&config.cloud.trusted_keys)
 }
 
 pub(crate) fn run(cmd: ArtifactsCommand) -> Result<ExitCode, Error> {
@@ -89,45 +96,7 @@ pub(crate) fn run(cmd: ArtifactsCommand) -> Result<ExitCode, Error> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        ArtifactsCommand::List { task, json } => {
-            let store = store(&task)?;
-            let list = store.list()?;
-            let active = store.active_version()?;
-            if json {
-                let out =
-                    serde_json::json!({"task": task.task, "active": active, "versions": list});
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&out).expect("serializable")
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-            if list.is_empty() {
-                println!("no versions installed for {}", task.task);
-                return Ok(ExitCode::SUCCESS);
-            }
-            println!(
-                "  {:<8} {:<11} {:<9} {:>10}  {:<24}  sha256",
-                "version", "status", "strategy", "confidence", "created_at"
-            );
-            for m in list {
-                let mark = if Some(m.version) == active { "*" } else { " " };
-                let confidence = m
-                    .confidence_score
-                    .map_or_else(|| "-".to_string(), |c| format!("{c:.4}"));
-                let status = serde_json::to_value(m.status).expect("serializable");
-                println!(
-                    "{mark} v{:<7} {:<11} {:<9} {:>10}  {:<24}  {}",
-                    m.version,
-                    status.as_str().unwrap_or("?"),
-                    m.synthesis_strategy,
-                    confidence,
-                    m.created_at,
-                    &m.sha256[..12]
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        ArtifactsCommand::List { task, json } => list(&task, json),
         ArtifactsCommand::Activate { task, number } => {
             store(&task)?.promote(Some(number))?;
             println!("{} v{number} is active", task.task);
@@ -164,6 +133,106 @@ pub(crate) fn run(cmd: ArtifactsCommand) -> Result<ExitCode, Error> {
             );
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `loopai artifacts list`: every version verified as the runtime loads it.
+fn list(task: &TaskArgs, json: bool) -> Result<ExitCode, Error> {
+    let store = store(task)?;
+    let mut versions = store.versions()?;
+    let active = store.active_version();
+    if let Ok(Some(v)) = active {
+        // An active version that is no directory (a symlink) is still listed, as damaged.
+        if !versions.contains(&v) {
+            versions.push(v);
+            versions.sort_unstable();
+        }
+    }
+    let active_damaged = match &active {
+        Err(e) => Some(e.message().to_owned()),
+        Ok(Some(v)) => store.verify(*v).err().map(|e| e.message().to_owned()),
+        Ok(None) => None,
+    };
+    let entries: Vec<(u32, Option<loopai_core::ArtifactMetadata>, Option<String>)> = versions
+        .iter()
+        .map(|&v| match store.verify(v) {
+            Ok(meta) => (v, Some(meta), None),
+            Err(e) => {
+                let meta = store.metadata(v).ok();
+                (v, meta, Some(e.message().to_owned()))
+            }
+        })
+        .collect();
+    let active = active.ok().flatten();
+    if json {
+        let versions: Vec<Value> = entries
+            .iter()
+            .map(|(v, meta, damaged)| {
+                let mut value = meta
+                    .as_ref()
+                    .and_then(|m| serde_json::to_value(m).ok())
+                    .unwrap_or_else(|| serde_json::json!({"version": v}));
+                if let (Some(object), Some(damaged)) = (value.as_object_mut(), damaged) {
+                    object.insert("damaged".into(), Value::String(damaged.clone()));
+                }
+                value
+            })
+            .collect();
+        let out = serde_json::json!({
+            "task": task.task,
+            "active": active,
+            "active_damaged": active_damaged,
+            "versions": versions,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).expect("serializable")
+        );
+    } else if entries.is_empty() {
+        println!("no versions installed for {}", task.task);
+    } else {
+        println!(
+            "  {:<8} {:<11} {:<9} {:>10}  {:<24}  sha256",
+            "version", "status", "strategy", "confidence", "created_at"
+        );
+        for (v, meta, damaged) in &entries {
+            let mark = if Some(*v) == active { "*" } else { " " };
+            match meta {
+                Some(m) => {
+                    let confidence = m
+                        .confidence_score
+                        .map_or_else(|| "-".to_string(), |c| format!("{c:.4}"));
+                    let status = serde_json::to_value(m.status).expect("serializable");
+                    println!(
+                        "{mark} v{:<7} {:<11} {:<9} {:>10}  {:<24}  {}",
+                        m.version,
+                        if damaged.is_some() {
+                            "DAMAGED"
+                        } else {
+                            status.as_str().unwrap_or("?")
+                        },
+                        m.synthesis_strategy,
+                        confidence,
+                        m.created_at,
+                        m.sha256.get(..12).unwrap_or(&m.sha256)
+                    );
+                }
+                None => println!("{mark} v{v:<7} DAMAGED"),
+            }
+            if let Some(damaged) = damaged {
+                println!("    damaged: {damaged}");
+            }
+        }
+    }
+    match active_damaged {
+        Some(damaged) => {
+            eprintln!(
+                "error: the active version of {} is damaged: {damaged}",
+                task.task
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        None => Ok(ExitCode::SUCCESS),
     }
 }
 

@@ -276,6 +276,70 @@ fn list_activate_and_rollback() {
 }
 
 #[test]
+fn list_marks_damaged_versions_and_fails_when_the_active_one_is() {
+    let dir = tempfile::tempdir().unwrap();
+    install_example(dir.path());
+    let list = |dir: &Path| {
+        run(loopai()
+            .args(["artifacts", "list", "--task", "spam", "--data-dir"])
+            .arg(dir))
+    };
+    let o = list(dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("DAMAGED"), "{}", stdout(&o));
+    // program.json modified after install.
+    let program = dir.path().join("artifacts/spam/v1/program.json");
+    let mut bytes = std::fs::read(&program).unwrap();
+    bytes.push(b' ');
+    std::fs::write(&program, &bytes).unwrap();
+    let o = list(dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stdout(&o)
+            .lines()
+            .any(|l| l.starts_with("* v1 ") && l.contains(" DAMAGED ")),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains("damaged: artifacts/spam/v1/program.json: size mismatch"));
+    assert!(
+        stderr(&o).contains("the active version of spam is damaged"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(loopai()
+        .args([
+            "artifacts",
+            "list",
+            "--json",
+            "--task",
+            "spam",
+            "--data-dir",
+        ])
+        .arg(dir.path()));
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(v["versions"][0]["damaged"]
+        .as_str()
+        .unwrap()
+        .contains("size mismatch"));
+    assert!(v["active_damaged"].is_string());
+
+    // With trusted keys, a local (unsigned) install is damaged for the runtime too.
+    let dir = tempfile::tempdir().unwrap();
+    install_example(dir.path());
+    std::fs::create_dir_all(dir.path().join("config")).unwrap();
+    std::fs::write(
+        dir.path().join("config/deployment.yaml"),
+        format!("cloud:\n  trusted_keys: [\"{}\"]\n", "ab".repeat(32)),
+    )
+    .unwrap();
+    let o = list(dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains("unsigned"), "{}", stdout(&o));
+}
+
+#[test]
 fn exec_without_an_installed_program_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let o = exec_stdin(dir.path(), "{\"text\": \"hi\"}\n");

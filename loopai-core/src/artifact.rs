@@ -7,7 +7,15 @@
 //! <data_dir>/artifacts/<task>/v<N>/metadata.json    ArtifactMetadata
 //! <data_dir>/artifacts/<task>/active -> v<N>        relative symlink, target exactly "v<N>"
 //! <data_dir>/artifacts/<task>/active.version        "v<N>\n", only where symlinks are unavailable
+//! <data_dir>/artifacts/<task>/v<N>/artifact.tar.gz  the signed archive, for downloaded versions
+//! <data_dir>/artifacts/<task>/v<N>/artifact.sig     its ed25519 signature (base64)
 //! ```
+//!
+//! Every load checks that the version directory and its files are real entries inside the
+//! task's directory (no symlink escapes), the program's size and SHA-256, and that the
+//! program's `task` is the store's task; with [trusted keys](ArtifactStore::with_trusted_keys)
+//! it also verifies the signature of the stored archive and that `program.json` is the
+//! archive's program, so a program rewritten together with its metadata is refused.
 //!
 //! Every change becomes visible through a single `rename`, after the data it points at has been
 //! fsynced, so a crash leaves either the old or the new state, never a half-written version.
@@ -38,6 +46,8 @@ const PROGRAM_FILE: &str = "program.json";
 const METADATA_FILE: &str = "metadata.json";
 const ACTIVE_LINK: &str = "active";
 const ACTIVE_MARKER: &str = "active.version";
+const ARCHIVE_FILE: &str = "artifact.tar.gz";
+const SIGNATURE_FILE: &str = "artifact.sig";
 const TMP_PREFIX: &str = ".tmp-";
 const TRASH_PREFIX: &str = ".trash-";
 const ACTIVE_LINK_TMP_PREFIX: &str = "active.tmp-";
@@ -241,6 +251,7 @@ pub struct ArtifactStore {
     task: String,
     task_dir: PathBuf,
     keep_versions: usize,
+    trusted_keys: Vec<String>,
 }
 
 impl ArtifactStore {
@@ -258,6 +269,7 @@ impl ArtifactStore {
             task: task.to_owned(),
             task_dir,
             keep_versions: DEFAULT_KEEP_VERSIONS,
+            trusted_keys: Vec::new(),
         };
         store.remove_leftovers()?;
         Ok(store)
@@ -277,6 +289,35 @@ impl ArtifactStore {
         }
         self.keep_versions = keep_versions;
         Ok(self)
+    }
+
+    /// Makes every [`load`](Self::load) (and so [`load_active`](Self::load_active),
+    /// [`verify`](Self::verify) and the runtime's loads) require a version signed by one of
+    /// `keys` (`cloud.trusted_keys`: 32-byte ed25519 public keys, hex or base64): the
+    /// stored archive's signature must verify and `program.json` must be the archive's
+    /// program, for this task and version. Versions installed locally (unsigned) then no
+    /// longer load. An empty list checks no signature (the default).
+    ///
+    /// [`ErrorKind::Config`] naming the key when one does not decode.
+    pub fn with_trusted_keys(mut self, keys: &[String]) -> Result<Self> {
+        for (i, key) in keys.iter().enumerate() {
+            if crate::config::decode_ed25519_public_key(key).is_none() {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "cloud.trusted_keys[{i}]: expected a 32-byte ed25519 public key in hex \
+                         (64 digits) or base64"
+                    ),
+                ));
+            }
+        }
+        self.trusted_keys = keys.to_vec();
+        Ok(self)
+    }
+
+    /// The keys every load requires a signature by (empty: none required).
+    pub fn trusted_keys(&self) -> &[String] {
+        &self.trusted_keys
     }
 
     /// How many versions [`prune`](Self::prune) keeps.
@@ -310,7 +351,7 @@ impl ArtifactStore {
     ) -> Result<ArtifactMetadata> {
         let mut metadata = self.new_metadata(program, meta)?;
 
-        let (tmp, guard, tmp_rel) = self.stage_version(program, &metadata)?;
+        let (tmp, guard, tmp_rel) = self.stage_version(program, &metadata, None)?;
 
         let mut attempts = 0;
         loop {
@@ -367,6 +408,30 @@ impl ArtifactStore {
     /// installed metadata; with a different program it is an [`ErrorKind::Artifact`]
     /// error, and nothing changes.
     pub fn import(&self, metadata: &ArtifactMetadata, program: &[u8]) -> Result<ArtifactMetadata> {
+        self.import_inner(metadata, program, None)
+    }
+
+    /// [`import`](Self::import) of a version downloaded as the signed `archive`
+    /// (`signature`: base64 ed25519 over the archive's SHA-256, see `docs/repository.md`):
+    /// both are kept in the version's directory, so that a store
+    /// [with trusted keys](Self::with_trusted_keys) verifies them at every load. The
+    /// signature is not checked here (the download was).
+    pub fn import_signed(
+        &self,
+        metadata: &ArtifactMetadata,
+        program: &[u8],
+        archive: &[u8],
+        signature: &str,
+    ) -> Result<ArtifactMetadata> {
+        self.import_inner(metadata, program, Some((archive, signature)))
+    }
+
+    fn import_inner(
+        &self,
+        metadata: &ArtifactMetadata,
+        program: &[u8],
+        signed: Option<(&[u8], &str)>,
+    ) -> Result<ArtifactMetadata> {
         let version = metadata.version;
         let rel = self.rel(format!("v{version}"));
         let refuse = |message: String| Error::new(ErrorKind::Artifact, format!("{rel}: {message}"));
@@ -409,7 +474,7 @@ impl ArtifactStore {
             return self.same_as_installed(version, &metadata.sha256);
         }
 
-        let (tmp, guard, tmp_rel) = self.stage_version(program, &metadata)?;
+        let (tmp, guard, tmp_rel) = self.stage_version(program, &metadata, signed)?;
         if let Err(err) = fs::rename(&tmp, &target) {
             if fs::symlink_metadata(&target).is_ok() {
                 // Imported concurrently by another writer.
@@ -449,6 +514,12 @@ impl ArtifactStore {
             .into_iter()
             .map(|v| self.read_metadata(v))
             .collect()
+    }
+
+    /// The metadata of installed `version`, read and checked against its directory (version
+    /// and task) but without verifying the program: see [`verify`](Self::verify).
+    pub fn metadata(&self, version: u32) -> Result<ArtifactMetadata> {
+        self.read_metadata(version)
     }
 
     /// The installed version numbers, ascending.
@@ -526,9 +597,14 @@ impl ArtifactStore {
         Ok(target)
     }
 
-    /// Reads and verifies `version`: the program's length and SHA-256 must match the metadata,
-    /// and the metadata's `version` and `task_id` must match the directory.
+    /// Reads and verifies `version`: the version directory and its files must be real
+    /// entries inside the task's directory (not symlinks), the program's length and SHA-256
+    /// must match the metadata, the metadata's `version` and `task_id` must match the
+    /// directory, and the program's `task` must be this task. With
+    /// [trusted keys](Self::with_trusted_keys), the stored archive's signature must verify
+    /// and `program.json` must be the signed program.
     pub fn load(&self, version: u32) -> Result<LoadedArtifact> {
+        self.check_entries(version)?;
         let metadata = self.read_metadata(version)?;
         let dir = self.version_dir(version);
         let rel = self.rel(format!("v{version}/{PROGRAM_FILE}"));
@@ -562,11 +638,137 @@ impl ArtifactStore {
                 ),
             ));
         }
+        #[derive(Deserialize)]
+        struct ProgramTask {
+            task: Option<String>,
+        }
+        // A program that does not parse is reported by the compiler, with its path.
+        if let Ok(ProgramTask { task: Some(task) }) = serde_json::from_slice(&program) {
+            if task != self.task {
+                return Err(Error::new(
+                    ErrorKind::Artifact,
+                    format!(
+                        "{rel}: the program is for task {task:?}, not {:?}",
+                        self.task
+                    ),
+                ));
+            }
+        }
+        if !self.trusted_keys.is_empty() {
+            self.verify_signed(version, &program)?;
+        }
         Ok(LoadedArtifact {
             metadata,
             program,
             dir,
         })
+    }
+
+    /// Refuses a version directory, or a file in it, that is a symlink or not what it should
+    /// be: whatever it points at may lie outside the task's directory.
+    fn check_entries(&self, version: u32) -> Result<()> {
+        let dir = self.version_dir(version);
+        let rel = self.rel(format!("v{version}"));
+        let escape = |what: String| {
+            Error::new(
+                ErrorKind::Artifact,
+                format!(
+                    "{what}; versions must be real directories and files inside {}",
+                    self.rel("")
+                ),
+            )
+        };
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(escape(format!("{rel}: is a symlink")));
+            }
+            Ok(m) if !m.is_dir() => return Err(escape(format!("{rel}: is not a directory"))),
+            Ok(_) => {}
+            // Reported by read_metadata as "no such version".
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(rel, e)),
+        }
+        for name in [PROGRAM_FILE, METADATA_FILE, ARCHIVE_FILE, SIGNATURE_FILE] {
+            match fs::symlink_metadata(dir.join(name)) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(escape(format!("{rel}/{name}: is a symlink")));
+                }
+                Ok(m) if !m.is_file() => {
+                    return Err(escape(format!("{rel}/{name}: is not a regular file")));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the stored signed archive of `version` against the trusted keys, and that
+    /// `program` is its program, for this task and version.
+    fn verify_signed(&self, version: u32, program: &[u8]) -> Result<()> {
+        let dir = self.version_dir(version);
+        let rel = |name: &str| self.rel(format!("v{version}/{name}"));
+        let read = |name: &str| match fs::read(dir.join(name)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(rel(name), e)),
+        };
+        let (Some(archive), Some(signature)) = (read(ARCHIVE_FILE)?, read(SIGNATURE_FILE)?) else {
+            return Err(Error::new(
+                ErrorKind::Artifact,
+                format!(
+                    "{}: unsigned (no {SIGNATURE_FILE} with its {ARCHIVE_FILE}), but \
+                     cloud.trusted_keys requires a signature at every load",
+                    self.rel(format!("v{version}"))
+                ),
+            ));
+        };
+        let signature = String::from_utf8_lossy(&signature);
+        crate::repository::verify_artifact_signature(
+            &self.trusted_keys,
+            &sha256_hex(&archive),
+            signature.trim(),
+        )
+        .map_err(|e| e.context(rel(SIGNATURE_FILE)))?;
+        let unpacked = crate::repository::ArtifactArchive::unpack(&archive)
+            .map_err(|e| e.context(rel(ARCHIVE_FILE)))?;
+        if unpacked.program != program {
+            return Err(Error::new(
+                ErrorKind::Artifact,
+                format!(
+                    "{}: differs from the program of the signed {ARCHIVE_FILE} (modified after \
+                     download)",
+                    rel(PROGRAM_FILE)
+                ),
+            ));
+        }
+        #[derive(Deserialize)]
+        struct Signed {
+            task_id: String,
+            version: u32,
+        }
+        let signed: Signed = unpacked
+            .metadata
+            .as_deref()
+            .and_then(|m| serde_json::from_slice(m).ok())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Artifact,
+                    format!("{}: no readable metadata.json inside", rel(ARCHIVE_FILE)),
+                )
+            })?;
+        if signed.task_id != self.task || signed.version != version {
+            return Err(Error::new(
+                ErrorKind::Artifact,
+                format!(
+                    "{}: signed for task `{}` v{}, not `{}` v{version}",
+                    rel(ARCHIVE_FILE),
+                    signed.task_id,
+                    signed.version,
+                    self.task
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Loads the active version, or returns `None` if no version was ever activated.
@@ -835,6 +1037,7 @@ impl ArtifactStore {
         &self,
         program: &[u8],
         metadata: &ArtifactMetadata,
+        signed: Option<(&[u8], &str)>,
     ) -> Result<(PathBuf, RemoveOnDrop, String)> {
         let tmp = self
             .task_dir
@@ -846,6 +1049,15 @@ impl ArtifactStore {
             .map_err(|e| Error::io(format!("{tmp_rel}/{PROGRAM_FILE}"), e))?;
         write_new_file(&tmp.join(METADATA_FILE), &metadata_json(metadata)?)
             .map_err(|e| Error::io(format!("{tmp_rel}/{METADATA_FILE}"), e))?;
+        if let Some((archive, signature)) = signed {
+            write_new_file(&tmp.join(ARCHIVE_FILE), archive)
+                .map_err(|e| Error::io(format!("{tmp_rel}/{ARCHIVE_FILE}"), e))?;
+            write_new_file(
+                &tmp.join(SIGNATURE_FILE),
+                format!("{signature}\n").as_bytes(),
+            )
+            .map_err(|e| Error::io(format!("{tmp_rel}/{SIGNATURE_FILE}"), e))?;
+        }
         sync_dir(&tmp).map_err(|e| Error::io(&tmp_rel, e))?;
         Ok((tmp, guard, tmp_rel))
     }
@@ -1694,6 +1906,159 @@ mod tests {
         m.version = 0;
         assert!(store.import(&m, &program(1)).is_err());
         assert_eq!(store.versions().unwrap(), vec![1]);
+    }
+
+    /// `origin`'s version `v`, packed and signed as the repository serves it, imported into
+    /// `local` with its archive and signature.
+    fn import_signed_copy(
+        origin: &ArtifactStore,
+        local: &ArtifactStore,
+        v: u32,
+        signer: &crate::repository::ArtifactSigner,
+    ) {
+        let loaded = origin.load(v).unwrap();
+        let metadata = fs::read(origin.task_dir().join(format!("v{v}/metadata.json"))).unwrap();
+        let archive =
+            crate::repository::ArtifactArchive::new(loaded.program.clone(), Some(metadata))
+                .pack()
+                .unwrap();
+        let signature = signer.sign(&sha256_hex(&archive));
+        local
+            .import_signed(&loaded.metadata, &loaded.program, &archive, &signature)
+            .unwrap();
+    }
+
+    #[test]
+    fn with_trusted_keys_every_load_verifies_the_signature_and_the_signed_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = crate::repository::ArtifactSigner::generate().unwrap();
+        let other = crate::repository::ArtifactSigner::generate().unwrap();
+        let origin = ArtifactStore::open(&dir.path().join("origin"), "spam").unwrap();
+        for v in 1..=2 {
+            let p = format!("{{\"task\":\"spam\",\"v\":{v}}}");
+            origin
+                .install(p.as_bytes(), NewArtifact::default(), false)
+                .unwrap();
+        }
+        let local = store(&dir.path().join("local"));
+        import_signed_copy(&origin, &local, 1, &signer);
+        import_signed_copy(&origin, &local, 2, &signer);
+        let trusting = local
+            .clone()
+            .with_trusted_keys(&[other.public_key_hex(), signer.public_key_hex()])
+            .unwrap();
+        trusting.load(1).unwrap();
+        trusting.load(2).unwrap();
+        // A key that did not sign: refused.
+        let err = local
+            .clone()
+            .with_trusted_keys(&[other.public_key_hex()])
+            .unwrap()
+            .load(1)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Artifact);
+        assert!(err.message().contains("v1/artifact.sig"), "{err}");
+
+        // The audit's attack: program.json and metadata.json rewritten together, with a
+        // matching sha256. Without trusted keys that is indistinguishable from an install.
+        let evil = br#"{"task":"spam","evil":true}"#;
+        let v1 = local.task_dir().join("v1");
+        let mut meta = local.read_metadata(1).unwrap();
+        meta.sha256 = sha256_hex(evil);
+        meta.program_bytes = evil.len() as u64;
+        fs::write(v1.join(PROGRAM_FILE), evil).unwrap();
+        fs::write(v1.join(METADATA_FILE), metadata_json(&meta).unwrap()).unwrap();
+        assert_eq!(local.load(1).unwrap().program, evil);
+        let err = trusting.load(1).unwrap_err();
+        assert_eq!(
+            err.message(),
+            "artifacts/spam/v1/program.json: differs from the program of the signed \
+             artifact.tar.gz (modified after download)"
+        );
+        // A signed archive replayed as another version is refused too.
+        for name in [PROGRAM_FILE, METADATA_FILE, ARCHIVE_FILE, SIGNATURE_FILE] {
+            fs::copy(local.task_dir().join("v2").join(name), v1.join(name)).unwrap();
+        }
+        let err = trusting.load(1).unwrap_err();
+        assert!(err.message().contains("records version 2"), "{err}");
+
+        // A local, unsigned install does not load while keys are trusted.
+        let v3 = local
+            .install(br#"{"task":"spam"}"#, NewArtifact::default(), false)
+            .unwrap()
+            .version;
+        local.load(v3).unwrap();
+        let err = trusting.load(v3).unwrap_err();
+        assert_eq!(
+            err.message(),
+            "artifacts/spam/v3: unsigned (no artifact.sig with its artifact.tar.gz), but \
+             cloud.trusted_keys requires a signature at every load"
+        );
+        let err = store(dir.path())
+            .with_trusted_keys(&["nope".to_owned()])
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.message().starts_with("cloud.trusted_keys[0]:"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_version_directory_or_file_that_is_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        store
+            .install(&program(1), NewArtifact::default(), true)
+            .unwrap();
+        // A complete v2 outside the data directory, linked in.
+        let outside = tempfile::tempdir().unwrap();
+        let elsewhere = ArtifactStore::open(outside.path(), "spam").unwrap();
+        for v in 1..=2 {
+            elsewhere
+                .install(&program(v), NewArtifact::default(), false)
+                .unwrap();
+        }
+        std::os::unix::fs::symlink(elsewhere.task_dir().join("v2"), store.task_dir().join("v2"))
+            .unwrap();
+        let err = store.load(2).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Artifact);
+        assert!(
+            err.message()
+                .starts_with("artifacts/spam/v2: is a symlink; versions must be real"),
+            "{err}"
+        );
+        // A file linked out of the version directory.
+        let v1 = store.task_dir().join("v1");
+        fs::remove_file(v1.join(PROGRAM_FILE)).unwrap();
+        std::os::unix::fs::symlink(
+            elsewhere.task_dir().join("v1").join(PROGRAM_FILE),
+            v1.join(PROGRAM_FILE),
+        )
+        .unwrap();
+        let err = store.load_active().unwrap_err();
+        assert!(
+            err.message()
+                .starts_with("artifacts/spam/v1/program.json: is a symlink"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_program_for_another_task_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        store
+            .install(
+                br#"{"task":"ham","rules":[]}"#,
+                NewArtifact::default(),
+                false,
+            )
+            .unwrap();
+        let err = store.load(1).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Artifact);
+        assert_eq!(
+            err.message(),
+            "artifacts/spam/v1/program.json: the program is for task \"ham\", not \"spam\""
+        );
     }
 
     #[test]

@@ -467,9 +467,15 @@ impl Checker {
                 ),
             )));
         }
-        self.store
-            .import(&loaded.metadata, &loaded.program)
-            .map_err(|e| (false, e))?;
+        // The signed archive is kept, so that every later load can verify it again.
+        match &entry.signature {
+            Some(signature) => {
+                self.store
+                    .import_signed(&loaded.metadata, &loaded.program, &reply.body, signature)
+            }
+            None => self.store.import(&loaded.metadata, &loaded.program),
+        }
+        .map_err(|e| (false, e))?;
         Ok(version)
     }
 }
@@ -1084,8 +1090,14 @@ mod tests {
         assert_eq!(wrong.local.versions().unwrap(), vec![1]);
         let good = fixture(2, Some(&signer));
         let keys = vec![other.public_key_hex(), signer.public_key_hex()];
-        assert_eq!(checker(&good, keys).check(Some(1)).unwrap(), Found::New(2));
+        assert_eq!(
+            checker(&good, keys.clone()).check(Some(1)).unwrap(),
+            Found::New(2)
+        );
         assert!(good.entries[1].signature.is_some());
+        // The signed archive was kept: every later load verifies it again.
+        let trusting = good.local.clone().with_trusted_keys(&keys).unwrap();
+        trusting.load(2).unwrap();
     }
 
     #[test]

@@ -204,7 +204,9 @@ impl RuntimeBuilder {
             (None, None) => DeploymentConfig::load_for_data_dir(&data_dir)?,
         };
         let keep = usize::try_from(config.retention.artifacts.keep_versions).unwrap_or(usize::MAX);
-        let store = ArtifactStore::open(&data_dir, &task)?.with_keep_versions(keep)?;
+        let store = ArtifactStore::open(&data_dir, &task)?
+            .with_keep_versions(keep)?
+            .with_trusted_keys(&config.cloud.trusted_keys)?;
         let limits =
             ProgramLimits::default().with_max_input_bytes(config.execution.max_input_bytes);
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));

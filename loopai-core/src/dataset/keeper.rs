@@ -68,6 +68,11 @@ impl AnalyticsKeeper {
 }
 
 impl RecordObserver for AnalyticsKeeper {
+    fn prepare_day(&mut self, day: Date) {
+        // Loads what is on disk before the writer appends more.
+        self.day(day);
+    }
+
     fn execution(&mut self, record: &ExecutionRecord) {
         let day = self.day(record.timestamp.day());
         day.aggregate.observe_execution(record);

@@ -54,6 +54,10 @@ const BUSY_NAP: Duration = Duration::from_millis(1);
 /// Sees every record the writer thread has appended to the local log (`durable`: and
 /// synced), on that thread, in queue order: the daily analytics and the telemetry queue.
 pub(crate) trait RecordObserver: Send {
+    /// Called before the writer first appends records of `day` (UTC), while the day's
+    /// files do not hold them yet: an observer that starts from what is on disk reads it
+    /// now, so that the records it is then shown are not counted twice.
+    fn prepare_day(&mut self, _day: Date) {}
     fn execution(&mut self, record: &ExecutionRecord);
     fn validation(&mut self, record: &ValidationRecord);
     /// Called after every batch and at least every 100 ms (periodic work).
@@ -653,6 +657,9 @@ impl WriterState {
         let idx = match self.pending.iter().position(|p| p.key == key) {
             Some(i) => i,
             None => {
+                for o in &mut self.observers {
+                    o.prepare_day(day);
+                }
                 self.pending.push(Pending {
                     key,
                     bytes: Vec::with_capacity(64 << 10),
