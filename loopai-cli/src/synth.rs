@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use loopai_core::{ArtifactStore, DeploymentConfig, Error, ErrorKind, Executor, ProgramLimits};
-use loopai_synth::{score, Progress, Strategy, SynthOptions, TaskSpec};
+use loopai_core::{
+    ArtifactStatus, ArtifactStore, DeploymentConfig, Error, ErrorKind, Executor, ProgramLimits,
+};
+use loopai_synth::{score, Activation, Progress, Strategy, SynthOptions, TaskSpec};
 use parking_lot::Mutex;
 use serde_json::Value;
 
@@ -31,8 +33,13 @@ pub(crate) struct SynthArgs {
     #[arg(long, value_name = "FILE.jsonl")]
     examples: Vec<PathBuf>,
     /// Install without making it the active version.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "activate_anyway")]
     no_activate: bool,
+    /// Activate the new version even when its estimate cannot be trusted (cross-validated
+    /// accuracy below the spec's accuracy_target, or no better than always answering the
+    /// most frequent label); without it such a program is installed but not activated.
+    #[arg(long)]
+    activate_anyway: bool,
     /// Also write the program to this file.
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -154,8 +161,15 @@ pub(crate) fn synth(args: SynthArgs) -> Result<ExitCode, Error> {
     if let Some(progress) = progress(args.quiet) {
         options = options.with_progress(progress);
     }
+    let activation = if args.no_activate {
+        Activation::Never
+    } else if args.activate_anyway {
+        Activation::Always
+    } else {
+        Activation::IfTrusted
+    };
     let (synthesis, installed) =
-        loopai_synth::synthesize_and_install(&spec, &options, &args.data_dir, !args.no_activate)?;
+        loopai_synth::synthesize_and_install(&spec, &options, &args.data_dir, activation)?;
     if let Some(out) = &args.output {
         std::fs::write(out, &synthesis.program_json).map_err(|e| Error::io(out.display(), e))?;
     }
@@ -164,7 +178,11 @@ pub(crate) fn synth(args: SynthArgs) -> Result<ExitCode, Error> {
         "installed {} v{}{} ({} bytes, sha256 {})",
         spec.name,
         installed.version,
-        if args.no_activate { "" } else { ", active" },
+        if installed.status == ArtifactStatus::Active {
+            ", active"
+        } else {
+            ", not activated"
+        },
         synthesis.program_json.len(),
         &installed.sha256[..12]
     );

@@ -527,6 +527,51 @@ fn synth_reports_a_bad_spec_with_its_path() {
     );
 }
 
+#[test]
+fn synth_keeps_an_untrusted_program_inactive_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.json");
+    // One example a label: cross-validation can confirm nothing.
+    std::fs::write(
+        &spec,
+        r#"{"name": "工单分类", "input_schema": {"type": "object",
+            "properties": {"text": {"type": "string"}}},
+            "output_schema": {"type": "string", "enum": ["退款", "物流", "账户"]},
+            "examples": [{"input": {"text": "我要退款"}, "output": "退款"},
+                         {"input": {"text": "快递还没到"}, "output": "物流"},
+                         {"input": {"text": "密码忘了"}, "output": "账户"}]}"#,
+    )
+    .unwrap();
+    let o = run(loopai()
+        .args(["synth", "--quiet", "--data-dir"])
+        .arg(dir.path())
+        .arg(&spec));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("have a single example"), "{out}");
+    assert!(out.contains("not trusted"), "{out}");
+    assert!(
+        out.contains("installed 工单分类 v1, not activated"),
+        "{out}"
+    );
+    let o = run(loopai()
+        .args(["synth", "--quiet", "--activate-anyway", "--data-dir"])
+        .arg(dir.path())
+        .arg(&spec));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("installed 工单分类 v2, active"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(loopai()
+        .args(["synth", "--no-activate", "--activate-anyway", "--data-dir"])
+        .arg(dir.path())
+        .arg(&spec));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
+}
+
 /// Starts a rollout of v2 with a runtime, as a refresh would, then stops the runtime.
 fn begin_rollout_of_v2(dir: &Path) {
     let rt = loopai_core::Runtime::builder()

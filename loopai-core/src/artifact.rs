@@ -1203,20 +1203,27 @@ fn next_after(version: u32, store: &ArtifactStore) -> Result<u32> {
     })
 }
 
-/// Checks that `task` is a valid task id: 1-128 bytes of `[A-Za-z0-9._-]`, not starting
-/// with `.` (so it is always a single, safe path component).
+/// Checks that `task` is a valid task id: 1-128 bytes of Unicode letters and digits
+/// (`char::is_alphanumeric`), combining marks after the first character, `.`, `_` and
+/// `-`, in Unicode normalization form C, not starting with `.` — so that it is always a
+/// single, safe path component (no separator, no `..`, no control or space character) and
+/// has one spelling on every file system (`退款分类`, `tâche`, `स्पैम` are valid).
 pub fn validate_task_id(task: &str) -> Result<()> {
+    let allowed = |(i, c): (usize, char)| {
+        c.is_alphanumeric()
+            || matches!(c, '.' | '_' | '-')
+            || (i > 0 && unicode_normalization::char::is_combining_mark(c))
+    };
     let problem = if task.is_empty() {
         Some("must not be empty")
     } else if task.len() > MAX_TASK_ID_BYTES {
         Some("must be at most 128 bytes")
     } else if task.starts_with('.') {
         Some("must not start with `.`")
-    } else if !task
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        Some("may only contain A-Z, a-z, 0-9, `.`, `_` and `-`")
+    } else if !task.chars().enumerate().all(allowed) {
+        Some("may only contain letters, digits, combining marks, `.`, `_` and `-`")
+    } else if !unicode_normalization::is_nfc(task) {
+        Some("must be in Unicode normalization form C (NFC)")
     } else {
         None
     };
@@ -1815,7 +1822,14 @@ mod tests {
             "a/b",
             "../etc",
             "spam ham",
-            "tâche",
+            "a\\b",
+            "a\u{0}b",
+            "tab\tx",
+            "line\nx",
+            "\u{301}x",
+            // "tâche" decomposed (NFD): one name, two spellings.
+            "ta\u{302}che",
+            "a\u{200b}b",
             long.as_str(),
         ] {
             let err = ArtifactStore::open(tmp.path(), bad).unwrap_err();
@@ -1826,7 +1840,18 @@ mod tests {
             );
         }
         assert!(!tmp.path().join("artifacts").exists());
-        for good in ["spam", "task-abc", "a.b_c-9", &"a".repeat(128)] {
+        for good in [
+            "spam",
+            "task-abc",
+            "a.b_c-9",
+            &"a".repeat(128),
+            "tâche",
+            "退款分类",
+            "問い合わせ_v2",
+            "สวัสดี",
+            "स्पैम",
+            "تصنيف",
+        ] {
             ArtifactStore::open(tmp.path(), good).unwrap();
         }
     }

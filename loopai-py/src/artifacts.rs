@@ -100,7 +100,11 @@ pub(crate) fn install_program<'py>(
 /// Learns a program from a task specification (the design's TaskSpecification: ``name``,
 /// ``description``, ``input_schema``, ``output_schema``, ``examples``, ...) and installs it
 /// as the next version of the task ``spec["name"]`` under ``<data_dir>/artifacts/``,
-/// making it the active one if ``activate``. ``spec`` is a dict, JSON text, or a path to a
+/// making it the active one if ``activate`` and the estimate can be trusted
+/// (``complexity_metrics["trusted"]``: the cross-validated accuracy meets the spec's
+/// ``accuracy_target`` and beats always answering the most frequent label; otherwise
+/// ``complexity_metrics["warnings"]`` says why, and ``Runtime.activate(version)`` activates
+/// it anyway). ``spec`` is a dict, JSON text, or a path to a
 /// spec file; ``strategy`` is ``"auto"``, ``"rule"``, ``"ml"`` or ``"hybrid"``. The GIL is
 /// released while training. Returns the new artifact's metadata (``version``,
 /// ``synthesis_strategy``, ``confidence_score`` — the cross-validated accuracy, absent

@@ -45,6 +45,9 @@ pub(crate) struct NgramSpec {
     /// Read the field's head view (the first [`HEAD_BYTES`] of the clean view) instead of
     /// the whole clean view: bounds the cost of character n-grams on long documents.
     pub head: bool,
+    /// Word n-grams with `alnum_cjk` tokens: each character of a script written without
+    /// spaces (Chinese, Japanese, Thai, ...) is a token of its own.
+    pub cjk: bool,
 }
 
 /// Size of the head view that character n-grams read.
@@ -184,6 +187,8 @@ impl FeatureConfig {
                 });
                 if !ng.words {
                     v["within_words"] = Value::Bool(ng.within_words);
+                } else if ng.cjk {
+                    v["tokens"] = Value::String("alnum_cjk".into());
                 }
                 out.push(v);
             }
@@ -273,9 +278,39 @@ pub(crate) fn is_word_char(c: char) -> bool {
 
 /// Byte ranges of the `alnum` tokens of `text`.
 pub(crate) fn tokenize(text: &str, out: &mut Vec<(usize, usize)>) {
+    tokenize_mode(text, false, out);
+}
+
+/// Is `c` in a script written without spaces between words (the format's fixed ranges of
+/// `tokens: "alnum_cjk"`)?
+#[inline]
+pub(crate) fn is_unspaced(c: char) -> bool {
+    matches!(u32::from(c),
+        0x0E00..=0x0EFF
+        | 0x1000..=0x109F
+        | 0x1780..=0x17FF
+        | 0x3040..=0x30FF
+        | 0x31F0..=0x31FF
+        | 0x3400..=0x4DBF
+        | 0x4E00..=0x9FFF
+        | 0xF900..=0xFAFF
+        | 0xFF66..=0xFF9F
+        | 0x20000..=0x3134F)
+}
+
+/// Byte ranges of the `alnum` tokens of `text`, or with `cjk` of its `alnum_cjk` tokens
+/// (every character of [`is_unspaced`] a token of its own).
+pub(crate) fn tokenize_mode(text: &str, cjk: bool, out: &mut Vec<(usize, usize)>) {
     out.clear();
     let mut start = None;
     for (i, c) in text.char_indices() {
+        if cjk && is_unspaced(c) {
+            if let Some(s) = start.take() {
+                out.push((s, i));
+            }
+            out.push((i, i + c.len_utf8()));
+            continue;
+        }
         match (is_word_char(c), start) {
             (true, None) => start = Some(i),
             (false, Some(s)) => {
@@ -287,6 +322,22 @@ pub(crate) fn tokenize(text: &str, out: &mut Vec<(usize, usize)>) {
     }
     if let Some(s) = start {
         out.push((s, text.len()));
+    }
+}
+
+/// Share of the letters of `views` that belong to scripts written without spaces.
+pub(crate) fn unspaced_share<'a>(views: impl Iterator<Item = &'a str>) -> f64 {
+    let (mut unspaced, mut letters) = (0u64, 0u64);
+    for v in views {
+        for c in v.chars().filter(|&c| is_word_char(c)) {
+            letters += 1;
+            unspaced += u64::from(is_unspaced(c));
+        }
+    }
+    if letters == 0 {
+        0.0
+    } else {
+        unspaced as f64 / letters as f64
     }
 }
 
@@ -326,7 +377,7 @@ fn sparse_features(ng: &NgramSpec, t: &str, s: &mut Scratch) {
     let out = &mut s.out;
     out.clear();
     if ng.words {
-        tokenize(t, &mut s.tokens);
+        tokenize_mode(t, ng.cjk, &mut s.tokens);
         let bytes = t.as_bytes();
         let toks = &s.tokens;
         for i in 0..toks.len() {
@@ -440,6 +491,7 @@ mod tests {
             l2: true,
             within_words: false,
             head: false,
+            cjk: false,
         };
         // {a, b, a b, b a} from the first view, {c, a c} new in the second.
         assert_eq!(distinct_ngrams(&words, ["a b a", "a c"].into_iter()), 6);

@@ -24,6 +24,10 @@
 //! * **auto** (default) — k-fold cross-validation of every candidate; the most accurate one
 //!   whose measured latency meets `latency_target_ms` wins, the simpler one on a tie.
 //!
+//! Texts in scripts written without spaces between words (Chinese, Japanese, Thai, Khmer,
+//! ...) get word n-grams over `alnum_cjk` tokens, where each character of those scripts is
+//! a token of its own (word bigrams become character bigrams there).
+//!
 //! The training-side feature extraction reproduces the runtime pipeline documented in
 //! `docs/program-format.md` bit for bit, so the accuracy the trainer computes is what the
 //! runtime gives ([`Synthesis::train_accuracy`]). Long documents are truncated to 64 KiB
@@ -56,6 +60,20 @@
 //! // Install it with loopai_core::ArtifactStore::install(.., synthesis.new_artifact(), ..).
 //! # Ok::<(), loopai_core::Error>(())
 //! ```
+//!
+//! # What can be trusted
+//!
+//! [`Synthesis::warnings`] says what the cross-validated estimate rests on: labels with no
+//! example, a single example (cross-validation cannot test it against another of its
+//! kind) or five or fewer. The synthesis is not [trusted](Synthesis::trusted) when its
+//! cross-validated accuracy is below the spec's `accuracy_target`, or no better than
+//! always answering the most frequent label (an accuracy of 0, one label only):
+//! [`synthesize_and_install`] then installs the program without activating it, unless
+//! [`Activation::Always`] is asked for (`loopai synth --activate-anyway`).
+//! A candidate whose program would exceed the runtime's size limits is left out with a
+//! [note](Synthesis::notes) and the others still compete; the hash tables of a linear model
+//! are halved until its weights (dimension × classes) fit 2^24 numbers, so tasks with
+//! hundreds of labels get programs well within the limits.
 //!
 //! # Evaluation
 //!
@@ -93,6 +111,6 @@ pub use improve::{
 pub use metrics::{percentile, score, ClassMetrics, Confusion, EvalReport};
 pub use spec::{Example, TaskSpec};
 pub use synth::{
-    synthesize, synthesize_and_install, CandidateReport, Progress, Strategy, SynthOptions,
-    Synthesis,
+    synthesize, synthesize_and_install, Activation, CandidateReport, Progress, Strategy,
+    SynthOptions, Synthesis,
 };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use loopai_core::{Error, ErrorKind, NewArtifact, Program, ProgramStats, Result};
+use loopai_core::{Error, ErrorKind, NewArtifact, Program, ProgramLimits, ProgramStats, Result};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
@@ -115,6 +115,10 @@ pub struct SynthOptions {
     pub threads: usize,
     /// Progress receiver.
     pub progress: Option<Arc<dyn Progress>>,
+    /// The limits the program must load within (default [`ProgramLimits::default`], the
+    /// runtime's): candidates beyond them are left out with a note
+    /// ([`Synthesis::notes`]), and model sizes are planned to stay well inside them.
+    pub limits: ProgramLimits,
 }
 
 impl Default for SynthOptions {
@@ -125,6 +129,7 @@ impl Default for SynthOptions {
             folds: 5,
             threads: 0,
             progress: None,
+            limits: ProgramLimits::default(),
         }
     }
 }
@@ -139,6 +144,12 @@ impl SynthOptions {
     /// The defaults with another seed.
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
+        self
+    }
+
+    /// Sets the limits the program must load within.
+    pub fn with_limits(mut self, limits: ProgramLimits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -157,6 +168,7 @@ impl fmt::Debug for SynthOptions {
             .field("folds", &self.folds)
             .field("threads", &self.threads)
             .field("progress", &self.progress.is_some())
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -200,6 +212,15 @@ pub struct Synthesis {
     /// cross-validated (`folds` is 0: only one label has examples, and the program always
     /// answers it).
     pub cv_accuracy: f64,
+    /// Whether the estimate can be relied on enough to activate the program: false when
+    /// the cross-validated accuracy is below the spec's `accuracy_target`, or no better than
+    /// always answering the most frequent label (which includes an accuracy of 0, and a
+    /// single label in the examples). [`synthesize_and_install`] then installs the program
+    /// without activating it unless [`Activation::Always`] is asked for.
+    pub trusted: bool,
+    /// Remarks on the run, e.g. a candidate left out because its program exceeds the
+    /// runtime's size limits.
+    pub notes: Vec<String>,
     /// Accuracy of the final program on the training examples, computed by the trainer
     /// (equal to what the runtime gives on the same examples).
     pub train_accuracy: f64,
@@ -218,8 +239,9 @@ pub struct Synthesis {
     /// Wall-clock synthesis time.
     pub elapsed: Duration,
     /// What is legal but probably not what was meant ([`TaskSpec::warnings`], and that the
-    /// program is constant when only one label has examples). Printed by
-    /// [`report_text`](Self::report_text).
+    /// program is constant when only one label has examples), and what the estimate cannot
+    /// be trusted for (labels with no, one or few examples, an accuracy at chance or below
+    /// the spec's `accuracy_target`). Printed by [`report_text`](Self::report_text).
     pub warnings: Vec<String>,
 }
 
@@ -240,6 +262,10 @@ impl Synthesis {
         m.insert("model".into(), json!(self.model));
         m.insert("cv_folds".into(), json!(self.folds));
         m.insert("examples".into(), json!(self.examples));
+        m.insert("trusted".into(), json!(self.trusted));
+        if !self.warnings.is_empty() {
+            m.insert("warnings".into(), json!(self.warnings));
+        }
         NewArtifact {
             synthesis_strategy: self.strategy.as_str().to_string(),
             confidence_score: (self.folds > 0).then_some(self.cv_accuracy),
@@ -315,6 +341,15 @@ impl Synthesis {
         {
             let _ = writeln!(s, "cross-validated per-class metrics:");
             let _ = write_class_table(&mut s, &c.per_class);
+        }
+        for note in &self.notes {
+            let _ = writeln!(s, "note: {note}");
+        }
+        if !self.trusted {
+            let _ = writeln!(
+                s,
+                "not trusted: the program is not activated unless asked (--activate-anyway)"
+            );
         }
         let _ = writeln!(
             s,
@@ -409,6 +444,11 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
         folds: Vec::new(),
         n_folds: 0,
         hybrid_required: options.strategy == Strategy::Hybrid,
+        cjk: false,
+        // Weights (4 bytes, a third more in base64) within half the program size limit.
+        max_weights: MAX_MODEL_WEIGHTS
+            .min(options.limits.max_weights)
+            .min(options.limits.max_program_bytes / 2 / 4 * 3 / 4),
     };
 
     ctx.progress.stage("preprocess", n as u64);
@@ -419,6 +459,7 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
     });
     ctx.progress.finish_stage();
     ctx.views = views;
+    ctx.cjk = crate::features::unspaced_share(ctx.views.iter().flatten().map(String::as_str)) > 0.0;
 
     let present = {
         let mut seen = vec![false; k];
@@ -453,6 +494,7 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
             oof: ctx.y.iter().map(|&c| Some(c)).collect(),
             program,
             train_pred: ctx.y.iter().map(|&c| Some(c)).collect(),
+            weights: 0,
         });
         ctx.n_folds = 0;
     } else {
@@ -489,12 +531,35 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
     // Compile every candidate, measure it, pick one.
     let mut reports = Vec::new();
     let mut compiled = Vec::new();
+    let mut notes = Vec::new();
+    let limits = &options.limits;
     ctx.progress.stage("measure latency", cands.len() as u64);
-    for c in &cands {
+    let mut kept = Vec::new();
+    for c in cands {
         let bytes = serde_json::to_vec(&c.program).map_err(|e| {
             Error::new(ErrorKind::Internal, format!("serializing the program: {e}"))
         })?;
-        let program = Program::from_json(&bytes).map_err(|e| {
+        // A candidate over the runtime's size limits is left out; the others still compete.
+        let over = if bytes.len() > limits.max_program_bytes {
+            Some(format!(
+                "program is {} bytes, over the limit of {} bytes",
+                bytes.len(),
+                limits.max_program_bytes
+            ))
+        } else if c.weights > limits.max_weights {
+            Some(format!(
+                "{} weights, over the limit of {} numbers per weight array",
+                c.weights, limits.max_weights
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = over {
+            notes.push(format!("candidate {} skipped: {why}", c.name));
+            ctx.progress.advance(1);
+            continue;
+        }
+        let program = Program::from_json_with_limits(&bytes, limits).map_err(|e| {
             Error::new(
                 ErrorKind::Internal,
                 format!("generated program does not compile (a loopai-synth bug): {e}"),
@@ -517,9 +582,11 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
             chosen: false,
         });
         compiled.push((bytes, program));
+        kept.push(c);
         ctx.progress.advance(1);
     }
     ctx.progress.finish_stage();
+    let cands = kept;
     let budget_us = spec.latency_target_ms.map(|ms| ms * 1000.0);
     let allowed = |r: &CandidateReport| match options.strategy {
         // With a single label there is only the constant program.
@@ -553,9 +620,14 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
         }
     }
     let pick = pick.ok_or_else(|| {
+        let why = if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", notes.join("; "))
+        };
         Error::new(
             ErrorKind::Program,
-            format!("no {} candidate could be built", options.strategy),
+            format!("no {} candidate could be built{why}", options.strategy),
         )
     })?;
     reports[pick].chosen = true;
@@ -567,11 +639,22 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
         .zip(&ctx.y)
         .filter(|(p, &y)| **p == Some(y))
         .count();
+    let trust = trust_warnings(
+        &labels,
+        &ctx.y,
+        present,
+        reports[pick].cv_accuracy,
+        spec.accuracy_target,
+    );
+    let trusted = trust.iter().all(|w| !w.blocks_activation);
+    warnings.extend(trust.into_iter().filter_map(|w| w.text));
     Ok(Synthesis {
         program_json: bytes,
         strategy: chosen.strategy,
         model: chosen.name.clone(),
         cv_accuracy: reports[pick].cv_accuracy,
+        trusted,
+        notes,
         train_accuracy: train_correct as f64 / n as f64,
         candidates: reports,
         labels,
@@ -592,6 +675,8 @@ struct Cand {
     oof: Vec<Option<usize>>,
     program: Value,
     train_pred: Vec<Option<usize>>,
+    /// Numbers in the largest weight array of the program.
+    weights: usize,
 }
 
 /// A trained ML candidate with what the hybrid needs.
@@ -661,7 +746,16 @@ struct Ctx<'a> {
     n_folds: usize,
     /// The hybrid was asked for explicitly: build it even without rules.
     hybrid_required: bool,
+    /// The examples contain scripts written without spaces: word n-grams use
+    /// `alnum_cjk` tokens.
+    cjk: bool,
+    /// Most weights of one linear model.
+    max_weights: usize,
 }
+
+/// Most weights (input dimension × classes) of one linear model: 64 MiB of `f32`, about
+/// 90 MB of program JSON, a third of the runtime's program size limit.
+const MAX_MODEL_WEIGHTS: usize = 1 << 24;
 
 /// L2 grid, as `C = 1 / (lambda n)`.
 const C_GRID: [f64; 5] = [4.0, 16.0, 64.0, 256.0, 1024.0];
@@ -707,6 +801,9 @@ impl Ctx<'_> {
             l2: true,
             within_words: false,
             head: false,
+            // Texts in Chinese, Japanese, Thai...: a word is not a space-separated run, so
+            // each of their characters is a token (word bigrams become character bigrams).
+            cjk: self.cjk,
         };
         words.bits = size(&words);
         let mut sets = Vec::new();
@@ -721,6 +818,7 @@ impl Ctx<'_> {
                 l2: true,
                 within_words: false,
                 head: true,
+                cjk: false,
             };
             chars.bits = size(&chars);
             let mut config = self.base.clone();
@@ -730,6 +828,9 @@ impl Ctx<'_> {
         let mut config = self.base.clone();
         config.ngrams = vec![words];
         sets.push(config);
+        for config in &mut sets {
+            self.fit_weight_budget(config);
+        }
         sets
     }
 
@@ -743,6 +844,24 @@ impl Ctx<'_> {
             .count();
         let acc = correct as f64 / self.y.len().max(1) as f64;
         self.progress.candidate(&cand.name, acc);
+    }
+
+    /// Halves the largest hash table until the model's weights (dimension × classes) fit
+    /// [`MAX_MODEL_WEIGHTS`] and the limits, so that programs for many classes stay well within the
+    /// runtime's limits (no table below 2^10).
+    fn fit_weight_budget(&self, config: &mut FeatureConfig) {
+        let width = if self.k == 2 { 1 } else { self.k };
+        while config.dim() * width > self.max_weights {
+            let Some(ng) = config
+                .ngrams
+                .iter_mut()
+                .filter(|g| g.bits > 10)
+                .max_by_key(|g| g.bits)
+            else {
+                break;
+            };
+            ng.bits -= 1;
+        }
     }
 
     fn ml_candidates(&self) -> Result<Vec<MlCand>> {
@@ -943,6 +1062,7 @@ impl Ctx<'_> {
                 oof,
                 program,
                 train_pred,
+                weights: model.weights.len(),
             },
             config: config.clone(),
             model,
@@ -1033,6 +1153,7 @@ impl Ctx<'_> {
             oof,
             program,
             train_pred,
+            weights: 0,
         }
     }
 
@@ -1085,8 +1206,103 @@ impl Ctx<'_> {
             oof,
             program,
             train_pred,
+            weights: ml.cand.weights,
         })
     }
+}
+
+/// Fewest examples of a class whose cross-validated figures are worth a number.
+const FEW_EXAMPLES: usize = 5;
+
+/// A reason to distrust the estimate.
+struct TrustWarning {
+    /// None when another warning already says it.
+    text: Option<String>,
+    /// Serious enough to keep the program inactive unless asked.
+    blocks_activation: bool,
+}
+
+/// What the cross-validated estimate of a run can be trusted for.
+fn trust_warnings(
+    labels: &[String],
+    y: &[usize],
+    present: usize,
+    cv_accuracy: f64,
+    target: Option<f64>,
+) -> Vec<TrustWarning> {
+    let mut out = Vec::new();
+    let mut counts = vec![0usize; labels.len()];
+    y.iter().for_each(|&c| counts[c] += 1);
+    let list = |pred: &dyn Fn(usize) -> bool| {
+        let names: Vec<String> = (0..labels.len())
+            .filter(|&c| pred(counts[c]))
+            .map(|c| format!("{:?} ({})", labels[c], counts[c]))
+            .collect();
+        let n = names.len();
+        let mut shown = names.into_iter().take(10).collect::<Vec<_>>().join(", ");
+        if n > 10 {
+            let _ = write!(shown, " and {} more", n - 10);
+        }
+        (n, shown)
+    };
+    let (absent, shown) = list(&|c| c == 0);
+    if absent > 0 {
+        out.push(TrustWarning {
+            text: Some(format!(
+                "{absent} label(s) have no example and are never predicted: {shown}"
+            )),
+            blocks_activation: false,
+        });
+    }
+    let (single, shown) = list(&|c| c == 1);
+    if single > 0 {
+        out.push(TrustWarning {
+            text: Some(format!(
+                "{single} label(s) have a single example, which cross-validation can only \
+                 test with no other example of its label to learn from: {shown}"
+            )),
+            blocks_activation: false,
+        });
+    }
+    let (few, shown) = list(&|c| (2..=FEW_EXAMPLES).contains(&c));
+    if few > 0 {
+        out.push(TrustWarning {
+            text: Some(format!(
+                "{few} label(s) have {FEW_EXAMPLES} or fewer examples; their per-class \
+                 figures rest on that many cases and may be far off: {shown}"
+            )),
+            blocks_activation: false,
+        });
+    }
+    let majority = counts.iter().copied().max().unwrap_or(0) as f64 / y.len().max(1) as f64;
+    if present < 2 {
+        // The constant program's warning says it.
+        out.push(TrustWarning {
+            text: None,
+            blocks_activation: true,
+        });
+    } else if cv_accuracy <= majority + 1e-9 {
+        out.push(TrustWarning {
+            text: Some(format!(
+                "cross-validated accuracy {cv_accuracy:.4} is no better than always \
+                 answering the most frequent label ({majority:.4}): the program has learnt \
+                 nothing that the examples can confirm; add examples"
+            )),
+            blocks_activation: true,
+        });
+    }
+    if let Some(t) = target {
+        if cv_accuracy < t {
+            out.push(TrustWarning {
+                text: Some(format!(
+                    "cross-validated accuracy {cv_accuracy:.4} is below the spec's \
+                     accuracy_target {t}"
+                )),
+                blocks_activation: true,
+            });
+        }
+    }
+    out
 }
 
 /// Stratified, grouped fold assignment: identical inputs form one group (so duplicates
@@ -1190,8 +1406,35 @@ where
     all.into_iter().map(|e| e.1).collect()
 }
 
+/// Whether [`synthesize_and_install`] makes the new version active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Activation {
+    /// Install only.
+    Never,
+    /// Activate when the synthesis is [trusted](Synthesis::trusted) (its cross-validated
+    /// accuracy meets the spec's `accuracy_target` and beats always answering the most
+    /// frequent label); otherwise install only.
+    IfTrusted,
+    /// Activate whatever the estimate says.
+    Always,
+}
+
+impl From<bool> for Activation {
+    /// `true` is [`Activation::IfTrusted`], `false` [`Activation::Never`].
+    fn from(activate: bool) -> Activation {
+        if activate {
+            Activation::IfTrusted
+        } else {
+            Activation::Never
+        }
+    }
+}
+
 /// Synthesizes a program for `spec` and installs it in the artifact cache of `data_dir` as
-/// the task's next version (activated when `activate`), recording the spec's input and
+/// the task's next version, activated as `activate` says (`true` means
+/// [`Activation::IfTrusted`]: an untrusted program is installed but not activated; the
+/// returned metadata's status tells which), recording the spec's input and
 /// output schemas in the metadata so the runtime enforces them, and the spec itself in
 /// `<data_dir>/artifacts/<task>/spec.json` ([`save_spec`](crate::save_spec)). Returns the
 /// synthesis and the installed artifact's metadata.
@@ -1199,9 +1442,14 @@ pub fn synthesize_and_install(
     spec: &TaskSpec,
     options: &SynthOptions,
     data_dir: &std::path::Path,
-    activate: bool,
+    activate: impl Into<Activation>,
 ) -> Result<(Synthesis, loopai_core::ArtifactMetadata)> {
     let synthesis = synthesize(spec, options)?;
+    let activate = match activate.into() {
+        Activation::Never => false,
+        Activation::IfTrusted => synthesis.trusted,
+        Activation::Always => true,
+    };
     // The program must load in the runtime exactly as written.
     loopai_core::Program::from_json(&synthesis.program_json)
         .map_err(|e| e.context("the synthesized program does not load (a loopai-synth bug)"))?;

@@ -700,3 +700,227 @@ fn improve_without_a_spec_or_oracle_answers_says_why() {
         "{err}"
     );
 }
+
+#[test]
+fn an_oversized_candidate_is_skipped_with_a_note() {
+    let mut g = Gen(11);
+    let labels: Vec<&str> = TOPICS.iter().map(|t| t.0).collect();
+    let spec = spec_of(
+        "topics",
+        &labels,
+        generate(&mut g, TOPICS, &[1, 1, 1, 1], 120, 1.0),
+    );
+    // No linear model fits in 6 KB (its smallest hash table alone is 2^10 x 4 weights);
+    // the keyword rules do, and win instead of failing the run.
+    let mut limits = loopai_core::ProgramLimits::default();
+    limits.max_program_bytes = 6_000;
+    let s = synthesize(&spec, &SynthOptions::default().with_limits(limits.clone())).unwrap();
+    assert_eq!(s.strategy, Strategy::Rule, "{}", s.report_text());
+    assert!(s.program_json.len() <= 6_000);
+    Program::from_json_with_limits(&s.program_json, &limits).unwrap();
+    assert!(
+        s.notes.iter().any(|n| n.starts_with("candidate ml/")
+            && n.contains("skipped: program is")
+            && n.contains("over the limit of 6000 bytes")),
+        "{:?}",
+        s.notes
+    );
+    assert!(s.report_text().contains("note: candidate ml/"));
+    // Asked for a model that cannot fit: the error says why.
+    let e = synthesize(
+        &spec,
+        &SynthOptions::default()
+            .with_strategy(Strategy::Ml)
+            .with_limits(limits),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Program);
+    assert!(
+        e.to_string().contains("no ml candidate could be built")
+            && e.to_string().contains("skipped: program is"),
+        "{e}"
+    );
+}
+
+#[test]
+fn many_classes_plan_models_within_the_weight_budget() {
+    // 160 classes: 2^18-entry tables would need 2 x 2^18 x 160 weights (340 MB of JSON,
+    // over the 4 MiB allowed here).
+    let words: Vec<String> = (0..160).map(|c| format!("topic{c}")).collect();
+    let labels: Vec<String> = (0..160).map(|c| format!("label{c}")).collect();
+    let mut g = Gen(12);
+    let mut examples = Vec::new();
+    for (c, label) in labels.iter().enumerate() {
+        for _ in 0..2 {
+            let mut t: Vec<String> = (0..4).map(|_| g.pick(FILLER).to_string()).collect();
+            t.insert(g.below(4), words[c].clone());
+            examples.push(Example {
+                input: json!({"text": t.join(" ")}),
+                output: json!(label),
+            });
+        }
+    }
+    let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+    let spec = spec_of("many", &refs, examples);
+    let mut limits = loopai_core::ProgramLimits::default();
+    limits.max_program_bytes = 4 << 20;
+    let mut options = SynthOptions::default()
+        .with_strategy(Strategy::Ml)
+        .with_limits(limits.clone());
+    options.folds = 2;
+    let s = synthesize(&spec, &options).unwrap();
+    assert!(s.notes.is_empty(), "{:?}", s.notes);
+    assert!(s.program_json.len() <= 4 << 20);
+    let program = Program::from_json_with_limits(&s.program_json, &limits).unwrap();
+    assert!(program.stats().weights <= (4 << 20) / 2 / 4 * 3 / 4);
+    // Two examples a class: each is learnt.
+    assert!(s.train_accuracy >= 0.99, "{}", s.report_text());
+}
+
+fn install_dir_status(dir: &Path, task: &str) -> loopai_core::ArtifactStatus {
+    let store = loopai_core::ArtifactStore::open(dir, task).unwrap();
+    store.list().unwrap().last().unwrap().status
+}
+
+#[test]
+fn one_example_per_class_is_reported_untrusted_and_not_activated() {
+    let labels = ["billing", "shipping", "returns", "login", "other"];
+    let texts = [
+        "my invoice shows a double charge",
+        "where is my parcel, tracking says nothing",
+        "I want to send the shoes back",
+        "cannot sign in, password reset fails",
+        "do you have a shop in Lyon",
+    ];
+    let examples = labels
+        .iter()
+        .zip(texts)
+        .map(|(l, t)| Example {
+            input: json!({"text": t}),
+            output: json!(l),
+        })
+        .collect();
+    let spec = spec_of("support", &labels, examples);
+    let s = synthesize(&spec, &SynthOptions::default()).unwrap();
+    assert!(!s.trusted, "{}", s.report_text());
+    let report = s.report_text();
+    assert!(
+        report.contains("5 label(s) have a single example"),
+        "{report}"
+    );
+    assert!(
+        report.contains("no better than always answering"),
+        "{report}"
+    );
+    assert!(report.contains("not trusted"), "{report}");
+    let a = s.new_artifact();
+    assert_eq!(a.complexity_metrics["trusted"], json!(false));
+
+    let dir = tempdir();
+    let (_, installed) =
+        loopai_synth::synthesize_and_install(&spec, &SynthOptions::default(), dir.path(), true)
+            .unwrap();
+    assert_ne!(installed.status, loopai_core::ArtifactStatus::Active);
+    let store = loopai_core::ArtifactStore::open(dir.path(), "support").unwrap();
+    assert!(store.load_active().unwrap().is_none());
+    // Asked explicitly: activated.
+    let (_, installed) = loopai_synth::synthesize_and_install(
+        &spec,
+        &SynthOptions::default(),
+        dir.path(),
+        loopai_synth::Activation::Always,
+    )
+    .unwrap();
+    assert_eq!(installed.status, loopai_core::ArtifactStatus::Active);
+    assert_eq!(
+        install_dir_status(dir.path(), "support"),
+        loopai_core::ArtifactStatus::Active
+    );
+}
+
+#[test]
+fn below_the_accuracy_target_is_installed_but_not_activated() {
+    let mut g = Gen(13);
+    let labels: Vec<&str> = TOPICS.iter().map(|t| t.0).collect();
+    // Half the documents carry no signal: about 0.6 accuracy at best.
+    let mut spec = spec_of(
+        "noisy",
+        &labels,
+        generate(&mut g, TOPICS, &[1, 1, 1, 1], 120, 0.5),
+    );
+    spec.accuracy_target = Some(0.95);
+    let dir = tempdir();
+    let (s, installed) =
+        loopai_synth::synthesize_and_install(&spec, &SynthOptions::default(), dir.path(), true)
+            .unwrap();
+    assert!(s.cv_accuracy < 0.95);
+    assert!(!s.trusted);
+    assert!(
+        s.warnings
+            .iter()
+            .any(|w| w.contains("below the spec's accuracy_target 0.95")),
+        "{:?}",
+        s.warnings
+    );
+    assert_ne!(installed.status, loopai_core::ArtifactStatus::Active);
+
+    // A clean task meets a reachable target and is activated.
+    spec.examples = generate(&mut g, TOPICS, &[1, 1, 1, 1], 120, 1.0);
+    spec.accuracy_target = Some(0.9);
+    let (s, installed) =
+        loopai_synth::synthesize_and_install(&spec, &SynthOptions::default(), dir.path(), true)
+            .unwrap();
+    assert!(s.trusted, "{}", s.report_text());
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    assert_eq!(installed.status, loopai_core::ArtifactStatus::Active);
+}
+
+#[test]
+fn chinese_task_name_and_text_are_learned_with_character_tokens() {
+    // Chinese is written without spaces: each sentence is one run of letters, so only
+    // character tokens see the shared words.
+    let classes: &[(&str, &[&str])] = &[
+        ("退款", &["退款", "退货", "退钱", "原路返回"]),
+        ("物流", &["快递", "物流", "发货", "包裹"]),
+        ("账户", &["密码", "登录", "账号", "验证码"]),
+    ];
+    let filler = [
+        "我的",
+        "请问",
+        "什么时候",
+        "一下",
+        "怎么",
+        "还没有",
+        "已经",
+        "谢谢",
+    ];
+    let mut g = Gen(14);
+    let mut make = |n: usize| -> Vec<Example> {
+        (0..n)
+            .map(|i| {
+                let c = i % classes.len();
+                let mut parts: Vec<&str> = (0..3 + g.below(3)).map(|_| g.pick(&filler)).collect();
+                parts.insert(g.below(parts.len()), g.pick(classes[c].1));
+                Example {
+                    input: json!({"text": format!("{}？", parts.concat())}),
+                    output: json!(classes[c].0),
+                }
+            })
+            .collect()
+    };
+    let train = make(150);
+    let test = make(150);
+    let spec = spec_of("退款分类", &["退款", "物流", "账户"], train.clone());
+    let s = synthesize(&spec, &SynthOptions::default().with_strategy(Strategy::Ml)).unwrap();
+    let program_text = String::from_utf8(s.program_json.clone()).unwrap();
+    assert!(program_text.contains(r#""tokens":"alnum_cjk""#));
+    assert_eq!(s.train_accuracy, runtime_accuracy(&s, &train));
+    assert!(runtime_accuracy(&s, &test) >= 0.97, "{}", s.report_text());
+    // The Chinese task name is a valid task id.
+    let dir = tempdir();
+    let (_, installed) =
+        loopai_synth::synthesize_and_install(&spec, &SynthOptions::default(), dir.path(), true)
+            .unwrap();
+    assert_eq!(installed.status, loopai_core::ArtifactStatus::Active);
+    assert!(dir.path().join("artifacts").join("退款分类").is_dir());
+}

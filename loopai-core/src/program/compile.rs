@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::plan::*;
-use super::text::{ngram_hash, Placeholder};
+use super::text::{ngram_hash, Placeholder, TokenMode};
 use super::{ProgramLimits, ProgramStats, FORMAT};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -231,6 +231,7 @@ enum RawTokens {
     #[default]
     Alnum,
     Whitespace,
+    AlnumCjk,
 }
 
 #[derive(Deserialize)]
@@ -547,7 +548,7 @@ pub(crate) fn compile_value(
     let raw: RawProgram = typed(value, "")?;
     let _ = &raw.format;
     if raw.task.is_empty() || raw.task.len() > 128 {
-        return Err(perr("task", "must be 1-128 characters"));
+        return Err(perr("task", "must be 1-128 bytes"));
     }
     let mut c = Compiler {
         limits,
@@ -982,7 +983,11 @@ impl Compiler<'_> {
                         words,
                         n_min: r.n[0],
                         n_max: r.n[1],
-                        alnum: r.tokens.unwrap_or_default() == RawTokens::Alnum,
+                        tokens: match r.tokens.unwrap_or_default() {
+                            RawTokens::Alnum => TokenMode::Alnum,
+                            RawTokens::Whitespace => TokenMode::Whitespace,
+                            RawTokens::AlnumCjk => TokenMode::AlnumCjk,
+                        },
                         within_words: r.within_words.unwrap_or(false),
                         index,
                         dim,

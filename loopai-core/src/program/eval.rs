@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::compile::kind_of;
 use super::plan::*;
-use super::text::{self, bucket};
+use super::text::{self, bucket, TokenMode};
 use super::{DecisionId, Outcome};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fnv::Fnv;
@@ -178,15 +178,20 @@ fn run(plan: &Plan, texts: &[&str], numbers: &[f64], s: &mut Scratch) -> Outcome
     }
     s.scalars.clear();
     s.scalars.resize(nf, 0.0);
-    // `s.tokens` holds the tokens of (source, alnum) when `Some`: n-gram features on one
+    // `s.tokens` holds the tokens of (source, mode) when `Some`: n-gram features on one
     // text share them.
-    let mut tokenized: Option<(usize, bool)> = None;
+    let mut tokenized: Option<(usize, TokenMode)> = None;
     for (f, feature) in plan.features.iter().enumerate() {
         let value = match feature {
             FeaturePlan::Sparse(sp) => {
                 let t = slot_text(plan, texts, &s.views, sp.source);
                 let out = &mut s.sparse[f];
-                let key = (sp.source, sp.alnum || !sp.words);
+                let mode = if sp.words {
+                    sp.tokens
+                } else {
+                    TokenMode::Alnum
+                };
+                let key = (sp.source, mode);
                 let fresh = tokenized != Some(key);
                 sparse_features(
                     sp,
@@ -484,7 +489,7 @@ fn sparse_features(
     out.clear();
     if sp.words {
         if tokenize {
-            text::tokenize(t, sp.alnum, tokens);
+            text::tokenize(t, sp.tokens, tokens);
         }
         let seed = seed_of(sp);
         let bytes = t.as_bytes();
@@ -503,7 +508,7 @@ fn sparse_features(
         }
     } else if sp.within_words {
         if tokenize {
-            text::tokenize(t, true, tokens);
+            text::tokenize(t, TokenMode::Alnum, tokens);
         }
         for &(a, b) in tokens.iter() {
             pad.clear();
@@ -560,7 +565,7 @@ fn stat_value(stat: Stat, t: &str, tokens: &mut Vec<(u32, u32)>) -> f64 {
         Stat::Chars => t.chars().count() as f64,
         Stat::Bytes => t.len() as f64,
         Stat::Words => {
-            text::tokenize(t, true, tokens);
+            text::tokenize(t, TokenMode::Alnum, tokens);
             tokens.len() as f64
         }
         Stat::DigitRatio => {

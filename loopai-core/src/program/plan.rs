@@ -8,7 +8,7 @@ use aho_corasick::AhoCorasick;
 use regex::Regex;
 use serde::Deserialize;
 
-use super::text::Placeholder;
+use super::text::{Placeholder, TokenMode};
 use super::ProgramStats;
 
 pub(crate) const MAX_INPUTS: usize = 32;
@@ -153,7 +153,8 @@ pub(crate) struct SparsePlan {
     pub words: bool,
     pub n_min: usize,
     pub n_max: usize,
-    pub alnum: bool,
+    /// Tokenizer of word n-grams.
+    pub tokens: TokenMode,
     pub within_words: bool,
     pub index: NgramIndex,
     pub dim: usize,

@@ -36,13 +36,43 @@ static ASCII_WORD: [bool; 128] = {
     t
 };
 
-/// Pushes the byte ranges of the tokens of `text` into `out`.
-///
-/// `alnum`: maximal runs of alphanumeric characters and `_`; `whitespace`: maximal runs
-/// of non-whitespace characters.
-pub(crate) fn tokenize(text: &str, alnum: bool, out: &mut Vec<(u32, u32)>) {
+/// How `word_ngrams` splits a text into tokens (`tokens` in the format).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenMode {
+    /// Maximal runs of alphanumeric characters and `_`.
+    Alnum,
+    /// Maximal runs of non-whitespace characters.
+    Whitespace,
+    /// As `Alnum`, except that every character of a script written without spaces between
+    /// words ([`is_unspaced`]) is a token of its own.
+    AlnumCjk,
+}
+
+/// Is `c` in a script written without spaces between words: Thai and Lao
+/// (U+0E00–U+0EFF), Myanmar (U+1000–U+109F), Khmer (U+1780–U+17FF), Hiragana and Katakana
+/// (U+3040–U+30FF, U+31F0–U+31FF, U+FF66–U+FF9F), CJK ideographs (U+3400–U+4DBF,
+/// U+4E00–U+9FFF, U+F900–U+FAFF, U+20000–U+3134F)? Fixed ranges, so that the result never
+/// depends on a Unicode table version.
+#[inline]
+pub(crate) fn is_unspaced(c: char) -> bool {
+    matches!(u32::from(c),
+        0x0E00..=0x0EFF
+        | 0x1000..=0x109F
+        | 0x1780..=0x17FF
+        | 0x3040..=0x30FF
+        | 0x31F0..=0x31FF
+        | 0x3400..=0x4DBF
+        | 0x4E00..=0x9FFF
+        | 0xF900..=0xFAFF
+        | 0xFF66..=0xFF9F
+        | 0x20000..=0x3134F)
+}
+
+/// Pushes the byte ranges of the tokens of `text` into `out` (see [`TokenMode`]).
+pub(crate) fn tokenize(text: &str, mode: TokenMode, out: &mut Vec<(u32, u32)>) {
     out.clear();
     let bytes = text.as_bytes();
+    let alnum = mode != TokenMode::Whitespace;
     if text.is_ascii() {
         let n = bytes.len();
         let mut i = 0;
@@ -63,6 +93,13 @@ pub(crate) fn tokenize(text: &str, alnum: bool, out: &mut Vec<(u32, u32)>) {
     }
     let mut start = None;
     for (i, c) in text.char_indices() {
+        if mode == TokenMode::AlnumCjk && is_unspaced(c) {
+            if let Some(s) = start.take() {
+                out.push((s as u32, i as u32));
+            }
+            out.push((i as u32, (i + c.len_utf8()) as u32));
+            continue;
+        }
         let inside = if alnum {
             is_word_char(c)
         } else {
@@ -246,16 +283,41 @@ mod tests {
     #[test]
     fn tokenize_ascii_and_unicode_agree_on_word_runs() {
         let mut out = Vec::new();
-        tokenize("Win £100, now!", true, &mut out);
+        tokenize("Win £100, now!", TokenMode::Alnum, &mut out);
         let words: Vec<_> = out
             .iter()
             .map(|&(s, e)| &"Win £100, now!"[s as usize..e as usize])
             .collect();
         assert_eq!(words, ["Win", "100", "now"]);
-        tokenize("hi there_you 42", true, &mut out);
+        tokenize("hi there_you 42", TokenMode::Alnum, &mut out);
         assert_eq!(out, [(0, 2), (3, 12), (13, 15)]);
-        tokenize("a  b\tc!", false, &mut out);
+        tokenize("a  b\tc!", TokenMode::Whitespace, &mut out);
         assert_eq!(out, [(0, 1), (3, 4), (5, 7)]);
+        tokenize("hi there_you 42", TokenMode::AlnumCjk, &mut out);
+        assert_eq!(out, [(0, 2), (3, 12), (13, 15)]);
+    }
+
+    #[test]
+    fn alnum_cjk_tokens_split_unspaced_scripts_into_characters() {
+        let words = |t: &'static str, mode| {
+            let mut out = Vec::new();
+            tokenize(t, mode, &mut out);
+            out.iter()
+                .map(|&(s, e)| &t[s as usize..e as usize])
+                .collect::<Vec<_>>()
+        };
+        let t = "退款到账了吗? refund_2 東京タワー, สวัสดี ok";
+        assert_eq!(
+            words(t, TokenMode::AlnumCjk),
+            [
+                "退", "款", "到", "账", "了", "吗", "refund_2", "東", "京", "タ", "ワ", "ー", "ส",
+                "ว", "ั", "ส", "ด", "ี", "ok"
+            ]
+        );
+        // The plain alnum tokenizer keeps a run of ideographs as one token.
+        assert_eq!(words("退款到账 ok", TokenMode::Alnum), ["退款到账", "ok"]);
+        // Hangul is written with spaces: words stay whole.
+        assert_eq!(words("환불 요청", TokenMode::AlnumCjk), ["환불", "요청"]);
     }
 
     #[test]
