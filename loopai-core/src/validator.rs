@@ -777,11 +777,6 @@ impl Validator {
         ))
     }
 
-    /// Replaces the task description sent to the oracle (a new version was activated).
-    pub(crate) fn set_description(&self, description: String) {
-        self.task.description.store(Arc::new(description));
-    }
-
     /// Current metrics. Never blocks for long (after `fork()`, a lock held by a worker of
     /// the parent at the fork leaves the per-version metrics out).
     pub(crate) fn metrics(&self) -> ValidationMetrics {

@@ -5,7 +5,7 @@
 use super::state::*;
 use super::stats::*;
 use super::*;
-use crate::artifact::ArtifactStore;
+use crate::artifact::{ArtifactStore, LoadedArtifact};
 use crate::clock::{Clock, Timestamp};
 use crate::config::RolloutConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -180,13 +180,33 @@ impl RolloutController {
     }
 
     /// Compiles `version` for the executor (checking its labels against the output
-    /// schema), plus its task description.
+    /// schema), plus its task description: the first half of a version switch
+    /// ([`switch`](Self::switch) is the second). Nothing changes yet.
     pub(crate) fn compile(&self, version: u32) -> Result<(Arc<ActiveProgram>, String)> {
-        let loaded = self.ctx.store.load(version)?;
-        let (program, _, _) = crate::executor::compile_artifact(&loaded, &self.ctx.limits)?;
+        self.compile_loaded(&self.ctx.store.load(version)?)
+    }
+
+    /// [`compile`](Self::compile) of an artifact already loaded.
+    pub(crate) fn compile_loaded(
+        &self,
+        loaded: &LoadedArtifact,
+    ) -> Result<(Arc<ActiveProgram>, String)> {
+        let (program, _, _) = crate::executor::compile_artifact(loaded, &self.ctx.limits)?;
         let description = loaded.description(&program);
-        let prepared = self.ctx.executor.prepare_shared(program, version)?;
+        let prepared = self
+            .ctx
+            .executor
+            .prepare_shared(program, loaded.metadata.version)?;
         Ok((prepared, description))
+    }
+
+    /// The one version switch: makes a compiled program the active one (executions in
+    /// flight finish on the program they started with) and gives the oracle its task
+    /// description. Every change of the stable version goes through here: activation,
+    /// reload, promotion, following an outside change.
+    pub(crate) fn switch(&self, program: Arc<ActiveProgram>, description: String) {
+        self.ctx.executor.set_active(program);
+        self.ctx.task.description.store(Arc::new(description));
     }
 
     pub(crate) fn install(&self, live: &mut Live, program: Arc<ActiveProgram>) {
@@ -391,20 +411,12 @@ impl RolloutController {
         };
         self.ctx.store.activate(version)?;
         let counts = live.counts();
-        self.ctx.executor.set_active(program);
-        self.ctx.executor.clear_canary();
         let description = match description {
             Some(d) => d,
-            None => {
-                let loaded = self.ctx.store.load(version)?;
-                let p = crate::program::Program::from_json_with_limits(
-                    &loaded.program,
-                    &self.ctx.limits,
-                )?;
-                loaded.description(&p)
-            }
+            None => self.ctx.store.load(version)?.description(program.program()),
         };
-        self.ctx.task.description.store(Arc::new(description));
+        self.switch(program, description);
+        self.ctx.executor.clear_canary();
         let now = self.now();
         if let Some(file) = live.file.as_mut() {
             file.counters = counts.clone();
@@ -494,8 +506,7 @@ impl RolloutController {
         };
         if active != self.ctx.executor.version() {
             let (program, description) = self.compile(active)?;
-            self.ctx.executor.set_active(program);
-            self.ctx.task.description.store(Arc::new(description));
+            self.switch(program, description);
         }
         Ok(())
     }
