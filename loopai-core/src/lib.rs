@@ -53,6 +53,22 @@
 //!   `docs/rollout.md`.
 //! * [`Runtime`] — the facade that ties them together for one task.
 //!
+//! ## Layout
+//!
+//! Modules depend on each other one way (checked by `scripts/check_layers.py`), and
+//! import each other by path (`use crate::dataset::…`); the re-exports below are for
+//! users. At the bottom, importing nothing above: `clock` ([`Clock`], [`Timestamp`]),
+//! `net` (the `ureq` agent, the retryable-status rule, `Retry-After`, backoff with
+//! jitter: used by the oracle, telemetry and refresh), `fnv` (the one FNV-1a of n-gram
+//! buckets, routing and sampling). Then the program language, schemas, the artifact
+//! cache, configuration, privacy, sampler, oracle and repository protocol; the dataset
+//! (records with [`ExecutionStatus`] and [`ExecutionSource`], writer, reader, analytics);
+//! the validator; the executor, which owns what `execute` touches during a rollout
+//! (`executor/canary.rs`: routing, the canary slot, per-arm counters); `rollout/`
+//! (controller, statistics, `rollout.json`, the checker thread), which drives the
+//! executor; telemetry; refresh, which reaches the runtime only through a small trait it
+//! defines; and at the top `runtime/` (the facade and its builder).
+//!
 //! ## Quick start
 //!
 //! ```
@@ -212,7 +228,7 @@ pub use validator::{
 };
 
 /// Not public API: pieces the workspace's other crates share with this one so that they
-/// compute exactly the same thing (`loopai-synth` buckets n-grams with [`fnv`](crate::fnv)
+/// compute exactly the same thing (`loopai-synth` buckets n-grams with `fnv`
 /// as the runtime does). May change in any release.
 #[doc(hidden)]
 pub mod __private {

@@ -173,7 +173,7 @@ impl ArmStats {
 }
 
 /// The state of a task's rollout: [`Runtime::rollout`](crate::Runtime::rollout), the
-/// `rollout` of [`Health`](crate::Health), [`ArtifactStore::rollout`].
+/// `rollout` of [`Health`](crate::Health), [`ArtifactStore::rollout`](crate::ArtifactStore::rollout).
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RolloutStatus {

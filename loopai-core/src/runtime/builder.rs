@@ -72,7 +72,7 @@ impl RuntimeBuilder {
     /// Uses this in-process oracle (a closure: [`FnOracle`](crate::FnOracle); or a foreign
     /// callback) for validation and the oracle fallback. It wins over the configuration's
     /// `oracle` section. Without either, sampled executions are not validated
-    /// ([`ValidationMetrics::skipped_no_oracle`]).
+    /// ([`ValidationMetrics::skipped_no_oracle`](crate::ValidationMetrics::skipped_no_oracle)).
     pub fn oracle(mut self, oracle: Arc<dyn Oracle>) -> Self {
         self.oracle = Some(oracle);
         self
