@@ -69,6 +69,10 @@ pub(crate) struct ServeArgs {
     /// Async worker threads [default: one per CPU].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// Keep GET /ready at 200 while an execution log cannot be written (by default it
+    /// turns 503, so that load balancers stop sending traffic that would not be logged).
+    #[arg(long)]
+    ready_ignores_log: bool,
 }
 
 /// `value` seconds of option `--{flag}` as a duration.
@@ -91,7 +95,8 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, Error> {
         .header_read_timeout(seconds("header-read-timeout", args.header_read_timeout)?)
         .idle_timeout(seconds("idle-timeout", args.idle_timeout)?)
         .max_connections(args.max_connections)
-        .shutdown_timeout(shutdown_timeout);
+        .shutdown_timeout(shutdown_timeout)
+        .ready_requires_log(!args.ready_ignores_log);
     builder = match (args.task, args.all_tasks) {
         (Some(task), _) => builder.task(task),
         (None, true) => builder.all_tasks(),

@@ -362,9 +362,22 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         Phase::Ready => "ok",
         other => other.name(),
     };
+    let problems = log_problems(
+        healths
+            .iter()
+            .map(|(e, h)| (e.name(), h.status, &h.dataset)),
+    );
     let mut body = serde_json::Map::new();
     body.insert("status".into(), status.into());
     body.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+    body.insert(
+        "ready".into(),
+        (phase == Phase::Ready && (problems.is_empty() || !state.ready_requires_log)).into(),
+    );
+    if !problems.is_empty() {
+        // Why /ready is 503 (or would be, with ready_requires_log).
+        body.insert("log_unwritable".into(), problems.join("; ").into());
+    }
     if let Some((kind, message)) = state.load_error.lock().as_ref() {
         body.insert(
             "error".into(),
@@ -402,28 +415,78 @@ fn json_value<T: Serialize + ?Sized>(value: &T) -> Value {
     serde_json::to_value(value).unwrap_or_else(|e| Value::String(format!("unencodable: {e}")))
 }
 
-/// `GET /ready`: 200 once every task is loaded, 503 before and once shutdown began.
+/// The tasks whose execution log cannot be written, each with the reason.
+fn log_problems<'a>(
+    tasks: impl Iterator<Item = (&'a str, &'a str, &'a loopai_core::DatasetMetrics)>,
+) -> Vec<String> {
+    tasks
+        .filter(|(_, status, _)| *status != "ok")
+        .map(|(task, _, dataset)| {
+            format!(
+                "task {task}: the execution log cannot be written: {}",
+                dataset
+                    .last_error
+                    .as_deref()
+                    .unwrap_or("the log writer stopped")
+            )
+        })
+        .collect()
+}
+
+/// `GET /ready`: 200 once every task is loaded, 503 before and once shutdown began, and
+/// (with `ready_requires_log`, the default) while an execution log cannot be written.
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let _in_flight = state.server.enter();
     let phase = state.phase();
-    let code = if phase == Phase::Ready {
-        StatusCode::OK
+    let problems = if phase == Phase::Ready && state.ready_requires_log {
+        log_problems_of(&state).await
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        Vec::new()
     };
-    let status = if phase == Phase::Ready {
-        "ready"
+    let body = if phase != Phase::Ready {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "status": phase.name() }),
+        )
+    } else if problems.is_empty() {
+        (StatusCode::OK, serde_json::json!({ "status": "ready" }))
     } else {
-        phase.name()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "status": "log_unwritable", "reason": problems.join("; ") }),
+        )
     };
     respond(
         &state,
         Route::Ready,
-        Ok(http::json_response(
-            code,
-            &serde_json::json!({ "status": status }),
-        )),
+        Ok(http::json_response(body.0, &body.1)),
     )
+}
+
+/// [`log_problems`] of every task, read off the async workers (health takes the runtimes'
+/// locks briefly).
+async fn log_problems_of(state: &Arc<AppState>) -> Vec<String> {
+    let entries: Vec<Arc<TaskEntry>> = state
+        .tasks
+        .get()
+        .map(|set| set.entries.clone())
+        .unwrap_or_default();
+    tokio::task::spawn_blocking(move || {
+        let healths: Vec<(Arc<TaskEntry>, loopai_core::Health)> = entries
+            .into_iter()
+            .map(|e| {
+                let h = e.runtime.health();
+                (e, h)
+            })
+            .collect();
+        log_problems(
+            healths
+                .iter()
+                .map(|(e, h)| (e.name(), h.status, &h.dataset)),
+        )
+    })
+    .await
+    .unwrap_or_else(|e| vec![format!("health check failed: {e}")])
 }
 
 /// `GET /metrics`: Prometheus text format.
@@ -446,7 +509,15 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
                 health: e.runtime.health(),
             })
             .collect();
-        let mut text = metrics::render(&st.server, st.phase() == Phase::Ready, &snapshots);
+        let log_ok = !st.ready_requires_log
+            || log_problems(
+                snapshots
+                    .iter()
+                    .map(|s| (s.task, s.health.status, &s.health.dataset)),
+            )
+            .is_empty();
+        let mut text =
+            metrics::render(&st.server, st.phase() == Phase::Ready && log_ok, &snapshots);
         st.connections.render_prometheus(&mut text);
         text
     })

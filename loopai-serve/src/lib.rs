@@ -19,7 +19,7 @@
 //! | `POST /execute/batch` | `{"inputs": [...]}` → `{"results": [result or {"error": ...}, ...]}` ([`Mode::Single`]) |
 //! | `POST /v1/execute/{task}`, `.../batch` | the same for one of the served tasks |
 //! | `GET /health` | liveness: status, version, task(s), active version, log and telemetry counters |
-//! | `GET /ready` | readiness: 200 once the tasks are loaded, 503 before and during shutdown |
+//! | `GET /ready` | readiness: 200 once the tasks are loaded, 503 before, during shutdown and while an execution log cannot be written ([`ServerBuilder::ready_requires_log`]) |
 //! | `GET /metrics` | Prometheus text format |
 //!
 //! Connections are bounded (loopai-http): a request's headers must arrive within

@@ -56,6 +56,7 @@ pub struct ServerBuilder {
     connections: ConnectionLimits,
     shutdown_timeout: Duration,
     worker_threads: Option<usize>,
+    ready_requires_log: bool,
 }
 
 impl Default for ServerBuilder {
@@ -79,6 +80,7 @@ impl Default for ServerBuilder {
             },
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             worker_threads: None,
+            ready_requires_log: true,
         }
     }
 }
@@ -220,6 +222,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Whether `GET /ready` is 503 while a task's execution log cannot be written (a full
+    /// or read-only data directory), so that a load balancer stops sending traffic to a
+    /// replica that is losing records (default `true`). `GET /health` says why either way.
+    pub fn ready_requires_log(mut self, on: bool) -> Self {
+        self.ready_requires_log = on;
+        self
+    }
+
     /// Async worker threads (default: one per CPU). Executions run on them directly;
     /// with `storage.durability: durable` they run on tokio's blocking pool.
     pub fn worker_threads(mut self, threads: usize) -> Self {
@@ -316,7 +326,7 @@ impl ServerBuilder {
                 "api_keys: central mode (several tasks) requires API keys (a keys file)",
             ));
         }
-        let state = AppState::new(
+        let mut state = AppState::new(
             mode,
             source.task_names(),
             auth,
@@ -325,6 +335,7 @@ impl ServerBuilder {
             self.max_body_bytes,
             self.body_timeout,
         );
+        state.ready_requires_log = self.ready_requires_log;
         Ok(Server {
             connections: self.connections,
             addr: SocketAddr::new(self.bind, self.port),

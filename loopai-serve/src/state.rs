@@ -76,6 +76,8 @@ pub(crate) struct AppState {
     pub(crate) batch_body_limit: usize,
     pub(crate) body_limit: Option<usize>,
     body_timeout: Duration,
+    /// `GET /ready` is 503 while an execution log cannot be written.
+    pub(crate) ready_requires_log: bool,
 }
 
 impl AppState {
@@ -105,6 +107,7 @@ impl AppState {
             batch_body_limit,
             body_limit,
             body_timeout,
+            ready_requires_log: true,
         }
     }
 

@@ -192,14 +192,23 @@ mod tests {
     #[test]
     fn active_tasks_lists_only_tasks_with_an_active_pointer() {
         let dir = tempfile::tempdir().unwrap();
-        let program = br#"{"format": "loopai.program/1", "task": "a",
-          "inputs": [{"name": "text", "path": "/text", "type": "text"}],
-          "decide": {"op": "rules", "rules": [{"when": {"always": true}, "then": "x", "confidence": 1}]},
-          "output": {"kind": "label", "labels": ["x"]}}"#;
+        // Each program names its task (a program for another task is refused at load).
+        let program = |task: &str| {
+            format!(
+                r#"{{"format": "loopai.program/1", "task": "{task}",
+          "inputs": [{{"name": "text", "path": "/text", "type": "text"}}],
+          "decide": {{"op": "rules", "rules": [{{"when": {{"always": true}}, "then": "x", "confidence": 1}}]}},
+          "output": {{"kind": "label", "labels": ["x"]}}}}"#
+            )
+        };
         for (task, activate) in [("b", true), ("a", true), ("c", false)] {
             loopai_core::ArtifactStore::open(dir.path(), task)
                 .unwrap()
-                .install(program, loopai_core::NewArtifact::default(), activate)
+                .install(
+                    program(task).as_bytes(),
+                    loopai_core::NewArtifact::default(),
+                    activate,
+                )
                 .unwrap();
         }
         assert_eq!(active_tasks(dir.path()).unwrap(), vec!["a", "b"]);

@@ -209,6 +209,112 @@ fn health_and_ready_describe_the_server() {
     assert_eq!(v["telemetry"], Value::Null);
 }
 
+/// Polls `GET path` every 20 ms, for at most 30 s, until `done` holds.
+fn poll_until(
+    server: &ServerHandle,
+    path: &str,
+    what: &str,
+    done: impl Fn(&Reply) -> bool,
+) -> Reply {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let r = get(server, path);
+        if done(&r) {
+            return r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never {what}: {}",
+            r.text
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Makes the task's execution logs impossible to open: a file where their directory was
+/// (works as root too, unlike permissions). Returns the function that repairs it.
+fn break_the_log(dir: &Path) -> impl Fn() {
+    let logs = dir.join("datasets/spam/executions");
+    std::fs::remove_dir_all(&logs).unwrap();
+    std::fs::write(&logs, b"not a directory").unwrap();
+    move || {
+        std::fs::remove_file(&logs).unwrap();
+        std::fs::create_dir(&logs).unwrap();
+    }
+}
+
+#[test]
+fn ready_is_503_while_the_log_cannot_be_written_and_health_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = single(dir.path());
+    assert_eq!(get(&server, "/ready").status, 200);
+    let repair = break_the_log(dir.path());
+    // Executions still answer; their records wait in memory.
+    let r = post(&server, "/execute", r#"{"input": {"text": "hi"}}"#, None);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = poll_until(&server, "/ready", "503", |r| r.status == 503);
+    let v = r.json();
+    assert_eq!(v["status"], "log_unwritable", "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("task spam: the execution log cannot be written: "),
+        "{v}"
+    );
+    let v = get(&server, "/health").json();
+    assert_eq!(
+        (v["status"].clone(), v["ready"].clone()),
+        (json!("degraded"), json!(false))
+    );
+    assert!(
+        v["log_unwritable"]
+            .as_str()
+            .unwrap()
+            .contains("datasets/spam/executions"),
+        "{v}"
+    );
+    let m = parse_prometheus(&get(&server, "/metrics").text);
+    assert_eq!(m.get("loopai_ready"), Some(&0.0));
+    // Once the disk is repaired, the kept record is written and the replica is ready.
+    repair();
+    poll_until(&server, "/ready", "200 again", |r| r.status == 200);
+    let v = get(&server, "/health").json();
+    assert_eq!(
+        (v["status"].clone(), v["ready"].clone()),
+        (json!("ok"), json!(true))
+    );
+    assert_eq!(v["log_unwritable"], Value::Null);
+    let mut server = server;
+    server.shutdown(WAIT).unwrap();
+    assert_eq!(logged(dir.path(), "spam").len(), 1);
+}
+
+#[test]
+fn ready_can_ignore_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "spam");
+    let server = Server::builder()
+        .data_dir(dir.path())
+        .task("spam")
+        .port(0)
+        .ready_requires_log(false)
+        .build()
+        .unwrap()
+        .spawn()
+        .unwrap();
+    server.wait_ready(WAIT).unwrap();
+    let _repair = break_the_log(dir.path());
+    post(&server, "/execute", r#"{"input": {"text": "hi"}}"#, None);
+    let v = poll_until(&server, "/health", "degraded", |r| {
+        r.json()["status"] == "degraded"
+    })
+    .json();
+    assert_eq!(v["ready"], true);
+    assert!(v["log_unwritable"].is_string(), "{v}");
+    assert_eq!(get(&server, "/ready").status, 200);
+}
+
 #[test]
 fn a_task_that_cannot_load_keeps_the_server_not_ready() {
     let dir = tempfile::tempdir().unwrap();
