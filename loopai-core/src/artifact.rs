@@ -30,12 +30,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 use crate::fsutil::{
     create_dir_all_durable, remove_if_exists, sync_dir, write_atomic, write_new_file,
 };
 
+use crate::digest::{abbreviate, sha256_hex};
 use crate::error::{Error, ErrorKind, Result};
 use crate::program::Program;
 
@@ -301,7 +301,7 @@ impl ArtifactStore {
     /// [`ErrorKind::Config`] naming the key when one does not decode.
     pub fn with_trusted_keys(mut self, keys: &[String]) -> Result<Self> {
         for (i, key) in keys.iter().enumerate() {
-            if crate::config::decode_ed25519_public_key(key).is_none() {
+            if crate::repository::decode_ed25519_public_key(key).is_none() {
                 return Err(Error::new(
                     ErrorKind::Config,
                     format!(
@@ -1254,17 +1254,6 @@ fn metadata_json(metadata: &ArtifactMetadata) -> Result<Vec<u8>> {
     })?;
     bytes.push(b'\n');
     Ok(bytes)
-}
-
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-pub(crate) fn abbreviate(hash: &str) -> String {
-    match hash.get(..12) {
-        Some(prefix) if hash.len() > 12 => format!("{prefix}…"),
-        _ => format!("`{hash}`"),
-    }
 }
 
 fn now_rfc3339() -> Result<String> {

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value as YamlValue;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::repository::decode_ed25519_public_key;
 
 mod gateway;
 
@@ -1155,22 +1156,6 @@ fn check_http_url(key: &str, url: &str) -> Result<()> {
             "{key}: must be an http:// or https:// URL, got {url:?}"
         ))),
     }
-}
-
-/// Decodes an ed25519 public key written as 64 hex digits or as base64 (standard
-/// alphabet, padding optional) of 32 bytes.
-pub(crate) fn decode_ed25519_public_key(text: &str) -> Option<[u8; 32]> {
-    use base64::Engine as _;
-    let text = text.trim();
-    let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        hex::decode(text).ok()?
-    } else {
-        base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(text))
-            .ok()?
-    };
-    bytes.try_into().ok()
 }
 
 fn is_env_name(name: &str) -> bool {

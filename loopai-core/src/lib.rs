@@ -158,6 +158,7 @@ mod artifact;
 mod clock;
 mod config;
 mod dataset;
+mod digest;
 mod error;
 mod executor;
 mod fnv;

@@ -345,8 +345,8 @@ impl Checker {
                         "v{}: installed locally with another program than the repository's \
                          (sha256 {}, repository {}); not handed over",
                         latest.version,
-                        crate::artifact::abbreviate(&installed.sha256),
-                        crate::artifact::abbreviate(&latest.program_sha256)
+                        crate::digest::abbreviate(&installed.sha256),
+                        crate::digest::abbreviate(&latest.program_sha256)
                     ),
                 ));
             }
@@ -504,8 +504,8 @@ fn parse_metadata(
     if metadata.sha256 != entry.program_sha256 {
         return Err(bad(format!(
             "records program sha256 {}, but the versions list says {}",
-            crate::artifact::abbreviate(&metadata.sha256),
-            crate::artifact::abbreviate(&entry.program_sha256)
+            crate::digest::abbreviate(&metadata.sha256),
+            crate::digest::abbreviate(&entry.program_sha256)
         )));
     }
     Ok(metadata)

@@ -17,7 +17,7 @@ use base64::Engine as _;
 use ed25519_dalek::{Signer as _, Verifier as _};
 use serde::{Deserialize, Serialize};
 
-use crate::artifact::{abbreviate, sha256_hex};
+use crate::digest::{abbreviate, sha256_hex};
 use crate::error::{Error, ErrorKind, Result};
 
 /// The `format` of a [`VersionList`].
@@ -345,7 +345,7 @@ impl ArtifactSigner {
     /// A signer from the 32-byte secret key (seed) written as 64 hex digits or base64,
     /// surrounding whitespace ignored. [`ErrorKind::Config`] otherwise.
     pub fn from_key_text(text: &str) -> Result<ArtifactSigner> {
-        let seed = crate::config::decode_ed25519_public_key(text).ok_or_else(|| {
+        let seed = decode_ed25519_public_key(text).ok_or_else(|| {
             Error::new(
                 ErrorKind::Config,
                 "signing key: expected a 32-byte ed25519 secret key in hex (64 digits) or base64",
@@ -400,7 +400,7 @@ pub fn verify_artifact_signature(
         .map_err(|_| bad("signature: not 64 bytes"))?;
     let signature = ed25519_dalek::Signature::from_bytes(&bytes);
     for key in trusted_keys {
-        let Some(key) = crate::config::decode_ed25519_public_key(key) else {
+        let Some(key) = decode_ed25519_public_key(key) else {
             continue;
         };
         let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&key) else {
@@ -413,6 +413,22 @@ pub fn verify_artifact_signature(
     Err(bad(
         "signature: not valid for any key in cloud.trusted_keys",
     ))
+}
+
+/// Decodes an ed25519 public key written as 64 hex digits or as base64 (standard
+/// alphabet, padding optional) of 32 bytes.
+pub(crate) fn decode_ed25519_public_key(text: &str) -> Option<[u8; 32]> {
+    use base64::Engine as _;
+    let text = text.trim();
+    let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex::decode(text).ok()?
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(text))
+            .ok()?
+    };
+    bytes.try_into().ok()
 }
 
 /// `{api_url}/api/v1/artifacts/{task}` (a trailing `/` of `api_url` is ignored).
