@@ -60,8 +60,9 @@
 //! users. At the bottom, importing nothing above: `clock` ([`Clock`], [`Timestamp`]),
 //! `net` (the `ureq` agent, the retryable-status rule, `Retry-After`, backoff with
 //! jitter: used by the oracle, telemetry and refresh), `fnv` (the one FNV-1a of n-gram
-//! buckets, routing and sampling). Then the program language, schemas, the artifact
-//! cache, configuration, privacy, sampler, oracle and repository protocol; the dataset
+//! buckets, routing and sampling), `digest` (SHA-256 hex). Then the program language,
+//! schemas, the repository protocol (archives, signatures), the artifact cache,
+//! configuration, privacy, sampler and oracle; the dataset
 //! (records with [`ExecutionStatus`] and [`ExecutionSource`], writer, reader, analytics);
 //! the validator; the executor, which owns what `execute` touches during a rollout
 //! (`executor/canary.rs`: routing, the canary slot, per-arm counters); `rollout/`
