@@ -2,7 +2,7 @@
 
 use std::ffi::{c_char, CString};
 
-use crate::{loopai_status_t, LOOPAI_OK};
+use crate::status::{loopai_status_t, LOOPAI_OK};
 
 /// An error: a status code and a message (opaque). Freed by `loopai_error_free`.
 #[derive(Debug)]

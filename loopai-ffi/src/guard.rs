@@ -8,8 +8,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use loopai_core::{Error, ErrorKind};
 
 use crate::error::loopai_error_t;
+use crate::status::{loopai_status_t, LOOPAI_OK};
 use crate::string::cstring_lossy;
-use crate::{loopai_status_t, LOOPAI_OK};
 
 fn panic_error(function: &str, payload: Box<dyn Any + Send>) -> Error {
     let what = payload
@@ -57,7 +57,7 @@ mod tests {
 
     use super::*;
     use crate::error::{loopai_error_code, loopai_error_free, loopai_error_message};
-    use crate::LOOPAI_E_INTERNAL;
+    use crate::status::LOOPAI_E_INTERNAL;
 
     #[test]
     fn panics_become_internal_errors() {

@@ -24,9 +24,9 @@
 //! The sources follow the C types, one file each (like wasmtime's `crates/c-api`):
 //! `runtime.rs` (`loopai_runtime_t`), `result.rs` (`loopai_result_t`), `error.rs`
 //! (`loopai_error_t`), `oracle.rs` (the callback, `loopai_oracle_reply_t`), `string.rs`
-//! (owned strings), `args.rs` (argument checks) and `guard.rs` (the panic guard every
-//! entry point runs in). The status codes and the library functions are here. cbindgen
-//! follows the `mod` declarations below in order; that order is the header's.
+//! (owned strings), `status.rs` (the status codes), `args.rs` (argument checks) and
+//! `guard.rs` (the panic guard every entry point runs in); `loopai_version` is here.
+//! cbindgen follows the `mod` declarations below in order; that order is the header's.
 
 // The C names (`loopai_runtime_t`, `loopai_status_t`) are the ABI.
 #![allow(non_camel_case_types)]
@@ -37,8 +37,10 @@
 mod args;
 mod guard;
 
-// The header lists the functions in this order (rustfmt keeps `mod` items that are
-// separated by blank lines in place).
+// The header lists the status codes first, then the functions in the order of the
+// modules below (rustfmt keeps `mod` items that are separated by blank lines in place).
+mod status;
+
 mod runtime;
 
 mod oracle;
@@ -65,9 +67,14 @@ pub use runtime::{
     loopai_runtime_new_with_oracle, loopai_runtime_promote, loopai_runtime_rollout_json,
     loopai_runtime_shutdown, loopai_runtime_t, loopai_runtime_validation_metrics_json,
 };
+pub use status::{
+    loopai_status_str, loopai_status_t, LOOPAI_E_ARTIFACT, LOOPAI_E_CLOSED, LOOPAI_E_CONFIG,
+    LOOPAI_E_INTERNAL, LOOPAI_E_INVALID_INPUT, LOOPAI_E_INVALID_OUTPUT, LOOPAI_E_IO,
+    LOOPAI_E_ORACLE, LOOPAI_E_PROGRAM, LOOPAI_E_SCHEMA, LOOPAI_E_TIMEOUT, LOOPAI_OK,
+};
 pub use string::loopai_string_free;
 
-use std::ffi::{c_char, CStr};
+use std::ffi::c_char;
 
 // The library's own allocations (the host's `malloc` is untouched: every pointer this
 // library returns is freed by one of its `loopai_*_free` functions). The dataset writer
@@ -76,101 +83,10 @@ use std::ffi::{c_char, CStr};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// A status code: `LOOPAI_OK` (0) on success, one of the negative `LOOPAI_E_*` codes on
-/// failure. The codes are stable across releases; new ones may be added.
-pub type loopai_status_t = i32;
-
-/// Success.
-pub const LOOPAI_OK: loopai_status_t = 0;
-/// The input is malformed, too large or does not match the task's input schema; also a
-/// NULL argument or a string that is not valid UTF-8.
-pub const LOOPAI_E_INVALID_INPUT: loopai_status_t = -1;
-/// A program is malformed, fails validation or exceeds a limit.
-pub const LOOPAI_E_PROGRAM: loopai_status_t = -2;
-/// A task's input or output schema is malformed or unsupported.
-pub const LOOPAI_E_SCHEMA: loopai_status_t = -3;
-/// The program's output does not match the task's output schema.
-pub const LOOPAI_E_INVALID_OUTPUT: loopai_status_t = -4;
-/// An artifact is missing, corrupt, or does not match its recorded sha256.
-pub const LOOPAI_E_ARTIFACT: loopai_status_t = -5;
-/// The configuration (data_dir, task_id, config_json, deployment.yaml) is invalid.
-pub const LOOPAI_E_CONFIG: loopai_status_t = -6;
-/// Reading or writing local storage failed.
-pub const LOOPAI_E_IO: loopai_status_t = -7;
-/// An operation did not finish within its timeout.
-pub const LOOPAI_E_TIMEOUT: loopai_status_t = -8;
-/// The runtime has been shut down, or was created before fork() in another process.
-pub const LOOPAI_E_CLOSED: loopai_status_t = -9;
-/// A bug in loopai (for example a caught panic). Please report it.
-pub const LOOPAI_E_INTERNAL: loopai_status_t = -10;
-/// The oracle failed: unreachable, timed out, or answered something not allowed.
-pub const LOOPAI_E_ORACLE: loopai_status_t = -11;
-
 /// The library version, e.g. "0.1.0".
 ///
 /// Returns a static string: never free it. Thread-safe.
 #[no_mangle]
 pub extern "C" fn loopai_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
-}
-
-/// A short, stable name for a status code: "ok", "invalid_input", "program", "schema",
-/// "invalid_output", "artifact", "config", "io", "timeout", "closed", "internal",
-/// "oracle", or "unknown" for any other value.
-///
-/// Returns a static string: never free it. Thread-safe.
-#[no_mangle]
-pub extern "C" fn loopai_status_str(code: loopai_status_t) -> *const c_char {
-    let name: &'static CStr = match code {
-        LOOPAI_OK => c"ok",
-        LOOPAI_E_INVALID_INPUT => c"invalid_input",
-        LOOPAI_E_PROGRAM => c"program",
-        LOOPAI_E_SCHEMA => c"schema",
-        LOOPAI_E_INVALID_OUTPUT => c"invalid_output",
-        LOOPAI_E_ARTIFACT => c"artifact",
-        LOOPAI_E_CONFIG => c"config",
-        LOOPAI_E_IO => c"io",
-        LOOPAI_E_TIMEOUT => c"timeout",
-        LOOPAI_E_CLOSED => c"closed",
-        LOOPAI_E_INTERNAL => c"internal",
-        LOOPAI_E_ORACLE => c"oracle",
-        _ => c"unknown",
-    };
-    name.as_ptr()
-}
-
-#[cfg(test)]
-mod tests {
-    use std::ffi::CStr;
-
-    use loopai_core::ErrorKind;
-
-    use super::*;
-
-    #[test]
-    fn status_codes_are_exactly_the_error_kinds() {
-        let ours = [
-            LOOPAI_E_INVALID_INPUT,
-            LOOPAI_E_PROGRAM,
-            LOOPAI_E_SCHEMA,
-            LOOPAI_E_INVALID_OUTPUT,
-            LOOPAI_E_ARTIFACT,
-            LOOPAI_E_CONFIG,
-            LOOPAI_E_IO,
-            LOOPAI_E_TIMEOUT,
-            LOOPAI_E_CLOSED,
-            LOOPAI_E_INTERNAL,
-            LOOPAI_E_ORACLE,
-        ];
-        assert_eq!(ours.len(), ErrorKind::ALL.len());
-        for (code, kind) in ours.into_iter().zip(ErrorKind::ALL) {
-            assert_eq!(code, kind.code(), "{kind}");
-            // SAFETY: loopai_status_str returns a static NUL-terminated string.
-            let name = unsafe { CStr::from_ptr(loopai_status_str(code)) };
-            assert_eq!(name.to_str().unwrap(), kind.name());
-        }
-        // SAFETY: as above.
-        let unknown = unsafe { CStr::from_ptr(loopai_status_str(-1000)) };
-        assert_eq!(unknown.to_str().unwrap(), "unknown");
-    }
 }

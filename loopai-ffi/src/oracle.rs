@@ -8,8 +8,8 @@ use loopai_core::{Error, ErrorKind, Oracle, OracleAnswer, OracleRequest};
 
 use crate::args::{byte_slice, null_error};
 use crate::guard::guard_value;
+use crate::status::{loopai_status_t, LOOPAI_E_INTERNAL, LOOPAI_OK};
 use crate::string::cstring_lossy;
-use crate::{loopai_status_t, LOOPAI_E_INTERNAL, LOOPAI_OK};
 
 /// Where an oracle callback puts its answer (opaque): see `loopai_oracle_fn`. It belongs
 /// to the library and is valid only during the callback that received it.
@@ -217,7 +217,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::LOOPAI_E_INVALID_INPUT;
+    use crate::status::LOOPAI_E_INVALID_INPUT;
 
     unsafe extern "C" fn answer_spam(
         user_data: *mut c_void,

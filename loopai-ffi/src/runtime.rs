@@ -12,9 +12,9 @@ use serde_json::Value;
 use crate::args::{byte_slice, c_str, check_out, null_error};
 use crate::error::loopai_error_t;
 use crate::guard::{guard, guard_value};
-use crate::loopai_status_t;
 use crate::oracle::{loopai_free_fn, loopai_oracle_fn, CallbackOracle};
 use crate::result::{loopai_result_t, write_result};
+use crate::status::loopai_status_t;
 use crate::string::cstring_lossy;
 
 /// A runtime for one task (opaque). Created by `loopai_runtime_new`, freed by
@@ -581,8 +581,8 @@ mod tests {
     use super::*;
     use crate::error::{loopai_error_code, loopai_error_free, loopai_error_message};
     use crate::result::{loopai_result_free, loopai_result_version};
+    use crate::status::{LOOPAI_E_ARTIFACT, LOOPAI_E_INVALID_INPUT, LOOPAI_OK};
     use crate::string::loopai_string_free;
-    use crate::{LOOPAI_E_ARTIFACT, LOOPAI_E_INVALID_INPUT, LOOPAI_OK};
 
     const RULES: &[u8] = br#"{"format": "loopai.program/1", "task": "spam",
       "inputs": [{"name": "text", "path": "/text", "type": "text"}],
