@@ -1245,14 +1245,14 @@ fn trust_warnings(
         }
         (n, shown)
     };
-    let (absent, shown) = list(&|c| c == 0);
-    if absent > 0 {
+    // Labels with no example are warned about by the spec (TaskSpec::warnings); with one
+    // label there is no cross-validation whose figures the counts below would qualify.
+    if present < 2 {
         out.push(TrustWarning {
-            text: Some(format!(
-                "{absent} label(s) have no example and are never predicted: {shown}"
-            )),
-            blocks_activation: false,
+            text: None,
+            blocks_activation: true,
         });
+        return out;
     }
     let (single, shown) = list(&|c| c == 1);
     if single > 0 {
@@ -1275,13 +1275,7 @@ fn trust_warnings(
         });
     }
     let majority = counts.iter().copied().max().unwrap_or(0) as f64 / y.len().max(1) as f64;
-    if present < 2 {
-        // The constant program's warning says it.
-        out.push(TrustWarning {
-            text: None,
-            blocks_activation: true,
-        });
-    } else if cv_accuracy <= majority + 1e-9 {
+    if cv_accuracy <= majority + 1e-9 {
         out.push(TrustWarning {
             text: Some(format!(
                 "cross-validated accuracy {cv_accuracy:.4} is no better than always \
