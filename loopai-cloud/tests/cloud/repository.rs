@@ -329,21 +329,37 @@ fn signatures_are_checked_against_the_trusted_keys() {
     publish(&url, "ham");
     publish(&url, "spam");
 
-    // Signed by a key this deployment does not trust: refused.
+    // With trusted keys every load from the cache verifies a signature: a locally
+    // installed (unsigned) version is not run.
     let data = cached("ham");
     let untrusting = format!(
-        "  refresh_interval_sec: 1\n  notifications: false\n  trusted_keys: [\"{}\"]\n",
+        "  notifications: false\n  startup_wait_sec: 1\n  trusted_keys: [\"{}\"]\n",
         stranger.public_key_hex()
     );
-    let rt = runtime(data.path(), config(&url, &untrusting)).unwrap();
-    wait_until("a refusal", || rt.health().refresh.unwrap().refused >= 1);
-    let error = rt.health().refresh.unwrap().last_error.unwrap();
+    let err = runtime(data.path(), config(&url, &untrusting)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Artifact);
     assert!(
-        error.ends_with("signature: not valid for any key in cloud.trusted_keys"),
-        "{error}"
+        err.message()
+            .ends_with("unsigned (no artifact.sig with its artifact.tar.gz), but cloud.trusted_keys requires a signature at every load"),
+        "{err}"
     );
-    assert_eq!(rt.artifacts().versions().unwrap(), vec![1]);
-    rt.shutdown(SHUTDOWN).unwrap();
+
+    // Signed by a key this deployment does not trust: refused, nothing installed.
+    let empty = tempfile::tempdir().unwrap();
+    let err = runtime(empty.path(), config(&url, &untrusting)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Artifact);
+    assert!(
+        err.message()
+            .contains("signature: not valid for any key in cloud.trusted_keys"),
+        "{err}"
+    );
+    assert_eq!(
+        ArtifactStore::open(empty.path(), "spam")
+            .unwrap()
+            .versions()
+            .unwrap(),
+        Vec::<u32>::new()
+    );
 
     // Trusted: accepted, also as the first download of an empty cache.
     let empty = tempfile::tempdir().unwrap();
