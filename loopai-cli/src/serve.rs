@@ -69,6 +69,11 @@ pub(crate) struct ServeArgs {
     /// Async worker threads [default: one per CPU].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// Seconds between two reads of each task's `active` pointer and rollout state, so that
+    /// `loopai artifacts activate|rollback|promote` from another process take effect
+    /// without a restart; 0 never reads them.
+    #[arg(long, value_name = "SECS", default_value_t = loopai_serve::DEFAULT_FOLLOW_INTERVAL.as_secs_f64())]
+    follow_interval: f64,
     /// Keep GET /ready at 200 while an execution log cannot be written (by default it
     /// turns 503, so that load balancers stop sending traffic that would not be logged).
     #[arg(long)]
@@ -87,6 +92,7 @@ fn seconds(flag: &str, value: f64) -> Result<Duration, Error> {
 
 pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, Error> {
     let shutdown_timeout = seconds("shutdown-timeout", args.shutdown_timeout)?;
+    let follow_interval = seconds("follow-interval", args.follow_interval)?;
     let mut builder = Server::builder()
         .data_dir(&args.data_dir)
         .bind(args.bind)
@@ -96,7 +102,8 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, Error> {
         .idle_timeout(seconds("idle-timeout", args.idle_timeout)?)
         .max_connections(args.max_connections)
         .shutdown_timeout(shutdown_timeout)
-        .ready_requires_log(!args.ready_ignores_log);
+        .ready_requires_log(!args.ready_ignores_log)
+        .follow_interval(follow_interval);
     builder = match (args.task, args.all_tasks) {
         (Some(task), _) => builder.task(task),
         (None, true) => builder.all_tasks(),

@@ -87,6 +87,7 @@
 
 mod api;
 mod auth;
+mod follow;
 mod http;
 mod metrics;
 mod server;
@@ -95,7 +96,7 @@ mod tasks;
 
 pub use auth::{ApiKeys, Principal, MAX_KEY_BYTES, MIN_KEY_BYTES};
 pub use server::{
-    ServeEvent, Server, ServerBuilder, ServerHandle, DEFAULT_BODY_TIMEOUT,
+    ServeEvent, Server, ServerBuilder, ServerHandle, DEFAULT_BODY_TIMEOUT, DEFAULT_FOLLOW_INTERVAL,
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BATCH,
     DEFAULT_MAX_BATCH_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_PORT, DEFAULT_SHUTDOWN_TIMEOUT,
     DROP_SHUTDOWN_TIMEOUT,

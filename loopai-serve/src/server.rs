@@ -19,6 +19,9 @@ pub const DEFAULT_PORT: u16 = 8080;
 /// The default time given to requests in flight, then to flushing the execution logs, when
 /// the server stops.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often each task follows the artifact cache's `active` pointer and rollout state by
+/// default (see [`ServerBuilder::follow_interval`]).
+pub const DEFAULT_FOLLOW_INTERVAL: Duration = Duration::from_secs(2);
 /// How long dropping a [`ServerHandle`] that was not shut down waits.
 pub const DROP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The default largest number of inputs of one batch request.
@@ -57,6 +60,7 @@ pub struct ServerBuilder {
     shutdown_timeout: Duration,
     worker_threads: Option<usize>,
     ready_requires_log: bool,
+    follow_interval: Duration,
 }
 
 impl Default for ServerBuilder {
@@ -81,6 +85,7 @@ impl Default for ServerBuilder {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             worker_threads: None,
             ready_requires_log: true,
+            follow_interval: DEFAULT_FOLLOW_INTERVAL,
         }
     }
 }
@@ -230,6 +235,14 @@ impl ServerBuilder {
         self
     }
 
+    /// How often every task re-reads the artifact cache's `active` pointer and rollout
+    /// state, so that `loopai artifacts activate|rollback|promote` run in another process
+    /// take effect without a restart (default [`DEFAULT_FOLLOW_INTERVAL`]; zero: never).
+    pub fn follow_interval(mut self, interval: Duration) -> Self {
+        self.follow_interval = interval;
+        self
+    }
+
     /// Async worker threads (default: one per CPU). Executions run on them directly;
     /// with `storage.durability: durable` they run on tokio's blocking pool.
     pub fn worker_threads(mut self, threads: usize) -> Self {
@@ -339,6 +352,7 @@ impl ServerBuilder {
         Ok(Server {
             connections: self.connections,
             addr: SocketAddr::new(self.bind, self.port),
+            follow_interval: self.follow_interval,
             shutdown_timeout: self.shutdown_timeout,
             worker_threads: self.worker_threads,
             source,
@@ -355,6 +369,7 @@ impl ServerBuilder {
 pub struct Server {
     addr: SocketAddr,
     connections: ConnectionLimits,
+    follow_interval: Duration,
     shutdown_timeout: Duration,
     worker_threads: Option<usize>,
     source: Source,
@@ -415,6 +430,11 @@ impl Server {
         )
         .map_err(http_error)?;
         let local_addr = serving.local_addr;
+        if !self.follow_interval.is_zero() {
+            serving
+                .runtime
+                .spawn(crate::follow::run(Arc::clone(&state), self.follow_interval));
+        }
 
         let source = self.source;
         let body_limit = state.body_limit;

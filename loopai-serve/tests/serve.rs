@@ -315,6 +315,102 @@ fn ready_can_ignore_the_log() {
     assert_eq!(get(&server, "/ready").status, 200);
 }
 
+/// Posts `/execute` with varied inputs until `stop`, at most 20 000 times; returns every
+/// (HTTP status, version) seen.
+fn request_loop(
+    url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(u16, u64)>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let agent = agent();
+        for i in 0..20_000 {
+            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            let body = json!({"input": {"text": format!("hello {i}")}}).to_string();
+            let r = reply(
+                agent
+                    .post(format!("{url}/execute"))
+                    .header("Content-Type", "application/json")
+                    .send(&body),
+            );
+            let version = if r.status == 200 {
+                r.json()["version"].as_u64().unwrap_or(0)
+            } else {
+                0
+            };
+            seen.lock().unwrap().push((r.status, version));
+        }
+    })
+}
+
+#[test]
+fn a_running_server_follows_activate_rollback_and_promote_from_other_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "spam");
+    let v2 = String::from_utf8(program("spam"))
+        .unwrap()
+        .replace("\"confidence\": 0.8", "\"confidence\": 0.7");
+    let store = ArtifactStore::open(dir.path(), "spam").unwrap();
+    store
+        .install(v2.as_bytes(), NewArtifact::default(), false)
+        .unwrap();
+    let mut server = Server::builder()
+        .data_dir(dir.path())
+        .task("spam")
+        .port(0)
+        .follow_interval(Duration::from_millis(100))
+        .build()
+        .unwrap()
+        .spawn()
+        .unwrap();
+    server.wait_ready(WAIT).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let client = request_loop(server.url(), stop.clone(), seen.clone());
+    let wait_for = |what: &str, version: u64| {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let at = seen.lock().unwrap().len();
+            std::thread::sleep(Duration::from_millis(50));
+            if seen.lock().unwrap()[at..]
+                .iter()
+                .any(|&(_, v)| v == version)
+            {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "never served {what}");
+        }
+    };
+    wait_for("v1", 1);
+    // `loopai artifacts activate 2`, as another process does it.
+    store.promote(Some(2)).unwrap();
+    wait_for("v2 after activate", 2);
+    assert_eq!(get(&server, "/health").json()["active_version"], 2);
+    // `loopai artifacts rollback`.
+    assert_eq!(store.abort_rollout("test").unwrap(), None);
+    assert_eq!(store.rollback().unwrap(), 1);
+    wait_for("v1 after rollback", 1);
+    // `loopai artifacts promote 2` (no rollout in progress: activates v2).
+    assert_eq!(store.promote(Some(2)).unwrap(), 2);
+    wait_for("v2 after promote", 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let at = seen.lock().unwrap().len();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    client.join().unwrap();
+    let seen = seen.lock().unwrap();
+    assert!(seen[at..].iter().all(|&(_, v)| v == 2), "v1 still served");
+    let failed = seen.iter().filter(|&&(status, _)| status != 200).count();
+    eprintln!(
+        "{} requests across the switches, {failed} failed",
+        seen.len()
+    );
+    assert_eq!(failed, 0);
+    server.shutdown(WAIT).unwrap();
+}
+
 #[test]
 fn a_task_that_cannot_load_keeps_the_server_not_ready() {
     let dir = tempfile::tempdir().unwrap();
