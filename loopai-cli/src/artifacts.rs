@@ -68,11 +68,14 @@ pub(crate) enum ArtifactsCommand {
     },
 }
 
-/// The task's store, verifying signatures at every load when the data directory's
-/// configuration sets `cloud.trusted_keys` (as the runtime does).
+/// The store of a task that exists, verifying signatures at every load when the data
+/// directory's configuration sets `cloud.trusted_keys` (as the runtime does). Every
+/// subcommand but `install` only reads or changes what is there: a mistyped data dir or
+/// task fails, naming them, and creates nothing.
 fn store(task: &TaskArgs) -> Result<ArtifactStore, Error> {
+    let store = ArtifactStore::open_existing(&task.data_dir, &task.task)?;
     let config = DeploymentConfig::load_for_data_dir(&task.data_dir)?;
-    ArtifactStore::open(&task.data_dir, &task.task)?.with_trusted_keys(&config.cloud.trusted_keys)
+    store.with_trusted_keys(&config.cloud.trusted_keys)
 }
 
 pub(crate) fn run(cmd: ArtifactsCommand) -> Result<ExitCode, Error> {
@@ -85,7 +88,12 @@ pub(crate) fn run(cmd: ArtifactsCommand) -> Result<ExitCode, Error> {
         } => {
             let meta = install_metadata(&task, &file, spec.as_deref())?;
             let bytes = std::fs::read(&file).map_err(|e| Error::io(file.display(), e))?;
-            let installed = store(&task)?.install(&bytes, meta, !no_activate)?;
+            // Installing creates the task; the configuration's trusted keys apply as in
+            // `store`.
+            let config = DeploymentConfig::load_for_data_dir(&task.data_dir)?;
+            let installed = ArtifactStore::open(&task.data_dir, &task.task)?
+                .with_trusted_keys(&config.cloud.trusted_keys)?
+                .install(&bytes, meta, !no_activate)?;
             println!(
                 "installed {} v{} ({}, sha256 {}){}",
                 task.task,

@@ -28,6 +28,12 @@ pub(crate) struct StatsArgs {
 pub(crate) fn run(args: StatsArgs) -> Result<ExitCode, Error> {
     loopai_core::validate_task_id(&args.task.task)?;
     let reader = DatasetReader::new(&args.task.data_dir, &args.task.task);
+    if !reader.layout().root().exists() {
+        // No dataset: fine for an installed task that never ran, an error (naming the
+        // data dir, the tasks there and the closest) for a data dir or task that does not
+        // exist.
+        loopai_core::ArtifactStore::open_existing(&args.task.data_dir, &args.task.task)?;
+    }
     let now = Timestamp(SystemClock.now_millis());
     let today = now.day();
     if args.rebuild && args.days > 0 {

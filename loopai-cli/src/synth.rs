@@ -207,7 +207,7 @@ pub(crate) struct EvalArgs {
 pub(crate) fn eval(args: EvalArgs) -> Result<ExitCode, Error> {
     let config = DeploymentConfig::load_for_data_dir(&args.task.data_dir)?;
     let limits = ProgramLimits::default().with_max_input_bytes(config.execution.max_input_bytes);
-    let store = ArtifactStore::open(&args.task.data_dir, &args.task.task)?;
+    let store = ArtifactStore::open_existing(&args.task.data_dir, &args.task.task)?;
     let artifact = store.load_active()?.ok_or_else(|| {
         Error::new(
             ErrorKind::Artifact,

@@ -754,3 +754,87 @@ fn rt_now() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+/// Runs `loopai ARGS --data-dir DIR --task TASK` and checks that it fails naming what is
+/// wrong, and that nothing was created for the mistyped task.
+fn check_missing_task(args: &[&str], extra: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    install_example(dir.path());
+    let o = run(loopai()
+        .args(args)
+        .args(["--task", "spamm", "--data-dir"])
+        .arg(dir.path())
+        .args(extra));
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+    let expected = format!(
+        "error: task \"spamm\" has no active program: there is no task \"spamm\" in {} (tasks there: `spam`); did you mean `spam`?\n",
+        dir.path().join("artifacts").display()
+    );
+    assert_eq!(stderr(&o), expected, "{args:?}");
+    assert!(
+        !dir.path().join("artifacts/spamm").exists(),
+        "{args:?} created the task"
+    );
+    assert!(
+        !dir.path().join("datasets/spamm").exists(),
+        "{args:?} created a dataset"
+    );
+
+    let missing = dir.path().join("no-such-dir");
+    let o = run(loopai()
+        .args(args)
+        .args(["--task", "spam", "--data-dir"])
+        .arg(&missing)
+        .args(extra));
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "data dir {}: no such directory",
+            missing.display()
+        )),
+        "{args:?}: {}",
+        stderr(&o)
+    );
+    assert!(!missing.exists(), "{args:?} created the data dir");
+}
+
+#[test]
+fn exec_of_a_missing_task_suggests_the_closest_and_creates_nothing() {
+    check_missing_task(&["exec", "--input", r#"{"text": "hi"}"#], &[]);
+}
+
+#[test]
+fn eval_of_a_missing_task_suggests_the_closest_and_creates_nothing() {
+    let test = example("inputs.jsonl");
+    check_missing_task(&["eval"], &[test.to_str().unwrap()]);
+}
+
+#[test]
+fn artifacts_list_of_a_missing_task_suggests_the_closest_and_creates_nothing() {
+    check_missing_task(&["artifacts", "list"], &[]);
+}
+
+#[test]
+fn rollout_status_of_a_missing_task_suggests_the_closest_and_creates_nothing() {
+    check_missing_task(&["artifacts", "rollout"], &[]);
+}
+
+#[test]
+fn stats_of_a_missing_task_suggests_the_closest_and_creates_nothing() {
+    check_missing_task(&["stats"], &[]);
+}
+
+#[test]
+fn stats_of_an_installed_task_without_executions_is_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    install_example(dir.path());
+    let o = run(loopai()
+        .args(["stats", "--task", "spam", "--data-dir"])
+        .arg(dir.path()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("no data for task spam"),
+        "{}",
+        stdout(&o)
+    );
+}

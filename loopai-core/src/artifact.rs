@@ -275,6 +275,51 @@ impl ArtifactStore {
         Ok(store)
     }
 
+    /// Opens the cache of a task that already exists, creating nothing: for read-only use
+    /// (`loopai exec`, `eval`, `artifacts list`, a [`Runtime`](crate::Runtime) without an
+    /// artifact repository), where a mistyped data dir or task must fail, not leave an
+    /// empty task behind.
+    ///
+    /// Errors: [`ErrorKind::Config`] when `data_dir` does not exist or is not a directory,
+    /// or for an invalid task id; [`ErrorKind::Artifact`] when there is no such task,
+    /// naming the directory, listing the tasks that exist and suggesting the closest
+    /// (`task "spamm" has no active program: there is no task "spamm" in /data/artifacts
+    /// (tasks there: `ham`, `spam`); did you mean `spam`?`).
+    pub fn open_existing(data_dir: &Path, task: &str) -> Result<Self> {
+        validate_task_id(task)?;
+        match fs::metadata(data_dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("data dir {}: not a directory", data_dir.display()),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "data dir {}: no such directory (task {task:?} cannot be there)",
+                        data_dir.display()
+                    ),
+                ))
+            }
+            Err(e) => return Err(Error::io(data_dir.display(), e)),
+        }
+        let artifacts = data_dir.join("artifacts");
+        if !artifacts.join(task).is_dir() {
+            return Err(Error::new(
+                ErrorKind::Artifact,
+                format!(
+                    "task {task:?} has no active program: there is no task {task:?} in {}{}",
+                    artifacts.display(),
+                    existing_tasks_hint(&artifacts, task)
+                ),
+            ));
+        }
+        ArtifactStore::open(data_dir, task)
+    }
+
     /// Sets how many versions [`prune`](Self::prune) keeps (default 10, at least 1). The active
     /// version is always kept and counts towards the limit.
     pub fn with_keep_versions(mut self, keep_versions: usize) -> Result<Self> {
@@ -1234,6 +1279,44 @@ pub fn validate_task_id(task: &str) -> Result<()> {
         )),
         None => Ok(()),
     }
+}
+
+/// What to say after "there is no task X in DIR": the tasks that are there and the one
+/// closest to `task`, or how to create one.
+fn existing_tasks_hint(artifacts: &Path, task: &str) -> String {
+    let mut tasks: Vec<String> = fs::read_dir(artifacts)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| validate_task_id(name).is_ok())
+        .collect();
+    tasks.sort();
+    if tasks.is_empty() {
+        return " (no task is installed there yet: create one with `loopai synth` or \
+                `loopai artifacts install`)"
+            .to_owned();
+    }
+    const LISTED: usize = 20;
+    let mut listed: Vec<String> = tasks
+        .iter()
+        .take(LISTED)
+        .map(|t| format!("`{t}`"))
+        .collect();
+    if tasks.len() > LISTED {
+        listed.push(format!("and {} more", tasks.len() - LISTED));
+    }
+    let mut hint = format!(" (tasks there: {})", listed.join(", "));
+    let closest = tasks
+        .iter()
+        .map(|t| (strsim::normalized_damerau_levenshtein(task, t), t))
+        .filter(|(similarity, _)| *similarity >= 0.6)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    if let Some((_, t)) = closest {
+        hint.push_str(&format!("; did you mean `{t}`?"));
+    }
+    hint
 }
 
 /// Parses `v<N>` (N ≥ 1, decimal, no leading zeros).

@@ -1301,15 +1301,34 @@ mod tests {
     }
 
     #[test]
-    fn without_an_oracle_samples_are_counted_as_not_validated() {
+    fn without_an_oracle_or_telemetry_nothing_is_sampled() {
         let dir = tempfile::tempdir().unwrap();
+        // Nothing would ever validate a sample: the sampler is off, whatever the rate.
         let rt = runtime(dir.path(), SAMPLE_ALL, None).unwrap();
-        assert!(rt.execute(&json!({"text": "prize"})).unwrap().sampled);
+        for _ in 0..20 {
+            assert!(!rt.execute(&json!({"text": "prize"})).unwrap().sampled);
+        }
         rt.flush(FLUSH).unwrap();
+        let h = rt.health();
+        assert_eq!(h.validation.oracle, None);
+        assert_eq!(h.validation.skipped_no_oracle, 0);
+        assert_eq!(h.validation.validated, 0);
+        rt.shutdown(FLUSH).unwrap();
+
+        // Telemetry uploads samples to the cloud, which validates them: sampled, and
+        // counted as not validated here.
+        let yaml = format!(
+            "{SAMPLE_ALL}telemetry:\n  enabled: true\ncloud:\n  api_url: http://127.0.0.1:9\n"
+        );
+        let rt = runtime(dir.path(), &yaml, None).unwrap();
+        assert!(rt.execute(&json!({"text": "prize"})).unwrap().sampled);
+        // (Not flush: it would wait for the upload to the unreachable cloud.) The count is
+        // taken in `execute`.
         let h = rt.health();
         assert_eq!(h.validation.oracle, None);
         assert_eq!(h.validation.skipped_no_oracle, 1);
         assert_eq!(h.validation.validated, 0);
+        drop(rt.shutdown(FLUSH));
         let err = runtime(dir.path(), "execution:\n  fallback: oracle\n", None).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config);
         assert!(

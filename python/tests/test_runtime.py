@@ -226,6 +226,30 @@ def test_missing_program_says_what_to_do(tmp_path: Path) -> None:
         loopai.Runtime(tmp_path, "spam")
 
 
+def test_a_missing_task_or_data_dir_is_named_and_nothing_is_created(data_dir: Path) -> None:
+    with pytest.raises(loopai.ArtifactError) as info:
+        loopai.Runtime(data_dir, "spamm")
+    message = str(info.value)
+    assert f'there is no task "spamm" in {data_dir / "artifacts"}' in message
+    assert message.endswith("(tasks there: `spam`); did you mean `spam`?"), message
+    assert not (data_dir / "artifacts" / "spamm").exists()
+    assert not (data_dir / "datasets").exists()
+
+    missing = data_dir / "no-such-dir"
+    with pytest.raises(loopai.ConfigError, match="no such directory"):
+        loopai.Runtime(missing, "spam")
+    assert not missing.exists()
+
+
+def test_nothing_is_sampled_when_nothing_would_validate_it(data_dir: Path) -> None:
+    sample_all = {"sampling": {"strategy": "random", "rate": 1}}
+    with loopai.Runtime(data_dir, "spam", config=sample_all) as rt:
+        results = rt.execute_batch([{"text": f"prize {i}"} for i in range(20)])
+        assert [r.sampled for r in results] == [False] * 20
+    with loopai.Runtime(data_dir, "spam", config=sample_all, oracle=lambda _: "spam") as rt:
+        assert rt.execute({"text": "prize"}).sampled is True
+
+
 def test_install_program_from_path_dict_and_text(tmp_path: Path) -> None:
     meta = loopai.install_program(tmp_path, "spam", EXAMPLE_PROGRAM)
     assert (meta["version"], meta["status"], meta["task_id"]) == (1, "active", "spam")

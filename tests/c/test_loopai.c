@@ -1059,18 +1059,20 @@ TEST(runtime_new_with_oracle_errors_release_user_data) {
     loopai_runtime_free(ok);
     CHECK(atomic_load(&st.freed) == 4);
 
-    /* Without a callback-oracle and without an oracle section, samples are not validated. */
+    /* Without a callback-oracle, an oracle section or telemetry, nothing would validate a
+     * sample: nothing is sampled, whatever the rate. */
     loopai_runtime_t *plain = NULL;
     CHECK_STATUS(loopai_runtime_new(spam_dir(), "spam", "{\"sampling\": {\"rate\": 1}}", &plain, NULL),
                  LOOPAI_OK);
     loopai_result_t *r = NULL;
     CHECK_STATUS(exec_str(plain, "{\"text\": \"hello\"}", &r, NULL), LOOPAI_OK);
+    CHECK(r != NULL && strstr(loopai_result_json(r), "\"sampled\":false") != NULL);
     loopai_result_free(r);
     char *m = flushed_metrics(plain, &failed_here);
     if (m != NULL) {
         const char *s, *e;
         CHECK(find_key(m, "oracle", &s, &e) && span_eq(s, e, "null"));
-        CHECK(json_int(m, "skipped_no_oracle") == 1);
+        CHECK(json_int(m, "skipped_no_oracle") == 0);
         loopai_string_free(m);
     }
     CHECK_STATUS(loopai_runtime_validation_metrics_json(NULL, &m, NULL), LOOPAI_E_INVALID_INPUT);

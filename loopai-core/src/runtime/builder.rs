@@ -8,7 +8,9 @@ use std::time::Duration;
 use super::{Inner, Runtime};
 use crate::artifact::ArtifactStore;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{DeploymentConfig, Durability, Fallback, OnFull};
+use crate::config::{
+    DeploymentConfig, Durability, Fallback, OnFull, SamplingConfig, SamplingStrategies,
+};
 use crate::dataset::{
     AnalyticsKeeper, DatasetLayout, DatasetWriter, Maintenance, RecordObserver, RetentionPolicy,
     WriterOptions,
@@ -71,8 +73,10 @@ impl RuntimeBuilder {
 
     /// Uses this in-process oracle (a closure: [`FnOracle`](crate::FnOracle); or a foreign
     /// callback) for validation and the oracle fallback. It wins over the configuration's
-    /// `oracle` section. Without either, sampled executions are not validated
-    /// ([`ValidationMetrics::skipped_no_oracle`](crate::ValidationMetrics::skipped_no_oracle)).
+    /// `oracle` section. Without either, executions are sampled only when telemetry
+    /// uploads them to the cloud (and counted locally in
+    /// [`ValidationMetrics::skipped_no_oracle`](crate::ValidationMetrics::skipped_no_oracle));
+    /// without telemetry either, the sampler is off.
     pub fn oracle(mut self, oracle: Arc<dyn Oracle>) -> Self {
         self.oracle = Some(oracle);
         self
@@ -83,9 +87,13 @@ impl RuntimeBuilder {
     /// when `telemetry.enabled` and `cloud.api_url` is set (see `docs/telemetry.md`), and
     /// the validation workers when there is an oracle (see `docs/oracle.md`).
     ///
-    /// Errors: [`ErrorKind::Config`] for a missing data dir or task, or a bad
-    /// configuration; [`ErrorKind::Artifact`] when the task has no active program or its
-    /// files are corrupt or tampered with; [`ErrorKind::Program`] when the program does not
+    /// Without `cloud.api_url` (nothing to download a first version from), nothing is
+    /// created for a data dir or task that does not exist.
+    ///
+    /// Errors: [`ErrorKind::Config`] for a missing data dir, task id or data dir that does
+    /// not exist, or a bad configuration; [`ErrorKind::Artifact`] when the task does not
+    /// exist (the message lists the tasks that do and suggests the closest) or has no
+    /// active program, or its files are corrupt or tampered with; [`ErrorKind::Program`] when the program does not
     /// compile; [`ErrorKind::Schema`] for a bad schema in the artifact metadata;
     /// [`ErrorKind::Config`] for `execution.fallback: oracle` without an oracle, or an
     /// `oracle.api_key_env` that is not set.
@@ -111,9 +119,14 @@ impl RuntimeBuilder {
             (None, None) => DeploymentConfig::load_for_data_dir(&data_dir)?,
         };
         let keep = usize::try_from(config.retention.artifacts.keep_versions).unwrap_or(usize::MAX);
-        let store = ArtifactStore::open(&data_dir, &task)?
-            .with_keep_versions(keep)?
-            .with_trusted_keys(&config.cloud.trusted_keys)?;
+        // Without an artifact repository to download the first version from, the task
+        // must exist already: a mistyped data dir or task fails, creating nothing.
+        let store = match config.cloud.api_url {
+            Some(_) => ArtifactStore::open(&data_dir, &task)?,
+            None => ArtifactStore::open_existing(&data_dir, &task)?,
+        }
+        .with_keep_versions(keep)?
+        .with_trusted_keys(&config.cloud.trusted_keys)?;
         let limits =
             ProgramLimits::default().with_max_input_bytes(config.execution.max_input_bytes);
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
@@ -191,7 +204,18 @@ impl RuntimeBuilder {
         let mut observers: Vec<Box<dyn RecordObserver>> =
             vec![Box::new(AnalyticsKeeper::new(layout.clone(), &task))];
         let outbox = Arc::new(RolloutOutbox::default());
-        let sampler = Sampler::new(&config.sampling, clock.now_millis());
+        // A sample is validated by the oracle, or by the cloud it is uploaded to. With
+        // neither, nothing would ever validate it: the sampler is off (`sampled` false).
+        let uploads = config.telemetry.enabled && config.cloud.api_url.is_some();
+        let sampler = if oracle.is_some() || uploads {
+            Sampler::new(&config.sampling, clock.now_millis())
+        } else {
+            let off = SamplingConfig {
+                strategy: SamplingStrategies::empty(),
+                ..config.sampling.clone()
+            };
+            Sampler::new(&off, clock.now_millis())
+        };
         let rollout = Arc::new(RolloutController::start(RolloutContext {
             executor: executor.clone(),
             store: store.clone(),

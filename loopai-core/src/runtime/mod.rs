@@ -99,7 +99,8 @@ pub struct ExecutionResult {
     pub source: ExecutionSource,
     /// Whether this execution was sampled for validation against the oracle (see
     /// [`Sampler`] and `sampling.*` in the configuration). Executions answered by the
-    /// oracle are never sampled.
+    /// oracle are never sampled, and none is when nothing would validate it: no oracle
+    /// and no telemetry upload (`telemetry.enabled` with `cloud.api_url`).
     pub sampled: bool,
     /// The rule or model that decided (`decide.steps[0].rules[2]`).
     pub decided_by: Option<String>,
@@ -820,7 +821,8 @@ mod tests {
         install(dir.path(), RULES, Default::default());
         let rt = runtime(dir.path()).unwrap();
         let a = rt.execute(&json!({"text": "a prize"})).unwrap();
-        // (`sampled` depends on the default 5% random sampling: see the sampler's tests.)
+        // (No oracle and no telemetry: nothing is sampled; see the validator's tests.)
+        assert!(!a.sampled);
         assert_eq!((a.status, a.version), (ExecutionStatus::Success, 1));
         let b = rt.execute(&json!({"text": "hello"})).unwrap();
         assert_eq!(b.status, ExecutionStatus::Abstain);
@@ -852,6 +854,63 @@ mod tests {
         assert!(err.to_string().contains("has no active program"), "{err}");
         let err = Runtime::builder().task("x").build().unwrap_err();
         assert_eq!(err.to_string(), "runtime: data_dir is required");
+    }
+
+    #[test]
+    fn a_missing_task_or_data_dir_fails_naming_them_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = runtime(dir.path()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Artifact);
+        assert!(
+            err.to_string().ends_with(
+                "(no task is installed there yet: create one with `loopai synth` or `loopai artifacts install`)"
+            ),
+            "{err}"
+        );
+        assert!(!dir.path().join("artifacts").exists());
+
+        install(dir.path(), RULES, Default::default());
+        ArtifactStore::open(dir.path(), "ham").unwrap();
+        let err = Runtime::builder()
+            .data_dir(dir.path())
+            .task("spamm")
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Artifact);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "task \"spamm\" has no active program: there is no task \"spamm\" in {} \
+                 (tasks there: `ham`, `spam`); did you mean `spam`?",
+                dir.path().join("artifacts").display()
+            )
+        );
+        assert!(!dir.path().join("artifacts/spamm").exists());
+        assert!(!dir.path().join("datasets").exists());
+
+        let missing = dir.path().join("no-such-dir");
+        let err = runtime(&missing).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "data dir {}: no such directory (task \"spam\" cannot be there)",
+                missing.display()
+            )
+        );
+        assert!(!missing.exists());
+
+        // A task that exists without an active version keeps its own message.
+        let err = Runtime::builder()
+            .data_dir(dir.path())
+            .task("ham")
+            .build()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("task \"ham\" has no active program in "),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1302,10 +1361,13 @@ mod tests {
             "test",
         )
         .unwrap();
+        // An oracle to validate the samples (without one, nothing is sampled).
+        let oracle = crate::FnOracle::shared(|_| Ok(crate::OracleAnswer::new(json!("ham"))));
         let rt = Runtime::builder()
             .data_dir(dir.path())
             .task("spam")
             .config(config)
+            .oracle(oracle)
             .build()
             .unwrap();
         assert!(rt.execute(&json!({"text": "hello"})).unwrap().sampled);
