@@ -118,8 +118,11 @@ impl LogStorage for FileSystem {
     }
 }
 
+/// Work to run once a record is in the log.
+pub(crate) type AfterLog = Box<dyn FnOnce() + Send>;
+
 enum Msg {
-    Execution(ExecutionRecord),
+    Execution(ExecutionRecord, Option<AfterLog>),
     Validation(ValidationRecord),
     Flush(Arc<Signal>),
     Shutdown(Arc<Signal>),
@@ -275,7 +278,18 @@ impl DatasetWriter {
 
     /// Queues an execution record; in `durable` mode, returns once it is synced to disk.
     pub(crate) fn log_execution(&self, record: ExecutionRecord) -> Result<()> {
-        self.log(Msg::Execution(record))
+        self.log(Msg::Execution(record, None))
+    }
+
+    /// [`log_execution`](Self::log_execution), running `after` on the writer thread once
+    /// the record is in the log (with the observers): how the rollout counts an execution
+    /// only once it is logged. `after` is dropped, not run, if the record is never written.
+    pub(crate) fn log_execution_then(
+        &self,
+        record: ExecutionRecord,
+        after: AfterLog,
+    ) -> Result<()> {
+        self.log(Msg::Execution(record, Some(after)))
     }
 
     /// Queues a validation record (same durability rules as executions).
@@ -486,7 +500,7 @@ struct OpenFile {
 
 /// A record as the observers see it.
 enum Observed {
-    Execution(ExecutionRecord),
+    Execution(ExecutionRecord, Option<AfterLog>),
     Validation(ValidationRecord),
 }
 
@@ -589,8 +603,9 @@ impl WriterState {
             let mut flushes = Vec::new();
             for msg in batch.drain(..) {
                 match msg {
-                    Msg::Execution(r) => {
-                        self.append(Kind::Executions, r.timestamp.day(), Observed::Execution(r));
+                    Msg::Execution(r, after) => {
+                        let day = r.timestamp.day();
+                        self.append(Kind::Executions, day, Observed::Execution(r, after));
                     }
                     Msg::Validation(r) => {
                         let day = r.validated_at.day();
@@ -672,7 +687,7 @@ impl WriterState {
         let before = p.bytes.len();
         // serde_json escapes control characters: a record is always exactly one line.
         let serialized = match &record {
-            Observed::Execution(r) => serde_json::to_writer(&mut p.bytes, r),
+            Observed::Execution(r, _) => serde_json::to_writer(&mut p.bytes, r),
             Observed::Validation(r) => serde_json::to_writer(&mut p.bytes, r),
         };
         if serialized.is_ok() {
@@ -782,9 +797,12 @@ impl WriterState {
         for (_, record) in self.unobserved.drain(..) {
             for o in &mut self.observers {
                 match &record {
-                    Observed::Execution(r) => o.execution(r),
+                    Observed::Execution(r, _) => o.execution(r),
                     Observed::Validation(r) => o.validation(r),
                 }
+            }
+            if let Observed::Execution(_, Some(after)) = record {
+                after();
             }
         }
     }
@@ -1417,7 +1435,11 @@ mod tests {
         );
         state.backoff = Duration::from_secs(3600);
         let day = parse_day("2025-11-25").unwrap();
-        state.append(Kind::Executions, day, Observed::Execution(record(1, DAY1)));
+        state.append(
+            Kind::Executions,
+            day,
+            Observed::Execution(record(1, DAY1), None),
+        );
         assert!(state.commit(true, false).is_err());
         assert_eq!(shared.write_errors.load(Ordering::SeqCst), 1);
         // The disk has room again, but within the backoff neither the periodic sync nor a

@@ -884,8 +884,11 @@ fn rolling_out_after_2000_executions(dir: &Path) -> (Runtime, Arc<ManualClock>) 
 fn background_checks_follow_the_runtime_clock() {
     let dir = tempfile::tempdir().unwrap();
     let (rt, clock) = rolling_out_after_2000_executions(dir.path());
-    // Enough executions to advance, but the clock has not moved: no check yet.
-    assert!(rt.rollout().unwrap().canary.stage_executions >= 100);
+    // Enough executions to advance (counted once the writer has logged them), but the
+    // clock has not moved: no check yet.
+    wait_for("the executions counted", || {
+        rt.rollout().unwrap().canary.stage_executions >= 100
+    });
     assert_eq!(rt.rollout().unwrap().decision, "started");
     clock.advance(100);
     wait_for("a background check", || rt.rollout().unwrap().stage == 1);
@@ -1032,4 +1035,40 @@ fn controller_types_are_send_and_sync() {
     check::<RolloutController>();
     check::<RolloutStatus>();
     check::<CanarySlot>();
+}
+
+/// Issue #15: the rollout counts an execution only once it is in the local log; one that
+/// could not be written is never counted.
+#[test]
+fn a_rollout_counts_only_executions_that_are_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), &program(&["prize"]), true);
+    install(dir.path(), &program(&["prize", "win"]), false);
+    let rt = runtime_with(dir.path(), "sampling: {rate: 0}\n");
+    rt.begin_rollout(2).unwrap();
+    // The log cannot be written: a file where the executions directory was.
+    let logs = dir.path().join("datasets/spam/executions");
+    std::fs::remove_dir_all(&logs).unwrap();
+    std::fs::write(&logs, b"").unwrap();
+    for i in 0..40 {
+        rt.execute(&json!({ "text": format!("hello {i}") }))
+            .unwrap();
+    }
+    assert!(rt.flush(std::time::Duration::from_secs(5)).is_err());
+    let status = rt.rollout().unwrap();
+    assert_eq!(status.stable.executions + status.canary.executions, 0);
+    // Repaired: the kept records are written, then counted.
+    std::fs::remove_file(&logs).unwrap();
+    std::fs::create_dir(&logs).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while rt.flush(std::time::Duration::from_secs(5)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log never recovered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = rt.rollout().unwrap();
+    assert_eq!(status.stable.executions + status.canary.executions, 40);
+    rt.shutdown(std::time::Duration::from_secs(10)).unwrap();
 }

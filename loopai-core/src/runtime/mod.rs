@@ -287,13 +287,11 @@ impl Runtime {
         let run = match routed.result {
             Ok(run) => run,
             Err(err) => {
-                let latency_ms = self.log_failure(input, &err, timestamp, start, routed.version);
                 // A malformed input is the caller's fault and fails on either arm: it is
                 // not evidence against the canary (sticky routing would send the retries of
                 // one bad payload to the same arm).
-                if let (Some(arm), false) = (&arm, err.kind() == ErrorKind::InvalidInput) {
-                    arm.record(None, latency_ms);
-                }
+                let arm = arm.filter(|_| err.kind() != ErrorKind::InvalidInput);
+                self.log_failure(input, &err, timestamp, start, routed.version, arm);
                 return Err(err);
             }
         };
@@ -342,10 +340,7 @@ impl Runtime {
             );
         }
         let latency_ms = start.elapsed().as_secs_f64() * 1e3;
-        if let Some(arm) = &arm {
-            arm.record(Some(abstained), latency_ms);
-        }
-        self.inner.dataset.log_execution(ExecutionRecord {
+        let record = ExecutionRecord {
             execution_id,
             task_id: self.inner.task.clone(),
             program_version: run.version,
@@ -358,7 +353,16 @@ impl Runtime {
             sampled,
             source,
             timestamp,
-        })?;
+        };
+        // The rollout counts the execution once it is in the local log (issue #15): never
+        // one the log lacks.
+        match arm {
+            Some(arm) => self.inner.dataset.log_execution_then(
+                record,
+                Box::new(move || arm.record(Some(abstained), latency_ms)),
+            )?,
+            None => self.inner.dataset.log_execution(record)?,
+        }
         Ok(ExecutionResult {
             execution_id,
             output,
@@ -390,7 +394,8 @@ impl Runtime {
         }
     }
 
-    /// Logs a failed execution of `version`; returns its latency in milliseconds.
+    /// Logs a failed execution of `version`, counted as an error of the rollout arm `arm`
+    /// once it is in the log; returns its latency in milliseconds.
     fn log_failure(
         &self,
         input: &Value,
@@ -398,6 +403,7 @@ impl Runtime {
         timestamp: Timestamp,
         start: Instant,
         version: u32,
+        arm: Option<crate::executor::canary::ArmHandle>,
     ) -> f64 {
         let latency_ms = start.elapsed().as_secs_f64() * 1e3;
         let record = ExecutionRecord {
@@ -414,7 +420,14 @@ impl Runtime {
             source: ExecutionSource::Program,
             timestamp,
         };
-        if let Err(e) = self.inner.dataset.log_execution(record) {
+        let logged = match arm {
+            Some(arm) => self
+                .inner
+                .dataset
+                .log_execution_then(record, Box::new(move || arm.record(None, latency_ms))),
+            None => self.inner.dataset.log_execution(record),
+        };
+        if let Err(e) = logged {
             log::warn!("loopai: could not log a failed execution: {e}");
         }
         latency_ms
@@ -551,7 +564,7 @@ impl Runtime {
                 let timestamp = Timestamp(self.inner.clock.now_millis());
                 let raw = Value::String(String::from_utf8_lossy(input).into_owned());
                 let version = self.inner.executor.version();
-                self.log_failure(&raw, &err, timestamp, start, version);
+                self.log_failure(&raw, &err, timestamp, start, version, None);
                 Err(err)
             }
         }
