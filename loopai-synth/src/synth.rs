@@ -1433,12 +1433,23 @@ impl From<bool> for Activation {
 /// output schemas in the metadata so the runtime enforces them, and the spec itself in
 /// `<data_dir>/artifacts/<task>/spec.json` ([`save_spec`](crate::save_spec)). Returns the
 /// synthesis and the installed artifact's metadata.
+///
+/// A `spec.name` that is not a valid task id ([`loopai_core::validate_task_id`]: it names
+/// a directory) is an [`ErrorKind::InvalidInput`] error before any training.
 pub fn synthesize_and_install(
     spec: &TaskSpec,
     options: &SynthOptions,
     data_dir: &std::path::Path,
     activate: impl Into<Activation>,
 ) -> Result<(Synthesis, loopai_core::ArtifactMetadata)> {
+    // The name becomes a directory of the artifact cache: refuse a bad one before
+    // training, not after.
+    loopai_core::validate_task_id(&spec.name).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("spec.name: {}", e.message()),
+        )
+    })?;
     let synthesis = synthesize(spec, options)?;
     let activate = match activate.into() {
         Activation::Never => false,

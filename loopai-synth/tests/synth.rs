@@ -921,3 +921,24 @@ fn chinese_task_name_and_text_are_learned_with_character_tokens() {
     assert_eq!(installed.status, loopai_core::ArtifactStatus::Active);
     assert!(dir.path().join("artifacts").join("退款分类").is_dir());
 }
+
+#[test]
+fn a_name_that_is_no_task_id_is_refused_before_training() {
+    let mut g = Gen(15);
+    let labels: Vec<&str> = TOPICS.iter().map(|t| t.0).collect();
+    let examples = generate(&mut g, TOPICS, &[1, 1, 1, 1], 40, 1.0);
+    let dir = tempdir();
+    for bad in ["../escape", "a/b", "退款 分类", ".hidden"] {
+        let spec = spec_of(bad, &labels, examples.clone());
+        let e =
+            loopai_synth::synthesize_and_install(&spec, &SynthOptions::default(), dir.path(), true)
+                .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{bad:?}: {e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("spec.name: task id {bad:?}")),
+            "{e}"
+        );
+    }
+    assert!(!dir.path().join("artifacts").exists());
+}
