@@ -176,6 +176,8 @@ mod runtime;
 mod sampler;
 mod schema;
 mod telemetry;
+#[cfg(test)]
+mod testing;
 mod validator;
 
 pub use artifact::{

@@ -1080,7 +1080,7 @@ mod tests {
     // -----------------------------------------------------------------------------------
     // Through the runtime: validation, queue, cascade, shutdown, fork.
 
-    use crate::artifact::{ArtifactStore, NewArtifact};
+    use crate::artifact::ArtifactStore;
     use crate::config::DeploymentConfig;
     use crate::dataset::{ExecutionSource, ExecutionStatus};
     use crate::oracle::test_server::{Reply, TestServer};
@@ -1112,10 +1112,7 @@ mod tests {
             .unwrap()
             .is_none()
         {
-            ArtifactStore::open(dir, "spam")
-                .unwrap()
-                .install(RULES, NewArtifact::default(), true)
-                .unwrap();
+            crate::testing::install(dir, RULES, true);
         }
         let mut b = Runtime::builder()
             .data_dir(dir)

@@ -989,17 +989,8 @@ mod tests {
     use super::*;
     use crate::clock::parse_day;
     use crate::dataset::ExecutionStatus;
+    use crate::testing::{TestClock, DAY1};
     use serde_json::json;
-    use std::sync::atomic::AtomicI64;
-
-    #[derive(Debug)]
-    struct FixedClock(AtomicI64);
-
-    impl Clock for FixedClock {
-        fn now_millis(&self) -> i64 {
-            self.0.load(Ordering::Relaxed)
-        }
-    }
 
     #[derive(Default, Clone)]
     struct Counting(Arc<Mutex<(u64, u64, bool)>>);
@@ -1035,10 +1026,8 @@ mod tests {
         }
     }
 
-    const DAY1: i64 = 1_764_028_800_000; // 2025-11-25T00:00:00Z
-
     fn day1_clock() -> Arc<dyn Clock> {
-        Arc::new(FixedClock(AtomicI64::new(DAY1)))
+        TestClock::at(DAY1)
     }
 
     fn writer(
@@ -1225,10 +1214,10 @@ mod tests {
     #[test]
     fn records_go_to_the_file_of_their_utc_day() {
         let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(FixedClock(AtomicI64::new(DAY1)));
+        let clock = TestClock::at(DAY1);
         let w = writer(dir.path(), opts(false), clock.clone(), Counting::default());
         w.log_execution(record(1, DAY1 + 86_399_999)).unwrap();
-        clock.0.store(DAY1 + 86_400_000, Ordering::Relaxed);
+        clock.set(DAY1 + 86_400_000);
         w.log_execution(record(2, DAY1 + 86_400_000)).unwrap();
         w.log_validation(ValidationRecord::new(
             record(1, 0).execution_id,
@@ -1259,7 +1248,7 @@ mod tests {
     #[test]
     fn late_records_for_compressible_days_go_to_todays_file() {
         let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(FixedClock(AtomicI64::new(DAY1 + 3 * 86_400_000)));
+        let clock = TestClock::at(DAY1 + 3 * 86_400_000);
         let w = writer(dir.path(), opts(false), clock, Counting::default());
         w.log_execution(record(1, DAY1)).unwrap(); // three days old
         w.log_execution(record(2, DAY1 + 2 * 86_400_000)).unwrap(); // yesterday

@@ -11,13 +11,14 @@ use serde_json::{json, Value};
 use super::controller::*;
 use super::stats::*;
 use super::*;
-use crate::artifact::{ArtifactStore, NewArtifact};
+use crate::artifact::ArtifactStore;
 use crate::clock::Clock;
 use crate::config::{DeploymentConfig, RolloutConfig};
 use crate::error::ErrorKind;
 use crate::executor::canary::*;
 use crate::oracle::{FnOracle, OracleAnswer};
 use crate::runtime::Runtime;
+use crate::testing::{install, wait_for, TestClock, DAY1};
 
 // ---- statistics ---------------------------------------------------------------------
 
@@ -257,23 +258,6 @@ fn constant(label: &str) -> Vec<u8> {
     .unwrap()
 }
 
-fn install(dir: &Path, program: &[u8], activate: bool) -> u32 {
-    ArtifactStore::open(dir, "spam")
-        .unwrap()
-        .install(program, NewArtifact::default(), activate)
-        .unwrap()
-        .version
-}
-
-#[derive(Debug)]
-struct FrozenClock;
-
-impl Clock for FrozenClock {
-    fn now_millis(&self) -> i64 {
-        1_764_028_800_000
-    }
-}
-
 /// A runtime whose only rollout checks are those of `flush` (the clock never moves),
 /// validating every execution against an oracle that says spam for "prize" and "win".
 fn runtime(dir: &Path) -> Runtime {
@@ -296,7 +280,7 @@ fn runtime_with(dir: &Path, yaml: &str) -> Runtime {
         .data_dir(dir)
         .task("spam")
         .config(config)
-        .clock(Arc::new(FrozenClock))
+        .clock(TestClock::at(DAY1))
         .oracle(oracle)
         .build()
         .unwrap()
@@ -750,7 +734,7 @@ fn hot_swap_under_load_fails_no_call() {
         .data_dir(dir.path())
         .task("spam")
         .config(config)
-        .clock(Arc::new(FrozenClock))
+        .clock(TestClock::at(DAY1))
         .build()
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -813,28 +797,6 @@ fn hot_swap_under_load_fails_no_call() {
     assert!(runs.load(Ordering::Relaxed) >= 400);
 }
 
-/// A clock that moves only when told to.
-#[derive(Debug)]
-struct ManualClock(std::sync::atomic::AtomicI64);
-
-impl ManualClock {
-    fn new() -> Arc<ManualClock> {
-        Arc::new(ManualClock(std::sync::atomic::AtomicI64::new(
-            FrozenClock.now_millis(),
-        )))
-    }
-
-    fn advance(&self, ms: i64) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_millis(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
 /// A runtime on `clock` without an oracle (decisions on executions alone), checking
 /// in the background every 100 ms of that clock.
 fn runtime_on(dir: &Path, clock: Arc<dyn Clock>) -> Runtime {
@@ -852,24 +814,15 @@ fn runtime_on(dir: &Path, clock: Arc<dyn Clock>) -> Runtime {
         .unwrap()
 }
 
-/// Polls `done` until it holds; panics with `what` after a minute.
-fn wait_for(what: &str, done: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never happened: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+/// How long the tests wait for something the runtime does in the background.
+const WAIT: Duration = Duration::from_secs(60);
 
 /// v1 active, v2 in its first canary stage with 2000 executions behind it, on a
 /// manual clock that has not moved (so no check has run yet).
-fn rolling_out_after_2000_executions(dir: &Path) -> (Runtime, Arc<ManualClock>) {
+fn rolling_out_after_2000_executions(dir: &Path) -> (Runtime, Arc<TestClock>) {
     install(dir, &program(&["prize"]), true);
     let v2 = install(dir, &program(&["prize", "win"]), false);
-    let clock = ManualClock::new();
+    let clock = TestClock::at(DAY1);
     let rt = runtime_on(dir, clock.clone());
     rt.begin_rollout(v2).unwrap();
     for i in 0..2000 {
@@ -891,7 +844,9 @@ fn background_checks_follow_the_runtime_clock() {
     });
     assert_eq!(rt.rollout().unwrap().decision, "started");
     clock.advance(100);
-    wait_for("a background check", || rt.rollout().unwrap().stage == 1);
+    wait_for("a background check", WAIT, || {
+        rt.rollout().unwrap().stage == 1
+    });
     assert_eq!(
         rt.rollout().unwrap().recent_events.last().unwrap().kind,
         RolloutEventKind::StageAdvanced
@@ -1010,7 +965,7 @@ fn a_forked_child_does_not_wait_for_the_rollout_thread() {
         unsafe { libc::_exit(if refused { 0 } else { 1 }) };
     }
     let status = std::cell::Cell::new(0);
-    wait_for("the forked child's exit", || {
+    wait_for("the forked child's exit", WAIT, || {
         let mut s = 0;
         // SAFETY: waits for our own child without blocking.
         let exited = unsafe { libc::waitpid(pid, &mut s, libc::WNOHANG) } == pid;
@@ -1023,7 +978,7 @@ fn a_forked_child_does_not_wait_for_the_rollout_thread() {
         "child checks failed"
     );
     clock.advance(100);
-    wait_for("a background check in the parent", || {
+    wait_for("a background check in the parent", WAIT, || {
         rt.rollout().unwrap().stage == 1
     });
     rt.shutdown(Duration::from_secs(10)).unwrap();

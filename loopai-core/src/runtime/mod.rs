@@ -793,6 +793,7 @@ pub(crate) fn parse_input(input: &[u8]) -> Result<Value> {
 mod tests {
     use super::*;
     use crate::artifact::NewArtifact;
+    use crate::testing::{install, install_with, TestClock, DAY, DAY1};
     use serde_json::json;
 
     const RULES: &[u8] = br#"{"format": "loopai.program/1", "task": "spam",
@@ -803,25 +804,10 @@ mod tests {
         {"when": {"always": true}, "then": "ham", "confidence": 0.55}]},
       "output": {"kind": "label", "labels": ["spam", "ham"], "abstain_below": 0.6}}"#;
 
-    fn install(dir: &Path, program: &[u8], extra: serde_json::Map<String, Value>) -> u32 {
-        let meta = NewArtifact {
-            extra,
-            ..NewArtifact::default()
-        };
-        ArtifactStore::open(dir, "spam")
-            .unwrap()
-            .install(program, meta, true)
-            .unwrap()
-            .version
-    }
-
     /// v1 active and v2 installed beside it, both the RULES program.
     fn install_active_and_inactive(dir: &Path) {
-        install(dir, RULES, Default::default());
-        ArtifactStore::open(dir, "spam")
-            .unwrap()
-            .install(RULES, NewArtifact::default(), false)
-            .unwrap();
+        install(dir, RULES, true);
+        install(dir, RULES, false);
     }
 
     fn runtime(dir: &Path) -> Result<Runtime> {
@@ -831,7 +817,7 @@ mod tests {
     #[test]
     fn execute_reports_status_version_and_unique_ids() {
         let dir = tempfile::tempdir().unwrap();
-        install(dir.path(), RULES, Default::default());
+        install(dir.path(), RULES, true);
         let rt = runtime(dir.path()).unwrap();
         let a = rt.execute(&json!({"text": "a prize"})).unwrap();
         // (No oracle and no telemetry: nothing is sampled; see the validator's tests.)
@@ -882,7 +868,7 @@ mod tests {
         );
         assert!(!dir.path().join("artifacts").exists());
 
-        install(dir.path(), RULES, Default::default());
+        install(dir.path(), RULES, true);
         ArtifactStore::open(dir.path(), "ham").unwrap();
         let err = Runtime::builder()
             .data_dir(dir.path())
@@ -929,7 +915,7 @@ mod tests {
     #[test]
     fn tampered_program_is_refused_at_start() {
         let dir = tempfile::tempdir().unwrap();
-        install(dir.path(), RULES, Default::default());
+        install(dir.path(), RULES, true);
         let path = dir.path().join("artifacts/spam/v1/program.json");
         let tampered = String::from_utf8(RULES.to_vec())
             .unwrap()
@@ -952,7 +938,11 @@ mod tests {
             "output_schema".into(),
             json!({"type": "string", "enum": ["spam", "ham"]}),
         );
-        install(dir.path(), RULES, extra);
+        let meta = NewArtifact {
+            extra,
+            ..NewArtifact::default()
+        };
+        install_with(dir.path(), RULES, meta, true);
         let rt = runtime(dir.path()).unwrap();
         let err = rt.execute(&json!({"text": "x", "extra": 1})).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
@@ -962,7 +952,7 @@ mod tests {
     #[test]
     fn execute_json_rejects_bad_documents() {
         let dir = tempfile::tempdir().unwrap();
-        install(dir.path(), RULES, Default::default());
+        install(dir.path(), RULES, true);
         let rt = runtime(dir.path()).unwrap();
         let err = rt.execute_json(b"{\"text\": ").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
@@ -979,11 +969,11 @@ mod tests {
     #[test]
     fn activate_and_reload_swap_versions() {
         let dir = tempfile::tempdir().unwrap();
-        install(dir.path(), RULES, Default::default());
+        install(dir.path(), RULES, true);
         let v2 = String::from_utf8(RULES.to_vec())
             .unwrap()
             .replace("\"prize\"]", "\"hello\"]");
-        install(dir.path(), v2.as_bytes(), Default::default());
+        install(dir.path(), v2.as_bytes(), true);
         let rt = runtime(dir.path()).unwrap();
         assert_eq!(rt.active_version(), 2);
         assert_eq!(
@@ -1017,7 +1007,7 @@ mod tests {
     #[test]
     fn every_execution_is_logged_including_failures() {
         let dir = tempfile::tempdir().unwrap();
-        install(dir.path(), RULES, Default::default());
+        install(dir.path(), RULES, true);
         let rt = runtime(dir.path()).unwrap();
         let ok = rt.execute(&json!({"text": "a prize"})).unwrap();
         rt.execute(&json!({"nope": 1})).unwrap_err();
@@ -1048,7 +1038,7 @@ mod tests {
     #[test]
     fn durable_mode_syncs_before_returning_and_shutdown_closes() {
         let dir = tempfile::tempdir().unwrap();
-        install(dir.path(), RULES, Default::default());
+        install(dir.path(), RULES, true);
         let config =
             DeploymentConfig::from_yaml_str("storage:\n  durability: durable\n", "test").unwrap();
         let rt = Runtime::builder()
@@ -1130,7 +1120,7 @@ mod tests {
     #[test]
     fn a_runtime_refuses_to_run_in_a_forked_child() {
         let dir = tempfile::tempdir().unwrap();
-        install(dir.path(), RULES, Default::default());
+        install(dir.path(), RULES, true);
         let rt = runtime(dir.path()).unwrap();
         rt.execute(&json!({"text": "before"})).unwrap();
         // SAFETY: the child only executes (no locks are held across the fork) and _exits.
@@ -1183,7 +1173,7 @@ mod tests {
     #[test]
     fn refresh_threads_are_not_waited_for_in_a_forked_child() {
         let dir = tempfile::tempdir().unwrap();
-        install(dir.path(), RULES, Default::default());
+        install(dir.path(), RULES, true);
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", closed.local_addr().unwrap());
         drop(closed);
@@ -1244,25 +1234,13 @@ mod tests {
     #[test]
     fn execute_batch_keeps_order_and_per_item_errors() {
         let dir = tempfile::tempdir().unwrap();
-        install(dir.path(), RULES, Default::default());
+        install(dir.path(), RULES, true);
         let rt = runtime(dir.path()).unwrap();
         let out = rt.execute_batch(&[json!({"text": "prize"}), json!({}), json!({"text": "hi"})]);
         assert_eq!(out[0].as_ref().unwrap().output, "spam");
         assert_eq!(out[1].as_ref().unwrap_err().kind(), ErrorKind::InvalidInput);
         assert_eq!(out[2].as_ref().unwrap().output, "ham");
     }
-
-    #[derive(Debug)]
-    struct TestClock(std::sync::atomic::AtomicI64);
-
-    impl Clock for TestClock {
-        fn now_millis(&self) -> i64 {
-            self.0.load(std::sync::atomic::Ordering::Relaxed)
-        }
-    }
-
-    const DAY1: i64 = 1_764_028_800_000; // 2025-11-25T00:00:00Z
-    const DAY: i64 = 86_400_000;
 
     fn runtime_at(dir: &Path, clock: &Arc<TestClock>) -> Runtime {
         Runtime::builder()
@@ -1276,8 +1254,8 @@ mod tests {
     #[test]
     fn daily_stats_follow_rollover_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        install(dir.path(), RULES, Default::default());
-        let clock = Arc::new(TestClock(std::sync::atomic::AtomicI64::new(DAY1 + 1000)));
+        install(dir.path(), RULES, true);
+        let clock = TestClock::at(DAY1 + 1000);
         let rt = runtime_at(dir.path(), &clock);
         for text in ["prize", "prize", "hello"] {
             rt.execute(&json!({ "text": text })).unwrap();
@@ -1292,9 +1270,7 @@ mod tests {
         assert_eq!(stats[0].output_distribution.get("spam"), Some(&2));
 
         // Next day: a new file and a new stats entry; the closed day is persisted.
-        clock
-            .0
-            .store(DAY1 + DAY + 5, std::sync::atomic::Ordering::Relaxed);
+        clock.set(DAY1 + DAY + 5);
         rt.execute(&json!({"text": "prize"})).unwrap();
         let stats = rt.stats(7).unwrap();
         assert_eq!(
@@ -1318,16 +1294,14 @@ mod tests {
     #[test]
     fn retention_runs_at_start_up() {
         let dir = tempfile::tempdir().unwrap();
-        install(dir.path(), RULES, Default::default());
-        let clock = Arc::new(TestClock(std::sync::atomic::AtomicI64::new(DAY1)));
+        install(dir.path(), RULES, true);
+        let clock = TestClock::at(DAY1);
         let rt = runtime_at(dir.path(), &clock);
         rt.execute(&json!({"text": "prize"})).unwrap();
         rt.shutdown(Duration::from_secs(5)).unwrap();
         drop(rt);
         // Three days later the day-1 file is compressed; ten days later it is gone.
-        clock
-            .0
-            .store(DAY1 + 3 * DAY, std::sync::atomic::Ordering::Relaxed);
+        clock.set(DAY1 + 3 * DAY);
         let wait_for_retention = |rt: &Runtime| {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
@@ -1355,9 +1329,7 @@ mod tests {
         assert_eq!(records.len(), 1, "compressed records still read back");
         rt.shutdown(Duration::from_secs(5)).unwrap();
         drop(rt);
-        clock
-            .0
-            .store(DAY1 + 10 * DAY, std::sync::atomic::Ordering::Relaxed);
+        clock.set(DAY1 + 10 * DAY);
         let rt = runtime_at(dir.path(), &clock);
         let report = wait_for_retention(&rt);
         assert_eq!(report.deleted.len(), 1, "{report:?}");
@@ -1367,7 +1339,7 @@ mod tests {
     #[test]
     fn sampled_executions_are_flagged_in_results_and_logs() {
         let dir = tempfile::tempdir().unwrap();
-        install(dir.path(), RULES, Default::default());
+        install(dir.path(), RULES, true);
         // Uncertainty sampling: the 0.55-confidence ham rule is always sampled.
         let config = DeploymentConfig::from_yaml_str(
             "sampling:\n  strategy: uncertainty\n  rate: 0\n  uncertainty_threshold: 0.9\n",
@@ -1394,7 +1366,7 @@ mod tests {
     #[test]
     fn hash_inputs_keeps_raw_inputs_out_of_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        install(dir.path(), RULES, Default::default());
+        install(dir.path(), RULES, true);
         let config =
             DeploymentConfig::from_yaml_str("privacy:\n  hash_inputs: true\n", "test").unwrap();
         let rt = Runtime::builder()

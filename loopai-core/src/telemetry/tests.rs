@@ -3,17 +3,16 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::testing::{closed_port_url, FakeTransport, TestCollector};
 use super::*;
-use crate::artifact::{ArtifactStore, NewArtifact};
 use crate::runtime::Runtime;
+use crate::testing::{self, wait_for, TestClock, DAY1};
 
 const PROGRAM: &[u8] = br#"{"format": "loopai.program/1", "task": "spam",
   "inputs": [{"name": "text", "path": "/text", "type": "text"}],
@@ -26,10 +25,7 @@ const PROGRAM: &[u8] = br#"{"format": "loopai.program/1", "task": "spam",
 const WAIT: Duration = Duration::from_secs(20);
 
 fn install(dir: &Path) {
-    ArtifactStore::open(dir, "spam")
-        .unwrap()
-        .install(PROGRAM, NewArtifact::default(), true)
-        .unwrap();
+    testing::install(dir, PROGRAM, true);
 }
 
 /// A configuration uploading to `url` with `privacy_mode: mode`; `extra` adds sections.
@@ -317,15 +313,7 @@ fn batches_are_cut_at_batch_size_per_flush_and_on_the_interval() {
     let dir = tempfile::tempdir().unwrap();
     install(dir.path());
     let collector = TestCollector::start();
-    #[derive(Debug)]
-    struct TestClock(AtomicI64);
-    impl Clock for TestClock {
-        fn now_millis(&self) -> i64 {
-            self.0.load(AtomicOrdering::Relaxed)
-        }
-    }
-    const T0: i64 = 1_764_028_800_000;
-    let clock = Arc::new(TestClock(AtomicI64::new(T0)));
+    let clock = TestClock::at(DAY1);
     let rt = Runtime::builder()
         .data_dir(dir.path())
         .task("spam")
@@ -351,19 +339,15 @@ fn batches_are_cut_at_batch_size_per_flush_and_on_the_interval() {
 
     // The interval (60 s by default) is measured with the runtime's clock.
     rt.execute(&json!({"text": "later"})).unwrap();
-    let wait_for = |what: &str, done: &dyn Fn(&TelemetryMetrics) -> bool| {
-        let deadline = Instant::now() + WAIT;
-        while !done(&telemetry(&rt)) {
-            assert!(Instant::now() < deadline, "{what}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
     // The batch is open (its interval started at the current clock time)...
-    wait_for("record seen", &|m| m.pending_records == 1);
+    wait_for("record seen", WAIT, || telemetry(&rt).pending_records == 1);
     assert_eq!(telemetry(&rt).batches_cut, 3);
     // ... and is cut once the clock passes the interval, without a flush.
-    clock.0.store(T0 + 60_000, AtomicOrdering::Relaxed);
-    wait_for("interval cut", &|m| m.batches_cut == 4 && m.sent == 4);
+    clock.set(DAY1 + 60_000);
+    wait_for("interval cut", WAIT, || {
+        let m = telemetry(&rt);
+        m.batches_cut == 4 && m.sent == 4
+    });
     let last = collector.batches().pop().unwrap();
     assert_eq!(last["timestamp"], "2025-11-25T00:01:00.000Z");
     assert_eq!(last["metrics"]["executions"], 1);

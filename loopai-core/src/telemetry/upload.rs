@@ -239,16 +239,8 @@ mod tests {
     use super::*;
     use crate::net::MAX_RETRY_AFTER;
     use crate::telemetry::testing::FakeTransport;
+    use crate::testing::TestClock;
     use uuid::Uuid;
-
-    #[derive(Debug)]
-    struct FixedClock(i64);
-
-    impl Clock for FixedClock {
-        fn now_millis(&self) -> i64 {
-            self.0
-        }
-    }
 
     // 2025-11-25T00:00:00Z
     const NOW: i64 = 1_764_028_800_000;
@@ -271,7 +263,7 @@ mod tests {
             spool: Arc::new(spool),
             transport: transport.clone(),
             counters: Arc::default(),
-            clock: Arc::new(FixedClock(NOW)),
+            clock: TestClock::at(NOW),
             backoff: Backoff::default(),
             rng: fastrand::Rng::with_seed(7),
             failures: 0,
