@@ -122,6 +122,7 @@ pub(crate) fn calibrator_loop(inner: &Weak<Inner>, rx: &JobRx) {
         let Some(inner) = inner.upgrade() else { break };
         let task = Arc::clone(&inner.tasks[index]);
         recalibrate(&inner, &task);
+        inner.calibrating.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -506,6 +506,9 @@ fn a_calibrated_program_answers_locally_in_openai_format() {
         "api_key_env replaces the client's key"
     );
     let before = up.calls();
+    // The last calls of the loop may have been answered locally already (the threshold is
+    // set by the calibrator thread, between two of them).
+    let local_before = task_stats(&server)["local"].as_u64().unwrap();
     let r = chat(&server, &body("A PRIZE awaits", false), &[]);
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.headers["x-loopai-source"], "program");
@@ -545,8 +548,9 @@ fn a_calibrated_program_answers_locally_in_openai_format() {
         "local answers do not reach the upstream"
     );
     let t = task_stats(&server);
-    assert_eq!(t["local"], 2, "{t}");
-    assert!(t["tokens_saved"].as_u64().unwrap() == 64, "{t}");
+    let local = t["local"].as_u64().unwrap();
+    assert_eq!(local, local_before + 2, "{t}");
+    assert_eq!(t["tokens_saved"].as_u64().unwrap(), local * 32, "{t}");
     assert!(t["disagreement_upper"].as_f64().unwrap() <= 0.05, "{t}");
     server.shutdown(WAIT).unwrap();
     // The local answer is in the call log (source program) and the execution log, by id.
