@@ -13,6 +13,7 @@ mod publish;
 mod serve;
 mod stats;
 mod synth;
+mod tasks;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -65,8 +66,12 @@ enum Command {
     Cloud(cloud::CloudCommand),
     /// Upload a program (or a version directory) to an artifact repository as a new version.
     Publish(publish::PublishArgs),
-    /// Serve tasks over HTTP (POST /execute, /health, /ready, /metrics) until SIGTERM.
+    /// Serve tasks over HTTP (POST /execute, /health, /ready, /metrics; with `gateway:` in the
+    /// configuration, POST /v1/chat/completions) until SIGTERM.
     Serve(serve::ServeArgs),
+    /// Gateway tasks: register one from its specification alone, list their state.
+    #[command(subcommand)]
+    Tasks(tasks::TasksCommand),
 }
 
 /// Runs the `loopai` command with `args` (the first is the program name, as in
@@ -116,6 +121,7 @@ fn run(cli: Cli) -> Result<ExitCode, loopai_core::Error> {
         Command::Cloud(cmd) => cloud::run(cmd),
         Command::Publish(args) => publish::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Tasks(cmd) => tasks::run(cmd),
     }
 }
 

@@ -9,7 +9,7 @@ use loopai_core::Error;
 use loopai_serve::{ServeEvent, Server};
 
 #[derive(Debug, clap::Args)]
-#[command(group = clap::ArgGroup::new("which").required(true).args(["task", "tasks", "all_tasks"]))]
+#[command(group = clap::ArgGroup::new("which").args(["task", "tasks", "all_tasks"]))]
 pub(crate) struct ServeArgs {
     /// The data directory (artifacts/, datasets/, config/).
     #[arg(long, value_name = "DIR", env = "LOOPAI_DATA_DIR")]
@@ -104,9 +104,12 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, Error> {
         .shutdown_timeout(shutdown_timeout)
         .ready_requires_log(!args.ready_ignores_log)
         .follow_interval(follow_interval);
+    // No task at all: only the gateway (`gateway:` in the configuration), or an error
+    // from `build` saying what to give.
     builder = match (args.task, args.all_tasks) {
         (Some(task), _) => builder.task(task),
         (None, true) => builder.all_tasks(),
+        (None, false) if args.tasks.is_empty() => builder,
         (None, false) => builder.tasks(args.tasks),
     };
     if let Some(config) = args.config {

@@ -60,13 +60,31 @@ pub(crate) fn run(args: StatsArgs) -> Result<ExitCode, Error> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let gateway = gateway_figures(&args)?;
     if stats.is_empty() {
         writeln!(out, "{}", no_data(&reader, &args)).map_err(write_err)?;
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        out.write_all(table(&args.task.task, args.days, &stats).as_bytes())
+            .map_err(write_err)?;
     }
-    out.write_all(table(&args.task.task, args.days, &stats).as_bytes())
-        .map_err(write_err)?;
+    if let Some(block) = gateway {
+        out.write_all(block.as_bytes()).map_err(write_err)?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The gateway figures of the task, when it is a gateway task (it has a stored spec).
+fn gateway_figures(args: &StatsArgs) -> Result<Option<String>, Error> {
+    let dir = &args.task.data_dir;
+    if !loopai_gateway::gateway_tasks(dir)?.contains(&args.task.task) {
+        return Ok(None);
+    }
+    let config = loopai_core::DeploymentConfig::load_for_data_dir(dir)?;
+    let all = loopai_gateway::summarize(dir, config.gateway.as_ref())?;
+    Ok(all
+        .iter()
+        .find(|t| t.task == args.task.task)
+        .map(crate::tasks::gateway_block))
 }
 
 fn no_data(reader: &DatasetReader, args: &StatsArgs) -> String {

@@ -143,6 +143,8 @@ pub(crate) struct Inner {
     pub(crate) writer: Writer,
     learn_tx: Sender<JobBox>,
     calibrate_tx: Sender<JobBox>,
+    /// Re-estimates queued or running.
+    pub(crate) calibrating: AtomicU64,
     handles: Mutex<Vec<JoinHandle<()>>>,
     untasked: AtomicU64,
     untasked_errors: AtomicU64,
@@ -479,6 +481,7 @@ impl Gateway {
             writer,
             learn_tx,
             calibrate_tx,
+            calibrating: AtomicU64::new(0),
             handles: Mutex::new(vec![writer_handle]),
             untasked: AtomicU64::new(0),
             untasked_errors: AtomicU64::new(0),
@@ -778,7 +781,14 @@ impl Gateway {
                 if cal.new_pairs >= RECALIBRATE_EVERY {
                     cal.new_pairs = 0;
                     drop(cal);
-                    let _ = inner.calibrate_tx.try_send(JobBox(Job::Task(task.index)));
+                    inner.calibrating.fetch_add(1, Ordering::AcqRel);
+                    if inner
+                        .calibrate_tx
+                        .try_send(JobBox(Job::Task(task.index)))
+                        .is_err()
+                    {
+                        inner.calibrating.fetch_sub(1, Ordering::AcqRel);
+                    }
                 }
             }
         }
@@ -853,7 +863,7 @@ impl Gateway {
         loop {
             let busy = self.inner.tasks.iter().any(|t| {
                 t.learn_queued.load(Ordering::Acquire) || t.learning.load(Ordering::Acquire)
-            }) || !self.inner.calibrate_tx.is_empty();
+            }) || self.inner.calibrating.load(Ordering::Acquire) > 0;
             if !busy {
                 return Ok(());
             }

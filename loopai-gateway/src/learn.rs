@@ -29,11 +29,12 @@ pub struct LearnReport {
     pub labels: u64,
     /// Distinct labelled inputs trained on.
     pub trained_on: usize,
-    /// Oracle labels held out.
-    pub held_out: usize,
-    /// The new program's agreement with the held-out labels.
-    pub holdout_agreement: Option<f64>,
-    /// The running program's agreement with the same held-out labels, when there was one.
+    /// Oracle labels scored out of sample (cross-fitted: each by a program learnt
+    /// without its fold).
+    pub cross_fitted: usize,
+    /// Their agreement with the oracle.
+    pub agreement: Option<f64>,
+    /// The running program's cross-fitted agreement, from when it was learnt.
     pub previous_agreement: Option<f64>,
     /// The version installed.
     pub version: u32,
@@ -48,9 +49,9 @@ pub struct LearnReport {
 pub(crate) struct Stored {
     /// Labels at the start of the last learning pass.
     pub(crate) learned_at: u64,
-    /// The version the held-out pairs belong to.
+    /// The version the cross-fitted pairs belong to.
     pub(crate) version: u32,
-    /// `(confidence, agreed)` of that version on its held-out labels.
+    /// `(confidence, agreed)` of that version's cross-fitted pairs.
     pub(crate) holdout: Vec<(f64, bool)>,
     /// The threshold last chosen (for `loopai tasks list`; recomputed at start).
     #[serde(default)]
@@ -121,6 +122,7 @@ pub(crate) fn calibrator_loop(inner: &Weak<Inner>, rx: &JobRx) {
         let Some(inner) = inner.upgrade() else { break };
         let task = Arc::clone(&inner.tasks[index]);
         recalibrate(&inner, &task);
+        inner.calibrating.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -218,33 +220,49 @@ fn pass(inner: &Inner, task: &Task) -> Result<LearnReport> {
     let mut oracle = oracle_examples(records);
     let mut rng = fastrand::Rng::with_seed(inner.learn.seed ^ labels);
     rng.shuffle(&mut oracle);
-    let held_out = if oracle.len() >= 2 {
-        ((oracle.len() as f64 * inner.learn.holdout).ceil() as usize).clamp(1, oracle.len() - 1)
-    } else {
-        0
-    };
-    let holdout: Vec<Example> = oracle.drain(..held_out).collect();
+    let mut options = SynthOptions::default().with_seed(inner.learn.seed);
+    options.threads = 1;
+    let closed = || Error::new(ErrorKind::Closed, "the gateway is shut down");
+    // Cross-fitting: each fold of the oracle's labels is scored by a program trained
+    // without it (and with the spec examples), so every pair is out of sample.
+    let folds = inner.learn.folds.min(oracle.len());
+    let mut pairs = Vec::new();
+    if folds >= 2 {
+        for k in 0..folds {
+            let mut spec = task.spec.clone();
+            let mut held = Vec::new();
+            for (i, ex) in oracle.iter().enumerate() {
+                if i % folds == k {
+                    held.push(ex.clone());
+                } else {
+                    spec.examples.push(ex.clone());
+                }
+            }
+            let synthesis = synthesize(&spec, &options)
+                .map_err(|e| e.context(format!("{}: fold {}", task.name, k + 1)))?;
+            pairs.extend(score(&Program::from_json(&synthesis.program_json)?, &held));
+            if inner.is_closed() {
+                return Err(closed());
+            }
+        }
+    }
+    let cross_fitted = pairs.len();
     let mut spec = task.spec.clone();
     spec.examples.extend(oracle);
     let trained_on = spec.examples.len();
-    let mut options = SynthOptions::default().with_seed(inner.learn.seed);
-    options.threads = 1;
     let synthesis = synthesize(&spec, &options).map_err(|e| e.context(&task.name))?;
-    let program = Program::from_json(&synthesis.program_json)?;
-    let pairs = score(&program, &holdout);
     let new_agreement = agreement(&pairs);
     let previous = task.runtime.load_full();
+    let stored_before = Stored::load(&inner.data_dir, &task.name)?;
+    // The running program's own cross-fitted agreement, from when it was learnt.
     let previous_agreement = match &previous {
-        Some(rt) => {
-            let store = ArtifactStore::open(&inner.data_dir, &task.name)?;
-            let loaded = store.load(rt.active_version())?;
-            let old = Program::from_json(&loaded.program)?;
-            agreement(&score(&old, &holdout))
+        Some(rt) if stored_before.version == rt.active_version() => {
+            agreement(&stored_before.holdout)
         }
-        None => None,
+        _ => None,
     };
     if inner.is_closed() {
-        return Err(Error::new(ErrorKind::Closed, "the gateway is shut down"));
+        return Err(closed());
     }
     let activate = match (previous_agreement, new_agreement) {
         (Some(old), Some(new)) => new >= old,
@@ -273,7 +291,7 @@ fn pass(inner: &Inner, task: &Task) -> Result<LearnReport> {
     let stored_pairs = if activate {
         pairs
     } else {
-        Stored::load(&inner.data_dir, &task.name)?.holdout
+        stored_before.holdout
     };
     let stored = Stored {
         learned_at: labels,
@@ -288,7 +306,7 @@ fn pass(inner: &Inner, task: &Task) -> Result<LearnReport> {
     stored.save(&inner.data_dir, &task.name)?;
     recalibrate(inner, task);
     log::info!(
-        "loopai gateway: {}: learnt v{version} on {trained_on} examples; held-out agreement {:?} (running program {:?}); {}",
+        "loopai gateway: {}: learnt v{version} on {trained_on} examples; cross-fitted agreement {:?} on {cross_fitted} (running program {:?}); {}",
         task.name,
         new_agreement,
         previous_agreement,
@@ -298,8 +316,8 @@ fn pass(inner: &Inner, task: &Task) -> Result<LearnReport> {
         task: task.name.clone(),
         labels,
         trained_on,
-        held_out,
-        holdout_agreement: new_agreement,
+        cross_fitted,
+        agreement: new_agreement,
         previous_agreement,
         version,
         activated: activate,

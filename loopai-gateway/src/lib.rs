@@ -70,6 +70,10 @@
 //! [`Gateway::flush`] and [`Gateway::shutdown`] take a timeout; a learning pass still
 //! running at shutdown finishes on its own and installs nothing.
 //!
+//! After `fork()`, the gateway's threads do not exist in the child: its task runtimes
+//! refuse to execute there (every call is then forwarded) and its call log is no longer
+//! written. Open a new [`Gateway`] in the child.
+//!
 //! ## Errors
 //!
 //! Functions return [`loopai_core::Error`]. [`ChatRequest::parse`] gives

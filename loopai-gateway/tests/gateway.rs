@@ -231,8 +231,10 @@ fn learns_at_min_examples_then_answers_locally_within_the_budget() {
     let t = gw.stats().tasks[0].clone();
     assert_eq!(t.active_version, Some(1), "{t:?}");
     assert!(t.last_learn_error.is_none(), "{t:?}");
-    // 12 held-out pairs cannot show 5% with 95% confidence: still forwarding.
-    assert_eq!(t.state, TaskState::Learning, "{t:?}");
+    // Calibrated at once on 60 cross-fitted pairs (serving if all agree: 95% upper bound
+    // 0.049, within 5%).
+    assert_eq!(t.calibration_pairs, 60, "{t:?}");
+    assert_ne!(t.state, TaskState::Shadow, "{t:?}");
     // Forwarded calls calibrate the program (it runs on them; the oracle answers).
     let mut local = 0;
     for (text, label) in &stream[60..] {
@@ -334,7 +336,11 @@ fn learns_again_each_time_the_labels_grow_by_the_growth_share() {
     let report = gw.learn_now("spam").unwrap();
     assert_eq!(report.labels, 60);
     assert_eq!(report.version, 3);
-    assert!(report.holdout_agreement.unwrap() > 0.8, "{report:?}");
+    assert!(report.agreement.unwrap() > 0.8, "{report:?}");
+    assert_eq!(
+        report.cross_fitted, 60,
+        "every oracle label is scored out of sample"
+    );
     gw.shutdown(WAIT).unwrap();
 }
 

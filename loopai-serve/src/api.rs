@@ -32,6 +32,12 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/v1/execute/{task}", post(execute_task))
         .route("/v1/execute/{task}/batch", post(batch_task));
+    if state.gateway_enabled {
+        router = router.route(
+            "/v1/chat/completions",
+            post(crate::gateway::chat_completions),
+        );
+    }
     if state.mode == Mode::Single {
         router = router
             .route("/execute", post(execute_single))
@@ -403,6 +409,9 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
             body.insert("tasks".into(), json_value(&tasks));
         }
     }
+    if let Some(gw) = state.gateway.get() {
+        body.insert("gateway".into(), crate::gateway::health_json(gw));
+    }
     let code = if phase == Phase::Failed {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -519,6 +528,9 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
         let mut text =
             metrics::render(&st.server, st.phase() == Phase::Ready && log_ok, &snapshots);
         st.connections.render_prometheus(&mut text);
+        if let Some(gw) = st.gateway.get() {
+            crate::gateway::render_metrics(gw, &mut text);
+        }
         text
     })
     .await;

@@ -88,6 +88,7 @@
 mod api;
 mod auth;
 mod follow;
+mod gateway;
 mod http;
 mod metrics;
 mod server;

@@ -38,6 +38,8 @@ enum Tasks {
     AllActive,
     Runtime(Runtime),
     Runtimes(Vec<Runtime>),
+    /// No execute task: only the gateway.
+    GatewayOnly,
 }
 
 /// Builds a [`Server`]; every option is checked by [`build`](Self::build).
@@ -290,9 +292,20 @@ impl ServerBuilder {
             (None, Some(path)) => Some(ApiKeys::from_file(path)?),
             (None, None) => None,
         };
-        let tasks = self.tasks.ok_or_else(|| {
-            config("tasks: give a task, a task list, all_tasks, or runtimes to serve")
-        })?;
+        let gateway = match &self.data_dir {
+            Some(dir) => crate::gateway::configured(dir, self.config_file.as_deref())?,
+            None => None,
+        };
+        let gateway = gateway.zip(self.data_dir.clone());
+        let tasks = match (self.tasks, &gateway) {
+            (Some(tasks), _) => tasks,
+            (None, Some(_)) => Tasks::GatewayOnly,
+            (None, None) => {
+                return Err(config(
+                    "tasks: give a task, a task list, all_tasks, or runtimes to serve (or a gateway: section in the configuration)",
+                ))
+            }
+        };
         let needs_dir = |data_dir: Option<PathBuf>| {
             data_dir.ok_or_else(|| config("data_dir: required to load tasks"))
         };
@@ -333,8 +346,12 @@ impl ServerBuilder {
                 tasks::check_task_list(&names)?;
                 (Mode::Central, Source::Built(list))
             }
+            Tasks::GatewayOnly => (Mode::Central, Source::Built(Vec::new())),
         };
-        if mode == Mode::Central && auth.is_none() {
+        if let Some((_, dir)) = &gateway {
+            crate::gateway::check_no_overlap(dir, &source.task_names())?;
+        }
+        if mode == Mode::Central && auth.is_none() && !source.task_names().is_empty() {
             return Err(config(
                 "api_keys: central mode (several tasks) requires API keys (a keys file)",
             ));
@@ -347,7 +364,8 @@ impl ServerBuilder {
             self.max_batch_body_bytes,
             self.max_body_bytes,
             self.body_timeout,
-        );
+        )
+        .with_gateway(gateway.is_some());
         state.ready_requires_log = self.ready_requires_log;
         Ok(Server {
             connections: self.connections,
@@ -356,6 +374,7 @@ impl ServerBuilder {
             shutdown_timeout: self.shutdown_timeout,
             worker_threads: self.worker_threads,
             source,
+            gateway,
             state: Arc::new(state),
         })
     }
@@ -373,6 +392,8 @@ pub struct Server {
     shutdown_timeout: Duration,
     worker_threads: Option<usize>,
     source: Source,
+    /// The configuration with a `gateway:` section, and the data directory.
+    gateway: Option<(loopai_core::DeploymentConfig, PathBuf)>,
     state: Arc<AppState>,
 }
 
@@ -437,11 +458,20 @@ impl Server {
         }
 
         let source = self.source;
+        let gateway = self.gateway;
         let body_limit = state.body_limit;
         let loading = Arc::clone(&state);
         let loader = serving.runtime.spawn_blocking(move || {
             let started = Instant::now();
-            match source.load() {
+            let loaded = source.load().and_then(|runtimes| {
+                if let Some((config, dir)) = &gateway {
+                    let gw = crate::gateway::GatewayState::open(dir, config)
+                        .map_err(|e| e.context("gateway"))?;
+                    let _ = loading.gateway.set(gw);
+                }
+                Ok(runtimes)
+            });
+            match loaded {
                 Ok(runtimes) => {
                     let set = TaskSet::new(runtimes, body_limit);
                     if loading.tasks.set(set).is_ok() {
@@ -674,6 +704,14 @@ impl ServerHandle {
                     log::error!("{e}");
                     first_error.get_or_insert(e);
                 }
+            }
+        }
+        if let Some(gw) = self.state.gateway.get() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if let Err(e) = gw.gateway.shutdown(remaining) {
+                let e = e.context("gateway: writing the call log");
+                log::error!("{e}");
+                first_error.get_or_insert(e);
             }
         }
         running.serving.shutdown_background();

@@ -78,6 +78,10 @@ pub(crate) struct AppState {
     body_timeout: Duration,
     /// `GET /ready` is 503 while an execution log cannot be written.
     pub(crate) ready_requires_log: bool,
+    /// The OpenAI-compatible gateway (`gateway:` in the configuration), once loaded.
+    pub(crate) gateway: OnceLock<crate::gateway::GatewayState>,
+    /// Whether the configuration has a `gateway:` section.
+    pub(crate) gateway_enabled: bool,
 }
 
 impl AppState {
@@ -108,7 +112,15 @@ impl AppState {
             body_limit,
             body_timeout,
             ready_requires_log: true,
+            gateway: OnceLock::new(),
+            gateway_enabled: false,
         }
+    }
+
+    /// The same state, serving `POST /v1/chat/completions` when `enabled`.
+    pub(crate) fn with_gateway(mut self, enabled: bool) -> AppState {
+        self.gateway_enabled = enabled;
+        self
     }
 
     pub(crate) fn phase(&self) -> Phase {

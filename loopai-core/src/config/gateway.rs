@@ -143,8 +143,9 @@ pub struct LearnConfig {
     pub min_examples: usize,
     /// `growth` (default 0.5): re-learn each time the labels grow by this share.
     pub growth: f64,
-    /// `holdout` (default 0.2): share of the oracle labels held out to score and calibrate.
-    pub holdout: f64,
+    /// `folds` (default 3): cross-fitting folds; each fold of the oracle's labels is scored
+    /// by a program learnt without it, to calibrate the threshold out of sample.
+    pub folds: usize,
     /// `seed` (default 42): every random choice of learning.
     pub seed: u64,
 }
@@ -154,7 +155,7 @@ impl Default for LearnConfig {
         LearnConfig {
             min_examples: 200,
             growth: 0.5,
-            holdout: 0.2,
+            folds: 3,
             seed: 42,
         }
     }
@@ -286,10 +287,10 @@ impl LearnConfig {
                 self.growth
             )));
         }
-        if !(self.holdout.is_finite() && self.holdout > 0.0 && self.holdout < 1.0) {
+        if !(2..=10).contains(&self.folds) {
             return Err(invalid(format!(
-                "learn.holdout: must be between 0 and 1 (exclusive), got {}",
-                self.holdout
+                "learn.folds: must be 2 to 10, got {}",
+                self.folds
             )));
         }
         Ok(())

@@ -1,0 +1,792 @@
+//! `POST /v1/chat/completions`: the OpenAI-compatible gateway (see `docs/gateway.md`).
+//! The decision, labels and learning are `loopai-gateway`'s; this module speaks HTTP:
+//! local answers in OpenAI's format (JSON or SSE), forwarding to the upstream with
+//! streams relayed chunk by chunk, and errors in OpenAI's format.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
+use futures_util::StreamExt;
+use loopai_core::{DeploymentConfig, Error, ErrorKind, Result};
+use loopai_gateway::{ChatRequest, Decision, Gateway, LocalAnswer, Pending, UpstreamAnswer};
+use serde_json::{json, Value};
+
+use crate::state::{AppState, Phase};
+
+/// The request header that names the task.
+pub(crate) const TASK_HEADER: &str = "x-loopai-task";
+/// The response header that says who answered: `program` or `oracle`.
+pub(crate) const SOURCE_HEADER: &str = "x-loopai-source";
+/// Largest request body of the gateway (the runtime's document limit).
+const MAX_BODY: usize = loopai_core::MAX_INPUT_DOCUMENT_BYTES;
+/// Validations of local answers in flight at most; more are skipped.
+const MAX_VALIDATIONS_IN_FLIGHT: u64 = 64;
+
+/// The gateway of a server: the library's [`Gateway`], the upstream client and counters.
+#[derive(Debug)]
+pub(crate) struct GatewayState {
+    pub(crate) gateway: Gateway,
+    client: reqwest::Client,
+    url: String,
+    api_key: Option<HeaderValue>,
+    timeout: Duration,
+    validations_in_flight: Arc<AtomicU64>,
+    pub(crate) validations_skipped: AtomicU64,
+    pub(crate) responses: ResponseCounters,
+}
+
+/// Responses of `/v1/chat/completions` by who answered.
+#[derive(Debug, Default)]
+pub(crate) struct ResponseCounters {
+    pub(crate) program: AtomicU64,
+    pub(crate) oracle: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) upstream_unreachable: AtomicU64,
+    pub(crate) upstream_timeout: AtomicU64,
+}
+
+impl GatewayState {
+    /// Opens the gateway of `data_dir` and builds the upstream client (blocking: runs in
+    /// the loader).
+    pub(crate) fn open(data_dir: &std::path::Path, config: &DeploymentConfig) -> Result<Self> {
+        let cfg = config
+            .gateway
+            .as_ref()
+            .ok_or_else(|| Error::new(ErrorKind::Config, "gateway: section missing"))?;
+        let api_key = match &cfg.upstream.api_key_env {
+            None => None,
+            Some(var) => {
+                let key = std::env::var(var).map_err(|_| {
+                    Error::new(
+                        ErrorKind::Config,
+                        format!("gateway.upstream.api_key_env: the variable {var} is not set"),
+                    )
+                })?;
+                let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                    Error::new(
+                        ErrorKind::Config,
+                        format!("gateway.upstream.api_key_env: {var} holds characters a header cannot carry"),
+                    )
+                })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(cfg.upstream.connect_timeout_ms))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("gateway.upstream: building the HTTP client: {e}"),
+                )
+            })?;
+        let url = format!(
+            "{}/chat/completions",
+            cfg.upstream.base_url.trim().trim_end_matches('/')
+        );
+        let gateway = Gateway::open(data_dir, config)?;
+        Ok(GatewayState {
+            gateway,
+            client,
+            url,
+            api_key,
+            timeout: Duration::from_millis(cfg.upstream.timeout_ms),
+            validations_in_flight: Arc::new(AtomicU64::new(0)),
+            validations_skipped: AtomicU64::new(0),
+            responses: ResponseCounters::default(),
+        })
+    }
+}
+
+/// An error in OpenAI's format: `{"error": {"message", "type", "param", "code"}}`.
+fn openai_error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let kind = match status.as_u16() {
+        400..=499 => "invalid_request_error",
+        503 => "server_error",
+        _ => "upstream_error",
+    };
+    let body =
+        json!({"error": {"message": message.into(), "type": kind, "param": null, "code": code}});
+    let mut response = crate::http::json_response(status, &body);
+    response.headers_mut().insert(
+        HeaderName::from_static("x-loopai-source"),
+        HeaderValue::from_static("gateway"),
+    );
+    response
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+) -> Response {
+    let _in_flight = state.server.enter();
+    let Some(gws) = state.gateway.get() else {
+        let message = match state.phase() {
+            Phase::Failed => "the server failed to load its tasks (see GET /health)",
+            _ => "the server is loading its tasks; retry when GET /ready is 200",
+        };
+        return openai_error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message);
+    };
+    let (parts, body) = request.into_parts();
+    let response = handle(&state, gws, parts.headers, body).await;
+    if response
+        .headers()
+        .get(SOURCE_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"gateway")
+    {
+        gws.responses.refused.fetch_add(1, Relaxed);
+    }
+    response
+}
+
+async fn handle(state: &AppState, gws: &GatewayState, headers: HeaderMap, body: Body) -> Response {
+    let bytes = match state.read_body(&headers, body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => return openai_error(e.status(), e.kind(), e.message().to_string()),
+    };
+    let request = match ChatRequest::parse(&bytes) {
+        Ok(r) => r,
+        Err(e) => return openai_error(StatusCode::BAD_REQUEST, "invalid_request", e.to_string()),
+    };
+    let task = match headers.get(TASK_HEADER).map(HeaderValue::to_str) {
+        None => None,
+        Some(Ok(t)) => Some(t.trim()),
+        Some(Err(_)) => {
+            return openai_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "X-Loopai-Task: not a visible ASCII task id",
+            )
+        }
+    };
+    if let Some(t) = task {
+        if !gws.gateway.has_task(t) {
+            return openai_error(
+                StatusCode::NOT_FOUND,
+                "unknown_task",
+                format!(
+                    "X-Loopai-Task: {t:?} is not a gateway task (add it with `loopai tasks add`)"
+                ),
+            );
+        }
+    }
+    let decision = match gws.gateway.decide(task, &request) {
+        Ok(d) => d,
+        Err(e) => {
+            let (status, code) = match e.kind() {
+                ErrorKind::Schema => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
+                ErrorKind::InvalidInput => (StatusCode::NOT_FOUND, "unknown_task"),
+                ErrorKind::Closed => (StatusCode::SERVICE_UNAVAILABLE, "closed"),
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            };
+            return openai_error(status, code, e.to_string());
+        }
+    };
+    match decision {
+        Decision::Local(answer) => {
+            gws.responses.program.fetch_add(1, Relaxed);
+            let model = request.model.as_deref().unwrap_or("");
+            let response = if request.is_stream() {
+                local_stream(&answer, model, request.include_usage())
+            } else {
+                local_json(&answer, model)
+            };
+            if let Some(pending) = answer.validate {
+                spawn_validation(gws, &headers, bytes, request.is_stream(), pending);
+            }
+            response
+        }
+        Decision::Forward(pending) => {
+            forward(gws, &headers, bytes, request.is_stream(), pending).await
+        }
+        _ => openai_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unknown decision",
+        ),
+    }
+}
+
+fn with_source(mut response: Response, source: &'static str, task: Option<&str>) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        HeaderName::from_static(SOURCE_HEADER),
+        HeaderValue::from_static(source),
+    );
+    if let Some(t) = task.and_then(|t| HeaderValue::from_str(t).ok()) {
+        h.insert(HeaderName::from_static(TASK_HEADER), t);
+    }
+    response
+}
+
+fn local_json(answer: &LocalAnswer, model: &str) -> Response {
+    let body = json!({
+        "id": answer.execution_id.to_string(),
+        "object": "chat.completion",
+        "created": unix_seconds(),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": answer.content, "refusal": null},
+            "logprobs": null,
+            "finish_reason": "stop"
+        }],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "system_fingerprint": null
+    });
+    let mut response = with_source(
+        crate::http::json_response(StatusCode::OK, &body),
+        "program",
+        Some(&answer.task),
+    );
+    if let Ok(v) = HeaderValue::from_str(&answer.version.to_string()) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("x-loopai-version"), v);
+    }
+    response
+}
+
+fn local_stream(answer: &LocalAnswer, model: &str, include_usage: bool) -> Response {
+    let id = answer.execution_id.to_string();
+    let created = unix_seconds();
+    let chunk = |delta: Value, finish: Value| {
+        json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": null,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]
+        })
+    };
+    let mut events = vec![
+        chunk(
+            json!({"role": "assistant", "content": "", "refusal": null}),
+            Value::Null,
+        ),
+        chunk(json!({"content": answer.content}), Value::Null),
+        chunk(json!({}), json!("stop")),
+    ];
+    if include_usage {
+        events.push(json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": null, "choices": [],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        }));
+    }
+    let mut text = String::new();
+    for e in &events {
+        text.push_str("data: ");
+        text.push_str(&e.to_string());
+        text.push_str("\n\n");
+    }
+    text.push_str("data: [DONE]\n\n");
+    let response = crate::http::bytes_response(
+        StatusCode::OK,
+        HeaderValue::from_static("text/event-stream"),
+        text.into_bytes(),
+    );
+    with_source(response, "program", Some(&answer.task))
+}
+
+/// Headers of the client's request passed to the upstream.
+const FORWARD_HEADERS: [&str; 3] = ["openai-organization", "openai-project", "openai-beta"];
+
+fn upstream_request(
+    gws: &GatewayState,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> reqwest::RequestBuilder {
+    let mut req = gws
+        .client
+        .post(&gws.url)
+        .timeout(gws.timeout)
+        .header(CONTENT_TYPE, "application/json")
+        .body(body);
+    match (&gws.api_key, headers.get(AUTHORIZATION)) {
+        (Some(key), _) => req = req.header(AUTHORIZATION, key.clone()),
+        (None, Some(client)) => req = req.header(AUTHORIZATION, client.clone()),
+        (None, None) => {}
+    }
+    for name in FORWARD_HEADERS {
+        if let Some(v) = headers.get(name) {
+            req = req.header(name, v.clone());
+        }
+    }
+    req
+}
+
+/// Headers of the upstream's answer relayed to the client.
+fn relay_header(name: &str) -> bool {
+    name == "content-type"
+        || name == "retry-after"
+        || name == "x-request-id"
+        || name.starts_with("x-ratelimit-")
+        || name.starts_with("openai-")
+}
+
+fn relayed(
+    status: reqwest::StatusCode,
+    upstream: &reqwest::header::HeaderMap,
+    body: Body,
+    task: Option<&str>,
+) -> Response {
+    let mut response = Response::new(body);
+    *response.status_mut() =
+        StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    for (name, value) in upstream {
+        if relay_header(name.as_str()) {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_str().as_bytes()),
+                HeaderValue::from_bytes(value.as_bytes()),
+            ) {
+                response.headers_mut().insert(n, v);
+            }
+        }
+    }
+    with_source(response, "oracle", task)
+}
+
+fn upstream_error(gws: &GatewayState, e: &reqwest::Error) -> Response {
+    if e.is_timeout() {
+        gws.responses.upstream_timeout.fetch_add(1, Relaxed);
+        openai_error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            format!(
+                "upstream {}: no complete answer within {} ms",
+                gws.url,
+                gws.timeout.as_millis()
+            ),
+        )
+    } else {
+        gws.responses.upstream_unreachable.fetch_add(1, Relaxed);
+        openai_error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unreachable",
+            format!("upstream {}: {}", gws.url, error_chain(e)),
+        )
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+async fn forward(
+    gws: &GatewayState,
+    headers: &HeaderMap,
+    body: Bytes,
+    stream: bool,
+    pending: Pending,
+) -> Response {
+    let started = Instant::now();
+    let task = pending.task().map(str::to_string);
+    let response = match upstream_request(gws, headers, body).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            gws.gateway.record_failure(pending);
+            return upstream_error(gws, &e);
+        }
+    };
+    let status = response.status();
+    let upstream_headers = response.headers().clone();
+    let is_sse = upstream_headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if stream && status.is_success() && is_sse {
+        gws.responses.oracle.fetch_add(1, Relaxed);
+        let body = relay_stream(gws.gateway.clone(), response, pending, started);
+        return relayed(status, &upstream_headers, body, task.as_deref());
+    }
+    let bytes = match response.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            gws.gateway.record_failure(pending);
+            return upstream_error(gws, &e);
+        }
+    };
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if status.is_success() {
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(completion) => {
+                gws.gateway.record_upstream(
+                    pending,
+                    &UpstreamAnswer::from_completion(&completion, latency_ms),
+                );
+            }
+            Err(_) => gws.gateway.record_failure(pending),
+        }
+    } else {
+        gws.gateway.record_failure(pending);
+    }
+    gws.responses.oracle.fetch_add(1, Relaxed);
+    relayed(
+        status,
+        &upstream_headers,
+        Body::from(bytes),
+        task.as_deref(),
+    )
+}
+
+/// What a relayed SSE stream said: the concatenated content, the usage, and whether it
+/// ended properly (`[DONE]` or a finish reason).
+#[derive(Debug, Default)]
+pub(crate) struct SseCollector {
+    pending: Vec<u8>,
+    pub(crate) content: String,
+    pub(crate) total_tokens: Option<u64>,
+    pub(crate) finished: bool,
+    pub(crate) done: bool,
+}
+
+impl SseCollector {
+    pub(crate) fn push(&mut self, chunk: &[u8]) {
+        self.pending.extend_from_slice(chunk);
+        while let Some(pos) = self.pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=pos).collect();
+            self.line(&line);
+        }
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let Ok(text) = std::str::from_utf8(line) else {
+            return;
+        };
+        let Some(data) = text.trim_end().strip_prefix("data:") else {
+            return;
+        };
+        let data = data.trim();
+        if data == "[DONE]" {
+            self.done = true;
+            return;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
+            return;
+        };
+        if let Some(c) = v
+            .pointer("/choices/0/delta/content")
+            .and_then(Value::as_str)
+        {
+            self.content.push_str(c);
+        }
+        if v.pointer("/choices/0/finish_reason")
+            .is_some_and(|f| !f.is_null())
+        {
+            self.finished = true;
+        }
+        if let Some(t) = v.pointer("/usage/total_tokens").and_then(Value::as_u64) {
+            self.total_tokens = Some(t);
+        }
+    }
+}
+
+/// Relays the upstream's stream chunk by chunk; records its answer once it ended
+/// properly, nothing if it broke off or the client left.
+fn relay_stream(
+    gateway: Gateway,
+    response: reqwest::Response,
+    pending: Pending,
+    started: Instant,
+) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let mut upstream = response.bytes_stream();
+        let mut collector = SseCollector::default();
+        while let Some(chunk) = upstream.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    collector.push(&bytes);
+                    if tx.send(Ok(bytes)).await.is_err() {
+                        gateway.record_failure(pending);
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(std::io::Error::other(format!(
+                            "upstream stream: {}",
+                            error_chain(&e)
+                        ))))
+                        .await;
+                    gateway.record_failure(pending);
+                    return;
+                }
+            }
+        }
+        if collector.done || collector.finished {
+            let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+            gateway.record_upstream(
+                pending,
+                &UpstreamAnswer::new(Some(&collector.content), collector.total_tokens, latency_ms),
+            );
+        } else {
+            gateway.record_failure(pending);
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Body::from_stream(stream)
+}
+
+/// Sends a locally answered request to the upstream in the background and records its
+/// answer as a validation (skipped when too many are in flight).
+fn spawn_validation(
+    gws: &GatewayState,
+    headers: &HeaderMap,
+    body: Bytes,
+    stream: bool,
+    pending: Pending,
+) {
+    if gws.validations_in_flight.fetch_add(1, Relaxed) >= MAX_VALIDATIONS_IN_FLIGHT {
+        gws.validations_in_flight.fetch_sub(1, Relaxed);
+        gws.validations_skipped.fetch_add(1, Relaxed);
+        return;
+    }
+    let request = upstream_request(gws, headers, body);
+    let gateway = gws.gateway.clone();
+    let counter = Arc::clone(&gws.validations_in_flight);
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let outcome = async {
+            let response = request.send().await.ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            let bytes = response.bytes().await.ok()?;
+            Some(bytes)
+        }
+        .await;
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match outcome {
+            Some(bytes) if stream => {
+                let mut c = SseCollector::default();
+                c.push(&bytes);
+                if c.done || c.finished {
+                    gateway.record_upstream(
+                        pending,
+                        &UpstreamAnswer::new(Some(&c.content), c.total_tokens, latency_ms),
+                    );
+                } else {
+                    gateway.record_failure(pending);
+                }
+            }
+            Some(bytes) => match serde_json::from_slice::<Value>(&bytes) {
+                Ok(v) => {
+                    gateway
+                        .record_upstream(pending, &UpstreamAnswer::from_completion(&v, latency_ms));
+                }
+                Err(_) => gateway.record_failure(pending),
+            },
+            None => gateway.record_failure(pending),
+        }
+        counter.fetch_sub(1, Relaxed);
+    });
+}
+
+/// The configuration of a server with a data directory, when it has a `gateway:` section.
+pub(crate) fn configured(
+    data_dir: &std::path::Path,
+    config_file: Option<&std::path::Path>,
+) -> Result<Option<DeploymentConfig>> {
+    let config = match config_file {
+        Some(file) => DeploymentConfig::from_file(file)?,
+        None => DeploymentConfig::load_for_data_dir(data_dir)?,
+    };
+    Ok(config.gateway.is_some().then_some(config))
+}
+
+/// A task is either an execute task or a gateway task: both would log to one dataset
+/// from two runtimes.
+pub(crate) fn check_no_overlap(data_dir: &std::path::Path, tasks: &[String]) -> Result<()> {
+    let gateway = loopai_gateway::gateway_tasks(data_dir)?;
+    match tasks.iter().find(|t| gateway.contains(t)) {
+        Some(t) => Err(Error::new(
+            ErrorKind::Config,
+            format!("tasks: {t:?} is a gateway task (it has a stored spec); serve it through /v1/chat/completions, not as an execute task"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `"gateway"` of `GET /health`.
+pub(crate) fn health_json(gws: &GatewayState) -> Value {
+    let stats = gws.gateway.stats();
+    let mut v = serde_json::to_value(&stats).unwrap_or(Value::Null);
+    if let Some(map) = v.as_object_mut() {
+        map.insert("upstream".into(), Value::String(gws.url.clone()));
+        map.insert(
+            "validations_skipped".into(),
+            gws.validations_skipped.load(Relaxed).into(),
+        );
+    }
+    v
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The gateway's families of `GET /metrics`.
+pub(crate) fn render_metrics(gws: &GatewayState, out: &mut String) {
+    use std::fmt::Write;
+    let stats = gws.gateway.stats();
+    let r = &gws.responses;
+    let _ = writeln!(
+        out,
+        "# HELP loopai_gateway_responses_total Responses of /v1/chat/completions by who answered.\n# TYPE loopai_gateway_responses_total counter"
+    );
+    for (source, n) in [
+        ("program", r.program.load(Relaxed)),
+        ("oracle", r.oracle.load(Relaxed)),
+        ("refused", r.refused.load(Relaxed)),
+        ("upstream_unreachable", r.upstream_unreachable.load(Relaxed)),
+        ("upstream_timeout", r.upstream_timeout.load(Relaxed)),
+    ] {
+        let _ = writeln!(
+            out,
+            "loopai_gateway_responses_total{{source=\"{source}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP loopai_gateway_untasked_calls_total Calls with no task, forwarded untouched.\n# TYPE loopai_gateway_untasked_calls_total counter\nloopai_gateway_untasked_calls_total {}",
+        stats.untasked_calls
+    );
+    let _ = writeln!(
+        out,
+        "# HELP loopai_gateway_log_dropped_total Call-log lines dropped (queue full).\n# TYPE loopai_gateway_log_dropped_total counter\nloopai_gateway_log_dropped_total {}",
+        stats.log_dropped
+    );
+    let _ = writeln!(
+        out,
+        "# HELP loopai_gateway_state The task's state (1 for the current one).\n# TYPE loopai_gateway_state gauge"
+    );
+    for t in &stats.tasks {
+        for state in ["shadow", "learning", "serving"] {
+            let _ = writeln!(
+                out,
+                "loopai_gateway_state{{task=\"{}\",state=\"{state}\"}} {}",
+                escape(&t.task),
+                u8::from(t.state.as_str() == state)
+            );
+        }
+    }
+    let families: [(&str, &str, &str); 13] = [
+        ("calls_total", "counter", "Calls of the task."),
+        (
+            "local_total",
+            "counter",
+            "Calls answered locally by the program.",
+        ),
+        (
+            "forwarded_total",
+            "counter",
+            "Calls forwarded to the upstream.",
+        ),
+        (
+            "upstream_calls_total",
+            "counter",
+            "Requests sent to the upstream (forwards and validations).",
+        ),
+        (
+            "upstream_errors_total",
+            "counter",
+            "Upstream requests that failed or answered an error.",
+        ),
+        (
+            "upstream_tokens_total",
+            "counter",
+            "Tokens the upstream reported (usage.total_tokens).",
+        ),
+        (
+            "tokens_saved_total",
+            "counter",
+            "Local answers times the mean upstream tokens of a call.",
+        ),
+        (
+            "labels",
+            "gauge",
+            "Labels: spec examples plus the oracle's answers.",
+        ),
+        (
+            "outside_labels_total",
+            "counter",
+            "Upstream answers outside the task's labels.",
+        ),
+        (
+            "coverage",
+            "gauge",
+            "Share of the task's calls answered locally.",
+        ),
+        (
+            "threshold",
+            "gauge",
+            "Confidence threshold (NaN: every call is forwarded).",
+        ),
+        (
+            "disagreement",
+            "gauge",
+            "Disagreement among calibration pairs at or above the threshold.",
+        ),
+        (
+            "disagreement_upper",
+            "gauge",
+            "Its one-sided 95% Clopper-Pearson upper bound.",
+        ),
+    ];
+    for (name, kind, help) in families {
+        let _ = writeln!(
+            out,
+            "# HELP loopai_gateway_{name} {help}\n# TYPE loopai_gateway_{name} {kind}"
+        );
+        for t in &stats.tasks {
+            let value = match name {
+                "calls_total" => t.calls as f64,
+                "local_total" => t.local as f64,
+                "forwarded_total" => t.forwarded as f64,
+                "upstream_calls_total" => t.upstream_calls as f64,
+                "upstream_errors_total" => t.upstream_errors as f64,
+                "upstream_tokens_total" => t.upstream_tokens as f64,
+                "tokens_saved_total" => t.tokens_saved as f64,
+                "labels" => t.labels as f64,
+                "outside_labels_total" => t.outside_labels as f64,
+                "coverage" => t.coverage.unwrap_or(0.0),
+                "threshold" => t.threshold.unwrap_or(f64::NAN),
+                "disagreement" => t.disagreement.unwrap_or(f64::NAN),
+                _ => t.disagreement_upper.unwrap_or(f64::NAN),
+            };
+            let _ = writeln!(
+                out,
+                "loopai_gateway_{name}{{task=\"{}\"}} {value}",
+                escape(&t.task)
+            );
+        }
+    }
+}
