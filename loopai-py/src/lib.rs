@@ -8,6 +8,7 @@
 mod artifacts;
 mod convert;
 mod errors;
+mod gateway;
 mod oracle;
 mod runtime;
 
@@ -28,6 +29,10 @@ fn _loopai(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add_class::<runtime::PyRuntime>()?;
     m.add_class::<runtime::PyExecutionResult>()?;
+    m.add_class::<gateway::PyGateway>()?;
+    m.add_class::<gateway::PyLocalAnswer>()?;
+    m.add_class::<gateway::PyPending>()?;
+    m.add_function(wrap_pyfunction!(gateway::add_task, m)?)?;
     m.add_function(wrap_pyfunction!(artifacts::install_program, m)?)?;
     m.add_function(wrap_pyfunction!(artifacts::synthesize, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_flush_all, m)?)?;
