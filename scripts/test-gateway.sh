@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The gateway's cross-language tests (tests/gateway/): the official `openai` Python SDK
-# against the stand-in upstream LLM (loopai-benches stand_in_llm) and against `loopai serve`
-# with the gateway on in front of it. Every server listens on 127.0.0.1 with an ephemeral
-# port and every wait is bounded.
+# against the stand-in upstream LLM (loopai-benches stand_in_llm), against `loopai serve`
+# with the gateway on in front of it, and wrapped in process by `loopai.wrap`. Every server
+# listens on 127.0.0.1 with an ephemeral port and every wait is bounded.
 #
 # Needs: cargo, python3 with venv, PyPI (openai and pytest, in scripts/requirements-dev.txt;
 # maturin for the loopai package). CARGO_TARGET_DIR is honoured.
