@@ -539,6 +539,7 @@ def main() -> None:
         if not args.no_overhead:
             result["latency"] = overhead(args, spec, rows, work, gw, local_rows)
         result["machine"]["loadavg_end"] = os.getloadavg()
+        result["targets"] = targets(result)
     finally:
         gw.stop()
         up.stop()
@@ -550,6 +551,30 @@ def main() -> None:
         print(f"work dir kept: {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue #16's targets next to the measured figures (`met` is None when not measured)."""
+    half, out = r["second_half"], []
+
+    def target(name: str, value: float | None, limit: float, at_least: bool) -> None:
+        met = None if value is None else (value >= limit if at_least else value <= limit)
+        out.append({"target": name, "value": value, "limit": limit, "met": met})
+
+    target("second half answered locally >=", half["local_share"], 0.85, True)
+    target("second half disagreement <=", half["disagreement"], r["max_disagreement"], False)
+    target("upstream calls over the stream <=", r["upstream_calls_share"], 0.25, False)
+    lat = r.get("latency") or {}
+    at_10k = [x for x in lat.get("rates", []) if x["rate"] == 10000]
+    target(
+        "overhead on forwarded calls, p99 at 10K req/s (us) <=",
+        at_10k[0]["overhead_p99_us"] if at_10k else None,
+        500,
+        False,
+    )
+    local_p99 = [x["latency_us"]["p99"] for x in lat.get("local", [])]
+    target("locally answered call, p99 (us) <=", max(local_p99) if local_p99 else None, 100, False)
+    return out
 
 
 def print_tables(r: dict[str, Any]) -> None:
@@ -608,6 +633,10 @@ def print_tables(r: dict[str, Any]) -> None:
             )
         if lat.get("local_note"):
             print(lat["local_note"])
+    print("\ntargets (issue #16)")
+    for t in r["targets"]:
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
+        print(f"  {t['target']} {t['limit']}: {fmt(t['value'], '.4g')} ({verdict})")
     load = r["machine"]
     print(
         f"\nload average at start {load['loadavg_start'][0]:.2f}, "
