@@ -1,9 +1,10 @@
 //! `loopai._loopai`: the native module of the `loopai-runtime` Python package.
 //!
 //! The public package is `python/loopai`, which re-exports everything defined here and
-//! registers the `atexit` flush. This crate is a thin layer over `loopai-core`: it
-//! converts arguments, releases the GIL around every core call, and maps each
-//! `ErrorKind` to its exception class. It holds no logic of its own.
+//! registers the `atexit` flush. This crate is a thin layer over `loopai-core` (and
+//! `loopai-gateway`, under `loopai.wrap`): it converts arguments, releases the GIL around
+//! every core call, and maps each `ErrorKind` to its exception class. It holds no logic of
+//! its own.
 
 mod artifacts;
 mod convert;
