@@ -113,7 +113,7 @@ class WrappedClient:
         return None
 
     def _create(self, kwargs: dict[str, Any]) -> Any:
-        body = {k: v for k, v in kwargs.items() if k not in _SDK_ARGS}
+        body = {k: v for k, v in kwargs.items() if k not in _SDK_ARGS and _given(v)}
         body.update(kwargs.get("extra_body") or {})
         request = json.dumps(body, default=_jsonable).encode()
         decision = self.gateway.decide(request, task=self._task_for(kwargs))
@@ -158,16 +158,31 @@ class WrappedClient:
 
 class _Chat:
     def __init__(self, wrapped: WrappedClient):
+        self._wrapped = wrapped
         self.completions = _Completions(wrapped)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped._client.chat, name)
 
 
 class _Completions:
+    """``create`` goes through the gateway; every other attribute (``with_raw_response``,
+    ``list``...) is the wrapped client's and does not."""
+
     def __init__(self, wrapped: WrappedClient):
         self._wrapped = wrapped
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped._client.chat.completions, name)
 
     def create(self, **kwargs: Any) -> Any:
         """``client.chat.completions.create`` through the gateway (see ``loopai.wrap``)."""
         return self._wrapped._create(kwargs)
+
+
+def _given(value: Any) -> bool:
+    """False for the SDK's "not given" sentinels (``openai.NOT_GIVEN``, ``openai.omit``)."""
+    return type(value).__name__ not in ("NotGiven", "Omit")
 
 
 def _types() -> Any:
