@@ -25,7 +25,7 @@
 #      stand-in upstream LLM (loopai-benches stand_in_llm), from a spec with no examples:
 #      share answered locally, disagreement, upstream calls and tokens per block of 500
 #      calls; the gateway's overhead on forwarded calls and the latency of a locally
-#      answered call at 1K and 10K req/s (wrk). Written to target/compare/gateway_replay.json.
+#      answered call at 1K and 10K req/s (wrk), in compare/gateway_replay.json.
 # Needs: cargo, python3 with venv, PyPI; wrk (installed with apt-get when run as root).
 # Python packages go to a virtualenv, compare/venv of the target directory (kept between
 # runs; the loopai package is rebuilt only when its sources change).
