@@ -21,5 +21,7 @@ fi
 # CARGO_TARGET_DIR, so a build that scripts/test-python.sh made is reused.
 "$venv/bin/python" -m pip install -q --disable-pip-version-check .
 
-LOOPAI_BIN="$target_dir/debug/loopai" STAND_IN_LLM="$target_dir/debug/stand_in_llm" \
+# LOOPAI_BIN / STAND_IN_LLM, when set, test other binaries (e.g. another branch's build).
+LOOPAI_BIN="${LOOPAI_BIN:-$target_dir/debug/loopai}" \
+STAND_IN_LLM="${STAND_IN_LLM:-$target_dir/debug/stand_in_llm}" \
   "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/gateway
