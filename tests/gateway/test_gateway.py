@@ -187,6 +187,7 @@ def test_upstream_errors_reach_the_sdk_as_their_class_and_record_nothing(
     with pytest.raises(openai.RateLimitError) as e429:
         ask(c, "slow down [stand-in:429]")
     assert e429.value.code == "rate_limit_exceeded"
+    assert e429.value.response.headers["retry-after"] == "1"  # the SDK's retries honour it
     upstream = get_json(stand_in.url.removesuffix("/v1") + "/stand-in/stats")
     assert (upstream["server_errors"], upstream["rate_limited"]) == (1, 1)
     live = health_task(gw)
