@@ -19,7 +19,13 @@
 #   3. HTTP on loopback with wrk (same flags for both): `loopai serve` vs a FastAPI/uvicorn
 #      service doing the same job the way the original design's runtime does
 #      (benches/compare/fastapi_baseline.py), and a server that does no work at all
-#      (loopai-benches http_ceiling): the most any server can reach on the machine.
+#      (loopai-benches http_ceiling): the most any server can reach on the machine;
+#   4. the gateway (benches/compare/gateway_replay.py): the labelled rows replayed through
+#      `loopai serve`'s OpenAI-compatible endpoint with the openai SDK, in front of the
+#      stand-in upstream LLM (loopai-benches stand_in_llm), from a spec with no examples:
+#      share answered locally, disagreement, upstream calls and tokens per block of 500
+#      calls; the gateway's overhead on forwarded calls and the latency of a locally
+#      answered call at 1K and 10K req/s (wrk), in compare/gateway_replay.json.
 # Needs: cargo, python3 with venv, PyPI; wrk (installed with apt-get when run as root).
 # Python packages go to a virtualenv, compare/venv of the target directory (kept between
 # runs; the loopai package is rebuilt only when its sources change).
@@ -181,6 +187,12 @@ ceiling_pid=$!; pids+=("$ceiling_pid")
 wait_http "http://127.0.0.1:$port/"
 run_wrk ceiling "http://127.0.0.1:$port/execute"
 kill "$ceiling_pid"; wait "$ceiling_pid" 2>/dev/null || true
+
+step "gateway: replay through the OpenAI-compatible endpoint (benches/compare/gateway_replay.py)"
+replay_flags=(--wrk-secs "$wrk_secs")
+if [ "$quick" = 1 ]; then replay_flags+=(--calls 1000 --latency-ms 20); fi
+"$py" benches/compare/gateway_replay.py --data "$data/sms-spam" --loopai "$bin/loopai" \
+  --stand-in "$bin/stand_in_llm" --json "$out/gateway_replay.json" "${replay_flags[@]}" >&2
 
 step "report"
 "$py" benches/compare/report.py "$out" \

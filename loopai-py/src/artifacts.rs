@@ -9,7 +9,7 @@ use pyo3::types::{PyBytes, PyDict, PyString};
 use crate::{convert, errors};
 
 /// The program bytes from a dict, JSON text (`str`/`bytes`), or a path to a program.json.
-fn program_bytes(
+pub(crate) fn program_bytes(
     py: Python<'_>,
     program: &Bound<'_, PyAny>,
 ) -> PyResult<Result<Vec<u8>, core::Error>> {

@@ -1,13 +1,15 @@
 //! `loopai._loopai`: the native module of the `loopai-runtime` Python package.
 //!
 //! The public package is `python/loopai`, which re-exports everything defined here and
-//! registers the `atexit` flush. This crate is a thin layer over `loopai-core`: it
-//! converts arguments, releases the GIL around every core call, and maps each
-//! `ErrorKind` to its exception class. It holds no logic of its own.
+//! registers the `atexit` flush. This crate is a thin layer over `loopai-core` (and
+//! `loopai-gateway`, under `loopai.wrap`): it converts arguments, releases the GIL around
+//! every core call, and maps each `ErrorKind` to its exception class. It holds no logic of
+//! its own.
 
 mod artifacts;
 mod convert;
 mod errors;
+mod gateway;
 mod oracle;
 mod runtime;
 
@@ -28,6 +30,10 @@ fn _loopai(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add_class::<runtime::PyRuntime>()?;
     m.add_class::<runtime::PyExecutionResult>()?;
+    m.add_class::<gateway::PyGateway>()?;
+    m.add_class::<gateway::PyLocalAnswer>()?;
+    m.add_class::<gateway::PyPending>()?;
+    m.add_function(wrap_pyfunction!(gateway::add_task, m)?)?;
     m.add_function(wrap_pyfunction!(artifacts::install_program, m)?)?;
     m.add_function(wrap_pyfunction!(artifacts::synthesize, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_flush_all, m)?)?;

@@ -29,11 +29,14 @@ from loopai._loopai import (
     ClosedError,
     ConfigError,
     ExecutionResult,
+    Gateway,
     InternalError,
     InvalidInput,
     InvalidOutput,
+    LocalAnswer,
     LoopaiError,
     OracleError,
+    PendingCall,
     ProgramError,
     Runtime,
     SchemaError,
@@ -41,9 +44,11 @@ from loopai._loopai import (
     TimeoutError,
     __version__,
     _flush_all,
+    add_task,
     install_program,
     synthesize,
 )
+from loopai.gateway import WrappedClient, wrap
 
 __all__ = [
     "ATEXIT_FLUSH_TIMEOUT",
@@ -51,19 +56,25 @@ __all__ = [
     "ClosedError",
     "ConfigError",
     "ExecutionResult",
+    "Gateway",
     "InternalError",
     "InvalidInput",
     "InvalidOutput",
+    "LocalAnswer",
     "LoopaiError",
     "OracleError",
+    "PendingCall",
     "ProgramError",
     "Runtime",
     "SchemaError",
     "StorageError",
     "TimeoutError",
+    "WrappedClient",
     "__version__",
+    "add_task",
     "install_program",
     "synthesize",
+    "wrap",
 ]
 
 ATEXIT_FLUSH_TIMEOUT: float = 5.0

@@ -13,11 +13,14 @@ __all__ = [
     "ClosedError",
     "ConfigError",
     "ExecutionResult",
+    "Gateway",
     "InternalError",
     "InvalidInput",
     "InvalidOutput",
+    "LocalAnswer",
     "LoopaiError",
     "OracleError",
+    "PendingCall",
     "ProgramError",
     "Runtime",
     "SchemaError",
@@ -26,6 +29,7 @@ __all__ = [
     "__version__",
     "_cli_main",
     "_flush_all",
+    "add_task",
     "install_program",
     "synthesize",
 ]
@@ -253,9 +257,95 @@ def _cli_main(argv: list[str]) -> int:
     It writes to the process's stdout and stderr directly. The GIL is released while it
     runs. Used by ``loopai.__main__`` (the wheel's ``loopai`` script, ``python -m loopai``)."""
 
+@final
+class PendingCall:
+    """A call to forward to the LLM (or a local answer to validate): give it back to `Gateway.record_upstream` with the answer, or to `Gateway.record_failure`. Each is recorded once."""
+
+    @property
+    def task(self) -> str | None:
+        """The call's task (`None` for a call with no task)."""
+
+    @property
+    def id(self) -> str:
+        """The call's id."""
+
+@final
+class LocalAnswer:
+    """A call answered locally: the program's label (`content`) and the execution id; `validate` is a `PendingCall` when the sampler picked the call for validation."""
+
+    @property
+    def task(self) -> str:
+        """The task."""
+
+    @property
+    def execution_id(self) -> str:
+        """The execution id (the completion's `id`)."""
+
+    @property
+    def content(self) -> str:
+        """The completion's content: the label."""
+
+    @property
+    def confidence(self) -> float:
+        """The program's confidence."""
+
+    @property
+    def version(self) -> int:
+        """The artifact version that answered."""
+
+    @property
+    def latency_ms(self) -> float:
+        """Time in the program, in milliseconds."""
+
+    @property
+    def validate(self) -> PendingCall | None:
+        """A `PendingCall` when the call was sampled for validation, else `None`."""
+
+@final
+class Gateway:
+    """The gateway of a data directory: every task registered from a specification (`loopai tasks add`), the decision on each chat call, the upstream's answers recorded as labels, and learning in background threads. `config` is a path to a `deployment.yaml` or a dict of the same keys (it needs a `gateway` section); by default `<data_dir>/config/deployment.yaml`. Share one per process."""
+
+    def __new__(
+        cls,
+        data_dir: str | os.PathLike[str],
+        *,
+        config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    ) -> Self: ...
+    def decide(self, request: bytes, task: str | None = None) -> LocalAnswer | PendingCall:
+        """Decides a chat call: `request` is the Chat Completions request body (JSON bytes), `task` the `X-Loopai-Task` (else the configured routes apply). Returns a `LocalAnswer` or a `PendingCall` to forward."""
+
+    def record_upstream(
+        self,
+        pending: PendingCall,
+        content: str | None,
+        total_tokens: int | None = None,
+        latency_ms: float = 0.0,
+    ) -> tuple[str, str | None]:
+        """Records what the LLM answered to a `PendingCall`: `("label", LABEL)`, `("outside", None)` or `("untasked", None)`."""
+
+    def record_failure(self, pending: PendingCall) -> None:
+        """Records that the LLM failed on a `PendingCall`: counted, nothing recorded as a label."""
+
+    def stats(self) -> dict[str, Any]:
+        """The gateway's figures, with one dict per task under `tasks` (see `docs/gateway.md`)."""
+
+    def tasks(self) -> list[str]:
+        """The gateway's tasks, sorted."""
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Waits until every call recorded before this call is written, at most `timeout` seconds."""
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flushes and stops the gateway's background threads within `timeout` seconds."""
+
 def _flush_all(timeout: float = 5.0) -> list[str]:
     """Flushes every runtime still alive in this process, all within one ``timeout``;
     returns the failures as messages. Called by the package's ``atexit`` hook."""
+
+def add_task(
+    data_dir: str | os.PathLike[str], spec: Mapping[str, Any] | str | os.PathLike[str]
+) -> None:
+    """Registers (or updates) a gateway task from its specification alone, with no program (what `loopai tasks add` does)."""
 
 def install_program(
     data_dir: str | os.PathLike[str],
