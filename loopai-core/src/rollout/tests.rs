@@ -839,7 +839,7 @@ fn background_checks_follow_the_runtime_clock() {
     let (rt, clock) = rolling_out_after_2000_executions(dir.path());
     // Enough executions to advance (counted once the writer has logged them), but the
     // clock has not moved: no check yet.
-    wait_for("the executions counted", || {
+    wait_for("the executions counted", WAIT, || {
         rt.rollout().unwrap().canary.stage_executions >= 100
     });
     assert_eq!(rt.rollout().unwrap().decision, "started");
