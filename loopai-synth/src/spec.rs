@@ -222,8 +222,8 @@ impl TaskSpec {
 
     /// What is legal but probably not what was meant: labels of `output_schema.enum` that
     /// no example has (the program never answers them; with one label left, it always
-    /// answers that one). [`synthesize`](crate::synthesize) reports the same in
-    /// [`Synthesis::warnings`](crate::Synthesis::warnings), with the example counts.
+    /// answers that one). [`synthesize`](crate::synthesize) copies these into
+    /// [`Synthesis::warnings`](crate::Synthesis::warnings).
     pub fn warnings(&self) -> Vec<String> {
         let Ok(labels) = self.labels() else {
             return Vec::new();

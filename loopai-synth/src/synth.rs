@@ -238,9 +238,9 @@ pub struct Synthesis {
     pub accuracy_target: Option<f64>,
     /// Wall-clock synthesis time.
     pub elapsed: Duration,
-    /// What is legal but probably not what was meant (the trust warnings, and that the
+    /// What is legal but probably not what was meant ([`TaskSpec::warnings`], and that the
     /// program is constant when only one label has examples), and what the estimate cannot
-    /// be trusted for (labels with no, one or few examples, an accuracy at chance or below
+    /// be trusted for (labels with one or few examples, an accuracy at chance or below
     /// the spec's `accuracy_target`). Printed by [`report_text`](Self::report_text).
     pub warnings: Vec<String>,
 }
@@ -467,8 +467,8 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
         seen.iter().filter(|&&b| b).count()
     };
     let mut cands: Vec<Cand> = Vec::new();
-    // Labels without examples are reported by the trust warnings below.
-    let mut warnings = Vec::new();
+    // Labels without examples (the trust warnings below leave them to the spec).
+    let mut warnings = spec.warnings();
     if present < 2 {
         // One label: nothing to learn, the program always answers it.
         let list = RuleList {

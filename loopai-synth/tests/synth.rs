@@ -384,7 +384,7 @@ fn a_single_label_with_examples_gives_a_constant_program_with_a_warning_and_no_c
     assert_eq!(s.new_artifact().confidence_score, None);
     for expected in [
         r#"only "b" has examples: the program always answers it, and its accuracy cannot be estimated (not cross-validated)"#,
-        r#"1 label(s) have no example and are never predicted: "a" (0)"#,
+        r#"spec.output_schema.enum: label "a" has no example; the program will never answer it"#,
     ] {
         assert!(s.warnings.iter().any(|w| w == expected), "{:?}", s.warnings);
     }
@@ -420,7 +420,7 @@ fn a_label_without_examples_is_warned_about_and_cv_still_measured() {
         &SynthOptions::default().with_strategy(Strategy::Rule),
     )
     .unwrap();
-    let expected = r#"1 label(s) have no example and are never predicted: "phishing" (0)"#;
+    let expected = r#"spec.output_schema.enum: label "phishing" has no example; the program will never answer it"#;
     assert!(s.warnings.iter().any(|w| w == expected), "{:?}", s.warnings);
     assert!(s.folds > 0 && !s.cv_accuracy.is_nan());
     assert!(s.report_text().contains(&format!("warning: {expected}")));
