@@ -237,7 +237,7 @@ pub(crate) fn latency_bucket(latency_ms: f64) -> usize {
 }
 
 /// The upper bound of bucket `i`, in milliseconds.
-pub(crate) fn bucket_upper_ms(i: usize) -> f64 {
+fn bucket_upper_ms(i: usize) -> f64 {
     ((i as f64 + 1.0) / 4.0).exp2() / 1e6
 }
 

@@ -1,8 +1,8 @@
 //! The rollout thread (`loopai-rollout`): checks a rollout in progress every
 //! `rollout.check_interval_ms` and does its `rollout.json` I/O.
 
-use super::controller::*;
 use crate::error::{Error, ErrorKind, Result};
+use crate::rollout::controller::RolloutController;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -40,7 +40,7 @@ impl std::fmt::Debug for RolloutChecker {
 }
 
 /// Signals `exited` when the rollout thread ends, however it ends.
-pub(crate) struct CheckerExit(Sender<()>);
+struct CheckerExit(Sender<()>);
 
 impl Drop for CheckerExit {
     fn drop(&mut self) {

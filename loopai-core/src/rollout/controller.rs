@@ -2,16 +2,19 @@
 //! it back, and keeps the events for telemetry. It drives the executor (the canary slot)
 //! and reaches the rest of the runtime only through [`RolloutContext`].
 
-use super::state::*;
-use super::stats::*;
-use super::*;
 use crate::artifact::{ArtifactStore, LoadedArtifact};
 use crate::clock::{Clock, Timestamp};
 use crate::config::RolloutConfig;
 use crate::error::{Error, ErrorKind, Result};
-use crate::executor::canary::*;
+use crate::executor::canary::{CanarySlot, Route, StageCounters, StageCounts};
 use crate::executor::{ActiveProgram, Executor};
 use crate::program::ProgramLimits;
+use crate::rollout::state::{log_event, mark_rolled_back, RolloutFile};
+use crate::rollout::stats::{decide, Decision, MetricComparison};
+use crate::rollout::{
+    RolloutEvent, RolloutEventKind, RolloutState, RolloutStatus, MAX_OUTBOX, ROLLOUT_FILE,
+    ROLLOUT_FORMAT,
+};
 use crate::validator::TaskInfo;
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::VecDeque;
@@ -63,7 +66,7 @@ pub(crate) struct RolloutContext {
 }
 
 #[derive(Debug, Default)]
-pub(crate) struct Live {
+pub(super) struct Live {
     /// The last file read or written (in progress or finished).
     pub(crate) file: Option<RolloutFile>,
     /// Counts restored from disk, per stage.
@@ -101,7 +104,7 @@ impl Live {
 /// Drives one runtime's rollouts. Shared by the runtime and its rollout thread.
 pub(crate) struct RolloutController {
     pub(crate) ctx: RolloutContext,
-    pub(crate) live: Mutex<Live>,
+    pub(super) live: Mutex<Live>,
     pub(crate) next_check_ms: AtomicI64,
 }
 
@@ -142,7 +145,7 @@ impl RolloutController {
         Timestamp(self.ctx.clock.now_millis())
     }
 
-    pub(crate) fn emit(&self, live: &mut Live, event: RolloutEvent) {
+    pub(super) fn emit(&self, live: &mut Live, event: RolloutEvent) {
         log_event(&self.ctx.task.task, &event);
         self.ctx.outbox.push(event.clone());
         if let Some(f) = live.file.as_mut() {
@@ -151,7 +154,7 @@ impl RolloutController {
     }
 
     /// Persists the state (counters included).
-    pub(crate) fn save(&self, live: &mut Live) -> Result<()> {
+    pub(super) fn save(&self, live: &mut Live) -> Result<()> {
         let counts = live.counts();
         let Some(file) = live.file.as_mut() else {
             return Ok(());
@@ -165,7 +168,7 @@ impl RolloutController {
         Ok(())
     }
 
-    pub(crate) fn slot(&self, program: Arc<ActiveProgram>, file: &RolloutFile) -> CanarySlot {
+    pub(super) fn slot(&self, program: Arc<ActiveProgram>, file: &RolloutFile) -> CanarySlot {
         CanarySlot {
             stable_version: file.stable_version,
             route: Route::new(
@@ -209,7 +212,7 @@ impl RolloutController {
         self.ctx.task.description.store(Arc::new(description));
     }
 
-    pub(crate) fn install(&self, live: &mut Live, program: Arc<ActiveProgram>) {
+    pub(super) fn install(&self, live: &mut Live, program: Arc<ActiveProgram>) {
         let Some(file) = live.file.as_ref() else {
             return;
         };
@@ -222,7 +225,7 @@ impl RolloutController {
         self.ctx.executor.install_canary(slot);
     }
 
-    pub(crate) fn resume(&self, mut file: RolloutFile) -> Result<()> {
+    pub(super) fn resume(&self, mut file: RolloutFile) -> Result<()> {
         let mut live = self.live.lock();
         live.revision = file.revision;
         if file.state != RolloutState::InProgress {
@@ -369,7 +372,7 @@ impl RolloutController {
     }
 
     /// Ends the rollout in progress without promoting: the canary stops serving.
-    pub(crate) fn end(&self, live: &mut Live, state: RolloutState, reason: String) -> Result<()> {
+    pub(super) fn end(&self, live: &mut Live, state: RolloutState, reason: String) -> Result<()> {
         let counts = live.counts();
         self.ctx.executor.clear_canary();
         let now = self.now();
@@ -397,7 +400,7 @@ impl RolloutController {
     }
 
     /// Makes the canary the active version.
-    pub(crate) fn finish_promotion(&self, live: &mut Live, reason: String) -> Result<()> {
+    pub(super) fn finish_promotion(&self, live: &mut Live, reason: String) -> Result<()> {
         let Some(file) = live.in_progress() else {
             return Err(no_rollout(&self.ctx.task.task));
         };
@@ -464,7 +467,7 @@ impl RolloutController {
 
     /// Adopts a `rollout.json` changed by someone else (`loopai artifacts promote|rollback`).
     /// Returns whether the rollout in progress ended.
-    pub(crate) fn adopt_external(&self, live: &mut Live) -> Result<bool> {
+    pub(super) fn adopt_external(&self, live: &mut Live) -> Result<bool> {
         let Some(disk) = self.ctx.store.read_rollout_file()? else {
             return Ok(false);
         };
@@ -532,7 +535,7 @@ impl RolloutController {
         self.check_locked(live)
     }
 
-    pub(crate) fn check_locked(&self, mut live: MutexGuard<'_, Live>) -> Result<()> {
+    pub(super) fn check_locked(&self, mut live: MutexGuard<'_, Live>) -> Result<()> {
         if live.in_progress().is_none() {
             return Ok(());
         }
@@ -655,7 +658,7 @@ impl RolloutController {
     /// last wrote or read it (a `loopai artifacts rollback | promote | activate` from
     /// another process): then that change is adopted and nothing is written, so a
     /// periodic or shutdown save never overwrites an operator's decision.
-    pub(crate) fn save_counters(&self, live: &mut Live) -> Result<()> {
+    pub(super) fn save_counters(&self, live: &mut Live) -> Result<()> {
         if self.adopt_external(live)? {
             return Ok(());
         }
@@ -681,7 +684,7 @@ impl RolloutController {
         self.live.lock()
     }
 
-    pub(crate) fn status_of(&self, live: &Live) -> Option<RolloutStatus> {
+    pub(super) fn status_of(&self, live: &Live) -> Option<RolloutStatus> {
         let file = live.file.as_ref()?;
         let counts = live.counts();
         let comparisons = if live.comparisons.is_empty() {
@@ -705,7 +708,7 @@ impl RolloutController {
     }
 }
 
-pub(crate) fn no_rollout(task: &str) -> Error {
+fn no_rollout(task: &str) -> Error {
     Error::new(
         ErrorKind::Artifact,
         format!("task {task:?}: no rollout in progress"),

@@ -35,11 +35,11 @@ pub const ROLLOUT_FORMAT: &str = "loopai.rollout/1";
 pub const ROLLOUT_FILE: &str = "rollout.json";
 
 /// Events kept in `rollout.json` (the oldest are dropped).
-pub(crate) const MAX_HISTORY: usize = 1000;
+const MAX_HISTORY: usize = 1000;
 /// Events waiting for a telemetry batch (the oldest are dropped and counted).
-pub(crate) const MAX_OUTBOX: usize = 256;
+const MAX_OUTBOX: usize = 256;
 /// Events shown by [`RolloutStatus::recent_events`].
-pub(crate) const RECENT_EVENTS: usize = 20;
+const RECENT_EVENTS: usize = 20;
 
 mod checker;
 mod controller;

@@ -1,14 +1,17 @@
 //! The rollout state file `artifacts/<task>/rollout.json`: its format, atomic writes, and
 //! the [`ArtifactStore`] methods that read and change it.
 
-use super::stats::*;
-use super::*;
 use crate::artifact::ArtifactStore;
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::config::RolloutConfig;
 use crate::error::{Error, ErrorKind, Result};
-use crate::executor::canary::*;
+use crate::executor::canary::StageCounts;
 use crate::fsutil::write_atomic;
+use crate::rollout::stats::{decide, MetricComparison};
+use crate::rollout::{
+    ArmStats, RolloutEvent, RolloutEventKind, RolloutState, RolloutStatus, MAX_HISTORY,
+    RECENT_EVENTS, ROLLOUT_FILE, ROLLOUT_FORMAT,
+};
 use serde::{Deserialize, Serialize};
 use std::io;
 
@@ -16,7 +19,7 @@ use std::io;
 // rollout.json
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct RolloutFile {
+pub(super) struct RolloutFile {
     pub(crate) format: String,
     /// Incremented by every write; a runtime that finds another revision than the one it
     /// wrote adopts the file (a change made by `loopai artifacts promote|rollback`).
@@ -110,7 +113,7 @@ impl RolloutFile {
     }
 }
 
-pub(crate) fn log_event(task: &str, event: &RolloutEvent) {
+pub(super) fn log_event(task: &str, event: &RolloutEvent) {
     let v = (event.stable_version, event.canary_version);
     match event.kind {
         RolloutEventKind::RolledBack | RolloutEventKind::Aborted => log::warn!(
@@ -136,7 +139,7 @@ pub(crate) fn log_event(task: &str, event: &RolloutEvent) {
 impl ArtifactStore {
     /// The rollout in progress; an unreadable `rollout.json` counts as none (logged), so
     /// that manual activation and rollback always work.
-    pub(crate) fn rollout_in_progress(&self) -> Option<RolloutFile> {
+    pub(super) fn rollout_in_progress(&self) -> Option<RolloutFile> {
         match self.read_rollout_file() {
             Ok(f) => f.filter(|f| f.state == RolloutState::InProgress),
             Err(e) => {
@@ -150,7 +153,7 @@ impl ArtifactStore {
         self.task_dir().join(ROLLOUT_FILE)
     }
 
-    pub(crate) fn read_rollout_file(&self) -> Result<Option<RolloutFile>> {
+    pub(super) fn read_rollout_file(&self) -> Result<Option<RolloutFile>> {
         let path = self.rollout_path();
         let rel = format!("artifacts/{}/{ROLLOUT_FILE}", self.task());
         let bytes = match std::fs::read(&path) {
@@ -188,7 +191,7 @@ impl ArtifactStore {
     }
 
     /// Writes `file` with the next revision (after whatever is on disk).
-    pub(crate) fn write_rollout_file(&self, file: &mut RolloutFile) -> Result<()> {
+    pub(super) fn write_rollout_file(&self, file: &mut RolloutFile) -> Result<()> {
         let on_disk = match self.read_rollout_file() {
             Ok(Some(f)) => f.revision,
             _ => 0,

@@ -2,13 +2,13 @@
 //! the decision they lead to (promote, roll back, keep going). See `docs/rollout.md`.
 
 use crate::config::RolloutConfig;
-use crate::executor::canary::*;
+use crate::executor::canary::StageCounts;
 use serde::Serialize;
 
 // ---------------------------------------------------------------------------------------
 // Statistics
 
-pub(crate) fn ln_beta(a: f64, b: f64) -> f64 {
+fn ln_beta(a: f64, b: f64) -> f64 {
     libm::lgamma(a) + libm::lgamma(b) - libm::lgamma(a + b)
 }
 
@@ -16,7 +16,7 @@ pub(crate) fn ln_beta(a: f64, b: f64) -> f64 {
 /// `k` events in `n` trials: `{p : M_n(p) < 1/alpha}` with Robbins' beta-binomial mixture
 /// martingale `M_n(p) = B(a+k, a+n-k) / (B(a,a) p^k (1-p)^(n-k))`, Jeffreys prior
 /// `a = 1/2`. See `docs/rollout.md`. The bounds are rounded outwards.
-pub(crate) fn rate_cs(k: u64, n: u64, alpha: f64) -> (f64, f64) {
+pub(super) fn rate_cs(k: u64, n: u64, alpha: f64) -> (f64, f64) {
     if n == 0 {
         return (0.0, 1.0);
     }
@@ -91,7 +91,7 @@ pub struct MetricComparison {
 
 /// What a check concluded.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Decision {
+pub(super) enum Decision {
     /// Keep the stage; the reason says what is missing.
     Hold(String),
     /// The canary is not worse: next stage (or final promotion after the last).
@@ -100,13 +100,13 @@ pub(crate) enum Decision {
     Rollback(String),
 }
 
-pub(crate) fn rate(k: u64, n: u64) -> Option<f64> {
+pub(super) fn rate(k: u64, n: u64) -> Option<f64> {
     (n > 0).then(|| k as f64 / n as f64)
 }
 
 /// The sequential test. `stage` are the counts of the current stage (for the minimum
 /// samples), `total` those of the whole rollout (for the confidence sequences).
-pub(crate) fn decide(
+pub(super) fn decide(
     cfg: &RolloutConfig,
     with_validations: bool,
     fraction: f64,
@@ -243,6 +243,6 @@ pub(crate) fn decide(
     )
 }
 
-pub(crate) fn fmt_rate(r: Option<f64>) -> String {
+fn fmt_rate(r: Option<f64>) -> String {
     r.map_or_else(|| "-".to_owned(), |r| format!("{r:.4}"))
 }

@@ -8,15 +8,17 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::controller::*;
-use super::stats::*;
-use super::*;
 use crate::artifact::ArtifactStore;
 use crate::clock::Clock;
 use crate::config::{DeploymentConfig, RolloutConfig};
 use crate::error::ErrorKind;
-use crate::executor::canary::*;
+use crate::executor::canary::{
+    latency_bucket, ArmCounts, CanarySlot, Route, StageCounts, LATENCY_BUCKETS,
+};
 use crate::oracle::{FnOracle, OracleAnswer};
+use crate::rollout::controller::RolloutController;
+use crate::rollout::stats::{decide, rate_cs, Decision};
+use crate::rollout::{RolloutEventKind, RolloutState, RolloutStatus, ROLLOUT_FILE};
 use crate::runtime::Runtime;
 use crate::testing::{install, wait_for, TestClock, DAY1};
 
