@@ -5,8 +5,8 @@ use std::cell::RefCell;
 
 use serde_json::{Map, Value};
 
-use super::compile::kind_of;
 use super::plan::*;
+use super::raw::kind_of;
 use super::text::{self, bucket, TokenMode};
 use super::{DecisionId, Outcome};
 use crate::error::{Error, ErrorKind, Result};

@@ -7,6 +7,7 @@
 mod compile;
 mod eval;
 mod plan;
+mod raw;
 mod text;
 
 use serde::Serialize;
