@@ -830,6 +830,11 @@ fn rolling_out_after_2000_executions(dir: &Path) -> (Runtime, Arc<TestClock>) {
     for i in 0..2000 {
         rt.execute(&text(i)).unwrap();
     }
+    // Executions are counted once the writer has logged them (issue #15): wait until a
+    // stage's worth is counted, so that the first check the clock allows can advance.
+    wait_for("the executions counted", WAIT, || {
+        rt.rollout().unwrap().canary.stage_executions >= 100
+    });
     (rt, clock)
 }
 
@@ -839,11 +844,7 @@ fn rolling_out_after_2000_executions(dir: &Path) -> (Runtime, Arc<TestClock>) {
 fn background_checks_follow_the_runtime_clock() {
     let dir = tempfile::tempdir().unwrap();
     let (rt, clock) = rolling_out_after_2000_executions(dir.path());
-    // Enough executions to advance (counted once the writer has logged them), but the
-    // clock has not moved: no check yet.
-    wait_for("the executions counted", WAIT, || {
-        rt.rollout().unwrap().canary.stage_executions >= 100
-    });
+    // Enough executions to advance, but the clock has not moved: no check yet.
     assert_eq!(rt.rollout().unwrap().decision, "started");
     clock.advance(100);
     wait_for("a background check", WAIT, || {
