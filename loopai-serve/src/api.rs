@@ -410,7 +410,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         }
     }
     if let Some(gw) = state.gateway.get() {
-        body.insert("gateway".into(), crate::gateway::health_json(gw));
+        body.insert("gateway".into(), crate::gateway_state::health_json(gw));
     }
     let code = if phase == Phase::Failed {
         StatusCode::SERVICE_UNAVAILABLE
@@ -529,7 +529,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
             metrics::render(&st.server, st.phase() == Phase::Ready && log_ok, &snapshots);
         st.connections.render_prometheus(&mut text);
         if let Some(gw) = st.gateway.get() {
-            crate::gateway::render_metrics(gw, &mut text);
+            crate::gateway_state::render_metrics(gw, &mut text);
         }
         text
     })

@@ -3,9 +3,9 @@
 //! local answers in OpenAI's format (JSON or SSE), forwarding to the upstream with
 //! streams relayed chunk by chunk, and errors in OpenAI's format.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -17,6 +17,7 @@ use loopai_core::{DeploymentConfig, Error, ErrorKind, Result};
 use loopai_gateway::{ChatRequest, Decision, Gateway, LocalAnswer, Pending, UpstreamAnswer};
 use serde_json::{json, Value};
 
+use crate::gateway_state::GatewayState;
 use crate::state::{AppState, Phase};
 
 /// The request header that names the task.
@@ -27,85 +28,6 @@ pub(crate) const SOURCE_HEADER: &str = "x-loopai-source";
 const MAX_BODY: usize = loopai_core::MAX_INPUT_DOCUMENT_BYTES;
 /// Validations of local answers in flight at most; more are skipped.
 const MAX_VALIDATIONS_IN_FLIGHT: u64 = 64;
-
-/// The gateway of a server: the library's [`Gateway`], the upstream client and counters.
-#[derive(Debug)]
-pub(crate) struct GatewayState {
-    pub(crate) gateway: Gateway,
-    client: reqwest::Client,
-    url: String,
-    api_key: Option<HeaderValue>,
-    timeout: Duration,
-    validations_in_flight: Arc<AtomicU64>,
-    pub(crate) validations_skipped: AtomicU64,
-    pub(crate) responses: ResponseCounters,
-}
-
-/// Responses of `/v1/chat/completions` by who answered.
-#[derive(Debug, Default)]
-pub(crate) struct ResponseCounters {
-    pub(crate) program: AtomicU64,
-    pub(crate) oracle: AtomicU64,
-    pub(crate) refused: AtomicU64,
-    pub(crate) upstream_unreachable: AtomicU64,
-    pub(crate) upstream_timeout: AtomicU64,
-}
-
-impl GatewayState {
-    /// Opens the gateway of `data_dir` and builds the upstream client (blocking: runs in
-    /// the loader).
-    pub(crate) fn open(data_dir: &std::path::Path, config: &DeploymentConfig) -> Result<Self> {
-        let cfg = config
-            .gateway
-            .as_ref()
-            .ok_or_else(|| Error::new(ErrorKind::Config, "gateway: section missing"))?;
-        let api_key = match &cfg.upstream.api_key_env {
-            None => None,
-            Some(var) => {
-                let key = std::env::var(var).map_err(|_| {
-                    Error::new(
-                        ErrorKind::Config,
-                        format!("gateway.upstream.api_key_env: the variable {var} is not set"),
-                    )
-                })?;
-                let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                    Error::new(
-                        ErrorKind::Config,
-                        format!("gateway.upstream.api_key_env: {var} holds characters a header cannot carry"),
-                    )
-                })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-        };
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(cfg.upstream.connect_timeout_ms))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!("gateway.upstream: building the HTTP client: {e}"),
-                )
-            })?;
-        let url = format!(
-            "{}/chat/completions",
-            cfg.upstream.base_url.trim().trim_end_matches('/')
-        );
-        let gateway = Gateway::open(data_dir, config)?;
-        Ok(GatewayState {
-            gateway,
-            client,
-            url,
-            api_key,
-            timeout: Duration::from_millis(cfg.upstream.timeout_ms),
-            validations_in_flight: Arc::new(AtomicU64::new(0)),
-            validations_skipped: AtomicU64::new(0),
-            responses: ResponseCounters::default(),
-        })
-    }
-}
 
 /// An error in OpenAI's format: `{"error": {"message", "type", "param", "code"}}`.
 fn openai_error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -629,164 +551,5 @@ pub(crate) fn check_no_overlap(data_dir: &std::path::Path, tasks: &[String]) -> 
             format!("tasks: {t:?} is a gateway task (it has a stored spec); serve it through /v1/chat/completions, not as an execute task"),
         )),
         None => Ok(()),
-    }
-}
-
-/// `"gateway"` of `GET /health`.
-pub(crate) fn health_json(gws: &GatewayState) -> Value {
-    let stats = gws.gateway.stats();
-    let mut v = serde_json::to_value(&stats).unwrap_or(Value::Null);
-    if let Some(map) = v.as_object_mut() {
-        map.insert("upstream".into(), Value::String(gws.url.clone()));
-        map.insert(
-            "validations_skipped".into(),
-            gws.validations_skipped.load(Relaxed).into(),
-        );
-    }
-    v
-}
-
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// The gateway's families of `GET /metrics`.
-pub(crate) fn render_metrics(gws: &GatewayState, out: &mut String) {
-    use std::fmt::Write;
-    let stats = gws.gateway.stats();
-    let r = &gws.responses;
-    let _ = writeln!(
-        out,
-        "# HELP loopai_gateway_responses_total Responses of /v1/chat/completions by who answered.\n# TYPE loopai_gateway_responses_total counter"
-    );
-    for (source, n) in [
-        ("program", r.program.load(Relaxed)),
-        ("oracle", r.oracle.load(Relaxed)),
-        ("refused", r.refused.load(Relaxed)),
-        ("upstream_unreachable", r.upstream_unreachable.load(Relaxed)),
-        ("upstream_timeout", r.upstream_timeout.load(Relaxed)),
-    ] {
-        let _ = writeln!(
-            out,
-            "loopai_gateway_responses_total{{source=\"{source}\"}} {n}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP loopai_gateway_untasked_calls_total Calls with no task, forwarded untouched.\n# TYPE loopai_gateway_untasked_calls_total counter\nloopai_gateway_untasked_calls_total {}",
-        stats.untasked_calls
-    );
-    let _ = writeln!(
-        out,
-        "# HELP loopai_gateway_log_dropped_total Call-log lines dropped (queue full).\n# TYPE loopai_gateway_log_dropped_total counter\nloopai_gateway_log_dropped_total {}",
-        stats.log_dropped
-    );
-    let _ = writeln!(
-        out,
-        "# HELP loopai_gateway_state The task's state (1 for the current one).\n# TYPE loopai_gateway_state gauge"
-    );
-    for t in &stats.tasks {
-        for state in ["shadow", "learning", "serving"] {
-            let _ = writeln!(
-                out,
-                "loopai_gateway_state{{task=\"{}\",state=\"{state}\"}} {}",
-                escape(&t.task),
-                u8::from(t.state.as_str() == state)
-            );
-        }
-    }
-    let families: [(&str, &str, &str); 13] = [
-        ("calls_total", "counter", "Calls of the task."),
-        (
-            "local_total",
-            "counter",
-            "Calls answered locally by the program.",
-        ),
-        (
-            "forwarded_total",
-            "counter",
-            "Calls forwarded to the upstream.",
-        ),
-        (
-            "upstream_calls_total",
-            "counter",
-            "Requests sent to the upstream (forwards and validations).",
-        ),
-        (
-            "upstream_errors_total",
-            "counter",
-            "Upstream requests that failed or answered an error.",
-        ),
-        (
-            "upstream_tokens_total",
-            "counter",
-            "Tokens the upstream reported (usage.total_tokens).",
-        ),
-        (
-            "tokens_saved_total",
-            "counter",
-            "Local answers times the mean upstream tokens of a call.",
-        ),
-        (
-            "labels",
-            "gauge",
-            "Labels: spec examples plus the oracle's answers.",
-        ),
-        (
-            "outside_labels_total",
-            "counter",
-            "Upstream answers outside the task's labels.",
-        ),
-        (
-            "coverage",
-            "gauge",
-            "Share of the task's calls answered locally.",
-        ),
-        (
-            "threshold",
-            "gauge",
-            "Confidence threshold (NaN: every call is forwarded).",
-        ),
-        (
-            "disagreement",
-            "gauge",
-            "Disagreement among calibration pairs at or above the threshold.",
-        ),
-        (
-            "disagreement_upper",
-            "gauge",
-            "Its one-sided 95% Clopper-Pearson upper bound.",
-        ),
-    ];
-    for (name, kind, help) in families {
-        let _ = writeln!(
-            out,
-            "# HELP loopai_gateway_{name} {help}\n# TYPE loopai_gateway_{name} {kind}"
-        );
-        for t in &stats.tasks {
-            let value = match name {
-                "calls_total" => t.calls as f64,
-                "local_total" => t.local as f64,
-                "forwarded_total" => t.forwarded as f64,
-                "upstream_calls_total" => t.upstream_calls as f64,
-                "upstream_errors_total" => t.upstream_errors as f64,
-                "upstream_tokens_total" => t.upstream_tokens as f64,
-                "tokens_saved_total" => t.tokens_saved as f64,
-                "labels" => t.labels as f64,
-                "outside_labels_total" => t.outside_labels as f64,
-                "coverage" => t.coverage.unwrap_or(0.0),
-                "threshold" => t.threshold.unwrap_or(f64::NAN),
-                "disagreement" => t.disagreement.unwrap_or(f64::NAN),
-                _ => t.disagreement_upper.unwrap_or(f64::NAN),
-            };
-            let _ = writeln!(
-                out,
-                "loopai_gateway_{name}{{task=\"{}\"}} {value}",
-                escape(&t.task)
-            );
-        }
     }
 }

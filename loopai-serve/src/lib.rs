@@ -89,6 +89,7 @@ mod api;
 mod auth;
 mod follow;
 mod gateway;
+mod gateway_state;
 mod http;
 mod metrics;
 mod server;

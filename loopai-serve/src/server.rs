@@ -465,7 +465,7 @@ impl Server {
             let started = Instant::now();
             let loaded = source.load().and_then(|runtimes| {
                 if let Some((config, dir)) = &gateway {
-                    let gw = crate::gateway::GatewayState::open(dir, config)
+                    let gw = crate::gateway_state::GatewayState::open(dir, config)
                         .map_err(|e| e.context("gateway"))?;
                     let _ = loading.gateway.set(gw);
                 }

@@ -79,7 +79,7 @@ pub(crate) struct AppState {
     /// `GET /ready` is 503 while an execution log cannot be written.
     pub(crate) ready_requires_log: bool,
     /// The OpenAI-compatible gateway (`gateway:` in the configuration), once loaded.
-    pub(crate) gateway: OnceLock<crate::gateway::GatewayState>,
+    pub(crate) gateway: OnceLock<crate::gateway_state::GatewayState>,
     /// Whether the configuration has a `gateway:` section.
     pub(crate) gateway_enabled: bool,
 }
