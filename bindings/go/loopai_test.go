@@ -517,6 +517,10 @@ func TestRolloutRoutesByKeyPromotesAndRollsBack(t *testing.T) {
 	if len(served) != 2 || served[1] == 0 || served[2] == 0 {
 		t.Fatalf("versions served: %v", served)
 	}
+	// The arms count an execution once it is in the log: flush first.
+	if err := rt.Flush(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
 	if s, err := rt.Rollout(); err != nil || s.Stable.Executions+s.Canary.Executions != 128 {
 		t.Fatalf("arm statistics: %+v, %v", s, err)
 	}

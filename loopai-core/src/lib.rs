@@ -240,4 +240,9 @@ pub mod __private {
     pub mod fnv {
         pub use crate::fnv::{fmix64, hash, Fnv, FNV_OFFSET, FNV_PRIME};
     }
+    /// The scripts written without spaces (`tokens: "alnum_cjk"`, part of the program
+    /// format).
+    pub mod text {
+        pub use crate::program::text::is_unspaced;
+    }
 }

@@ -6,6 +6,7 @@
 use std::sync::LazyLock;
 
 use loopai_core::__private::fnv::Fnv;
+use loopai_core::__private::text::is_unspaced;
 use regex::Regex;
 use serde_json::{json, Value};
 use unicode_normalization::UnicodeNormalization;
@@ -281,25 +282,8 @@ pub(crate) fn tokenize(text: &str, out: &mut Vec<(usize, usize)>) {
     tokenize_mode(text, false, out);
 }
 
-/// Is `c` in a script written without spaces between words (the format's fixed ranges of
-/// `tokens: "alnum_cjk"`)?
-#[inline]
-pub(crate) fn is_unspaced(c: char) -> bool {
-    matches!(u32::from(c),
-        0x0E00..=0x0EFF
-        | 0x1000..=0x109F
-        | 0x1780..=0x17FF
-        | 0x3040..=0x30FF
-        | 0x31F0..=0x31FF
-        | 0x3400..=0x4DBF
-        | 0x4E00..=0x9FFF
-        | 0xF900..=0xFAFF
-        | 0xFF66..=0xFF9F
-        | 0x20000..=0x3134F)
-}
-
 /// Byte ranges of the `alnum` tokens of `text`, or with `cjk` of its `alnum_cjk` tokens
-/// (every character of [`is_unspaced`] a token of its own).
+/// (every character of [`is_unspaced`](loopai_core::__private::text::is_unspaced) a token of its own).
 pub(crate) fn tokenize_mode(text: &str, cjk: bool, out: &mut Vec<(usize, usize)>) {
     out.clear();
     let mut start = None;

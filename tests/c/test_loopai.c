@@ -1183,6 +1183,8 @@ TEST(rollout_routes_by_key_promotes_and_rolls_back) {
             served[first]++;
     }
     CHECK(served[1] > 0 && served[2] > 0);
+    /* The arms count an execution once it is in the log: flush first. */
+    CHECK_STATUS(loopai_runtime_flush(rt, 30000, NULL), LOOPAI_OK);
     json = rollout_json(rt, &failed_here);
     const char *s, *e;
     CHECK(json != NULL && find_key(json, "canary", &s, &e) &&

@@ -407,6 +407,7 @@ internal static class LoopaiTests
                 served[first.Version]++;
             }
             Assert(served[1] > 0 && served[2] > 0, "served " + served[1] + " by v1, " + served[2] + " by v2");
+            rt.Flush(TimeSpan.FromSeconds(30)); // the arms count an execution once it is in the log
             s = rt.Rollout();
             Assert(s.Canary.Executions == (ulong)(2 * served[2]) && s.Stable.Executions == (ulong)(2 * served[1]), s.Json);
 

@@ -750,6 +750,9 @@ impl WriterState {
         self.pending
             .retain(|p| !p.lines.is_empty() || p.key.1 >= today);
         self.close_old_files();
+        // The observers see what is now in the log before anyone waiting on progress is
+        // woken, so that a completed flush means they have seen every flushed record.
+        self.observe();
 
         let mut progress = self.shared.progress.lock();
         match &error {
@@ -783,7 +786,6 @@ impl WriterState {
         }
         drop(progress);
         self.shared.progress_cv.notify_all();
-        self.observe();
         error.map_or(Ok(()), Err)
     }
 

@@ -8,7 +8,7 @@ mod compile;
 mod eval;
 mod plan;
 mod raw;
-mod text;
+pub(crate) mod text;
 
 use serde::Serialize;
 use serde_json::Value;

@@ -54,7 +54,7 @@ pub(crate) enum TokenMode {
 /// U+4E00–U+9FFF, U+F900–U+FAFF, U+20000–U+3134F)? Fixed ranges, so that the result never
 /// depends on a Unicode table version.
 #[inline]
-pub(crate) fn is_unspaced(c: char) -> bool {
+pub fn is_unspaced(c: char) -> bool {
     matches!(u32::from(c),
         0x0E00..=0x0EFF
         | 0x1000..=0x109F
