@@ -1,22 +1,30 @@
 //! Synthesis: cross-validate the candidate strategies on the specification's examples,
 //! pick one, train it on every example and emit the `loopai.program/1` program.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use loopai_core::{Error, ErrorKind, NewArtifact, Program, ProgramLimits, ProgramStats, Result};
+use loopai_core::{Error, ErrorKind, Program, ProgramLimits, ProgramStats, Result};
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::features::{FeatureConfig, NgramSpec, MAX_INPUT_BYTES};
 use crate::linear::{self, LinearModel, LogRegParams, SparseVec};
-use crate::metrics::{class_metrics, write_class_table, ClassMetrics};
-use crate::rng::Rng;
+use crate::metrics::{class_metrics, ClassMetrics};
 use crate::rules::{self, MineParams, RuleList, TermIndex};
 use crate::spec::TaskSpec;
+
+mod folds;
+mod install;
+mod report;
+mod trust;
+
+use folds::{par_map, stratified_folds};
+pub use install::{synthesize_and_install, Activation};
+use trust::trust_warnings;
 
 /// How to build the program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -243,137 +251,6 @@ pub struct Synthesis {
     /// be trusted for (labels with one or few examples, an accuracy at chance or below
     /// the spec's `accuracy_target`). Printed by [`report_text`](Self::report_text).
     pub warnings: Vec<String>,
-}
-
-impl Synthesis {
-    /// The artifact metadata for installing the program: `synthesis_strategy`,
-    /// `confidence_score` (the CV accuracy; absent when not cross-validated), `complexity_metrics` (rules, features,
-    /// keywords, weights, sparse_dims, program_bytes, model, cv_folds, examples),
-    /// `generation_time_sec`, `generation_cost` 0 and `llm_provider` `"none"`.
-    pub fn new_artifact(&self) -> NewArtifact {
-        let s = &self.stats;
-        let mut m = Map::new();
-        m.insert("rules".into(), json!(s.rules));
-        m.insert("features".into(), json!(s.features));
-        m.insert("keywords".into(), json!(s.keywords));
-        m.insert("weights".into(), json!(s.weights));
-        m.insert("sparse_dims".into(), json!(s.sparse_dims));
-        m.insert("program_bytes".into(), json!(self.program_json.len()));
-        m.insert("model".into(), json!(self.model));
-        m.insert("cv_folds".into(), json!(self.folds));
-        m.insert("examples".into(), json!(self.examples));
-        m.insert("trusted".into(), json!(self.trusted));
-        if !self.warnings.is_empty() {
-            m.insert("warnings".into(), json!(self.warnings));
-        }
-        NewArtifact {
-            synthesis_strategy: self.strategy.as_str().to_string(),
-            confidence_score: (self.folds > 0).then_some(self.cv_accuracy),
-            complexity_metrics: m,
-            llm_provider: Some("none".to_string()),
-            generation_cost: 0.0,
-            generation_time_sec: self.elapsed.as_secs_f64(),
-            ..NewArtifact::default()
-        }
-    }
-
-    /// A human-readable report: each candidate's CV accuracy and latency, the choice, its
-    /// per-class precision/recall and the time taken.
-    pub fn report_text(&self) -> String {
-        let mut s = String::new();
-        for w in &self.warnings {
-            let _ = writeln!(s, "warning: {w}");
-        }
-        if self.folds > 0 {
-            let _ = writeln!(
-                s,
-                "synthesized from {} examples, {} labels, {}-fold cross-validation",
-                self.examples,
-                self.labels.len(),
-                self.folds
-            );
-        } else {
-            let _ = writeln!(
-                s,
-                "synthesized from {} examples, {} labels, not cross-validated (one label has examples)",
-                self.examples,
-                self.labels.len(),
-            );
-        }
-        let w = self
-            .candidates
-            .iter()
-            .map(|c| c.name.len())
-            .max()
-            .unwrap_or(10);
-        let _ = writeln!(
-            s,
-            "  {:<w$}  {:>7}  {:>11}  {:>11}  {:>5}",
-            "candidate", "cv acc", "latency µs", "bytes", "rules"
-        );
-        for c in &self.candidates {
-            let _ = writeln!(
-                s,
-                "{} {:<w$}  {:>7}  {:>11}  {:>11}  {:>5}",
-                if c.chosen { "*" } else { " " },
-                c.name,
-                Acc(c.cv_accuracy),
-                c.est_latency_us
-                    .map_or("-".to_string(), |l| format!("{l:.2}")),
-                c.program_bytes,
-                c.rules
-            );
-        }
-        let _ = writeln!(
-            s,
-            "chosen: {} ({}), cv accuracy {}{}, training accuracy {:.4}",
-            self.model,
-            self.strategy,
-            Acc(self.cv_accuracy),
-            self.accuracy_target
-                .map_or(String::new(), |t| format!(" (target {t})")),
-            self.train_accuracy
-        );
-        if let Some(c) = self
-            .candidates
-            .iter()
-            .find(|c| c.chosen && !c.per_class.is_empty())
-        {
-            let _ = writeln!(s, "cross-validated per-class metrics:");
-            let _ = write_class_table(&mut s, &c.per_class);
-        }
-        for note in &self.notes {
-            let _ = writeln!(s, "note: {note}");
-        }
-        if !self.trusted {
-            let _ = writeln!(
-                s,
-                "not trusted: the program is not activated unless asked (--activate-anyway)"
-            );
-        }
-        let _ = writeln!(
-            s,
-            "program: {} bytes, {} features, {} rules; time {:.2} s",
-            self.program_json.len(),
-            self.stats.features,
-            self.stats.rules,
-            self.elapsed.as_secs_f64()
-        );
-        s
-    }
-}
-
-/// An accuracy for the report: four decimals, or "not measured" for NaN.
-struct Acc(f64);
-
-impl fmt::Display for Acc {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_nan() {
-            f.pad("not measured")
-        } else {
-            f.pad(&format!("{:.4}", self.0))
-        }
-    }
 }
 
 /// Learns a program from the specification's examples.
@@ -1212,132 +1089,6 @@ impl Ctx<'_> {
     }
 }
 
-/// Fewest examples of a class whose cross-validated figures are worth a number.
-const FEW_EXAMPLES: usize = 5;
-
-/// A reason to distrust the estimate.
-struct TrustWarning {
-    /// None when another warning already says it.
-    text: Option<String>,
-    /// Serious enough to keep the program inactive unless asked.
-    blocks_activation: bool,
-}
-
-/// What the cross-validated estimate of a run can be trusted for.
-fn trust_warnings(
-    labels: &[String],
-    y: &[usize],
-    present: usize,
-    cv_accuracy: f64,
-    target: Option<f64>,
-) -> Vec<TrustWarning> {
-    let mut out = Vec::new();
-    let mut counts = vec![0usize; labels.len()];
-    y.iter().for_each(|&c| counts[c] += 1);
-    let list = |pred: &dyn Fn(usize) -> bool| {
-        let names: Vec<String> = (0..labels.len())
-            .filter(|&c| pred(counts[c]))
-            .map(|c| format!("{:?} ({})", labels[c], counts[c]))
-            .collect();
-        let n = names.len();
-        let mut shown = names.into_iter().take(10).collect::<Vec<_>>().join(", ");
-        if n > 10 {
-            let _ = write!(shown, " and {} more", n - 10);
-        }
-        (n, shown)
-    };
-    // Labels with no example are warned about by the spec (TaskSpec::warnings); with one
-    // label there is no cross-validation whose figures the counts below would qualify.
-    if present < 2 {
-        out.push(TrustWarning {
-            text: None,
-            blocks_activation: true,
-        });
-        return out;
-    }
-    let (single, shown) = list(&|c| c == 1);
-    if single > 0 {
-        out.push(TrustWarning {
-            text: Some(format!(
-                "{single} label(s) have a single example, which cross-validation can only \
-                 test with no other example of its label to learn from: {shown}"
-            )),
-            blocks_activation: false,
-        });
-    }
-    let (few, shown) = list(&|c| (2..=FEW_EXAMPLES).contains(&c));
-    if few > 0 {
-        out.push(TrustWarning {
-            text: Some(format!(
-                "{few} label(s) have {FEW_EXAMPLES} or fewer examples; their per-class \
-                 figures rest on that many cases and may be far off: {shown}"
-            )),
-            blocks_activation: false,
-        });
-    }
-    let majority = counts.iter().copied().max().unwrap_or(0) as f64 / y.len().max(1) as f64;
-    if cv_accuracy <= majority + 1e-9 {
-        out.push(TrustWarning {
-            text: Some(format!(
-                "cross-validated accuracy {cv_accuracy:.4} is no better than always \
-                 answering the most frequent label ({majority:.4}): the program has learnt \
-                 nothing that the examples can confirm; add examples"
-            )),
-            blocks_activation: true,
-        });
-    }
-    if let Some(t) = target {
-        if cv_accuracy < t {
-            out.push(TrustWarning {
-                text: Some(format!(
-                    "cross-validated accuracy {cv_accuracy:.4} is below the spec's \
-                     accuracy_target {t}"
-                )),
-                blocks_activation: true,
-            });
-        }
-    }
-    out
-}
-
-/// Stratified, grouped fold assignment: identical inputs form one group (so duplicates
-/// never sit on both sides of a split), each class's groups (by the label of their first
-/// example) are shuffled and dealt round-robin.
-fn stratified_folds(
-    inputs: &[&Value],
-    y: &[usize],
-    k: usize,
-    n_folds: usize,
-    seed: u64,
-) -> Vec<usize> {
-    let mut rng = Rng::new(seed ^ 0xf01d);
-    let mut group_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    for (i, x) in inputs.iter().enumerate() {
-        let key = x.to_string();
-        let g = *group_of.entry(key).or_insert_with(|| {
-            groups.push(Vec::new());
-            groups.len() - 1
-        });
-        groups[g].push(i);
-    }
-    let mut folds = vec![0; y.len()];
-    let mut next = 0usize;
-    for c in 0..k {
-        let mut idx: Vec<usize> = (0..groups.len())
-            .filter(|&g| y[groups[g][0]] == c)
-            .collect();
-        rng.shuffle(&mut idx);
-        for g in idx {
-            for &i in &groups[g] {
-                folds[i] = next % n_folds;
-            }
-            next += 1;
-        }
-    }
-    folds
-}
-
 /// Median execution time of `program` over a sample of the examples, in microseconds.
 fn measure_latency(program: &Program, spec: &TaskSpec) -> Option<f64> {
     let n = spec.examples.len();
@@ -1363,113 +1114,4 @@ fn measure_latency(program: &Program, spec: &TaskSpec) -> Option<f64> {
         }
     }
     crate::metrics::percentile(&times, 0.5)
-}
-
-/// Maps `f` over `0..n` on up to `threads` scoped threads; results in index order.
-fn par_map<T, F>(n: usize, threads: usize, f: F) -> Vec<T>
-where
-    T: Send,
-    F: Fn(usize) -> T + Sync,
-{
-    if threads <= 1 || n <= 1 {
-        return (0..n).map(f).collect();
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut parts: Vec<Vec<(usize, T)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads.min(n))
-            .map(|_| {
-                s.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if i >= n {
-                            break;
-                        }
-                        out.push((i, f(i)));
-                    }
-                    out
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    });
-    let mut all: Vec<(usize, T)> = parts.iter_mut().flat_map(std::mem::take).collect();
-    all.sort_by_key(|e| e.0);
-    all.into_iter().map(|e| e.1).collect()
-}
-
-/// Whether [`synthesize_and_install`] makes the new version active.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Activation {
-    /// Install only.
-    Never,
-    /// Activate when the synthesis is [trusted](Synthesis::trusted) (its cross-validated
-    /// accuracy meets the spec's `accuracy_target` and beats always answering the most
-    /// frequent label); otherwise install only.
-    IfTrusted,
-    /// Activate whatever the estimate says.
-    Always,
-}
-
-impl From<bool> for Activation {
-    /// `true` is [`Activation::IfTrusted`], `false` [`Activation::Never`].
-    fn from(activate: bool) -> Activation {
-        if activate {
-            Activation::IfTrusted
-        } else {
-            Activation::Never
-        }
-    }
-}
-
-/// Synthesizes a program for `spec` and installs it in the artifact cache of `data_dir` as
-/// the task's next version, activated as `activate` says (`true` means
-/// [`Activation::IfTrusted`]: an untrusted program is installed but not activated; the
-/// returned metadata's status tells which), recording the spec's input and
-/// output schemas in the metadata so the runtime enforces them, and the spec itself in
-/// `<data_dir>/artifacts/<task>/spec.json` ([`save_spec`](crate::save_spec)). Returns the
-/// synthesis and the installed artifact's metadata.
-///
-/// A `spec.name` that is not a valid task id ([`loopai_core::validate_task_id`]: it names
-/// a directory) is an [`ErrorKind::InvalidInput`] error before any training.
-pub fn synthesize_and_install(
-    spec: &TaskSpec,
-    options: &SynthOptions,
-    data_dir: &std::path::Path,
-    activate: impl Into<Activation>,
-) -> Result<(Synthesis, loopai_core::ArtifactMetadata)> {
-    // The name becomes a directory of the artifact cache: refuse a bad one before
-    // training, not after.
-    loopai_core::validate_task_id(&spec.name).map_err(|e| {
-        Error::new(
-            ErrorKind::InvalidInput,
-            format!("spec.name: {}", e.message()),
-        )
-    })?;
-    let synthesis = synthesize(spec, options)?;
-    let activate = match activate.into() {
-        Activation::Never => false,
-        Activation::IfTrusted => synthesis.trusted,
-        Activation::Always => true,
-    };
-    // The program must load in the runtime exactly as written.
-    loopai_core::Program::from_json(&synthesis.program_json)
-        .map_err(|e| e.context("the synthesized program does not load (a loopai-synth bug)"))?;
-    let mut meta = synthesis.new_artifact();
-    meta.extra
-        .insert("input_schema".into(), spec.input_schema.clone());
-    meta.extra
-        .insert("output_schema".into(), spec.output_schema.clone());
-    let installed = loopai_core::ArtifactStore::open(data_dir, &spec.name)?.install(
-        &synthesis.program_json,
-        meta,
-        activate,
-    )?;
-    // Kept for `improve`, which learns again from it plus the oracle's answers.
-    crate::save_spec(data_dir, spec)?;
-    Ok((synthesis, installed))
 }
