@@ -299,10 +299,7 @@ impl DatasetWriter {
 
     fn log(&self, msg: Msg) -> Result<()> {
         if self.shared.closed.load(Ordering::Acquire) {
-            return Err(Error::new(
-                ErrorKind::Closed,
-                "the dataset writer is shut down",
-            ));
+            return Err(Error::new(ErrorKind::Closed, "the runtime is shut down"));
         }
         if !self.options.durable {
             return self.send(msg).map(|_| ());
@@ -360,10 +357,7 @@ impl DatasetWriter {
                 self.shared.accepted.fetch_add(1, Ordering::Relaxed);
                 Ok(true)
             }
-            Err(()) => Err(Error::new(
-                ErrorKind::Closed,
-                "the dataset writer is shut down",
-            )),
+            Err(()) => Err(Error::new(ErrorKind::Closed, "the runtime is shut down")),
         }
     }
 
@@ -376,7 +370,7 @@ impl DatasetWriter {
             .map_err(|e| match e {
                 crossbeam_channel::SendTimeoutError::Timeout(_) => timeout_error("flush", timeout),
                 crossbeam_channel::SendTimeoutError::Disconnected(_) => {
-                    Error::new(ErrorKind::Closed, "the dataset writer is shut down")
+                    Error::new(ErrorKind::Closed, "the runtime is shut down")
                 }
             })?;
         match signal.wait(deadline) {
