@@ -40,7 +40,7 @@ step "program JSON Schema (docs/program.schema.json)"
 step "deploy/ (scripts/check_deploy.py: Kubernetes manifest, Dockerfile, flags)"
 "$venv/bin/python" scripts/check_deploy.py --loopai "$target_dir/debug/loopai"
 
-step "dataset fetcher (scripts/fetch_datasets.py: split, spec shape, cache; no network)"
+step "scripts/tests: the dataset fetcher (split, spec shape, cache; no network), crate packages (LICENSE)"
 "$venv/bin/python" -m pytest -q -p no:cacheprovider scripts/tests
 
 step "C ABI, Go and C# bindings (scripts/test-bindings.sh)"
