@@ -530,6 +530,20 @@ impl Compiler<'_> {
                         return Err(perr(path, "exactly one of `hash` or `vocabulary` is required"));
                     }
                 };
+                let idf = match &r.idf {
+                    None => None,
+                    Some(raw) => {
+                        let at = join(path, "idf");
+                        let v = self.floats(raw, dim, None, &at)?;
+                        if let Some(i) = v.iter().position(|&x| x < 0.0) {
+                            return Err(perr(
+                                &at,
+                                format!("number {i} is negative ({}): factors must be >= 0", v[i]),
+                            ));
+                        }
+                        Some(v)
+                    }
+                };
                 self.stats.sparse_dims += dim as u64;
                 Ok((
                     r.name,
@@ -550,7 +564,9 @@ impl Compiler<'_> {
                             RawWeighting::Count => Weighting::Count,
                             RawWeighting::Binary => Weighting::Binary,
                             RawWeighting::Log1p => Weighting::Log1p,
+                            RawWeighting::Sublinear => Weighting::Sublinear,
                         },
+                        idf,
                         l2: matches!(r.normalize, RawNormalize::L2),
                     }),
                 ))
@@ -708,7 +724,15 @@ impl Compiler<'_> {
         Ok((groups, offset))
     }
 
-    fn floats(&mut self, raw: &RawFloats, expected: usize, path: &str) -> Result<Vec<f32>> {
+    /// Decodes a number array of `expected` numbers. `quantized_cols`: the row width when
+    /// the int8 form (one scale per column) is allowed, else `None`.
+    fn floats(
+        &mut self,
+        raw: &RawFloats,
+        expected: usize,
+        quantized_cols: Option<usize>,
+        path: &str,
+    ) -> Result<Vec<f32>> {
         if expected > self.limits.max_weights {
             return Err(perr(
                 path,
@@ -757,6 +781,45 @@ impl Compiler<'_> {
                 bytes
                     .chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            }
+            RawFloats::Quantized(q) => {
+                let Some(cols) = quantized_cols.filter(|&c| c > 0) else {
+                    return Err(perr(
+                        path,
+                        "the int8 form is only for the weights of a linear model",
+                    ));
+                };
+                let scale = self.finite_list(&q.scale, cols, &join(path, "scale"))?;
+                let b64 = q
+                    .int8
+                    .strip_prefix("base64:")
+                    .ok_or_else(|| perr(&join(path, "int8"), "expected a \"base64:...\" string"))?;
+                if b64.len() / 4 * 3 > expected + 3 {
+                    return Err(perr(
+                        &join(path, "int8"),
+                        format!("expected {expected} int8 values, the data is larger"),
+                    ));
+                }
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|e| perr(&join(path, "int8"), format!("invalid base64: {e}")))?;
+                if bytes.len() != expected {
+                    return Err(perr(
+                        &join(path, "int8"),
+                        format!(
+                            "expected {expected} int8 values ({expected} bytes), got {} bytes",
+                            bytes.len()
+                        ),
+                    ));
+                }
+                bytes
+                    .chunks_exact(cols)
+                    .flat_map(|row| {
+                        row.iter()
+                            .zip(&scale)
+                            .map(|(&b, &s)| (f64::from(b as i8) * s) as f32)
+                    })
                     .collect()
             }
         };
@@ -871,7 +934,8 @@ impl Compiler<'_> {
                 let expected = dim
                     .checked_mul(width)
                     .ok_or_else(|| perr(&join(path, "weights"), "too many weights"))?;
-                let weights = self.floats(&r.weights, expected, &join(path, "weights"))?;
+                let weights =
+                    self.floats(&r.weights, expected, Some(width), &join(path, "weights"))?;
                 let bias = self.finite_list(&r.bias, width, &join(path, "bias"))?;
                 let min_confidence = r.min_confidence.unwrap_or(0.0);
                 check_prob(min_confidence, &join(path, "min_confidence"))?;
@@ -898,7 +962,7 @@ impl Compiler<'_> {
                     .checked_mul(classes.len())
                     .ok_or_else(|| perr(&join(path, "feature_log_prob"), "too many numbers"))?;
                 let weights =
-                    self.floats(&r.feature_log_prob, expected, &join(path, "feature_log_prob"))?;
+                    self.floats(&r.feature_log_prob, expected, None, &join(path, "feature_log_prob"))?;
                 let bias =
                     self.finite_list(&r.class_log_prior, classes.len(), &join(path, "class_log_prior"))?;
                 let min_confidence = r.min_confidence.unwrap_or(0.0);
@@ -933,8 +997,9 @@ impl Compiler<'_> {
                 if r.left.len() != n || r.right.len() != n {
                     return Err(perr(path, format!("feature, left and right must all have {n} entries")));
                 }
-                let threshold = self.floats(&r.threshold, n, &join(path, "threshold"))?;
-                let value = self.floats(&r.value, n * classes.len(), &join(path, "value"))?;
+                let threshold = self.floats(&r.threshold, n, None, &join(path, "threshold"))?;
+                let value =
+                    self.floats(&r.value, n * classes.len(), None, &join(path, "value"))?;
                 let mut feature = Vec::with_capacity(n);
                 for i in 0..n {
                     let f = r.feature[i];

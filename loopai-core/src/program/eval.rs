@@ -474,6 +474,17 @@ fn log1p_count(count: u32) -> f32 {
     }
 }
 
+/// `1 + ln(count)` as `f32` (`count >= 1`: merged entries count at least one n-gram).
+fn sublinear_count(count: u32) -> f32 {
+    static TABLE: std::sync::LazyLock<[f32; 256]> = std::sync::LazyLock::new(|| {
+        std::array::from_fn(|c| (1.0 + libm::log(c.max(1) as f64)) as f32)
+    });
+    match TABLE.get(count as usize) {
+        Some(&v) => v,
+        None => (1.0 + libm::log(f64::from(count))) as f32,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn sparse_features(
     sp: &SparsePlan,
@@ -520,7 +531,7 @@ fn sparse_features(
     } else {
         char_ngrams(sp, t, offsets, out);
     }
-    if sp.weighting == Weighting::Count && !sp.l2 {
+    if sp.weighting == Weighting::Count && !sp.l2 && sp.idf.is_none() {
         return;
     }
     if sp.dim <= DENSE_DEDUPE_MAX_DIM && out.len() < usize::from(u16::MAX) {
@@ -534,6 +545,13 @@ fn sparse_features(
         // Every n-gram is emitted with value 1, so the merged values are exact counts
         // (f32 is exact up to 2^24, more n-grams than an input can have).
         Weighting::Log1p => out.iter_mut().for_each(|e| e.1 = log1p_count(e.1 as u32)),
+        Weighting::Sublinear => out
+            .iter_mut()
+            .for_each(|e| e.1 = sublinear_count(e.1 as u32)),
+    }
+    if let Some(idf) = &sp.idf {
+        out.iter_mut()
+            .for_each(|e| e.1 = (f64::from(e.1) * f64::from(idf[e.0 as usize])) as f32);
     }
     if sp.l2 {
         let norm: f64 = out.iter().map(|e| f64::from(e.1) * f64::from(e.1)).sum();

@@ -145,6 +145,8 @@ pub(crate) enum Weighting {
     Count,
     Binary,
     Log1p,
+    /// `1 + ln(count)`.
+    Sublinear,
 }
 
 #[derive(Debug)]
@@ -159,6 +161,8 @@ pub(crate) struct SparsePlan {
     pub index: NgramIndex,
     pub dim: usize,
     pub weighting: Weighting,
+    /// Per-index factors applied after the weighting (inverse document frequencies).
+    pub idf: Option<Vec<f32>>,
     pub l2: bool,
 }
 

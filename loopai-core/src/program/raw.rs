@@ -209,6 +209,7 @@ pub(super) enum RawWeighting {
     Count,
     Binary,
     Log1p,
+    Sublinear,
 }
 
 #[derive(Deserialize, Clone, Copy, Default)]
@@ -243,6 +244,9 @@ pub(super) struct RawNgrams {
     pub(super) weighting: RawWeighting,
     #[serde(default)]
     pub(super) normalize: RawNormalize,
+    /// Per-index factors (inverse document frequencies), applied after `weighting`.
+    #[serde(default)]
+    pub(super) idf: Option<RawFloats>,
     /// word_ngrams only.
     #[serde(default)]
     pub(super) tokens: Option<RawTokens>,
@@ -324,12 +328,23 @@ pub(super) struct RawRules {
     pub(super) rules: Vec<Value>,
 }
 
-/// Numbers: a JSON array, or `"base64:"` + little-endian f32 bytes.
+/// Numbers: a JSON array, `"base64:"` + little-endian f32 bytes, or (weights of a
+/// `linear` model only) int8 values with one scale per column.
 #[derive(Deserialize)]
 #[serde(untagged)]
 pub(super) enum RawFloats {
     List(Vec<f64>),
     Packed(String),
+    Quantized(RawQuantized),
+}
+
+/// `{"int8": "base64:...", "scale": [...]}`: row-major int8 values, number `i` of a row
+/// is `value * scale[i]` (computed in f64, stored as f32).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQuantized {
+    pub(super) int8: String,
+    pub(super) scale: Vec<f64>,
 }
 
 #[derive(Deserialize, Clone, Copy, Default, PartialEq, Eq)]

@@ -590,3 +590,102 @@ fn the_classes_of_all_models_together_are_limited() {
         Ok(_) => panic!("4608 classes were accepted"),
     }
 }
+
+#[test]
+fn tfidf_features_apply_sublinear_counts_idf_then_l2() {
+    let mut v = linear_program(json!([1.0, 0.0, 0.0, 0.0]), "sigmoid", json!([0.0]));
+    v["features"][0]["weighting"] = json!("sublinear");
+    v["features"][0]["idf"] = json!([2.0, 1.0, 0.5]);
+    v["features"][0]["normalize"] = json!("l2");
+    let p = program(v.clone());
+    let o = p.evaluate(&json!({"text": "free free prize"})).unwrap();
+    // free: (1 + ln 2) * 2, prize: 1 * 1, then scaled to unit length; only `free` weighs.
+    let free = ((1.0 + libm::log(2.0)) as f32 as f64 * 2.0) as f32 as f64;
+    let prize = 1.0f64;
+    let x = (free / libm::sqrt(free * free + prize * prize)) as f32 as f64;
+    let p_spam = 1.0 / (1.0 + libm::exp(-x));
+    assert!(
+        (o.scores[0] - p_spam).abs() < 1e-6,
+        "{:?} vs {p_spam}",
+        o.scores
+    );
+    // An index whose factor is 0 is dropped from the vector and its norm.
+    v["features"][0]["idf"] = json!([2.0, 0.0, 0.5]);
+    let o = program(v.clone())
+        .evaluate(&json!({"text": "free free prize"}))
+        .unwrap();
+    let p_spam = 1.0 / (1.0 + libm::exp(-1.0));
+    assert!((o.scores[0] - p_spam).abs() < 1e-7, "{:?}", o.scores);
+    // Programs without `idf` load and evaluate as before.
+    let plain = linear_program(json!([1.0, 0.0, 0.0, 0.0]), "sigmoid", json!([0.0]));
+    let o = program(plain)
+        .evaluate(&json!({"text": "free free prize"}))
+        .unwrap();
+    assert_eq!(o.scores[0], 1.0 / (1.0 + libm::exp(-2.0)));
+}
+
+#[test]
+fn bad_idf_factors_are_refused_with_their_path() {
+    let mut v = linear_program(json!([1.0, 0.0, 0.0, 0.0]), "sigmoid", json!([0.0]));
+    v["features"][0]["idf"] = json!([1.0, 2.0]);
+    assert_eq!(
+        load_err(v.clone()),
+        "features[0].idf: expected 3 numbers, got 2"
+    );
+    v["features"][0]["idf"] = json!([1.0, -2.0, 1.0]);
+    assert_eq!(
+        load_err(v.clone()),
+        "features[0].idf: number 1 is negative (-2): factors must be >= 0"
+    );
+    v["features"][0]["idf"] = json!("base64:AAAA");
+    assert!(load_err(v.clone()).starts_with("features[0].idf: expected 3 floats"));
+    v["features"][0]["idf"] = json!({"int8": "base64:AAAA", "scale": [1.0]});
+    assert_eq!(
+        load_err(v),
+        "features[0].idf: the int8 form is only for the weights of a linear model"
+    );
+}
+
+#[test]
+fn int8_weights_equal_the_float_weights_they_encode() {
+    // Columns scaled by 0.5 and 0.25: every weight is exact in both forms.
+    let q: [i8; 8] = [0, 4, -2, 8, 6, 0, 1, -1];
+    let scale = [0.5, 0.25];
+    let floats: Vec<f64> = q
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| f64::from(v) * scale[i % 2])
+        .collect();
+    let packed = format!(
+        "base64:{}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            q.iter().map(|&v| v as u8).collect::<Vec<_>>()
+        )
+    );
+    let a = program(linear_program(json!(floats), "softmax", json!([0.1, 0.0])));
+    let b = program(linear_program(
+        json!({"int8": packed, "scale": scale}),
+        "softmax",
+        json!([0.1, 0.0]),
+    ));
+    for text in ["free prize", "hello hello", "free hello prize prize"] {
+        let input = json!({ "text": text });
+        assert_eq!(a.evaluate(&input).unwrap(), b.evaluate(&input).unwrap());
+    }
+    let e = load_err(linear_program(
+        json!({"int8": packed, "scale": [0.5]}),
+        "softmax",
+        json!([0.0, 0.0]),
+    ));
+    assert_eq!(e, "decide.weights.scale: expected 2 numbers, got 1");
+    let e = load_err(linear_program(
+        json!({"int8": "base64:AAAA", "scale": scale}),
+        "softmax",
+        json!([0.0, 0.0]),
+    ));
+    assert_eq!(
+        e,
+        "decide.weights.int8: expected 8 int8 values (8 bytes), got 3 bytes"
+    );
+}
