@@ -24,9 +24,10 @@ use tokio::sync::{broadcast, watch};
 
 use crate::auth::Role;
 use crate::http::{self, ApiError};
-use crate::publish::{self, Published};
+use crate::publish;
 use crate::repository::etag;
 use crate::state::AppState;
+use crate::storage::Published;
 
 /// Roles that may read the repository and subscribe to notifications.
 const READERS: &[Role] = &[Role::Deployment, Role::Publisher];
@@ -57,16 +58,17 @@ fn matches(headers: &HeaderMap, etag: &str) -> bool {
     })
 }
 
-async fn read_file(path: std::path::PathBuf) -> Result<Option<Vec<u8>>, ApiError> {
-    tokio::task::spawn_blocking(move || match std::fs::read(&path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => {
-            log::error!("{}: {e}", path.display());
-            Err(ApiError::internal(format!(
-                "reading the repository failed: {e}"
-            )))
-        }
+/// Runs a storage call on the blocking pool (file I/O or a database round trip).
+pub(crate) async fn storage<T: Send + 'static>(
+    app: &Arc<AppState>,
+    call: impl FnOnce(&AppState) -> crate::error::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let app = Arc::clone(app);
+    tokio::task::spawn_blocking(move || {
+        call(&app).map_err(|e| {
+            log::error!("storage: {e}");
+            ApiError::internal(format!("reading the repository failed: {e}"))
+        })
     })
     .await
     .map_err(|e| ApiError::internal(format!("the storage task failed: {e}")))?
@@ -79,7 +81,9 @@ async fn versions(
 ) -> Result<Response, ApiError> {
     app.auth.authorize_any(&headers, READERS)?;
     check_task(&task)?;
-    let Some(bytes) = read_file(app.repository.versions_path(&task)).await? else {
+    let task2 = task.clone();
+    let list = storage(&app, move |app| app.repository.versions_list(&task2)).await?;
+    let Some(bytes) = list else {
         return Err(not_found(format!("task {task:?}: no version is published")));
     };
     let tag = etag(&bytes);
@@ -115,7 +119,9 @@ async fn download(
                 "no endpoint GET /api/v1/artifacts/{task}/{version}/download (expected v<N>)"
             ))
         })?;
-    let Some(bytes) = read_file(app.repository.download_path(&task, number)).await? else {
+    let task2 = task.clone();
+    let archive = storage(&app, move |app| app.repository.download(&task2, number)).await?;
+    let Some(bytes) = archive else {
         return Err(not_found(format!("task {task:?}: no version {version}")));
     };
     let mut response = (StatusCode::OK, bytes).into_response();
@@ -170,7 +176,13 @@ async fn upload(
         let task2 = task.clone();
         let info = tokio::task::spawn_blocking(move || {
             let body = http::decode(bytes, encoding, max)?;
-            publish::publish(&app2.repository, &app2.hub, &task2, &body, requested)
+            publish::publish(
+                app2.repository.as_ref(),
+                &app2.hub,
+                &task2,
+                &body,
+                requested,
+            )
         })
         .await
         .map_err(|e| ApiError::internal(format!("the storage task failed: {e}")))??;
@@ -207,9 +219,13 @@ async fn notifications(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     app.auth.authorize_any(&headers, READERS)?;
     check_task(&task)?;
+    // Subscribe before reading the latest version, so no publication falls in between.
+    let rx = app.hub.tx.subscribe();
+    let task2 = task.clone();
+    let initial = storage(&app, move |app| app.repository.latest(&task2)).await?;
     let state = StreamState {
-        initial: app.repository.latest(&task),
-        rx: app.hub.tx.subscribe(),
+        initial,
+        rx,
         stopping: app.hub.stopping.subscribe(),
         heartbeat: tokio::time::interval_at(
             tokio::time::Instant::now() + app.hub.heartbeat,
@@ -251,7 +267,9 @@ async fn next_event(mut st: StreamState) -> Option<(Result<Event, Infallible>, S
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // Missed some: announce the latest; the client checks the list anyway.
-                    if let Some(version) = st.app.repository.latest(&st.task) {
+                    let task = st.task.clone();
+                    let latest = storage(&st.app, move |app| app.repository.latest(&task)).await;
+                    if let Ok(Some(version)) = latest {
                         return Some((Ok(artifact_event(&st.task, version)), st));
                     }
                 }

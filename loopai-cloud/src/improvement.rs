@@ -31,16 +31,19 @@
 //! threshold. A version whose attempts were all unsuccessful is tried again (with the
 //! validations gathered since), each try counting towards the escalation.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use loopai_core::{ArtifactStore, NewArtifact, TelemetryBatch};
+use loopai_core::{ArtifactStore, NewArtifact};
 use loopai_synth::{Example, SynthOptions, TaskSpec};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::storage::file::FileImprovement;
+use crate::storage::{Attempt, ImprovementBackend, TaskState, VersionStats};
 
 /// Settings of the [`ImprovementEngine`].
 #[derive(Debug, Clone, PartialEq)]
@@ -160,50 +163,6 @@ pub enum ImprovementAction {
     },
 }
 
-/// One attempt, as kept in `D/improvement/<task>.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Attempt {
-    at: String,
-    from_version: u32,
-    failure_rate: f64,
-    samples: u64,
-    /// The published version, if any.
-    version: Option<u32>,
-    /// `pending` (published, waiting for its validations), `successful`, `unsuccessful`.
-    outcome: String,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct TaskState {
-    attempts: Vec<Attempt>,
-    /// The spec sha256 escalated; regeneration resumes when the spec changes.
-    #[serde(default)]
-    escalated_spec_sha256: Option<String>,
-}
-
-impl TaskState {
-    fn consecutive_unsuccessful(&self) -> u32 {
-        self.attempts
-            .iter()
-            .rev()
-            .take_while(|a| a.outcome == "unsuccessful")
-            .count() as u32
-    }
-}
-
-/// Per-version validation totals of a task, with its oracle-labelled cases.
-#[derive(Debug, Default)]
-struct VersionStats {
-    validations: u64,
-    mismatches: u64,
-    /// Failing cases whose input and oracle answer are known, by execution id.
-    failing: Vec<(uuid::Uuid, Value)>,
-    /// Every validated case (matched or not) whose input and oracle answer are known.
-    labelled: Vec<Value>,
-}
-
 /// Publishes a program as the task's next version and notifies deployments; returns the
 /// version. The default installs into `D/artifacts/<task>/` (the repository's layout).
 pub type PublishFn<'a> = dyn Fn(&str, &[u8], NewArtifact) -> Result<u32> + 'a;
@@ -213,6 +172,7 @@ pub type PublishFn<'a> = dyn Fn(&str, &[u8], NewArtifact) -> Result<u32> + 'a;
 pub struct ImprovementEngine {
     dir: PathBuf,
     config: ImprovementConfig,
+    storage: Arc<dyn ImprovementBackend>,
 }
 
 impl ImprovementEngine {
@@ -220,10 +180,23 @@ impl ImprovementEngine {
     ///
     /// Errors: [`ErrorKind::Config`] for an invalid `config`.
     pub fn new(dir: impl Into<PathBuf>, config: ImprovementConfig) -> Result<ImprovementEngine> {
+        let dir = dir.into();
+        let storage = Arc::new(FileImprovement::new(dir.clone()));
+        ImprovementEngine::with_storage(dir, config, storage)
+    }
+
+    /// An engine reading the specifications under `dir` and its inputs and state from
+    /// `storage` (the server's database when it has one).
+    pub(crate) fn with_storage(
+        dir: PathBuf,
+        config: ImprovementConfig,
+        storage: Arc<dyn ImprovementBackend>,
+    ) -> Result<ImprovementEngine> {
         config.validate()?;
         Ok(ImprovementEngine {
-            dir: dir.into(),
+            dir,
             config,
+            storage,
         })
     }
 
@@ -231,19 +204,12 @@ impl ImprovementEngine {
     /// without a specification are skipped (logged once per pass).
     pub fn run_once(&self, publish: &PublishFn<'_>) -> Result<Vec<ImprovementAction>> {
         let mut actions = Vec::new();
-        let root = self.dir.join("telemetry");
-        let entries = match std::fs::read_dir(&root) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(actions),
-            Err(e) => return Err(Error::io(root.display(), e)),
+        // One pass at a time across the instances sharing the storage.
+        let Some(_lock) = self.storage.lock_pass()? else {
+            log::debug!("improvement: a pass runs on another instance; skipped");
+            return Ok(actions);
         };
-        let mut tasks: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-            .collect();
-        tasks.sort();
-        for task in tasks {
+        for task in self.storage.tasks()? {
             match self.improve_task(&task, publish) {
                 Ok(Some(action)) => actions.push(action),
                 Ok(None) => {}
@@ -281,8 +247,7 @@ impl ImprovementEngine {
         let spec_sha = hex_sha256(&spec_bytes);
         let spec = TaskSpec::from_json(&spec_bytes)
             .map_err(|e| Error::new(ErrorKind::Config, format!("{}: {e}", spec_path.display())))?;
-        let state_path = self.dir.join("improvement").join(format!("{task}.json"));
-        let mut state = read_state(&state_path)?;
+        let mut state = self.storage.read_state(task)?;
         if state.escalated_spec_sha256.as_deref() == Some(spec_sha.as_str()) {
             return Ok(None);
         }
@@ -326,12 +291,12 @@ impl ImprovementEngine {
                     if reason.is_some() {
                         last.reason = reason;
                     }
-                    write_state(&state_path, &state)?;
+                    self.storage.write_state(task, &state)?;
                 }
             }
         }
         if state.consecutive_unsuccessful() >= self.config.max_attempts {
-            return self.escalate(task, &spec_sha, &mut state, &state_path, &stats);
+            return self.escalate(task, &spec_sha, &mut state, &stats);
         }
         // The newest version with enough validations over the threshold, not yet tried.
         let Some((&version, failing)) = stats.iter().rev().find(|(_, s)| {
@@ -430,9 +395,9 @@ impl ImprovementEngine {
             }
         };
         state.attempts.push(attempt);
-        write_state(&state_path, &state)?;
+        self.storage.write_state(task, &state)?;
         if state.consecutive_unsuccessful() >= self.config.max_attempts {
-            return self.escalate(task, &spec_sha, &mut state, &state_path, &stats);
+            return self.escalate(task, &spec_sha, &mut state, &stats);
         }
         Ok(Some(action))
     }
@@ -442,7 +407,6 @@ impl ImprovementEngine {
         task: &str,
         spec_sha: &str,
         state: &mut TaskState,
-        state_path: &Path,
         stats: &BTreeMap<u32, VersionStats>,
     ) -> Result<Option<ImprovementAction>> {
         let attempts = state.consecutive_unsuccessful();
@@ -460,13 +424,11 @@ impl ImprovementEngine {
             "attempts": state.attempts,
             "failing_examples": failing,
         });
-        let path = self.dir.join("escalations.jsonl");
-        append_line(&path, &record)?;
+        let place = self.storage.escalate(task, &record)?;
         state.escalated_spec_sha256 = Some(spec_sha.to_owned());
-        write_state(state_path, state)?;
+        self.storage.write_state(task, state)?;
         log::warn!(
-            "improvement: task {task:?} escalated after {attempts} unsuccessful attempts; see {} (regeneration resumes when specs/{task}.json changes)",
-            path.display()
+            "improvement: task {task:?} escalated after {attempts} unsuccessful attempts; see {place} (regeneration resumes when specs/{task}.json changes)"
         );
         Ok(Some(ImprovementAction::Escalated {
             task: task.to_owned(),
@@ -474,70 +436,15 @@ impl ImprovementEngine {
         }))
     }
 
-    /// Validation totals per program version, from every stored batch of `task`, with the
-    /// validated cases whose input is known and whose oracle answer is one of the labels.
+    /// Validation totals per program version of `task`, with the validated cases whose
+    /// input is known and whose oracle answer is one of the labels.
     fn version_stats(&self, task: &str, spec: &TaskSpec) -> Result<BTreeMap<u32, VersionStats>> {
         let allowed: Option<Vec<Value>> = spec
             .output_schema
             .get("enum")
             .and_then(Value::as_array)
             .cloned();
-        let dir = self.dir.join("telemetry").join(task);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map_err(|e| Error::io(dir.display(), e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-            .collect();
-        files.sort();
-        let mut stats: BTreeMap<u32, VersionStats> = BTreeMap::new();
-        let mut inputs: HashMap<uuid::Uuid, Value> = HashMap::new();
-        let mut answers: Vec<(u32, uuid::Uuid, Value, bool)> = Vec::new();
-        for path in files {
-            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(path.display(), e))?;
-            for (n, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let batch: TelemetryBatch = match serde_json::from_str(line) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        log::warn!(
-                            "improvement: {}:{}: not a telemetry batch, skipped: {e}",
-                            path.display(),
-                            n + 1
-                        );
-                        continue;
-                    }
-                };
-                for summary in batch.execution_summaries {
-                    if let Some(input) = summary.input.filter(Value::is_object) {
-                        inputs.insert(summary.execution_id, input);
-                    }
-                }
-                for v in batch.sampled_validations {
-                    let s = stats.entry(v.program_version).or_default();
-                    s.validations += 1;
-                    s.mismatches += u64::from(!v.matched);
-                    if let Some(answer) = v.oracle_output {
-                        if allowed.as_ref().is_none_or(|a| a.contains(&answer)) {
-                            answers.push((v.program_version, v.execution_id, answer, v.matched));
-                        }
-                    }
-                }
-            }
-        }
-        for (version, id, answer, matched) in answers {
-            if let Some(input) = inputs.get(&id) {
-                if let Some(s) = stats.get_mut(&version) {
-                    let example = serde_json::json!({"input": input, "output": answer});
-                    if !matched {
-                        s.failing.push((id, example.clone()));
-                    }
-                    s.labelled.push(example);
-                }
-            }
-        }
-        Ok(stats)
+        self.storage.version_stats(task, allowed.as_deref())
     }
 }
 
@@ -571,45 +478,4 @@ fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
-}
-
-fn read_state(path: &Path) -> Result<TaskState> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            Error::new(
-                ErrorKind::Io,
-                format!("{}: not a valid improvement state: {e}", path.display()),
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TaskState::default()),
-        Err(e) => Err(Error::io(path.display(), e)),
-    }
-}
-
-fn write_state(path: &Path, state: &TaskState) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
-    let bytes = serde_json::to_vec_pretty(state)
-        .map_err(|e| Error::new(ErrorKind::Internal, format!("serializing state: {e}")))?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(tmp.display(), e))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(tmp.display(), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path.display(), e))
-}
-
-fn append_line(path: &Path, value: &Value) -> Result<()> {
-    use std::io::Write;
-    let mut line = serde_json::to_vec(value)
-        .map_err(|e| Error::new(ErrorKind::Internal, format!("serializing: {e}")))?;
-    line.push(b'\n');
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| Error::io(path.display(), e))?;
-    file.write_all(&line)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| Error::io(path.display(), e))
 }

@@ -113,10 +113,12 @@ mod auth;
 mod error;
 mod http;
 mod improvement;
+mod postgres;
 mod publish;
 mod repository;
 mod server;
 mod state;
+mod storage;
 mod telemetry;
 mod telemetry_store;
 

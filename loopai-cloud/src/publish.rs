@@ -2,6 +2,7 @@
 //! (`artifacts.rs`) or learnt by the improvement engine (`server.rs` runs it), so the
 //! archive, the versions list, the signature and the notification are never skipped. It
 //! sits below both: it knows the repository and the notification hub, not the handlers.
+//! With a database the repository delivers the notification itself (to every instance).
 
 use std::time::Duration;
 
@@ -9,14 +10,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::ApiError;
-use crate::repository::Repository;
-
-/// A published version, broadcast to the notification streams.
-#[derive(Debug, Clone)]
-pub(crate) struct Published {
-    pub(crate) task: String,
-    pub(crate) version: u32,
-}
+use crate::storage::{ArtifactBackend, Published};
 
 /// The notification hub: one broadcast channel for every task (streams filter by task),
 /// the heartbeat period, and the server's stop signal (ends every stream at shutdown).
@@ -42,25 +36,27 @@ impl Hub {
 /// publication goes through here (uploads, and publishers inside the server), so the
 /// archive, the versions list, the signature and the notification are never skipped.
 pub(crate) fn publish(
-    repository: &Repository,
+    repository: &dyn ArtifactBackend,
     hub: &Hub,
     task: &str,
     body: &[u8],
     requested: Option<u32>,
 ) -> std::result::Result<loopai_core::VersionInfo, ApiError> {
     let info = repository.publish(task, body, requested)?;
-    // No receiver is fine: nobody listens.
-    let _ = hub.tx.send(Published {
-        task: task.to_owned(),
-        version: info.version,
-    });
+    if !repository.delivers_notifications() {
+        // No receiver is fine: nobody listens.
+        let _ = hub.tx.send(Published {
+            task: task.to_owned(),
+            version: info.version,
+        });
+    }
     Ok(info)
 }
 
 /// Publishes a learnt program through the repository (archive + versions list + signature
 /// + notification).
 pub(crate) fn publish_program(
-    repository: &Repository,
+    repository: &dyn ArtifactBackend,
     hub: &Hub,
     task: &str,
     program: &[u8],

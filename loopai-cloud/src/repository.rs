@@ -30,6 +30,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::ApiError;
+use crate::storage::ArtifactBackend;
 
 /// The versions list's file name in a task directory.
 pub(crate) const VERSIONS_FILE: &str = "versions";
@@ -113,14 +114,14 @@ pub(crate) fn etag(bytes: &[u8]) -> String {
     format!("\"{}\"", &hex_sha256(bytes)[..32])
 }
 
-fn hex_sha256(bytes: &[u8]) -> String {
+pub(crate) fn hex_sha256(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     let format = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
@@ -264,15 +265,100 @@ impl Repository {
         self.signer.as_ref().map(ArtifactSigner::public_key_hex)
     }
 
-    /// Validates and publishes an upload: `body` is a tar.gz archive (program.json and an
-    /// optional metadata.json) or a bare program.json. `requested` asks for a version
-    /// number (409 if it exists); otherwise the next one is taken. Blocking.
+    /// Validates and publishes an upload (see [`ArtifactBackend::publish`]). Blocking;
+    /// publishing is serialized by the repository's lock.
     pub(crate) fn publish(
         &self,
         task: &str,
         body: &[u8],
         requested: Option<u32>,
     ) -> std::result::Result<VersionInfo, ApiError> {
+        let upload = Upload::validate(task, body)?;
+        let mut tasks = self.tasks.lock();
+        let versions = tasks.entry(task.to_owned()).or_default();
+        let store = self
+            .store(task)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let installed = store
+            .versions()
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let version = choose_version(task, installed.last().copied(), requested, |v| {
+            installed.contains(&v)
+        })?;
+        let metadata = upload.metadata(version)?;
+        let imported = store.import(&metadata, &upload.program).map_err(|e| {
+            log::error!("publishing {task} v{version}: {e}");
+            ApiError::internal(format!("storing the version failed: {e}"))
+        })?;
+        let dir = store.task_dir().join(format!("v{version}"));
+        let archive = self
+            .pack(&dir, upload.program)
+            .map_err(|e| ApiError::internal(format!("storing the archive failed: {e}")))?;
+        let info = self.entry(&imported, &archive);
+        versions.insert(version, info.clone());
+        self.write_list(task, versions)
+            .map_err(|e| ApiError::internal(format!("writing the versions list failed: {e}")))?;
+        Ok(info)
+    }
+}
+
+/// Reads a file of the repository, `None` when it does not exist.
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path.display(), e)),
+    }
+}
+
+impl ArtifactBackend for Repository {
+    fn publish(
+        &self,
+        task: &str,
+        body: &[u8],
+        requested: Option<u32>,
+    ) -> std::result::Result<VersionInfo, ApiError> {
+        Repository::publish(self, task, body, requested)
+    }
+
+    fn versions_list(&self, task: &str) -> Result<Option<Vec<u8>>> {
+        read_optional(&self.versions_path(task))
+    }
+
+    fn download(&self, task: &str, version: u32) -> Result<Option<Vec<u8>>> {
+        read_optional(&self.download_path(task, version))
+    }
+
+    fn latest(&self, task: &str) -> Result<Option<u32>> {
+        Ok(Repository::latest(self, task))
+    }
+
+    fn task_count(&self) -> Result<usize> {
+        Ok(Repository::task_count(self))
+    }
+
+    fn public_key(&self) -> Option<String> {
+        Repository::public_key(self)
+    }
+
+    fn delivers_notifications(&self) -> bool {
+        false
+    }
+}
+
+/// A validated upload: the program and the metadata fields it came with.
+#[derive(Debug)]
+pub(crate) struct Upload {
+    task: String,
+    pub(crate) program: Vec<u8>,
+    fields: Map<String, Value>,
+}
+
+impl Upload {
+    /// Checks an upload for `task`: `body` is a tar.gz archive (program.json and an
+    /// optional metadata.json) or a bare program.json; the program must compile with the
+    /// schemas its metadata gives.
+    pub(crate) fn validate(task: &str, body: &[u8]) -> std::result::Result<Upload, ApiError> {
         validate_task_id(task)
             .map_err(|e| ApiError::bad_request(format!("task: {}", e.message())))?;
         let (program_bytes, metadata) = if body.starts_with(&[0x1f, 0x8b]) {
@@ -290,7 +376,7 @@ impl Repository {
                 program.task()
             )));
         }
-        let mut fields = upload_metadata(metadata.as_deref(), task, &program_bytes)?;
+        let fields = upload_metadata(metadata.as_deref(), task, &program_bytes)?;
         let schema = |key: &str| -> std::result::Result<Option<JsonSchema>, ApiError> {
             fields
                 .get(key)
@@ -306,65 +392,53 @@ impl Repository {
         Executor::new(program, 0, input, output).map_err(|e| {
             ApiError::bad_request(format!("metadata.json: output_schema: {}", e.message()))
         })?;
+        Ok(Upload {
+            task: task.to_owned(),
+            program: program_bytes,
+            fields,
+        })
+    }
 
-        let mut tasks = self.tasks.lock();
-        let versions = tasks.entry(task.to_owned()).or_default();
-        let store = self
-            .store(task)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        let installed = store
-            .versions()
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        let next = installed
-            .last()
-            .copied()
-            .unwrap_or(0)
-            .checked_add(1)
-            .ok_or_else(|| {
-                ApiError::new(
-                    axum::http::StatusCode::CONFLICT,
-                    "conflict",
-                    "no version number left",
-                )
-            })?;
-        let version = match requested {
-            Some(0) => return Err(ApiError::bad_request("version: must be at least 1")),
-            Some(v) if installed.contains(&v) => {
-                return Err(ApiError::new(
-                    axum::http::StatusCode::CONFLICT,
-                    "conflict",
-                    format!(
-                        "version: v{v} of task {task:?} already exists (versions are immutable)"
-                    ),
-                ))
-            }
-            Some(v) => v,
-            None => next,
-        };
-        let created_at = now_rfc3339();
+    /// The metadata of the upload published as `version`, with the fields the repository
+    /// assigns (id, version, status, created_at now, sha256, ...).
+    pub(crate) fn metadata(&self, version: u32) -> std::result::Result<ArtifactMetadata, ApiError> {
+        let mut fields = self.fields.clone();
         fields.insert("id".into(), json!(uuid::Uuid::new_v4().to_string()));
-        fields.insert("task_id".into(), json!(task));
+        fields.insert("task_id".into(), json!(self.task));
         fields.insert("version".into(), json!(version));
         fields.insert("language".into(), json!(loopai_core::PROGRAM_LANGUAGE));
         fields.insert("status".into(), json!("validated"));
-        fields.insert("created_at".into(), json!(created_at));
-        fields.insert("sha256".into(), json!(hex_sha256(&program_bytes)));
-        fields.insert("program_bytes".into(), json!(program_bytes.len()));
-        let metadata: ArtifactMetadata = serde_json::from_value(Value::Object(fields))
-            .map_err(|e| ApiError::bad_request(format!("metadata.json: {e}")))?;
-        let imported = store.import(&metadata, &program_bytes).map_err(|e| {
-            log::error!("publishing {task} v{version}: {e}");
-            ApiError::internal(format!("storing the version failed: {e}"))
-        })?;
-        let dir = store.task_dir().join(format!("v{version}"));
-        let archive = self
-            .pack(&dir, program_bytes)
-            .map_err(|e| ApiError::internal(format!("storing the archive failed: {e}")))?;
-        let info = self.entry(&imported, &archive);
-        versions.insert(version, info.clone());
-        self.write_list(task, versions)
-            .map_err(|e| ApiError::internal(format!("writing the versions list failed: {e}")))?;
-        Ok(info)
+        fields.insert("created_at".into(), json!(now_rfc3339()));
+        fields.insert("sha256".into(), json!(hex_sha256(&self.program)));
+        fields.insert("program_bytes".into(), json!(self.program.len()));
+        serde_json::from_value(Value::Object(fields))
+            .map_err(|e| ApiError::bad_request(format!("metadata.json: {e}")))
+    }
+}
+
+/// The version a publication gets: `requested` (409 when `exists` says it is taken, 400
+/// for 0) or the one after `highest`.
+pub(crate) fn choose_version(
+    task: &str,
+    highest: Option<u32>,
+    requested: Option<u32>,
+    exists: impl Fn(u32) -> bool,
+) -> std::result::Result<u32, ApiError> {
+    match requested {
+        Some(0) => Err(ApiError::bad_request("version: must be at least 1")),
+        Some(v) if exists(v) => Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "conflict",
+            format!("version: v{v} of task {task:?} already exists (versions are immutable)"),
+        )),
+        Some(v) => Ok(v),
+        None => highest.unwrap_or(0).checked_add(1).ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "conflict",
+                "no version number left",
+            )
+        }),
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use loopai_core::{ArtifactSigner, Clock, SystemClock};
@@ -18,9 +18,12 @@ use crate::auth::{ApiKeys, Auth};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{self, BodyLimits};
 use crate::improvement::{ImprovementConfig, ImprovementEngine};
+use crate::postgres::PgStorage;
 use crate::publish::{self, Hub};
 use crate::repository::Repository;
 use crate::state::AppState;
+use crate::storage::file::FileImprovement;
+use crate::storage::{ArtifactBackend, ImprovementBackend, TelemetryBackend};
 use crate::telemetry_store::TelemetryStore;
 use crate::{artifacts, telemetry};
 
@@ -55,6 +58,7 @@ pub struct CloudServerBuilder {
     signer: Option<ArtifactSigner>,
     heartbeat: Duration,
     improvement: Option<(ImprovementConfig, Duration)>,
+    database: Option<String>,
 }
 
 impl Default for CloudServerBuilder {
@@ -75,6 +79,7 @@ impl Default for CloudServerBuilder {
             signer: None,
             heartbeat: DEFAULT_HEARTBEAT,
             improvement: None,
+            database: None,
         }
     }
 }
@@ -202,6 +207,18 @@ impl CloudServerBuilder {
         self
     }
 
+    /// Store everything in this PostgreSQL database (`postgres://user@host:port/db`, or
+    /// `host=... user=... dbname=...`) instead of the directory's files: telemetry
+    /// batches, their execution summaries and validations, artifact versions (bodies
+    /// included), the improvement engine's state and escalations, deployments. Several
+    /// instances may share one database (see `docs/cloud.md`); the schema is created or
+    /// migrated at [`build`](Self::build). The directory still holds the specifications
+    /// the improvement engine reads (`<dir>/specs/<task>.json`).
+    pub fn database(mut self, url: impl Into<String>) -> Self {
+        self.database = Some(url.into());
+        self
+    }
+
     /// Checks the options, loads the API keys, opens the storage directory (cutting off
     /// torn tails and rebuilding the `batch_id` index) and returns a server ready to
     /// [`spawn`](CloudServer::spawn) or [`serve`](CloudServer::serve).
@@ -265,24 +282,6 @@ impl CloudServerBuilder {
             (None, None) => None,
         };
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
-        let (telemetry, report) = TelemetryStore::open(&dir, self.clock)?;
-        for (path, bytes) in &report.repaired {
-            log::warn!(
-                "{}: cut off a torn last line ({bytes} bytes) left by an interrupted write",
-                path.display()
-            );
-        }
-        log::info!(
-            "telemetry under {}: {} batches in {} files{}",
-            dir.join("telemetry").display(),
-            report.batches,
-            report.files,
-            if report.unreadable_lines > 0 {
-                format!(", {} unreadable lines skipped", report.unreadable_lines)
-            } else {
-                String::new()
-            }
-        );
         match &signer {
             Some(s) => log::info!(
                 "signing artifacts with ed25519 public key {} (put it in cloud.trusted_keys)",
@@ -290,18 +289,19 @@ impl CloudServerBuilder {
             ),
             None => log::info!("artifacts are not signed (no signing key)"),
         }
-        let (repository, opened) = Repository::open(&dir, signer)?;
-        log::info!(
-            "artifacts under {}: {} versions of {} tasks{}",
-            dir.join("artifacts").display(),
-            opened.versions,
-            opened.tasks,
-            if opened.completed > 0 {
-                format!(", {} interrupted publishes completed", opened.completed)
-            } else {
-                String::new()
+        let hub = Hub::new(self.heartbeat);
+        let storage = match &self.database {
+            Some(url) => {
+                let pg = Arc::new(PgStorage::open(url, self.clock, signer)?);
+                pg.listen(hub.tx.clone());
+                Storage {
+                    telemetry: Arc::clone(&pg) as Arc<dyn TelemetryBackend>,
+                    repository: Arc::clone(&pg) as Arc<dyn ArtifactBackend>,
+                    improvement: pg as Arc<dyn ImprovementBackend>,
+                }
             }
-        );
+            None => open_files(&dir, self.clock, signer)?,
+        };
         let improvement = match self.improvement {
             Some((config, every)) => {
                 if every.is_zero() {
@@ -310,7 +310,12 @@ impl CloudServerBuilder {
                         "improvement interval: must not be zero",
                     ));
                 }
-                Some((ImprovementEngine::new(dir.clone(), config)?, every))
+                let engine = ImprovementEngine::with_storage(
+                    dir.clone(),
+                    config,
+                    Arc::clone(&storage.improvement),
+                )?;
+                Some((engine, every))
             }
             None => None,
         };
@@ -322,9 +327,9 @@ impl CloudServerBuilder {
             worker_threads: self.worker_threads,
             state: Arc::new(AppState {
                 auth,
-                telemetry,
-                repository,
-                hub: Hub::new(self.heartbeat),
+                telemetry: storage.telemetry,
+                repository: storage.repository,
+                hub,
                 limits: BodyLimits {
                     max_bytes: self.max_body_bytes,
                     read_timeout: self.body_timeout,
@@ -334,6 +339,57 @@ impl CloudServerBuilder {
             connections: self.connections,
         })
     }
+}
+
+/// The storage backends a server runs on.
+struct Storage {
+    telemetry: Arc<dyn TelemetryBackend>,
+    repository: Arc<dyn ArtifactBackend>,
+    improvement: Arc<dyn ImprovementBackend>,
+}
+
+/// Opens the file storage under `dir`: cuts off torn tails, rebuilds the `batch_id` index,
+/// completes interrupted publishes.
+fn open_files(
+    dir: &Path,
+    clock: Arc<dyn Clock>,
+    signer: Option<ArtifactSigner>,
+) -> Result<Storage> {
+    let (telemetry, report) = TelemetryStore::open(dir, clock)?;
+    for (path, bytes) in &report.repaired {
+        log::warn!(
+            "{}: cut off a torn last line ({bytes} bytes) left by an interrupted write",
+            path.display()
+        );
+    }
+    log::info!(
+        "telemetry under {}: {} batches in {} files{}",
+        dir.join("telemetry").display(),
+        report.batches,
+        report.files,
+        if report.unreadable_lines > 0 {
+            format!(", {} unreadable lines skipped", report.unreadable_lines)
+        } else {
+            String::new()
+        }
+    );
+    let (repository, opened) = Repository::open(dir, signer)?;
+    log::info!(
+        "artifacts under {}: {} versions of {} tasks{}",
+        dir.join("artifacts").display(),
+        opened.versions,
+        opened.tasks,
+        if opened.completed > 0 {
+            format!(", {} interrupted publishes completed", opened.completed)
+        } else {
+            String::new()
+        }
+    );
+    Ok(Storage {
+        telemetry: Arc::new(telemetry),
+        repository: Arc::new(repository),
+        improvement: Arc::new(FileImprovement::new(dir)),
+    })
 }
 
 /// The Loopai reference cloud server: telemetry collector, artifact repository and
@@ -368,13 +424,21 @@ async fn health(axum::extract::State(state): axum::extract::State<Arc<AppState>>
         Auth::Open => "open",
         Auth::Keys(_) => "api_keys",
     };
+    let counts = artifacts::storage(&state, |app| {
+        Ok((app.telemetry.batches()?, app.repository.task_count()?))
+    })
+    .await;
+    let (batches, tasks) = match counts {
+        Ok(counts) => counts,
+        Err(e) => return e.into_response(),
+    };
     http::json_response(
         StatusCode::OK,
         &serde_json::json!({
             "status": "ok",
             "auth": auth,
-            "telemetry_batches": state.telemetry.batches(),
-            "artifact_tasks": state.repository.task_count(),
+            "telemetry_batches": batches,
+            "artifact_tasks": tasks,
             "signing_key": state.repository.public_key(),
         }),
     )
@@ -500,7 +564,7 @@ fn start_improver(
                 _ => return,
             }
             let publish = |task: &str, program: &[u8], meta: loopai_core::NewArtifact| {
-                publish::publish_program(&state.repository, &state.hub, task, program, meta)
+                publish::publish_program(state.repository.as_ref(), &state.hub, task, program, meta)
             };
             match engine.run_once(&publish) {
                 Ok(actions) => {

@@ -1,4 +1,4 @@
-//! What every request handler shares: authentication, the telemetry store, the artifact
+//! What every request handler shares: authentication, the telemetry storage, the artifact
 //! repository with its notification hub, and the body limits. The server (`server.rs`)
 //! builds it; the handlers (`telemetry.rs`, `artifacts.rs`) read it.
 
@@ -9,15 +9,16 @@ use loopai_http::ConnectionStats;
 use crate::auth::Auth;
 use crate::http::BodyLimits;
 use crate::publish::Hub;
-use crate::repository::Repository;
-use crate::telemetry_store::TelemetryStore;
+use crate::storage::{ArtifactBackend, TelemetryBackend};
 
 /// What every request handler shares.
 #[derive(Debug)]
 pub(crate) struct AppState {
     pub(crate) auth: Auth,
-    pub(crate) telemetry: TelemetryStore,
-    pub(crate) repository: Repository,
+    /// The telemetry batches (files, or the database).
+    pub(crate) telemetry: Arc<dyn TelemetryBackend>,
+    /// The artifact repository (files, or the database).
+    pub(crate) repository: Arc<dyn ArtifactBackend>,
     pub(crate) hub: Hub,
     pub(crate) limits: BodyLimits,
     /// The connection counters, shared with the accept loop (loopai-http).

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use crate::auth::{Caller, Role};
 use crate::http::{self, ApiError};
 use crate::state::AppState;
-use crate::telemetry_store::Appended;
+use crate::storage::{Appended, NewBatch};
 
 /// The longest accepted `batch_id`, in bytes.
 pub const MAX_BATCH_ID_BYTES: usize = 128;
@@ -64,7 +64,13 @@ async fn accept(app: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<Re
             .map_err(|e| ApiError::internal(format!("re-serializing the batch: {e}")))?;
         let appended = app2
             .telemetry
-            .append(&batch.batch_id, &batch.task_id, &line)
+            .append(&NewBatch {
+                batch_id: &batch.batch_id,
+                task_id: &batch.task_id,
+                deployment_id: batch.deployment_id.as_deref(),
+                value: &batch.value,
+                line: &line,
+            })
             .map_err(|e| {
                 log::error!(
                     "storing batch {:?} of task {}: {e}",
@@ -78,8 +84,8 @@ async fn accept(app: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<Re
     .await
     .map_err(|e| ApiError::internal(format!("the storage task failed: {e}")))??;
     let status = match appended {
-        Appended::Accepted(path) => {
-            log::info!("batch {batch_id:?} from {who} -> {}", path.display());
+        Appended::Accepted(place) => {
+            log::info!("batch {batch_id:?} from {who} -> {place}");
             "accepted"
         }
         Appended::Duplicate => {

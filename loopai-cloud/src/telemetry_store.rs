@@ -22,15 +22,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
-
-/// The outcome of [`TelemetryStore::append`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Appended {
-    /// The batch was written (and fsynced) to this file.
-    Accepted(PathBuf),
-    /// A batch with this `batch_id` is already stored; nothing was written.
-    Duplicate,
-}
+use crate::storage::{Appended, NewBatch, TelemetryBackend};
 
 /// What opening the store found.
 #[derive(Debug, Default)]
@@ -133,7 +125,18 @@ impl TelemetryStore {
         let path = task_dir.join(format!("{}.jsonl", day_string(day)));
         append_line(&path, line)?;
         state.seen.insert(batch_id.to_owned());
-        Ok(Appended::Accepted(path))
+        Ok(Appended::Accepted(path.display().to_string()))
+    }
+}
+
+impl TelemetryBackend for TelemetryStore {
+    fn append(&self, batch: &NewBatch<'_>) -> Result<Appended> {
+        TelemetryStore::append(self, batch.batch_id, batch.task_id, batch.line)
+            .map_err(|e| Error::io(format!("{}/{}", self.root.display(), batch.task_id), e))
+    }
+
+    fn batches(&self) -> Result<u64> {
+        Ok(TelemetryStore::batches(self) as u64)
     }
 }
 
@@ -292,7 +295,7 @@ mod tests {
             .append("b1", "spam", b"{\"batch_id\":\"b1\"}")
             .unwrap();
         let path = dir.path().join("telemetry/spam/2026-11-25.jsonl");
-        assert_eq!(got, Appended::Accepted(path.clone()));
+        assert_eq!(got, Appended::Accepted(path.display().to_string()));
         assert_eq!(
             store
                 .append("b1", "spam", b"{\"batch_id\":\"b1\"}")
@@ -311,7 +314,12 @@ mod tests {
             .unwrap();
         assert_eq!(
             got,
-            Appended::Accepted(dir.path().join("telemetry/spam/2026-11-26.jsonl"))
+            Appended::Accepted(
+                dir.path()
+                    .join("telemetry/spam/2026-11-26.jsonl")
+                    .display()
+                    .to_string()
+            )
         );
         assert_eq!(fs::read_to_string(path).unwrap(), "{\"batch_id\":\"b1\"}\n");
     }
