@@ -202,12 +202,24 @@ impl ImprovementEngine {
 
     /// One pass over every task with telemetry, publishing through `publish`. Tasks
     /// without a specification are skipped (logged once per pass).
+    ///
+    /// With a database shared by several instances, one pass runs at a time: a pass that
+    /// finds another instance's in progress does nothing.
     pub fn run_once(&self, publish: &PublishFn<'_>) -> Result<Vec<ImprovementAction>> {
+        Ok(self.run_pass(publish)?.unwrap_or_default())
+    }
+
+    /// [`run_once`](Self::run_once), telling a pass skipped because another instance's
+    /// runs (`None`) from a pass that ran.
+    pub(crate) fn run_pass(
+        &self,
+        publish: &PublishFn<'_>,
+    ) -> Result<Option<Vec<ImprovementAction>>> {
         let mut actions = Vec::new();
         // One pass at a time across the instances sharing the storage.
         let Some(_lock) = self.storage.lock_pass()? else {
             log::debug!("improvement: a pass runs on another instance; skipped");
-            return Ok(actions);
+            return Ok(None);
         };
         for task in self.storage.tasks()? {
             match self.improve_task(&task, publish) {
@@ -216,7 +228,7 @@ impl ImprovementEngine {
                 Err(e) => log::warn!("improvement: task {task:?}: {e}"),
             }
         }
-        Ok(actions)
+        Ok(Some(actions))
     }
 
     /// Installs into `D/artifacts/<task>/` with the local artifact store, activated: for

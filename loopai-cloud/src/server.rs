@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use crate::improvement::{ImprovementConfig, ImprovementEngine};
 use crate::postgres::PgStorage;
 use crate::publish::{self, Hub};
 use crate::repository::Repository;
-use crate::state::AppState;
+use crate::state::{AppState, ImprovementCounters};
 use crate::storage::file::FileImprovement;
 use crate::storage::{ArtifactBackend, ImprovementBackend, TelemetryBackend};
 use crate::telemetry_store::TelemetryStore;
@@ -295,6 +296,7 @@ impl CloudServerBuilder {
                 let pg = Arc::new(PgStorage::open(url, self.clock, signer)?);
                 pg.listen(hub.tx.clone());
                 Storage {
+                    kind: "postgres",
                     telemetry: Arc::clone(&pg) as Arc<dyn TelemetryBackend>,
                     repository: Arc::clone(&pg) as Arc<dyn ArtifactBackend>,
                     improvement: pg as Arc<dyn ImprovementBackend>,
@@ -335,6 +337,8 @@ impl CloudServerBuilder {
                     read_timeout: self.body_timeout,
                 },
                 connections: Arc::default(),
+                storage: storage.kind,
+                improvement: ImprovementCounters::default(),
             }),
             connections: self.connections,
         })
@@ -343,6 +347,7 @@ impl CloudServerBuilder {
 
 /// The storage backends a server runs on.
 struct Storage {
+    kind: &'static str,
     telemetry: Arc<dyn TelemetryBackend>,
     repository: Arc<dyn ArtifactBackend>,
     improvement: Arc<dyn ImprovementBackend>,
@@ -386,6 +391,7 @@ fn open_files(
         }
     );
     Ok(Storage {
+        kind: "files",
         telemetry: Arc::new(telemetry),
         repository: Arc::new(repository),
         improvement: Arc::new(FileImprovement::new(dir)),
@@ -440,6 +446,11 @@ async fn health(axum::extract::State(state): axum::extract::State<Arc<AppState>>
             "telemetry_batches": batches,
             "artifact_tasks": tasks,
             "signing_key": state.repository.public_key(),
+            "storage": state.storage,
+            "improvement": {
+                "passes": state.improvement.passes.load(Ordering::Relaxed),
+                "skipped": state.improvement.skipped.load(Ordering::Relaxed),
+            },
         }),
     )
 }
@@ -566,8 +577,12 @@ fn start_improver(
             let publish = |task: &str, program: &[u8], meta: loopai_core::NewArtifact| {
                 publish::publish_program(state.repository.as_ref(), &state.hub, task, program, meta)
             };
-            match engine.run_once(&publish) {
-                Ok(actions) => {
+            match engine.run_pass(&publish) {
+                Ok(None) => {
+                    state.improvement.skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Some(actions)) => {
+                    state.improvement.passes.fetch_add(1, Ordering::Relaxed);
                     for action in actions {
                         log::info!(
                             "improvement: {}",

@@ -2,6 +2,7 @@
 //! repository with its notification hub, and the body limits. The server (`server.rs`)
 //! builds it; the handlers (`telemetry.rs`, `artifacts.rs`) read it.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use loopai_http::ConnectionStats;
@@ -23,4 +24,17 @@ pub(crate) struct AppState {
     pub(crate) limits: BodyLimits,
     /// The connection counters, shared with the accept loop (loopai-http).
     pub(crate) connections: Arc<ConnectionStats>,
+    /// `"files"` or `"postgres"`, for `/health`.
+    pub(crate) storage: &'static str,
+    /// The improvement thread's passes, for `/health`.
+    pub(crate) improvement: ImprovementCounters,
+}
+
+/// What the improvement thread did, for `/health`.
+#[derive(Debug, Default)]
+pub(crate) struct ImprovementCounters {
+    /// Passes run on this instance.
+    pub(crate) passes: AtomicU64,
+    /// Passes skipped because another instance's pass was running.
+    pub(crate) skipped: AtomicU64,
 }

@@ -5,4 +5,6 @@ mod collector;
 mod connections;
 mod improvement;
 mod outage;
+mod pg;
+mod postgres;
 mod repository;
