@@ -2,9 +2,14 @@
 //! asks the oracle synchronously when a program abstains (`execution.fallback: oracle`).
 //!
 //! * Comparison ([`compare_outputs`]): `exact`, `normalized`, `fuzzy`, `structured`.
-//! * Queue: `execute` hands a sampled execution to a bounded queue
-//!   (`validation.queue_capacity`) with `try_send`; when the queue is full the sample is
-//!   skipped and counted (`skipped_queue_full`): `execute` never waits for validation.
+//! * Queue: `execute` prepares a [`PendingSample`] for a sampled execution and attaches it
+//!   to the execution's record; the dataset writer hands it to a bounded queue
+//!   (`validation.queue_capacity`, `try_send`) only once that record is in the local log
+//!   (`durable`: synced), so the oracle — an outbound call — never sees an input the local
+//!   dataset lacks (issue #15). When the queue is full the sample is skipped and counted
+//!   (`skipped_queue_full`); a sample whose record never reaches the log (dropped on a full
+//!   log queue, unwritten at shutdown) is counted in `skipped_not_logged`. `execute` never
+//!   waits for validation.
 //! * Workers: `validation.workers` threads take samples from the queue, ask the oracle,
 //!   check its answer, compare, and write a [`ValidationRecord`] through the dataset writer.
 //!   Oracle failures are counted (`oracle_errors`) and logged at `warn`, at most once per
@@ -17,7 +22,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -270,6 +275,11 @@ pub struct ValidationMetrics {
     pub skipped_no_oracle: u64,
     /// Samples discarded at shutdown (still queued when its deadline passed).
     pub skipped_shutdown: u64,
+    /// Samples never sent to the oracle because their execution record never reached the
+    /// local log (dropped on a full log queue with `storage.on_full: drop`, or still
+    /// unwritten when the runtime shut down): nothing leaves the process that the local
+    /// dataset lacks.
+    pub skipped_not_logged: u64,
     /// Total oracle failures during validation.
     pub oracle_errors: u64,
     /// Total abstentions answered by the oracle.
@@ -325,6 +335,7 @@ struct Shared {
     state: Mutex<MetricsState>,
     skipped_no_oracle: AtomicU64,
     skipped_shutdown: AtomicU64,
+    skipped_not_logged: AtomicU64,
     closed: AtomicBool,
     abandon: AtomicBool,
     warn: WarnLimiter,
@@ -530,7 +541,7 @@ pub(crate) struct Validator {
     task: Arc<TaskInfo>,
     settings: ValidatorSettings,
     shared: Arc<Shared>,
-    pool: Option<Pool>,
+    pool: Option<Arc<Pool>>,
 }
 
 impl std::fmt::Debug for Validator {
@@ -539,6 +550,52 @@ impl std::fmt::Debug for Validator {
             .field("oracle", &self.oracle_name)
             .field("settings", &self.settings)
             .finish()
+    }
+}
+
+/// A sampled execution waiting for its record to reach the local log (see
+/// [`Validator::sample`]). The dataset writer calls [`submit`](PendingSample::submit) on its
+/// thread once the record is appended (`durable`: synced); dropped without that — the
+/// record was never written — it is counted in `skipped_not_logged` and the oracle never
+/// sees the input. It holds the queue weakly: it does not keep a shut-down validator alive.
+pub(crate) struct PendingSample {
+    job: Option<Job>,
+    pool: Weak<Pool>,
+    shared: Arc<Shared>,
+}
+
+impl PendingSample {
+    /// Hands the sample to the workers without waiting: skipped and counted when the queue
+    /// is full or after shutdown.
+    pub(crate) fn submit(mut self) {
+        let Some(job) = self.job.take() else {
+            return;
+        };
+        let version = job.version;
+        let pool = match self.pool.upgrade() {
+            Some(pool) if !self.shared.closed.load(Ordering::Acquire) => pool,
+            _ => {
+                self.shared.skipped_shutdown.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        match pool.tx.try_send(Msg::Validate(job)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.shared.count(version, |c| c.skipped_queue_full += 1),
+            Err(TrySendError::Disconnected(_)) => {
+                self.shared.skipped_shutdown.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for PendingSample {
+    fn drop(&mut self) {
+        if self.job.is_some() {
+            self.shared
+                .skipped_not_logged
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -569,7 +626,7 @@ impl Validator {
                     settings: settings.clone(),
                     shared: shared.clone(),
                 });
-                Some(Pool::start(ctx)?)
+                Some(Arc::new(Pool::start(ctx)?))
             }
         };
         Ok(Validator {
@@ -582,9 +639,11 @@ impl Validator {
         })
     }
 
-    /// Hands a sampled execution to the workers without waiting: skipped and counted when
-    /// the queue is full, when there is no oracle, or after shutdown.
-    pub(crate) fn submit(
+    /// Prepares a sampled execution for validation, without waiting: the returned
+    /// [`PendingSample`] is handed to the workers by [`PendingSample::submit`] once the
+    /// execution's record is in the local log. `None` (skipped and counted) when the queue
+    /// is full already, when there is no oracle, or after shutdown.
+    pub(crate) fn sample(
         &self,
         execution_id: Uuid,
         version: u32,
@@ -592,38 +651,35 @@ impl Validator {
         input: &Value,
         output: &Value,
         labels: &Arc<[String]>,
-    ) {
+    ) -> Option<PendingSample> {
         let Some(pool) = &self.pool else {
             self.shared
                 .skipped_no_oracle
                 .fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         };
         if self.shared.closed.load(Ordering::Acquire) {
             self.shared.skipped_shutdown.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         }
         // Skip before copying the input when the queue is visibly full (the usual case
-        // under load with a slow oracle); `try_send` below still decides.
+        // under load with a slow oracle); `submit` still decides.
         if pool.tx.is_full() {
             self.shared.count(version, |c| c.skipped_queue_full += 1);
-            return;
+            return None;
         }
-        let job = Job {
-            execution_id,
-            version,
-            reason,
-            input: input.clone(),
-            output: output.clone(),
-            labels: Arc::clone(labels),
-        };
-        match pool.tx.try_send(Msg::Validate(job)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.shared.count(version, |c| c.skipped_queue_full += 1),
-            Err(TrySendError::Disconnected(_)) => {
-                self.shared.skipped_shutdown.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        Some(PendingSample {
+            job: Some(Job {
+                execution_id,
+                version,
+                reason,
+                input: input.clone(),
+                output: output.clone(),
+                labels: Arc::clone(labels),
+            }),
+            pool: Arc::downgrade(pool),
+            shared: Arc::clone(&self.shared),
+        })
     }
 
     /// Whether there are workers (an oracle): only then is there anything to flush.
@@ -814,6 +870,7 @@ impl Validator {
             skipped_queue_full: totals.skipped_queue_full,
             skipped_no_oracle: self.shared.skipped_no_oracle.load(Ordering::Relaxed),
             skipped_shutdown: self.shared.skipped_shutdown.load(Ordering::Relaxed),
+            skipped_not_logged: self.shared.skipped_not_logged.load(Ordering::Relaxed),
             oracle_errors: totals.oracle_errors,
             oracle_fallbacks: totals.oracle_fallbacks,
             oracle_fallback_failures: totals.oracle_fallback_failures,
@@ -1194,6 +1251,72 @@ mod tests {
         assert!(inputs.contains(&&json!({"text": "hello"})), "{inputs:?}");
     }
 
+    /// Issue #15: the oracle is an outbound call; it must never be sent an execution that
+    /// the local log lacks. The day's file is made a directory, so the log cannot be
+    /// written; the oracle checks at every call that the input is in the log.
+    #[test]
+    fn the_oracle_never_sees_an_execution_the_local_log_lacks() {
+        use crate::testing::{wait_for, TestClock, DAY, DAY1};
+        let dir = tempfile::tempdir().unwrap();
+        crate::testing::install(dir.path(), RULES, true);
+        let executions = dir.path().join("datasets/spam/executions");
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (c, logs) = (calls.clone(), executions.clone());
+        let oracle = FnOracle::shared(move |req| {
+            let text = req.input["text"].as_str().unwrap_or_default().to_owned();
+            let logged = ["2025-11-25.jsonl", "2025-11-26.jsonl"].iter().any(|day| {
+                std::fs::read_to_string(logs.join(day)).is_ok_and(|log| log.contains(&text))
+            });
+            c.lock().push((text, logged));
+            Ok(OracleAnswer::new(json!("ham")))
+        });
+        let clock = TestClock::at(DAY1 + 1000);
+        let rt = Runtime::builder()
+            .data_dir(dir.path())
+            .task("spam")
+            .clock(clock.clone())
+            .config(DeploymentConfig::from_yaml_str(SAMPLE_ALL, "test").unwrap())
+            .oracle(oracle)
+            .build()
+            .unwrap();
+        let day_file = executions.join("2025-11-25.jsonl");
+        std::fs::create_dir_all(&day_file).unwrap();
+        assert!(rt.execute(&json!({"text": "stalled-1"})).unwrap().sampled);
+        wait_for("a failed write", FLUSH, || {
+            rt.health().dataset.write_errors > 0
+        });
+        // Whatever was queued for validation is validated now: the oracle would be asked
+        // here if samples were queued before their records were logged.
+        rt.flush_validation(FLUSH).unwrap();
+        assert!(
+            calls.lock().is_empty(),
+            "asked before logging: {:?}",
+            calls.lock()
+        );
+        assert_eq!(rt.validation_metrics().validated, 0);
+
+        // The log recovers: the record is written (after the writer's backoff), then the
+        // sample is validated.
+        std::fs::remove_dir(&day_file).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Err(e) = rt.flush(FLUSH) {
+            assert!(Instant::now() < deadline, "the log never recovered: {e}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(*calls.lock(), vec![("stalled-1".to_owned(), true)]);
+        assert_eq!(rt.validation_metrics().validated, 1);
+
+        // A record still unwritten at shutdown never reaches the oracle, and is counted.
+        clock.set(DAY1 + DAY + 1000);
+        std::fs::create_dir_all(executions.join("2025-11-26.jsonl")).unwrap();
+        rt.execute(&json!({"text": "stalled-2"})).unwrap();
+        let err = rt.shutdown(Duration::from_secs(2)).unwrap_err();
+        assert!(err.to_string().contains("could not be written"), "{err}");
+        let m = rt.validation_metrics();
+        assert_eq!((m.validated, m.skipped_not_logged), (1, 1));
+        assert_eq!(calls.lock().len(), 1, "{:?}", calls.lock());
+    }
+
     #[test]
     fn the_comparison_method_comes_from_the_configuration() {
         let dir = tempfile::tempdir().unwrap();
@@ -1233,9 +1356,10 @@ mod tests {
         entered.recv().unwrap(); // the only worker is now stuck in the oracle
         for _ in 0..4 {
             // Each returns although the oracle is blocked: one waits in the queue, three
-            // find it full.
+            // find it full (once their records are in the log).
             assert!(rt.execute(&json!({"text": "prize"})).unwrap().sampled);
         }
+        rt.flush_log(FLUSH).unwrap();
         let m = rt.validation_metrics();
         assert_eq!((m.skipped_queue_full, m.queued, m.validated), (3, 1, 0));
         assert_eq!(m.versions[0].skipped_queue_full, 3);

@@ -512,6 +512,7 @@ pub(crate) fn render(server: &ServerMetrics, ready: bool, tasks: &[TaskSnapshot<
             ("queue_full", v.skipped_queue_full),
             ("no_oracle", v.skipped_no_oracle),
             ("shutdown", v.skipped_shutdown),
+            ("not_logged", v.skipped_not_logged),
         ] {
             let _ = writeln!(
                 o,

@@ -225,8 +225,9 @@ impl Runtime {
     /// returns once the record is fsync'd (concurrent callers share one fsync).
     ///
     /// Sampled executions (see [`Sampler`]) are handed to the validation workers without
-    /// waiting: when their queue is full the sample is skipped and counted
-    /// ([`validation_metrics`](Runtime::validation_metrics)).
+    /// waiting, once their record is in the local log (`durable`: synced): the oracle is
+    /// never sent an input the local dataset lacks. When the workers' queue is full the
+    /// sample is skipped and counted ([`validation_metrics`](Runtime::validation_metrics)).
     ///
     /// With `execution.fallback: oracle`, when the program abstains `execute` asks the
     /// oracle **synchronously, on the calling thread**, with what is left of
@@ -329,16 +330,16 @@ impl Runtime {
             None
         };
         let sampled = reason.is_some();
-        if let Some(reason) = reason {
-            self.inner.validator.submit(
+        let sample = reason.and_then(|reason| {
+            self.inner.validator.sample(
                 execution_id,
                 run.version,
                 reason,
                 input,
                 &output,
                 &run.labels,
-            );
-        }
+            )
+        });
         let latency_ms = start.elapsed().as_secs_f64() * 1e3;
         let record = ExecutionRecord {
             execution_id,
@@ -354,14 +355,22 @@ impl Runtime {
             source,
             timestamp,
         };
-        // The rollout counts the execution once it is in the local log (issue #15): never
-        // one the log lacks.
-        match arm {
-            Some(arm) => self.inner.dataset.log_execution_then(
+        // The rollout counts the execution, and the oracle is sent a sampled input, only
+        // once the record is in the local log (issue #15): nothing leaves the process, and
+        // nothing is counted, that the local dataset lacks.
+        match (arm, sample) {
+            (None, None) => self.inner.dataset.log_execution(record)?,
+            (arm, sample) => self.inner.dataset.log_execution_then(
                 record,
-                Box::new(move || arm.record(Some(abstained), latency_ms)),
+                Box::new(move || {
+                    if let Some(arm) = arm {
+                        arm.record(Some(abstained), latency_ms);
+                    }
+                    if let Some(sample) = sample {
+                        sample.submit();
+                    }
+                }),
             )?,
-            None => self.inner.dataset.log_execution(record)?,
         }
         Ok(ExecutionResult {
             execution_id,
@@ -741,6 +750,12 @@ fn shutdown_all(inner: &Inner, timeout: Duration) -> Result<()> {
     }
     // No background check starts from now on.
     inner.rollout_thread.stop();
+    if inner.validator.has_workers() && !inner.dataset.is_closed() {
+        // Samples reach the validation queue once their records are in the log: write
+        // what is queued first (at most a quarter of the time; failing, the rest is
+        // counted as skipped), so that executions accepted before shutdown are validated.
+        let _ = inner.dataset.flush(timeout / 4);
+    }
     let validated = inner.validator.shutdown(start + timeout / 2);
     let written = inner.dataset.shutdown(left());
     let stopped = inner.maintenance.shutdown(left());
@@ -787,6 +802,20 @@ pub(crate) fn parse_input(input: &[u8]) -> Result<Value> {
             ),
         )
     })
+}
+
+/// What tests of other modules need to reach inside a runtime.
+#[cfg(test)]
+impl Runtime {
+    /// Flushes the execution log only (not validation, rollout or telemetry).
+    pub(crate) fn flush_log(&self, timeout: Duration) -> Result<()> {
+        self.inner.dataset.flush(timeout)
+    }
+
+    /// Waits until the samples already queued for validation are validated (not the log).
+    pub(crate) fn flush_validation(&self, timeout: Duration) -> Result<()> {
+        self.inner.validator.flush(Instant::now() + timeout)
+    }
 }
 
 #[cfg(test)]
