@@ -61,16 +61,23 @@ fn progress(quiet: bool) -> Option<Arc<dyn Progress>> {
     } else {
         Some(Arc::new(Lines {
             start: Instant::now(),
+            last_step: Mutex::new(None),
         }))
     }
 }
 
 /// Renders the generator's progress as plain lines on stderr (for logs and CI, where a
-/// redrawn bar is noise): `[  1.2s] ml/logreg[w1-2,c1-5] (31 steps)`, and one line per
-/// candidate with its cross-validated accuracy.
+/// redrawn bar is noise): `[  1.2s] ml/svm[w1-2,c1-5] (12 steps)`, and one line per
+/// candidate with its cross-validated accuracy. What a stage is doing (`... fold 2/5 class
+/// "sport"`) is printed at most every [`STEP_EVERY`], so that a run with many folds and
+/// classes does not flood the log.
 struct Lines {
     start: Instant,
+    last_step: Mutex<Option<Instant>>,
 }
+
+/// Least time between two step lines of [`Lines`].
+const STEP_EVERY: Duration = Duration::from_secs(2);
 
 impl Lines {
     fn line(&self, text: std::fmt::Arguments<'_>) {
@@ -95,10 +102,20 @@ impl Progress for Lines {
             self.line(format_args!("trained {name}: cv accuracy {cv_accuracy:.4}"));
         }
     }
+
+    fn step(&self, what: &str) {
+        let mut last = self.last_step.lock();
+        if last.is_none_or(|t| t.elapsed() >= STEP_EVERY) {
+            *last = Some(Instant::now());
+            drop(last);
+            self.line(format_args!("  {what}"));
+        }
+    }
 }
 
 /// Renders the generator's progress with indicatif, on stderr, when it is a terminal: one
-/// bar per stage, named after it (`ml/logreg[w1-2,c1-5]`).
+/// bar per stage, named after it (`ml/svm[w1-2,c1-5]`), its message then saying what the
+/// stage is doing (`ml/svm[w1-2] fold 2/5 class "sport", C 0.1..10`).
 struct Bars {
     bar: Mutex<Option<ProgressBar>>,
 }
@@ -138,6 +155,12 @@ impl Progress for Bars {
         match &*self.bar.lock() {
             Some(bar) => bar.println(line),
             None => eprintln!("{line}"),
+        }
+    }
+
+    fn step(&self, what: &str) {
+        if let Some(bar) = &*self.bar.lock() {
+            bar.set_message(what.to_string());
         }
     }
 }

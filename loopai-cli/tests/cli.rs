@@ -450,10 +450,14 @@ fn synth_prints_one_progress_line_per_stage_and_candidate_when_stderr_is_not_a_t
     assert!(!err.contains('\r'), "no bar redraws: {err:?}");
     for expected in [
         "] preprocess (",
-        "] vectorize [w1-2,c1-5] (",
-        "] ml/logreg[w1-2,c1-5] (",
+        "] tf-idf vocabulary [w1-2] (",
+        "] vectorize [w1-2,c1-5] ",
+        "] ml/svm[w1-2,c1-5] (",
+        "] ml/logreg[w1-2] (",
         "] ml/naive_bayes[w1-2] (",
-        "] trained ml/logreg[w1-2,c1-5] C=",
+        // What a stage is doing: the first step line is always printed.
+        "]   ml/svm[w1-2] fold ",
+        "] trained ml/svm[w1-2,c1-5] C=",
         "] trained rule/keywords (",
         "] measure latency (",
     ] {

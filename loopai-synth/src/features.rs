@@ -3,7 +3,7 @@
 //! specified in `docs/program-format.md`), so that a model trained here scores exactly as
 //! the compiled program does. The integration tests check this equality on every strategy.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use loopai_core::__private::fnv::Fnv;
 use loopai_core::__private::text::is_unspaced;
@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use unicode_normalization::UnicodeNormalization;
 
 use crate::spec::{pointer, TextField};
+use crate::tfidf::{self, Vocab};
 
 /// Text input limit used by generated programs (the runtime's default limit); longer
 /// documents are truncated at a UTF-8 boundary (`on_oversize: "truncate"`).
@@ -88,6 +89,9 @@ pub(crate) struct FeatureConfig {
     pub ngrams: Vec<NgramSpec>,
     /// `truncate` step at the end of each clean view.
     pub view_max_bytes: usize,
+    /// TF-IDF vocabularies, one per group (field by field, n-gram by n-gram, as
+    /// [`groups`](Self::groups) lists them); empty for hashed n-grams.
+    pub vocabs: Vec<Arc<Vocab>>,
 }
 
 /// Where a model's n-gram input group starts in the concatenated vector.
@@ -105,7 +109,10 @@ impl FeatureConfig {
         let mut offset = 0u32;
         for f in &self.fields {
             for ng in &self.ngrams {
-                let dim = 1u32 << ng.bits;
+                let dim = match self.vocabs.get(out.len()) {
+                    Some(v) => v.len() as u32,
+                    None => 1u32 << ng.bits,
+                };
                 out.push(Group {
                     feature: format!("{}.{}", f.name, ng.suffix()),
                     offset,
@@ -182,10 +189,20 @@ impl FeatureConfig {
                     "op": if ng.words { "word_ngrams" } else { "char_ngrams" },
                     "source": if ng.head { Self::head_name(f) } else { Self::view_name(f) },
                     "n": [ng.n_min, ng.n_max],
-                    "hash": {"bits": ng.bits, "seed": ng.seed},
-                    "weighting": if ng.log1p { "log1p" } else { "count" },
-                    "normalize": if ng.l2 { "l2" } else { "none" },
                 });
+                match self.vocabs.get(out.len()) {
+                    Some(vocab) => {
+                        v["vocabulary"] = json!(vocab.terms);
+                        v["idf"] = Value::String(crate::linear::pack_f32(&vocab.idf));
+                        v["weighting"] = json!("sublinear");
+                        v["normalize"] = json!("l2");
+                    }
+                    None => {
+                        v["hash"] = json!({"bits": ng.bits, "seed": ng.seed});
+                        v["weighting"] = json!(if ng.log1p { "log1p" } else { "count" });
+                        v["normalize"] = json!(if ng.l2 { "l2" } else { "none" });
+                    }
+                }
                 if !ng.words {
                     v["within_words"] = Value::Bool(ng.within_words);
                 } else if ng.cjk {
@@ -212,6 +229,20 @@ impl FeatureConfig {
     /// runtime's summation order.
     pub(crate) fn vectorize(&self, views: &[String], out: &mut Vec<(u32, f32)>) {
         out.clear();
+        if !self.vocabs.is_empty() {
+            let mut scratch = tfidf::Scratch::default();
+            let mut offset = 0u32;
+            let mut g = 0;
+            for view in views {
+                for ng in &self.ngrams {
+                    let vocab = &self.vocabs[g];
+                    vocab.vectorize(ng, view, offset, &mut scratch, out);
+                    offset += vocab.len() as u32;
+                    g += 1;
+                }
+            }
+            return;
+        }
         let mut scratch = Scratch::default();
         let mut offset = 0u32;
         for view in views {
@@ -417,31 +448,6 @@ fn sparse_features(ng: &NgramSpec, t: &str, s: &mut Scratch) {
     }
 }
 
-/// About how many distinct n-grams `ng` finds in `views` (per field view, head rule
-/// applied): what a hash table for `ng` must hold. Counted as the set bits of a 2^24-bit
-/// map of their hashes, which undercounts by well under 1% below 100 000 distinct n-grams.
-pub(crate) fn distinct_ngrams<'a>(ng: &NgramSpec, views: impl Iterator<Item = &'a str>) -> usize {
-    const BITS: u32 = 24;
-    let wide = NgramSpec {
-        bits: BITS,
-        ..ng.clone()
-    };
-    let mut scratch = Scratch::default();
-    let mut seen = vec![0u64; (1 << BITS) / 64];
-    for view in views {
-        let view = if ng.head {
-            truncate_str(view, HEAD_BYTES)
-        } else {
-            view
-        };
-        sparse_features(&wide, view, &mut scratch);
-        for &(i, _) in &scratch.out {
-            seen[(i / 64) as usize] |= 1 << (i % 64);
-        }
-    }
-    seen.iter().map(|w| w.count_ones() as usize).sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,33 +467,5 @@ mod tests {
         let v = clean_view("Visit WWW.Example.com or mail A.B@c.org ﬁ ÀB", 1000);
         assert_eq!(v, "visit  __url__  or mail  __email__  fi àb");
         assert_eq!(clean_view("héllo", 2), "h");
-    }
-
-    #[test]
-    fn distinct_ngrams_counts_each_ngram_once_across_views() {
-        let words = NgramSpec {
-            words: true,
-            n_min: 1,
-            n_max: 2,
-            bits: 10,
-            seed: 0,
-            log1p: true,
-            l2: true,
-            within_words: false,
-            head: false,
-            cjk: false,
-        };
-        // {a, b, a b, b a} from the first view, {c, a c} new in the second.
-        assert_eq!(distinct_ngrams(&words, ["a b a", "a c"].into_iter()), 6);
-        let chars = NgramSpec {
-            words: false,
-            n_max: 2,
-            head: true,
-            ..words
-        };
-        // {x, y, xy, yx}; the head rule keeps only the first HEAD_BYTES of a long view.
-        let long = format!("xyx{}", "z".repeat(2 * HEAD_BYTES));
-        assert_eq!(distinct_ngrams(&chars, ["xyx"].into_iter()), 4);
-        assert_eq!(distinct_ngrams(&chars, [long.as_str()].into_iter()), 7);
     }
 }

@@ -6,6 +6,8 @@ use std::fmt;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::spec::Metric;
+
 /// Precision, recall and F1 of one label.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClassMetrics {
@@ -178,6 +180,49 @@ pub(crate) fn class_metrics(
     (r.accuracy, r.per_class)
 }
 
+/// The figure `metric` gives to predictions `predicted` of examples of classes `expected`
+/// (`k` classes): accuracy, or the macro-F1 over the classes with examples (as [`score`]
+/// computes it; `None` predictions count as wrong).
+pub(crate) fn metric_value(
+    metric: Metric,
+    expected: &[usize],
+    predicted: &[Option<usize>],
+    k: usize,
+) -> f64 {
+    let n = expected.len().max(1) as f64;
+    match metric {
+        Metric::Accuracy => {
+            let ok = expected
+                .iter()
+                .zip(predicted)
+                .filter(|(e, p)| Some(**e) == **p)
+                .count();
+            ok as f64 / n
+        }
+        Metric::MacroF1 => {
+            let (mut tp, mut support, mut guessed) = (vec![0u64; k], vec![0u64; k], vec![0u64; k]);
+            for (&e, p) in expected.iter().zip(predicted) {
+                support[e] += 1;
+                if let Some(p) = *p {
+                    guessed[p] += 1;
+                    tp[e] += u64::from(p == e);
+                }
+            }
+            let (mut sum, mut classes) = (0.0, 0usize);
+            for c in (0..k).filter(|&c| support[c] > 0) {
+                classes += 1;
+                let denom = support[c] + guessed[c];
+                sum += 2.0 * tp[c] as f64 / denom as f64;
+            }
+            if classes == 0 {
+                0.0
+            } else {
+                sum / classes as f64
+            }
+        }
+    }
+}
+
 /// Writes the per-class table (label, precision, recall, F1, support).
 pub(crate) fn write_class_table(f: &mut dyn fmt::Write, rows: &[ClassMetrics]) -> fmt::Result {
     let w = rows.iter().map(|c| c.label.len()).max().unwrap_or(5).max(5);
@@ -225,5 +270,42 @@ impl fmt::Display for EvalReport {
             writeln!(f)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_values_agree_with_the_eval_report() {
+        let labels: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let expected = [0, 0, 0, 1, 1, 2, 2, 2, 2, 0];
+        let predicted = [
+            Some(0),
+            Some(1),
+            Some(0),
+            Some(1),
+            None,
+            Some(2),
+            Some(0),
+            Some(3),
+            Some(2),
+            Some(0),
+        ];
+        let (accuracy, per_class) = class_metrics(&labels, &expected, &predicted);
+        let report_f1 = per_class
+            .iter()
+            .filter(|c| c.support > 0)
+            .map(|c| c.f1)
+            .sum::<f64>()
+            / 3.0;
+        let acc = metric_value(Metric::Accuracy, &expected, &predicted, 4);
+        let f1 = metric_value(Metric::MacroF1, &expected, &predicted, 4);
+        assert_eq!(acc, accuracy);
+        assert!((f1 - report_f1).abs() < 1e-12, "{f1} vs {report_f1}");
+        // a: 3 right of 4, 4 guesses; b: 1 of 2, 2 guesses; c: 2 of 4, 2 guesses; d: none.
+        assert!((f1 - (0.75 + 0.5 + 2.0 / 3.0) / 3.0).abs() < 1e-12, "{f1}");
+        assert_eq!(acc, 0.6);
     }
 }

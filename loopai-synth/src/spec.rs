@@ -47,6 +47,32 @@ pub struct TaskSpec {
     /// Fraction of executions the runtime samples for validation (not used by synthesis).
     #[serde(default)]
     pub sampling_rate: Option<f64>,
+    /// The cross-validated figure synthesis picks candidates by (default accuracy).
+    #[serde(default)]
+    pub metric: Metric,
+}
+
+/// What synthesis maximises when it picks a candidate: `"metric": "accuracy"` (the
+/// default) or `"macro_f1"` (the mean of the per-label F1 scores, which weighs rare labels
+/// as much as frequent ones).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Share of examples labelled correctly.
+    #[default]
+    Accuracy,
+    /// Unweighted mean over the labels of each label's F1 score.
+    MacroF1,
+}
+
+impl Metric {
+    /// The spec's spelling (`accuracy`, `macro_f1`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::Accuracy => "accuracy",
+            Metric::MacroF1 => "macro_f1",
+        }
+    }
 }
 
 /// A text field of the input object.
@@ -420,7 +446,8 @@ fn list_problems(problems: Vec<String>) -> String {
 const SPEC_SHAPE: &str = "a task specification is a JSON object with `name` (the task id), \
     `output_schema` ({\"type\": \"string\", \"enum\": [labels]}) and `examples` \
     ([{\"input\": {...}, \"output\": label}, ...]); `description`, `input_schema`, \
-    `accuracy_target`, `latency_target_ms` and `sampling_rate` are optional";
+    `accuracy_target`, `latency_target_ms`, `sampling_rate` and `metric` (\"accuracy\" or \
+    \"macro_f1\") are optional";
 
 /// Parses a specification, collecting every field error; `file` prefixes the messages.
 fn parse(bytes: &[u8], file: Option<&Path>) -> Result<TaskSpec> {
@@ -476,6 +503,7 @@ fn parse(bytes: &[u8], file: Option<&Path>) -> Result<TaskSpec> {
     let accuracy_target: Option<f64> = field(&mut obj, "accuracy_target", &mut problems);
     let latency_target_ms: Option<f64> = field(&mut obj, "latency_target_ms", &mut problems);
     let sampling_rate: Option<f64> = field(&mut obj, "sampling_rate", &mut problems);
+    let metric: Option<Metric> = field(&mut obj, "metric", &mut problems);
     let mut examples = Vec::new();
     match obj.remove("examples") {
         None | Some(Value::Null) => {}
@@ -511,6 +539,7 @@ fn parse(bytes: &[u8], file: Option<&Path>) -> Result<TaskSpec> {
             accuracy_target,
             latency_target_ms,
             sampling_rate,
+            metric: metric.unwrap_or_default(),
         }),
         _ => Err(located(list_problems(problems))),
     }

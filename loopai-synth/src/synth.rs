@@ -6,19 +6,19 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use loopai_core::{Error, ErrorKind, Program, ProgramLimits, ProgramStats, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::features::{FeatureConfig, NgramSpec, MAX_INPUT_BYTES};
-use crate::linear::{self, LinearModel, LogRegParams, SparseVec};
-use crate::metrics::{class_metrics, ClassMetrics};
+use crate::features::{FeatureConfig, MAX_INPUT_BYTES};
+use crate::linear::{LinearModel, SparseVec};
+use crate::metrics::{class_metrics, metric_value, ClassMetrics};
 use crate::rules::{self, MineParams, RuleList, TermIndex};
-use crate::spec::TaskSpec;
+use crate::spec::{Metric, TaskSpec};
 
 mod folds;
 mod install;
+mod ml;
 mod report;
 mod trust;
 
@@ -35,8 +35,8 @@ pub enum Strategy {
     Auto,
     /// Human-readable keyword rules mined per class, with a default class.
     Rule,
-    /// A linear model (logistic regression or naive Bayes) over hashed word and character
-    /// n-grams, with calibrated confidence.
+    /// A linear model (SVM, logistic regression or naive Bayes) over TF-IDF vectors of word
+    /// and character n-grams, with calibrated confidence.
     Ml,
     /// High-precision rules first, the model for everything else.
     Hybrid,
@@ -91,8 +91,10 @@ impl FromStr for Strategy {
 /// on a terminal, as plain lines otherwise). Methods may be called from worker threads.
 ///
 /// Stages are named after what they do and on what: `preprocess`, `rules`,
-/// `vectorize [w1-2,c1-5]`, `ml/logreg[w1-2,c1-5]` (the regularisation grid, cross-validated),
-/// `ml/naive_bayes[w1-2]`, `hybrid rules`, `measure latency`.
+/// `tf-idf vocabulary [w1-2]`, `vectorize [w1-2,c1-5] 40000 terms`, `ml/svm[w1-2,c1-5]` and
+/// `ml/logreg[w1-2]` (one step per fold × class, then per class of the final fit),
+/// `ml/naive_bayes[w1-2]`, `hybrid rules`, `measure latency`; [`step`](Progress::step) says
+/// which candidate, fold and class a stage is on.
 pub trait Progress: Send + Sync {
     /// A stage with `total` steps begins.
     fn stage(&self, name: &str, total: u64);
@@ -104,6 +106,11 @@ pub trait Progress: Send + Sync {
     /// cross-validated accuracy (NaN when not cross-validated). Does nothing by default.
     fn candidate(&self, name: &str, cv_accuracy: f64) {
         let _ = (name, cv_accuracy);
+    }
+    /// What the current stage is doing now, e.g. `ml/svm[w1-2] fold 2/5 class "sport"`
+    /// (jobs run in parallel: the latest one started). Does nothing by default.
+    fn step(&self, what: &str) {
+        let _ = what;
     }
 }
 
@@ -192,6 +199,9 @@ pub struct CandidateReport {
     /// Cross-validated accuracy on the examples; NaN when not cross-validated (see
     /// [`Synthesis::cv_accuracy`]).
     pub cv_accuracy: f64,
+    /// Cross-validated macro-F1 (mean of the per-label F1 over labels with examples); NaN
+    /// when not cross-validated.
+    pub cv_macro_f1: f64,
     /// Cross-validated per-class metrics (empty when not cross-validated).
     pub per_class: Vec<ClassMetrics>,
     /// Median time of one execution of the final program, measured in-process on a
@@ -244,6 +254,8 @@ pub struct Synthesis {
     pub stats: ProgramStats,
     /// The spec's accuracy target, if any.
     pub accuracy_target: Option<f64>,
+    /// What the candidates were compared on (the spec's `metric`).
+    pub metric: Metric,
     /// Wall-clock synthesis time.
     pub elapsed: Duration,
     /// What is legal but probably not what was meant ([`TaskSpec::warnings`], and that the
@@ -316,6 +328,7 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
             fields,
             ngrams: Vec::new(),
             view_max_bytes: MAX_INPUT_BYTES,
+            vocabs: Vec::new(),
         },
         views: Vec::new(),
         folds: Vec::new(),
@@ -323,6 +336,8 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
         hybrid_required: options.strategy == Strategy::Hybrid,
         cjk: false,
         // Weights (4 bytes, a third more in base64) within half the program size limit.
+        limits: options.limits.clone(),
+        metric: spec.metric,
         max_weights: MAX_MODEL_WEIGHTS
             .min(options.limits.max_weights)
             .min(options.limits.max_program_bytes / 2 / 4 * 3 / 4),
@@ -344,6 +359,7 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
         seen.iter().filter(|&&b| b).count()
     };
     let mut cands: Vec<Cand> = Vec::new();
+    let mut ml_notes = Vec::new();
     // Labels without examples (the trust warnings below leave them to the spec).
     let mut warnings = spec.warnings();
     if present < 2 {
@@ -393,9 +409,9 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
             cands.push(cand);
         }
         if want_ml {
-            let ml = ctx.ml_candidates()?;
+            let ml = ctx.ml_candidates(&mut ml_notes);
             if want_hybrid {
-                if let (Some(best), Some(index)) = (best_ml(&ml, &ctx.y), &index) {
+                if let (Some(best), Some(index)) = (ctx.best_ml(&ml), &index) {
                     if let Some(cand) = ctx.hybrid_candidate(index, best) {
                         ctx.announce(&cand);
                         cands.push(cand);
@@ -409,7 +425,7 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
     // Compile every candidate, measure it, pick one.
     let mut reports = Vec::new();
     let mut compiled = Vec::new();
-    let mut notes = Vec::new();
+    let mut notes = ml_notes;
     let limits = &options.limits;
     ctx.progress.stage("measure latency", cands.len() as u64);
     let mut kept = Vec::new();
@@ -449,10 +465,16 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
         } else {
             class_metrics(&labels, &ctx.y, &c.oof)
         };
+        let macro_f1 = if ctx.n_folds == 0 {
+            f64::NAN
+        } else {
+            metric_value(Metric::MacroF1, &ctx.y, &c.oof, k)
+        };
         reports.push(CandidateReport {
             strategy: c.strategy,
             name: c.name.clone(),
             cv_accuracy: acc,
+            cv_macro_f1: macro_f1,
             per_class,
             est_latency_us: latency,
             program_bytes: bytes.len(),
@@ -478,8 +500,12 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
     };
     let better = |a: &CandidateReport, b: &CandidateReport| {
         // Is `a` preferable to `b`?
-        if a.cv_accuracy != b.cv_accuracy {
-            return a.cv_accuracy > b.cv_accuracy;
+        let (fa, fb) = match spec.metric {
+            Metric::Accuracy => (a.cv_accuracy, b.cv_accuracy),
+            Metric::MacroF1 => (a.cv_macro_f1, b.cv_macro_f1),
+        };
+        if fa != fb {
+            return fa > fb;
         }
         (a.strategy.rank(), a.program_bytes) < (b.strategy.rank(), b.program_bytes)
     };
@@ -540,6 +566,7 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
         folds: ctx.n_folds,
         stats: program.stats().clone(),
         accuracy_target: spec.accuracy_target,
+        metric: spec.metric,
         elapsed: start.elapsed(),
         warnings,
     })
@@ -565,24 +592,6 @@ struct MlCand {
     xs: Arc<Vec<SparseVec>>,
 }
 
-fn best_ml<'a>(ml: &'a [MlCand], y: &[usize]) -> Option<&'a MlCand> {
-    let acc = |m: &MlCand| {
-        m.cand
-            .oof
-            .iter()
-            .zip(y)
-            .filter(|(p, &y)| **p == Some(y))
-            .count()
-    };
-    let mut best: Option<&MlCand> = None;
-    for m in ml {
-        if best.is_none_or(|b| acc(m) > acc(b)) {
-            best = Some(m);
-        }
-    }
-    best
-}
-
 struct Progress2<'a>(Option<&'a dyn Progress>);
 
 impl Progress2<'_> {
@@ -604,6 +613,11 @@ impl Progress2<'_> {
     fn candidate(&self, name: &str, cv_accuracy: f64) {
         if let Some(p) = self.0 {
             p.candidate(name, cv_accuracy);
+        }
+    }
+    fn step(&self, what: &str) {
+        if let Some(p) = self.0 {
+            p.step(what);
         }
     }
 }
@@ -629,16 +643,14 @@ struct Ctx<'a> {
     cjk: bool,
     /// Most weights of one linear model.
     max_weights: usize,
+    /// The limits the program must load within.
+    limits: ProgramLimits,
+    /// What candidates are compared on.
+    metric: Metric,
 }
 
-/// Most weights (input dimension × classes) of one linear model: 64 MiB of `f32`, about
-/// 90 MB of program JSON, a third of the runtime's program size limit.
+/// Most weights (input dimension × classes) of one linear model: 16 M numbers.
 const MAX_MODEL_WEIGHTS: usize = 1 << 24;
-
-/// L2 grid, as `C = 1 / (lambda n)`.
-const C_GRID: [f64; 5] = [4.0, 16.0, 64.0, 256.0, 1024.0];
-/// Naive Bayes smoothing grid.
-const ALPHA_GRID: [f64; 2] = [0.1, 1.0];
 
 impl Ctx<'_> {
     fn train_rows(&self, fold: usize) -> Vec<usize> {
@@ -657,59 +669,16 @@ impl Ctx<'_> {
         (0..self.y.len()).collect()
     }
 
-    /// The feature sets tried by the ML strategy, richest first: word 1–2-grams with
-    /// character 1–5-grams, with character 1–3-grams (about 40% fewer n-grams to hash at
-    /// run time), and word n-grams alone. Character n-grams read the head of each view.
-    fn feature_sets(&self) -> Vec<FeatureConfig> {
-        // Hash table sizes from the number of distinct n-grams in the training data: at
-        // most half full, so collisions stay rare, and no larger — a smaller table is a
-        // smaller program and fewer cache misses at run time.
-        let size = |ng: &NgramSpec| {
-            let views = self.views.iter().flatten().map(String::as_str);
-            let distinct = crate::features::distinct_ngrams(ng, views) as u64;
-            (64 - (2 * distinct.max(1) - 1).leading_zeros()).clamp(10, 18)
-        };
-        let mut words = NgramSpec {
-            words: true,
-            n_min: 1,
-            n_max: 2,
-            bits: 18,
-            seed: 0,
-            log1p: true,
-            l2: true,
-            within_words: false,
-            head: false,
-            // Texts in Chinese, Japanese, Thai...: a word is not a space-separated run, so
-            // each of their characters is a token (word bigrams become character bigrams).
-            cjk: self.cjk,
-        };
-        words.bits = size(&words);
-        let mut sets = Vec::new();
-        for n_max in [5, 3] {
-            let mut chars = NgramSpec {
-                words: false,
-                n_min: 1,
-                n_max,
-                bits: 18,
-                seed: 1,
-                log1p: true,
-                l2: true,
-                within_words: false,
-                head: true,
-                cjk: false,
-            };
-            chars.bits = size(&chars);
-            let mut config = self.base.clone();
-            config.ngrams = vec![words.clone(), chars];
-            sets.push(config);
+    /// The ML candidate the hybrid builds on: the best on the spec's metric.
+    fn best_ml<'a>(&self, ml: &'a [MlCand]) -> Option<&'a MlCand> {
+        let mut best: Option<(&MlCand, f64)> = None;
+        for m in ml {
+            let score = metric_value(self.metric, &self.y, &m.cand.oof, self.k);
+            if best.is_none_or(|b| score > b.1) {
+                best = Some((m, score));
+            }
         }
-        let mut config = self.base.clone();
-        config.ngrams = vec![words];
-        sets.push(config);
-        for config in &mut sets {
-            self.fit_weight_budget(config);
-        }
-        sets
+        best.map(|b| b.0)
     }
 
     /// Tells the progress receiver that `cand` is trained, with its out-of-fold accuracy.
@@ -722,251 +691,6 @@ impl Ctx<'_> {
             .count();
         let acc = correct as f64 / self.y.len().max(1) as f64;
         self.progress.candidate(&cand.name, acc);
-    }
-
-    /// Halves the largest hash table until the model's weights (dimension × classes) fit
-    /// [`MAX_MODEL_WEIGHTS`] and the limits, so that programs for many classes stay well within the
-    /// runtime's limits (no table below 2^10).
-    fn fit_weight_budget(&self, config: &mut FeatureConfig) {
-        let width = if self.k == 2 { 1 } else { self.k };
-        while config.dim() * width > self.max_weights {
-            let Some(ng) = config
-                .ngrams
-                .iter_mut()
-                .filter(|g| g.bits > 10)
-                .max_by_key(|g| g.bits)
-            else {
-                break;
-            };
-            ng.bits -= 1;
-        }
-    }
-
-    fn ml_candidates(&self) -> Result<Vec<MlCand>> {
-        let mut out = Vec::new();
-        for config in self.feature_sets() {
-            let n = self.y.len();
-            let desc = config
-                .ngrams
-                .iter()
-                .map(NgramSpec::short)
-                .collect::<Vec<_>>()
-                .join(",");
-            self.progress
-                .stage(&format!("vectorize [{desc}]"), n as u64);
-            let xs = par_map(n, self.threads, |i| {
-                let mut v = Vec::new();
-                config.vectorize(&self.views[i], &mut v);
-                self.progress.advance(1);
-                v
-            });
-            self.progress.finish_stage();
-            let xs = Arc::new(xs);
-            for m in [
-                self.logreg(&config, &xs, &desc),
-                self.bayes(&config, &xs, &desc),
-            ] {
-                self.announce(&m.cand);
-                out.push(m);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Out-of-fold logits of a model trained by `train` on each fold's training rows.
-    fn cv_logits<F>(&self, xs: &[SparseVec], grid: usize, train: F) -> Vec<Vec<Vec<f64>>>
-    where
-        F: Fn(usize, &[usize]) -> LinearModel + Sync,
-    {
-        let jobs = grid * self.n_folds;
-        let results = par_map(jobs, self.threads, |j| {
-            let (g, fold) = (j / self.n_folds, j % self.n_folds);
-            let m = train(g, &self.train_rows(fold));
-            self.progress.advance(1);
-            let mut out = Vec::new();
-            for r in self.test_rows(fold) {
-                let mut z = Vec::new();
-                m.logits(&xs[r], &mut z);
-                out.push((r, z));
-            }
-            out
-        });
-        let mut logits = vec![vec![Vec::new(); self.y.len()]; grid];
-        for (j, part) in results.into_iter().enumerate() {
-            let g = j / self.n_folds;
-            for (r, z) in part {
-                logits[g][r] = z;
-            }
-        }
-        logits
-    }
-
-    fn pick_grid(&self, logits: &[Vec<Vec<f64>>], sigmoid: bool) -> usize {
-        let mut best = (0usize, 0usize);
-        for (g, l) in logits.iter().enumerate() {
-            let correct = l
-                .iter()
-                .zip(&self.y)
-                .filter(|(z, &y)| {
-                    let mut p = vec![0.0; self.k];
-                    linear::probs(z, 1.0, sigmoid, &mut p);
-                    linear::argmax(&p).0 == y
-                })
-                .count();
-            if g == 0 || correct > best.1 {
-                best = (g, correct);
-            }
-        }
-        best.0
-    }
-
-    fn oof_predictions(&self, logits: &[Vec<f64>], t: f64, sigmoid: bool) -> Vec<Option<usize>> {
-        logits
-            .iter()
-            .map(|z| {
-                let mut p = vec![0.0; self.k];
-                linear::probs(z, 1.0 / t, sigmoid, &mut p);
-                Some(linear::argmax(&p).0)
-            })
-            .collect()
-    }
-
-    fn logreg(&self, config: &FeatureConfig, xs: &Arc<Vec<SparseVec>>, desc: &str) -> MlCand {
-        let dim = config.dim();
-        let k = self.k;
-        let sigmoid = k == 2;
-        let epochs_of = |rows: usize| linear::epochs_for(rows);
-        self.progress.stage(
-            &format!("ml/logreg[{desc}]"),
-            (C_GRID.len() * self.n_folds + 1) as u64,
-        );
-        let logits = self.cv_logits(xs, C_GRID.len(), |g, rows| {
-            linear::train_logreg(
-                xs,
-                &self.y,
-                rows,
-                dim,
-                k,
-                LogRegParams {
-                    lambda: 1.0 / (C_GRID[g] * rows.len() as f64),
-                    epochs: epochs_of(rows.len()),
-                    seed: self.seed,
-                },
-            )
-        });
-        let g = self.pick_grid(&logits, sigmoid);
-        // Two labels: move the decision threshold to where the out-of-fold accuracy is
-        // highest (the prior of a rare class is under-fitted by a regularised model).
-        let shift = if sigmoid {
-            linear::best_shift(&logits[g], &self.y)
-        } else {
-            0.0
-        };
-        let mut shifted = logits[g].clone();
-        shifted.iter_mut().for_each(|z| z[0] += shift);
-        let t = linear::fit_temperature(&shifted, &self.y, sigmoid, k);
-        let oof = self.oof_predictions(&shifted, t, sigmoid);
-        let rows = self.all_rows();
-        let mut model = linear::train_logreg(
-            xs,
-            &self.y,
-            &rows,
-            dim,
-            k,
-            LogRegParams {
-                lambda: 1.0 / (C_GRID[g] * rows.len() as f64),
-                epochs: epochs_of(rows.len()),
-                seed: self.seed,
-            },
-        );
-        model.temperature = t;
-        model.bias[0] += shift;
-        self.progress.advance(1);
-        self.progress.finish_stage();
-        self.finish_ml(
-            config,
-            xs,
-            model,
-            oof,
-            format!("ml/logreg[{desc}] C={}", C_GRID[g]),
-        )
-    }
-
-    fn bayes(&self, config: &FeatureConfig, xs: &Arc<Vec<SparseVec>>, desc: &str) -> MlCand {
-        let dim = config.dim();
-        let k = self.k;
-        self.progress.stage(
-            &format!("ml/naive_bayes[{desc}]"),
-            (ALPHA_GRID.len() * self.n_folds + 1) as u64,
-        );
-        let logits = self.cv_logits(xs, ALPHA_GRID.len(), |g, rows| {
-            linear::train_bayes(xs, &self.y, rows, dim, k, ALPHA_GRID[g])
-        });
-        let g = self.pick_grid(&logits, false);
-        let t = linear::fit_temperature(&logits[g], &self.y, false, k);
-        let oof = self.oof_predictions(&logits[g], t, false);
-        let mut model = linear::train_bayes(xs, &self.y, &self.all_rows(), dim, k, ALPHA_GRID[g]);
-        model.temperature = t;
-        self.progress.advance(1);
-        self.progress.finish_stage();
-        self.finish_ml(
-            config,
-            xs,
-            model,
-            oof,
-            format!("ml/naive_bayes[{desc}] alpha={}", ALPHA_GRID[g]),
-        )
-    }
-
-    fn finish_ml(
-        &self,
-        config: &FeatureConfig,
-        xs: &Arc<Vec<SparseVec>>,
-        model: LinearModel,
-        oof: Vec<Option<usize>>,
-        name: String,
-    ) -> MlCand {
-        let mut z = Vec::new();
-        let train_pred = xs
-            .iter()
-            .map(|x| Some(model.predict(x, self.k, &mut z)))
-            .collect();
-        let decide = self.model_json(config, &model);
-        let program = self.program(config, Vec::new(), decide, Strategy::Ml);
-        MlCand {
-            cand: Cand {
-                strategy: Strategy::Ml,
-                name,
-                oof,
-                program,
-                train_pred,
-                weights: model.weights.len(),
-            },
-            config: config.clone(),
-            model,
-            xs: xs.clone(),
-        }
-    }
-
-    fn model_json(&self, config: &FeatureConfig, m: &LinearModel) -> Value {
-        let inputs: Vec<String> = config.groups().into_iter().map(|g| g.feature).collect();
-        let mut bytes = Vec::with_capacity(m.weights.len() * 4);
-        for w in &m.weights {
-            bytes.extend_from_slice(&w.to_le_bytes());
-        }
-        let b64 = format!(
-            "base64:{}",
-            base64::engine::general_purpose::STANDARD.encode(&bytes)
-        );
-        if m.bayes {
-            json!({"op": "naive_bayes", "inputs": inputs, "classes": self.labels,
-                   "class_log_prior": m.bias, "feature_log_prob": b64,
-                   "temperature": m.temperature})
-        } else {
-            json!({"op": "linear", "inputs": inputs, "classes": self.labels,
-                   "link": if m.width == 1 { "sigmoid" } else { "softmax" },
-                   "weights": b64, "bias": m.bias, "temperature": m.temperature})
-        }
     }
 
     /// A whole program around `decide`.

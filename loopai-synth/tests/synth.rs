@@ -707,20 +707,21 @@ fn an_oversized_candidate_is_skipped_with_a_note() {
         &labels,
         generate(&mut g, TOPICS, &[1, 1, 1, 1], 120, 1.0),
     );
-    // No linear model fits in 6 KB (its smallest hash table alone is 2^10 x 4 weights);
-    // the keyword rules do, and win instead of failing the run.
+    // No linear model fits in 1,500 bytes (its vocabulary alone is larger); the keyword
+    // rules do, and win instead of failing the run.
     let mut limits = loopai_core::ProgramLimits::default();
-    limits.max_program_bytes = 6_000;
+    limits.max_program_bytes = 1_500;
     let s = synthesize(&spec, &SynthOptions::default().with_limits(limits.clone())).unwrap();
     assert_eq!(s.strategy, Strategy::Rule, "{}", s.report_text());
-    assert!(s.program_json.len() <= 6_000);
+    assert!(s.program_json.len() <= 1_500);
     Program::from_json_with_limits(&s.program_json, &limits).unwrap();
     assert!(
         s.notes.iter().any(|n| n.starts_with("candidate ml/")
             && n.contains("skipped: program is")
-            && n.contains("over the limit of 6000 bytes")),
-        "{:?}",
-        s.notes
+            && n.contains("over the limit of 1500 bytes")),
+        "{:?}\n{}",
+        s.notes,
+        s.report_text()
     );
     assert!(s.report_text().contains("note: candidate ml/"));
     // Asked for a model that cannot fit: the error says why.
@@ -941,4 +942,92 @@ fn a_name_that_is_no_task_id_is_refused_before_training() {
         );
     }
     assert!(!dir.path().join("artifacts").exists());
+}
+
+#[test]
+fn the_spec_metric_picks_the_candidate_and_unknown_metrics_are_refused() {
+    let mut g = Gen(21);
+    let labels: Vec<&str> = TOPICS.iter().map(|t| t.0).collect();
+    // Imbalanced: macro-F1 and accuracy can disagree.
+    let examples = generate(&mut g, TOPICS, &[20, 2, 2, 6], 300, 0.6);
+    let mut value: Value = json!({
+        "name": "topics",
+        "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}},
+        "output_schema": {"type": "string", "enum": labels},
+        "examples": examples,
+        "metric": "macro_f1",
+    });
+    let spec = TaskSpec::from_json(value.to_string().as_bytes()).unwrap();
+    assert_eq!(spec.metric, loopai_synth::Metric::MacroF1);
+    let s = synthesize(&spec, &SynthOptions::default()).unwrap();
+    assert_eq!(s.metric, loopai_synth::Metric::MacroF1);
+    let best = s
+        .candidates
+        .iter()
+        .map(|c| c.cv_macro_f1)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let chosen = s.candidates.iter().find(|c| c.chosen).unwrap();
+    assert_eq!(chosen.cv_macro_f1, best, "{}", s.report_text());
+    // The class-weighted SVM is among the candidates of an imbalanced set.
+    assert!(
+        s.candidates
+            .iter()
+            .any(|c| c.name.starts_with("ml/svm-balanced[")),
+        "{}",
+        s.report_text()
+    );
+    value["metric"] = json!("f1");
+    let err = TaskSpec::from_json(value.to_string().as_bytes()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert_eq!(
+        err.to_string(),
+        "spec.metric: unknown variant `f1`, expected `accuracy` or `macro_f1`"
+    );
+    value.as_object_mut().unwrap().remove("metric");
+    let spec = TaskSpec::from_json(value.to_string().as_bytes()).unwrap();
+    assert_eq!(spec.metric, loopai_synth::Metric::Accuracy);
+}
+
+#[test]
+fn models_are_tfidf_vocabularies_with_int8_weights_and_calibrated_confidence() {
+    let mut g = Gen(22);
+    let labels: Vec<&str> = TOPICS.iter().map(|t| t.0).collect();
+    let train = generate(&mut g, TOPICS, &[1, 1, 1, 1], 400, 0.7);
+    let test = generate(&mut g, TOPICS, &[1, 1, 1, 1], 400, 0.7);
+    let spec = spec_of("topics", &labels, train.clone());
+    let s = synthesize(&spec, &SynthOptions::default().with_strategy(Strategy::Ml)).unwrap();
+    assert_eq!(s.train_accuracy, runtime_accuracy(&s, &train));
+    // 30% of the documents carry no signal word: at best 0.7 + 0.3 / 4 = 0.775.
+    assert!(runtime_accuracy(&s, &test) >= 0.7, "{}", s.report_text());
+    let program: Value = serde_json::from_slice(&s.program_json).unwrap();
+    let feature = &program["features"][0];
+    assert_eq!(feature["weighting"], "sublinear", "{feature}");
+    assert_eq!(feature["normalize"], "l2");
+    assert!(feature["vocabulary"]
+        .as_array()
+        .is_some_and(|v| !v.is_empty()));
+    assert!(feature["idf"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("base64:")));
+    if program["decide"]["op"] == "linear" {
+        assert!(
+            program["decide"]["weights"]["int8"].is_string(),
+            "{}",
+            s.model
+        );
+    }
+    // Calibrated: among test answers given with confidence >= 0.9, at least 85% are right.
+    let p = Program::from_json(&s.program_json).unwrap();
+    let (mut sure, mut right) = (0, 0);
+    for e in &test {
+        let o = p.evaluate(&e.input).unwrap();
+        if o.confidence >= 0.9 {
+            sure += 1;
+            right += usize::from(o.output == e.output);
+        }
+    }
+    assert!(
+        sure > 0 && right as f64 >= 0.85 * sure as f64,
+        "{right}/{sure}"
+    );
 }
