@@ -5,7 +5,8 @@ LinearSVC with C tuned by 3-fold cross-validation, on one task.
 Both learn from the same examples (the spec's, plus any --examples files) and are scored on
 the same held-out TEST.jsonl (one ``{"input": {...}, "output": ...}`` a line). Printed per
 system: accuracy, macro-F1 (over the labels present in the test set, as ``loopai eval``
-computes it) and learning time — for loopai the wall-clock time of ``loopai synth``
+computes it), for loopai the program's size in bytes and the p99 latency of ``loopai eval``,
+and learning time — for loopai the wall-clock time of ``loopai synth``
 (cross-validation, every candidate, writing the program), for scikit-learn the time of
 the grid search plus the final fit (vectorizer fitted inside each fold).
 
@@ -104,6 +105,9 @@ def run_loopai(bin_: Path, spec_path: Path, extra: list[Path], test: Path, seed:
         report = json.loads(ev.stdout)
         chosen = next((line.split(":", 1)[1].strip() for line in synth.stdout.splitlines()
                        if line.startswith("chosen:")), "")
+        # The report's `program: N bytes, ...` line.
+        size = next((int(line.split()[1]) for line in synth.stdout.splitlines()
+                     if line.startswith("program: ") and line.split()[1].isdigit()), None)
         return {
             "system": "loopai synth",
             "accuracy": report["accuracy"],
@@ -111,6 +115,7 @@ def run_loopai(bin_: Path, spec_path: Path, extra: list[Path], test: Path, seed:
             "learn_s": elapsed,
             "detail": chosen,
             "p99_us": report.get("latency_p99_us"),
+            "program_bytes": size,
         }
 
 
@@ -157,6 +162,7 @@ def run_sklearn(train: list[dict], test: list[dict], keys: list[str], seed: int,
         "learn_s": elapsed,
         "detail": f"C={search.best_params_['linearsvc__C']} ({folds}-fold CV)",
         "p99_us": None,
+        "program_bytes": None,
     }
 
 
@@ -190,10 +196,13 @@ def main() -> int:
                           "rows": rows}, indent=2))
         return 0
     print(f"task {spec.get('name')}: {len(train)} training examples, {len(test)} held out")
-    print(f"{'system':<28} {'accuracy':>8} {'macro-F1':>8} {'learn s':>8}  detail")
+    print(f"{'system':<28} {'accuracy':>8} {'macro-F1':>8} {'learn s':>8} {'program':>10} "
+          f"{'p99 µs':>7}  detail")
     for r in rows:
+        size = f"{r['program_bytes']:>10}" if r["program_bytes"] is not None else f"{'-':>10}"
+        p99 = f"{r['p99_us']:>7.1f}" if r["p99_us"] is not None else f"{'-':>7}"
         print(f"{r['system']:<28} {r['accuracy']:>8.4f} {r['macro_f1']:>8.4f} "
-              f"{r['learn_s']:>8.2f}  {r['detail']}")
+              f"{r['learn_s']:>8.2f} {size} {p99}  {r['detail']}")
     a, b = rows
     print(f"loopai - sklearn: accuracy {a['accuracy'] - b['accuracy']:+.4f}, "
           f"macro-F1 {a['macro_f1'] - b['macro_f1']:+.4f}, "

@@ -72,16 +72,17 @@ impl Synthesis {
             .unwrap_or(10);
         let _ = writeln!(
             s,
-            "  {:<w$}  {:>7}  {:>11}  {:>11}  {:>5}",
-            "candidate", "cv acc", "latency µs", "bytes", "rules"
+            "  {:<w$}  {:>7}  {:>7}  {:>11}  {:>11}  {:>5}",
+            "candidate", "cv acc", "cv mF1", "latency µs", "bytes", "rules"
         );
         for c in &self.candidates {
             let _ = writeln!(
                 s,
-                "{} {:<w$}  {:>7}  {:>11}  {:>11}  {:>5}",
+                "{} {:<w$}  {:>7}  {:>7}  {:>11}  {:>11}  {:>5}",
                 if c.chosen { "*" } else { " " },
                 c.name,
                 Acc(c.cv_accuracy),
+                Acc(c.cv_macro_f1),
                 c.est_latency_us
                     .map_or("-".to_string(), |l| format!("{l:.2}")),
                 c.program_bytes,
@@ -90,13 +91,17 @@ impl Synthesis {
         }
         let _ = writeln!(
             s,
-            "chosen: {} ({}), cv accuracy {}{}, training accuracy {:.4}",
+            "chosen: {} ({}), cv accuracy {}{}, training accuracy {:.4}{}",
             self.model,
             self.strategy,
             Acc(self.cv_accuracy),
             self.accuracy_target
                 .map_or(String::new(), |t| format!(" (target {t})")),
-            self.train_accuracy
+            self.train_accuracy,
+            match self.metric {
+                crate::spec::Metric::Accuracy => String::new(),
+                m => format!("; picked by cv {}", m.as_str()),
+            }
         );
         if let Some(c) = self
             .candidates
