@@ -259,6 +259,10 @@ pub struct TelemetryConfig {
     pub spool_max_mb: u64,
     /// `telemetry.request_timeout_sec` (default 10, 1..=600): timeout of one upload request.
     pub request_timeout_sec: u64,
+    /// `telemetry.heartbeat_interval_sec` (default 30, 0 or 1..=86400): how often the
+    /// telemetry thread reports the deployment's state (active version, rollout stage,
+    /// queue depths, last error) to `{cloud.api_url}/api/v1/heartbeats`; 0 sends none.
+    pub heartbeat_interval_sec: u64,
 }
 
 impl Default for TelemetryConfig {
@@ -270,6 +274,7 @@ impl Default for TelemetryConfig {
             privacy_mode: PrivacyMode::Balanced,
             spool_max_mb: 100,
             request_timeout_sec: 10,
+            heartbeat_interval_sec: 30,
         }
     }
 }
@@ -862,6 +867,12 @@ impl DeploymentConfig {
             1,
             600,
         )?;
+        between(
+            "telemetry.heartbeat_interval_sec",
+            telemetry.heartbeat_interval_sec,
+            0,
+            86_400,
+        )?;
 
         let storage = &self.storage;
         if storage.data_dir.as_os_str().is_empty() {
@@ -1191,6 +1202,7 @@ retention:
         assert_eq!(c.telemetry.privacy_mode, PrivacyMode::Balanced);
         assert_eq!(c.telemetry.spool_max_mb, 100);
         assert_eq!(c.telemetry.request_timeout_sec, 10);
+        assert_eq!(c.telemetry.heartbeat_interval_sec, 30);
         assert_eq!(c.storage.data_dir, Path::new("/loopai-data"));
         assert_eq!(c.storage.retention_days, 30);
         assert_eq!(c.storage.max_size_gb, 100.0);
@@ -1584,6 +1596,10 @@ runtime:
             (
                 "telemetry:\n  request_timeout_sec: 0\n",
                 "telemetry.request_timeout_sec: must be between 1 and 600, got 0",
+            ),
+            (
+                "telemetry:\n  heartbeat_interval_sec: 86401\n",
+                "telemetry.heartbeat_interval_sec: must be between 0 and 86400, got 86401",
             ),
         ];
         for (text, expected) in cases {

@@ -224,8 +224,9 @@ pub use runtime::{
 pub use sampler::{SampleReason, Sampler};
 pub use schema::{JsonSchema, SchemaViolation};
 pub use telemetry::{
-    BatchMetrics, ExecutionSummary, LatencySummary, StatusCounts, TelemetryBatch, TelemetryMetrics,
-    ValidationSummary, DEPLOYMENT_ID_FILE, MAX_OUTPUT_CLASSES, TELEMETRY_FORMAT,
+    BatchMetrics, ExecutionSummary, Heartbeat, HeartbeatRollout, LatencySummary, QueueDepths,
+    StatusCounts, TelemetryBatch, TelemetryMetrics, ValidationSummary, DEPLOYMENT_ID_FILE,
+    HEARTBEAT_FORMAT, MAX_OUTPUT_CLASSES, TELEMETRY_FORMAT,
 };
 pub use validator::{
     compare_outputs, Comparison, ValidationMetrics, VersionValidationMetrics, ROLLING_WINDOW,

@@ -23,7 +23,7 @@ use crate::refresh::{Checker, HttpRepo, Refresh, RefreshTarget};
 use crate::rollout::{RolloutChecker, RolloutContext, RolloutController, RolloutOutbox};
 use crate::sampler::Sampler;
 use crate::schema::JsonSchema;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{HeartbeatSource, RuntimeState, Telemetry};
 use crate::validator::{TaskInfo, Validator, ValidatorSettings};
 
 /// Builds a [`Runtime`]; every setting is validated in [`build`](RuntimeBuilder::build).
@@ -296,6 +296,9 @@ impl RuntimeBuilder {
         if let Some(refresh) = &inner.refresh {
             refresh.start(Box::new(WeakRuntime(Arc::downgrade(&inner))))?;
         }
+        if let Some(telemetry) = &inner.telemetry {
+            telemetry.set_heartbeat_source(Box::new(WeakRuntime(Arc::downgrade(&inner))));
+        }
         Ok(Runtime { inner })
     }
 }
@@ -303,6 +306,13 @@ impl RuntimeBuilder {
 /// The refresh thread's handle on its runtime: weak, so that the thread does not keep the
 /// runtime alive.
 struct WeakRuntime(Weak<Inner>);
+
+impl HeartbeatSource for WeakRuntime {
+    fn runtime_state(&self) -> Option<RuntimeState> {
+        let runtime = Runtime::from_inner(self.0.upgrade()?);
+        Some(runtime.heartbeat_state())
+    }
+}
 
 impl RefreshTarget for WeakRuntime {
     fn active_version(&self) -> Option<u32> {

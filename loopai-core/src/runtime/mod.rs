@@ -25,7 +25,7 @@ use crate::executor::Executor;
 use crate::refresh::{Refresh, RefreshMetrics};
 use crate::rollout::{RolloutChecker, RolloutController, RolloutStatus};
 use crate::sampler::Sampler;
-use crate::telemetry::{Telemetry, TelemetryMetrics};
+use crate::telemetry::{HeartbeatRollout, RuntimeState, Telemetry, TelemetryMetrics};
 use crate::validator::{ValidationMetrics, Validator};
 
 /// How long dropping a [`Runtime`] waits for its background threads to finish.
@@ -531,6 +531,38 @@ impl Runtime {
     /// The outcome of the last retention run (at start-up, then daily), once one finished.
     pub fn last_retention(&self) -> Option<std::result::Result<RetentionReport, String>> {
         self.inner.maintenance.last_report()
+    }
+
+    /// What a heartbeat reports about the runtime (telemetry adds its own queue depths).
+    pub(crate) fn heartbeat_state(&self) -> RuntimeState {
+        let dataset = self.inner.dataset.metrics();
+        let validation = self.inner.validator.metrics();
+        let refresh_error = self
+            .inner
+            .refresh
+            .as_ref()
+            .and_then(|r| r.metrics().last_error);
+        RuntimeState {
+            status: if self.inner.dataset.healthy() {
+                "ok".to_owned()
+            } else {
+                "degraded".to_owned()
+            },
+            active_version: self.active_version(),
+            rollout: self.rollout().map(|r| HeartbeatRollout {
+                state: serde_json::to_value(r.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                stable_version: r.stable_version,
+                canary_version: r.canary_version,
+                stage: r.stage,
+                fraction: r.fraction,
+            }),
+            dataset_pending: dataset.pending,
+            validation_queued: validation.queued,
+            last_error: dataset.last_error.or(refresh_error),
+        }
     }
 
     /// Current state, for health checks.

@@ -12,6 +12,7 @@ use crate::config::PrivacyMode;
 use crate::dataset::{ExecutionRecord, ExecutionStatus, ValidationRecord};
 use crate::privacy::PrivacyPolicy;
 use crate::rollout::RolloutEvent;
+use crate::telemetry::heartbeat::Heartbeat;
 
 /// The `format` of every batch this version writes.
 pub const TELEMETRY_FORMAT: &str = "loopai.telemetry/1";
@@ -86,6 +87,10 @@ pub struct TelemetryBatch {
     /// the JSON when empty; batches without it parse with an empty list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rollout_events: Vec<RolloutEvent>,
+    /// The deployment's latest [`Heartbeat`] when the batch was spooled (absent before
+    /// the first one, or with `telemetry.heartbeat_interval_sec: 0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<Heartbeat>,
 }
 
 /// Aggregate metrics of a batch, over every record of the window (sampled or not).
@@ -512,6 +517,7 @@ impl BatchBuilder {
             execution_summaries: b.summaries,
             sampled_validations: b.validation_summaries,
             rollout_events: std::mem::take(&mut self.events),
+            heartbeat: None,
         }
     }
 }

@@ -8,10 +8,13 @@
 //!   the spool ([`spool`]) — file I/O only, never the network.
 //! * One uploader thread per runtime sends spooled batches oldest first ([`upload`]), with
 //!   a per-request timeout, exponential backoff with full jitter and `Retry-After`.
+//! * The same thread sends a [`Heartbeat`] every `telemetry.heartbeat_interval_sec`
+//!   ([`heartbeat`]); the latest one also rides on every batch spooled after it.
 //!
 //! The format, the spool and the retry rules are documented in `docs/telemetry.md`.
 
 mod batch;
+mod heartbeat;
 mod spool;
 mod upload;
 
@@ -19,7 +22,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -41,6 +44,8 @@ pub use batch::{
     BatchMetrics, ExecutionSummary, LatencySummary, StatusCounts, TelemetryBatch,
     ValidationSummary, MAX_OUTPUT_CLASSES, TELEMETRY_FORMAT,
 };
+pub use heartbeat::{Heartbeat, HeartbeatRollout, QueueDepths, HEARTBEAT_FORMAT};
+pub(crate) use heartbeat::{HeartbeatSource, RuntimeState};
 use spool::Spool;
 use upload::{HttpTransport, Step, Transport, Uploader};
 
@@ -77,6 +82,8 @@ pub(crate) struct Counters {
     pub spool_errors: Counter,
     /// Records in batches not cut yet.
     pub pending_records: Counter,
+    pub heartbeats_sent: Counter,
+    pub heartbeat_failures: Counter,
     last_error: Mutex<Option<String>>,
 }
 
@@ -143,6 +150,11 @@ pub struct TelemetryMetrics {
     pub spool_errors: u64,
     /// The last upload or spool error, cleared by the next successful upload.
     pub last_error: Option<String>,
+    /// Heartbeats the cloud accepted (2xx).
+    pub heartbeats_sent: u64,
+    /// Heartbeats that failed (transport error or non-2xx); never retried, the next one
+    /// replaces them.
+    pub heartbeat_failures: u64,
 }
 
 enum Ctl {
@@ -152,6 +164,8 @@ enum Ctl {
     Flush,
     /// Send what can be sent by the deadline, stopping at the first failure, then exit.
     Shutdown(Instant),
+    /// The heartbeat source was set: send the first heartbeat now.
+    Heartbeat,
 }
 
 /// Upload progress: drain waiters are woken after every attempt.
@@ -174,6 +188,8 @@ pub(crate) struct TelemetrySettings {
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
     pub request_timeout: Duration,
+    /// `telemetry.heartbeat_interval_sec`; zero sends no heartbeats.
+    pub heartbeat_interval: Duration,
 }
 
 /// Owns the uploader thread of one runtime's telemetry.
@@ -189,6 +205,8 @@ pub(crate) struct Telemetry {
     endpoint: String,
     mode: PrivacyMode,
     fork_generation: u64,
+    /// Where heartbeats get the runtime's state; set once the runtime is built.
+    heartbeat_source: Arc<OnceLock<Box<dyn HeartbeatSource>>>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -284,6 +302,7 @@ impl Telemetry {
             spool_dir: data_dir.join("telemetry").join("spool").join(task),
             spool_max_bytes: config.telemetry.spool_max_mb.saturating_mul(1 << 20),
             request_timeout: Duration::from_secs(config.telemetry.request_timeout_sec),
+            heartbeat_interval: Duration::from_secs(config.telemetry.heartbeat_interval_sec),
         };
         let policy = PrivacyPolicy::new(
             config.telemetry.privacy_mode,
@@ -328,6 +347,17 @@ impl Telemetry {
         let (exited_tx, exited) = bounded::<()>(1);
         let progress = Arc::new(Progress::default());
         let dead = Arc::new(AtomicBool::new(false));
+        let heartbeat_source: Arc<OnceLock<Box<dyn HeartbeatSource>>> = Arc::default();
+        let latest_heartbeat: Arc<Mutex<Option<Heartbeat>>> = Arc::default();
+        let mut heartbeats = Heartbeats {
+            deployment_id: ctx.deployment_id.clone(),
+            task_id: ctx.task_id.clone(),
+            interval: settings.heartbeat_interval,
+            source: heartbeat_source.clone(),
+            latest: latest_heartbeat.clone(),
+            spool: spool.clone(),
+            failing: false,
+        };
         let mut uploader = Uploader {
             spool: spool.clone(),
             transport,
@@ -344,7 +374,13 @@ impl Telemetry {
             .name(format!("loopai-telemetry-{}", ctx.task_id))
             .spawn(move || {
                 let _exit = ExitGuard(exited_tx, thread_dead, thread_progress.clone());
-                run_uploader(&mut uploader, &ctl_rx, request_timeout, &thread_progress);
+                run_uploader(
+                    &mut uploader,
+                    &mut heartbeats,
+                    &ctl_rx,
+                    request_timeout,
+                    &thread_progress,
+                );
             })
             .map_err(|e| Error::io("starting the telemetry uploader thread", e))?;
         let cut_requested = Arc::new(AtomicBool::new(false));
@@ -356,6 +392,7 @@ impl Telemetry {
             wake: ctl.clone(),
             clock,
             outbox: None,
+            latest_heartbeat,
         };
         let telemetry = Telemetry {
             ctl,
@@ -369,8 +406,17 @@ impl Telemetry {
             endpoint,
             mode,
             fork_generation: crate::fork::generation(),
+            heartbeat_source,
         };
         Ok((telemetry, observer))
+    }
+
+    /// Hands over where heartbeats get the runtime's state (once; later calls are
+    /// ignored) and has the first heartbeat sent right away.
+    pub(crate) fn set_heartbeat_source(&self, source: Box<dyn HeartbeatSource>) {
+        if self.heartbeat_source.set(source).is_ok() {
+            let _ = self.ctl.try_send(Ctl::Heartbeat);
+        }
     }
 
     /// Asks the observer to cut every open batch at the writer's next flush.
@@ -476,6 +522,8 @@ impl Telemetry {
             dropped_corrupt: c.dropped_corrupt.get(),
             spool_errors: c.spool_errors.get(),
             last_error: c.last_error(),
+            heartbeats_sent: c.heartbeats_sent.get(),
+            heartbeat_failures: c.heartbeat_failures.get(),
         }
     }
 }
@@ -504,6 +552,7 @@ impl Drop for ExitGuard {
 /// a wake-up, a flush, the end of a backoff or shutdown otherwise.
 fn run_uploader(
     up: &mut Uploader,
+    beats: &mut Heartbeats,
     ctl: &Receiver<Ctl>,
     request_timeout: Duration,
     progress: &Progress,
@@ -511,7 +560,13 @@ fn run_uploader(
     // Batches left by an earlier run are sent right away.
     let mut idle = false;
     let mut retry_at: Option<Instant> = None;
+    // The first heartbeat goes when the runtime hands over its state (`Ctl::Heartbeat`).
+    let mut beat_at: Option<Instant> = None;
     loop {
+        if beat_at.is_some_and(|t| Instant::now() >= t) {
+            beats.beat(up, request_timeout);
+            beat_at = beats.next();
+        }
         let ready = retry_at.is_none_or(|t| Instant::now() >= t);
         if ready && !idle {
             let step = up.step(request_timeout);
@@ -525,9 +580,15 @@ fn run_uploader(
                 Step::Retry(delay) => retry_at = Some(Instant::now() + delay),
             }
         }
-        let msg = match (idle, retry_at) {
-            (true, _) => ctl.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            (false, Some(at)) if Instant::now() < at => ctl.recv_deadline(at),
+        // Wait for a message, the end of a backoff or the next heartbeat.
+        let wake_at = match (idle, retry_at) {
+            (true, _) => beat_at,
+            (false, Some(at)) if Instant::now() < at => Some(beat_at.map_or(at, |b| b.min(at))),
+            _ => Some(Instant::now()),
+        };
+        let msg = match wake_at {
+            None => ctl.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(at) if Instant::now() < at => ctl.recv_deadline(at),
             _ => ctl.try_recv().map_err(|e| match e {
                 TryRecvError::Empty => RecvTimeoutError::Timeout,
                 TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
@@ -543,8 +604,93 @@ fn run_uploader(
                 final_pass(up, deadline, request_timeout, progress);
                 return;
             }
+            Ok(Ctl::Heartbeat) => beat_at = Some(Instant::now()),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// Builds and sends heartbeats on the uploader thread.
+struct Heartbeats {
+    deployment_id: String,
+    task_id: String,
+    /// Zero: no heartbeats.
+    interval: Duration,
+    source: Arc<OnceLock<Box<dyn HeartbeatSource>>>,
+    /// The latest heartbeat built, shared with the observer (it rides on batches).
+    latest: Arc<Mutex<Option<Heartbeat>>>,
+    spool: Arc<Spool>,
+    /// Whether the last one failed (logs a warning once per outage).
+    failing: bool,
+}
+
+impl Heartbeats {
+    /// When the next heartbeat is due; `None` when heartbeats are off.
+    fn next(&self) -> Option<Instant> {
+        (!self.interval.is_zero()).then(|| Instant::now() + self.interval)
+    }
+
+    /// Builds the heartbeat from the runtime's state and telemetry's own, keeps it for
+    /// the next batches, and sends it once (no retry).
+    fn build(&self, counters: &Counters, now: Timestamp) -> Option<Heartbeat> {
+        let state = self.source.get()?.runtime_state()?;
+        let (spooled, _) = self.spool.stats();
+        Some(Heartbeat {
+            format: HEARTBEAT_FORMAT.to_owned(),
+            deployment_id: self.deployment_id.clone(),
+            task_id: self.task_id.clone(),
+            timestamp: now,
+            interval_sec: self.interval.as_secs(),
+            status: state.status,
+            active_version: state.active_version,
+            rollout: state.rollout,
+            queues: QueueDepths {
+                dataset_pending: state.dataset_pending,
+                validation_queued: state.validation_queued,
+                telemetry_spooled: spooled,
+                telemetry_pending_records: counters.pending_records.get(),
+            },
+            last_error: state.last_error.or_else(|| counters.last_error()),
+        })
+    }
+
+    fn beat(&mut self, up: &Uploader, request_timeout: Duration) {
+        if self.interval.is_zero() {
+            return;
+        }
+        let now = Timestamp(up.clock.now_millis());
+        let Some(heartbeat) = self.build(&up.counters, now) else {
+            return;
+        };
+        *self.latest.lock() = Some(heartbeat.clone());
+        let body = match serde_json::to_vec(&heartbeat) {
+            Ok(body) => body,
+            Err(e) => {
+                log::error!("loopai: serializing a heartbeat: {e}");
+                return;
+            }
+        };
+        let outcome = match up.transport.post_heartbeat(&body, request_timeout) {
+            Ok(r) if (200..300).contains(&r.status) => Ok(()),
+            Ok(r) => Err(format!("HTTP {}", r.status)),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => {
+                up.counters.heartbeats_sent.inc();
+                self.failing = false;
+            }
+            Err(e) => {
+                up.counters.heartbeat_failures.inc();
+                if !self.failing {
+                    log::warn!(
+                        "loopai: heartbeat not delivered ({e}); the next one follows in {:?}",
+                        self.interval
+                    );
+                }
+                self.failing = true;
+            }
         }
     }
 }
@@ -581,6 +727,8 @@ pub(crate) struct TelemetryObserver {
     clock: Arc<dyn Clock>,
     /// Rollout events to send with the next batch.
     outbox: Option<Arc<RolloutOutbox>>,
+    /// The latest heartbeat (set by the uploader thread), sent with every batch.
+    latest_heartbeat: Arc<Mutex<Option<Heartbeat>>>,
 }
 
 impl std::fmt::Debug for TelemetryObserver {
@@ -646,8 +794,9 @@ impl TelemetryObserver {
     }
 
     fn spool_all(&mut self, batches: Vec<TelemetryBatch>) {
-        for batch in &batches {
-            self.spool_batch(batch);
+        for mut batch in batches {
+            batch.heartbeat = self.latest_heartbeat.lock().clone();
+            self.spool_batch(&batch);
         }
         self.counters
             .pending_records

@@ -18,6 +18,8 @@ use super::upload::{Response, Transport};
 pub(crate) struct FakeTransport {
     pub script: Mutex<VecDeque<Result<Response, String>>>,
     pub bodies: Mutex<Vec<Vec<u8>>>,
+    /// Heartbeat bodies (plain JSON), always answered 200.
+    pub heartbeats: Mutex<Vec<Vec<u8>>>,
 }
 
 impl FakeTransport {
@@ -36,6 +38,14 @@ impl Transport for FakeTransport {
             .lock()
             .pop_front()
             .unwrap_or_else(|| Err("connection refused".into()))
+    }
+
+    fn post_heartbeat(&self, body: &[u8], _timeout: Duration) -> Result<Response, String> {
+        self.heartbeats.lock().push(body.to_vec());
+        Ok(Response {
+            status: 200,
+            retry_after: None,
+        })
     }
 }
 
@@ -81,7 +91,7 @@ impl Request {
 type Script = Arc<Mutex<VecDeque<(u16, Option<String>)>>>;
 
 /// A one-request-per-connection HTTP/1.1 server answering telemetry uploads from a script
-/// (then 200). Other paths (the runtime's artifact refresh) get 404 and are not recorded.
+/// (then 200) and heartbeats with 200. Other paths (the runtime's artifact refresh) get 404 and are not recorded.
 #[derive(Debug)]
 pub(crate) struct TestCollector {
     addr: SocketAddr,
@@ -131,11 +141,26 @@ impl TestCollector {
             .push_back((status, retry_after.map(str::to_owned)));
     }
 
+    /// The telemetry uploads received (heartbeats are in [`heartbeats`](Self::heartbeats)).
     pub(crate) fn requests(&self) -> Vec<Request> {
-        self.requests.lock().clone()
+        let all = self.requests.lock();
+        all.iter()
+            .filter(|r| r.path == "/api/v1/telemetry")
+            .cloned()
+            .collect()
     }
 
-    /// The decompressed bodies of requests answered 2xx.
+    /// The heartbeats received (plain JSON).
+    pub(crate) fn heartbeats(&self) -> Vec<Value> {
+        self.requests
+            .lock()
+            .iter()
+            .filter(|r| r.path == "/api/v1/heartbeats")
+            .map(|r| serde_json::from_slice(&r.body).expect("JSON heartbeat"))
+            .collect()
+    }
+
+    /// The decompressed bodies of telemetry uploads answered 2xx.
     pub(crate) fn batches(&self) -> Vec<Value> {
         self.requests()
             .iter()
@@ -184,6 +209,19 @@ fn serve(stream: TcpStream, script: &Script) -> Option<Request> {
     let mut body = vec![0; len];
     reader.read_exact(&mut body).ok()?;
     let mut stream = stream;
+    if path == "/api/v1/heartbeats" {
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        return Some(Request {
+            method,
+            path,
+            headers,
+            body,
+            status: 200,
+        });
+    }
     if path != "/api/v1/telemetry" {
         let _ = write!(
             stream,

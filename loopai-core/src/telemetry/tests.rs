@@ -440,6 +440,7 @@ fn the_spool_bound_drops_the_oldest_and_counts_them() {
         spool_dir: dir.path().join("spool"),
         spool_max_bytes: 4096,
         request_timeout: Duration::from_secs(1),
+        heartbeat_interval: Duration::ZERO,
     };
     // The collector refuses every connection.
     let transport = Arc::new(FakeTransport::default());
@@ -560,4 +561,81 @@ fn public_types_are_send_and_sync() {
     check::<TelemetryBatch>();
     check::<TelemetryMetrics>();
     check::<Telemetry>();
+}
+
+#[test]
+fn heartbeats_report_the_runtime_state_and_ride_on_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path());
+    let collector = TestCollector::start();
+    let rt = runtime(
+        dir.path(),
+        config(
+            &collector.url(),
+            "balanced",
+            "  heartbeat_interval_sec: 3600\n  batch_size: 2\n",
+            "runtime:\n  deployment_id: edge-hb-1\n",
+        ),
+    );
+    // The first heartbeat goes as soon as the runtime is built.
+    wait_for("the first heartbeat", WAIT, || {
+        !collector.heartbeats().is_empty()
+    });
+    let hb: Heartbeat = serde_json::from_value(collector.heartbeats()[0].clone()).unwrap();
+    assert_eq!(hb.format, HEARTBEAT_FORMAT);
+    assert_eq!(
+        (hb.deployment_id.as_str(), hb.task_id.as_str()),
+        ("edge-hb-1", "spam")
+    );
+    assert_eq!((hb.active_version, hb.interval_sec), (1, 3600));
+    assert_eq!(hb.status, "ok");
+    assert!(hb.rollout.is_none());
+    // Counted once the answer is read (just after the collector recorded it).
+    wait_for("the heartbeat counted", WAIT, || {
+        telemetry(&rt).heartbeats_sent == 1
+    });
+    // Batches spooled after it carry it.
+    for text in ["win a prize", "hello"] {
+        rt.execute(&json!({ "text": text })).unwrap();
+    }
+    rt.flush(WAIT).unwrap();
+    let batches = collector.batches();
+    assert!(!batches.is_empty());
+    for batch in &batches {
+        let parsed: TelemetryBatch = serde_json::from_value(batch.clone()).unwrap();
+        let carried = parsed.heartbeat.expect("the batch carries the heartbeat");
+        assert_eq!(carried.deployment_id, "edge-hb-1");
+        assert_eq!(carried.active_version, 1);
+    }
+    // One interval is an hour: no second heartbeat in this test.
+    assert_eq!(collector.heartbeats().len(), 1);
+    rt.shutdown(WAIT).unwrap();
+}
+
+#[test]
+fn heartbeat_interval_zero_sends_none() {
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path());
+    let collector = TestCollector::start();
+    let rt = runtime(
+        dir.path(),
+        config(
+            &collector.url(),
+            "balanced",
+            "  heartbeat_interval_sec: 0\n  batch_size: 1\n",
+            "",
+        ),
+    );
+    rt.execute(&json!({ "text": "hello" })).unwrap();
+    rt.flush(WAIT).unwrap();
+    let batches = collector.batches();
+    assert_eq!(batches.len(), 1);
+    assert!(batches[0].get("heartbeat").is_none());
+    rt.shutdown(WAIT).unwrap();
+    assert!(collector.heartbeats().is_empty());
+    assert_eq!(telemetry_sent_heartbeats(&rt), 0);
+}
+
+fn telemetry_sent_heartbeats(rt: &Runtime) -> u64 {
+    rt.health().telemetry.map_or(0, |t| t.heartbeats_sent)
 }

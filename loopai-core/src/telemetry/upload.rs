@@ -25,11 +25,17 @@ pub(crate) trait Transport: Send + Sync + fmt::Debug {
     /// POSTs `body` (gzip JSON), giving up after `timeout`. `Err` is a transport failure
     /// (connection refused, DNS, TLS, timeout...), always retried.
     fn post(&self, body: &[u8], timeout: Duration) -> Result<Response, String>;
+
+    /// POSTs one heartbeat (plain JSON) to the heartbeat endpoint, giving up after
+    /// `timeout`. Never retried: the next heartbeat replaces it.
+    fn post_heartbeat(&self, body: &[u8], timeout: Duration) -> Result<Response, String>;
 }
 
-/// The real transport: `POST {api_url}/api/v1/telemetry` with `ureq`.
+/// The real transport: `POST {api_url}/api/v1/telemetry` (and `/api/v1/heartbeats`) with
+/// `ureq`.
 pub(crate) struct HttpTransport {
     url: String,
+    heartbeat_url: String,
     authorization: Option<String>,
     agent: ureq::Agent,
 }
@@ -55,6 +61,7 @@ impl HttpTransport {
     pub(crate) fn new(api_url: &str, api_key: Option<&str>) -> HttpTransport {
         HttpTransport {
             url: Self::endpoint(api_url),
+            heartbeat_url: format!("{}/api/v1/heartbeats", api_url.trim_end_matches('/')),
             authorization: api_key.map(|k| format!("Bearer {k}")),
             agent: net::agent(true),
         }
@@ -63,14 +70,32 @@ impl HttpTransport {
 
 impl Transport for HttpTransport {
     fn post(&self, body: &[u8], timeout: Duration) -> Result<Response, String> {
+        self.send(&self.url, true, body, timeout)
+    }
+
+    fn post_heartbeat(&self, body: &[u8], timeout: Duration) -> Result<Response, String> {
+        self.send(&self.heartbeat_url, false, body, timeout)
+    }
+}
+
+impl HttpTransport {
+    fn send(
+        &self,
+        url: &str,
+        gzip: bool,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Response, String> {
         let mut request = self
             .agent
-            .post(&self.url)
+            .post(url)
             .config()
             .timeout_global(Some(timeout))
             .build()
-            .header("Content-Type", "application/json")
-            .header("Content-Encoding", "gzip");
+            .header("Content-Type", "application/json");
+        if gzip {
+            request = request.header("Content-Encoding", "gzip");
+        }
         if let Some(auth) = &self.authorization {
             request = request.header("Authorization", auth);
         }
