@@ -9,8 +9,8 @@ use loopai_core::{Error, ErrorKind};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum CloudCommand {
-    /// Run the reference cloud (telemetry collector, artifact repository, notifications;
-    /// see docs/cloud.md) until SIGINT or SIGTERM. Logs go to stderr (level from
+    /// Run the reference cloud (telemetry collector, heartbeats, artifact repository,
+    /// notifications, query API, monitoring dashboard at /; see docs/cloud.md) until SIGINT or SIGTERM. Logs go to stderr (level from
     /// LOOPAI_LOG: error, warn, info, debug).
     Serve(ServeArgs),
     /// Make an ed25519 artifact signing key: writes the secret key to FILE (mode 0600, for
@@ -34,8 +34,9 @@ pub(crate) struct ServeArgs {
     /// The address to listen on (0.0.0.0 or :: for every interface).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
     bind: IpAddr,
-    /// API keys file (JSON lines: {"key", "role": "deployment"|"publisher",
-    /// "deployment_id"}). Without it the server runs open, as a development server.
+    /// API keys file (JSON lines: {"key", "role": "deployment"|"publisher"|"viewer",
+    /// "deployment_id"}; viewer keys read the query API and the dashboard at /). Without
+    /// it the server runs open, as a development server.
     #[arg(long, value_name = "FILE")]
     api_keys: Option<PathBuf>,
     /// Sign published artifacts with the ed25519 secret key in FILE (from `loopai cloud
@@ -64,6 +65,11 @@ pub(crate) struct ServeArgs {
     /// Seconds a keep-alive connection may wait for its next request before it is closed.
     #[arg(long, value_name = "SECONDS", default_value_t = loopai_cloud::DEFAULT_IDLE_TIMEOUT.as_secs())]
     idle_timeout_sec: u64,
+    /// Show a deployment as silent on the dashboard and in the query API after this many
+    /// of its heartbeat intervals without news (60 s intervals for deployments that send
+    /// no heartbeats).
+    #[arg(long, value_name = "N", default_value_t = loopai_cloud::DEFAULT_SILENT_AFTER_INTERVALS)]
+    silent_after_intervals: u32,
     /// Most open connections (notification streams included); past it a new connection
     /// gets 503 and is closed at once (lowered at start to fit under ulimit -n).
     #[arg(long, value_name = "N", default_value_t = loopai_cloud::DEFAULT_MAX_CONNECTIONS)]
@@ -90,7 +96,8 @@ pub(crate) fn run(cmd: CloudCommand) -> Result<ExitCode, Error> {
                 .port(args.port)
                 .header_read_timeout(std::time::Duration::from_secs(args.header_read_timeout_sec))
                 .idle_timeout(std::time::Duration::from_secs(args.idle_timeout_sec))
-                .max_connections(args.max_connections);
+                .max_connections(args.max_connections)
+                .silent_after_intervals(args.silent_after_intervals);
             if let Some(keys) = &args.api_keys {
                 builder = builder.api_keys_file(keys);
             }

@@ -16,7 +16,7 @@
 use std::fmt;
 use std::path::Path;
 
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::HeaderMap;
 use loopai_http::{check_key, key_digest, KeyDigest, KeyFile, KeyProblem, LineErrors};
 use serde::Deserialize;
@@ -36,8 +36,11 @@ pub enum Role {
     /// A deployment (a runtime): may upload telemetry for its own `deployment_id`, read
     /// the artifact repository and subscribe to notifications.
     Deployment,
-    /// A publisher: may upload artifacts to the artifact repository (and read it).
+    /// A publisher: may upload artifacts to the artifact repository (and read it), and
+    /// read the query API and the dashboard.
     Publisher,
+    /// A viewer: may only read the query API (`/api/v1/query/...`) and the dashboard.
+    Viewer,
 }
 
 impl fmt::Display for Role {
@@ -45,6 +48,7 @@ impl fmt::Display for Role {
         f.write_str(match self {
             Role::Deployment => "deployment",
             Role::Publisher => "publisher",
+            Role::Viewer => "viewer",
         })
     }
 }
@@ -153,7 +157,7 @@ fn entry(line: KeyLine, _line_no: usize) -> std::result::Result<(KeyDigest, Prin
         Role::Deployment if line.deployment_id.is_none() => {
             return Err("deployment_id: required for role \"deployment\"".to_owned());
         }
-        Role::Publisher if line.deployment_id.is_some() => {
+        Role::Publisher | Role::Viewer if line.deployment_id.is_some() => {
             return Err("deployment_id: only allowed for role \"deployment\"".to_owned());
         }
         _ => {}
@@ -236,6 +240,38 @@ impl Auth {
         self.authorize_any(headers, &[required])
     }
 
+    /// Like [`authorize_any`](Self::authorize_any), also accepting the key from the
+    /// dashboard's session cookie ([`SESSION_COOKIE`]) when there is no `Authorization`
+    /// header (browsers send the cookie; scripts send the header).
+    pub(crate) fn authorize_browser(
+        &self,
+        headers: &HeaderMap,
+        allowed: &[Role],
+    ) -> std::result::Result<Caller<'_>, ApiError> {
+        if headers.contains_key(AUTHORIZATION) {
+            return self.authorize_any(headers, allowed);
+        }
+        let keys = match self {
+            Auth::Open => return Ok(Caller::Anonymous),
+            Auth::Keys(keys) => keys,
+        };
+        let token = session_cookie(headers)
+            .ok_or_else(|| ApiError::unauthorized("not signed in: no API key given"))?;
+        check_role(keys, &token, allowed)
+    }
+
+    /// Checks a key given directly (the dashboard's login form).
+    pub(crate) fn authorize_key(
+        &self,
+        key: &str,
+        allowed: &[Role],
+    ) -> std::result::Result<Caller<'_>, ApiError> {
+        match self {
+            Auth::Open => Ok(Caller::Anonymous),
+            Auth::Keys(keys) => check_role(keys, key, allowed),
+        }
+    }
+
     /// Like [`authorize`](Self::authorize), accepting any of `allowed` roles.
     pub(crate) fn authorize_any(
         &self,
@@ -262,19 +298,43 @@ impl Auth {
                 ))
             }
         };
-        let principal = keys
-            .authenticate(token)
-            .ok_or_else(|| ApiError::unauthorized("unknown API key"))?;
-        if !allowed.contains(&principal.role) {
-            let needed: Vec<String> = allowed.iter().map(Role::to_string).collect();
-            return Err(ApiError::forbidden(format!(
-                "this endpoint needs a {} key, not a {} key",
-                needed.join(" or "),
-                principal.role
-            )));
-        }
-        Ok(Caller::Key(principal))
+        check_role(keys, token, allowed)
     }
+}
+
+/// The dashboard's session cookie: it holds the API key the user signed in with
+/// (`HttpOnly`, `SameSite=Strict`), see `docs/cloud.md`.
+pub(crate) const SESSION_COOKIE: &str = "loopai_key";
+
+/// The value of the [`SESSION_COOKIE`] in the request's `Cookie` headers.
+pub(crate) fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .and_then(|(_, value)| crate::http::form_decode(value.trim_matches('"')).ok())
+}
+
+fn check_role<'a>(
+    keys: &'a ApiKeys,
+    token: &str,
+    allowed: &[Role],
+) -> std::result::Result<Caller<'a>, ApiError> {
+    let principal = keys
+        .authenticate(token)
+        .ok_or_else(|| ApiError::unauthorized("unknown API key"))?;
+    if !allowed.contains(&principal.role) {
+        let needed: Vec<String> = allowed.iter().map(Role::to_string).collect();
+        return Err(ApiError::forbidden(format!(
+            "this endpoint needs a {} key, not a {} key",
+            needed.join(" or "),
+            principal.role
+        )));
+    }
+    Ok(Caller::Key(principal))
 }
 
 #[cfg(test)]
@@ -332,5 +392,37 @@ mod tests {
             .authorize(&headers(None), Role::Deployment)
             .unwrap();
         assert_eq!(open.describe(), "anonymous");
+    }
+
+    #[test]
+    fn browsers_authenticate_with_the_session_cookie() {
+        let keys = ApiKeys::parse(
+            "{\"key\": \"vvvvvvvvvvvvvvvvvvvv\", \"role\": \"viewer\", \"name\": \"ops\"}\n\
+             {\"key\": \"dddddddddddddddddddd\", \"role\": \"deployment\", \"deployment_id\": \"d1\"}",
+            "k",
+        )
+        .unwrap();
+        let auth = Auth::Keys(keys);
+        let readers = [Role::Viewer, Role::Publisher];
+        let with_cookie = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(COOKIE, v.parse().unwrap());
+            auth.authorize_browser(&h, &readers)
+                .map(|c| c.describe())
+                .map_err(|e| e.status().as_u16())
+        };
+        assert_eq!(
+            with_cookie("theme=dark; loopai_key=vvvvvvvvvvvvvvvvvvvv"),
+            Ok("viewer ops".to_owned())
+        );
+        assert_eq!(with_cookie("loopai_key=dddddddddddddddddddd"), Err(403));
+        assert_eq!(with_cookie("loopai_key=wrong-wrong-wrong-wrong"), Err(401));
+        assert_eq!(with_cookie("other=1"), Err(401));
+        assert_eq!(
+            auth.authorize_browser(&HeaderMap::new(), &readers)
+                .map_err(|e| e.status().as_u16())
+                .unwrap_err(),
+            401
+        );
     }
 }

@@ -20,6 +20,45 @@ pub(crate) async fn not_found(method: axum::http::Method, uri: axum::http::Uri) 
     ApiError::not_found(format!("no endpoint {method} {}", uri.path())).into_response()
 }
 
+/// Decodes one `application/x-www-form-urlencoded` component: `+` is a space, `%XX` a
+/// byte; the result must be UTF-8.
+pub(crate) fn form_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| format!("bad percent-encoding at byte {i}"))?;
+                out.push(hex);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| "not valid UTF-8 once decoded".to_owned())
+}
+
+/// Percent-encodes every byte but `A-Z a-z 0-9 - _ . ~` (a cookie value, a URL
+/// component); [`form_decode`] reverses it.
+pub(crate) fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// How a request body is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Encoding {
@@ -101,6 +140,16 @@ mod tests {
         let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::default());
         enc.write_all(data).unwrap();
         Bytes::from(enc.finish().unwrap())
+    }
+
+    #[test]
+    fn percent_encoding_round_trips_every_printable_key() {
+        let key = "ab;c,d\"e\\f g+h%i=j~k";
+        let encoded = percent_encode(key);
+        assert!(encoded
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.~%".contains(&b)));
+        assert_eq!(form_decode(&encoded).unwrap(), key);
     }
 
     #[test]

@@ -110,11 +110,14 @@
 
 mod artifacts;
 mod auth;
+mod dashboard;
 mod error;
+mod heartbeat;
 mod http;
 mod improvement;
 mod postgres;
 mod publish;
+mod query;
 mod repository;
 mod server;
 mod state;
@@ -125,6 +128,7 @@ mod telemetry_store;
 pub use auth::{ApiKeys, Principal, Role, MAX_KEY_BYTES, MIN_KEY_BYTES};
 pub use error::{Error, ErrorKind, Result};
 pub use improvement::{ImprovementAction, ImprovementConfig, ImprovementEngine, PublishFn};
+pub use query::index::DEFAULT_SILENT_AFTER_INTERVALS;
 pub use server::{
     CloudServer, CloudServerBuilder, ServerHandle, DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BODY_BYTES,

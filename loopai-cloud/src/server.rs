@@ -21,12 +21,13 @@ use crate::http::{self, BodyLimits};
 use crate::improvement::{ImprovementConfig, ImprovementEngine};
 use crate::postgres::PgStorage;
 use crate::publish::{self, Hub};
+use crate::query::index::{FleetIndex, DEFAULT_SILENT_AFTER_INTERVALS};
 use crate::repository::Repository;
 use crate::state::{AppState, ImprovementCounters};
 use crate::storage::file::FileImprovement;
 use crate::storage::{ArtifactBackend, ImprovementBackend, TelemetryBackend};
 use crate::telemetry_store::TelemetryStore;
-use crate::{artifacts, telemetry};
+use crate::{artifacts, dashboard, heartbeat, query, telemetry};
 
 /// The default largest request body, in bytes, as received and after decompression (16 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
@@ -60,6 +61,7 @@ pub struct CloudServerBuilder {
     heartbeat: Duration,
     improvement: Option<(ImprovementConfig, Duration)>,
     database: Option<String>,
+    silent_after_intervals: u32,
 }
 
 impl Default for CloudServerBuilder {
@@ -81,6 +83,7 @@ impl Default for CloudServerBuilder {
             heartbeat: DEFAULT_HEARTBEAT,
             improvement: None,
             database: None,
+            silent_after_intervals: DEFAULT_SILENT_AFTER_INTERVALS,
         }
     }
 }
@@ -192,6 +195,14 @@ impl CloudServerBuilder {
         self
     }
 
+    /// After how many of its reporting intervals without a heartbeat or batch a
+    /// deployment is shown `silent` (default [`DEFAULT_SILENT_AFTER_INTERVALS`]; the
+    /// interval is the `interval_sec` of its heartbeats, else 60 s).
+    pub fn silent_after_intervals(mut self, intervals: u32) -> Self {
+        self.silent_after_intervals = intervals;
+        self
+    }
+
     /// How often notification streams get a `heartbeat` event (default
     /// [`DEFAULT_HEARTBEAT`]).
     pub fn heartbeat(mut self, every: Duration) -> Self {
@@ -262,6 +273,12 @@ impl CloudServerBuilder {
         if self.heartbeat.is_zero() {
             return Err(Error::new(ErrorKind::Config, "heartbeat: must not be zero"));
         }
+        if self.silent_after_intervals == 0 {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "silent_after_intervals: must be at least 1",
+            ));
+        }
         let signer = match (self.signer, self.signing_key_file) {
             (Some(_), Some(_)) => {
                 return Err(Error::new(
@@ -293,7 +310,7 @@ impl CloudServerBuilder {
         let hub = Hub::new(self.heartbeat);
         let storage = match &self.database {
             Some(url) => {
-                let pg = Arc::new(PgStorage::open(url, self.clock, signer)?);
+                let pg = Arc::new(PgStorage::open(url, self.clock.clone(), signer)?);
                 pg.listen(hub.tx.clone());
                 Storage {
                     kind: "postgres",
@@ -302,8 +319,24 @@ impl CloudServerBuilder {
                     improvement: pg as Arc<dyn ImprovementBackend>,
                 }
             }
-            None => open_files(&dir, self.clock, signer)?,
+            None => open_files(&dir, self.clock.clone(), signer)?,
         };
+        let (fleet, indexed) =
+            FleetIndex::open(&dir, self.clock.clone(), self.silent_after_intervals)?;
+        log::info!(
+            "fleet index: {} batches aggregated, {} deployments known{}",
+            indexed.batches,
+            indexed.deployments,
+            if indexed.skipped_lines > 0 {
+                format!(
+                    ", {} lines that are not batches skipped",
+                    indexed.skipped_lines
+                )
+            } else {
+                String::new()
+            }
+        );
+        let fleet = Arc::new(fleet);
         let improvement = match self.improvement {
             Some((config, every)) => {
                 if every.is_zero() {
@@ -339,6 +372,8 @@ impl CloudServerBuilder {
                 connections: Arc::default(),
                 storage: storage.kind,
                 improvement: ImprovementCounters::default(),
+                queries: fleet.clone(),
+                fleet,
             }),
             connections: self.connections,
         })
@@ -420,7 +455,10 @@ fn routes(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(telemetry::routes())
+        .merge(heartbeat::routes())
         .merge(artifacts::routes())
+        .merge(query::api::routes())
+        .merge(dashboard::routes())
         .fallback(http::not_found)
         .with_state(state)
 }

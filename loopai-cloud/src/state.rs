@@ -10,6 +10,8 @@ use loopai_http::ConnectionStats;
 use crate::auth::Auth;
 use crate::http::BodyLimits;
 use crate::publish::Hub;
+use crate::query::index::FleetIndex;
+use crate::query::FleetQueries;
 use crate::storage::{ArtifactBackend, TelemetryBackend};
 
 /// What every request handler shares.
@@ -22,6 +24,10 @@ pub(crate) struct AppState {
     pub(crate) repository: Arc<dyn ArtifactBackend>,
     pub(crate) hub: Hub,
     pub(crate) limits: BodyLimits,
+    /// The fleet index: fed at ingest (batches, heartbeats).
+    pub(crate) fleet: Arc<FleetIndex>,
+    /// What the query API and the dashboard read.
+    pub(crate) queries: Arc<dyn FleetQueries>,
     /// The connection counters, shared with the accept loop (loopai-http).
     pub(crate) connections: Arc<ConnectionStats>,
     /// `"files"` or `"postgres"`, for `/health`.

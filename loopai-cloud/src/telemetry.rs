@@ -79,6 +79,12 @@ async fn accept(app: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<Re
                 );
                 ApiError::internal(format!("storing the batch failed: {e}"))
             })?;
+        if let Appended::Accepted(_) = appended {
+            // The fleet's aggregates and last-seen times (the query API, the dashboard).
+            if let Err(e) = app2.fleet.ingest_batch(&batch.value) {
+                log::error!("fleet index: batch {:?}: {e}", batch.batch_id);
+            }
+        }
         Ok((batch.batch_id, appended))
     })
     .await
