@@ -321,8 +321,17 @@ impl CloudServerBuilder {
             }
             None => open_files(&dir, self.clock.clone(), signer)?,
         };
-        let (fleet, indexed) =
-            FleetIndex::open(&dir, self.clock.clone(), self.silent_after_intervals)?;
+        let (fleet, indexed) = FleetIndex::open(
+            &dir,
+            self.clock.clone(),
+            self.silent_after_intervals,
+            Arc::clone(&storage.improvement),
+        )?;
+        if self.database.is_some() {
+            log::warn!(
+                "fleet index: with a database, the dashboard and the query API aggregate the batches and heartbeats this instance received since it started (the database-backed queries are not implemented yet)"
+            );
+        }
         log::info!(
             "fleet index: {} batches aggregated, {} deployments known{}",
             indexed.batches,

@@ -8,9 +8,9 @@
 //! * Per deployment and task: the last heartbeat and when it was last heard from, kept in
 //!   `<dir>/fleet/deployments.json` (rewritten atomically on change, so it survives a
 //!   restart; a crash loses at most the last update, which the next heartbeat repeats).
-//! * Improvement attempts and escalations are the engine's own files
-//!   (`<dir>/improvement/<task>.json`, `<dir>/escalations.jsonl`), read when asked: they
-//!   are small and written rarely.
+//! * Improvement attempts are read from the improvement engine's storage
+//!   ([`ImprovementBackend::read_state`], files or database) and escalations from
+//!   `<dir>/escalations.jsonl`, when asked: they are small and written rarely.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -28,6 +28,7 @@ use super::{
     QueryError, RolloutRecord, TaskSummary,
 };
 use crate::error::{Error, Result};
+use crate::storage::ImprovementBackend;
 
 /// Rollout events kept per task (the oldest are forgotten past it).
 pub(crate) const MAX_ROLLOUT_EVENTS: usize = 10_000;
@@ -105,6 +106,7 @@ pub(crate) struct FleetIndex {
     dir: PathBuf,
     clock: Arc<dyn Clock>,
     silent_after: u32,
+    improvement: Arc<dyn ImprovementBackend>,
     state: RwLock<IndexState>,
     /// Serializes rewrites of `deployments.json`.
     persist: Mutex<()>,
@@ -140,11 +142,13 @@ impl FleetIndex {
         dir: &Path,
         clock: Arc<dyn Clock>,
         silent_after: u32,
+        improvement: Arc<dyn ImprovementBackend>,
     ) -> Result<(FleetIndex, IndexReport)> {
         let index = FleetIndex {
             dir: dir.to_path_buf(),
             clock,
             silent_after: silent_after.max(1),
+            improvement,
             state: RwLock::new(IndexState::default()),
             persist: Mutex::new(()),
         };
@@ -579,25 +583,17 @@ impl FleetQueries for FleetIndex {
         page: PageRequest,
     ) -> std::result::Result<Page<Value>, QueryError> {
         self.known(task)?;
-        let path = self.dir.join("improvement").join(format!("{task}.json"));
-        let attempts = match fs::read(&path) {
-            Ok(bytes) => {
-                let state: Value = serde_json::from_slice(&bytes).map_err(|e| {
-                    QueryError::Storage(format!(
-                        "{}: not an improvement state: {e}",
-                        path.display()
-                    ))
-                })?;
-                state
-                    .get("attempts")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default()
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(QueryError::Storage(format!("{}: {e}", path.display()))),
-        };
-        Ok(page.slice(attempts.into_iter().rev().collect()))
+        let state = self
+            .improvement
+            .read_state(task)
+            .map_err(|e| QueryError::Storage(e.to_string()))?;
+        let attempts: Vec<Value> = state
+            .attempts
+            .iter()
+            .rev()
+            .filter_map(|a| serde_json::to_value(a).ok())
+            .collect();
+        Ok(page.slice(attempts))
     }
 
     fn escalations(
@@ -654,6 +650,10 @@ mod tests {
         }
     }
 
+    fn files(dir: &Path) -> Arc<dyn ImprovementBackend> {
+        Arc::new(crate::storage::file::FileImprovement::new(dir))
+    }
+
     // 2026-11-25T00:00:00Z
     const T0: i64 = 1_795_564_800_000;
 
@@ -681,7 +681,7 @@ mod tests {
     fn daily_figures_sum_batches_per_day_and_version() {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(FixedClock(AtomicI64::new(T0)));
-        let (index, _) = FleetIndex::open(dir.path(), clock, 3).unwrap();
+        let (index, _) = FleetIndex::open(dir.path(), clock, 3, files(dir.path())).unwrap();
         index
             .ingest_batch(&batch("spam", 1, T0 - 3_600_000, 10, 8, 10))
             .unwrap();
@@ -737,7 +737,8 @@ mod tests {
             format!("{b}\nnot json\n"),
         )
         .unwrap();
-        let (index, report) = FleetIndex::open(dir.path(), clock.clone(), 3).unwrap();
+        let (index, report) =
+            FleetIndex::open(dir.path(), clock.clone(), 3, files(dir.path())).unwrap();
         assert_eq!((report.batches, report.skipped_lines), (1, 1));
         index
             .ingest_heartbeat(
@@ -747,7 +748,8 @@ mod tests {
             )
             .unwrap();
         drop(index);
-        let (index, report) = FleetIndex::open(dir.path(), clock.clone(), 3).unwrap();
+        let (index, report) =
+            FleetIndex::open(dir.path(), clock.clone(), 3, files(dir.path())).unwrap();
         assert_eq!(report.deployments, 1);
         assert_eq!(index.task("spam").unwrap().executions, 10);
         let d = &index
@@ -783,7 +785,7 @@ mod tests {
     fn a_heartbeat_with_an_error_is_degraded() {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(FixedClock(AtomicI64::new(T0)));
-        let (index, _) = FleetIndex::open(dir.path(), clock, 3).unwrap();
+        let (index, _) = FleetIndex::open(dir.path(), clock, 3, files(dir.path())).unwrap();
         index
             .ingest_heartbeat(
                 "e",

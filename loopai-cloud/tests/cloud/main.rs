@@ -3,6 +3,7 @@
 
 mod collector;
 mod connections;
+mod fleet;
 mod improvement;
 mod outage;
 mod pg;
