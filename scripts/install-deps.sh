@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests need (C compiler and pkg-config for the C ABI
 # tests, Go for the Go binding, Mono for the C# binding, venv for Python, PostgreSQL for the
-# cloud's database tests) when they are
+# cloud's database tests, Chromium for the dashboard's browser test) when they are
 # missing. Uses apt-get when run as root (as CI does); otherwise says what to install.
 set -euo pipefail
 
@@ -16,6 +16,8 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 # PostgreSQL server binaries (initdb, pg_ctl, psql) for the cloud's PostgreSQL tests, which
 # start a throwaway cluster of their own.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+# The dashboard's browser test (scripts/test-dashboard.sh) drives the distribution's Chromium.
+command -v chromium >/dev/null || command -v chromium-browser >/dev/null || need+=(chromium)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -49,6 +49,9 @@ scripts/test-bindings.sh
 step "Python package (scripts/test-python.sh: fresh virtualenv, pip install ., pytest, stubtest, ruff)"
 scripts/test-python.sh
 
+step "dashboard in headless Chromium (scripts/test-dashboard.sh: seeded loopai cloud serve, DevTools protocol, screenshots)"
+scripts/test-dashboard.sh
+
 step "gateway with the official openai SDK (scripts/test-gateway.sh: stand-in upstream, loopai serve)"
 scripts/test-gateway.sh
 

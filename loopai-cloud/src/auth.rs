@@ -53,6 +53,9 @@ impl fmt::Display for Role {
     }
 }
 
+/// The roles that may read the fleet: the query API and the dashboard.
+pub(crate) const READERS: &[Role] = &[Role::Viewer, Role::Publisher];
+
 /// Who a key belongs to: one line of the keys file, without the secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {

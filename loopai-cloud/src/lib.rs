@@ -118,6 +118,7 @@ mod improvement;
 mod postgres;
 mod publish;
 mod query;
+mod query_api;
 mod repository;
 mod server;
 mod state;

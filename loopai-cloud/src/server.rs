@@ -27,7 +27,7 @@ use crate::state::{AppState, ImprovementCounters};
 use crate::storage::file::FileImprovement;
 use crate::storage::{ArtifactBackend, ImprovementBackend, TelemetryBackend};
 use crate::telemetry_store::TelemetryStore;
-use crate::{artifacts, dashboard, heartbeat, query, telemetry};
+use crate::{artifacts, dashboard, heartbeat, query_api, telemetry};
 
 /// The default largest request body, in bytes, as received and after decompression (16 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
@@ -466,7 +466,7 @@ fn routes(state: Arc<AppState>) -> Router {
         .merge(telemetry::routes())
         .merge(heartbeat::routes())
         .merge(artifacts::routes())
-        .merge(query::api::routes())
+        .merge(query_api::routes())
         .merge(dashboard::routes())
         .fallback(http::not_found)
         .with_state(state)

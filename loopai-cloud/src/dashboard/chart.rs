@@ -124,9 +124,11 @@ pub(crate) fn line_chart(
         if i % every == 0 || i + 1 == n {
             // `2026-11-25` shows as `11-25`.
             let short = label.get(5..).unwrap_or(label);
+            // The last label ends at the plot's edge instead of running past it.
+            let anchor = if i + 1 == n && n > 1 { "end" } else { "middle" };
             let _ = write!(
                 svg,
-                "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+                "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"{anchor}\">{}</text>",
                 x(i),
                 H - 8.0,
                 esc(short)

@@ -29,9 +29,8 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 
-use crate::auth::{Auth, SESSION_COOKIE};
+use crate::auth::{Auth, READERS, SESSION_COOKIE};
 use crate::http::{percent_encode, BodyLimits};
-use crate::query::api::READERS;
 use crate::query::params::parse;
 use crate::query::{DailyFilter, PageRequest, QueryError, MAX_PAGE_LIMIT};
 use crate::state::AppState;

@@ -1,4 +1,4 @@
-//! The fleet's read side: what the query API (`/api/v1/query/...`, [`api`]) and the
+//! The fleet's read side: what the query API (`/api/v1/query/...`, `query_api.rs`) and the
 //! dashboard read — tasks, per-day figures per task and version, rollouts, improvement
 //! attempts, escalations and deployments.
 //!
@@ -7,7 +7,6 @@
 //! accepted batch and heartbeat) and rebuilt from the stored batches at start, so that no
 //! request reads the batches again. The records returned are the API's JSON as they are.
 
-pub(crate) mod api;
 pub(crate) mod index;
 pub(crate) mod params;
 

@@ -10,14 +10,11 @@ use axum::routing::get;
 use axum::Router;
 use serde::Serialize;
 
-use super::params::Params;
-use super::QueryError;
-use crate::auth::Role;
+use crate::auth::READERS;
 use crate::http::{self, ApiError};
+use crate::query::params::Params;
+use crate::query::QueryError;
 use crate::state::AppState;
-
-/// The roles that may read the fleet (API and dashboard).
-pub(crate) const READERS: &[Role] = &[Role::Viewer, Role::Publisher];
 
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
