@@ -26,6 +26,9 @@
 //! | `GET /api/v1/artifacts/{task}/v{N}/download` | the tar.gz archive of a version; a `deployment` or `publisher` key |
 //! | `POST /api/v1/artifacts/{task}/upload[?version=N]` | publish a version (archive or program.json); needs a `publisher` key |
 //! | `GET /api/v1/notifications/{task}` | server-sent events `artifact` and `heartbeat`; a `deployment` or `publisher` key |
+//! | `POST /api/v1/heartbeats` | a deployment's state (`loopai_core::Heartbeat`); needs the `deployment` key of that deployment |
+//! | `GET /api/v1/query/...` | the query API (JSON, paginated): tasks, per-day figures per version, rollouts, improvement attempts, escalations, deployments; a `viewer` or `publisher` key |
+//! | `GET /`, `GET /tasks/{task}` | the monitoring dashboard (HTML, inline SVG charts); `/login` sets a cookie holding a `viewer` or `publisher` key |
 //! | `GET /health` | `{"status": "ok", "auth": "open" \| "api_keys", "telemetry_batches": N, "artifact_tasks": T, "signing_key": ...}` |
 //!
 //! ## Quick start
@@ -98,8 +101,20 @@
 //! handlers (`telemetry.rs`, `artifacts.rs`) and `server.rs` (builder, lifecycle, the
 //! improvement thread); the publish service (`publish.rs`: repository + notification hub)
 //! sits below both the upload handler and the improvement engine, so every new version
-//! takes the same path. The body reader, the JSON error type and the keys-file parser
-//! are loopai-http's, shared with `loopai serve`.
+//! takes the same path. The fleet's read side, `query/` (the query interface both
+//! storage backends answer, and the in-memory index fed at ingest), sits below the state;
+//! its handlers (`query_api.rs`, `heartbeat.rs`, `dashboard/`) above it. The body reader,
+//! the JSON error type and the keys-file parser are loopai-http's, shared with `loopai
+//! serve`.
+//!
+//! ## Fleet
+//!
+//! Deployments report heartbeats (and their batches carry the latest one); the server keeps
+//! each deployment's last state and last-seen time, and marks it `silent` after
+//! [`CloudServerBuilder::silent_after_intervals`] missed intervals. Per task, UTC day and
+//! version, the batches' metrics are summed in memory as they are accepted (rebuilt from
+//! the stored batches at start), so the query API and the dashboard never re-read batches.
+//! See `docs/cloud.md`.
 //!
 //! ## Errors
 //!
