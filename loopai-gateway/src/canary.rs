@@ -8,6 +8,7 @@ use loopai_core::{Program, Result};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::calibrate::choose_threshold;
 use crate::calls::ProgramAnswer;
 
 /// Calls with an upstream answer the candidate must be compared on before a verdict.
@@ -90,14 +91,32 @@ impl Canary {
         self.running_agreed += u64::from(running.is_some_and(|p| p.output.as_str() == Some(label)));
     }
 
-    pub(crate) fn verdict(&self) -> Verdict {
-        if self.cross_fitted.is_none() || self.calls < CANARY_CALLS {
+    /// The verdict: after [`CANARY_CALLS`] calls, rolled back when it agreed with the
+    /// upstream less often than the running program; else promoted once it can answer
+    /// within `budget` as a version — its pass has cross-fitted it, or its pairs on the
+    /// canary's calls alone give a threshold, or the running program (`running_serves`
+    /// false) answers nothing locally either.
+    pub(crate) fn verdict(&self, running_serves: bool, budget: f64) -> Verdict {
+        if self.calls < CANARY_CALLS {
             Verdict::Wait
-        } else if self.candidate_agreed >= self.running_agreed {
+        } else if self.candidate_agreed < self.running_agreed {
+            Verdict::RollBack
+        } else if self.cross_fitted.is_some()
+            || !running_serves
+            || choose_threshold(&self.shadow, budget).threshold.is_some()
+        {
             Verdict::Promote
         } else {
-            Verdict::RollBack
+            Verdict::Wait
         }
+    }
+
+    /// Whether a verdict should be asked for now (cheap; on the request path): enough
+    /// calls, and either the cross-fitting is done or another 32 calls came in.
+    pub(crate) fn due(&self) -> bool {
+        !self.queued
+            && self.calls >= CANARY_CALLS
+            && (self.cross_fitted.is_some() || (self.calls - CANARY_CALLS) % 32 == 0)
     }
 
     /// The pairs a promoted candidate starts its calibration with.
@@ -178,9 +197,15 @@ mod tests {
             let running = answer(if i % 2 == 0 { "spam" } else { "ham" }, 0.9);
             c.observe(&answer("spam", 0.8), Some(&running), "spam");
         }
-        assert_eq!(c.verdict(), Verdict::Wait, "not cross-fitted yet");
+        // Not cross-fitted yet, and 100 agreeing pairs are not enough for a 2% bound
+        // (149 are): it waits while the running program serves...
+        assert!(c.due());
+        assert_eq!(c.verdict(true, 0.02), Verdict::Wait);
+        // ...not when the running program answers nothing locally, nor at a 5% budget.
+        assert_eq!(c.verdict(false, 0.02), Verdict::Promote);
+        assert_eq!(c.verdict(true, 0.05), Verdict::Promote);
         c.cross_fitted = Some(vec![(0.7, true)]);
-        assert_eq!(c.verdict(), Verdict::Promote);
+        assert_eq!(c.verdict(true, 0.02), Verdict::Promote);
         assert_eq!((c.candidate_agreed, c.running_agreed), (100, 50));
         let pairs = c.clone().into_pairs();
         assert_eq!(pairs.len(), 101);
@@ -195,9 +220,11 @@ mod tests {
             let cand = answer(if i % 10 == 0 { "ham" } else { "spam" }, 0.8);
             c.observe(&cand, Some(&answer("spam", 0.9)), "spam");
         }
-        assert_eq!(c.verdict(), Verdict::Wait, "one call short");
+        assert_eq!(c.verdict(true, 0.02), Verdict::Wait, "one call short");
+        assert!(!c.due());
         c.observe(&answer("spam", 0.8), None, "spam");
-        assert_eq!(c.verdict(), Verdict::RollBack);
+        assert_eq!(c.verdict(true, 0.02), Verdict::RollBack);
+        assert_eq!(c.verdict(false, 0.5), Verdict::RollBack);
         assert_eq!(c.status().calls, CANARY_CALLS);
     }
 }

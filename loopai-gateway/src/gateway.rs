@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::calibrate::{choose_threshold, pairs_needed, Estimate};
 use crate::calls::{self, CallKind, CallRecord, ProgramAnswer, Source, Writer};
-use crate::canary::{Canary, CanaryOutcome, CanaryStatus, Shadow, Verdict};
+use crate::canary::{Canary, CanaryOutcome, CanaryStatus, Shadow};
 use crate::chat::{self, ChatRequest};
 use crate::learn::{self, LearnReport, Stored};
 
@@ -737,7 +737,7 @@ impl Gateway {
                         };
                         inner.writer.push(
                             task.index,
-                            &CallRecord {
+                            CallRecord {
                                 id: result.execution_id,
                                 timestamp: inner.now(),
                                 kind: CallKind::Call,
@@ -827,7 +827,7 @@ impl Gateway {
             let mut guard = task.canary.lock();
             if let Some(c) = guard.as_mut().filter(|c| c.version == candidate.version) {
                 c.observe(candidate, pending.program.as_ref(), l);
-                if !c.queued && c.verdict() != Verdict::Wait {
+                if c.due() {
                     c.queued = true;
                     drop(guard);
                     inner.queue_canary(&task);
@@ -863,7 +863,7 @@ impl Gateway {
         }
         inner.writer.push(
             task.index,
-            &CallRecord {
+            CallRecord {
                 id: pending.id,
                 timestamp: inner.now(),
                 kind: pending.kind,

@@ -158,7 +158,8 @@ pub(crate) fn judge_canary(inner: &Inner, task: &Task) {
     }
     let canary = {
         let mut guard = task.canary.lock();
-        let verdict = guard.as_ref().map(Canary::verdict);
+        let serves = task.threshold().is_some();
+        let verdict = guard.as_ref().map(|c| c.verdict(serves, task.budget));
         match verdict {
             Some(Verdict::Promote | Verdict::RollBack) => guard.take(),
             _ => {
@@ -171,6 +172,7 @@ pub(crate) fn judge_canary(inner: &Inner, task: &Task) {
     };
     let Some(canary) = canary else { return };
     task.shadow.store(None);
+    let verdict = canary.verdict(task.threshold().is_some(), task.budget);
     let mut outcome = CanaryOutcome {
         version: canary.version,
         promoted: false,
@@ -178,7 +180,7 @@ pub(crate) fn judge_canary(inner: &Inner, task: &Task) {
         candidate_agreed: canary.candidate_agreed,
         running_agreed: canary.running_agreed,
     };
-    if canary.verdict() == Verdict::Promote {
+    if verdict == Verdict::Promote {
         if let Some(rt) = task.runtime.load_full() {
             let version = canary.version;
             let pairs = canary.into_pairs();
@@ -383,10 +385,20 @@ fn pass(inner: &Inner, task: &Task) -> Result<LearnReport> {
         version
     };
     task.learned_at.store(labels, Ordering::Relaxed);
+    // When more labels arrived during that synthesis than it trained on, forwarded calls
+    // (and the canary's) calibrate the version faster than cross-fitting would: skip it,
+    // and the learner is free for the next pass sooner. This keeps learning up with any
+    // call rate.
+    let arrived = task.labels_total().saturating_sub(labels);
+    let cross_fit = arrived < oracle.len() as u64;
     // 2. Cross-fitting: each fold of the labels trained on is scored by a program learnt
     //    without it (and with the spec examples), so every oracle label gets an
     //    out-of-sample pair.
-    let folds = inner.learn.folds.min(oracle.len());
+    let folds = if cross_fit {
+        inner.learn.folds.min(oracle.len())
+    } else {
+        0
+    };
     let mut pairs = Vec::new();
     if folds >= 2 {
         for k in 0..folds {
@@ -415,36 +427,51 @@ fn pass(inner: &Inner, task: &Task) -> Result<LearnReport> {
     {
         let _installing = inner.install_lock.lock();
         check_open(inner)?;
-        if first {
-            let mut cal = task.calibration.lock();
-            if cal.version == version {
-                // The held-out pairs are there already.
-                cal.pairs.extend(pairs[..cross_fitted].iter().copied());
-            }
+        let mut cal = task.calibration.lock();
+        if cal.version == version {
+            // The first program (its held-out pairs are there already), or a candidate
+            // promoted by its canary before its cross-fitting ended.
+            let add = if first {
+                &pairs[..cross_fitted]
+            } else {
+                &pairs[..]
+            };
+            cal.pairs.extend(add.iter().copied());
+            drop(cal);
         } else {
+            drop(cal);
             let mut guard = task.canary.lock();
             if let Some(c) = guard.as_mut().filter(|c| c.version == version) {
-                c.cross_fitted = Some(pairs.clone());
-                if !c.queued && c.verdict() != Verdict::Wait {
+                if cross_fit {
+                    c.cross_fitted = Some(pairs.clone());
+                }
+                if c.due() {
                     c.queued = true;
                     drop(guard);
                     inner.queue_canary(task);
                 }
             }
         }
-        if first {
-            let stored = Stored {
+        let promoted = !first && task.calibration.lock().version == version;
+        let stored = if first {
+            Stored {
                 learned_at: labels,
                 version,
                 holdout: pairs,
                 threshold: None,
-            };
-            stored.save(&inner.data_dir, &task.name)?;
+            }
+        } else if promoted {
+            // Its canary's pairs were stored at the promotion; the cross-fitted ones join.
+            let mut stored = Stored::load(&inner.data_dir, &task.name)?;
+            stored.learned_at = labels;
+            stored.holdout.extend(pairs);
+            stored
         } else {
             let mut stored = stored_before;
             stored.learned_at = labels;
-            stored.save(&inner.data_dir, &task.name)?;
-        }
+            stored
+        };
+        stored.save(&inner.data_dir, &task.name)?;
     }
     recalibrate(inner, task);
     log::info!(
