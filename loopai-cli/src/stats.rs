@@ -53,7 +53,16 @@ pub(crate) fn run(args: StatsArgs) -> Result<ExitCode, Error> {
     let mut out = stdout.lock();
     let write_err = |e: std::io::Error| Error::io("stdout", e);
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &stats).map_err(|e| write_err(e.into()))?;
+        // A gateway task: {"days": [...], "gateway": {...}} (the figures of `tasks list
+        // --json`); any other task: the list of days.
+        match gateway_stats(&args)? {
+            Some(gateway) => serde_json::to_writer_pretty(
+                &mut out,
+                &serde_json::json!({"days": &stats, "gateway": gateway}),
+            ),
+            None => serde_json::to_writer_pretty(&mut out, &stats),
+        }
+        .map_err(|e| write_err(e.into()))?;
         out.write_all(b"\n").map_err(write_err)?;
         if stats.is_empty() {
             eprintln!("{}", no_data(&reader, &args));
@@ -74,16 +83,20 @@ pub(crate) fn run(args: StatsArgs) -> Result<ExitCode, Error> {
 }
 
 /// The gateway figures of the task, when it is a gateway task (it has a stored spec).
-fn gateway_figures(args: &StatsArgs) -> Result<Option<String>, Error> {
+fn gateway_stats(args: &StatsArgs) -> Result<Option<loopai_gateway::TaskStats>, Error> {
     let dir = &args.task.data_dir;
     if !loopai_gateway::gateway_tasks(dir)?.contains(&args.task.task) {
         return Ok(None);
     }
     let config = loopai_core::DeploymentConfig::load_for_data_dir(dir)?;
     let all = loopai_gateway::summarize(dir, config.gateway.as_ref())?;
-    Ok(all
-        .iter()
-        .find(|t| t.task == args.task.task)
+    Ok(all.into_iter().find(|t| t.task == args.task.task))
+}
+
+/// The gateway figures of the task as the block under the table.
+fn gateway_figures(args: &StatsArgs) -> Result<Option<String>, Error> {
+    Ok(gateway_stats(args)?
+        .as_ref()
         .map(crate::tasks::gateway_block))
 }
 

@@ -79,6 +79,14 @@ fn tasks_add_registers_a_spec_without_a_program_and_list_shows_its_state() {
         out.contains("upstream calls 3 (0 failed), upstream tokens 30"),
         "{out}"
     );
+    // --json: the days and the same gateway figures as `tasks list --json`.
+    let o = loopai(&["stats", "--task", "spam", "--json"], dir.path());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(s["days"].is_array(), "{s}");
+    assert_eq!(s["gateway"], v[0], "{s}");
+    assert_eq!(s["gateway"]["upstream_calls"], 3);
+    assert_eq!(s["gateway"]["upstream_tokens"], 30);
 }
 
 #[test]

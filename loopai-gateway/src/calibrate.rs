@@ -51,6 +51,15 @@ pub(crate) fn clopper_pearson_upper(k: u64, n: u64, alpha: f64) -> f64 {
     hi
 }
 
+/// The fewest pairs (all agreeing) whose upper bound is within `budget`:
+/// `ceil(ln alpha / ln(1 - budget))`, 149 at 2%.
+pub(crate) fn pairs_needed(budget: f64) -> u64 {
+    if !(budget > 0.0 && budget < 1.0) {
+        return 1;
+    }
+    (ALPHA.ln() / (1.0 - budget).ln()).ceil().max(1.0) as u64
+}
+
 /// The chosen threshold and what it was chosen on.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Estimate {
@@ -138,6 +147,16 @@ mod tests {
         assert!((clopper_pearson_upper(10, 200, ALPHA) - 0.083_335).abs() < 1e-5);
         assert_eq!(clopper_pearson_upper(0, 0, ALPHA), 1.0);
         assert_eq!(clopper_pearson_upper(5, 5, ALPHA), 1.0);
+    }
+
+    #[test]
+    fn pairs_needed_is_the_fewest_agreeing_pairs_within_the_budget() {
+        for budget in [0.01, 0.02, 0.05, 0.1] {
+            let n = pairs_needed(budget);
+            assert!(clopper_pearson_upper(0, n, ALPHA) <= budget, "{budget}");
+            assert!(clopper_pearson_upper(0, n - 1, ALPHA) > budget, "{budget}");
+        }
+        assert_eq!(pairs_needed(0.02), 149);
     }
 
     #[test]

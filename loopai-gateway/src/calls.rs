@@ -85,7 +85,8 @@ pub(crate) fn calls_dir(data_dir: &Path, task: &str) -> PathBuf {
 }
 
 enum Msg {
-    Line(usize, Timestamp, Vec<u8>),
+    /// A record, serialized by the writer thread (not on the request path).
+    Line(usize, Box<CallRecord>),
     Flush(Sender<()>),
     Stop,
 }
@@ -129,20 +130,8 @@ impl Writer {
     }
 
     /// Queues a record of task `index`; drops and counts it when the queue is full.
-    pub(crate) fn push(&self, index: usize, record: &CallRecord) {
-        let mut line = match serde_json::to_vec(record) {
-            Ok(line) => line,
-            Err(e) => {
-                log::warn!("loopai gateway: could not serialize a call record: {e}");
-                self.write_errors.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        };
-        line.push(b'\n');
-        match self
-            .tx
-            .try_send(MsgBox(Msg::Line(index, record.timestamp, line)))
-        {
+    pub(crate) fn push(&self, index: usize, record: CallRecord) {
+        match self.tx.try_send(MsgBox(Msg::Line(index, Box::new(record)))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -150,7 +139,6 @@ impl Writer {
         }
     }
 
-    /// Waits until every record queued before the call is written, at most `timeout`.
     pub(crate) fn flush(&self, timeout: Duration) -> Result<()> {
         let (done_tx, done_rx) = bounded(1);
         let deadline = Instant::now() + timeout;
@@ -187,7 +175,17 @@ fn write_loop(dirs: &[PathBuf], rx: &Receiver<MsgBox>, errors: &AtomicU64) {
             Err(RecvTimeoutError::Disconnected) => break,
         };
         match msg {
-            Msg::Line(index, ts, line) => {
+            Msg::Line(index, record) => {
+                let ts = record.timestamp;
+                let mut line = match serde_json::to_vec(&record) {
+                    Ok(line) => line,
+                    Err(e) => {
+                        log::warn!("loopai gateway: could not serialize a call record: {e}");
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                };
+                line.push(b'\n');
                 let Some(dir) = dirs.get(index) else { continue };
                 let day = day_string(ts.day());
                 let stale = open.get(&index).is_none_or(|(d, _)| *d != day);

@@ -20,8 +20,9 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::calibrate::{choose_threshold, Estimate};
+use crate::calibrate::{choose_threshold, pairs_needed, Estimate};
 use crate::calls::{self, CallKind, CallRecord, ProgramAnswer, Source, Writer};
+use crate::canary::{Canary, CanaryOutcome, CanaryStatus, Shadow};
 use crate::chat::{self, ChatRequest};
 use crate::learn::{self, LearnReport, Stored};
 
@@ -29,6 +30,9 @@ use crate::learn::{self, LearnReport, Stored};
 pub(crate) const RECALIBRATE_EVERY: usize = 32;
 /// Calibration pairs kept per version (the newest).
 pub(crate) const MAX_PAIRS: usize = 50_000;
+
+/// The learner thread's name.
+const LEARNER_THREAD: &str = "loopai-gateway-learn";
 
 /// `gateway.max_disagreement`'s default.
 pub const DEFAULT_MAX_DISAGREEMENT: f64 = 0.02;
@@ -100,6 +104,13 @@ pub(crate) struct Task {
     pub(crate) learning: AtomicBool,
     pub(crate) learn_lock: Mutex<()>,
     pub(crate) last_learn: Mutex<Option<std::result::Result<LearnReport, String>>>,
+    /// The candidate version in canary, run in shadow on calls the upstream answers.
+    pub(crate) shadow: ArcSwapOption<Shadow>,
+    /// What its canary has seen.
+    pub(crate) canary: Mutex<Option<Canary>>,
+    pub(crate) last_canary: Mutex<Option<CanaryOutcome>>,
+    /// The probability that a local answer is validated (bits of an f64).
+    validation_rate: AtomicU64,
 }
 
 impl Task {
@@ -111,6 +122,28 @@ impl Task {
     pub(crate) fn set_threshold(&self, t: Option<f64>) {
         self.threshold
             .store(t.unwrap_or(f64::NAN).to_bits(), Ordering::Release);
+    }
+
+    /// The probability that a local answer is sent to the upstream for validation.
+    pub(crate) fn validation_rate(&self) -> f64 {
+        f64::from_bits(self.validation_rate.load(Ordering::Relaxed))
+    }
+
+    /// Sets the validation rate from the estimate the threshold was chosen on:
+    /// `sampling.rate` while the pairs at or above the threshold are fewer than one bound
+    /// needs ([`pairs_needed`]), then in proportion to what a new pair still adds to the
+    /// bound (`needed / answered`), never below a fifth of `sampling.rate` (the drift
+    /// guard's floor).
+    pub(crate) fn set_validation_rate(&self, sampling_rate: f64, estimate: Option<&Estimate>) {
+        let needed = pairs_needed(self.budget) as f64;
+        let rate = match estimate {
+            Some(e) if e.threshold.is_some() && e.answered as f64 > needed => {
+                (sampling_rate * needed / e.answered as f64).max(sampling_rate / 5.0)
+            }
+            _ => sampling_rate,
+        };
+        self.validation_rate
+            .store(rate.to_bits(), Ordering::Relaxed);
     }
 
     pub(crate) fn labels_total(&self) -> u64 {
@@ -128,6 +161,8 @@ impl Task {
 
 pub(crate) enum Job {
     Task(usize),
+    /// A canary verdict is due (calibrator only).
+    Canary(usize),
     Stop,
 }
 
@@ -139,8 +174,11 @@ pub(crate) struct Inner {
     pub(crate) learn: LearnConfig,
     pub(crate) tasks: Vec<Arc<Task>>,
     by_name: HashMap<String, usize>,
-    sampling_rate: f64,
+    pub(crate) sampling_rate: f64,
     pub(crate) writer: Writer,
+    /// Held while a learning pass or a canary verdict installs or activates a version, and
+    /// by `shutdown` while it closes: nothing is installed after `shutdown` returns.
+    pub(crate) install_lock: Mutex<()>,
     learn_tx: Sender<JobBox>,
     calibrate_tx: Sender<JobBox>,
     /// Re-estimates queued or running.
@@ -149,6 +187,7 @@ pub(crate) struct Inner {
     untasked: AtomicU64,
     untasked_errors: AtomicU64,
     closed: AtomicBool,
+    shutting_down: AtomicBool,
     clock: SystemClock,
 }
 
@@ -203,6 +242,8 @@ pub struct Pending {
     input: Value,
     program: Option<ProgramAnswer>,
     program_latency_ms: Option<f64>,
+    /// The canary candidate's answer, when one runs in shadow.
+    candidate: Option<ProgramAnswer>,
 }
 
 impl Pending {
@@ -328,6 +369,12 @@ pub struct TaskStats {
     pub learning: bool,
     /// The last learning pass's error, if it failed.
     pub last_learn_error: Option<String>,
+    /// The candidate version in canary, if any.
+    pub canary: Option<CanaryStatus>,
+    /// The outcome of the last canary.
+    pub last_canary: Option<CanaryOutcome>,
+    /// The probability that a local answer is validated now.
+    pub validation_rate: f64,
 }
 
 /// Every gateway figure.
@@ -479,6 +526,7 @@ impl Gateway {
             by_name,
             sampling_rate: config.sampling.rate,
             writer,
+            install_lock: Mutex::new(()),
             learn_tx,
             calibrate_tx,
             calibrating: AtomicU64::new(0),
@@ -486,11 +534,12 @@ impl Gateway {
             untasked: AtomicU64::new(0),
             untasked_errors: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
             clock: SystemClock,
         });
         let weak = Arc::downgrade(&inner);
         let learner = std::thread::Builder::new()
-            .name("loopai-gateway-learn".into())
+            .name(LEARNER_THREAD.into())
             .spawn(move || learn::learner_loop(&weak, &learn_rx))
             .map_err(|e| Error::io("starting the gateway learner thread", e))?;
         let weak = Arc::downgrade(&inner);
@@ -501,6 +550,8 @@ impl Gateway {
         inner.handles.lock().extend([learner, calibrator]);
         let gw = Gateway { inner };
         for task in &gw.inner.tasks {
+            let estimate = task.calibration.lock().estimate;
+            task.set_validation_rate(gw.inner.sampling_rate, estimate.as_ref());
             gw.inner.maybe_learn(task);
         }
         Ok(gw)
@@ -549,6 +600,10 @@ impl Gateway {
             learning: AtomicBool::new(false),
             learn_lock: Mutex::new(()),
             last_learn: Mutex::new(None),
+            shadow: ArcSwapOption::new(None),
+            canary: Mutex::new(None),
+            last_canary: Mutex::new(None),
+            validation_rate: AtomicU64::new(0f64.to_bits()),
         };
         // Restore from the call log and the stored learning state.
         let stored = Stored::load(data_dir, name)?;
@@ -656,6 +711,7 @@ impl Gateway {
                 input: Value::Null,
                 program: None,
                 program_latency_ms: None,
+                candidate: None,
             }));
         };
         let input = chat::build_input(&task.input, request)
@@ -681,7 +737,7 @@ impl Gateway {
                         };
                         inner.writer.push(
                             task.index,
-                            &CallRecord {
+                            CallRecord {
                                 id: result.execution_id,
                                 timestamp: inner.now(),
                                 kind: CallKind::Call,
@@ -695,16 +751,16 @@ impl Gateway {
                                 upstream_tokens: None,
                             },
                         );
-                        let validate = (inner.sampling_rate > 0.0
-                            && fastrand::f64() < inner.sampling_rate)
-                            .then(|| Pending {
-                                task: Some(Arc::clone(&task)),
-                                id: result.execution_id,
-                                kind: CallKind::Validation,
-                                input,
-                                program: Some(answer),
-                                program_latency_ms: Some(result.latency_ms),
-                            });
+                        let rate = task.validation_rate();
+                        let validate = (rate > 0.0 && fastrand::f64() < rate).then(|| Pending {
+                            candidate: task.shadow.load().as_deref().and_then(|s| s.answer(&input)),
+                            task: Some(Arc::clone(&task)),
+                            id: result.execution_id,
+                            kind: CallKind::Validation,
+                            input,
+                            program: Some(answer),
+                            program_latency_ms: Some(result.latency_ms),
+                        });
                         return Ok(Decision::Local(LocalAnswer {
                             task: task.name.clone(),
                             execution_id: result.execution_id,
@@ -727,6 +783,7 @@ impl Gateway {
             }
         }
         task.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+        let candidate = task.shadow.load().as_deref().and_then(|s| s.answer(&input));
         Ok(Decision::Forward(Pending {
             task: Some(task),
             id: id.unwrap_or_else(Uuid::new_v4),
@@ -734,6 +791,7 @@ impl Gateway {
             input,
             program,
             program_latency_ms,
+            candidate,
         }))
     }
 
@@ -765,6 +823,17 @@ impl Gateway {
             c.validations.fetch_add(1, Ordering::Relaxed);
             c.validation_calls.fetch_add(1, Ordering::Relaxed);
         }
+        if let (Some(l), Some(candidate)) = (&label, &pending.candidate) {
+            let mut guard = task.canary.lock();
+            if let Some(c) = guard.as_mut().filter(|c| c.version == candidate.version) {
+                c.observe(candidate, pending.program.as_ref(), l);
+                if c.due() {
+                    c.queued = true;
+                    drop(guard);
+                    inner.queue_canary(&task);
+                }
+            }
+        }
         if let (Some(l), Some(p)) = (&label, &pending.program) {
             let agreed = p.output.as_str() == Some(l.as_str());
             if validation && !agreed {
@@ -794,7 +863,7 @@ impl Gateway {
         }
         inner.writer.push(
             task.index,
-            &CallRecord {
+            CallRecord {
                 id: pending.id,
                 timestamp: inner.now(),
                 kind: pending.kind,
@@ -910,14 +979,24 @@ impl Gateway {
     }
 
     /// Stops the gateway within `timeout`: refuses new calls, writes the call log, stops
-    /// the threads (a learning pass in progress is left to finish on its own — it
-    /// touches nothing once shut down) and shuts the task runtimes down.
+    /// the threads and shuts the task runtimes down. A learning pass in progress does not
+    /// hold it up: it installs nothing once this returns (installing and closing take one
+    /// lock) and stops at its next check, before its next synthesis.
+    ///
+    /// Errors: [`ErrorKind::Timeout`] when the call log or the calibrator did not finish
+    /// within `timeout`.
     pub fn shutdown(&self, timeout: Duration) -> Result<()> {
         let inner = &self.inner;
-        if inner.closed.swap(true, Ordering::AcqRel) {
+        if inner.shutting_down.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
         let deadline = Instant::now() + timeout;
+        {
+            // A learning pass or a canary verdict installing a version finishes first;
+            // after this none starts (they check `closed` under the lock).
+            let _installing = inner.install_lock.lock();
+            inner.closed.store(true, Ordering::Release);
+        }
         let _ = inner.learn_tx.try_send(JobBox(Job::Stop));
         let _ = inner.calibrate_tx.try_send(JobBox(Job::Stop));
         let flushed = inner.writer.flush(timeout);
@@ -926,13 +1005,15 @@ impl Gateway {
         let mut late = 0;
         for h in handles {
             while !h.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(2));
             }
             if h.is_finished() {
                 let _ = h.join();
-            } else {
+            } else if h.thread().name() != Some(LEARNER_THREAD) {
                 late += 1;
             }
+            // A learner still inside a synthesis is left to stop at its next check (between
+            // candidates and folds): it can no longer install anything.
         }
         for t in &inner.tasks {
             if let Some(rt) = t.runtime.load().as_deref() {
@@ -1000,6 +1081,9 @@ fn task_stats(t: &Task) -> TaskStats {
             Some(Err(e)) => Some(e.clone()),
             _ => None,
         },
+        canary: t.canary.lock().as_ref().map(Canary::status),
+        last_canary: t.last_canary.lock().clone(),
+        validation_rate: t.validation_rate(),
     }
 }
 
@@ -1060,6 +1144,21 @@ impl Inner {
             .is_err()
         {
             task.learn_queued.store(false, Ordering::Release);
+        }
+    }
+
+    /// Queues a canary verdict of `task` on the calibrator.
+    pub(crate) fn queue_canary(&self, task: &Task) {
+        self.calibrating.fetch_add(1, Ordering::AcqRel);
+        if self
+            .calibrate_tx
+            .try_send(JobBox(Job::Canary(task.index)))
+            .is_err()
+        {
+            self.calibrating.fetch_sub(1, Ordering::AcqRel);
+            if let Some(c) = task.canary.lock().as_mut() {
+                c.queued = false;
+            }
         }
     }
 

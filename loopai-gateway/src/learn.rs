@@ -14,7 +14,17 @@ use serde_json::Value;
 
 use crate::calibrate::choose_threshold;
 use crate::calls::{self, CallRecord};
+use crate::canary::{shadow_of, Canary, CanaryOutcome, Verdict};
 use crate::gateway::{job_of, Calibration, Inner, Job, JobRx, Task};
+
+/// Oracle labels a pass trains on at most: the newest; older ones are scored by the pass's
+/// program (out of sample), which bounds a pass's cost whatever the call rate.
+pub(crate) const MAX_TRAIN: usize = 4000;
+/// Cross-validation folds inside each synthesis of a pass (the generator's candidate
+/// selection; its default is 5).
+const SYNTH_FOLDS: usize = 3;
+/// Threads of each synthesis (at `nice` 10), at most the machine's cores.
+const LEARN_THREADS: usize = 2;
 
 /// The learning state kept beside a task's versions: `artifacts/<task>/gateway.json`.
 pub(crate) const STORED_FILE: &str = "gateway.json";
@@ -38,8 +48,14 @@ pub struct LearnReport {
     pub previous_agreement: Option<f64>,
     /// The version installed.
     pub version: u32,
-    /// Whether it was activated (the first program, or one at least as good).
+    /// Older oracle labels left out of training (beyond the newest 4000) and scored by
+    /// the program itself, out of sample.
+    pub held_out: usize,
+    /// Whether it was activated: the task's first program. A later version goes into
+    /// canary instead (see `docs/gateway.md`).
     pub activated: bool,
+    /// Whether it went into canary (a later version).
+    pub canary: bool,
     /// The threshold after the pass (null: every call is forwarded).
     pub threshold: Option<f64>,
 }
@@ -118,12 +134,95 @@ pub(crate) fn learner_loop(inner: &Weak<Inner>, rx: &JobRx) {
 
 pub(crate) fn calibrator_loop(inner: &Weak<Inner>, rx: &JobRx) {
     while let Ok(msg) = rx.recv() {
-        let Job::Task(index) = job_of(msg) else { break };
+        let (index, canary) = match job_of(msg) {
+            Job::Task(index) => (index, false),
+            Job::Canary(index) => (index, true),
+            Job::Stop => break,
+        };
         let Some(inner) = inner.upgrade() else { break };
         let task = Arc::clone(&inner.tasks[index]);
-        recalibrate(&inner, &task);
+        if canary {
+            judge_canary(&inner, &task);
+        } else {
+            recalibrate(&inner, &task);
+        }
         inner.calibrating.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Promotes or rolls back `task`'s candidate when its canary has a verdict.
+pub(crate) fn judge_canary(inner: &Inner, task: &Task) {
+    let _installing = inner.install_lock.lock();
+    if inner.is_closed() {
+        return;
+    }
+    let canary = {
+        let mut guard = task.canary.lock();
+        let serves = task.threshold().is_some();
+        let verdict = guard.as_ref().map(|c| c.verdict(serves, task.budget));
+        match verdict {
+            Some(Verdict::Promote | Verdict::RollBack) => guard.take(),
+            _ => {
+                if let Some(c) = guard.as_mut() {
+                    c.queued = false;
+                }
+                None
+            }
+        }
+    };
+    let Some(canary) = canary else { return };
+    task.shadow.store(None);
+    let verdict = canary.verdict(task.threshold().is_some(), task.budget);
+    let mut outcome = CanaryOutcome {
+        version: canary.version,
+        promoted: false,
+        calls: canary.calls,
+        candidate_agreed: canary.candidate_agreed,
+        running_agreed: canary.running_agreed,
+    };
+    if verdict == Verdict::Promote {
+        if let Some(rt) = task.runtime.load_full() {
+            let version = canary.version;
+            let pairs = canary.into_pairs();
+            let estimate = choose_threshold(&pairs, task.budget);
+            match rt.activate(version) {
+                Ok(()) => {
+                    *task.calibration.lock() = Calibration {
+                        version,
+                        pairs: pairs.clone(),
+                        new_pairs: 0,
+                        estimate: Some(estimate),
+                    };
+                    task.set_threshold(estimate.threshold);
+                    task.set_validation_rate(inner.sampling_rate, Some(&estimate));
+                    outcome.promoted = true;
+                    let stored = Stored {
+                        learned_at: task.learned_at.load(Ordering::Relaxed),
+                        version,
+                        holdout: pairs,
+                        threshold: estimate.threshold,
+                    };
+                    if let Err(e) = stored.save(&inner.data_dir, &task.name) {
+                        log::warn!("loopai gateway: {e}");
+                    }
+                }
+                Err(e) => log::warn!(
+                    "loopai gateway: {}: activating v{version} after its canary: {e}",
+                    task.name
+                ),
+            }
+        }
+    }
+    log::info!(
+        "loopai gateway: {}: canary of v{} {} ({} of {} calls agree with the upstream; the running program {})",
+        task.name,
+        outcome.version,
+        if outcome.promoted { "promoted" } else { "rolled back" },
+        outcome.candidate_agreed,
+        outcome.calls,
+        outcome.running_agreed
+    );
+    *task.last_canary.lock() = Some(outcome);
 }
 
 /// Re-estimates the threshold of the task's running version from its pairs.
@@ -145,6 +244,7 @@ pub(crate) fn recalibrate(inner: &Inner, task: &Task) {
     }
     let before = task.threshold();
     task.set_threshold(estimate.threshold);
+    task.set_validation_rate(inner.sampling_rate, Some(&estimate));
     if before != estimate.threshold {
         log::info!(
             "loopai gateway: {}: threshold {:?} -> {:?} ({} of {} pairs disagree, upper bound {:.4}, budget {})",
@@ -212,115 +312,188 @@ pub(crate) fn run_pass(inner: &Inner, task: &Task) -> Result<LearnReport> {
     result
 }
 
+fn closed() -> Error {
+    Error::new(ErrorKind::Closed, "the gateway is shut down")
+}
+
+fn check_open(inner: &Inner) -> Result<()> {
+    if inner.is_closed() {
+        Err(closed())
+    } else {
+        Ok(())
+    }
+}
+
 fn pass(inner: &Inner, task: &Task) -> Result<LearnReport> {
     let labels = task.labels_total();
     // Everything recorded before the pass is in the log.
     inner.writer.flush(Duration::from_secs(30))?;
     let records = calls::read_all(&inner.data_dir, &task.name)?;
     let mut oracle = oracle_examples(records);
+    // The newest labels are trained on; older ones beyond MAX_TRAIN are scored by the
+    // pass's program, which never saw them.
+    let older: Vec<Example> = oracle
+        .drain(..oracle.len().saturating_sub(MAX_TRAIN))
+        .collect();
     let mut rng = fastrand::Rng::with_seed(inner.learn.seed ^ labels);
     rng.shuffle(&mut oracle);
     let mut options = SynthOptions::default().with_seed(inner.learn.seed);
-    options.threads = 1;
-    let closed = || Error::new(ErrorKind::Closed, "the gateway is shut down");
-    // Cross-fitting: each fold of the oracle's labels is scored by a program trained
-    // without it (and with the spec examples), so every pair is out of sample.
-    let folds = inner.learn.folds.min(oracle.len());
-    let mut pairs = Vec::new();
-    if folds >= 2 {
-        for k in 0..folds {
-            let mut spec = task.spec.clone();
-            let mut held = Vec::new();
-            for (i, ex) in oracle.iter().enumerate() {
-                if i % folds == k {
-                    held.push(ex.clone());
-                } else {
-                    spec.examples.push(ex.clone());
-                }
-            }
-            let synthesis = synthesize(&spec, &options)
-                .map_err(|e| e.context(format!("{}: fold {}", task.name, k + 1)))?;
-            pairs.extend(score(&Program::from_json(&synthesis.program_json)?, &held));
-            if inner.is_closed() {
-                return Err(closed());
-            }
-        }
-    }
-    let cross_fitted = pairs.len();
+    options.threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(LEARN_THREADS);
+    options.folds = SYNTH_FOLDS;
+    check_open(inner)?;
+    // 1. The program, on every label trained on: installed before cross-fitting, so that
+    //    a first program starts calibrating on forwarded calls at once.
     let mut spec = task.spec.clone();
-    spec.examples.extend(oracle);
+    spec.examples.extend(oracle.iter().cloned());
     let trained_on = spec.examples.len();
     let synthesis = synthesize(&spec, &options).map_err(|e| e.context(&task.name))?;
-    let new_agreement = agreement(&pairs);
+    let program = Program::from_json(&synthesis.program_json)?;
+    let held = score(&program, &older);
     let previous = task.runtime.load_full();
     let stored_before = Stored::load(&inner.data_dir, &task.name)?;
-    // The running program's own cross-fitted agreement, from when it was learnt.
     let previous_agreement = match &previous {
         Some(rt) if stored_before.version == rt.active_version() => {
             agreement(&stored_before.holdout)
         }
         _ => None,
     };
-    if inner.is_closed() {
-        return Err(closed());
-    }
-    let activate = match (previous_agreement, new_agreement) {
-        (Some(old), Some(new)) => new >= old,
-        _ => true,
+    let first = previous.is_none();
+    let version = {
+        let _installing = inner.install_lock.lock();
+        check_open(inner)?;
+        let store = ArtifactStore::open(&inner.data_dir, &task.name)?;
+        let meta = store.install(&synthesis.program_json, synthesis.new_artifact(), false)?;
+        let version = meta.version;
+        if first {
+            store.activate(version)?;
+            inner.install_runtime(task)?;
+            *task.calibration.lock() = Calibration {
+                version,
+                pairs: held.clone(),
+                new_pairs: 0,
+                estimate: None,
+            };
+            task.set_threshold(None);
+        } else {
+            // A later version: in canary, run in shadow next to the running one.
+            *task.canary.lock() = Some(Canary::new(version));
+            task.shadow
+                .store(Some(Arc::new(shadow_of(version, &synthesis.program_json)?)));
+        }
+        version
     };
-    let store = ArtifactStore::open(&inner.data_dir, &task.name)?;
-    let meta = store.install(&synthesis.program_json, synthesis.new_artifact(), false)?;
-    let version = meta.version;
-    if activate {
-        match &previous {
-            Some(rt) => rt.activate(version)?,
-            None => {
-                store.activate(version)?;
-                inner.install_runtime(task)?;
+    task.learned_at.store(labels, Ordering::Relaxed);
+    // When more labels arrived during that synthesis than it trained on, forwarded calls
+    // (and the canary's) calibrate the version faster than cross-fitting would: skip it,
+    // and the learner is free for the next pass sooner. This keeps learning up with any
+    // call rate.
+    let arrived = task.labels_total().saturating_sub(labels);
+    let cross_fit = arrived < oracle.len() as u64;
+    // 2. Cross-fitting: each fold of the labels trained on is scored by a program learnt
+    //    without it (and with the spec examples), so every oracle label gets an
+    //    out-of-sample pair.
+    let folds = if cross_fit {
+        inner.learn.folds.min(oracle.len())
+    } else {
+        0
+    };
+    let mut pairs = Vec::new();
+    if folds >= 2 {
+        for k in 0..folds {
+            check_open(inner)?;
+            let mut spec = task.spec.clone();
+            let mut held_fold = Vec::new();
+            for (i, ex) in oracle.iter().enumerate() {
+                if i % folds == k {
+                    held_fold.push(ex.clone());
+                } else {
+                    spec.examples.push(ex.clone());
+                }
+            }
+            let synthesis = synthesize(&spec, &options)
+                .map_err(|e| e.context(format!("{}: fold {}", task.name, k + 1)))?;
+            pairs.extend(score(
+                &Program::from_json(&synthesis.program_json)?,
+                &held_fold,
+            ));
+        }
+    }
+    let cross_fitted = pairs.len();
+    let new_agreement = agreement(&pairs);
+    pairs.extend(held.iter().copied());
+    // 3. The pairs join the version's calibration (the first program), or its canary.
+    {
+        let _installing = inner.install_lock.lock();
+        check_open(inner)?;
+        let mut cal = task.calibration.lock();
+        if cal.version == version {
+            // The first program (its held-out pairs are there already), or a candidate
+            // promoted by its canary before its cross-fitting ended.
+            let add = if first {
+                &pairs[..cross_fitted]
+            } else {
+                &pairs[..]
+            };
+            cal.pairs.extend(add.iter().copied());
+            drop(cal);
+        } else {
+            drop(cal);
+            let mut guard = task.canary.lock();
+            if let Some(c) = guard.as_mut().filter(|c| c.version == version) {
+                if cross_fit {
+                    c.cross_fitted = Some(pairs.clone());
+                }
+                if c.due() {
+                    c.queued = true;
+                    drop(guard);
+                    inner.queue_canary(task);
+                }
             }
         }
-        *task.calibration.lock() = Calibration {
-            version,
-            pairs: pairs.clone(),
-            new_pairs: 0,
-            estimate: None,
-        };
-        task.set_threshold(None);
-    }
-    task.learned_at.store(labels, Ordering::Relaxed);
-    let stored_pairs = if activate {
-        pairs
-    } else {
-        stored_before.holdout
-    };
-    let stored = Stored {
-        learned_at: labels,
-        version: if activate {
-            version
+        let promoted = !first && task.calibration.lock().version == version;
+        let stored = if first {
+            Stored {
+                learned_at: labels,
+                version,
+                holdout: pairs,
+                threshold: None,
+            }
+        } else if promoted {
+            // Its canary's pairs were stored at the promotion; the cross-fitted ones join.
+            let mut stored = Stored::load(&inner.data_dir, &task.name)?;
+            stored.learned_at = labels;
+            stored.holdout.extend(pairs);
+            stored
         } else {
-            task.calibration.lock().version
-        },
-        holdout: stored_pairs,
-        threshold: None,
-    };
-    stored.save(&inner.data_dir, &task.name)?;
+            let mut stored = stored_before;
+            stored.learned_at = labels;
+            stored
+        };
+        stored.save(&inner.data_dir, &task.name)?;
+    }
     recalibrate(inner, task);
     log::info!(
-        "loopai gateway: {}: learnt v{version} on {trained_on} examples; cross-fitted agreement {:?} on {cross_fitted} (running program {:?}); {}",
+        "loopai gateway: {}: learnt v{version} on {trained_on} examples in {:.1} s; cross-fitted agreement {:?} on {cross_fitted}, {} older labels held out (running program {:?}); {}",
         task.name,
+        synthesis.elapsed.as_secs_f64(),
         new_agreement,
+        older.len(),
         previous_agreement,
-        if activate { "activated" } else { "kept inactive" }
+        if first { "activated" } else { "in canary" }
     );
     Ok(LearnReport {
         task: task.name.clone(),
         labels,
         trained_on,
         cross_fitted,
+        held_out: older.len(),
         agreement: new_agreement,
         previous_agreement,
         version,
-        activated: activate,
+        activated: first,
+        canary: !first,
         threshold: task.threshold(),
     })
 }

@@ -19,8 +19,11 @@
 //!   labels, as the oracle's label (`datasets/<task>/gateway/calls-YYYY-MM-DD.jsonl`).
 //! * Learning: once `learn.min_examples` labels are collected, and each time they grow by
 //!   `learn.growth`, a low-priority background thread synthesizes a program from the spec
-//!   examples and the oracle's labels, scores it on held-out labels, installs and
-//!   activates it ([`LearnReport`]).
+//!   examples and the oracle's labels (the newest 4,000 at most), scores it on held-out
+//!   labels (cross-fitted), installs it and activates it (the first program) or puts it in
+//!   canary (later versions: run in shadow on the calls the upstream answers, promoted
+//!   when it agrees with the upstream at least as often as the running program on 100 of
+//!   them, rolled back otherwise) ([`LearnReport`], [`CanaryStatus`], [`CanaryOutcome`]).
 //! * The disagreement budget: the threshold is the lowest confidence whose one-sided 95%
 //!   Clopper–Pearson upper bound on disagreement, on pairs the program was not trained on,
 //!   is within `gateway.max_disagreement`; it is re-estimated as pairs arrive, and a task
@@ -67,8 +70,9 @@
 //! Three threads belong to the gateway: the call-log writer, the calibrator (re-estimates
 //! thresholds) and the learner (synthesis, at `nice` 10 on Linux, one thread). Learning
 //! never runs on the calling thread except through [`Gateway::learn_now`].
-//! [`Gateway::flush`] and [`Gateway::shutdown`] take a timeout; a learning pass still
-//! running at shutdown finishes on its own and installs nothing.
+//! [`Gateway::flush`] and [`Gateway::shutdown`] take a timeout; `shutdown` returns within
+//! it even while a learning pass runs: the pass installs nothing after it and stops at its
+//! next check (before each synthesis).
 //!
 //! After `fork()`, the gateway's threads do not exist in the child: its task runtimes
 //! refuse to execute there (every call is then forwarded) and its call log is no longer
@@ -83,11 +87,13 @@
 
 mod calibrate;
 mod calls;
+mod canary;
 mod chat;
 mod gateway;
 mod learn;
 
 pub use calls::{CallKind, CallRecord, ProgramAnswer, Source};
+pub use canary::{CanaryOutcome, CanaryStatus};
 pub use chat::{ChatMessage, ChatRequest, Content, Part, StreamOptions};
 pub use gateway::{
     add_task, gateway_tasks, summarize, Decision, Gateway, GatewayStats, LocalAnswer, Pending,

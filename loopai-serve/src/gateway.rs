@@ -57,6 +57,7 @@ pub(crate) async fn chat_completions(
     State(state): State<Arc<AppState>>,
     request: Request,
 ) -> Response {
+    let received = Instant::now();
     let _in_flight = state.server.enter();
     let Some(gws) = state.gateway.get() else {
         let message = match state.phase() {
@@ -66,7 +67,7 @@ pub(crate) async fn chat_completions(
         return openai_error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message);
     };
     let (parts, body) = request.into_parts();
-    let response = handle(&state, gws, parts.headers, body).await;
+    let response = handle(&state, gws, parts.headers, body, received).await;
     if response
         .headers()
         .get(SOURCE_HEADER)
@@ -77,7 +78,13 @@ pub(crate) async fn chat_completions(
     response
 }
 
-async fn handle(state: &AppState, gws: &GatewayState, headers: HeaderMap, body: Body) -> Response {
+async fn handle(
+    state: &AppState,
+    gws: &GatewayState,
+    headers: HeaderMap,
+    body: Body,
+    received: Instant,
+) -> Response {
     let bytes = match state.read_body(&headers, body, MAX_BODY).await {
         Ok(b) => b,
         Err(e) => return openai_error(e.status(), e.kind(), e.message().to_string()),
@@ -132,10 +139,11 @@ async fn handle(state: &AppState, gws: &GatewayState, headers: HeaderMap, body: 
             if let Some(pending) = answer.validate {
                 spawn_validation(gws, &headers, bytes, request.is_stream(), pending);
             }
+            gws.local_time.observe(received.elapsed());
             response
         }
         Decision::Forward(pending) => {
-            forward(gws, &headers, bytes, request.is_stream(), pending).await
+            forward(gws, &headers, bytes, request.is_stream(), pending, received).await
         }
         _ => openai_error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -322,6 +330,7 @@ async fn forward(
     body: Bytes,
     stream: bool,
     pending: Pending,
+    received: Instant,
 ) -> Response {
     let started = Instant::now();
     let task = pending.task().map(str::to_string);
@@ -350,7 +359,8 @@ async fn forward(
             return upstream_error(gws, &e);
         }
     };
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let upstream_time = started.elapsed();
+    let latency_ms = upstream_time.as_secs_f64() * 1000.0;
     if status.is_success() {
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(completion) => {
@@ -365,12 +375,15 @@ async fn forward(
         gws.gateway.record_failure(pending);
     }
     gws.responses.oracle.fetch_add(1, Relaxed);
-    relayed(
+    let response = relayed(
         status,
         &upstream_headers,
         Body::from(bytes),
         task.as_deref(),
-    )
+    );
+    gws.forwarded_overhead
+        .observe(received.elapsed().saturating_sub(upstream_time));
+    response
 }
 
 /// What a relayed SSE stream said: the concatenated content, the usage, and whether it

@@ -22,6 +22,75 @@ pub(crate) struct GatewayState {
     pub(crate) validations_in_flight: Arc<AtomicU64>,
     pub(crate) validations_skipped: AtomicU64,
     pub(crate) responses: ResponseCounters,
+    /// The gateway's own time on forwarded calls: from the request received to the
+    /// response handed to the server, minus the upstream call (JSON answers; not streams).
+    pub(crate) forwarded_overhead: FineHistogram,
+    /// Locally answered calls, from the request received to the response handed to the
+    /// server.
+    pub(crate) local_time: FineHistogram,
+}
+
+/// Buckets of [`FineHistogram`]: upper bounds 1 µs × 1.1^i, i = 0..N (1 µs to ~1.4 s),
+/// then +Inf.
+const FINE_BUCKETS: usize = 148;
+
+/// A latency histogram with 10% wide buckets, fine enough to read a p99 from (to 10%);
+/// rendered cumulatively in `/metrics`, so that a load generator can take the difference
+/// of two scrapes around its run.
+#[derive(Debug)]
+pub(crate) struct FineHistogram {
+    buckets: Vec<AtomicU64>,
+    sum_ns: AtomicU64,
+}
+
+impl Default for FineHistogram {
+    fn default() -> Self {
+        FineHistogram {
+            buckets: (0..=FINE_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl FineHistogram {
+    /// The upper bound of bucket `i`, in nanoseconds.
+    fn bound_ns(i: usize) -> f64 {
+        1_000.0 * 1.1f64.powi(i as i32)
+    }
+
+    pub(crate) fn observe(&self, d: Duration) {
+        let ns = d.as_nanos() as f64;
+        let i = if ns <= 1_000.0 {
+            0
+        } else {
+            ((ns / 1_000.0).ln() / 1.1f64.ln()).ceil() as usize
+        };
+        // Rounding may put a value right at a bound one bucket high; never one low.
+        let i = if i > 0 && ns <= Self::bound_ns(i - 1) {
+            i - 1
+        } else {
+            i
+        };
+        self.buckets[i.min(FINE_BUCKETS)].fetch_add(1, Relaxed);
+        self.sum_ns
+            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str) {
+        use std::fmt::Write;
+        let mut cumulative = 0u64;
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.load(Relaxed);
+            if i < FINE_BUCKETS {
+                let le = Self::bound_ns(i) / 1e9;
+                let _ = writeln!(out, "{name}_bucket{{le=\"{le:e}\"}} {cumulative}");
+            } else {
+                let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+            }
+        }
+        let sum = self.sum_ns.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
 }
 
 /// Responses of `/v1/chat/completions` by who answered.
@@ -86,6 +155,8 @@ impl GatewayState {
             validations_in_flight: Arc::new(AtomicU64::new(0)),
             validations_skipped: AtomicU64::new(0),
             responses: ResponseCounters::default(),
+            forwarded_overhead: FineHistogram::default(),
+            local_time: FineHistogram::default(),
         })
     }
 }
@@ -156,6 +227,17 @@ pub(crate) fn render_metrics(gws: &GatewayState, out: &mut String) {
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP loopai_gateway_forwarded_overhead_seconds The gateway's own time on forwarded calls (request received to response handed to the server, minus the upstream call; JSON answers).\n# TYPE loopai_gateway_forwarded_overhead_seconds histogram"
+    );
+    gws.forwarded_overhead
+        .render(out, "loopai_gateway_forwarded_overhead_seconds");
+    let _ = writeln!(
+        out,
+        "# HELP loopai_gateway_local_seconds Locally answered calls, request received to response handed to the server.\n# TYPE loopai_gateway_local_seconds histogram"
+    );
+    gws.local_time.render(out, "loopai_gateway_local_seconds");
     let families: [(&str, &str, &str); 13] = [
         ("calls_total", "counter", "Calls of the task."),
         (
@@ -246,5 +328,29 @@ pub(crate) fn render_metrics(gws: &GatewayState, out: &mut String) {
                 escape(&t.task)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fine_histogram_puts_each_value_in_the_bucket_of_its_upper_bound() {
+        let h = FineHistogram::default();
+        for ns in [500u64, 1_000, 1_001, 1_100, 1_101, 50_000, 10_000_000_000] {
+            h.observe(Duration::from_nanos(ns));
+        }
+        let counts: Vec<u64> = h.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        // <= 1 us: bucket 0 (two); (1, 1.1] us: bucket 1 (two); 1.101 us: bucket 2.
+        assert_eq!(&counts[..3], &[2, 2, 1]);
+        // 50 us: 1.1^41 = 49.8 < 50 <= 1.1^42 = 54.8.
+        assert_eq!(counts[42], 1);
+        assert_eq!(counts[FINE_BUCKETS], 1, "10 s is beyond the last bound");
+        let mut text = String::new();
+        h.render(&mut text, "x");
+        assert!(text.contains("x_bucket{le=\"1e-6\"} 2\n"), "{text}");
+        assert!(text.contains("x_bucket{le=\"+Inf\"} 7\n"), "{text}");
+        assert!(text.contains("x_count 7"), "{text}");
     }
 }

@@ -100,6 +100,41 @@ def test_spamassassin_rows_take_the_label_from_the_folder(tmp_path):
         ]
 
 
+def test_chatterbot_rows_label_lines_with_their_folders_language(tmp_path):
+    path = tmp_path / "c.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(
+            "chatterbot_corpus/data/english/food.yml",
+            "categories:\n- food\nconversations:\n- - Do you like pizza?\n  - 'Yes: with cheese'\n- - Hello\n  - 42\n",
+        )
+        z.writestr(
+            "chatterbot_corpus/data/french/greetings.yml",
+            "conversations:\n- - Bonjour\n  - Hello\n",
+        )
+        # Not one of the languages kept, and not a corpus file.
+        z.writestr("chatterbot_corpus/data/thai/x.yml", "conversations:\n- - sawasdee\n")
+        z.writestr("chatterbot_corpus/__init__.py", "")
+    with zipfile.ZipFile(path) as z:
+        rows = list(fd.chatterbot_rows(z))
+    # "Hello" is under two languages: dropped as ambiguous; numbers become text.
+    assert rows == [
+        ("Do you like pizza?", "english"),
+        ("Yes: with cheese", "english"),
+        ("42", "english"),
+        ("Bonjour", "french"),
+    ]
+    assert set(fd.DATASETS["chatterbot-lang"]["labels"]) == set(fd.CHATTERBOT_LANGUAGES)
+    assert len(fd.CHATTERBOT_LANGUAGES) >= 10
+
+
+def test_chatterbot_rows_name_bad_yaml(tmp_path):
+    path = tmp_path / "c.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("chatterbot_corpus/data/english/bad.yml", "conversations: [unclosed\n")
+    with zipfile.ZipFile(path) as z, pytest.raises(fd.FetchError, match="english/bad.yml"):
+        list(fd.chatterbot_rows(z))
+
+
 def test_cached_downloads_are_reused_without_the_registry(tmp_path, monkeypatch):
     def no_network(cmd, cwd):
         raise AssertionError(f"ran {cmd}")

@@ -120,6 +120,13 @@ def test_shadow_mode_forwards_and_records_the_oracle_label(
     got = row_when(data, lambda r: r["oracle_labels"] == 5, "5 labels recorded")
     assert got["state"] == "shadow"
     assert got["forwarded"] == 5 and got["local"] == 0
+    # The gateway's own time on each forwarded call, server side, upstream time excluded.
+    with urllib.request.urlopen(gw.url + "/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    count = re.search(r"^loopai_gateway_forwarded_overhead_seconds_count (\d+)$", metrics, re.M)
+    assert count and int(count.group(1)) >= 5, metrics
+    total = re.search(r"^loopai_gateway_forwarded_overhead_seconds_sum (\S+)$", metrics, re.M)
+    assert total and float(total.group(1)) > 0, metrics
 
 
 def test_a_route_by_model_picks_the_task_and_no_task_is_forwarded_untouched(
@@ -337,5 +344,7 @@ def test_a_task_learns_from_the_oracle_and_then_answers_locally(
             metrics = r.read().decode()
         local_total = re.search(r'^loopai_gateway_local_total\{task="spam"\} (\d+)$', metrics, re.M)
         assert local_total and int(local_total.group(1)) >= 5, metrics
+        timed = re.search(r"^loopai_gateway_local_seconds_count (\d+)$", metrics, re.M)
+        assert timed and int(timed.group(1)) >= 5, metrics
     finally:
         gw.stop()
