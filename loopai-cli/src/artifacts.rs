@@ -72,7 +72,7 @@ pub(crate) enum ArtifactsCommand {
 /// directory's configuration sets `cloud.trusted_keys` (as the runtime does). Every
 /// subcommand but `install` only reads or changes what is there: a mistyped data dir or
 /// task fails, naming them, and creates nothing.
-fn store(task: &TaskArgs) -> Result<ArtifactStore, Error> {
+pub(crate) fn store(task: &TaskArgs) -> Result<ArtifactStore, Error> {
     let store = ArtifactStore::open_existing(&task.data_dir, &task.task)?;
     let config = DeploymentConfig::load_for_data_dir(&task.data_dir)?;
     store.with_trusted_keys(&config.cloud.trusted_keys)

@@ -10,6 +10,7 @@ mod exec;
 mod logger;
 mod program;
 mod publish;
+mod rollout;
 mod serve;
 mod stats;
 mod synth;
@@ -48,6 +49,9 @@ enum Command {
     /// Manage the artifact cache of a task (install, list, activate, rollback, promote).
     #[command(subcommand)]
     Artifacts(artifacts::ArtifactsCommand),
+    /// Start, promote or abort a task's canary rollout (a running server follows).
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
     /// Execute the active program: one --input, or JSONL input objects on stdin.
     Exec(exec::ExecArgs),
     /// Show the daily statistics of a task's dataset (volume, success, latency, outputs).
@@ -113,6 +117,7 @@ fn run(cli: Cli) -> Result<ExitCode, loopai_core::Error> {
     match cli.command {
         Command::Program(cmd) => program::run(cmd),
         Command::Artifacts(cmd) => artifacts::run(cmd),
+        Command::Rollout(cmd) => rollout::run(cmd),
         Command::Exec(args) => exec::run(args),
         Command::Stats(args) => stats::run(args),
         Command::Synth(args) => synth::synth(args),

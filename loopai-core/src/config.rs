@@ -507,6 +507,12 @@ pub struct RolloutConfig {
     /// `rollout.check_interval_ms` (default 1000, at least 1): time between background
     /// checks, on the runtime's clock.
     pub check_interval_ms: u64,
+    /// `rollout.follow_interval_ms` (default 2000; 0: never): how often the runtime
+    /// re-reads the task's `active` pointer and `rollout.json` (real time), so that
+    /// `loopai artifacts activate|rollback|promote` and `loopai rollout start|promote|abort`
+    /// run in another process take effect without a restart (see `docs/rollout.md`).
+    /// [`RuntimeBuilder::follow_interval`](crate::RuntimeBuilder::follow_interval) overrides it.
+    pub follow_interval_ms: u64,
 }
 
 impl Default for RolloutConfig {
@@ -523,6 +529,7 @@ impl Default for RolloutConfig {
             p99_floor_ms: 1.0,
             sticky_key: None,
             check_interval_ms: 1000,
+            follow_interval_ms: 2000,
         }
     }
 }

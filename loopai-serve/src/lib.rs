@@ -87,7 +87,6 @@
 
 mod api;
 mod auth;
-mod follow;
 mod gateway;
 mod gateway_state;
 mod http;

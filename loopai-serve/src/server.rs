@@ -237,9 +237,14 @@ impl ServerBuilder {
         self
     }
 
-    /// How often every task re-reads the artifact cache's `active` pointer and rollout
-    /// state, so that `loopai artifacts activate|rollback|promote` run in another process
-    /// take effect without a restart (default [`DEFAULT_FOLLOW_INTERVAL`]; zero: never).
+    /// How often every task loaded by the server re-reads the artifact cache's `active`
+    /// pointer and rollout state, so that `loopai artifacts activate|rollback|promote` and
+    /// `loopai rollout start|promote|abort` run in another process take effect without a
+    /// restart (default [`DEFAULT_FOLLOW_INTERVAL`]; zero: never). It is the runtimes' own
+    /// [`RuntimeBuilder::follow_interval`](loopai_core::RuntimeBuilder::follow_interval):
+    /// their rollout thread follows, swapping versions atomically (no request fails), and
+    /// takes over a rollout started elsewhere that nobody drives (docs/rollout.md).
+    /// Runtimes given with `runtime`/`runtimes` keep the setting they were built with.
     pub fn follow_interval(mut self, interval: Duration) -> Self {
         self.follow_interval = interval;
         self
@@ -321,6 +326,7 @@ impl ServerBuilder {
                 data_dir,
                 tasks,
                 config_file: self.config_file.clone(),
+                follow_interval: self.follow_interval,
             })
         };
         let (mode, source) = match tasks {
@@ -370,7 +376,6 @@ impl ServerBuilder {
         Ok(Server {
             connections: self.connections,
             addr: SocketAddr::new(self.bind, self.port),
-            follow_interval: self.follow_interval,
             shutdown_timeout: self.shutdown_timeout,
             worker_threads: self.worker_threads,
             source,
@@ -388,7 +393,6 @@ impl ServerBuilder {
 pub struct Server {
     addr: SocketAddr,
     connections: ConnectionLimits,
-    follow_interval: Duration,
     shutdown_timeout: Duration,
     worker_threads: Option<usize>,
     source: Source,
@@ -451,11 +455,6 @@ impl Server {
         )
         .map_err(http_error)?;
         let local_addr = serving.local_addr;
-        if !self.follow_interval.is_zero() {
-            serving
-                .runtime
-                .spawn(crate::follow::run(Arc::clone(&state), self.follow_interval));
-        }
 
         let source = self.source;
         let gateway = self.gateway;

@@ -90,6 +90,8 @@ pub(crate) enum Source {
         data_dir: PathBuf,
         tasks: Vec<String>,
         config_file: Option<PathBuf>,
+        /// Each runtime's [`follow_interval`](loopai_core::RuntimeBuilder::follow_interval).
+        follow_interval: std::time::Duration,
     },
 }
 
@@ -111,10 +113,14 @@ impl Source {
                 data_dir,
                 tasks,
                 config_file,
+                follow_interval,
             } => tasks
                 .iter()
                 .map(|task| {
-                    let mut builder = Runtime::builder().data_dir(&data_dir).task(task);
+                    let mut builder = Runtime::builder()
+                        .data_dir(&data_dir)
+                        .task(task)
+                        .follow_interval(follow_interval);
                     if let Some(file) = &config_file {
                         builder = builder.config_file(file);
                     }

@@ -1,5 +1,6 @@
 //! The rollout thread (`loopai-rollout`): checks a rollout in progress every
-//! `rollout.check_interval_ms` and does its `rollout.json` I/O.
+//! `rollout.check_interval_ms`, follows the artifact cache every
+//! `rollout.follow_interval_ms`, and does their `rollout.json` I/O.
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::rollout::controller::RolloutController;
@@ -57,16 +58,35 @@ impl RolloutChecker {
             .name("loopai-rollout".into())
             .spawn(move || {
                 let _exit = CheckerExit(exited_tx);
-                // Woken early only by the stop (the sender dropped).
-                while let Err(RecvTimeoutError::Timeout) =
-                    stop_rx.recv_timeout(controller.until_next_check())
-                {
+                let follow = controller.ctx.follow;
+                let mut next_follow = follow.map(|f| Instant::now() + f);
+                loop {
+                    let mut wait = controller.until_next_check();
+                    if let Some(at) = next_follow {
+                        wait = wait.min(at.saturating_duration_since(Instant::now()));
+                    }
+                    // Woken early only by the stop (the sender dropped).
+                    if !matches!(stop_rx.recv_timeout(wait), Err(RecvTimeoutError::Timeout)) {
+                        break;
+                    }
                     // A bug in a check must not end the background checks.
                     if catch_unwind(AssertUnwindSafe(|| controller.tick())).is_err() {
                         log::error!(
                             "loopai: task {:?}: a rollout check panicked (a bug in loopai)",
                             controller.ctx.task.task
                         );
+                    }
+                    if let (Some(at), Some(every)) = (next_follow, follow) {
+                        if Instant::now() >= at {
+                            if catch_unwind(AssertUnwindSafe(|| controller.follow_tick())).is_err()
+                            {
+                                log::error!(
+                                    "loopai: task {:?}: following the artifact cache panicked (a bug in loopai)",
+                                    controller.ctx.task.task
+                                );
+                            }
+                            next_follow = Some(Instant::now() + every);
+                        }
                     }
                 }
             })

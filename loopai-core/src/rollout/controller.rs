@@ -9,12 +9,14 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::executor::canary::{CanarySlot, Route, StageCounters, StageCounts};
 use crate::executor::{ActiveProgram, Executor};
 use crate::program::ProgramLimits;
+use crate::rollout::driver;
 use crate::rollout::state::{log_event, mark_rolled_back, RolloutFile};
 use crate::rollout::stats::{decide, Decision, MetricComparison};
 use crate::rollout::{
     RolloutEvent, RolloutEventKind, RolloutState, RolloutStatus, MAX_OUTBOX, ROLLOUT_FILE,
     ROLLOUT_FORMAT,
 };
+use crate::sampler::Sampler;
 use crate::validator::TaskInfo;
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::VecDeque;
@@ -63,6 +65,12 @@ pub(crate) struct RolloutContext {
     pub with_validations: bool,
     pub clock: Arc<dyn Clock>,
     pub outbox: Arc<RolloutOutbox>,
+    /// Restarted (temporal boost) when following switches the active version.
+    pub sampler: Arc<Sampler>,
+    /// This runtime's id in `rollout.json`'s `driver` (see `driver.rs`).
+    pub driver_id: String,
+    /// How often the rollout thread follows the artifact cache (`None`: never).
+    pub follow: Option<Duration>,
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +86,9 @@ pub(super) struct Live {
     /// The counts last persisted (to skip writes when nothing changed).
     pub(crate) persisted: Vec<StageCounts>,
     pub(crate) comparisons: Vec<MetricComparison>,
+    /// Whether this runtime drives the rollout in progress (makes its decisions and
+    /// persists its counters); otherwise it only follows it (see `driver.rs`).
+    pub(crate) driving: bool,
 }
 
 impl Live {
@@ -106,6 +117,8 @@ pub(crate) struct RolloutController {
     pub(crate) ctx: RolloutContext,
     pub(super) live: Mutex<Live>,
     pub(crate) next_check_ms: AtomicI64,
+    /// The last error of following the artifact cache (logged once, not at every round).
+    follow_error: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for RolloutController {
@@ -124,6 +137,7 @@ impl RolloutController {
             next_check_ms: AtomicI64::new(now.saturating_add(ctx.config.check_interval_ms_i64())),
             ctx,
             live: Mutex::new(Live::default()),
+            follow_error: Mutex::new(None),
         };
         let file = match controller.ctx.store.read_rollout_file() {
             Ok(f) => f,
@@ -225,13 +239,36 @@ impl RolloutController {
         self.ctx.executor.install_canary(slot);
     }
 
-    pub(super) fn resume(&self, mut file: RolloutFile) -> Result<()> {
+    pub(super) fn resume(&self, file: RolloutFile) -> Result<()> {
         let mut live = self.live.lock();
         live.revision = file.revision;
         if file.state != RolloutState::InProgress {
             live.file = Some(file);
             return Ok(());
         }
+        if !self.claimable(&file) {
+            self.follow_file(&mut live, file);
+            return Ok(());
+        }
+        // Take it over under the lock, from the file as it is then (another runtime may
+        // have taken it over since it was read).
+        let _lock = self.ctx.store.lock_rollout()?;
+        let mut file = match self.ctx.store.read_rollout_file()? {
+            Some(f) if self.claimable(&f) => f,
+            Some(f) => {
+                live.revision = f.revision;
+                if f.state == RolloutState::InProgress {
+                    self.follow_file(&mut live, f);
+                } else {
+                    live.file = Some(f);
+                }
+                return Ok(());
+            }
+            None => return Ok(()),
+        };
+        live.revision = file.revision;
+        file.driver = Some(self.ctx.driver_id.clone());
+        live.driving = true;
         let active = self.ctx.executor.version();
         let now = self.now();
         let problem = if active == file.canary_version {
@@ -266,7 +303,8 @@ impl RolloutController {
                 live.file = Some(file);
                 self.install(&mut live, program);
                 self.emit(&mut live, event);
-                Ok(())
+                // Records that this runtime drives it now.
+                self.save(&mut live)
             }
             Err(reason) => {
                 file.state = RolloutState::Aborted;
@@ -356,6 +394,7 @@ impl RolloutController {
             counters: vec![StageCounts::default()],
             history: Vec::new(),
             rolled_back_versions: rolled_back,
+            driver: Some(self.ctx.driver_id.clone()),
         };
         let event = file.event(
             now,
@@ -366,6 +405,7 @@ impl RolloutController {
         live.base = Vec::new();
         live.live = Vec::new();
         live.persisted = Vec::new();
+        live.driving = true;
         self.install(&mut live, program);
         self.emit(&mut live, event);
         self.save(&mut live)
@@ -465,8 +505,9 @@ impl RolloutController {
         Ok(Some(version))
     }
 
-    /// Adopts a `rollout.json` changed by someone else (`loopai artifacts promote|rollback`).
-    /// Returns whether the rollout in progress ended.
+    /// Adopts a `rollout.json` changed by someone else: `loopai artifacts promote|rollback`,
+    /// `loopai rollout start|promote|abort`, another runtime that drives the rollout or
+    /// took it over. Returns whether a rollout in progress here ended.
     pub(super) fn adopt_external(&self, live: &mut Live) -> Result<bool> {
         let Some(disk) = self.ctx.store.read_rollout_file()? else {
             return Ok(false);
@@ -476,9 +517,11 @@ impl RolloutController {
         }
         let ours = live.in_progress().map(|f| f.canary_version);
         let theirs = (disk.state == RolloutState::InProgress).then_some(disk.canary_version);
-        live.revision = disk.revision;
-        if ours.is_some() && ours == theirs {
+        let driven_by_us =
+            disk.driver.is_none() || disk.driver.as_deref() == Some(self.ctx.driver_id.as_str());
+        if live.driving && ours.is_some() && ours == theirs && driven_by_us {
             // Our own rollout, rewritten (a concurrent writer): keep our counters.
+            live.revision = disk.revision;
             if let Some(f) = live.file.as_mut() {
                 f.rolled_back_versions
                     .clone_from(&disk.rolled_back_versions);
@@ -486,19 +529,131 @@ impl RolloutController {
             }
             return Ok(false);
         }
-        let counts = live.counts();
-        self.ctx.executor.clear_canary();
-        live.base = counts;
-        live.live.clear();
-        live.file = Some(disk);
-        if ours.is_some() {
+        let ended = ours.is_some() && ours != theirs;
+        if ended || (live.driving && ours.is_some()) {
             log::info!(
-                "loopai: task {:?}: rollout changed outside this runtime ({ROLLOUT_FILE} revision {}); following it",
+                "loopai: task {:?}: rollout changed outside this runtime ({ROLLOUT_FILE} revision {}{}); following it",
                 self.ctx.task.task,
-                live.revision
+                disk.revision,
+                match (&disk.driver, theirs) {
+                    (Some(d), Some(_)) => format!(", driven by {d}"),
+                    _ => String::new(),
+                }
             );
         }
-        Ok(ours.is_some())
+        if ended && live.driving {
+            // The counts of this runtime stay with the rollout it ran.
+            let counts = live.counts();
+            self.ctx.executor.clear_canary();
+            live.base = counts;
+            live.live.clear();
+            live.file = Some(disk);
+            live.revision = live.file.as_ref().map_or(0, |f| f.revision);
+            live.driving = false;
+        } else if theirs.is_some() {
+            self.follow_file(live, disk);
+        } else {
+            self.ctx.executor.clear_canary();
+            live.base = disk.counters.clone();
+            live.live.clear();
+            live.revision = disk.revision;
+            live.file = Some(disk);
+            live.driving = false;
+        }
+        Ok(ended)
+    }
+
+    /// Whether this runtime may drive `file`: a rollout in progress that it drives
+    /// already, or that nobody drives (no driver, a driver on this host whose process is
+    /// gone, or a heartbeat older than the lease).
+    pub(super) fn claimable(&self, file: &RolloutFile) -> bool {
+        if file.state != RolloutState::InProgress {
+            return false;
+        }
+        match &file.driver {
+            None => true,
+            Some(id) if *id == self.ctx.driver_id => true,
+            Some(id) => {
+                driver::is_gone(id)
+                    || self.now().millis().saturating_sub(file.updated_at.millis())
+                        > driver::lease_ms(self.ctx.config.check_interval_ms)
+            }
+        }
+    }
+
+    /// Mirrors a rollout in progress that `disk` describes, driven by the runtime it names:
+    /// the canary serves the file's stage (when the file's stable version is the active
+    /// one), with the file's counters as the base.
+    pub(super) fn follow_file(&self, live: &mut Live, disk: RolloutFile) {
+        live.revision = disk.revision;
+        live.driving = disk.driver.as_deref() == Some(self.ctx.driver_id.as_str());
+        live.base = disk.counters.clone();
+        live.persisted = disk.counters.clone();
+        live.live.clear();
+        live.comparisons.clear();
+        let serve = disk.state == RolloutState::InProgress
+            && self.ctx.config.enabled
+            && disk.stable_version == self.ctx.executor.version();
+        let program = if serve {
+            match self.ctx.executor.canary_slot() {
+                Some(slot) if slot.program.version() == disk.canary_version => {
+                    Some(slot.program.clone())
+                }
+                _ => match self.compile(disk.canary_version) {
+                    Ok((program, _)) => Some(program),
+                    Err(e) => {
+                        log::warn!(
+                            "loopai: task {:?}: cannot load the canary v{} of the rollout in progress (serving v{} only): {e}",
+                            self.ctx.task.task,
+                            disk.canary_version,
+                            disk.stable_version
+                        );
+                        None
+                    }
+                },
+            }
+        } else {
+            None
+        };
+        live.file = Some(disk);
+        match program {
+            Some(program) => self.install(live, program),
+            None => self.ctx.executor.clear_canary(),
+        }
+    }
+
+    /// Takes over the rollout in progress when nobody drives it (see `driver.rs`), under
+    /// the lock on `rollout.lock`. Returns whether this runtime drives it now.
+    pub(super) fn try_take_over(&self, live: &mut Live) -> Result<bool> {
+        if live.driving {
+            return Ok(true);
+        }
+        match live.in_progress() {
+            Some(file) if self.claimable(file) => {}
+            _ => return Ok(live.driving),
+        }
+        let _lock = self.ctx.store.lock_rollout()?;
+        let Some(mut disk) = self.ctx.store.read_rollout_file()? else {
+            return Ok(false);
+        };
+        if !self.claimable(&disk) {
+            if disk.revision > live.revision {
+                self.adopt_external(live)?;
+            }
+            return Ok(live.driving);
+        }
+        let before = disk.driver.replace(self.ctx.driver_id.clone());
+        disk.updated_at = self.now();
+        self.ctx.store.write_rollout_file(&mut disk)?;
+        log::info!(
+            "loopai: task {:?}: this runtime ({}) now drives the rollout of v{} (was {})",
+            self.ctx.task.task,
+            self.ctx.driver_id,
+            disk.canary_version,
+            before.as_deref().unwrap_or("nobody")
+        );
+        self.follow_file(live, disk);
+        Ok(live.driving)
     }
 
     /// Brings the stable program in line with the `active` pointer (after a change made
@@ -512,6 +667,85 @@ impl RolloutController {
             self.switch(program, description);
         }
         Ok(())
+    }
+
+    /// Follows the artifact cache (every `rollout.follow_interval_ms`, and
+    /// [`Runtime::reload`](crate::Runtime::reload)): adopts a `rollout.json` written
+    /// elsewhere — a rollout started, promoted or rolled back by another process, taken
+    /// over when nobody drives it — then brings the stable program in line with the
+    /// `active` pointer. A rollout this runtime drives whose stable version is no longer
+    /// active is aborted; one it only follows stops serving its canary here (its driver
+    /// aborts it). Returns the active version.
+    pub(crate) fn follow(&self) -> Result<u32> {
+        {
+            let mut live = self.live.lock();
+            self.adopt_external(&mut live)?;
+            self.try_take_over(&mut live)?;
+        }
+        let active = self.ctx.store.active_version()?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Artifact,
+                format!(
+                    "task {:?} no longer has an active program",
+                    self.ctx.task.task
+                ),
+            )
+        })?;
+        let before = self.ctx.executor.version();
+        if active == before {
+            return Ok(active);
+        }
+        let (program, description) = self.compile(active)?;
+        let mut live = self.live.lock();
+        if let Some(canary) = live.in_progress().map(|f| f.canary_version) {
+            let reason = format!("v{active} was activated outside this runtime");
+            if !live.driving {
+                self.ctx.executor.clear_canary();
+            } else if active == canary {
+                // Promoted by hand (`loopai rollout promote` writes rollout.json next).
+                self.finish_promotion(&mut live, reason)?;
+            } else {
+                self.end(&mut live, RolloutState::Aborted, reason)?;
+            }
+        }
+        self.switch(program, description);
+        drop(live);
+        self.ctx
+            .sampler
+            .version_activated(self.ctx.clock.now_millis());
+        log::info!(
+            "loopai: task {:?}: now serving v{active} (was v{before}): activated outside this runtime",
+            self.ctx.task.task
+        );
+        Ok(active)
+    }
+
+    /// Called by the rollout thread every `rollout.follow_interval_ms`: [`follow`](Self::follow),
+    /// logging a failure once (not at every round) while it lasts.
+    pub(crate) fn follow_tick(&self) {
+        let result = self.follow();
+        let mut last = self.follow_error.lock();
+        match result {
+            Ok(_) => {
+                if last.take().is_some() {
+                    log::info!(
+                        "loopai: task {:?}: following the artifact cache again",
+                        self.ctx.task.task
+                    );
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if last.as_deref() != Some(message.as_str()) {
+                    log::error!(
+                        "loopai: task {:?}: cannot follow the artifact cache (keeps serving v{}): {message}",
+                        self.ctx.task.task,
+                        self.ctx.executor.version()
+                    );
+                }
+                *last = Some(message);
+            }
+        }
     }
 
     /// One check: follows outside changes, then decides and acts. Called by the rollout
@@ -543,9 +777,25 @@ impl RolloutController {
             drop(live);
             return self.sync_active();
         }
+        if !self.try_take_over(&mut live)? {
+            // Another runtime drives it: it decides.
+            return Ok(());
+        }
         let Some(file) = live.in_progress() else {
             return Ok(());
         };
+        let active = self.ctx.executor.version();
+        if file.stable_version != active {
+            if active == file.canary_version {
+                let reason = format!("v{active} was activated outside this runtime");
+                return self.finish_promotion(&mut live, reason);
+            }
+            let reason = format!(
+                "v{active} is active, not the rollout's stable v{}",
+                file.stable_version
+            );
+            return self.end(&mut live, RolloutState::Aborted, reason);
+        }
         let (stage, fraction, last) = (
             file.stage,
             file.stages[file.stage],
@@ -593,7 +843,11 @@ impl RolloutController {
                 if let Some(f) = live.file.as_mut() {
                     f.decision = reason;
                 }
-                if live.persisted != counts {
+                let heartbeat_due = live.file.as_ref().is_some_and(|f| {
+                    self.now().millis().saturating_sub(f.updated_at.millis())
+                        >= driver::lease_ms(self.ctx.config.check_interval_ms) / 3
+                });
+                if live.persisted != counts || heartbeat_due {
                     self.save_counters(&mut live)?;
                 }
                 Ok(())
@@ -636,8 +890,9 @@ impl RolloutController {
         }
     }
 
-    /// Persists the counters (at shutdown), waiting for the state at most until
-    /// `deadline` (a check stuck in I/O keeps it).
+    /// Persists the counters of the rollout this runtime drives and releases it (at
+    /// shutdown: a runtime still running takes it over at its next check), waiting for the
+    /// state at most until `deadline` (a check stuck in I/O keeps it).
     pub(crate) fn persist(&self, deadline: Instant) -> Result<()> {
         let mut live = self.live.try_lock_until(deadline).ok_or_else(|| {
             Error::new(
@@ -648,9 +903,19 @@ impl RolloutController {
                 ),
             )
         })?;
-        if live.in_progress().is_some() && live.persisted != live.counts() {
-            self.save_counters(&mut live)?;
+        if live.in_progress().is_none() || !live.driving {
+            return Ok(());
         }
+        if self.adopt_external(&mut live)? || !live.driving {
+            return Ok(());
+        }
+        // Released: a runtime still running (or the next one to start) takes it over at
+        // once instead of waiting for the lease.
+        if let Some(f) = live.file.as_mut() {
+            f.driver = None;
+        }
+        self.save(&mut live)?;
+        live.driving = false;
         Ok(())
     }
 

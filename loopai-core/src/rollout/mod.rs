@@ -33,6 +33,8 @@ use crate::clock::Timestamp;
 pub const ROLLOUT_FORMAT: &str = "loopai.rollout/1";
 /// The file name of the rollout state, in the task's artifact directory.
 pub const ROLLOUT_FILE: &str = "rollout.json";
+/// The lock file taken while a runtime takes a rollout over (see `driver.rs`).
+const ROLLOUT_LOCK_FILE: &str = "rollout.lock";
 
 /// Events kept in `rollout.json` (the oldest are dropped).
 const MAX_HISTORY: usize = 1000;
@@ -43,6 +45,7 @@ const RECENT_EVENTS: usize = 20;
 
 mod checker;
 mod controller;
+pub(crate) mod driver;
 mod state;
 mod stats;
 
@@ -201,6 +204,10 @@ pub struct RolloutStatus {
     pub decision: String,
     /// The last events, oldest first (the whole history is in `rollout.json`).
     pub recent_events: Vec<RolloutEvent>,
+    /// The runtime that makes the rollout's decisions (`<host>:<pid>:<random>`), or
+    /// `None` when nobody does now (the next runtime to run the task takes it over). See
+    /// docs/rollout.md.
+    pub driver: Option<String>,
 }
 
 #[cfg(test)]

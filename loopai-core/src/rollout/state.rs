@@ -10,7 +10,7 @@ use crate::fsutil::write_atomic;
 use crate::rollout::stats::{decide, MetricComparison};
 use crate::rollout::{
     ArmStats, RolloutEvent, RolloutEventKind, RolloutState, RolloutStatus, MAX_HISTORY,
-    RECENT_EVENTS, ROLLOUT_FILE, ROLLOUT_FORMAT,
+    RECENT_EVENTS, ROLLOUT_FILE, ROLLOUT_FORMAT, ROLLOUT_LOCK_FILE,
 };
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -42,6 +42,11 @@ pub(super) struct RolloutFile {
     /// Canaries rolled back: not rolled out again automatically.
     #[serde(default)]
     pub(crate) rolled_back_versions: Vec<u32>,
+    /// The runtime that makes this rollout's decisions (`<host>:<pid>:<random>`), `None`
+    /// when nobody does (released at shutdown, or started by an older version): see
+    /// `rollout/driver.rs` and docs/rollout.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) driver: Option<String>,
 }
 
 impl RolloutFile {
@@ -109,6 +114,7 @@ impl RolloutFile {
             comparisons,
             decision: self.decision.clone(),
             recent_events: self.history[skip..].to_vec(),
+            driver: self.driver.clone(),
         }
     }
 }
@@ -151,6 +157,14 @@ impl ArtifactStore {
 
     pub(crate) fn rollout_path(&self) -> std::path::PathBuf {
         self.task_dir().join(ROLLOUT_FILE)
+    }
+
+    /// Locks `rollout.lock` (see `rollout/driver.rs`) until the guard is dropped.
+    pub(crate) fn lock_rollout(&self) -> Result<crate::rollout::driver::TakeoverLock> {
+        crate::rollout::driver::TakeoverLock::acquire(
+            &self.task_dir().join(ROLLOUT_LOCK_FILE),
+            &format!("artifacts/{}/{ROLLOUT_LOCK_FILE}", self.task()),
+        )
     }
 
     pub(super) fn read_rollout_file(&self) -> Result<Option<RolloutFile>> {

@@ -260,8 +260,9 @@ fn constant(label: &str) -> Vec<u8> {
     .unwrap()
 }
 
-/// A runtime whose only rollout checks are those of `flush` (the clock never moves),
-/// validating every execution against an oracle that says spam for "prize" and "win".
+/// A runtime whose only rollout checks are those of `flush` (the clock never moves) and
+/// which follows the artifact cache only on `reload`, validating every execution against
+/// an oracle that says spam for "prize" and "win".
 fn runtime(dir: &Path) -> Runtime {
     runtime_with(dir, "sampling: {rate: 1}\n")
 }
@@ -284,6 +285,7 @@ fn runtime_with(dir: &Path, yaml: &str) -> Runtime {
         .config(config)
         .clock(TestClock::at(DAY1))
         .oracle(oracle)
+        .follow_interval(Duration::ZERO)
         .build()
         .unwrap()
 }
@@ -1029,4 +1031,52 @@ fn a_rollout_counts_only_executions_that_are_in_the_log() {
     let status = rt.rollout().unwrap();
     assert_eq!(status.stable.executions + status.canary.executions, 40);
     rt.shutdown(std::time::Duration::from_secs(10)).unwrap();
+}
+
+/// Issue #15 item 6: a rollout started by a short-lived process (`loopai rollout start`) is
+/// followed by a running runtime — same canary for the same keys — which decides nothing
+/// while its starter drives it, and takes it over once the starter releases it.
+#[test]
+fn a_following_runtime_takes_over_a_rollout_released_by_its_starter() {
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), &program(&["prize"]), true);
+    let v2 = install(dir.path(), &program(&["win"]), false);
+    let file = dir.path().join("artifacts/spam").join(ROLLOUT_FILE);
+    let on_disk = || serde_json::from_slice::<Value>(&std::fs::read(&file).unwrap()).unwrap();
+    let server = runtime(dir.path());
+    let starter = runtime(dir.path());
+    starter.begin_rollout(v2).unwrap();
+    let starter_id = starter.rollout().unwrap().driver.unwrap();
+    assert_eq!(on_disk()["driver"], starter_id.as_str());
+
+    assert_eq!(server.reload().unwrap(), 1);
+    let followed = server.rollout().unwrap();
+    assert_eq!(
+        (followed.state, followed.canary_version, followed.driver),
+        (RolloutState::InProgress, v2, Some(starter_id.clone()))
+    );
+    let mut canary = 0;
+    for i in 0..200 {
+        let here = server.execute(&text(i)).unwrap().version;
+        assert_eq!(here, starter.execute(&text(i)).unwrap().version, "{i}");
+        canary += u32::from(here == v2);
+    }
+    assert!(canary > 0, "the follower serves the canary");
+    // A follower decides and writes nothing.
+    let before = std::fs::read(&file).unwrap();
+    server.flush(Duration::from_secs(10)).unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), before);
+
+    // The starter exits: it releases the rollout, and the server takes it over.
+    starter.shutdown(Duration::from_secs(10)).unwrap();
+    assert!(on_disk().get("driver").is_none(), "{}", on_disk());
+    server.reload().unwrap();
+    let driver = server.rollout().unwrap().driver.unwrap();
+    assert_ne!(driver, starter_id);
+    assert_eq!(on_disk()["driver"], driver.as_str());
+    assert_eq!(on_disk()["state"], "in_progress");
+    // It drives now: its decisions are written.
+    assert_eq!(server.promote().unwrap(), v2);
+    assert_eq!(on_disk()["state"], "promoted");
+    server.shutdown(Duration::from_secs(10)).unwrap();
 }

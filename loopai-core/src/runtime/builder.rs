@@ -36,6 +36,7 @@ pub struct RuntimeBuilder {
     config_file: Option<PathBuf>,
     clock: Option<Arc<dyn Clock>>,
     oracle: Option<Arc<dyn Oracle>>,
+    follow_interval: Option<Duration>,
 }
 
 impl RuntimeBuilder {
@@ -79,6 +80,17 @@ impl RuntimeBuilder {
     /// without telemetry either, the sampler is off.
     pub fn oracle(mut self, oracle: Arc<dyn Oracle>) -> Self {
         self.oracle = Some(oracle);
+        self
+    }
+
+    /// How often the runtime follows the artifact cache: re-reads the task's `active`
+    /// pointer and `rollout.json`, so that `loopai artifacts activate|rollback|promote`
+    /// and `loopai rollout start|promote|abort` run in another process take effect within
+    /// that time, without a restart; a rollout started elsewhere that nobody drives is
+    /// taken over (see `docs/rollout.md`). Overrides `rollout.follow_interval_ms`
+    /// (default 2 s); [`Duration::ZERO`]: never (then only [`Runtime::reload`] does it).
+    pub fn follow_interval(mut self, interval: Duration) -> Self {
+        self.follow_interval = Some(interval);
         self
     }
 
@@ -207,7 +219,7 @@ impl RuntimeBuilder {
         // A sample is validated by the oracle, or by the cloud it is uploaded to. With
         // neither, nothing would ever validate it: the sampler is off (`sampled` false).
         let uploads = config.telemetry.enabled && config.cloud.api_url.is_some();
-        let sampler = if oracle.is_some() || uploads {
+        let sampler = Arc::new(if oracle.is_some() || uploads {
             Sampler::new(&config.sampling, clock.now_millis())
         } else {
             let off = SamplingConfig {
@@ -215,7 +227,10 @@ impl RuntimeBuilder {
                 ..config.sampling.clone()
             };
             Sampler::new(&off, clock.now_millis())
-        };
+        });
+        let follow = self
+            .follow_interval
+            .unwrap_or(Duration::from_millis(config.rollout.follow_interval_ms));
         let rollout = Arc::new(RolloutController::start(RolloutContext {
             executor: executor.clone(),
             store: store.clone(),
@@ -226,6 +241,9 @@ impl RuntimeBuilder {
             with_validations: oracle.is_some() && sampler.samples_at_random(),
             clock: clock.clone(),
             outbox: outbox.clone(),
+            sampler: sampler.clone(),
+            driver_id: crate::rollout::driver::new_id(),
+            follow: (!follow.is_zero()).then_some(follow),
         })?);
         let telemetry = match Telemetry::start(&data_dir, &task, &config, clock.clone(), outbox)? {
             Some((telemetry, observer)) => {

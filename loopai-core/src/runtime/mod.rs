@@ -127,7 +127,7 @@ pub(crate) struct Inner {
     maintenance: Maintenance,
     /// The telemetry uploader, when telemetry runs.
     telemetry: Option<Telemetry>,
-    sampler: Sampler,
+    sampler: Arc<Sampler>,
     validator: Validator,
     /// Set when `privacy.hash_inputs` is on: inputs are logged as keyed hashes.
     privacy: Option<crate::privacy::PrivacyPolicy>,
@@ -652,33 +652,17 @@ impl Runtime {
         Ok(())
     }
 
-    /// Re-reads the `active` pointer (changed, say, by `loopai artifacts activate` in
-    /// another process) and swaps in that version if it differs; follows a rollout changed
-    /// by `loopai artifacts promote|rollback`. A rollout in progress whose stable version is
-    /// no longer active is aborted. Returns the active version.
+    /// Follows the artifact cache now — what the rollout thread does every
+    /// `rollout.follow_interval_ms` (see [`RuntimeBuilder::follow_interval`]): re-reads the
+    /// `active` pointer (changed, say, by `loopai artifacts activate` in another process)
+    /// and swaps in that version if it differs; follows `rollout.json` changed by
+    /// `loopai artifacts promote|rollback` or `loopai rollout start|promote|abort` (a
+    /// rollout started elsewhere that nobody drives is taken over, see `docs/rollout.md`).
+    /// A rollout in progress whose stable version is no longer active is aborted. Returns
+    /// the active version.
     pub fn reload(&self) -> Result<u32> {
         self.inner.rollout.check()?;
-        let loaded = self.inner.store.load_active()?.ok_or_else(|| {
-            Error::new(
-                ErrorKind::Artifact,
-                format!("task {:?} no longer has an active program", self.inner.task),
-            )
-        })?;
-        if loaded.metadata.version != self.active_version() {
-            self.inner.rollout.abort(
-                format!(
-                    "v{} was activated outside this runtime",
-                    loaded.metadata.version
-                ),
-                false,
-            )?;
-            let (program, description) = self.inner.rollout.compile_loaded(&loaded)?;
-            self.inner.rollout.switch(program, description);
-            self.inner
-                .sampler
-                .version_activated(self.inner.clock.now_millis());
-        }
-        Ok(loaded.metadata.version)
+        self.inner.rollout.follow()
     }
 
     /// Starts a canary rollout of the installed `version` (see `docs/rollout.md`): it
