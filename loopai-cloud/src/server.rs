@@ -19,9 +19,10 @@ use crate::auth::{ApiKeys, Auth};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{self, BodyLimits};
 use crate::improvement::{ImprovementConfig, ImprovementEngine};
-use crate::postgres::PgStorage;
+use crate::postgres::{PgFleet, PgStorage};
 use crate::publish::{self, Hub};
 use crate::query::index::{FleetIndex, DEFAULT_SILENT_AFTER_INTERVALS};
+use crate::query::{FleetIngest, FleetQueries};
 use crate::repository::Repository;
 use crate::state::{AppState, ImprovementCounters};
 use crate::storage::file::FileImprovement;
@@ -316,36 +317,47 @@ impl CloudServerBuilder {
                     kind: "postgres",
                     telemetry: Arc::clone(&pg) as Arc<dyn TelemetryBackend>,
                     repository: Arc::clone(&pg) as Arc<dyn ArtifactBackend>,
-                    improvement: pg as Arc<dyn ImprovementBackend>,
+                    improvement: Arc::clone(&pg) as Arc<dyn ImprovementBackend>,
+                    database: Some(pg),
                 }
             }
             None => open_files(&dir, self.clock.clone(), signer)?,
         };
-        let (fleet, indexed) = FleetIndex::open(
-            &dir,
-            self.clock.clone(),
-            self.silent_after_intervals,
-            Arc::clone(&storage.improvement),
-        )?;
-        if self.database.is_some() {
-            log::warn!(
-                "fleet index: with a database, the dashboard and the query API aggregate the batches and heartbeats this instance received since it started (the database-backed queries are not implemented yet)"
-            );
-        }
-        log::info!(
-            "fleet index: {} batches aggregated, {} deployments known{}",
-            indexed.batches,
-            indexed.deployments,
-            if indexed.skipped_lines > 0 {
-                format!(
-                    ", {} lines that are not batches skipped",
-                    indexed.skipped_lines
+        let (fleet, queries) = match &storage.database {
+            Some(pg) => {
+                let fleet = Arc::new(PgFleet::new(Arc::clone(pg), self.silent_after_intervals));
+                (
+                    Arc::clone(&fleet) as Arc<dyn FleetIngest>,
+                    fleet as Arc<dyn FleetQueries>,
                 )
-            } else {
-                String::new()
             }
-        );
-        let fleet = Arc::new(fleet);
+            None => {
+                let (index, indexed) = FleetIndex::open(
+                    &dir,
+                    self.clock.clone(),
+                    self.silent_after_intervals,
+                    Arc::clone(&storage.improvement),
+                )?;
+                log::info!(
+                    "fleet index: {} batches aggregated, {} deployments known{}",
+                    indexed.batches,
+                    indexed.deployments,
+                    if indexed.skipped_lines > 0 {
+                        format!(
+                            ", {} lines that are not batches skipped",
+                            indexed.skipped_lines
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
+                let index = Arc::new(index);
+                (
+                    Arc::clone(&index) as Arc<dyn FleetIngest>,
+                    index as Arc<dyn FleetQueries>,
+                )
+            }
+        };
         let improvement = match self.improvement {
             Some((config, every)) => {
                 if every.is_zero() {
@@ -381,7 +393,7 @@ impl CloudServerBuilder {
                 connections: Arc::default(),
                 storage: storage.kind,
                 improvement: ImprovementCounters::default(),
-                queries: fleet.clone(),
+                queries,
                 fleet,
             }),
             connections: self.connections,
@@ -395,6 +407,8 @@ struct Storage {
     telemetry: Arc<dyn TelemetryBackend>,
     repository: Arc<dyn ArtifactBackend>,
     improvement: Arc<dyn ImprovementBackend>,
+    /// The database, which also keeps the fleet's read side.
+    database: Option<Arc<PgStorage>>,
 }
 
 /// Opens the file storage under `dir`: cuts off torn tails, rebuilds the `batch_id` index,
@@ -439,6 +453,7 @@ fn open_files(
         telemetry: Arc::new(telemetry),
         repository: Arc::new(repository),
         improvement: Arc::new(FileImprovement::new(dir)),
+        database: None,
     })
 }
 

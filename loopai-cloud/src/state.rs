@@ -10,8 +10,7 @@ use loopai_http::ConnectionStats;
 use crate::auth::Auth;
 use crate::http::BodyLimits;
 use crate::publish::Hub;
-use crate::query::index::FleetIndex;
-use crate::query::FleetQueries;
+use crate::query::{FleetIngest, FleetQueries};
 use crate::storage::{ArtifactBackend, TelemetryBackend};
 
 /// What every request handler shares.
@@ -24,8 +23,8 @@ pub(crate) struct AppState {
     pub(crate) repository: Arc<dyn ArtifactBackend>,
     pub(crate) hub: Hub,
     pub(crate) limits: BodyLimits,
-    /// The fleet index: fed at ingest (batches, heartbeats).
-    pub(crate) fleet: Arc<FleetIndex>,
+    /// What the fleet learns at ingest (batches, heartbeats).
+    pub(crate) fleet: Arc<dyn FleetIngest>,
     /// What the query API and the dashboard read.
     pub(crate) queries: Arc<dyn FleetQueries>,
     /// The connection counters, shared with the accept loop (loopai-http).

@@ -18,10 +18,13 @@
 //! caller's thread (the server's blocking pool, the improvement thread).
 
 mod artifacts;
+mod fleet;
 mod improvement;
 mod listen;
 mod migrate;
 mod telemetry;
+
+pub(crate) use fleet::PgFleet;
 
 use std::collections::HashMap;
 use std::fmt;

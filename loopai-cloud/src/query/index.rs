@@ -18,23 +18,21 @@ use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use loopai_core::{validate_task_id, Clock, Timestamp};
+use loopai_core::{validate_task_id, Clock};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::figures::{deployment_status, figures, rollout_records};
 use super::{
-    DailyFilter, DailyVersionStats, DayLatency, DeploymentStatus, FleetQueries, Page, PageRequest,
-    QueryError, RolloutRecord, TaskSummary,
+    DailyFilter, DailyVersionStats, DayLatency, DeploymentStatus, FleetIngest, FleetQueries, Page,
+    PageRequest, QueryError, RolloutRecord, TaskSummary,
 };
 use crate::error::{Error, Result};
 use crate::storage::ImprovementBackend;
 
 /// Rollout events kept per task (the oldest are forgotten past it).
 pub(crate) const MAX_ROLLOUT_EVENTS: usize = 10_000;
-/// The interval assumed for a deployment that sent no heartbeat saying its own (the
-/// default `telemetry.upload_interval_sec`).
-pub(crate) const DEFAULT_REPORT_INTERVAL_SEC: u64 = 60;
 /// The default number of missed intervals after which a deployment is `silent`.
 pub const DEFAULT_SILENT_AFTER_INTERVALS: u32 = 3;
 
@@ -110,29 +108,6 @@ pub(crate) struct FleetIndex {
     state: RwLock<IndexState>,
     /// Serializes rewrites of `deployments.json`.
     persist: Mutex<()>,
-}
-
-fn u64_at(v: &Value, path: &str) -> u64 {
-    v.pointer(path).and_then(Value::as_u64).unwrap_or(0)
-}
-
-fn f64_at(v: &Value, path: &str) -> Option<f64> {
-    v.pointer(path)
-        .and_then(Value::as_f64)
-        .filter(|x| x.is_finite())
-}
-
-/// The batch's `timestamp` (RFC 3339 or integer milliseconds).
-fn timestamp_of(v: &Value) -> Option<Timestamp> {
-    match v.get("timestamp")? {
-        Value::String(s) => Timestamp::parse(s),
-        Value::Number(n) => n.as_i64().map(Timestamp),
-        _ => None,
-    }
-}
-
-fn rfc3339(ms: i64) -> String {
-    Timestamp(ms).to_string()
 }
 
 impl FleetIndex {
@@ -225,7 +200,7 @@ impl FleetIndex {
     /// Adds an accepted batch: its figures, its rollout events, and — with a
     /// `deployment_id` — that the deployment was heard from now (with the heartbeat it
     /// carries, if any).
-    pub(crate) fn ingest_batch(&self, batch: &Value) -> Result<()> {
+    fn add_batch(&self, batch: &Value) -> Result<()> {
         self.aggregate(batch);
         let (Some(deployment), Some(task)) = (
             batch.get("deployment_id").and_then(Value::as_str),
@@ -260,12 +235,7 @@ impl FleetIndex {
     }
 
     /// Records a heartbeat (already checked against [`loopai_core::Heartbeat`]) heard now.
-    pub(crate) fn ingest_heartbeat(
-        &self,
-        deployment: &str,
-        task: &str,
-        heartbeat: Value,
-    ) -> Result<()> {
+    fn add_heartbeat(&self, deployment: &str, task: &str, heartbeat: Value) -> Result<()> {
         let now = self.clock.now_millis();
         {
             let mut state = self.state.write();
@@ -314,66 +284,27 @@ impl FleetIndex {
         };
         let mut state = self.state.write();
         let index = state.tasks.entry(task.to_owned()).or_default();
-        let version = batch
-            .get("program_version")
-            .and_then(Value::as_u64)
-            .and_then(|v| u32::try_from(v).ok());
-        if let (Some(version), Some(ts)) = (version, timestamp_of(batch)) {
-            let day = loopai_core::day_string(ts.day());
-            let agg = index.days.entry((day, version)).or_default();
-            let m = batch.get("metrics").unwrap_or(&Value::Null);
-            let executions = u64_at(m, "/executions");
-            agg.executions += executions;
-            agg.errors += u64_at(m, "/by_status/error") + u64_at(m, "/by_status/timeout");
-            agg.abstains += u64_at(m, "/by_status/abstain");
-            agg.sampled += u64_at(m, "/sampled");
-            agg.validations += u64_at(m, "/validations");
-            agg.matches += u64_at(m, "/matches");
+        if let Some(f) = figures(batch) {
+            let agg = index.days.entry((f.day, f.version)).or_default();
+            agg.executions += f.executions;
+            agg.errors += f.errors;
+            agg.abstains += f.abstains;
+            agg.sampled += f.sampled;
+            agg.validations += f.validations;
+            agg.matches += f.matches;
+            agg.oracle_cost += f.oracle_cost;
             agg.batches += 1;
-            if let (Some(p50), Some(p95), Some(p99)) = (
-                f64_at(m, "/latency_ms/p50"),
-                f64_at(m, "/latency_ms/p95"),
-                f64_at(m, "/latency_ms/p99"),
-            ) {
-                let w = executions.max(1);
+            if let Some((w, p50, p95, p99, max)) = f.latency {
                 agg.latency_weight += w;
-                agg.p50 += p50 * w as f64;
-                agg.p95 += p95 * w as f64;
-                agg.p99 += p99 * w as f64;
-                agg.max = agg.max.max(f64_at(m, "/latency_ms/max").unwrap_or(p99));
-            }
-            if let Some(validations) = batch.get("sampled_validations").and_then(Value::as_array) {
-                agg.oracle_cost += validations
-                    .iter()
-                    .filter_map(|v| f64_at(v, "/oracle_cost"))
-                    .sum::<f64>();
+                agg.p50 += p50;
+                agg.p95 += p95;
+                agg.p99 += p99;
+                agg.max = agg.max.max(max);
             }
         }
-        if let Some(events) = batch.get("rollout_events").and_then(Value::as_array) {
-            let deployment = batch
-                .get("deployment_id")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            for e in events {
-                index.rollouts.push(RolloutRecord {
-                    deployment_id: deployment.clone(),
-                    at: e.get("at").and_then(Value::as_str).unwrap_or("").to_owned(),
-                    kind: e
-                        .get("kind")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_owned(),
-                    stable_version: u64_at(e, "/stable_version"),
-                    canary_version: u64_at(e, "/canary_version"),
-                    stage: u64_at(e, "/stage"),
-                    fraction: f64_at(e, "/fraction").unwrap_or(0.0),
-                    reason: e
-                        .get("reason")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_owned(),
-                });
-            }
+        let events = rollout_records(batch);
+        if !events.is_empty() {
+            index.rollouts.extend(events);
             if index.rollouts.len() > MAX_ROLLOUT_EVENTS {
                 let extra = index.rollouts.len() - MAX_ROLLOUT_EVENTS;
                 index.rollouts.drain(..extra);
@@ -383,39 +314,15 @@ impl FleetIndex {
     }
 
     fn status_of(&self, d: &DeploymentEntry, now: i64) -> DeploymentStatus {
-        let hb = d.heartbeat.as_ref();
-        let interval = hb
-            .and_then(|h| h.get("interval_sec"))
-            .and_then(Value::as_u64)
-            .filter(|&s| s > 0)
-            .unwrap_or(DEFAULT_REPORT_INTERVAL_SEC);
-        let since_ms = now.saturating_sub(d.last_seen_ms).max(0);
-        let silent = since_ms as u128 > u128::from(interval) * u128::from(self.silent_after) * 1000;
-        let degraded = hb.is_some_and(|h| {
-            h.get("status")
-                .and_then(Value::as_str)
-                .is_some_and(|s| s != "ok")
-                || h.get("last_error").is_some_and(|e| !e.is_null())
-        });
-        DeploymentStatus {
-            deployment_id: d.deployment_id.clone(),
-            task_id: d.task_id.clone(),
-            health: if silent {
-                "silent"
-            } else if degraded {
-                "degraded"
-            } else {
-                "ok"
-            },
-            last_seen: rfc3339(d.last_seen_ms),
-            seconds_since_seen: since_ms as f64 / 1000.0,
-            heartbeat: d.heartbeat.clone(),
-            active_version: hb
-                .and_then(|h| h.get("active_version"))
-                .and_then(Value::as_u64)
-                .and_then(|v| u32::try_from(v).ok())
-                .or(d.batch_version),
-        }
+        deployment_status(
+            &d.deployment_id,
+            &d.task_id,
+            d.last_seen_ms,
+            d.heartbeat.as_ref(),
+            d.batch_version,
+            now,
+            self.silent_after,
+        )
     }
 
     fn read_escalations(&self) -> std::result::Result<Vec<Value>, QueryError> {
@@ -474,6 +381,16 @@ impl FleetIndex {
                 "task {task:?}: no telemetry or heartbeat received for it"
             )))
         }
+    }
+}
+
+impl FleetIngest for FleetIndex {
+    fn ingest_batch(&self, batch: &Value) -> Result<()> {
+        self.add_batch(batch)
+    }
+
+    fn ingest_heartbeat(&self, deployment: &str, task: &str, heartbeat: Value) -> Result<()> {
+        self.add_heartbeat(deployment, task, heartbeat)
     }
 }
 
@@ -640,6 +557,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use loopai_core::Timestamp;
 
     #[derive(Debug)]
     struct FixedClock(AtomicI64);

@@ -2,11 +2,13 @@
 //! dashboard read — tasks, per-day figures per task and version, rollouts, improvement
 //! attempts, escalations and deployments.
 //!
-//! [`FleetQueries`] is the interface both storage backends answer; [`index::FleetIndex`]
-//! answers it over the file store: aggregates kept in memory, updated at ingest (each
-//! accepted batch and heartbeat) and rebuilt from the stored batches at start, so that no
+//! [`FleetIngest`] and [`FleetQueries`] are the interfaces both storage backends answer
+//! (PostgreSQL: `postgres/fleet.rs`, tables kept at ingest); [`index::FleetIndex`] answers
+//! them over the file store: aggregates kept in memory, updated at ingest (each accepted
+//! batch and heartbeat) and rebuilt from the stored batches at start. Either way no
 //! request reads the batches again. The records returned are the API's JSON as they are.
 
+pub(crate) mod figures;
 pub(crate) mod index;
 pub(crate) mod params;
 
@@ -153,6 +155,21 @@ pub(crate) enum QueryError {
     NotFound(String),
     /// Reading the store failed: 500.
     Storage(String),
+}
+
+/// What the fleet learns at ingest, fed by the collector and the heartbeat endpoint; each
+/// storage backend keeps it its own way. Both methods block (the server calls them on the
+/// blocking pool).
+pub(crate) trait FleetIngest: Send + Sync + std::fmt::Debug {
+    /// An accepted (not duplicate) batch, as received.
+    fn ingest_batch(&self, batch: &Value) -> crate::error::Result<()>;
+    /// A heartbeat of `deployment` for `task`, checked, as received.
+    fn ingest_heartbeat(
+        &self,
+        deployment: &str,
+        task: &str,
+        heartbeat: Value,
+    ) -> crate::error::Result<()>;
 }
 
 /// The read interface of the fleet, answered by each storage backend. Lists are newest

@@ -444,3 +444,87 @@ fn the_dashboard_signs_in_with_a_cookie_and_escapes_what_deployments_send() {
     assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
     server.shutdown(SHUTDOWN).unwrap();
 }
+
+/// Two instances on one PostgreSQL database (started by the test, see `pg.rs`) answer for
+/// the whole fleet: what one ingests, the other shows, and a batch sent to both counts once.
+#[test]
+fn pg_two_instances_share_the_fleet_figures_heartbeats_and_dashboard() {
+    let Some(pg) = crate::pg::PgServer::start() else {
+        return;
+    };
+    let url = pg.database("fleet");
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let instance = |dir: &Path| {
+        CloudServer::builder()
+            .dir(dir)
+            .database(&url)
+            .port(0)
+            .worker_threads(2)
+            .api_keys(keys())
+            .build()
+            .unwrap()
+            .spawn()
+            .unwrap()
+    };
+    let mut a = instance(dirs[0].path());
+    let mut b = instance(dirs[1].path());
+    upload(&a, &batch("p1", "spam", 1, "2026-11-01", 100, 9));
+    upload(&b, &batch("p2", "spam", 1, "2026-11-01", 50, 10));
+    let mut with_events = batch("p3", "spam", 2, "2026-11-02", 10, 10);
+    with_events["rollout_events"] = json!([{"at": "2026-11-02T10:00:00.000Z", "kind": "promoted",
+        "stable_version": 1, "canary_version": 2, "stage": 3, "fraction": 1.0, "reason": "all stages passed"}]);
+    upload(&a, &with_events);
+    // The same batch to the other instance: a duplicate, not counted again.
+    let again = post(
+        &b,
+        "/api/v1/telemetry",
+        &with_events.to_string(),
+        &[("Authorization", &format!("Bearer {DEPLOYMENT_KEY}"))],
+    );
+    assert!(again.text.contains("duplicate"), "{}", again.text);
+    let hb = json!({"format": "loopai.heartbeat/1", "deployment_id": "edge-1", "task_id": "spam",
+        "timestamp": "2026-11-25T04:24:00.000Z", "interval_sec": 30, "status": "ok",
+        "active_version": 2, "last_error": null});
+    let r = post(
+        &a,
+        "/api/v1/heartbeats",
+        &hb.to_string(),
+        &[("Authorization", &format!("Bearer {DEPLOYMENT_KEY}"))],
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    for server in [&a, &b] {
+        let daily = get_as(server, "/api/v1/query/tasks/spam/daily", VIEWER_KEY).json();
+        assert_eq!(daily["total"], 2, "{daily}");
+        let first = &daily["items"][0];
+        assert_eq!(
+            (first["day"].as_str(), first["version"].as_u64()),
+            (Some("2026-11-01"), Some(1))
+        );
+        assert_eq!(
+            (first["executions"].as_u64(), first["batches"].as_u64()),
+            (Some(150), Some(2))
+        );
+        assert_eq!(first["match_rate"], 0.95);
+        assert_eq!(daily["items"][1]["executions"], 10);
+        let task = get_as(server, "/api/v1/query/tasks/spam", VIEWER_KEY).json();
+        assert_eq!(
+            (task["executions"].as_u64(), task["deployments"].as_u64()),
+            (Some(160), Some(1))
+        );
+        let d = get_as(server, "/api/v1/query/deployments", VIEWER_KEY).json();
+        assert_eq!(d["items"][0]["active_version"], 2, "{d}");
+        assert_eq!(d["items"][0]["health"], "ok");
+        let rollouts = get_as(server, "/api/v1/query/tasks/spam/rollouts", VIEWER_KEY).json();
+        assert_eq!(rollouts["total"], 1);
+        assert_eq!(rollouts["items"][0]["reason"], "all stages passed");
+        assert_eq!(
+            get_as(server, "/api/v1/query/tasks/ham", VIEWER_KEY).status,
+            404
+        );
+        let page = get_as(server, "/tasks/spam", VIEWER_KEY);
+        assert_eq!(page.status, 200);
+        assert!(page.text.contains("all stages passed") && page.text.contains("<svg"));
+    }
+    a.shutdown(SHUTDOWN).unwrap();
+    b.shutdown(SHUTDOWN).unwrap();
+}
