@@ -27,7 +27,9 @@ pub(crate) struct StatsArgs {
 
 pub(crate) fn run(args: StatsArgs) -> Result<ExitCode, Error> {
     loopai_core::validate_task_id(&args.task.task)?;
-    let reader = DatasetReader::new(&args.task.data_dir, &args.task.task);
+    // Encrypted logs (`storage.encryption`) are read with the data dir's keys.
+    let config = loopai_core::DeploymentConfig::load_for_data_dir(&args.task.data_dir)?;
+    let reader = DatasetReader::new(&args.task.data_dir, &args.task.task).with_config(&config)?;
     if !reader.layout().root().exists() {
         // No dataset: fine for an installed task that never ran, an error (naming the
         // data dir, the tasks there and the closest) for a data dir or task that does not

@@ -311,6 +311,48 @@ pub struct StorageConfig {
     pub on_full: OnFull,
     /// `storage.queue_capacity` (default 65536, at least 1): records waiting to be written.
     pub queue_capacity: usize,
+    /// `storage.encryption` (default none): the execution and validation logs are written
+    /// encrypted (AES-256-GCM frames; see `docs/datasets.md`).
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// `storage.encryption`: where the data keys come from. Exactly one of `key_env` and
+/// `key_file` gives the current key (32 bytes, 64 hex digits or base64), which encrypts;
+/// `old_keys` list earlier keys, which still decrypt files written before a rotation.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptionConfig {
+    /// `storage.encryption.key_env`: the environment variable holding the current key.
+    pub key_env: Option<String>,
+    /// `storage.encryption.key_file`: a file holding the current key (on Unix, not
+    /// readable by group or others).
+    pub key_file: Option<PathBuf>,
+    /// `storage.encryption.old_keys`: earlier keys, each `{key_env: ...}` or
+    /// `{key_file: ...}`, for reading files written before a rotation.
+    pub old_keys: Vec<KeySource>,
+}
+
+/// Where one key comes from: exactly one of the two.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeySource {
+    /// An environment variable holding the key.
+    pub key_env: Option<String>,
+    /// A file holding the key.
+    pub key_file: Option<PathBuf>,
+}
+
+impl KeySource {
+    pub(crate) fn check(&self, what: &str) -> Result<()> {
+        match (&self.key_env, &self.key_file) {
+            (Some(_), None) | (None, Some(_)) => Ok(()),
+            _ => Err(config_error(format!(
+                "{what}: give exactly one of key_env and key_file"
+            ))),
+        }
+    }
 }
 
 impl Default for StorageConfig {
@@ -322,6 +364,7 @@ impl Default for StorageConfig {
             durability: Durability::Buffered,
             on_full: OnFull::Block,
             queue_capacity: 65536,
+            encryption: None,
         }
     }
 }
@@ -803,6 +846,16 @@ impl DeploymentConfig {
             }
         }
         self.learn.validate()?;
+        if let Some(enc) = &self.storage.encryption {
+            KeySource {
+                key_env: enc.key_env.clone(),
+                key_file: enc.key_file.clone(),
+            }
+            .check("storage.encryption")?;
+            for (i, k) in enc.old_keys.iter().enumerate() {
+                k.check(&format!("storage.encryption.old_keys[{i}]"))?;
+            }
+        }
         if let Some(id) = &self.runtime.deployment_id {
             if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
                 return Err(config_error(

@@ -95,7 +95,9 @@ pub struct OracleLabels {
 /// `spec` are kept.
 pub fn oracle_labels(data_dir: &Path, task: &str, spec: &TaskSpec) -> Result<OracleLabels> {
     let labels: HashSet<String> = spec.labels()?.into_iter().collect();
-    let reader = DatasetReader::new(data_dir, task);
+    // Encrypted logs (`storage.encryption`) are read with the data dir's keys.
+    let config = loopai_core::DeploymentConfig::load_for_data_dir(data_dir)?;
+    let reader = DatasetReader::new(data_dir, task).with_config(&config)?;
     let mut out = OracleLabels::default();
     let mut answers: HashMap<uuid::Uuid, String> = HashMap::new();
     let days = reader.validation_days()?;

@@ -242,7 +242,11 @@ impl DailyAggregate {
     /// and validations. The writer calls it at start-up and at day rollover so that a
     /// restart in the middle of a day does not undercount. A malformed line is an error.
     pub fn load(layout: &DatasetLayout, task: &str, day: Date) -> Result<Self> {
-        let reader = DatasetReader::with_layout(layout.clone(), task);
+        Self::load_from(&DatasetReader::with_layout(layout.clone(), task), task, day)
+    }
+
+    /// [`load`](Self::load) through `reader` (with the keys of encrypted files).
+    pub(crate) fn load_from(reader: &DatasetReader, task: &str, day: Date) -> Result<Self> {
         let mut agg = DailyAggregate::new(task, day);
         for record in reader.executions(day, day)? {
             agg.observe_execution(&record?);

@@ -26,14 +26,21 @@ struct Day {
 pub(crate) struct AnalyticsKeeper {
     layout: DatasetLayout,
     task: String,
+    /// Reads what is on disk for a day (with the keys of encrypted files).
+    reader: super::reader::DatasetReader,
     days: BTreeMap<Date, Day>,
     current: Option<Date>,
     last_write_ms: Option<i64>,
 }
 
 impl AnalyticsKeeper {
-    pub(crate) fn new(layout: DatasetLayout, task: &str) -> AnalyticsKeeper {
+    pub(crate) fn new(
+        layout: DatasetLayout,
+        task: &str,
+        keys: Option<std::sync::Arc<super::crypt::KeyRing>>,
+    ) -> AnalyticsKeeper {
         AnalyticsKeeper {
+            reader: super::reader::DatasetReader::with_layout(layout.clone(), task).with_keys(keys),
             layout,
             task: task.to_string(),
             days: BTreeMap::new(),
@@ -43,9 +50,9 @@ impl AnalyticsKeeper {
     }
 
     fn day(&mut self, day: Date) -> &mut Day {
-        let (layout, task) = (&self.layout, &self.task);
+        let (reader, task) = (&self.reader, &self.task);
         self.days.entry(day).or_insert_with(|| {
-            let aggregate = DailyAggregate::load(layout, task, day).unwrap_or_else(|e| {
+            let aggregate = DailyAggregate::load_from(reader, task, day).unwrap_or_else(|e| {
                 log::error!("loopai: daily analytics for {task} start empty: {e}");
                 DailyAggregate::new(task, day)
             });

@@ -2,6 +2,7 @@
 //! `<data_dir>/datasets/<task>/`, validations beside it, daily analytics, retention.
 
 mod analytics;
+pub(crate) mod crypt;
 mod keeper;
 mod maintenance;
 mod reader;

@@ -22,12 +22,14 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use flate2::read::MultiGzDecoder;
 use memmap2::Mmap;
 use serde::de::DeserializeOwned;
 use time::Date;
 
+use super::crypt::{self, KeyRing};
 use super::{DatasetLayout, ExecutionRecord, ValidationRecord};
 use crate::clock::{day_string, parse_day};
 use crate::error::{Error, ErrorKind, Result};
@@ -121,6 +123,8 @@ pub(crate) fn day_files(dir: &Path, (prefix, ext): (&str, &str)) -> Result<Vec<D
 pub struct DatasetReader {
     layout: DatasetLayout,
     task: String,
+    /// The keys of `storage.encryption`, for encrypted files.
+    keys: Option<Arc<KeyRing>>,
 }
 
 impl DatasetReader {
@@ -133,7 +137,25 @@ impl DatasetReader {
         DatasetReader {
             layout,
             task: task.to_owned(),
+            keys: None,
         }
+    }
+
+    /// Reads encrypted files (`storage.encryption`) with the keys `config` names: the
+    /// current one and `old_keys`. Without it an encrypted file is a
+    /// [`ErrorKind::Config`] error saying so. Errors: a key that cannot be loaded
+    /// ([`ErrorKind::Config`], naming it).
+    pub fn with_config(mut self, config: &crate::config::DeploymentConfig) -> Result<Self> {
+        if let Some(enc) = &config.storage.encryption {
+            self.keys = Some(Arc::new(crate::dataset::crypt::key_ring(enc)?));
+        }
+        Ok(self)
+    }
+
+    /// Reads encrypted files with `keys`.
+    pub(crate) fn with_keys(mut self, keys: Option<Arc<KeyRing>>) -> Self {
+        self.keys = keys;
+        self
     }
 
     /// The paths of the dataset.
@@ -169,7 +191,7 @@ impl DatasetReader {
         to: Date,
     ) -> Result<impl Iterator<Item = Result<ExecutionRecord>> + Send> {
         let dir = self.layout.executions_dir();
-        Records::new(&dir, EXECUTIONS, from, to)
+        Records::new(&dir, EXECUTIONS, from, to, self.keys.clone())
     }
 
     /// The validation records from `from` to `to` (inclusive, UTC days of validation), in
@@ -180,7 +202,7 @@ impl DatasetReader {
         to: Date,
     ) -> Result<impl Iterator<Item = Result<ValidationRecord>> + Send> {
         let dir = self.layout.validations_dir();
-        Records::new(&dir, VALIDATIONS, from, to)
+        Records::new(&dir, VALIDATIONS, from, to, self.keys.clone())
     }
 
     /// The task whose dataset this is.
@@ -213,11 +235,18 @@ struct Records<T> {
     /// The plain path of each day still to read; the `.gz` is preferred at open time.
     days: std::vec::IntoIter<PathBuf>,
     current: Option<Source>,
+    keys: Option<Arc<KeyRing>>,
     _record: PhantomData<fn() -> T>,
 }
 
 impl<T: DeserializeOwned> Records<T> {
-    fn new(dir: &Path, family: (&str, &str), from: Date, to: Date) -> Result<Records<T>> {
+    fn new(
+        dir: &Path,
+        family: (&str, &str),
+        from: Date,
+        to: Date,
+        keys: Option<Arc<KeyRing>>,
+    ) -> Result<Records<T>> {
         let (prefix, ext) = family;
         let days: BTreeSet<Date> = day_files(dir, family)?
             .into_iter()
@@ -231,6 +260,7 @@ impl<T: DeserializeOwned> Records<T> {
         Ok(Records {
             days: paths.into_iter(),
             current: None,
+            keys,
             _record: PhantomData,
         })
     }
@@ -248,7 +278,7 @@ impl<T: DeserializeOwned> Iterator for Records<T> {
                 }
             }
             let plain = self.days.next()?;
-            match Source::open(&plain) {
+            match Source::open(&plain, self.keys.as_deref()) {
                 Ok(Some(source)) => self.current = Some(source),
                 Ok(None) => {}
                 Err(e) => return Some(Err(e)),
@@ -260,7 +290,7 @@ impl<T: DeserializeOwned> Iterator for Records<T> {
 /// One open file.
 enum Source {
     Mapped {
-        map: Mmap,
+        map: Bytes,
         pos: usize,
         line: u64,
         path: PathBuf,
@@ -272,6 +302,23 @@ enum Source {
         path: PathBuf,
         done: bool,
     },
+}
+
+/// The bytes of a plain file: mapped, or decrypted.
+enum Bytes {
+    Map(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Map(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
 }
 
 fn gz_path(plain: &Path) -> PathBuf {
@@ -291,14 +338,17 @@ fn open_if_exists(path: &Path) -> Result<Option<File>> {
 impl Source {
     /// Opens a day's file, preferring `YYYY-MM-DD.jsonl.gz` over `YYYY-MM-DD.jsonl`.
     /// `None` when neither exists (any more) or the plain file is empty.
-    fn open(plain: &Path) -> Result<Option<Source>> {
+    fn open(plain: &Path, keys: Option<&KeyRing>) -> Result<Option<Source>> {
         let gz = gz_path(plain);
         if let Some(file) = open_if_exists(&gz)? {
-            return Ok(Some(Source::gz(file, gz)));
+            return Source::gz(file, gz, keys).map(Some);
         }
         let Some(file) = open_if_exists(plain)? else {
             // Compressed (or deleted) since we looked: the `.gz` is complete if it exists.
-            return Ok(open_if_exists(&gz)?.map(|file| Source::gz(file, gz)));
+            return match open_if_exists(&gz)? {
+                Some(file) => Source::gz(file, gz, keys).map(Some),
+                None => Ok(None),
+            };
         };
         let len = file
             .metadata()
@@ -316,6 +366,15 @@ impl Source {
         // Bytes appended after mapping are simply not seen. We never hand out references
         // that outlive the mapping.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(plain.display(), e))?;
+        // An encrypted file (`storage.encryption`) is decrypted whole, frame by frame: a
+        // torn last frame is left out, a damaged one is an error naming the offset.
+        let map = if crypt::is_encrypted(&map) {
+            let what = plain.display().to_string();
+            let keys = keys.ok_or_else(|| crypt::no_key_error(&what))?;
+            Bytes::Owned(crypt::open_frames(&map, keys, &what)?.plaintext)
+        } else {
+            Bytes::Map(map)
+        };
         Ok(Some(Source::Mapped {
             map,
             pos: 0,
@@ -324,17 +383,36 @@ impl Source {
         }))
     }
 
-    fn gz(file: File, path: PathBuf) -> Source {
-        Source::Gz {
-            reader: Box::new(BufReader::with_capacity(
-                64 * 1024,
-                MultiGzDecoder::new(file),
-            )),
+    /// A `.gz` day file, streamed; one whose content is encrypted (retention compressed
+    /// an encrypted file) is decompressed and decrypted whole.
+    fn gz(file: File, path: PathBuf, keys: Option<&KeyRing>) -> Result<Source> {
+        let mut reader = Box::new(BufReader::with_capacity(
+            64 * 1024,
+            MultiGzDecoder::new(file),
+        ));
+        let head = reader
+            .fill_buf()
+            .map_err(|e| Error::io(path.display(), e))?;
+        if crypt::is_encrypted(head) {
+            let what = path.display().to_string();
+            let keys = keys.ok_or_else(|| crypt::no_key_error(&what))?;
+            let mut bytes = Vec::new();
+            io::Read::read_to_end(&mut reader, &mut bytes)
+                .map_err(|e| Error::io(path.display(), e))?;
+            return Ok(Source::Mapped {
+                map: Bytes::Owned(crypt::open_frames(&bytes, keys, &what)?.plaintext),
+                pos: 0,
+                line: 0,
+                path,
+            });
+        }
+        Ok(Source::Gz {
+            reader,
             buf: Vec::new(),
             line: 0,
             path,
             done: false,
-        }
+        })
     }
 
     fn next_record<T: DeserializeOwned>(&mut self) -> Option<Result<T>> {

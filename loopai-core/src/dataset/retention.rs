@@ -277,7 +277,13 @@ fn write_gz(plain: &Path, tmp: &Path) -> io::Result<u64> {
         // truncates it (see the reader's note on mappings); only this retention run, which
         // is the single one for the task, replaces it, and it unlinks rather than rewrites.
         let map = unsafe { Mmap::map(&file)? };
-        let complete = map.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        // An encrypted file (`storage.encryption`) is compressed whole: its frames are
+        // self-delimiting, and a torn last frame is left out by the reader.
+        let complete = if super::crypt::is_encrypted(&map) {
+            map.len()
+        } else {
+            map.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
+        };
         enc.write_all(&map[..complete])?;
     }
     let out = enc.finish()?.into_inner().map_err(|e| e.into_error())?;

@@ -35,6 +35,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendErro
 use parking_lot::{Condvar, Mutex};
 use time::Date;
 
+use super::crypt::{self, KeyRing, Sealer};
 use super::record::{DatasetLayout, ExecutionRecord, ValidationRecord};
 use crate::clock::{Clock, Timestamp};
 use crate::error::{Error, ErrorKind, Result};
@@ -74,6 +75,8 @@ pub(crate) struct WriterOptions {
     pub durable: bool,
     pub drop_when_full: bool,
     pub queue_capacity: usize,
+    /// `storage.encryption`: records are written as AES-256-GCM frames (see `crypt.rs`).
+    pub encryption: Option<Arc<KeyRing>>,
 }
 
 /// Where the writer's files live: the file system ([`FileSystem`]), or in tests a disk that
@@ -114,6 +117,56 @@ pub(crate) struct FileSystem;
 impl LogStorage for FileSystem {
     fn open(&self, path: &Path) -> io::Result<(Box<dyn LogFile>, u64)> {
         let (file, len) = open_for_append(path)?;
+        Ok((Box::new(file), len))
+    }
+}
+
+/// The file system with encrypted files (`storage.encryption`): a new file starts with the
+/// header of the current key; an existing one is appended to only when it is encrypted
+/// with the current key (its torn tail, an incomplete or unauthentic last frame, cut
+/// first); a plain file, or one of an old key, is first rewritten with the current key
+/// (atomically). The whole file is read once when it is opened.
+pub(crate) struct EncryptedFileSystem(pub Arc<KeyRing>);
+
+impl LogStorage for EncryptedFileSystem {
+    fn open(&self, path: &Path) -> io::Result<(Box<dyn LogFile>, u64)> {
+        let keys = &self.0;
+        let what = path.display().to_string();
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let crypt_error = |e: Error| io::Error::other(e.to_string());
+        if bytes.is_empty() || !crypt::is_current(&bytes, keys) {
+            let sealed = if bytes.is_empty() {
+                crypt::header(keys.current()).to_vec()
+            } else {
+                crypt::reseal(&bytes, keys, &what).map_err(crypt_error)?
+            };
+            crate::fsutil::write_atomic(path, &sealed)?;
+            if !bytes.is_empty() {
+                log::warn!(
+                    "loopai: {what}: rewritten encrypted with the current key {}",
+                    keys.current().id_hex()
+                );
+            }
+        } else {
+            let valid = crypt::open_frames(&bytes, keys, &what)
+                .map_err(crypt_error)?
+                .valid_len;
+            if valid < bytes.len() as u64 {
+                let file = OpenOptions::new().write(true).open(path)?;
+                file.set_len(valid)?;
+                file.sync_all()?;
+                log::warn!(
+                    "loopai: {what}: removed a torn tail of {} bytes left by an interrupted write",
+                    bytes.len() as u64 - valid
+                );
+            }
+        }
+        let mut file = OpenOptions::new().read(true).append(true).open(path)?;
+        let len = file.seek(SeekFrom::End(0))?;
         Ok((Box::new(file), len))
     }
 }
@@ -226,14 +279,11 @@ impl DatasetWriter {
         clock: Arc<dyn Clock>,
         observers: Vec<Box<dyn RecordObserver>>,
     ) -> Result<DatasetWriter> {
-        Self::start_with(
-            layout,
-            task,
-            options,
-            clock,
-            observers,
-            Arc::new(FileSystem),
-        )
+        let storage: Arc<dyn LogStorage> = match &options.encryption {
+            Some(keys) => Arc::new(EncryptedFileSystem(keys.clone())),
+            None => Arc::new(FileSystem),
+        };
+        Self::start_with(layout, task, options, clock, observers, storage)
     }
 
     /// [`start`](Self::start) with the files opened through `storage`.
@@ -259,6 +309,7 @@ impl DatasetWriter {
             shared.clone(),
             storage,
         );
+        state.keys = options.encryption.clone();
         let handle = std::thread::Builder::new()
             .name(format!("loopai-dataset-{task}"))
             .spawn(move || {
@@ -508,6 +559,8 @@ struct Line {
 /// Bytes waiting to be appended to one file, one line per record.
 struct Pending {
     key: (Kind, Date),
+    /// Seals this slot's records (`storage.encryption`): one nonce prefix per slot.
+    sealer: Option<Sealer>,
     bytes: Vec<u8>,
     lines: VecDeque<Line>,
 }
@@ -526,6 +579,9 @@ struct WriterState {
     /// Written records the observers have not seen yet (`durable`: not synced yet).
     unobserved: Vec<(u64, Observed)>,
     storage: Arc<dyn LogStorage>,
+    keys: Option<Arc<KeyRing>>,
+    /// One record's JSON before it is sealed (`storage.encryption`).
+    scratch: Vec<u8>,
     last_sync: Instant,
     /// No write or sync is attempted before this, except the last one of a shutdown.
     retry_at: Option<Instant>,
@@ -545,6 +601,8 @@ impl WriterState {
             observers,
             unobserved: Vec::new(),
             storage,
+            keys: None,
+            scratch: Vec::new(),
             layout,
             durable,
             clock,
@@ -669,8 +727,19 @@ impl WriterState {
                 for o in &mut self.observers {
                     o.prepare_day(day);
                 }
+                let sealer = match &self.keys {
+                    Some(keys) => match Sealer::new(keys.current()) {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            log::error!("loopai: a dataset record was skipped: {e}");
+                            return;
+                        }
+                    },
+                    None => None,
+                };
                 self.pending.push(Pending {
                     key,
+                    sealer,
                     bytes: Vec::with_capacity(64 << 10),
                     lines: VecDeque::new(),
                 });
@@ -680,12 +749,30 @@ impl WriterState {
         let p = &mut self.pending[idx];
         let before = p.bytes.len();
         // serde_json escapes control characters: a record is always exactly one line.
-        let serialized = match &record {
-            Observed::Execution(r, _) => serde_json::to_writer(&mut p.bytes, r),
-            Observed::Validation(r) => serde_json::to_writer(&mut p.bytes, r),
+        let serialized = match &mut p.sealer {
+            None => match &record {
+                Observed::Execution(r, _) => serde_json::to_writer(&mut p.bytes, r),
+                Observed::Validation(r) => serde_json::to_writer(&mut p.bytes, r),
+            }
+            .map(|()| p.bytes.push(b'\n'))
+            .map_err(|e| e.to_string()),
+            Some(sealer) => {
+                // One frame per line: a torn append is cut like a torn line.
+                self.scratch.clear();
+                match &record {
+                    Observed::Execution(r, _) => serde_json::to_writer(&mut self.scratch, r),
+                    Observed::Validation(r) => serde_json::to_writer(&mut self.scratch, r),
+                }
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    self.scratch.push(b'\n');
+                    sealer
+                        .seal_into(&self.scratch, &mut p.bytes)
+                        .map_err(|e| e.to_string())
+                })
+            }
         };
         if serialized.is_ok() {
-            p.bytes.push(b'\n');
             let len = p.bytes.len() - before;
             p.lines.push_back(Line {
                 len,
@@ -1044,6 +1131,7 @@ mod tests {
 
     fn opts(durable: bool) -> WriterOptions {
         WriterOptions {
+            encryption: None,
             durable,
             drop_when_full: false,
             queue_capacity: 1024,
@@ -1190,6 +1278,7 @@ mod tests {
     fn a_full_queue_drops_and_counts_when_configured() {
         let dir = tempfile::tempdir().unwrap();
         let options = WriterOptions {
+            encryption: None,
             durable: false,
             drop_when_full: true,
             queue_capacity: 1,

@@ -207,14 +207,22 @@ impl RuntimeBuilder {
             ),
             output_schema,
         });
+        let keys = match &config.storage.encryption {
+            Some(enc) => Some(Arc::new(crate::dataset::crypt::key_ring(enc)?)),
+            None => None,
+        };
         let options = WriterOptions {
+            encryption: keys.clone(),
             durable: config.storage.durability == Durability::Durable,
             drop_when_full: config.storage.on_full == OnFull::Drop,
             queue_capacity: config.storage.queue_capacity,
         };
         let layout = DatasetLayout::new(&data_dir, &task);
-        let mut observers: Vec<Box<dyn RecordObserver>> =
-            vec![Box::new(AnalyticsKeeper::new(layout.clone(), &task))];
+        let mut observers: Vec<Box<dyn RecordObserver>> = vec![Box::new(AnalyticsKeeper::new(
+            layout.clone(),
+            &task,
+            keys.clone(),
+        ))];
         let outbox = Arc::new(RolloutOutbox::default());
         // A sample is validated by the oracle, or by the cloud it is uploaded to. With
         // neither, nothing would ever validate it: the sampler is off (`sampled` false).
@@ -309,6 +317,7 @@ impl RuntimeBuilder {
             privacy,
             clock,
             refresh,
+            keys,
             fork_generation: crate::fork::generation(),
         });
         if let Some(refresh) = &inner.refresh {

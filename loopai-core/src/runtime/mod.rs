@@ -134,6 +134,8 @@ pub(crate) struct Inner {
     clock: Arc<dyn Clock>,
     /// The artifact refresh threads, when `cloud.api_url` is set.
     refresh: Option<Refresh>,
+    /// The keys of `storage.encryption`, for reading the encrypted logs back.
+    keys: Option<Arc<crate::dataset::crypt::KeyRing>>,
     fork_generation: u64,
 }
 
@@ -525,7 +527,9 @@ impl Runtime {
             self.inner.dataset.flush(DROP_SHUTDOWN_TIMEOUT)?;
         }
         let today = Timestamp(self.inner.clock.now_millis()).day();
-        DatasetReader::new(&self.inner.data_dir, &self.inner.task).stats(days, today)
+        DatasetReader::new(&self.inner.data_dir, &self.inner.task)
+            .with_keys(self.inner.keys.clone())
+            .stats(days, today)
     }
 
     /// The outcome of the last retention run (at start-up, then daily), once one finished.

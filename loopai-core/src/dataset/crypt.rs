@@ -1,0 +1,716 @@
+//! Encryption at rest of the dataset files (`storage.encryption`): AES-256-GCM in
+//! self-delimiting authenticated frames, so that crash recovery can still cut a torn tail
+//! and a reader never decrypts garbage.
+//!
+//! File format (documented in `docs/datasets.md`):
+//!
+//! ```text
+//! header  = magic "LOOPAIE1" (8 bytes) | version 1 (1 byte) | key id (8 bytes)
+//! frame   = length u32 LE (of what follows: 12 + plaintext + 16)
+//!         | nonce (12 bytes) | ciphertext | tag (16 bytes)
+//! ```
+//!
+//! * One frame per record (a JSONL line, newline included): a torn append leaves an
+//!   incomplete last frame, which is cut like a torn line.
+//! * The key id is the first 8 bytes of SHA-256 of the key: a reader picks the key among
+//!   those configured (the current one and old ones), so rotated files stay readable.
+//! * The frame's authenticated data is the header: a frame moved to a file of another key
+//!   or version fails authentication.
+//! * Nonces: each opening of a file for appending draws a random 64-bit prefix from the
+//!   operating system's CSPRNG and counts frames in the low 32 bits. Nonces are unique in
+//!   a file by the counter, and across openings unless two 64-bit random prefixes collide
+//!   (a birthday bound of about 2^-33 after 2^16 openings per key), without a system call
+//!   per record as a random nonce per frame would cost.
+
+use std::fmt;
+use std::path::Path;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+use crate::config::{EncryptionConfig, KeySource};
+use crate::error::{Error, ErrorKind, Result};
+
+/// The first bytes of an encrypted dataset file.
+pub(crate) const MAGIC: &[u8; 8] = b"LOOPAIE1";
+/// The format version after the magic.
+pub(crate) const VERSION: u8 = 1;
+/// Magic, version, key id.
+pub(crate) const HEADER_LEN: usize = 8 + 1 + 8;
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+/// Largest frame accepted when reading (a length above it is damage, not a record).
+const MAX_FRAME: usize = 64 << 20;
+
+/// One AES-256 key and its id.
+#[derive(Clone)]
+pub(crate) struct DataKey {
+    id: [u8; 8],
+    cipher: Aes256Gcm,
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DataKey({})", hex::encode(self.id))
+    }
+}
+
+impl DataKey {
+    /// A key from its text: 32 bytes as 64 hex digits or as base64 (standard or URL-safe,
+    /// padding optional). `what` names where it came from in errors.
+    pub(crate) fn parse(text: &str, what: &str) -> Result<DataKey> {
+        let text = text.trim();
+        let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            hex::decode(text).ok()
+        } else {
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            b64.decode(text)
+                .or_else(|_| url.decode(text.trim_end_matches('=')))
+                .ok()
+        };
+        match bytes {
+            Some(b) if b.len() == 32 => Ok(DataKey::from_bytes(&b)),
+            Some(b) => Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "{what}: an encryption key must be 32 bytes (64 hex digits or 44 base64 characters), got {} bytes",
+                    b.len()
+                ),
+            )),
+            None => Err(Error::new(
+                ErrorKind::Config,
+                format!("{what}: not a key: expected 64 hex digits or base64 of 32 bytes"),
+            )),
+        }
+    }
+
+    fn from_bytes(bytes: &[u8]) -> DataKey {
+        let digest = Sha256::digest(bytes);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&digest[..8]);
+        DataKey {
+            id,
+            cipher: Aes256Gcm::new_from_slice(bytes).expect("32-byte key"),
+        }
+    }
+
+    /// The key id written in file headers (hex in messages).
+    pub(crate) fn id_hex(&self) -> String {
+        hex::encode(self.id)
+    }
+
+    /// A key read from a file; on Unix the file must not be readable by group or others.
+    pub(crate) fn from_file(path: &Path, what: &str) -> Result<DataKey> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(path)
+                .map_err(|e| Error::io(format!("{what} {}", path.display()), e))?;
+            let mode = meta.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "{what} {}: readable by others (mode {:o}); make it private: chmod 600",
+                        path.display(),
+                        mode & 0o777
+                    ),
+                ));
+            }
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("{what} {}", path.display()), e))?;
+        DataKey::parse(&text, &format!("{what} {}", path.display()))
+    }
+}
+
+/// The keys of a data directory: the current one encrypts, every one decrypts.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyRing {
+    current: DataKey,
+    old: Vec<DataKey>,
+}
+
+impl KeyRing {
+    pub(crate) fn new(current: DataKey, old: Vec<DataKey>) -> KeyRing {
+        KeyRing { current, old }
+    }
+
+    /// The key that encrypts new files.
+    pub(crate) fn current(&self) -> &DataKey {
+        &self.current
+    }
+
+    fn by_id(&self, id: &[u8]) -> Option<&DataKey> {
+        std::iter::once(&self.current)
+            .chain(&self.old)
+            .find(|k| k.id == id)
+    }
+}
+
+/// Loads the keys of `storage.encryption`: a missing variable, an unreadable file or a
+/// malformed key is an [`ErrorKind::Config`] error naming it.
+pub(crate) fn key_ring(config: &EncryptionConfig) -> Result<KeyRing> {
+    let current = KeySource {
+        key_env: config.key_env.clone(),
+        key_file: config.key_file.clone(),
+    };
+    let current = load(&current, "storage.encryption")?;
+    let old = config
+        .old_keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| load(k, &format!("storage.encryption.old_keys[{i}]")))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(KeyRing::new(current, old))
+}
+
+fn load(source: &KeySource, what: &str) -> Result<DataKey> {
+    source.check(what)?;
+    match (&source.key_env, &source.key_file) {
+        (Some(var), _) => {
+            let text = std::env::var(var).map_err(|_| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "{what}.key_env: the environment variable {var} is not set (or not UTF-8)"
+                    ),
+                )
+            })?;
+            DataKey::parse(&text, &format!("{what}.key_env {var}"))
+        }
+        (_, Some(path)) => DataKey::from_file(path, &format!("{what}.key_file")),
+        _ => Err(Error::new(
+            ErrorKind::Config,
+            format!("{what}: give exactly one of key_env and key_file"),
+        )),
+    }
+}
+
+/// The error of meeting an encrypted file without keys.
+pub(crate) fn no_key_error(what: &str) -> Error {
+    Error::new(
+        ErrorKind::Config,
+        format!("{what}: the file is encrypted (LOOPAIE1) and no key is configured: set storage.encryption (key_env or key_file) to read it"),
+    )
+}
+
+/// Rewrites the bytes of a dataset file (plain JSONL, or encrypted with any key of `keys`)
+/// as a file encrypted with the current key, one frame per whole line; a torn tail is
+/// left out. For the writer, which only appends to files of the current key.
+pub(crate) fn reseal(bytes: &[u8], keys: &KeyRing, what: &str) -> Result<Vec<u8>> {
+    let plaintext = if is_encrypted(bytes)
+        || bytes.len() < HEADER_LEN && MAGIC.starts_with(bytes) && !bytes.is_empty()
+    {
+        open_frames(bytes, keys, what)?.plaintext
+    } else {
+        let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        bytes[..end].to_vec()
+    };
+    let mut sealer = Sealer::new(keys.current())?;
+    let mut out = sealer.header().to_vec();
+    for line in plaintext.split_inclusive(|&b| b == b'\n') {
+        sealer.seal_into(line, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Whether `bytes` (a whole file) is encrypted with the current key of `keys`.
+pub(crate) fn is_current(bytes: &[u8], keys: &KeyRing) -> bool {
+    bytes.len() >= HEADER_LEN && bytes[..HEADER_LEN] == header(keys.current())
+}
+
+/// The header of a file encrypted with `key`.
+pub(crate) fn header(key: &DataKey) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..8].copy_from_slice(MAGIC);
+    h[8] = VERSION;
+    h[9..].copy_from_slice(&key.id);
+    h
+}
+
+/// Whether `bytes` (the start of a file) is an encrypted dataset file.
+pub(crate) fn is_encrypted(bytes: &[u8]) -> bool {
+    bytes.starts_with(MAGIC)
+}
+
+/// Seals records for one opening of one file.
+pub(crate) struct Sealer {
+    key: DataKey,
+    header: [u8; HEADER_LEN],
+    prefix: [u8; 8],
+    counter: u32,
+}
+
+impl Sealer {
+    /// A sealer with a fresh random nonce prefix (from the OS CSPRNG).
+    pub(crate) fn new(key: &DataKey) -> Result<Sealer> {
+        let mut prefix = [0u8; 8];
+        getrandom::fill(&mut prefix).map_err(|e| {
+            Error::new(
+                ErrorKind::Internal,
+                format!("no randomness for an encryption nonce: {e}"),
+            )
+        })?;
+        Ok(Sealer {
+            key: key.clone(),
+            header: header(key),
+            prefix,
+            counter: 0,
+        })
+    }
+
+    /// The file header this sealer's frames belong to.
+    pub(crate) fn header(&self) -> &[u8; HEADER_LEN] {
+        &self.header
+    }
+
+    /// Appends the frame of `plaintext` to `out`. After 2^32 frames the prefix is drawn
+    /// again (never a repeated nonce).
+    pub(crate) fn seal_into(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        if self.counter == u32::MAX {
+            *self = Sealer::new(&self.key)?;
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[..8].copy_from_slice(&self.prefix);
+        nonce[8..].copy_from_slice(&self.counter.to_be_bytes());
+        self.counter += 1;
+        let sealed = self
+            .key
+            .cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &self.header,
+                },
+            )
+            .map_err(|_| Error::new(ErrorKind::Internal, "AES-GCM encryption failed"))?;
+        let len = u32::try_from(NONCE_LEN + sealed.len()).map_err(|_| {
+            Error::new(
+                ErrorKind::Internal,
+                "a dataset record over 4 GiB cannot be framed",
+            )
+        })?;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(())
+    }
+}
+
+/// What [`open_frames`] found in an encrypted file.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    /// The plaintext of every whole, authentic frame, concatenated (JSONL).
+    pub plaintext: Vec<u8>,
+    /// Length of the file up to the end of the last whole frame: where a torn tail
+    /// (an incomplete or unauthentic last frame) begins.
+    pub valid_len: u64,
+}
+
+/// Decrypts an encrypted dataset file's bytes. `what` names the file in errors.
+///
+/// * A last frame that is incomplete, or complete but unauthentic (a torn write that left
+///   garbage), is a torn tail: left out, `valid_len` says where it starts.
+/// * A frame that fails authentication before the last one is an error naming the file
+///   and the offset: the file was damaged or tampered with, and nothing is made up.
+/// * A key id that no configured key has is an error naming it.
+pub(crate) fn open_frames(bytes: &[u8], keys: &KeyRing, what: &str) -> Result<Opened> {
+    if bytes.len() < HEADER_LEN {
+        if MAGIC.starts_with(&bytes[..bytes.len().min(8)]) {
+            // A header cut by a crash right after creation: nothing was written yet.
+            return Ok(Opened {
+                plaintext: Vec::new(),
+                valid_len: 0,
+            });
+        }
+        return Err(damaged(what, 0, "too short for the encryption header"));
+    }
+    if !is_encrypted(bytes) {
+        return Err(damaged(
+            what,
+            0,
+            "not an encrypted dataset file (no LOOPAIE1 header)",
+        ));
+    }
+    if bytes[8] != VERSION {
+        return Err(damaged(
+            what,
+            8,
+            &format!(
+                "encryption format version {} is not supported (only 1)",
+                bytes[8]
+            ),
+        ));
+    }
+    let header = &bytes[..HEADER_LEN];
+    let key = keys.by_id(&bytes[9..HEADER_LEN]).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Config,
+            format!(
+                "{what}: encrypted with key {}, which is not among the configured keys (current {}; add the old key to storage.encryption.old_keys)",
+                hex::encode(&bytes[9..HEADER_LEN]),
+                keys.current.id_hex()
+            ),
+        )
+    })?;
+    let mut plaintext = Vec::with_capacity(bytes.len());
+    let mut at = HEADER_LEN;
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        let torn = Opened {
+            plaintext: Vec::new(),
+            valid_len: at as u64,
+        };
+        if rest.len() < 4 {
+            return Ok(Opened { plaintext, ..torn });
+        }
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if !(NONCE_LEN + TAG_LEN..=MAX_FRAME).contains(&len) {
+            if is_last_region(rest, len) {
+                return Ok(Opened { plaintext, ..torn });
+            }
+            return Err(damaged(
+                what,
+                at as u64,
+                &format!("frame length {len} is impossible"),
+            ));
+        }
+        if rest.len() < 4 + len {
+            return Ok(Opened { plaintext, ..torn });
+        }
+        let (nonce, sealed) = rest[4..4 + len].split_at(NONCE_LEN);
+        match key.cipher.decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: sealed,
+                aad: header,
+            },
+        ) {
+            Ok(p) => plaintext.extend_from_slice(&p),
+            Err(_) if at + 4 + len == bytes.len() => return Ok(Opened { plaintext, ..torn }),
+            Err(_) => {
+                return Err(damaged(
+                    what,
+                    at as u64,
+                    "a frame fails authentication (damaged, tampered with, or another key)",
+                ))
+            }
+        }
+        at += 4 + len;
+    }
+    Ok(Opened {
+        plaintext,
+        valid_len: at as u64,
+    })
+}
+
+/// A bad length at the very end (zeroed blocks of a torn write) is a torn tail; one with
+/// data after a plausible frame is damage.
+fn is_last_region(rest: &[u8], _len: usize) -> bool {
+    rest.iter().all(|&b| b == 0) || rest.len() < 4 + NONCE_LEN + TAG_LEN
+}
+
+fn damaged(what: &str, offset: u64, why: &str) -> Error {
+    Error::new(ErrorKind::Io, format!("{what}: at byte {offset}: {why}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> DataKey {
+        DataKey::parse(&hex::encode([byte; 32]), "test").unwrap()
+    }
+
+    fn file(key: &DataKey, records: &[&str]) -> Vec<u8> {
+        let mut sealer = Sealer::new(key).unwrap();
+        let mut out = sealer.header().to_vec();
+        for r in records {
+            sealer.seal_into(r.as_bytes(), &mut out).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn frames_round_trip_and_reveal_no_plaintext() {
+        let k = key(1);
+        let bytes = file(&k, &["{\"a\":1}\n", "{\"secret\":2}\n"]);
+        assert!(is_encrypted(&bytes));
+        assert!(!bytes.windows(6).any(|w| w == b"secret"));
+        let keys = KeyRing::new(k, Vec::new());
+        let opened = open_frames(&bytes, &keys, "f").unwrap();
+        assert_eq!(opened.plaintext, b"{\"a\":1}\n{\"secret\":2}\n");
+        assert_eq!(opened.valid_len, bytes.len() as u64);
+    }
+
+    #[test]
+    fn keys_parse_from_hex_and_base64_and_bad_keys_name_the_source() {
+        let raw = [7u8; 32];
+        let a = DataKey::parse(&hex::encode(raw), "k").unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+        let b = DataKey::parse(&format!(" {b64}\n"), "k").unwrap();
+        assert_eq!(a.id_hex(), b.id_hex());
+        let err = DataKey::parse("abcd", "storage.encryption.key_env LOOPAI_KEY").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(
+            err.to_string()
+                .starts_with("storage.encryption.key_env LOOPAI_KEY: "),
+            "{err}"
+        );
+        let short = base64::engine::general_purpose::STANDARD.encode([1u8; 16]);
+        assert!(DataKey::parse(&short, "k")
+            .unwrap_err()
+            .to_string()
+            .contains("got 16 bytes"));
+    }
+
+    #[test]
+    fn a_torn_last_frame_is_cut_and_never_decrypted() {
+        let k = key(2);
+        let whole = file(&k, &["one\n", "two\n", "three\n"]);
+        let keys = KeyRing::new(k, Vec::new());
+        let full = open_frames(&whole, &keys, "f").unwrap();
+        for cut in HEADER_LEN..whole.len() {
+            let opened = open_frames(&whole[..cut], &keys, "f").unwrap();
+            assert!(
+                full.plaintext.starts_with(&opened.plaintext),
+                "cut at {cut}"
+            );
+            assert!(opened.valid_len as usize <= cut);
+            assert!(opened.plaintext.ends_with(b"\n") || opened.plaintext.is_empty());
+        }
+        // Zeroed blocks after the last frame (a torn write) are a torn tail too.
+        let mut zeroed = whole.clone();
+        zeroed.extend_from_slice(&[0u8; 4096]);
+        let opened = open_frames(&zeroed, &keys, "f").unwrap();
+        assert_eq!(opened.plaintext, full.plaintext);
+        assert_eq!(opened.valid_len, whole.len() as u64);
+    }
+
+    #[test]
+    fn a_damaged_frame_in_the_middle_is_an_error_naming_file_and_offset() {
+        let k = key(3);
+        let mut bytes = file(&k, &["one\n", "two\n"]);
+        let second = HEADER_LEN + 4 + NONCE_LEN + 4 + TAG_LEN;
+        bytes[HEADER_LEN + 4 + NONCE_LEN] ^= 1; // the first frame's ciphertext
+        let keys = KeyRing::new(k, Vec::new());
+        let err = open_frames(&bytes, &keys, "executions/2025-11-25.jsonl").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io);
+        assert!(
+            err.to_string().starts_with(&format!(
+                "executions/2025-11-25.jsonl: at byte {HEADER_LEN}: a frame fails authentication"
+            )),
+            "{err}"
+        );
+        assert!(second < bytes.len());
+    }
+
+    #[test]
+    fn rotation_keeps_old_files_readable_and_an_unknown_key_is_named() {
+        let (old, new) = (key(4), key(5));
+        let bytes = file(&old, &["kept\n"]);
+        let rotated = KeyRing::new(new.clone(), vec![old.clone()]);
+        assert_eq!(
+            open_frames(&bytes, &rotated, "f").unwrap().plaintext,
+            b"kept\n"
+        );
+        let missing = KeyRing::new(new, Vec::new());
+        let err = open_frames(&bytes, &missing, "f").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains(&old.id_hex()), "{err}");
+        // A frame cannot be moved into a file of another key.
+        let other = file(&key(6), &[]);
+        let mut spliced = other.clone();
+        spliced.extend_from_slice(&bytes[HEADER_LEN..]);
+        let keys = KeyRing::new(key(6), vec![old]);
+        let opened = open_frames(&spliced, &keys, "f").unwrap();
+        assert!(
+            opened.plaintext.is_empty(),
+            "a foreign frame is never decrypted"
+        );
+    }
+
+    #[test]
+    fn nonces_never_repeat_within_an_opening_and_differ_across_openings() {
+        let k = key(7);
+        let mut a = Sealer::new(&k).unwrap();
+        let b = Sealer::new(&k).unwrap();
+        assert_ne!(a.prefix, b.prefix);
+        let mut out = Vec::new();
+        a.seal_into(b"x", &mut out).unwrap();
+        a.seal_into(b"x", &mut out).unwrap();
+        let first = &out[4..4 + NONCE_LEN];
+        let frame = 4 + NONCE_LEN + 1 + TAG_LEN;
+        let second = &out[frame + 4..frame + 4 + NONCE_LEN];
+        assert_ne!(first, second);
+        assert_ne!(out[4 + NONCE_LEN..frame], out[frame + 4 + NONCE_LEN..]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_readable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, hex::encode([9u8; 32])).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = DataKey::from_file(&path, "storage.encryption.key_file").unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        DataKey::from_file(&path, "storage.encryption.key_file").unwrap();
+    }
+
+    /// Issue #19 item 2 through a runtime: the logs hold no plaintext, read back with the
+    /// key (stats, the reader), refuse to be read without it, survive a torn tail and a key
+    /// rotation.
+    #[cfg(unix)]
+    #[test]
+    fn a_runtime_with_encryption_writes_no_plaintext_and_reads_back_with_the_key() {
+        use crate::config::DeploymentConfig;
+        use crate::dataset::DatasetReader;
+        use crate::runtime::Runtime;
+        use crate::testing::{TestClock, DAY1};
+        use serde_json::json;
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+
+        const RULES: &[u8] = br#"{"format": "loopai.program/1", "task": "spam",
+          "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+          "features": [{"name": "prize", "op": "keywords", "source": "text", "terms": ["prize"]}],
+          "decide": {"op": "rules", "rules": [
+            {"when": {"feature": "prize", "gt": 0}, "then": "spam", "confidence": 0.95},
+            {"when": {"always": true}, "then": "ham", "confidence": 0.8}]},
+          "output": {"kind": "label", "labels": ["spam", "ham"]}}"#;
+        let dir = tempfile::tempdir().unwrap();
+        crate::testing::install(dir.path(), RULES, true);
+        let write_key = |name: &str, byte: u8| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, hex::encode([byte; 32])).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            path
+        };
+        let (k1, k2) = (write_key("k1", 1), write_key("k2", 2));
+        let config = |yaml: String| DeploymentConfig::from_yaml_str(&yaml, "test").unwrap();
+        let first = config(format!(
+            "storage:\n  encryption:\n    key_file: {}\n",
+            k1.display()
+        ));
+        let build = |config: &DeploymentConfig| {
+            Runtime::builder()
+                .data_dir(dir.path())
+                .task("spam")
+                .clock(TestClock::at(DAY1 + 1000))
+                .config(config.clone())
+                .build()
+        };
+        let day = crate::clock::parse_day("2025-11-25").unwrap();
+        let file = dir.path().join("datasets/spam/executions/2025-11-25.jsonl");
+        let count = |config: &DeploymentConfig| {
+            DatasetReader::new(dir.path(), "spam")
+                .with_config(config)
+                .unwrap()
+                .executions(day, day)
+                .unwrap()
+                .collect::<crate::error::Result<Vec<_>>>()
+                .unwrap()
+                .len()
+        };
+
+        let rt = build(&first).unwrap();
+        for _ in 0..3 {
+            rt.execute(&json!({"text": "my secret prize"})).unwrap();
+        }
+        rt.flush(std::time::Duration::from_secs(10)).unwrap();
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(is_encrypted(&bytes));
+        assert!(
+            !bytes.windows(6).any(|w| w == b"secret"),
+            "plaintext on disk"
+        );
+        assert_eq!(
+            rt.stats(1).unwrap()[0].total,
+            3,
+            "stats read the encrypted log"
+        );
+        rt.shutdown(std::time::Duration::from_secs(10)).unwrap();
+        assert_eq!(count(&first), 3);
+        let err = DatasetReader::new(dir.path(), "spam")
+            .executions(day, day)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("is encrypted"), "{err}");
+        assert!(err.to_string().contains("2025-11-25.jsonl"), "{err}");
+
+        // A torn last frame (a crash mid-append) is cut when the log is reopened.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap()
+            .write_all(&[40, 0, 0, 0, 1, 2, 3])
+            .unwrap();
+        assert_eq!(count(&first), 3, "the reader leaves a torn tail out");
+        let rt = build(&first).unwrap();
+        rt.execute(&json!({"text": "after the crash"})).unwrap();
+        rt.shutdown(std::time::Duration::from_secs(10)).unwrap();
+        assert_eq!(count(&first), 4);
+
+        // Rotation: k2 encrypts, k1 still decrypts; today's file is rewritten with k2.
+        let rotated = config(format!(
+            "storage:\n  encryption:\n    key_file: {}\n    old_keys:\n      - key_file: {}\n",
+            k2.display(),
+            k1.display()
+        ));
+        let rt = build(&rotated).unwrap();
+        rt.execute(&json!({"text": "rotated"})).unwrap();
+        rt.shutdown(std::time::Duration::from_secs(10)).unwrap();
+        let only_k2 = config(format!(
+            "storage:\n  encryption:\n    key_file: {}\n",
+            k2.display()
+        ));
+        assert_eq!(count(&only_k2), 5);
+        let err = DatasetReader::new(dir.path(), "spam")
+            .with_config(&first)
+            .unwrap()
+            .executions(day, day)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("not among the configured keys"),
+            "{err}"
+        );
+
+        // Retention compresses an encrypted file whole; it still reads back.
+        let policy = crate::dataset::RetentionPolicy::from_config(&only_k2);
+        let layout = crate::dataset::DatasetLayout::new(dir.path(), "spam");
+        let today = crate::clock::parse_day("2025-11-28").unwrap();
+        let report = crate::dataset::apply_retention(&layout, &policy, today).unwrap();
+        assert_eq!(report.compressed.len(), 1, "{report:?}");
+        assert!(!file.exists());
+        assert_eq!(
+            count(&only_k2),
+            5,
+            "the .gz of an encrypted file reads back"
+        );
+
+        // A key that cannot be loaded is a clear configuration error.
+        let unset =
+            config("storage:\n  encryption:\n    key_env: LOOPAI_TEST_UNSET_DATA_KEY\n".to_owned());
+        let err = build(&unset).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(
+            err.to_string()
+                .contains("LOOPAI_TEST_UNSET_DATA_KEY is not set"),
+            "{err}"
+        );
+    }
+}
