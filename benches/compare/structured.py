@@ -36,8 +36,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FILLER = ("the a and to of in is it you that was for on are with as this be at have from or by "
-          "one had not but what all were when we there can an your which their said").split()
+FILLER = (
+    "the a and to of in is it you that was for on are with as this be at have from or by "
+    "one had not but what all were when we there can an your which their said"
+).split()
 SPAMMY = ["prize", "winner", "cash", "claim", "free", "urgent", "offer"]
 
 
@@ -49,8 +51,12 @@ def task_number(rng):
     def make():
         amount = rng.randrange(10_000) / 10
         return {"text": words(rng, 6, 11), "amount": amount}, "high" if amount >= 400 else "low"
-    schema = {"type": "object", "properties": {"text": {"type": "string"},
-              "amount": {"type": "number"}}, "required": ["text", "amount"]}
+
+    schema = {
+        "type": "object",
+        "properties": {"text": {"type": "string"}, "amount": {"type": "number"}},
+        "required": ["text", "amount"],
+    }
     return schema, ["high", "low"], make, 500, 1000
 
 
@@ -59,10 +65,16 @@ def task_category(rng):
 
     def make():
         plan = rng.choice(plans)
-        return ({"text": words(rng, 6, 11), "plan": plan},
-                "priority" if plan in ("pro", "enterprise") else "standard")
-    schema = {"type": "object", "properties": {"text": {"type": "string"},
-              "plan": {"type": "string", "enum": plans}}, "required": ["text", "plan"]}
+        return (
+            {"text": words(rng, 6, 11), "plan": plan},
+            "priority" if plan in ("pro", "enterprise") else "standard",
+        )
+
+    schema = {
+        "type": "object",
+        "properties": {"text": {"type": "string"}, "plan": {"type": "string", "enum": plans}},
+        "required": ["text", "plan"],
+    }
     return schema, ["priority", "standard"], make, 300, 1000
 
 
@@ -73,9 +85,16 @@ def task_missing(rng):
             return {"text": text, "vip": vip}, "unknown"
         age = rng.randrange(80)
         return {"text": text, "vip": vip, "age": age}, "adult" if age >= 18 else "minor"
-    schema = {"type": "object", "properties": {"text": {"type": "string"},
-              "age": {"type": ["integer", "null"]}, "vip": {"type": "boolean"}},
-              "required": ["text", "vip"]}
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "text": {"type": "string"},
+            "age": {"type": ["integer", "null"]},
+            "vip": {"type": "boolean"},
+        },
+        "required": ["text", "vip"],
+    }
     return schema, ["adult", "minor", "unknown"], make, 500, 1000
 
 
@@ -85,11 +104,20 @@ def task_text_and_num(rng):
         body = words(rng, 8, 15)
         if spammy:
             body += " " + " ".join(rng.choice(SPAMMY) for _ in range(rng.randint(1, 2)))
-        return ({"subject": words(rng, 3, 5), "body": body, "lines": lines},
-                "spam" if spammy and lines <= 30 else "ham")
-    schema = {"type": "object", "properties": {"subject": {"type": "string"},
-              "body": {"type": "string"}, "lines": {"type": "integer"}},
-              "required": ["subject", "body", "lines"]}
+        return (
+            {"subject": words(rng, 3, 5), "body": body, "lines": lines},
+            "spam" if spammy and lines <= 30 else "ham",
+        )
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "subject": {"type": "string"},
+            "body": {"type": "string"},
+            "lines": {"type": "integer"},
+        },
+        "required": ["subject", "body", "lines"],
+    }
     return schema, ["spam", "ham"], make, 1000, 1000
 
 
@@ -97,8 +125,11 @@ def sms_rows(datasets: Path):
     d = datasets / "sms-spam"
     spec = json.loads((d / "spec.json").read_text())
     train = [(e["input"]["text"], e["output"]) for e in spec["examples"]]
-    test = [(e["input"]["text"], e["output"])
-            for e in map(json.loads, (d / "test.jsonl").read_text().splitlines()) if e]
+    test = [
+        (e["input"]["text"], e["output"])
+        for e in map(json.loads, (d / "test.jsonl").read_text().splitlines())
+        if e
+    ]
     return train, test
 
 
@@ -116,6 +147,7 @@ def sms_task(datasets: Path, rng, combine):
             inp, y = combine(split_sms(text), label == "spam", rng)
             out.append({"input": inp, "output": y})
         return out
+
     return build(train), build(test)
 
 
@@ -148,20 +180,40 @@ def run_loopai(bin_: Path, name: str, spec: dict, test: list[dict], seed: int) -
         spec_path.write_text(json.dumps(spec))
         test_path.write_text("".join(json.dumps(e) + "\n" for e in test))
         t0 = time.perf_counter()
-        synth = subprocess.run([str(bin_), "synth", str(spec_path), "--data-dir", d, "--quiet",
-                                "--seed", str(seed), "--activate-anyway"],
-                               capture_output=True, text=True)
+        synth = subprocess.run(
+            [
+                str(bin_),
+                "synth",
+                str(spec_path),
+                "--data-dir",
+                d,
+                "--quiet",
+                "--seed",
+                str(seed),
+                "--activate-anyway",
+            ],
+            capture_output=True,
+            text=True,
+        )
         elapsed = time.perf_counter() - t0
         if synth.returncode != 0:
             sys.exit(f"{name}: loopai synth failed:\n{synth.stderr}{synth.stdout}")
-        ev = subprocess.run([str(bin_), "eval", "--json", "--task", spec["name"], "--data-dir", d,
-                             str(test_path)], capture_output=True, text=True)
+        ev = subprocess.run(
+            [str(bin_), "eval", "--json", "--task", spec["name"], "--data-dir", d, str(test_path)],
+            capture_output=True,
+            text=True,
+        )
         if ev.returncode != 0:
             sys.exit(f"{name}: loopai eval failed:\n{ev.stderr}")
-        chosen = next((line.split(":", 1)[1].strip().split(" (")[0]
-                       for line in synth.stdout.splitlines() if line.startswith("chosen:")), "?")
-        return {"accuracy": json.loads(ev.stdout)["accuracy"], "model": chosen,
-                "learn_s": elapsed}
+        chosen = next(
+            (
+                line.split(":", 1)[1].strip().split(" (")[0]
+                for line in synth.stdout.splitlines()
+                if line.startswith("chosen:")
+            ),
+            "?",
+        )
+        return {"accuracy": json.loads(ev.stdout)["accuracy"], "model": chosen, "learn_s": elapsed}
 
 
 def run_sklearn(schema: dict, train: list[dict], test: list[dict], seed: int) -> dict:
@@ -178,9 +230,14 @@ def run_sklearn(schema: dict, train: list[dict], test: list[dict], seed: int) ->
 
     props = schema["properties"]
     texts = [k for k, p in props.items() if p.get("type") == "string" and "enum" not in p]
-    nums = [k for k, p in props.items()
-            if set([p.get("type")] if isinstance(p.get("type"), str) else p.get("type", []))
-            - {"null"} <= {"number", "integer"} and "enum" not in p and p.get("type")]
+    nums = [
+        k
+        for k, p in props.items()
+        if set([p.get("type")] if isinstance(p.get("type"), str) else p.get("type", [])) - {"null"}
+        <= {"number", "integer"}
+        and "enum" not in p
+        and p.get("type")
+    ]
     cats = [k for k in props if k not in texts and k not in nums]
 
     def frame(rows):
@@ -193,19 +250,23 @@ def run_sklearn(schema: dict, train: list[dict], test: list[dict], seed: int) ->
             data[k] = [str(r["input"].get(k)) for r in rows]
         return pd.DataFrame(data)
 
-    parts = [(f"tfidf_{k}", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True), k)
-             for k in texts]
+    parts = [
+        (f"tfidf_{k}", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True), k) for k in texts
+    ]
     if nums:
-        parts.append(("num", make_pipeline(SimpleImputer(add_indicator=True), StandardScaler()),
-                      nums))
+        parts.append(
+            ("num", make_pipeline(SimpleImputer(add_indicator=True), StandardScaler()), nums)
+        )
     if cats:
         parts.append(("cat", OneHotEncoder(handle_unknown="ignore"), cats))
     x_train, x_test = frame(train), frame(test)
     y_train = [r["output"] for r in train]
     y_test = [r["output"] for r in test]
     out = {}
-    for name, model in [("LinearSVC", LinearSVC(random_state=seed)),
-                        ("LogReg", LogisticRegression(max_iter=2000))]:
+    for name, model in [
+        ("LinearSVC", LinearSVC(random_state=seed)),
+        ("LogReg", LogisticRegression(max_iter=2000)),
+    ]:
         pipe = Pipeline([("features", ColumnTransformer(parts)), ("model", model)])
         t0 = time.perf_counter()
         search = GridSearchCV(pipe, {"model__C": [0.01, 0.1, 1.0, 10.0, 100.0]}, cv=3)
@@ -228,38 +289,61 @@ def main() -> int:
         sys.exit(f"{bin_} not found: build it with `cargo build -p loopai-cli` or pass --loopai")
 
     tasks = []
-    for name, make_task in [("number", task_number), ("category", task_category),
-                            ("missing", task_missing), ("text-and-num", task_text_and_num)]:
+    for name, make_task in [
+        ("number", task_number),
+        ("category", task_category),
+        ("missing", task_missing),
+        ("text-and-num", task_text_and_num),
+    ]:
         rng = random.Random(f"{args.seed}-{name}")
         schema, labels, make, n_train, n_test = make_task(rng)
         rows = [dict(zip(("input", "output"), make())) for _ in range(n_train + n_test)]
         tasks.append((name, schema, labels, rows[:n_train], rows[n_train:]))
     if (args.datasets / "sms-spam" / "spec.json").exists():
-        for name, combine, num in [("sms-or-num", sms_or, "reports"),
-                                   ("sms-and-num", sms_and, "lines")]:
+        for name, combine, num in [
+            ("sms-or-num", sms_or, "reports"),
+            ("sms-and-num", sms_and, "lines"),
+        ]:
             rng = random.Random(f"{args.seed}-{name}")
             train, test = sms_task(args.datasets, rng, combine)
-            schema = {"type": "object", "properties": {"subject": {"type": "string"},
-                      "body": {"type": "string"}, num: {"type": "integer"}},
-                      "required": ["subject", "body", num]}
+            schema = {
+                "type": "object",
+                "properties": {
+                    "subject": {"type": "string"},
+                    "body": {"type": "string"},
+                    num: {"type": "integer"},
+                },
+                "required": ["subject", "body", num],
+            }
             tasks.append((name, schema, ["spam", "ham"], train, test))
     else:
-        print(f"(no {args.datasets}/sms-spam: the SMS tasks are skipped; "
-              f"scripts/fetch_datasets.py {args.datasets} sms-spam)", file=sys.stderr)
+        print(
+            f"(no {args.datasets}/sms-spam: the SMS tasks are skipped; "
+            f"scripts/fetch_datasets.py {args.datasets} sms-spam)",
+            file=sys.stderr,
+        )
 
     results = []
     for name, schema, labels, train, test in tasks:
-        spec = {"name": name, "input_schema": schema,
-                "output_schema": {"type": "string", "enum": labels}, "examples": train}
+        spec = {
+            "name": name,
+            "input_schema": schema,
+            "output_schema": {"type": "string", "enum": labels},
+            "examples": train,
+        }
         loopai = run_loopai(bin_, name, spec, test, args.seed)
         sk = run_sklearn(schema, train, test, args.seed)
-        results.append({"task": name, "train": len(train), "test": len(test),
-                        "loopai": loopai, "sklearn": sk})
+        results.append(
+            {"task": name, "train": len(train), "test": len(test), "loopai": loopai, "sklearn": sk}
+        )
         if not args.json:
-            print(f"{name:13} train {len(train):5} test {len(test):5}  "
-                  f"loopai {loopai['accuracy']:.4f} ({loopai['model']})  "
-                  f"LinearSVC {sk['LinearSVC']['accuracy']:.4f}  "
-                  f"LogReg {sk['LogReg']['accuracy']:.4f}", flush=True)
+            print(
+                f"{name:13} train {len(train):5} test {len(test):5}  "
+                f"loopai {loopai['accuracy']:.4f} ({loopai['model']})  "
+                f"LinearSVC {sk['LinearSVC']['accuracy']:.4f}  "
+                f"LogReg {sk['LogReg']['accuracy']:.4f}",
+                flush=True,
+            )
     if args.json:
         print(json.dumps(results, indent=1))
     return 0
