@@ -842,3 +842,131 @@ fn stats_of_an_installed_task_without_executions_is_not_an_error() {
         stdout(&o)
     );
 }
+
+/// A ticket-routing spec over a text, a number, a category and an optional boolean; the
+/// label depends on all but the text: VIP tickets are urgent, then high-priority ones of
+/// more than 20 lines, the rest normal.
+fn ticket_spec() -> serde_json::Value {
+    let mut examples = Vec::new();
+    let mut state = 7u64;
+    let mut next = |n: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    };
+    let words = [
+        "printer", "login", "invoice", "screen", "network", "update", "mail",
+    ];
+    for _ in 0..300 {
+        let subject = format!(
+            "{} {} problem",
+            words[next(7) as usize],
+            words[next(7) as usize]
+        );
+        let lines = 1 + next(60);
+        let priority = ["low", "medium", "high"][next(3) as usize];
+        let mut input =
+            serde_json::json!({"subject": subject, "lines": lines, "priority": priority});
+        let vip = match next(4) {
+            0 => Some(true),
+            1 => Some(false),
+            _ => None,
+        };
+        if let Some(v) = vip {
+            input["vip"] = v.into();
+        }
+        let label = if vip == Some(true) {
+            "urgent"
+        } else if priority == "high" && lines > 20 {
+            "escalate"
+        } else {
+            "normal"
+        };
+        examples.push(serde_json::json!({"input": input, "output": label}));
+    }
+    serde_json::json!({
+        "name": "tickets",
+        "input_schema": {"type": "object", "properties": {
+            "subject": {"type": "string"}, "lines": {"type": "integer"},
+            "priority": {"type": "string", "enum": ["low", "medium", "high"]},
+            "vip": {"type": "boolean"}}, "required": ["subject", "lines", "priority"]},
+        "output_schema": {"type": "string", "enum": ["urgent", "escalate", "normal"]},
+        "examples": examples,
+    })
+}
+
+#[test]
+fn synth_and_exec_a_structured_spec_without_a_hand_written_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("tickets.json");
+    std::fs::write(&spec, ticket_spec().to_string()).unwrap();
+    let o = run(loopai()
+        .args(["synth", "--quiet", "--seed", "1", "--data-dir"])
+        .arg(dir.path())
+        .arg(&spec));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("installed tickets v1, active"),
+        "{}",
+        stdout(&o)
+    );
+    let program: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("artifacts/tickets/v1/program.json")).unwrap(),
+    )
+    .unwrap();
+    let types: Vec<&str> = program["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["text", "number", "category", "category"],
+        "{program}"
+    );
+    let cases = [
+        (
+            r#"{"subject": "printer problem", "lines": 3, "priority": "low", "vip": true}"#,
+            "urgent",
+        ),
+        (
+            r#"{"subject": "login problem", "lines": 45, "priority": "high"}"#,
+            "escalate",
+        ),
+        (
+            r#"{"subject": "login problem", "lines": 45, "priority": "high", "vip": false}"#,
+            "escalate",
+        ),
+        (
+            r#"{"subject": "login problem", "lines": 5, "priority": "high"}"#,
+            "normal",
+        ),
+        (
+            r#"{"subject": "mail problem", "lines": 50, "priority": "medium"}"#,
+            "normal",
+        ),
+    ];
+    for (input, want) in cases {
+        let o = run(loopai()
+            .args(["exec", "--task", "tickets", "--input", input, "--data-dir"])
+            .arg(dir.path()));
+        assert!(o.status.success(), "{input}: {}", stderr(&o));
+        let out: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        assert_eq!(out["output"], want, "{input}: {out}");
+    }
+    // An input that does not match the schema is refused with the field's path.
+    let o = run(loopai()
+        .args([
+            "exec",
+            "--task",
+            "tickets",
+            "--input",
+            r#"{"subject": "x", "lines": "many", "priority": "high"}"#,
+            "--data-dir",
+        ])
+        .arg(dir.path()));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("/lines"), "{}", stderr(&o));
+}

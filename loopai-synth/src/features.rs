@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use unicode_normalization::UnicodeNormalization;
 
 use crate::spec::{pointer, TextField};
+use crate::structured::Encoding;
 use crate::tfidf::{self, Vocab};
 
 /// Text input limit used by generated programs (the runtime's default limit); longer
@@ -92,6 +93,8 @@ pub(crate) struct FeatureConfig {
     /// TF-IDF vocabularies, one per group (field by field, n-gram by n-gram, as
     /// [`groups`](Self::groups) lists them); empty for hashed n-grams.
     pub vocabs: Vec<Arc<Vocab>>,
+    /// The number and category fields, after the text fields in the model's inputs.
+    pub structured: Encoding,
 }
 
 /// Where a model's n-gram input group starts in the concatenated vector.
@@ -121,7 +124,21 @@ impl FeatureConfig {
                 offset += dim;
             }
         }
+        for g in self.structured.groups() {
+            out.push(Group {
+                feature: g.feature,
+                offset,
+                dim: g.dim,
+            });
+            offset += g.dim;
+        }
         out
+    }
+
+    /// Where the number and category inputs start in the model's input vector.
+    pub(crate) fn text_dim(&self) -> u32 {
+        let text_groups = self.fields.len() * self.ngrams.len();
+        self.groups().iter().take(text_groups).map(|g| g.dim).sum()
     }
 
     /// Total model input dimension.
@@ -136,16 +153,17 @@ impl FeatureConfig {
 
     /// The program's `inputs`.
     pub(crate) fn inputs_json(&self) -> Value {
-        Value::Array(
-            self.fields
-                .iter()
-                .map(|f| {
-                    json!({"name": f.name, "path": pointer(&f.key), "type": "text",
-                           "required": f.required, "max_bytes": MAX_INPUT_BYTES,
-                           "on_oversize": "truncate"})
-                })
-                .collect(),
-        )
+        let mut inputs: Vec<Value> = self
+            .fields
+            .iter()
+            .map(|f| {
+                json!({"name": f.name, "path": pointer(&f.key), "type": "text",
+                       "required": f.required, "max_bytes": MAX_INPUT_BYTES,
+                       "on_oversize": "truncate"})
+            })
+            .collect();
+        inputs.extend(self.structured.inputs_json());
+        Value::Array(inputs)
     }
 
     /// Name of a field's head view.
@@ -211,6 +229,7 @@ impl FeatureConfig {
                 out.push(v);
             }
         }
+        out.extend(self.structured.features_json());
         out
     }
 

@@ -29,6 +29,22 @@
 //!   spec's `metric` (`accuracy`, the default, or `macro_f1`) whose measured latency meets
 //!   `latency_target_ms` wins, the simpler one on a tie.
 //!
+//! # Structured inputs
+//!
+//! Every field of the input schema is used, by every strategy. `string` properties are
+//! text, each with its own clean view and n-gram features (`subject.words` and
+//! `body.words` are different model inputs); `number`/`integer` properties are numbers;
+//! `boolean` and `enum` properties are categories (without `properties`, the examples' JSON
+//! types decide). From the examples (never their labels) a number gets its mean and
+//! standard deviation and quantile bin edges, a category its values; the models read the
+//! scaled number (clipped to ±8 standard deviations; not naive Bayes, whose inputs must be
+//! non-negative), its bin one-hot, the category one-hot (unseen values share an "other"
+//! bucket) and, for optional fields, a missing-value flag (a missing number reads the
+//! mean). The rule learner tests numbers against learned thresholds (`lines >= 12.5`) and
+//! ranges between bin edges, categories by value and optional fields for a missing value,
+//! beside its keyword rules. Examples whose fields do not have their schema's type are
+//! refused with the path (`spec.examples[3].input.lines: expected a number`).
+//!
 //! Texts in scripts written without spaces between words (Chinese, Japanese, Thai, Khmer,
 //! ...) get word n-grams over `alnum_cjk` tokens, where each character of those scripts is
 //! a token of its own (word bigrams become character bigrams there).
@@ -102,12 +118,14 @@
 
 mod features;
 mod improve;
+mod inputs;
 mod linear;
 mod metrics;
 mod rng;
 mod rules;
 mod solver;
 mod spec;
+mod structured;
 mod synth;
 mod tfidf;
 

@@ -4,6 +4,8 @@
 //! A term is a token (`alnum` run) or two tokens separated by exactly one space in the
 //! clean view, which is precisely when a `keywords` feature with `whole_words: true` finds
 //! it. Consecutive rules for the same class and field share one `keywords` feature.
+//! Number and category fields add their conditions ([`Cond`]: thresholds, ranges, values,
+//! missing) as atoms beside the terms; each such rule tests one condition.
 
 use std::collections::HashMap;
 
@@ -12,16 +14,21 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use serde_json::{json, Value};
 
 use crate::features::{is_word_char, tokenize, FeatureConfig};
+use crate::structured::{Cond, Row};
 
 /// Longest term considered, in bytes (longer tokens are mostly encoded noise).
 const MAX_TERM_BYTES: usize = 40;
 
-/// Every term of the examples with its postings (the examples containing it).
+/// Every term of the examples with its postings (the examples containing it), then every
+/// condition on the number and category fields with the examples where it holds. An atom
+/// id below `terms.len()` is a term, the others are conditions.
 #[derive(Debug, Default)]
 pub(crate) struct TermIndex {
     /// `(field, term)`.
     pub terms: Vec<(usize, String)>,
-    /// Sorted example ids per term.
+    /// Conditions on number and category fields, atoms `terms.len()..`.
+    pub conds: Vec<Cond>,
+    /// Sorted example ids per atom.
     pub postings: Vec<Vec<u32>>,
 }
 
@@ -71,15 +78,39 @@ impl TermIndex {
                 postings.push(p);
             }
         }
-        TermIndex { terms, postings }
+        TermIndex {
+            terms,
+            conds: Vec::new(),
+            postings,
+        }
+    }
+
+    /// Adds conditions on number and category fields with their postings.
+    pub(crate) fn add_conditions(&mut self, conds: Vec<(Cond, Vec<u32>)>) {
+        for (c, post) in conds {
+            self.conds.push(c);
+            self.postings.push(post);
+        }
+    }
+
+    /// The text field of a term atom; `None` for a condition (it groups with no other).
+    fn group_of(&self, atom: usize) -> Option<usize> {
+        self.terms.get(atom).map(|t| t.0)
+    }
+
+    /// The condition of a condition atom.
+    fn cond(&self, atom: usize) -> Option<&Cond> {
+        atom.checked_sub(self.terms.len())
+            .and_then(|i| self.conds.get(i))
     }
 }
 
-/// One mined rule: any of `terms` (of one field) present → `class`.
+/// One mined rule: any of `terms` (of one text field) present → `class`; or, without a
+/// field, its one condition atom holds → `class`.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Rule {
-    pub field: usize,
-    /// Term ids in the [`TermIndex`].
+    pub field: Option<usize>,
+    /// Atom ids in the [`TermIndex`].
     pub terms: Vec<usize>,
     pub class: usize,
     pub confidence: f64,
@@ -192,10 +223,11 @@ pub(crate) fn mine(
             continue;
         }
         // A new rule group would exceed the feature budget.
-        let field = index.terms[t].0;
-        let continues = picked
-            .last()
-            .is_some_and(|&(lt, lc, _, _)| lc == c && index.terms[lt].0 == field);
+        let field = index.group_of(t);
+        let continues = field.is_some()
+            && picked
+                .last()
+                .is_some_and(|&(lt, lc, _, _)| lc == c && index.group_of(lt) == field);
         let groups = group_count(index, &picked);
         if !continues && groups >= p.max_rules {
             continue;
@@ -210,9 +242,9 @@ pub(crate) fn mine(
     let mut rules: Vec<Rule> = Vec::new();
     let mut stats: Vec<(usize, usize)> = Vec::new();
     for &(t, c, pos, neg) in &picked {
-        let field = index.terms[t].0;
+        let field = index.group_of(t);
         match rules.last_mut() {
-            Some(r) if r.class == c && r.field == field => {
+            Some(r) if field.is_some() && r.class == c && r.field == field => {
                 // A term containing an earlier term of the group adds nothing (the shorter
                 // one fires wherever it does) and could hide it from the leftmost-longest
                 // matcher when it fails the whole-word test.
@@ -283,10 +315,10 @@ fn contains_words(long: &str, short: &str) -> bool {
 
 fn group_count(index: &TermIndex, picked: &[(usize, usize, usize, usize)]) -> usize {
     let mut groups = 0;
-    let mut last: Option<(usize, usize)> = None;
+    let mut last: Option<(usize, Option<usize>)> = None;
     for &(t, c, _, _) in picked {
-        let key = (c, index.terms[t].0);
-        if last != Some(key) {
+        let key = (c, index.group_of(t));
+        if key.1.is_none() || last != Some(key) {
             groups += 1;
             last = Some(key);
         }
@@ -323,35 +355,53 @@ fn round4(x: f64) -> f64 {
 }
 
 impl RuleList {
-    /// For each example, the index of the first rule that fires (`rules.len()` = none),
-    /// matching exactly as the runtime's `keywords` feature does (Aho-Corasick,
-    /// leftmost-longest, non-overlapping, whole words).
-    pub(crate) fn first_match(&self, index: &TermIndex, views: &[Vec<String>]) -> Vec<usize> {
-        let automata: Vec<AhoCorasick> = self
+    /// For each example of `which`, the index of the first rule that fires (`rules.len()`
+    /// = none), matching exactly as the runtime does: terms as its `keywords` feature
+    /// (Aho-Corasick, leftmost-longest, non-overlapping, whole words) in the clean views
+    /// (`views[example][field]`), conditions on the number and category fields (`rows`).
+    pub(crate) fn first_match(
+        &self,
+        index: &TermIndex,
+        views: &[Vec<String>],
+        rows: &[Row],
+        which: &[usize],
+    ) -> Vec<usize> {
+        let automata: Vec<Option<AhoCorasick>> = self
             .rules
             .iter()
             .map(|r| {
-                AhoCorasickBuilder::new()
-                    .match_kind(MatchKind::LeftmostLongest)
-                    .build(r.terms.iter().map(|&t| index.terms[t].1.as_str()))
-                    .expect("mined terms build an automaton")
+                r.field.map(|_| {
+                    AhoCorasickBuilder::new()
+                        .match_kind(MatchKind::LeftmostLongest)
+                        .build(r.terms.iter().map(|&t| index.terms[t].1.as_str()))
+                        .expect("mined terms build an automaton")
+                })
             })
             .collect();
-        views
+        which
             .iter()
-            .map(|fields| {
+            .map(|&e| {
                 self.rules
                     .iter()
                     .zip(&automata)
-                    .position(|(r, ac)| fires(ac, &fields[r.field]))
+                    .position(|(r, ac)| match (r.field, ac) {
+                        (Some(f), Some(ac)) => fires(ac, &views[e][f]),
+                        _ => index.cond(r.terms[0]).is_some_and(|c| c.holds(&rows[e])),
+                    })
                     .unwrap_or(self.rules.len())
             })
             .collect()
     }
 
-    /// The predicted class of each example (`None` = the list abstains).
-    pub(crate) fn predict(&self, index: &TermIndex, views: &[Vec<String>]) -> Vec<Option<usize>> {
-        self.first_match(index, views)
+    /// The predicted class of each example of `which` (`None` = the list abstains).
+    pub(crate) fn predict(
+        &self,
+        index: &TermIndex,
+        views: &[Vec<String>],
+        rows: &[Row],
+        which: &[usize],
+    ) -> Vec<Option<usize>> {
+        self.first_match(index, views, rows, which)
             .into_iter()
             .map(|k| match self.rules.get(k) {
                 Some(r) => Some(r.class),
@@ -370,7 +420,18 @@ impl RuleList {
         let mut features = Vec::new();
         let mut rules = Vec::new();
         for (k, r) in self.rules.iter().enumerate() {
-            let field = &config.fields[r.field];
+            let Some(field) = r.field.map(|f| &config.fields[f]) else {
+                let Some(cond) = index.cond(r.terms[0]) else {
+                    continue;
+                };
+                let fields = &config.structured.fields;
+                rules.push(
+                    json!({"name": format!("{}: {}", labels[r.class], cond.describe(fields)),
+                    "when": cond.json(fields), "then": labels[r.class],
+                    "confidence": above_share(r.confidence, labels.len())}),
+                );
+                continue;
+            };
             let feature = format!("rule{}.{}", k + 1, field.name);
             let terms: Vec<&str> = r.terms.iter().map(|&t| index.terms[t].1.as_str()).collect();
             let mut name = format!("{}: ", labels[r.class]);
@@ -438,7 +499,7 @@ mod tests {
             },
         );
         assert_eq!(
-            list.predict(&idx, &views),
+            list.predict(&idx, &views, &vec![Row::default(); 40], &rows),
             y.iter().map(|&c| Some(c)).collect::<Vec<_>>()
         );
     }

@@ -7,6 +7,8 @@ use loopai_core::{Error, ErrorKind, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::inputs::InputFields;
+
 /// One labeled example: an input object and the expected output (a label string for
 /// classification tasks).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,7 +30,9 @@ pub struct TaskSpec {
     #[serde(default)]
     pub description: String,
     /// JSON Schema of the input object. Every `string` property becomes a text input of the
-    /// program; when it has no properties, the string fields of the examples' inputs are used.
+    /// program, every `number`/`integer` property a number input, every `boolean` or `enum`
+    /// property a category input; when it has no properties, the fields of the examples'
+    /// inputs are used by their JSON type.
     #[serde(default)]
     pub input_schema: Value,
     /// JSON Schema of the output: `{"type": "string", "enum": [labels]}` for classification.
@@ -139,8 +143,8 @@ impl TaskSpec {
     }
 
     /// Checks the specification: a usable name, a supported output schema with at least
-    /// two labels, every example an object whose output is one of the labels, and at least
-    /// one text field.
+    /// two labels, every example an object whose output is one of the labels and whose fields
+    /// have the types of the input schema, and at least one field to learn from.
     ///
     /// Errors are [`ErrorKind::InvalidInput`] and name the path, e.g.
     /// `spec.examples[12].output: "maybe" is not one of output_schema.enum`; when there are
@@ -198,35 +202,22 @@ impl TaskSpec {
             });
         }
         let fields = if schema_ok {
-            match self.text_fields() {
+            match InputFields::of(self) {
                 Ok(fields) => fields,
                 Err(e) => {
                     problems.push(e.to_string());
-                    Vec::new()
+                    InputFields::default()
                 }
             }
         } else {
-            Vec::new()
+            InputFields::default()
         };
         for (i, ex) in self.examples.iter().enumerate() {
             let Some(obj) = ex.input.as_object() else {
                 problems.push(format!("spec.examples[{i}].input: expected a JSON object"));
                 continue;
             };
-            for f in &fields {
-                match obj.get(&f.key) {
-                    Some(Value::String(_)) => {}
-                    None | Some(Value::Null) if !f.required => {}
-                    None | Some(Value::Null) => problems.push(format!(
-                        "spec.examples[{i}].input.{}: required by input_schema but missing",
-                        f.key
-                    )),
-                    Some(_) => problems.push(format!(
-                        "spec.examples[{i}].input.{}: expected a string",
-                        f.key
-                    )),
-                }
-            }
+            problems.extend(fields.check_example(obj, &format!("spec.examples[{i}].input")));
             if let Some(labels) = &labels {
                 match &ex.output {
                     Value::String(s) if labels.iter().any(|l| l == s) => {}
@@ -336,82 +327,9 @@ impl TaskSpec {
     }
 
     /// The text fields of the input, in a stable order.
+    #[cfg(test)]
     pub(crate) fn text_fields(&self) -> Result<Vec<TextField>> {
-        let mut keys: Vec<(String, bool)> = Vec::new();
-        let required: Vec<&str> = self
-            .input_schema
-            .get("required")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        if let Some(props) = self.input_schema.get("properties") {
-            let props = props
-                .as_object()
-                .ok_or_else(|| invalid("spec.input_schema.properties: expected a JSON object"))?;
-            for (k, v) in props {
-                let ty = v.get("type");
-                let is_text = match ty {
-                    Some(Value::String(t)) => t == "string",
-                    Some(Value::Array(ts)) => ts.iter().any(|t| t == "string"),
-                    _ => false,
-                };
-                if is_text {
-                    keys.push((k.clone(), required.contains(&k.as_str())));
-                }
-            }
-        } else {
-            let mut set = std::collections::BTreeSet::new();
-            for ex in &self.examples {
-                if let Some(obj) = ex.input.as_object() {
-                    for (k, v) in obj {
-                        if v.is_string() {
-                            set.insert(k.clone());
-                        }
-                    }
-                }
-            }
-            keys.extend(set.into_iter().map(|k| (k, false)));
-        }
-        if keys.is_empty() {
-            return Err(invalid(
-                "spec.input_schema: no text (string) field to learn from",
-            ));
-        }
-        if keys.len() > 16 {
-            return Err(invalid(format!(
-                "spec.input_schema: {} text fields, at most 16 are supported",
-                keys.len()
-            )));
-        }
-        let mut out: Vec<TextField> = Vec::new();
-        for (key, required) in keys {
-            let mut base: String = key
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .take(40)
-                .collect();
-            if base.is_empty() {
-                base.push('f');
-            }
-            let mut name = base.clone();
-            let mut k = 2;
-            while out.iter().any(|f| f.name == name) {
-                name = format!("{base}_{k}");
-                k += 1;
-            }
-            out.push(TextField {
-                key,
-                name,
-                required,
-            });
-        }
-        Ok(out)
+        InputFields::of(self).map(|f| f.text)
     }
 }
 

@@ -11,10 +11,12 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::features::{FeatureConfig, MAX_INPUT_BYTES};
+use crate::inputs::InputFields;
 use crate::linear::{LinearModel, SparseVec};
 use crate::metrics::{class_metrics, metric_value, ClassMetrics};
 use crate::rules::{self, MineParams, RuleList, TermIndex};
 use crate::spec::{Metric, TaskSpec};
+use crate::structured::{self, Encoding, Row};
 
 mod folds;
 mod install;
@@ -297,7 +299,10 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
     let start = Instant::now();
     spec.validate()?;
     let labels = spec.labels()?;
-    let fields = spec.text_fields()?;
+    let input_fields = InputFields::of(spec)?;
+    let fields = input_fields.text;
+    let structured_fields =
+        structured::fit(&input_fields.other, &spec.examples, MAX_CONDITION_POSTINGS);
     let y: Vec<usize> = spec
         .examples
         .iter()
@@ -329,8 +334,13 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
             ngrams: Vec::new(),
             view_max_bytes: MAX_INPUT_BYTES,
             vocabs: Vec::new(),
+            structured: Encoding {
+                fields: structured_fields,
+                scaled: true,
+            },
         },
         views: Vec::new(),
+        rows: Vec::new(),
         folds: Vec::new(),
         n_folds: 0,
         hybrid_required: options.strategy == Strategy::Hybrid,
@@ -351,6 +361,11 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
     });
     ctx.progress.finish_stage();
     ctx.views = views;
+    ctx.rows = spec
+        .examples
+        .iter()
+        .map(|e| structured::row(&ctx.base.structured.fields, &e.input))
+        .collect();
     ctx.cjk = crate::features::unspaced_share(ctx.views.iter().flatten().map(String::as_str)) > 0.0;
 
     let present = {
@@ -399,7 +414,12 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
         let want_rule = matches!(options.strategy, Strategy::Rule | Strategy::Auto);
         let want_hybrid = matches!(options.strategy, Strategy::Hybrid | Strategy::Auto);
         let index = if want_rule || want_hybrid {
-            Some(TermIndex::build(&ctx.views))
+            let mut index = TermIndex::build(&ctx.views);
+            index.add_conditions(structured::conditions(
+                &ctx.base.structured.fields,
+                &ctx.rows,
+            ));
+            Some(index)
         } else {
             None
         };
@@ -633,6 +653,8 @@ struct Ctx<'a> {
     base: FeatureConfig,
     /// `views[example][field]`.
     views: Vec<Vec<String>>,
+    /// The number and category fields of each example.
+    rows: Vec<Row>,
     /// Fold of each example.
     folds: Vec<usize>,
     n_folds: usize,
@@ -651,6 +673,10 @@ struct Ctx<'a> {
 
 /// Most weights (input dimension × classes) of one linear model: 16 M numbers.
 const MAX_MODEL_WEIGHTS: usize = 1 << 24;
+
+/// Most (condition, example) pairs the rule learner indexes for the thresholds of one
+/// number field (each threshold gives two conditions).
+const MAX_CONDITION_POSTINGS: usize = 4 << 20;
 
 impl Ctx<'_> {
     fn train_rows(&self, fold: usize) -> Vec<usize> {
@@ -732,19 +758,20 @@ impl Ctx<'_> {
     fn rule_candidate(&self, index: &TermIndex) -> Cand {
         let n = self.y.len();
         self.progress.stage("rules", self.n_folds as u64 + 1);
-        let params = self.rule_params(true, 0);
+        let params = self.rule_params(true, self.base.features_json().len());
         let mut oof = vec![None; n];
         for fold in 0..self.n_folds {
             let list = rules::mine(index, &self.y, &self.train_rows(fold), self.k, params);
             let rows = self.test_rows(fold);
-            let views: Vec<Vec<String>> = rows.iter().map(|&r| self.views[r].clone()).collect();
-            for (r, p) in rows.into_iter().zip(list.predict(index, &views)) {
+            let predicted = list.predict(index, &self.views, &self.rows, &rows);
+            for (r, p) in rows.into_iter().zip(predicted) {
                 oof[r] = p;
             }
             self.progress.advance(1);
         }
-        let list = rules::mine(index, &self.y, &self.all_rows(), self.k, params);
-        let train_pred = list.predict(index, &self.views);
+        let all = self.all_rows();
+        let list = rules::mine(index, &self.y, &all, self.k, params);
+        let train_pred = list.predict(index, &self.views, &self.rows, &all);
         let (features, decide) = list.to_json(index, &self.base, &self.labels);
         let program = self.program(&self.base, features, decide, Strategy::Rule);
         self.progress.advance(1);
@@ -761,14 +788,14 @@ impl Ctx<'_> {
 
     fn hybrid_candidate(&self, index: &TermIndex, ml: &MlCand) -> Option<Cand> {
         let n = self.y.len();
-        let params = self.rule_params(false, ml.config.groups().len());
+        let params = self.rule_params(false, ml.config.features_json().len());
         let mut oof = ml.cand.oof.clone();
         self.progress.stage("hybrid rules", self.n_folds as u64 + 1);
         for fold in 0..self.n_folds {
             let list = rules::mine(index, &self.y, &self.train_rows(fold), self.k, params);
             let rows = self.test_rows(fold);
-            let views: Vec<Vec<String>> = rows.iter().map(|&r| self.views[r].clone()).collect();
-            for (r, first) in rows.into_iter().zip(list.first_match(index, &views)) {
+            let first = list.first_match(index, &self.views, &self.rows, &rows);
+            for (r, first) in rows.into_iter().zip(first) {
                 if let Some(rule) = list.rules.get(first) {
                     oof[r] = Some(rule.class);
                 }
@@ -781,7 +808,7 @@ impl Ctx<'_> {
         if list.rules.is_empty() && !self.hybrid_required {
             return None;
         }
-        let first = list.first_match(index, &self.views);
+        let first = list.first_match(index, &self.views, &self.rows, &self.all_rows());
         let mut z = Vec::new();
         let train_pred = (0..n)
             .map(|r| match list.rules.get(first[r]) {

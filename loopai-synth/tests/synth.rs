@@ -95,6 +95,8 @@ fn runtime_accuracy(s: &Synthesis, examples: &[Example]) -> f64 {
     score(&s.labels, &expected, &predicted, &[]).accuracy
 }
 
+mod structured;
+
 const TOPICS: &[(&str, &[&str])] = &[
     ("sport", &["goal", "match", "team", "coach", "league"]),
     ("money", &["bank", "loan", "interest", "invoice", "payment"]),

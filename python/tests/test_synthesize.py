@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+from typing import Any
 
 import pytest
 
@@ -80,4 +81,75 @@ def test_a_label_without_examples_is_a_warning(tmp_path: pathlib.Path) -> None:
     assert meta["version"] == 1
     spec["output_schema"]["enum"] = ["spam"]
     with pytest.raises(loopai.InvalidInput, match="only one label"):
+        loopai.synthesize(spec, tmp_path)
+
+
+def _tickets(n: int, seed: int) -> list[dict[str, Any]]:
+    """Tickets whose label depends on a number, a category and an optional boolean."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["printer", "login", "invoice", "screen", "network", "update", "mail"]
+    out: list[dict[str, Any]] = []
+    for _ in range(n):
+        lines = rng.randint(1, 60)
+        priority = rng.choice(["low", "medium", "high"])
+        ticket: dict[str, object] = {
+            "subject": f"{rng.choice(words)} {rng.choice(words)} problem",
+            "lines": lines,
+            "priority": priority,
+        }
+        vip = rng.choice([True, False, None])
+        if vip is not None:
+            ticket["vip"] = vip
+        if vip:
+            label = "urgent"
+        elif priority == "high" and lines > 20:
+            label = "escalate"
+        else:
+            label = "normal"
+        out.append({"input": ticket, "output": label})
+    return out
+
+
+def test_synthesize_and_execute_structured_inputs(tmp_path: pathlib.Path) -> None:
+    spec = {
+        "name": "tickets",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "subject": {"type": "string"},
+                "lines": {"type": "integer"},
+                "priority": {"type": "string", "enum": ["low", "medium", "high"]},
+                "vip": {"type": "boolean"},
+            },
+            "required": ["subject", "lines", "priority"],
+        },
+        "output_schema": {"type": "string", "enum": ["urgent", "escalate", "normal"]},
+        "examples": _tickets(300, seed=1),
+    }
+    meta = loopai.synthesize(spec, tmp_path, seed=1)
+    assert meta["confidence_score"] > 0.95
+    held_out = _tickets(200, seed=2)
+    with loopai.Runtime(tmp_path, "tickets") as rt:
+        right = sum(rt.execute(e["input"]).output == e["output"] for e in held_out)
+        assert right / len(held_out) >= 0.95
+        missing_vip = {"subject": "login problem", "lines": 45, "priority": "high"}
+        assert rt.execute(missing_vip).output == "escalate"
+        with pytest.raises(loopai.InvalidInput, match="/lines"):
+            rt.execute({"subject": "x", "lines": "many", "priority": "high"})
+
+
+def test_structured_examples_of_the_wrong_type_raise_with_the_path(tmp_path: pathlib.Path) -> None:
+    spec = {
+        "name": "tickets",
+        "input_schema": {"type": "object", "properties": {"lines": {"type": "integer"}}},
+        "output_schema": {"type": "string", "enum": ["a", "b"]},
+        "examples": [
+            {"input": {"lines": 3}, "output": "a"},
+            {"input": {"lines": "3"}, "output": "b"},
+        ],
+    }
+    wrong_type = r"spec\.examples\[1\]\.input\.lines: expected a number"
+    with pytest.raises(loopai.InvalidInput, match=wrong_type):
         loopai.synthesize(spec, tmp_path)

@@ -11,7 +11,9 @@ use base64::Engine as _;
 use regex::{Regex, RegexBuilder};
 use serde_json::Value;
 
+use super::condition::Conditions;
 use super::plan::*;
+use super::structured::{self, InputRef};
 use super::text::{ngram_hash, Placeholder, TokenMode};
 use super::{ProgramLimits, ProgramStats, FORMAT};
 use crate::error::Result;
@@ -31,6 +33,9 @@ struct Compiler<'l> {
     /// Text slots by name: inputs of type text, then views.
     text_slots: HashMap<String, usize>,
     number_inputs: HashMap<String, usize>,
+    category_inputs: usize,
+    /// Every input by name, for the structured features.
+    input_refs: HashMap<String, InputRef>,
     features: HashMap<String, usize>,
     feature_kinds: Vec<FeatureShape>,
     labels: Vec<String>,
@@ -40,12 +45,6 @@ struct Compiler<'l> {
     regex_bytes_used: usize,
     /// Classes summed over the models compiled so far (`max_model_classes`).
     model_classes: usize,
-}
-
-#[derive(Clone, Copy)]
-enum FeatureShape {
-    Sparse { dim: usize },
-    Scalar,
 }
 
 /// Parses and compiles program bytes.
@@ -109,6 +108,8 @@ pub(crate) fn compile_value(
         limits,
         text_slots: HashMap::new(),
         number_inputs: HashMap::new(),
+        category_inputs: 0,
+        input_refs: HashMap::new(),
         features: HashMap::new(),
         feature_kinds: Vec::new(),
         labels: Vec::new(),
@@ -188,7 +189,40 @@ pub(crate) fn compile_value(
                     default: inp.default,
                 }
             }
+            RawInputType::Category => {
+                if inp.default.is_some() {
+                    return Err(perr(
+                        &join(&path, "default"),
+                        "only number inputs take a default",
+                    ));
+                }
+                c.category_inputs += 1;
+                InputKind::Category {
+                    slot: c.category_inputs - 1,
+                }
+            }
         };
+        if inp.ty != RawInputType::Text
+            && (inp.max_bytes.is_some() || !matches!(inp.on_oversize, RawOversize::Error))
+        {
+            return Err(perr(
+                &path,
+                "max_bytes and on_oversize apply to text inputs only",
+            ));
+        }
+        let slot = match kind {
+            InputKind::Text { slot, .. }
+            | InputKind::Number { slot, .. }
+            | InputKind::Category { slot } => slot,
+        };
+        c.input_refs.insert(
+            inp.name.clone(),
+            InputRef {
+                index: i,
+                ty: inp.ty,
+                slot,
+            },
+        );
         inputs.push(InputPlan {
             name: inp.name.clone(),
             pointer: inp.path.clone(),
@@ -207,7 +241,7 @@ pub(crate) fn compile_value(
     for (i, v) in raw.preprocess.iter().enumerate() {
         let path = idx("preprocess", i);
         check_name(&v.name, &join(&path, "name"))?;
-        if c.text_slots.contains_key(&v.name) || c.number_inputs.contains_key(&v.name) {
+        if c.text_slots.contains_key(&v.name) || c.input_refs.contains_key(&v.name) {
             return Err(perr(
                 &join(&path, "name"),
                 format!("name {:?} is already used", v.name),
@@ -247,10 +281,7 @@ pub(crate) fn compile_value(
                 format!("duplicate feature {name:?}"),
             ));
         }
-        c.feature_kinds.push(match &feat {
-            FeaturePlan::Sparse(s) => FeatureShape::Sparse { dim: s.dim },
-            _ => FeatureShape::Scalar,
-        });
+        c.feature_kinds.push(feat.shape());
         c.features.insert(name, features.len());
         features.push(feat);
     }
@@ -484,6 +515,9 @@ impl Compiler<'_> {
 
     fn feature(&mut self, value: &Value, path: &str) -> Result<(String, FeaturePlan)> {
         let op = tag(value, path, "op")?;
+        if structured::is_structured(op) {
+            return structured::feature(op, value, path, &self.input_refs, self.limits);
+        }
         match op {
             "word_ngrams" | "char_ngrams" => {
                 let r: RawNgrams = typed(value, path)?;
@@ -637,23 +671,7 @@ impl Compiler<'_> {
             other => Err(perr(
                 &join(path, "op"),
                 format!(
-                    "unknown feature {other:?} (expected word_ngrams, char_ngrams, keywords, regex, stat or number)"
-                ),
-            )),
-        }
-    }
-
-    fn scalar_feature(&self, name: &str, path: &str) -> Result<usize> {
-        let i = *self
-            .features
-            .get(name)
-            .ok_or_else(|| perr(path, format!("unknown feature {name:?}")))?;
-        match self.feature_kinds[i] {
-            FeatureShape::Scalar => Ok(i),
-            FeatureShape::Sparse { .. } => Err(perr(
-                path,
-                format!(
-                    "feature {name:?} is an n-gram vector; conditions need a number-valued feature"
+                    "unknown feature {other:?} (expected word_ngrams, char_ngrams, keywords, regex, stat, number, scale, bins, one_hot or missing)"
                 ),
             )),
         }
@@ -710,10 +728,8 @@ impl Compiler<'_> {
                 .features
                 .get(n)
                 .ok_or_else(|| perr(&p, format!("unknown feature {n:?}")))?;
-            let (dim, sparse) = match self.feature_kinds[f] {
-                FeatureShape::Sparse { dim } => (dim, true),
-                FeatureShape::Scalar => (1, false),
-            };
+            let shape = &self.feature_kinds[f];
+            let (dim, sparse) = (shape.dim(), !matches!(shape, FeatureShape::Scalar));
             groups.push(InputGroup {
                 feature: f,
                 offset,
@@ -903,7 +919,8 @@ impl Compiler<'_> {
                         ));
                     }
                     let mut nodes = 0;
-                    let when = self.condition(&rule.when, &join(&rp, "when"), 0, &mut nodes)?;
+                    let conditions = Conditions { features: &self.features, shapes: &self.feature_kinds };
+                    let when = conditions.condition(&rule.when, &join(&rp, "when"), 0, &mut nodes)?;
                     let id = match &rule.name {
                         Some(n) => self.name_decision(&format!("{rp} ({n})")),
                         None => self.name_decision(&rp),
@@ -1091,126 +1108,5 @@ impl Compiler<'_> {
                 format!("unknown decision {other:?} (expected rules, linear, naive_bayes, tree, first or vote)"),
             )),
         }
-    }
-
-    fn condition(
-        &self,
-        value: &Value,
-        path: &str,
-        depth: usize,
-        nodes: &mut usize,
-    ) -> Result<CondPlan> {
-        if depth >= MAX_CONDITION_DEPTH {
-            return Err(perr(
-                path,
-                format!("conditions nest deeper than {MAX_CONDITION_DEPTH}"),
-            ));
-        }
-        *nodes += 1;
-        if *nodes > 1024 {
-            return Err(perr(path, "a rule condition has more than 1024 nodes"));
-        }
-        let obj = object(value, path)?;
-        if let Some(v) = obj.get("all").or_else(|| obj.get("any")) {
-            let key = if obj.contains_key("all") {
-                "all"
-            } else {
-                "any"
-            };
-            if obj.len() != 1 {
-                return Err(perr(
-                    path,
-                    format!("`{key}` must be the only key of its object"),
-                ));
-            }
-            let list = v.as_array().ok_or_else(|| {
-                perr(
-                    &join(path, key),
-                    format!("expected an array, got {}", kind_of(v)),
-                )
-            })?;
-            if list.is_empty() {
-                return Err(perr(&join(path, key), "must not be empty"));
-            }
-            let mut out = Vec::with_capacity(list.len());
-            for (i, c) in list.iter().enumerate() {
-                out.push(self.condition(c, &idx(&join(path, key), i), depth + 1, nodes)?);
-            }
-            return Ok(if key == "all" {
-                CondPlan::All(out)
-            } else {
-                CondPlan::Any(out)
-            });
-        }
-        if let Some(v) = obj.get("not") {
-            if obj.len() != 1 {
-                return Err(perr(path, "`not` must be the only key of its object"));
-            }
-            return Ok(CondPlan::Not(Box::new(self.condition(
-                v,
-                &join(path, "not"),
-                depth + 1,
-                nodes,
-            )?)));
-        }
-        if let Some(v) = obj.get("always") {
-            if obj.len() != 1 || v != &Value::Bool(true) {
-                return Err(perr(
-                    path,
-                    "`always` takes the value true and no other keys",
-                ));
-            }
-            return Ok(CondPlan::Always);
-        }
-        let feature = match obj.get("feature") {
-            Some(Value::String(s)) => self.scalar_feature(s, &join(path, "feature"))?,
-            Some(other) => {
-                return Err(perr(
-                    &join(path, "feature"),
-                    format!("expected a string, got {}", kind_of(other)),
-                ))
-            }
-            None => {
-                return Err(perr(
-                    path,
-                    "expected one of `all`, `any`, `not`, `always` or a `feature` comparison",
-                ))
-            }
-        };
-        if obj.len() != 2 {
-            return Err(perr(
-                path,
-                "a comparison has `feature` and exactly one of gt, ge, lt, le, eq, ne",
-            ));
-        }
-        let (key, v) = obj
-            .iter()
-            .find(|(k, _)| k.as_str() != "feature")
-            .expect("two keys");
-        let cmp = match key.as_str() {
-            "gt" => Cmp::Gt,
-            "ge" => Cmp::Ge,
-            "lt" => Cmp::Lt,
-            "le" => Cmp::Le,
-            "eq" => Cmp::Eq,
-            "ne" => Cmp::Ne,
-            other => {
-                return Err(perr(
-                    &join(path, other),
-                    "unknown comparison (expected gt, ge, lt, le, eq or ne)",
-                ))
-            }
-        };
-        let value = v.as_f64().filter(|x| x.is_finite()).ok_or_else(|| {
-            perr(
-                &join(path, key),
-                format!("expected a finite number, got {}", kind_of(v)),
-            )
-        })?;
-        Ok(CondPlan::Cmp {
-            feature,
-            cmp,
-            value,
-        })
     }
 }

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use super::plan::*;
 use super::raw::kind_of;
+use super::structured::{self, Fields};
 use super::text::{self, bucket, TokenMode};
 use super::{DecisionId, Outcome};
 use crate::error::{Error, ErrorKind, Result};
@@ -61,9 +62,11 @@ pub(crate) fn evaluate(plan: &Plan, input: &Value) -> Result<Outcome> {
         ));
     }
     let mut texts: [&str; MAX_INPUTS] = [""; MAX_INPUTS];
-    let mut numbers = [0f64; MAX_INPUTS];
-    for inp in &plan.inputs {
+    let mut fields = Fields::default();
+    for (i, inp) in plan.inputs.iter().enumerate() {
         let found = resolve(input, &inp.tokens).filter(|v| !v.is_null());
+        fields.missing[i] = found.is_none();
+        let numbers = &mut fields.numbers;
         match (&inp.kind, found) {
             (
                 InputKind::Text {
@@ -109,7 +112,20 @@ pub(crate) fn evaluate(plan: &Plan, input: &Value) -> Result<Outcome> {
                 }
                 None => numbers[*slot] = 0.0,
             },
-            (InputKind::Text { .. }, None) => {
+            (InputKind::Category { slot }, Some(v)) => {
+                fields.categories[*slot] = Some(match v {
+                    Value::String(s) => s.as_str(),
+                    Value::Bool(true) => "true",
+                    Value::Bool(false) => "false",
+                    other => {
+                        return Err(input_error(
+                            &inp.pointer,
+                            format!("expected a string or a boolean, got {}", kind_of(other)),
+                        ))
+                    }
+                });
+            }
+            (InputKind::Text { .. } | InputKind::Category { .. }, None) => {
                 if inp.required {
                     return Err(input_error(
                         &inp.pointer,
@@ -120,13 +136,13 @@ pub(crate) fn evaluate(plan: &Plan, input: &Value) -> Result<Outcome> {
         }
     }
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut s) => Ok(run(plan, &texts, &numbers, &mut s)),
+        Ok(mut s) => Ok(run(plan, &texts, &fields, &mut s)),
         // Only reachable if evaluation re-entered itself on this thread; stay correct.
-        Err(_) => Ok(run(plan, &texts, &numbers, &mut Scratch::default())),
+        Err(_) => Ok(run(plan, &texts, &fields, &mut Scratch::default())),
     })
 }
 
-fn run(plan: &Plan, texts: &[&str], numbers: &[f64], s: &mut Scratch) -> Outcome {
+fn run(plan: &Plan, texts: &[&str], fields: &Fields<'_>, s: &mut Scratch) -> Outcome {
     // Text views. Every step's output is cut at `cap` bytes: inputs and earlier views are
     // within it, and the steps that can grow a text (nfkc, lowercase, replace) stop there,
     // so that chained replacements cannot grow a view without bound.
@@ -226,7 +242,11 @@ fn run(plan: &Plan, texts: &[&str], numbers: &[f64], s: &mut Scratch) -> Outcome
                 tokenized = None;
                 stat_value(*stat, t, &mut s.tokens)
             }
-            FeaturePlan::Number(slot) => numbers[*slot],
+            FeaturePlan::Number(slot) => fields.numbers[*slot],
+            FeaturePlan::Scale { .. }
+            | FeaturePlan::Bins { .. }
+            | FeaturePlan::OneHot { .. }
+            | FeaturePlan::Missing(_) => structured::value(feature, fields, &mut s.sparse[f]),
         };
         s.scalars[f] = value;
     }
@@ -882,6 +902,10 @@ fn cond(c: &CondPlan, ctx: &Ctx<'_>) -> bool {
         CondPlan::Any(list) => list.iter().any(|x| cond(x, ctx)),
         CondPlan::Not(x) => !cond(x, ctx),
         CondPlan::Always => true,
+        CondPlan::In { feature, buckets } => {
+            let v = ctx.scalars[*feature];
+            v >= 0.0 && buckets.binary_search(&(v as u32)).is_ok()
+        }
         CondPlan::Cmp {
             feature,
             cmp,

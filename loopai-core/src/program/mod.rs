@@ -5,9 +5,11 @@
 //! evaluated any number of times from any number of threads.
 
 mod compile;
+mod condition;
 mod eval;
 mod plan;
 mod raw;
+mod structured;
 pub(crate) mod text;
 
 use serde::Serialize;

@@ -99,6 +99,10 @@ pub(crate) enum InputKind {
         slot: usize,
         default: Option<f64>,
     },
+    /// A category: a JSON string, or a boolean read as `"true"`/`"false"`.
+    Category {
+        slot: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -208,8 +212,70 @@ pub(crate) enum FeaturePlan {
     Sparse(SparsePlan),
     Keywords(KeywordsPlan),
     Regex(RegexPlan),
-    Stat { source: usize, stat: Stat },
+    Stat {
+        source: usize,
+        stat: Stat,
+    },
     Number(usize),
+    /// `(x - mean) / std` of a number input, clipped to `[-clip, clip]`, rounded to `f32`.
+    Scale {
+        slot: usize,
+        mean: f64,
+        std: f64,
+        clip: f64,
+    },
+    /// One-hot bin of a number input: bin `i` = how many `edges` are `<= x`.
+    Bins {
+        slot: usize,
+        edges: Vec<f64>,
+    },
+    /// One-hot value of a category input; unknown values go to the last bucket, a missing
+    /// value to none. Its scalar (for conditions) is the bucket, or -1 when missing.
+    OneHot {
+        slot: usize,
+        values: HashMap<String, u32>,
+    },
+    /// 1 when input `.0` (an index into `Plan::inputs`) is absent or null, else 0.
+    Missing(usize),
+}
+
+impl FeaturePlan {
+    /// How references see the feature.
+    pub(crate) fn shape(&self) -> FeatureShape {
+        match self {
+            FeaturePlan::Sparse(s) => FeatureShape::Sparse { dim: s.dim },
+            FeaturePlan::Bins { edges, .. } => FeatureShape::Sparse {
+                dim: edges.len() + 1,
+            },
+            FeaturePlan::OneHot { values, .. } => FeatureShape::Category {
+                values: values.clone(),
+            },
+            _ => FeatureShape::Scalar,
+        }
+    }
+}
+
+/// What the compiler knows of a feature for references to it (conditions, model inputs).
+#[derive(Debug, Clone)]
+pub(crate) enum FeatureShape {
+    /// An n-gram or one-hot bin vector (models only).
+    Sparse { dim: usize },
+    /// A single number (models and comparisons).
+    Scalar,
+    /// A one-hot category vector of `values.len() + 1` entries (models, and `in`
+    /// conditions by value): each value with its bucket.
+    Category { values: HashMap<String, u32> },
+}
+
+impl FeatureShape {
+    /// Entries the feature contributes to a model's input vector.
+    pub(crate) fn dim(&self) -> usize {
+        match self {
+            FeatureShape::Sparse { dim } => *dim,
+            FeatureShape::Scalar => 1,
+            FeatureShape::Category { values } => values.len() + 1,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -232,6 +298,11 @@ pub(crate) enum CondPlan {
         feature: usize,
         cmp: Cmp,
         value: f64,
+    },
+    /// The category bucket of a `one_hot` feature is one of `buckets` (sorted).
+    In {
+        feature: usize,
+        buckets: Vec<u32>,
     },
 }
 

@@ -123,6 +123,7 @@ pub(super) struct RawProgram {
 pub(super) enum RawInputType {
     Text,
     Number,
+    Category,
 }
 
 #[derive(Deserialize, Clone, Copy, Default)]
@@ -304,6 +305,48 @@ pub(super) struct RawStat {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawNumber {
+    pub(super) name: String,
+    #[allow(dead_code)]
+    pub(super) op: String,
+    pub(super) input: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawScale {
+    pub(super) name: String,
+    #[allow(dead_code)]
+    pub(super) op: String,
+    pub(super) input: String,
+    pub(super) mean: f64,
+    pub(super) std: f64,
+    #[serde(default)]
+    pub(super) clip: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBins {
+    pub(super) name: String,
+    #[allow(dead_code)]
+    pub(super) op: String,
+    pub(super) input: String,
+    pub(super) edges: Vec<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOneHot {
+    pub(super) name: String,
+    #[allow(dead_code)]
+    pub(super) op: String,
+    pub(super) input: String,
+    pub(super) values: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMissing {
     pub(super) name: String,
     #[allow(dead_code)]
     pub(super) op: String,

@@ -689,3 +689,253 @@ fn int8_weights_equal_the_float_weights_they_encode() {
         "decide.weights.int8: expected 8 int8 values (8 bytes), got 3 bytes"
     );
 }
+
+/// A ticket program over a text, a number, a category and a boolean, with every
+/// structured feature.
+fn structured() -> Value {
+    json!({
+        "format": "loopai.program/1",
+        "task": "tickets",
+        "inputs": [
+            {"name": "subject", "path": "/subject", "type": "text", "required": false},
+            {"name": "lines", "path": "/lines", "type": "number", "required": false, "default": 10},
+            {"name": "priority", "path": "/meta/priority", "type": "category", "required": false},
+            {"name": "vip", "path": "/vip", "type": "category", "required": false}
+        ],
+        "features": [
+            {"name": "lines.num", "op": "number", "input": "lines"},
+            {"name": "lines.z", "op": "scale", "input": "lines", "mean": 10, "std": 4, "clip": 3},
+            {"name": "lines.bins", "op": "bins", "input": "lines", "edges": [5, 20]},
+            {"name": "lines.missing", "op": "missing", "input": "lines"},
+            {"name": "priority.cat", "op": "one_hot", "input": "priority", "values": ["low", "high"]},
+            {"name": "priority.missing", "op": "missing", "input": "priority"},
+            {"name": "vip.cat", "op": "one_hot", "input": "vip", "values": ["false", "true"]},
+            {"name": "subject.missing", "op": "missing", "input": "subject"}
+        ],
+        "decide": {"op": "rules", "rules": [
+            {"name": "vip", "when": {"feature": "vip.cat", "in": ["true"]}, "then": "urgent", "confidence": 0.9},
+            {"name": "high and mid-sized", "when": {"all": [
+                {"feature": "priority.cat", "in": ["high"]},
+                {"feature": "lines.num", "ge": 5, "lt": 20}]}, "then": "urgent", "confidence": 0.8},
+            {"name": "no priority", "when": {"feature": "priority.missing", "eq": 1}, "then": "later", "confidence": 0.7},
+            {"when": {"always": true}, "then": "normal", "confidence": 0.6}
+        ]},
+        "output": {"kind": "label", "labels": ["urgent", "normal", "later"]}
+    })
+}
+
+fn rule_of(p: &Program, input: Value) -> String {
+    let o = p.evaluate(&input).expect("input is valid");
+    p.decision_path(o.decided_by.expect("a rule decides"))
+        .expect("known decision")
+        .to_string()
+}
+
+#[test]
+fn rules_test_number_ranges_categories_booleans_and_missing_values() {
+    let p = program(structured());
+    let high = |lines: Value| json!({"lines": lines, "meta": {"priority": "high"}});
+    assert_eq!(
+        rule_of(&p, high(json!(5))),
+        "decide.rules[1] (high and mid-sized)"
+    );
+    assert_eq!(
+        rule_of(&p, high(json!(19.5))),
+        "decide.rules[1] (high and mid-sized)"
+    );
+    // The range is [5, 20): both ends are tested.
+    assert_eq!(rule_of(&p, high(json!(20))), "decide.rules[3]");
+    assert_eq!(rule_of(&p, high(json!(4.99))), "decide.rules[3]");
+    // A missing number reads its default (10), which is in the range.
+    assert_eq!(
+        rule_of(&p, json!({"meta": {"priority": "high"}})),
+        "decide.rules[1] (high and mid-sized)"
+    );
+    // An unknown category value is in no `in` list; a missing one neither, and it is flagged.
+    assert_eq!(
+        rule_of(&p, json!({"lines": 8, "meta": {"priority": "p0"}})),
+        "decide.rules[3]"
+    );
+    assert_eq!(
+        rule_of(&p, json!({"lines": 8, "meta": {"priority": null}})),
+        "decide.rules[2] (no priority)"
+    );
+    // Booleans are the categories "true" and "false".
+    assert_eq!(rule_of(&p, json!({"vip": true})), "decide.rules[0] (vip)");
+    assert_eq!(
+        rule_of(&p, json!({"vip": false, "meta": {"priority": "low"}})),
+        "decide.rules[3]"
+    );
+}
+
+#[test]
+fn a_linear_model_reads_scaled_numbers_bins_one_hot_and_missing_flags() {
+    // One input per class column is enough to read every feature's value back from
+    // the scores: a sigmoid over a single feature with weight 1 gives sigma(value).
+    let read = |feature: &str, input: Value| -> [f64; 1] {
+        let mut v = structured();
+        let dim = match feature {
+            "lines.bins" => 3,
+            "priority.cat" | "vip.cat" => 3,
+            _ => 1,
+        };
+        v["decide"] = json!({"op": "linear", "inputs": [feature], "classes": ["normal", "urgent"],
+            "link": "softmax", "weights": (0..dim).flat_map(|i| [0.0, f64::from(i as u8 + 1)]).collect::<Vec<_>>(),
+            "bias": [0.0, 0.0]});
+        let p = program(v);
+        let o = p.evaluate(&input).expect("input is valid");
+        // z(urgent) - z(normal) = the weighted sum: recover it from the probabilities.
+        [(o.scores[0] / o.scores[1]).ln()]
+    };
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    // scale: (x - 10) / 4, clipped to [-3, 3], rounded to f32.
+    assert!(close(read("lines.z", json!({"lines": 17}))[0], 1.75));
+    assert!(close(read("lines.z", json!({"lines": 1000}))[0], 3.0));
+    assert!(close(read("lines.z", json!({"lines": -1000}))[0], -3.0));
+    assert!(close(read("lines.z", json!({}))[0], 0.0), "default 10");
+    // bins [5, 20]: bin 0 below 5, 1 in [5, 20), 2 from 20; weight of bin i is i + 1.
+    assert!(close(read("lines.bins", json!({"lines": 4}))[0], 1.0));
+    assert!(close(read("lines.bins", json!({"lines": 5}))[0], 2.0));
+    assert!(close(read("lines.bins", json!({"lines": 20}))[0], 3.0));
+    // one_hot ["low", "high"] + other: weights 1, 2, 3; missing = no entry.
+    let prio = |p: Value| read("priority.cat", json!({"meta": {"priority": p}}))[0];
+    assert!(close(prio(json!("low")), 1.0));
+    assert!(close(prio(json!("high")), 2.0));
+    assert!(close(prio(json!("p0")), 3.0));
+    assert!(close(prio(Value::Null), 0.0));
+    assert!(close(read("vip.cat", json!({"vip": true}))[0], 2.0));
+    assert!(close(read("lines.missing", json!({}))[0], 1.0));
+    assert!(close(read("lines.missing", json!({"lines": 3}))[0], 0.0));
+    assert!(close(
+        read("subject.missing", json!({"subject": ""}))[0],
+        0.0
+    ));
+    assert!(close(
+        read("subject.missing", json!({"subject": null}))[0],
+        1.0
+    ));
+}
+
+#[test]
+fn scaled_numbers_are_rounded_to_f32() {
+    let mut v = structured();
+    v["features"][1] =
+        json!({"name": "lines.z", "op": "scale", "input": "lines", "mean": 0, "std": 3});
+    v["decide"] = json!({"op": "linear", "inputs": ["lines.z"], "classes": ["normal", "urgent"],
+        "link": "sigmoid", "weights": [1.0], "bias": [0.0]});
+    let p = program(v);
+    let o = p.evaluate(&json!({"lines": 1})).unwrap();
+    let z = f64::from((1.0f64 / 3.0) as f32);
+    // Scores follow output.labels: "urgent" (the model's class 1) first.
+    assert_eq!(o.scores[0], 1.0 / (1.0 + libm::exp(-z)));
+    // Without `clip`, huge values saturate at f32's largest finite number.
+    let o = p.evaluate(&json!({"lines": 1e300})).unwrap();
+    assert_eq!(o.output, "urgent");
+}
+
+#[test]
+fn structured_inputs_of_the_wrong_type_are_input_errors() {
+    let p = program(structured());
+    let e = p.evaluate(&json!({"meta": {"priority": 3}})).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert_eq!(
+        e.to_string(),
+        "input /meta/priority: expected a string or a boolean, got a number"
+    );
+    let e = p.evaluate(&json!({"lines": "12"})).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "input /lines: expected a number, got a string"
+    );
+    let v = set(structured(), "/inputs/2/required", json!(true));
+    let e = program(v).evaluate(&json!({"lines": 1})).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "input /meta/priority: required field `priority` is missing"
+    );
+}
+
+#[test]
+fn malformed_structured_features_are_refused_with_their_json_path() {
+    let cases = [
+        (
+            "/features/2/edges",
+            json!([5, 5]),
+            "features[2].edges[1]: edges must increase strictly: 5 follows 5",
+        ),
+        ("/features/2/edges", json!([]), "features[2].edges: must have 1 to 1024 edges"),
+        (
+            "/features/1/std",
+            json!(0),
+            "features[1].std: must be a positive finite number, got 0",
+        ),
+        (
+            "/features/1/clip",
+            json!(-1),
+            "features[1].clip: must be a positive finite number, got -1",
+        ),
+        (
+            "/features/1/input",
+            json!("priority"),
+            "features[1].input: input \"priority\" is a category; `scale` needs a number input",
+        ),
+        (
+            "/features/4/input",
+            json!("lines"),
+            "features[4].input: input \"lines\" is a number; `one_hot` needs a category input",
+        ),
+        (
+            "/features/4/values",
+            json!(["a", "b", "a"]),
+            "features[4].values[2]: duplicate value \"a\"",
+        ),
+        ("/features/3/input", json!("nope"), "features[3].input: no input named \"nope\""),
+        (
+            "/decide/rules/0/when/in/0",
+            json!("yes"),
+            "decide.rules[0].when.in[0]: \"yes\" is not one of the values of feature \"vip.cat\"",
+        ),
+        (
+            "/decide/rules/0/when",
+            json!({"feature": "vip.cat", "eq": 1}),
+            "decide.rules[0].when.feature: feature \"vip.cat\" is a category; test it with `in`: {\"feature\": \"vip.cat\", \"in\": [values]}",
+        ),
+        (
+            "/decide/rules/0/when",
+            json!({"feature": "lines.num", "in": ["1"]}),
+            "decide.rules[0].when.feature: feature \"lines.num\" is not a category (`in` needs a one_hot feature)",
+        ),
+        (
+            "/decide/rules/0/when",
+            json!({"feature": "lines.bins", "gt": 1}),
+            "decide.rules[0].when.feature: feature \"lines.bins\" is a vector (n-grams or bins); conditions need a number-valued feature",
+        ),
+        (
+            "/decide/rules/0/when",
+            json!({"feature": "lines.num", "ge": 1, "below": 3}),
+            "decide.rules[0].when.below: unknown comparison (expected gt, ge, lt, le, eq or ne)",
+        ),
+        (
+            "/decide/rules/0/when",
+            json!({"feature": "vip.cat", "in": ["true"], "eq": 1}),
+            "decide.rules[0].when: `in` takes no other comparison beside `feature`",
+        ),
+        (
+            "/inputs/2",
+            json!({"name": "priority", "path": "/p", "type": "category", "default": 1}),
+            "inputs[2].default: only number inputs take a default",
+        ),
+        (
+            "/inputs/1",
+            json!({"name": "lines", "path": "/lines", "type": "number", "max_bytes": 10}),
+            "inputs[1]: max_bytes and on_oversize apply to text inputs only",
+        ),
+    ];
+    for (pointer, value, want) in cases {
+        assert_eq!(
+            load_err(set(structured(), pointer, value)),
+            want,
+            "{pointer}"
+        );
+    }
+}

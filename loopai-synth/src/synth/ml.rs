@@ -79,7 +79,6 @@ impl Ctx<'_> {
         let ranked_chars: Vec<Vocab> = (0..fields).map(|f| self.ranked(&chars, f)).collect();
         let mut out = Vec::new();
         let word_set = self.features(vec![words.clone()], &[&ranked_words]);
-        let both = self.features(vec![words, chars], &[&ranked_words, &ranked_chars]);
         let present: Vec<usize> = (0..self.k)
             .map(|c| self.y.iter().filter(|&&y| y == c).count())
             .filter(|&n| n > 0)
@@ -91,8 +90,12 @@ impl Ctx<'_> {
             out.push(self.dual(&word_set, Loss::SquaredHinge, true));
         }
         out.push(self.dual(&word_set, Loss::Logistic, false));
-        if word_set.config.dim() * self.k <= MAX_BAYES_WEIGHTS {
-            out.push(self.bayes(&word_set));
+        // Naive Bayes reads no scaled number (its inputs must be non-negative).
+        let bayes_set = self.without_scaled(&word_set);
+        if bayes_set.config.groups().is_empty() {
+            notes.push("ml/naive_bayes not tried: no input it can read".to_string());
+        } else if bayes_set.config.dim() * self.k <= MAX_BAYES_WEIGHTS {
+            out.push(self.bayes(&bayes_set));
         } else {
             notes.push(format!(
                 "ml/naive_bayes[{}] not tried: {} weights, over {MAX_BAYES_WEIGHTS}",
@@ -100,7 +103,11 @@ impl Ctx<'_> {
                 word_set.config.dim() * self.k
             ));
         }
-        out.push(self.dual(&both, Loss::SquaredHinge, false));
+        // Without a text field, the character n-gram set would be the same set again.
+        if fields > 0 {
+            let both = self.features(vec![words, chars], &[&ranked_words, &ranked_chars]);
+            out.push(self.dual(&both, Loss::SquaredHinge, false));
+        }
         for m in &out {
             self.announce(&m.cand);
         }
@@ -189,24 +196,35 @@ impl Ctx<'_> {
             .zip(&sizes)
             .map(|(v, &m)| Arc::new(v.prefix(m)))
             .collect();
-        let desc = config
-            .ngrams
-            .iter()
-            .map(NgramSpec::short)
-            .collect::<Vec<_>>()
-            .join(",");
+        let mut parts: Vec<String> = if config.fields.is_empty() {
+            Vec::new()
+        } else {
+            config.ngrams.iter().map(NgramSpec::short).collect()
+        };
+        match config.structured.fields.len() {
+            0 => {}
+            1 => parts.push("1 field".into()),
+            k => parts.push(format!("{k} fields")),
+        }
+        let desc = parts.join(",");
         let n = self.y.len();
         self.progress.stage(
             &format!("vectorize [{desc}] ({} terms)", config.dim()),
             n as u64,
         );
+        let text_dim = config.text_dim();
         let xs = par_map(n, self.threads, |i| {
             let mut v = Vec::new();
             config.vectorize(&self.views[i], &mut v);
+            config.structured.vectorize(&self.rows[i], text_dim, &mut v);
             self.progress.advance(1);
             v
         });
         self.progress.finish_stage();
+        Self::with_vectors(config, xs, desc)
+    }
+
+    fn with_vectors(config: FeatureConfig, xs: Vec<SparseVec>, desc: String) -> Features {
         let mut csr = Csr::new(config.dim());
         for x in &xs {
             csr.push(x);
@@ -217,6 +235,31 @@ impl Ctx<'_> {
             csr: Arc::new(csr),
             desc,
         }
+    }
+
+    /// `f` without its scaled numbers (the same features when it has none).
+    fn without_scaled(&self, f: &Features) -> Features {
+        let mut config = f.config.clone();
+        config.structured.scaled = false;
+        if config == f.config {
+            return Features {
+                config,
+                xs: f.xs.clone(),
+                csr: f.csr.clone(),
+                desc: f.desc.clone(),
+            };
+        }
+        let text_dim = config.text_dim();
+        let xs =
+            f.xs.iter()
+                .zip(&self.rows)
+                .map(|(x, row)| {
+                    let mut v: SparseVec = x.iter().copied().filter(|e| e.0 < text_dim).collect();
+                    config.structured.vectorize(row, text_dim, &mut v);
+                    v
+                })
+                .collect();
+        Self::with_vectors(config, xs, f.desc.clone())
     }
 
     /// The binary problem "class `cls` or not" over `rows`, rows costed by `class_weight`.
