@@ -8,6 +8,12 @@ the percentiles; asserts nothing.
 
     benches/compare/dashboard-latency.py --loopai $CARGO_TARGET_DIR/release/loopai [-n 200]
 
+On PostgreSQL (an empty database; the server is loopai-cloud's `serve_db` example):
+
+    cargo build --release -p loopai-cloud --example serve_db
+    benches/compare/dashboard-latency.py --serve-db $CARGO_TARGET_DIR/release/examples/serve_db \
+        --database postgres://postgres@127.0.0.1:5432/bench
+
 Standard library only. The server logs go to <tmp>/cloud-serve.log.
 """
 
@@ -53,9 +59,13 @@ def report(name: str, times: list[float]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--loopai", required=True, help="the loopai binary")
+    ap.add_argument("--loopai", help="the loopai binary (file storage)")
+    ap.add_argument("--serve-db", help="the serve_db example binary (with --database)")
+    ap.add_argument("--database", help="PostgreSQL URL of an empty database (with --serve-db)")
     ap.add_argument("-n", type=int, default=200, help="requests per page")
     args = ap.parse_args()
+    if bool(args.serve_db) != bool(args.database) or bool(args.loopai) == bool(args.serve_db):
+        ap.error("give --loopai, or --serve-db with --database")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         cloud_dir = root / "data"
@@ -63,12 +73,14 @@ def main() -> None:
         keys = root / "keys.jsonl"
         seed.write_keys(keys)
         seed.write_engine_files(cloud_dir)
-        server = seed.CloudServer(args.loopai, cloud_dir, keys)
+        argv = [args.serve_db, str(cloud_dir), str(keys), args.database] if args.serve_db else None
+        server = seed.CloudServer(args.loopai, cloud_dir, keys, argv=argv)
         try:
             started = time.perf_counter()
             batches = seed.seed(server.url)
-            print(f"seeded {batches} batches ({seed.DAYS} days x {seed.VERSIONS} versions of "
-                  f"{seed.TASK}) in {time.perf_counter() - started:.1f} s")
+            print(f"storage: {'PostgreSQL' if args.serve_db else 'files'}; seeded {batches} batches "
+                  f"({seed.DAYS} days x {seed.VERSIONS} versions of {seed.TASK}) in "
+                  f"{time.perf_counter() - started:.1f} s")
             report(f"GET /tasks/{seed.TASK}", measure(server.url, f"/tasks/{seed.TASK}", args.n))
             report("GET /", measure(server.url, "/", args.n))
             report(f"GET /api/v1/query/tasks/{seed.TASK}/daily",

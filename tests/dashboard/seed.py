@@ -156,11 +156,13 @@ def seed(url: str, days: int = DAYS, versions: int = VERSIONS, seed: int = 18) -
 class CloudServer:
     """`loopai cloud serve` on an ephemeral port, stopped with SIGTERM (bounded waits)."""
 
-    def __init__(self, loopai: str, cloud_dir: Path, keys: Path, *extra: str):
+    def __init__(self, loopai: str, cloud_dir: Path, keys: Path, *extra: str, argv: list[str] | None = None):
+        """`argv` replaces the `loopai cloud serve ...` command (another server printing
+        `listening on URL`)."""
         self.log = open(cloud_dir.parent / "cloud-serve.log", "w+")
         self.proc = subprocess.Popen(
-            [loopai, "cloud", "serve", "--dir", str(cloud_dir), "--port", "0",
-             "--api-keys", str(keys), *extra],
+            argv or [loopai, "cloud", "serve", "--dir", str(cloud_dir), "--port", "0",
+                     "--api-keys", str(keys), *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "LOOPAI_LOG": "info"})
         deadline = time.monotonic() + 60
         while True:

@@ -270,7 +270,8 @@ impl PgFleet {
             .collect())
     }
 
-    fn known(&self, task: &str) -> std::result::Result<TaskSummary, QueryError> {
+    /// `Ok` when something was received for `task` (one indexed lookup), else `NotFound`.
+    fn known(&self, task: &str) -> std::result::Result<(), QueryError> {
         let not_found = || {
             QueryError::NotFound(format!(
                 "task {task:?}: no telemetry or heartbeat received for it"
@@ -279,7 +280,26 @@ impl PgFleet {
         if loopai_core::validate_task_id(task).is_err() {
             return Err(not_found());
         }
-        self.summaries(Some(task))?.pop().ok_or_else(not_found)
+        let pg = &self.pg;
+        let exists = pg
+            .run(async {
+                let client = pg.client().await?;
+                let row = client
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM fleet_daily WHERE task_id = $1)
+                             OR EXISTS (SELECT 1 FROM fleet_deployments WHERE task_id = $1)",
+                        &[&task],
+                    )
+                    .await
+                    .map_err(|e| pg.db_error(&format!("looking task {task:?} up"), &e))?;
+                Ok(row.get::<_, bool>(0))
+            })
+            .map_err(storage)?;
+        if exists {
+            Ok(())
+        } else {
+            Err(not_found())
+        }
     }
 }
 
@@ -289,7 +309,12 @@ impl FleetQueries for PgFleet {
     }
 
     fn task(&self, task: &str) -> std::result::Result<TaskSummary, QueryError> {
-        self.known(task)
+        self.known(task)?;
+        self.summaries(Some(task))?.pop().ok_or_else(|| {
+            QueryError::NotFound(format!(
+                "task {task:?}: no telemetry or heartbeat received for it"
+            ))
+        })
     }
 
     fn daily(
