@@ -28,6 +28,14 @@ pub(crate) struct ServeArgs {
     /// artifacts to DIR/artifacts/TASK/ (servable as static files).
     #[arg(long, value_name = "DIR")]
     dir: PathBuf,
+    /// Store everything in this PostgreSQL database instead of DIR's files (telemetry,
+    /// artifact versions with their bodies, improvement state, deployments), so several
+    /// instances can share it behind a load balancer: postgres://USER[:PASSWORD]@HOST:PORT/DB
+    /// (or key=value form). The schema is created or migrated at start. DIR still holds
+    /// the improvement engine's specs (DIR/specs/TASK.json). Also read from
+    /// LOOPAI_DATABASE_URL when the flag is absent.
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
     /// The port to listen on (0 picks a free one; the log says which).
     #[arg(long, value_name = "PORT")]
     port: u16,
@@ -98,6 +106,14 @@ pub(crate) fn run(cmd: CloudCommand) -> Result<ExitCode, Error> {
                 .idle_timeout(std::time::Duration::from_secs(args.idle_timeout_sec))
                 .max_connections(args.max_connections)
                 .silent_after_intervals(args.silent_after_intervals);
+            let database = args.database.clone().or_else(|| {
+                std::env::var("LOOPAI_DATABASE_URL")
+                    .ok()
+                    .filter(|u| !u.is_empty())
+            });
+            if let Some(url) = database {
+                builder = builder.database(url);
+            }
             if let Some(keys) = &args.api_keys {
                 builder = builder.api_keys_file(keys);
             }

@@ -20,6 +20,11 @@
 //!   writes the failing examples there for a human and stops regenerating the task until
 //!   its specification changes (its sha256 differs from the one escalated).
 //!
+//! A server with a database ([`CloudServerBuilder::database`](crate::CloudServerBuilder::database))
+//! reads the validations from its tables and keeps the attempts and escalations there
+//! instead (the specifications stay in `D/specs/`), and one pass runs at a time across the
+//! instances sharing it.
+//!
 //! An **attempt** is started for the newest version that has at least
 //! [`ImprovementConfig::min_samples`] validations with a failure rate (mismatches over
 //! validations) above [`ImprovementConfig::failure_threshold`]. It is **unsuccessful**

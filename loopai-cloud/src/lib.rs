@@ -62,6 +62,15 @@
 //! `v<N>/program.json`, `v<N>/metadata.json`), a layout any static HTTP server can serve
 //! to runtimes as it is.
 //!
+//! With [`CloudServerBuilder::database`] (`loopai cloud serve --database postgres://...`)
+//! everything goes to PostgreSQL instead — batches (with their execution summaries and
+//! validations as rows), artifact versions with their bodies, the improvement engine's
+//! state and escalations, deployments — and several instances may share the database
+//! behind a load balancer: de-duplication is the batches' primary key, publications are
+//! numbered under a per-task advisory lock and announced to every instance with
+//! `LISTEN`/`NOTIFY`, and one improvement pass runs at a time (a session advisory lock).
+//! Start-up reads no batch. See `docs/cloud.md`.
+//!
 //! ## API keys
 //!
 //! Without a keys file the server runs **open** (a development server) and logs a
@@ -97,7 +106,10 @@
 //!
 //! ## Source layout
 //!
-//! Dependencies run one way: `state.rs` (what every handler shares) sits below the
+//! Dependencies run one way: `storage/` (the backends' interfaces and records, and the
+//! improvement engine's file storage) sits below the file implementations
+//! (`telemetry_store.rs`, `repository.rs`) and the PostgreSQL one (`postgres/`);
+//! `state.rs` (what every handler shares) sits below the
 //! handlers (`telemetry.rs`, `artifacts.rs`) and `server.rs` (builder, lifecycle, the
 //! improvement thread); the publish service (`publish.rs`: repository + notification hub)
 //! sits below both the upload handler and the improvement engine, so every new version

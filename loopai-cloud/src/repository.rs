@@ -495,3 +495,26 @@ fn upload_metadata(
     })?;
     Ok(fields)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_the_next_one_or_the_free_one_requested() {
+        let none = |_| false;
+        assert_eq!(choose_version("t", None, None, none).unwrap(), 1);
+        assert_eq!(choose_version("t", Some(4), None, none).unwrap(), 5);
+        assert_eq!(choose_version("t", Some(4), Some(9), none).unwrap(), 9);
+        let taken = choose_version("t", Some(4), Some(2), |v| v == 2).unwrap_err();
+        assert_eq!(taken.status(), axum::http::StatusCode::CONFLICT);
+        assert_eq!(
+            taken.message(),
+            "version: v2 of task \"t\" already exists (versions are immutable)"
+        );
+        let zero = choose_version("t", None, Some(0), none).unwrap_err();
+        assert_eq!(zero.message(), "version: must be at least 1");
+        let full = choose_version("t", Some(u32::MAX), None, none).unwrap_err();
+        assert_eq!(full.status(), axum::http::StatusCode::CONFLICT);
+    }
+}

@@ -116,3 +116,22 @@ async fn listen_once(
     drop(client);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_are_read_and_bad_ones_refused() {
+        assert_eq!(
+            parse(r#"{"task": "spam", "version": 3}"#),
+            Some(Published {
+                task: "spam".into(),
+                version: 3
+            })
+        );
+        assert_eq!(parse(r#"{"task": "spam"}"#), None);
+        assert_eq!(parse(r#"{"task": "spam", "version": 5000000000}"#), None);
+        assert_eq!(parse("not json"), None);
+    }
+}

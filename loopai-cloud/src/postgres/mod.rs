@@ -210,3 +210,23 @@ impl Drop for PgStorage {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_is_described_without_its_password() {
+        let config = tokio_postgres::Config::from_str(
+            "postgres://loopai:s3cret@db.internal:6543/cloud?sslmode=disable",
+        )
+        .unwrap();
+        assert_eq!(
+            describe(&config),
+            "postgres://loopai@db.internal:6543/cloud"
+        );
+        let config =
+            tokio_postgres::Config::from_str("host=/var/run/postgresql user=x dbname=y").unwrap();
+        assert_eq!(describe(&config), "postgres://x@/var/run/postgresql:5432/y");
+    }
+}

@@ -316,7 +316,8 @@ fn api_keys_give_401_for_missing_or_unknown_and_403_for_wrong_role_or_deployment
     assert_eq!(
         health.body,
         json!({"status": "ok", "auth": "api_keys", "telemetry_batches": 1,
-               "artifact_tasks": 0, "signing_key": null})
+               "artifact_tasks": 0, "signing_key": null, "storage": "files",
+               "improvement": {"passes": 0, "skipped": 0}})
     );
     server.shutdown(SHUTDOWN).unwrap();
 }
