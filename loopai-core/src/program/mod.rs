@@ -7,6 +7,7 @@
 mod compile;
 mod condition;
 mod eval;
+pub(crate) mod extract;
 mod plan;
 mod raw;
 mod structured;

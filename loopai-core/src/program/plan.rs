@@ -370,15 +370,6 @@ pub(crate) enum DecisionPlan {
 }
 
 #[derive(Debug)]
-pub(crate) struct ExtractField {
-    pub name: String,
-    pub regex: Regex,
-    pub group: usize,
-    pub number: bool,
-    pub required: bool,
-}
-
-#[derive(Debug)]
 pub(crate) enum OutputPlan {
     Label {
         labels: Vec<String>,
@@ -386,7 +377,7 @@ pub(crate) enum OutputPlan {
     },
     Extract {
         source: usize,
-        fields: Vec<ExtractField>,
+        fields: Vec<super::extract::ExtractField>,
         abstain_below: f64,
     },
 }
