@@ -182,6 +182,32 @@ pub(crate) fn fields(output_schema: &Value) -> Result<Vec<FieldSpec>, String> {
     Ok(out)
 }
 
+/// The output schema the runtime enforces on the program's answers (in its JSON Schema
+/// subset): every field present, of its type or `null` when nullable, nothing else.
+/// (`format` and `nullable` are left out: the program normalises dates itself.)
+pub(crate) fn runtime_schema(fields: &[FieldSpec]) -> Value {
+    let mut props = serde_json::Map::new();
+    for f in fields {
+        let t = match f.kind {
+            FieldKind::String | FieldKind::Email | FieldKind::Date => "string",
+            FieldKind::Number => "number",
+            FieldKind::Integer => "integer",
+        };
+        let ty = if f.nullable {
+            serde_json::json!([t, "null"])
+        } else {
+            serde_json::json!(t)
+        };
+        props.insert(f.name.clone(), serde_json::json!({ "type": ty }));
+    }
+    serde_json::json!({
+        "type": "object",
+        "properties": props,
+        "required": fields.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
+        "additionalProperties": false,
+    })
+}
+
 /// Reads one example's expected value of `field`; errors name `path` (the example's
 /// output).
 pub(crate) fn expected(field: &FieldSpec, output: &Value, path: &str) -> Result<Expected, String> {
@@ -263,9 +289,7 @@ pub(crate) fn problems(spec: &TaskSpec, need_examples: bool) -> Vec<String> {
         };
         for key in obj.keys() {
             if !fields.iter().any(|f| &f.name == key) {
-                problems.push(format!(
-                    "{path}.{key}: not one of output_schema.properties"
-                ));
+                problems.push(format!("{path}.{key}: not one of output_schema.properties"));
             }
         }
         for f in &fields {
@@ -303,12 +327,17 @@ mod tests {
     fn schema_errors_name_the_path() {
         let e = fields(&json!({"type": "object", "properties": {"a": {"type": "boolean"}}}))
             .unwrap_err();
-        assert!(e.starts_with("spec.output_schema.properties.a.type:"), "{e}");
+        assert!(
+            e.starts_with("spec.output_schema.properties.a.type:"),
+            "{e}"
+        );
         let e = fields(&json!({"type": "object", "properties": {"a b": {"type": "string"}}}))
             .unwrap_err();
         assert!(e.starts_with("spec.output_schema.properties.a b:"), "{e}");
-        let e = fields(&json!({"type": "object", "required": ["x"], "properties": {"a": {"type": "string"}}}))
-            .unwrap_err();
+        let e = fields(
+            &json!({"type": "object", "required": ["x"], "properties": {"a": {"type": "string"}}}),
+        )
+        .unwrap_err();
         assert!(e.starts_with("spec.output_schema.required[0]:"), "{e}");
     }
 
@@ -324,7 +353,10 @@ mod tests {
             Expected::Text("2026-02-28".into())
         );
         let e = expected(&f, &json!({"d": "28.02.2026"}), "o").unwrap_err();
-        assert!(e.starts_with("o.d: \"28.02.2026\" is not an ISO 8601 date"), "{e}");
+        assert!(
+            e.starts_with("o.d: \"28.02.2026\" is not an ISO 8601 date"),
+            "{e}"
+        );
         let e = expected(&f, &json!({}), "o").unwrap_err();
         assert!(e.starts_with("o.d: missing"), "{e}");
         assert!(Expected::Number(12.0).matches(&json!(12)));
