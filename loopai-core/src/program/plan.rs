@@ -6,7 +6,6 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use aho_corasick::AhoCorasick;
 use regex::Regex;
-use serde::Deserialize;
 
 use super::text::{Placeholder, TokenMode};
 use super::ProgramStats;
@@ -185,27 +184,8 @@ pub(crate) struct RegexPlan {
     pub max_count: u32,
 }
 
-/// Simple numeric statistics of a text (`op: "stat"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum Stat {
-    /// Unicode scalar values.
-    Chars,
-    /// UTF-8 bytes.
-    Bytes,
-    /// Word tokens (`alnum` tokenizer).
-    Words,
-    /// Decimal digits / chars (0 for empty text).
-    DigitRatio,
-    /// Uppercase letters / letters (0 without letters).
-    UpperRatio,
-    /// Matches of the `url` placeholder pattern.
-    UrlCount,
-    /// Matches of the `email` placeholder pattern.
-    EmailCount,
-    /// Matches of the `number` placeholder pattern.
-    NumberCount,
-}
+/// Simple numeric statistics of a text (`op: "stat"`); defined with its JSON form.
+pub(crate) use super::raw::Stat;
 
 #[derive(Debug)]
 pub(crate) enum FeaturePlan {

@@ -7,7 +7,6 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::program::plan::Stat;
 
 /// A program error at `path`.
 pub(super) fn perr(path: &str, msg: impl std::fmt::Display) -> Error {
@@ -479,4 +478,26 @@ pub(super) struct RawLabelOutput {
     pub(super) labels: Vec<String>,
     #[serde(default)]
     pub(super) abstain_below: f64,
+}
+
+/// Simple numeric statistics of a text (`op: "stat"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Stat {
+    /// Unicode scalar values.
+    Chars,
+    /// UTF-8 bytes.
+    Bytes,
+    /// Word tokens (`alnum` tokenizer).
+    Words,
+    /// Decimal digits / chars (0 for empty text).
+    DigitRatio,
+    /// Uppercase letters / letters (0 without letters).
+    UpperRatio,
+    /// Matches of the `url` placeholder pattern.
+    UrlCount,
+    /// Matches of the `email` placeholder pattern.
+    EmailCount,
+    /// Matches of the `number` placeholder pattern.
+    NumberCount,
 }
