@@ -23,7 +23,8 @@ pub(crate) struct SynthArgs {
     /// The data directory to install the new version into.
     #[arg(long, value_name = "DIR")]
     data_dir: PathBuf,
-    /// auto (cross-validate every candidate), rule, ml or hybrid.
+    /// auto (cross-validate every candidate), rule, ml or hybrid; extraction tasks (an
+    /// object output) use extract (auto means it there).
     #[arg(long, default_value = "auto")]
     strategy: Strategy,
     /// Seed of every random choice: the same spec and seed give the same program.

@@ -970,3 +970,86 @@ fn synth_and_exec_a_structured_spec_without_a_hand_written_program() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("/lines"), "{}", stderr(&o));
 }
+
+/// `loopai synth` learns an extraction task (an object output), reports each field's
+/// cross-validated exact match, installs and activates the program, and `loopai exec`
+/// answers with the extracted object (normalised amount, ISO date).
+#[test]
+fn synth_learns_an_extraction_task_and_exec_returns_the_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let words = ["invoice", "receipt", "order", "parcel"];
+    let months = ["January", "March", "May", "July", "September", "November"];
+    let mut examples = Vec::new();
+    for i in 0..24usize {
+        let id = format!("ORD-{}", 10_000 + i * 7919 % 90_000);
+        let (whole, cents) = (3 + i * 37 % 900, i * 13 % 100);
+        let day = 1 + i % 28;
+        let month = 1 + 2 * (i % 6);
+        let (amount, total) = if i % 2 == 0 {
+            (
+                format!("€{whole},{cents:02}"),
+                whole as f64 + cents as f64 / 100.0,
+            )
+        } else {
+            (
+                format!("${whole}.{cents:02}"),
+                whole as f64 + cents as f64 / 100.0,
+            )
+        };
+        let text = format!(
+            "Your {} {id} of {} {day}, 2026 comes to {amount}. {} items.",
+            words[i % 4],
+            months[i % 6],
+            1 + i % 5
+        );
+        let date = if i % 5 == 4 {
+            serde_json::Value::Null
+        } else {
+            serde_json::json!(format!("2026-{month:02}-{day:02}"))
+        };
+        let text = if date.is_null() {
+            text.replace(&format!(" of {} {day}, 2026", months[i % 6]), "")
+        } else {
+            text
+        };
+        examples.push(serde_json::json!({"input": {"text": text},
+            "output": {"order_id": id, "total": total, "date": date}}));
+    }
+    let spec = serde_json::json!({
+        "name": "orders",
+        "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}},
+        "output_schema": {"type": "object", "required": ["order_id", "total"], "properties": {
+            "order_id": {"type": "string"}, "total": {"type": "number"},
+            "date": {"type": ["string", "null"], "format": "date"}}},
+        "examples": examples,
+    });
+    let spec_path = dir.path().join("spec.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let o = run(loopai()
+        .args(["synth", "--quiet", "--data-dir"])
+        .arg(dir.path())
+        .arg(&spec_path));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("installed orders v1, active"), "{out}");
+    for field in ["order_id", "total", "date"] {
+        assert!(
+            out.lines()
+                .any(|l| l.trim_start().starts_with(field) && l.contains("1.0000")),
+            "{field} is reported with its cv exact match:\n{out}"
+        );
+    }
+    let o = run(loopai()
+        .args(["exec", "--task", "orders", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--input",
+            r#"{"text": "Your receipt ORD-55555 of May 9, 2026 comes to €1.234,50. 2 items."}"#,
+        ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(
+        v["output"],
+        serde_json::json!({"order_id": "ORD-55555", "total": 1234.5, "date": "2026-05-09"})
+    );
+}

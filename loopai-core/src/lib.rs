@@ -246,4 +246,9 @@ pub mod __private {
     pub mod text {
         pub use crate::program::text::is_unspaced;
     }
+    /// The value normalisations of extraction fields (numbers, dates; part of the
+    /// program format).
+    pub mod extract {
+        pub use crate::program::extract::{parse_number, DateFormat, NumberFormat};
+    }
 }

@@ -140,7 +140,12 @@ fn check_outcome(program: &Program, outcome: &Outcome) -> Result<(), TestCaseErr
             }
         }
         None => {
-            prop_assert!(outcome.scores.is_empty());
+            // Extraction: one confidence per field, the outcome's is their mean.
+            let fields = program.extract_fields().map_or(0, |f| f.len());
+            prop_assert_eq!(outcome.scores.len(), fields);
+            prop_assert!(outcome.scores.iter().all(|s| (0.0..=1.0).contains(s)));
+            let mean = outcome.scores.iter().sum::<f64>() / fields.max(1) as f64;
+            prop_assert!((outcome.confidence - mean).abs() < 1e-12);
             prop_assert!(outcome.output.is_object());
         }
     }

@@ -116,6 +116,7 @@
 //! `Config` for an unknown strategy name and `Program` for tasks that cannot be synthesized
 //! (extraction tasks are not supported yet).
 
+mod extract;
 mod features;
 mod improve;
 mod inputs;
@@ -129,6 +130,7 @@ mod structured;
 mod synth;
 mod tfidf;
 
+pub use extract::FieldReport;
 pub use improve::{
     improve, load_spec, oracle_labels, save_spec, spec_path, Improvement, OracleLabels,
     RuntimeImprove, SPEC_FILE,

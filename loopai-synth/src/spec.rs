@@ -161,8 +161,39 @@ impl TaskSpec {
         self.check(false)
     }
 
+    /// Whether this is an extraction task: its `output_schema` is an object of fields
+    /// (`{"type": "object", "properties": {...}}`).
+    pub fn is_extraction(&self) -> bool {
+        crate::extract::schema::is_extraction(&self.output_schema)
+    }
+
     fn check(&self, need_examples: bool) -> Result<()> {
         let mut problems = Vec::new();
+        if self.is_extraction() {
+            let n = self.name.chars().count();
+            if n == 0 || n > 128 {
+                problems.push("spec.name: must be 1 to 128 characters".to_string());
+            }
+            check_unit(self.accuracy_target, "spec.accuracy_target", &mut problems);
+            check_unit(self.sampling_rate, "spec.sampling_rate", &mut problems);
+            if !self.input_schema.is_null() && !self.input_schema.is_object() {
+                problems.push("spec.input_schema: expected a JSON object".to_string());
+            } else {
+                match crate::inputs::InputFields::of(self) {
+                    Ok(f) if f.text.is_empty() => problems.push(
+                        "spec.input_schema: no text (string) field to extract from".to_string(),
+                    ),
+                    Ok(_) => {}
+                    Err(e) => problems.push(e.to_string()),
+                }
+            }
+            problems.extend(crate::extract::schema::problems(self, need_examples));
+            return if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(invalid(list_problems(problems)))
+            };
+        }
         let n = self.name.chars().count();
         if n == 0 || n > 128 {
             problems.push("spec.name: must be 1 to 128 characters".to_string());
@@ -266,8 +297,8 @@ impl TaskSpec {
         {
             return Err(Error::new(
                 ErrorKind::Program,
-                "spec.output_schema: extraction tasks (an object output) are not supported by \
-                 the program generator yet; only classification (a string enum)",
+                "spec.output_schema: an extraction task (an object output) has fields, not \
+                 labels",
             ));
         }
         if let Some(t) = schema.get("type").and_then(Value::as_str) {

@@ -18,7 +18,7 @@ use crate::rules::{self, MineParams, RuleList, TermIndex};
 use crate::spec::{Metric, TaskSpec};
 use crate::structured::{self, Encoding, Row};
 
-mod folds;
+pub(crate) mod folds;
 mod install;
 mod ml;
 mod report;
@@ -42,6 +42,9 @@ pub enum Strategy {
     Ml,
     /// High-precision rules first, the model for everything else.
     Hybrid,
+    /// Extraction (an object output): per-field extractors, cross-validated by exact
+    /// match. The only strategy for extraction tasks, where `auto` means it.
+    Extract,
 }
 
 impl Strategy {
@@ -52,6 +55,7 @@ impl Strategy {
             Strategy::Rule => "rule",
             Strategy::Ml => "ml",
             Strategy::Hybrid => "hybrid",
+            Strategy::Extract => "extract",
         }
     }
 
@@ -60,7 +64,7 @@ impl Strategy {
         match self {
             Strategy::Rule => 0,
             Strategy::Hybrid => 1,
-            Strategy::Ml | Strategy::Auto => 2,
+            Strategy::Ml | Strategy::Auto | Strategy::Extract => 2,
         }
     }
 }
@@ -81,9 +85,10 @@ impl FromStr for Strategy {
             "rule" | "rules" => Ok(Strategy::Rule),
             "ml" => Ok(Strategy::Ml),
             "hybrid" => Ok(Strategy::Hybrid),
+            "extract" => Ok(Strategy::Extract),
             _ => Err(Error::new(
                 ErrorKind::Config,
-                format!("strategy: {s:?} is not one of auto, rule, ml, hybrid"),
+                format!("strategy: {s:?} is not one of auto, rule, ml, hybrid, extract"),
             )),
         }
     }
@@ -246,8 +251,12 @@ pub struct Synthesis {
     pub train_accuracy: f64,
     /// Every candidate evaluated, the chosen one marked.
     pub candidates: Vec<CandidateReport>,
-    /// The output labels.
+    /// The output labels (empty for extraction).
     pub labels: Vec<String>,
+    /// Extraction tasks: what was learnt per field, with its cross-validated exact match
+    /// (empty for classification). [`cv_accuracy`](Self::cv_accuracy) is then the share of
+    /// held-out examples whose whole object was right.
+    pub fields: Vec<crate::extract::FieldReport>,
     /// Examples trained on.
     pub examples: usize,
     /// Cross-validation folds used; 0 when there was nothing to cross-validate.
@@ -296,6 +305,15 @@ pub struct Synthesis {
 /// # Ok::<(), loopai_core::Error>(())
 /// ```
 pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> {
+    if spec.is_extraction() {
+        return crate::extract::synthesize(spec, options);
+    }
+    if options.strategy == Strategy::Extract {
+        return Err(Error::new(
+            ErrorKind::Config,
+            "strategy: extract applies to extraction tasks (an object output_schema) only",
+        ));
+    }
     let start = Instant::now();
     spec.validate()?;
     let labels = spec.labels()?;
@@ -582,6 +600,7 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
         train_accuracy: train_correct as f64 / n as f64,
         candidates: reports,
         labels,
+        fields: Vec::new(),
         examples: n,
         folds: ctx.n_folds,
         stats: program.stats().clone(),

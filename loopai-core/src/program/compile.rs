@@ -12,17 +12,18 @@ use regex::{Regex, RegexBuilder};
 use serde_json::Value;
 
 use super::condition::Conditions;
+use super::extract;
 use super::plan::*;
 use super::structured::{self, InputRef};
 use super::text::{ngram_hash, Placeholder, TokenMode};
 use super::{ProgramLimits, ProgramStats, FORMAT};
 use crate::error::Result;
 use crate::program::raw::{
-    check_name, idx, join, kind_of, object, perr, tag, typed, RawBayes, RawExtractOutput,
-    RawFieldType, RawFirst, RawFloats, RawGroup, RawInputType, RawKeywords, RawLabelOutput,
-    RawLinear, RawLink, RawNgrams, RawNormalize, RawNumber, RawOversize, RawProgram, RawRegex,
-    RawRegexMode, RawReplaceKind, RawRule, RawRules, RawStat, RawStepPlain, RawStepReplace,
-    RawStepTruncate, RawTokens, RawTree, RawVote, RawWeighting,
+    check_name, idx, join, kind_of, object, perr, tag, typed, RawBayes, RawFirst, RawFloats,
+    RawInputType, RawKeywords, RawLabelOutput, RawLinear, RawLink, RawNgrams, RawNormalize,
+    RawNumber, RawOversize, RawProgram, RawRegex, RawRegexMode, RawReplaceKind, RawRule, RawRules,
+    RawStat, RawStepPlain, RawStepReplace, RawStepTruncate, RawTokens, RawTree, RawVote,
+    RawWeighting,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -332,7 +333,7 @@ pub(crate) fn compile_value(
             if raw.decide.is_some() {
                 return Err(perr("decide", "not allowed with output.kind \"extract\""));
             }
-            let out: RawExtractOutput = typed(&raw.output, "output")?;
+            let out = extract::raw_output(&raw.output)?;
             check_prob(out.abstain_below, "output.abstain_below")?;
             let source = c.text_slot(&out.source, "output.source")?;
             if out.fields.is_empty() || out.fields.len() > 64 {
@@ -341,46 +342,13 @@ pub(crate) fn compile_value(
                     "between 1 and 64 fields are required",
                 ));
             }
+            extract::check_unique(&out.fields, "output.fields")?;
             let mut fields = Vec::new();
-            let mut names = HashSet::new();
             for (i, f) in out.fields.iter().enumerate() {
                 let path = idx("output.fields", i);
-                check_name(&f.name, &join(&path, "name"))?;
-                if !names.insert(f.name.clone()) {
-                    return Err(perr(
-                        &join(&path, "name"),
-                        format!("duplicate field {:?}", f.name),
-                    ));
-                }
-                let re = c.regex(&f.pattern, &join(&path, "pattern"))?;
-                let group = match &f.group {
-                    None => usize::from(re.captures_len() > 1),
-                    Some(RawGroup::Index(g)) => {
-                        if *g >= re.captures_len() {
-                            return Err(perr(
-                                &join(&path, "group"),
-                                format!("the pattern has no group {g}"),
-                            ));
-                        }
-                        *g
-                    }
-                    Some(RawGroup::Name(n)) => re
-                        .capture_names()
-                        .position(|x| x == Some(n.as_str()))
-                        .ok_or_else(|| {
-                            perr(
-                                &join(&path, "group"),
-                                format!("the pattern has no group named {n:?}"),
-                            )
-                        })?,
-                };
-                fields.push(ExtractField {
-                    name: f.name.clone(),
-                    regex: re,
-                    group,
-                    number: matches!(f.ty, RawFieldType::Number),
-                    required: f.required,
-                });
+                fields.push(extract::compile_field(f, &path, &mut |p, at| {
+                    c.regex(p, at)
+                })?);
             }
             (
                 OutputPlan::Extract {

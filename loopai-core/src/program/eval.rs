@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::plan::*;
 use super::raw::kind_of;
@@ -307,43 +307,13 @@ fn run(plan: &Plan, texts: &[&str], fields: &Fields<'_>, s: &mut Scratch) -> Out
             abstain_below,
         } => {
             let t = slot_text(plan, texts, &s.views, *source);
-            let mut map = Map::new();
-            let mut found = 0usize;
-            let mut missing_required = false;
-            for field in fields {
-                let v = field
-                    .regex
-                    .captures(t)
-                    .and_then(|caps| caps.get(field.group))
-                    .and_then(|m| {
-                        if field.number {
-                            m.as_str()
-                                .trim()
-                                .parse::<f64>()
-                                .ok()
-                                .and_then(serde_json::Number::from_f64)
-                                .map(Value::Number)
-                        } else {
-                            Some(Value::String(m.as_str().to_string()))
-                        }
-                    });
-                match v {
-                    Some(v) => {
-                        found += 1;
-                        map.insert(field.name.clone(), v);
-                    }
-                    None => {
-                        missing_required |= field.required;
-                        map.insert(field.name.clone(), Value::Null);
-                    }
-                }
-            }
-            let confidence = found as f64 / fields.len() as f64;
+            let (map, missing_required, scores) = super::extract::extract_all(fields, t);
+            let confidence = scores.iter().sum::<f64>() / fields.len() as f64;
             Outcome {
                 output: Value::Object(map),
                 label: None,
                 confidence,
-                scores: Vec::new(),
+                scores,
                 abstained: missing_required || confidence < *abstain_below,
                 decided_by: None,
             }

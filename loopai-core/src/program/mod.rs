@@ -7,6 +7,7 @@
 mod compile;
 mod condition;
 mod eval;
+pub(crate) mod extract;
 mod plan;
 mod raw;
 mod structured;
@@ -124,7 +125,8 @@ pub struct Outcome {
     /// Calibrated confidence in `[0, 1]`.
     pub confidence: f64,
     /// Per-label scores (probabilities summing to 1), aligned with [`Program::labels`];
-    /// empty for extraction programs.
+    /// for extraction programs, each field's confidence (its `confidence_found` or
+    /// `confidence_missing`), aligned with [`Program::extract_fields`].
     pub scores: Vec<f64>,
     /// True when the confidence is below the program's `abstain_below` threshold, no
     /// decision applied, or a required extraction field was not found.

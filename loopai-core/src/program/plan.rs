@@ -6,7 +6,6 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use aho_corasick::AhoCorasick;
 use regex::Regex;
-use serde::Deserialize;
 
 use super::text::{Placeholder, TokenMode};
 use super::ProgramStats;
@@ -185,27 +184,8 @@ pub(crate) struct RegexPlan {
     pub max_count: u32,
 }
 
-/// Simple numeric statistics of a text (`op: "stat"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum Stat {
-    /// Unicode scalar values.
-    Chars,
-    /// UTF-8 bytes.
-    Bytes,
-    /// Word tokens (`alnum` tokenizer).
-    Words,
-    /// Decimal digits / chars (0 for empty text).
-    DigitRatio,
-    /// Uppercase letters / letters (0 without letters).
-    UpperRatio,
-    /// Matches of the `url` placeholder pattern.
-    UrlCount,
-    /// Matches of the `email` placeholder pattern.
-    EmailCount,
-    /// Matches of the `number` placeholder pattern.
-    NumberCount,
-}
+/// Simple numeric statistics of a text (`op: "stat"`); defined with its JSON form.
+pub(crate) use super::raw::Stat;
 
 #[derive(Debug)]
 pub(crate) enum FeaturePlan {
@@ -370,15 +350,6 @@ pub(crate) enum DecisionPlan {
 }
 
 #[derive(Debug)]
-pub(crate) struct ExtractField {
-    pub name: String,
-    pub regex: Regex,
-    pub group: usize,
-    pub number: bool,
-    pub required: bool,
-}
-
-#[derive(Debug)]
 pub(crate) enum OutputPlan {
     Label {
         labels: Vec<String>,
@@ -386,7 +357,7 @@ pub(crate) enum OutputPlan {
     },
     Extract {
         source: usize,
-        fields: Vec<ExtractField>,
+        fields: Vec<super::extract::ExtractField>,
         abstain_below: f64,
     },
 }

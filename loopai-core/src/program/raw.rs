@@ -7,7 +7,6 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::program::plan::Stat;
 
 /// A program error at `path`.
 pub(super) fn perr(path: &str, msg: impl std::fmt::Display) -> Error {
@@ -481,41 +480,24 @@ pub(super) struct RawLabelOutput {
     pub(super) abstain_below: f64,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawExtractOutput {
-    #[allow(dead_code)]
-    pub(super) kind: String,
-    pub(super) source: String,
-    pub(super) fields: Vec<RawExtractField>,
-    #[serde(default)]
-    pub(super) abstain_below: f64,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-pub(super) enum RawGroup {
-    Index(usize),
-    Name(String),
-}
-
-#[derive(Deserialize, Clone, Copy, Default)]
+/// Simple numeric statistics of a text (`op: "stat"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(super) enum RawFieldType {
-    #[default]
-    String,
-    Number,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawExtractField {
-    pub(super) name: String,
-    pub(super) pattern: String,
-    #[serde(default)]
-    pub(super) group: Option<RawGroup>,
-    #[serde(default, rename = "type")]
-    pub(super) ty: RawFieldType,
-    #[serde(default = "yes")]
-    pub(super) required: bool,
+pub(crate) enum Stat {
+    /// Unicode scalar values.
+    Chars,
+    /// UTF-8 bytes.
+    Bytes,
+    /// Word tokens (`alnum` tokenizer).
+    Words,
+    /// Decimal digits / chars (0 for empty text).
+    DigitRatio,
+    /// Uppercase letters / letters (0 without letters).
+    UpperRatio,
+    /// Matches of the `url` placeholder pattern.
+    UrlCount,
+    /// Matches of the `email` placeholder pattern.
+    EmailCount,
+    /// Matches of the `number` placeholder pattern.
+    NumberCount,
 }

@@ -939,3 +939,101 @@ fn malformed_structured_features_are_refused_with_their_json_path() {
         );
     }
 }
+
+#[test]
+fn extraction_fields_normalise_numbers_dates_and_mapped_strings() {
+    let v = json!({
+        "format": "loopai.program/1", "task": "orders",
+        "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+        "output": {"kind": "extract", "source": "text", "fields": [
+            {"name": "total", "type": "number", "number_format": "auto", "group": "*",
+             "pattern": "(?:[€$][ ]?([0-9][0-9.,]*[0-9])|([0-9][0-9.,]*[0-9])[ ]?(?:EUR|USD))",
+             "required": false, "confidence_found": 0.9, "confidence_missing": 0.5},
+            {"name": "currency", "pattern": "([€$]|EUR|USD)", "map": {"€": "EUR", "$": "USD"},
+             "required": false},
+            {"name": "date", "type": "date", "pattern": "([0-9]{1,2}\\.[0-9]{1,2}\\.[0-9]{4}|[A-Z][a-z]+ [0-9]{1,2}(?:th)?, [0-9]{4})",
+             "formats": ["%d.%m.%Y", "%B %d, %Y"], "required": false},
+            {"name": "qty", "type": "integer", "pattern": "([0-9]+) items?", "required": false},
+            {"name": "last_ref", "pattern": "ref ([A-Z0-9]+)", "occurrence": -1,
+             "fallbacks": [{"pattern": "REF-([0-9]+)"}], "required": false}
+        ]}
+    });
+    let p = program(v);
+    let o = p
+        .evaluate(&json!({"text": "3 items, total €1.234,50 on 05.03.2026, ref A1 ref B2"}))
+        .unwrap();
+    assert_eq!(
+        o.output,
+        json!({"total": 1234.5, "currency": "EUR", "date": "2026-03-05", "qty": 3, "last_ref": "B2"})
+    );
+    assert_eq!(o.scores, vec![0.9, 1.0, 1.0, 1.0, 1.0]);
+    assert!((o.confidence - 4.9 / 5.0).abs() < 1e-12);
+    let o = p
+        .evaluate(&json!({"text": "paid 12.50 USD on March 7th, 2026 (REF-77)"}))
+        .unwrap();
+    assert_eq!(
+        o.output,
+        json!({"total": 12.5, "currency": "USD", "date": "2026-03-07", "qty": null, "last_ref": "77"})
+    );
+    // A capture that does not normalise is skipped: the next match counts.
+    let o = p
+        .evaluate(&json!({"text": "on 31.02.2026, no: on 01.03.2026"}))
+        .unwrap();
+    assert_eq!(o.output["date"], "2026-03-01");
+    assert_eq!(o.output["total"], Value::Null);
+    assert_eq!(o.scores[0], 0.5);
+}
+
+#[test]
+fn malformed_extraction_fields_are_refused_with_their_path() {
+    let field = |f: Value| {
+        json!({
+            "format": "loopai.program/1", "task": "t",
+            "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+            "output": {"kind": "extract", "source": "text", "fields": [
+                {"name": "ok", "pattern": "x"}, f]}
+        })
+    };
+    let cases = [
+        (
+            json!({"name": "d", "type": "date", "pattern": "(x)"}),
+            "output.fields[1].formats: missing",
+        ),
+        (
+            json!({"name": "d", "type": "date", "pattern": "(x)", "formats": ["%Y-%m-%q"]}),
+            "output.fields[1].formats[0]: \"%Y-%m-%q\": unknown directive %q",
+        ),
+        (
+            json!({"name": "n", "pattern": "(x)", "number_format": "auto"}),
+            "output.fields[1].number_format: only allowed with \"type\": \"number\" or \"integer\"",
+        ),
+        (
+            json!({"name": "n", "type": "number", "pattern": "(x)", "map": {}}),
+            "output.fields[1].map: only allowed with \"type\": \"string\"",
+        ),
+        (
+            json!({"name": "n", "pattern": "x", "group": "*"}),
+            "output.fields[1].group: \"*\" needs a pattern with capture groups",
+        ),
+        (
+            json!({"name": "n", "pattern": "(x)", "occurrence": 99}),
+            "output.fields[1].occurrence: must be between -64 and 63",
+        ),
+        (
+            json!({"name": "n", "pattern": "(x)", "fallbacks": [{"pattern": "("}]}),
+            "output.fields[1].fallbacks[0].pattern: invalid regex",
+        ),
+        (
+            json!({"name": "n", "pattern": "(x)", "confidence_found": 2}),
+            "output.fields[1].confidence_found: must be between 0 and 1",
+        ),
+        (
+            json!({"name": "ok", "pattern": "(x)"}),
+            "output.fields[1].name: duplicate field",
+        ),
+    ];
+    for (f, want) in cases {
+        let e = Program::from_json(&serde_json::to_vec(&field(f)).unwrap()).unwrap_err();
+        assert!(e.to_string().starts_with(want), "{e} (wanted {want})");
+    }
+}

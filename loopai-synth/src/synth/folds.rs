@@ -44,7 +44,7 @@ pub(super) fn stratified_folds(
 }
 
 /// Maps `f` over `0..n` on up to `threads` scoped threads; results in index order.
-pub(super) fn par_map<T, F>(n: usize, threads: usize, f: F) -> Vec<T>
+pub(crate) fn par_map<T, F>(n: usize, threads: usize, f: F) -> Vec<T>
 where
     T: Send,
     F: Fn(usize) -> T + Sync,

@@ -66,8 +66,15 @@ pub fn synthesize_and_install(
     let mut meta = synthesis.new_artifact();
     meta.extra
         .insert("input_schema".into(), spec.input_schema.clone());
-    meta.extra
-        .insert("output_schema".into(), spec.output_schema.clone());
+    let output_schema = if spec.is_extraction() {
+        // In the runtime's schema subset (no `format`, `nullable` as a `null` type).
+        let fields = crate::extract::schema::fields(&spec.output_schema)
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, e))?;
+        crate::extract::schema::runtime_schema(&fields)
+    } else {
+        spec.output_schema.clone()
+    };
+    meta.extra.insert("output_schema".into(), output_schema);
     let installed = loopai_core::ArtifactStore::open(data_dir, &spec.name)?.install(
         &synthesis.program_json,
         meta,

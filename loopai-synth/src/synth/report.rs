@@ -27,6 +27,9 @@ impl Synthesis {
         m.insert("cv_folds".into(), json!(self.folds));
         m.insert("examples".into(), json!(self.examples));
         m.insert("trusted".into(), json!(self.trusted));
+        if !self.fields.is_empty() {
+            m.insert("fields".into(), json!(self.fields));
+        }
         if !self.warnings.is_empty() {
             m.insert("warnings".into(), json!(self.warnings));
         }
@@ -42,8 +45,12 @@ impl Synthesis {
     }
 
     /// A human-readable report: each candidate's CV accuracy and latency, the choice, its
-    /// per-class precision/recall and the time taken.
+    /// per-class precision/recall and the time taken; for extraction, each field's
+    /// extractor and cross-validated exact match.
     pub fn report_text(&self) -> String {
+        if !self.fields.is_empty() {
+            return crate::extract::report_text(self);
+        }
         let mut s = String::new();
         for w in &self.warnings {
             let _ = writeln!(s, "warning: {w}");
