@@ -102,28 +102,43 @@ pub(crate) fn choose_threshold(pairs: &[(f64, bool)], budget: f64) -> Estimate {
         disagreed: 0,
         upper: 1.0,
     };
-    // From the lowest threshold (most answered) up: the first that qualifies.
+    // Fixed-sequence testing: from the highest threshold (fewest answered) down, while
+    // the bound holds; the first that fails stops the scan. Taking the lowest threshold
+    // that qualifies anywhere instead would pick among many tests after the fact, and be
+    // optimistic.
     let mut candidates: Vec<usize> = boundaries.iter().copied().rev().step_by(step).collect();
     if let Some(&top) = boundaries.first() {
         if candidates.last() != Some(&top) {
             candidates.push(top);
         }
     }
+    candidates.reverse();
+    let mut best: Option<Estimate> = None;
+    // The sequence starts where the bound can first hold (a count, not an outcome).
+    let start = pairs_needed(budget);
     for &i in &candidates {
         let n = i as u64 + 1;
-        let k = disagreements[i];
-        if k as f64 / n as f64 > budget {
+        if n < start {
             continue;
         }
-        let upper = clopper_pearson_upper(k, n, ALPHA);
-        if upper <= budget {
-            return Estimate {
-                threshold: Some(sorted[i].0),
-                answered: n,
-                disagreed: k,
-                upper,
-            };
+        let k = disagreements[i];
+        let upper = if k as f64 / n as f64 > budget {
+            1.0
+        } else {
+            clopper_pearson_upper(k, n, ALPHA)
+        };
+        if upper > budget {
+            break;
         }
+        best = Some(Estimate {
+            threshold: Some(sorted[i].0),
+            answered: n,
+            disagreed: k,
+            upper,
+        });
+    }
+    if let Some(e) = best {
+        return e;
     }
     if let Some(&top) = boundaries.first() {
         let n = top as u64 + 1;
@@ -181,6 +196,14 @@ mod tests {
         let e = choose_threshold(&pairs[..100], 0.02);
         assert_eq!(e.threshold, None);
         assert_eq!(e.answered, 1);
+        // A disagreement among the most confident pairs stops the scan there, even if
+        // lower thresholds would pass again (200 agreeing pairs, one disagreeing above
+        // them all, then 2000 agreeing): nothing below the failing prefix is chosen.
+        let mut seq = vec![(0.99, false)];
+        seq.extend((0..10).map(|i| (0.98 - f64::from(i) / 1000.0, true)));
+        seq.extend((0..2000).map(|i| (0.5 + f64::from(i) / 10_000.0, true)));
+        let e = choose_threshold(&seq, 0.02);
+        assert_eq!(e.threshold, None, "{e:?}");
         // Everything disagreeing: nothing qualifies, whatever the count.
         let bad: Vec<(f64, bool)> = (0..1000).map(|i| (f64::from(i) / 1000.0, false)).collect();
         assert_eq!(choose_threshold(&bad, 0.02).threshold, None);
