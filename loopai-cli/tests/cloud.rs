@@ -116,6 +116,42 @@ fn cloud_serve_refuses_a_bad_keys_file_naming_the_line() {
     );
 }
 
+#[test]
+fn cloud_serve_refuses_an_unreachable_database_naming_it_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1; the flag wins over the environment variable.
+    let out = loopai()
+        .args(["cloud", "serve", "--port", "0", "--dir"])
+        .arg(dir.path())
+        .args([
+            "--database",
+            "postgres://loopai:hunter2@127.0.0.1:1/cloud?connect_timeout=2",
+        ])
+        .env("LOOPAI_DATABASE_URL", "postgres://other@127.0.0.1:2/x")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("database postgres://loopai@127.0.0.1:1/cloud: no connection"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    // The environment variable when there is no flag.
+    let out = loopai()
+        .args(["cloud", "serve", "--port", "0", "--dir"])
+        .arg(dir.path())
+        .env(
+            "LOOPAI_DATABASE_URL",
+            "postgres://u@127.0.0.1:1/x?sslmode=require",
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("database: sslmode=require"), "{stderr}");
+}
+
 fn spam_program(label: &str) -> String {
     serde_json::json!({
         "format": "loopai.program/1", "task": "spam",
