@@ -82,6 +82,13 @@ pub(crate) struct ServeArgs {
     /// gets 503 and is closed at once (lowered at start to fit under ulimit -n).
     #[arg(long, value_name = "N", default_value_t = loopai_cloud::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key.
+    /// SIGHUP reloads the certificate and key without dropping connections.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn core_error(err: loopai_cloud::Error) -> Error {
@@ -119,6 +126,9 @@ pub(crate) fn run(cmd: CloudCommand) -> Result<ExitCode, Error> {
             }
             if let Some(key) = &args.signing_key {
                 builder = builder.signing_key_file(key);
+            }
+            if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+                builder = builder.tls(cert, key);
             }
             builder = builder.heartbeat(std::time::Duration::from_secs(args.heartbeat_sec));
             if let Some(every) = args.improve_interval_sec {

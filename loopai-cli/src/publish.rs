@@ -25,6 +25,10 @@ pub(crate) struct PublishArgs {
     /// Publish as this version number (refused with 409 if it exists); default: the next.
     #[arg(long = "as-version", value_name = "N")]
     as_version: Option<u32>,
+    /// Trust only the CA certificates in this PEM file for the repository's HTTPS
+    /// certificate (a repository behind a private CA, like `cloud.ca_file`).
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     /// A program.json file, or a version directory holding program.json and, optionally,
     /// metadata.json (its schemas, description and generator fields are kept).
     #[arg(value_name = "PROGRAM_OR_DIR")]
@@ -48,6 +52,28 @@ fn archive(path: &Path) -> Result<Vec<u8>, Error> {
     ArtifactArchive::new(program, metadata).pack()
 }
 
+/// The certificates of a `--ca-file` (at least one).
+fn read_ca_file(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, Error> {
+    let fail = |what: String| {
+        Error::new(
+            ErrorKind::Config,
+            format!("--ca-file {}: {what}", path.display()),
+        )
+    };
+    let pem = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item.map_err(|e| fail(e.to_string()))? {
+            ureq::tls::PemItem::Certificate(cert) => certs.push(cert),
+            _ => continue,
+        }
+    }
+    if certs.is_empty() {
+        return Err(fail("no PEM certificate in the file".to_owned()));
+    }
+    Ok(certs)
+}
+
 pub(crate) fn run(args: PublishArgs) -> Result<ExitCode, Error> {
     validate_task_id(&args.task)?;
     let body = archive(&args.path)?;
@@ -59,8 +85,16 @@ pub(crate) fn run(args: PublishArgs) -> Result<ExitCode, Error> {
     if let Some(v) = args.as_version {
         url.push_str(&format!("?version={v}"));
     }
+    let mut tls = ureq::tls::TlsConfig::builder();
+    if let Some(path) = &args.ca_file {
+        tls = tls.root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(
+            read_ca_file(path)?,
+        )));
+    }
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
+        .https_only(url.starts_with("https://"))
+        .tls_config(tls.build())
         .timeout_global(Some(TIMEOUT))
         .user_agent(format!("loopai/{}", env!("CARGO_PKG_VERSION")))
         .build()

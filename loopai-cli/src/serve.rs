@@ -78,6 +78,23 @@ pub(crate) struct ServeArgs {
     /// turns 503, so that load balancers stop sending traffic that would not be logged).
     #[arg(long)]
     ready_ignores_log: bool,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key.
+    /// SIGHUP reloads the certificate and key without dropping connections.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "LOOPAI_TLS_CERT",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "LOOPAI_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
 }
 
 /// `value` seconds of option `--{flag}` as a duration.
@@ -123,6 +140,9 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, Error> {
     }
     if let Some(workers) = args.workers {
         builder = builder.worker_threads(workers);
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        builder = builder.tls(cert, key);
     }
     let server = builder.build()?;
     crate::logger::init();

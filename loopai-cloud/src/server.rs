@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use loopai_core::{ArtifactSigner, Clock, SystemClock};
-use loopai_http::{ConnectionLimits, Serving};
+use loopai_http::{ConnectionLimits, Listener, ServerTls, Serving};
 pub use loopai_http::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS};
 
 use crate::auth::{ApiKeys, Auth};
@@ -63,6 +63,7 @@ pub struct CloudServerBuilder {
     improvement: Option<(ImprovementConfig, Duration)>,
     database: Option<String>,
     silent_after_intervals: u32,
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for CloudServerBuilder {
@@ -85,6 +86,7 @@ impl Default for CloudServerBuilder {
             improvement: None,
             database: None,
             silent_after_intervals: DEFAULT_SILENT_AFTER_INTERVALS,
+            tls: None,
         }
     }
 }
@@ -232,6 +234,16 @@ impl CloudServerBuilder {
         self
     }
 
+    /// Serve HTTPS with the certificate chain in `cert` and its private key in `key` (PEM
+    /// files; TLS 1.2 and 1.3 only, HTTP/1.1). On Unix, SIGHUP reloads both files: new
+    /// connections get the new certificate, established ones go on; a reload that fails
+    /// is logged and the previous certificate stays. Without it the server speaks plain
+    /// HTTP. The files are loaded and checked by [`build`](Self::build).
+    pub fn tls(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls = Some((cert.into(), key.into()));
+        self
+    }
+
     /// Checks the options, loads the API keys, opens the storage directory (cutting off
     /// torn tails and rebuilding the `batch_id` index) and returns a server ready to
     /// [`spawn`](CloudServer::spawn) or [`serve`](CloudServer::serve).
@@ -260,6 +272,10 @@ impl CloudServerBuilder {
         self.connections
             .check()
             .map_err(|message| Error::new(ErrorKind::Config, message))?;
+        let tls = match &self.tls {
+            Some((cert, key)) => Some(ServerTls::load(cert, key).map_err(Error::from_http)?),
+            None => None,
+        };
         let auth = match (self.api_keys, self.api_keys_file) {
             (Some(_), Some(_)) => {
                 return Err(Error::new(
@@ -379,6 +395,7 @@ impl CloudServerBuilder {
             improvement,
             dir,
             addr: SocketAddr::new(self.bind, self.port),
+            tls,
             shutdown_timeout: self.shutdown_timeout,
             worker_threads: self.worker_threads,
             state: Arc::new(AppState {
@@ -469,6 +486,7 @@ pub struct CloudServer {
     connections: ConnectionLimits,
     dir: PathBuf,
     addr: SocketAddr,
+    tls: Option<Arc<ServerTls>>,
     shutdown_timeout: Duration,
     worker_threads: Option<usize>,
     state: Arc<AppState>,
@@ -565,8 +583,13 @@ impl CloudServer {
     /// Must be called from a plain thread, not from async code.
     pub fn spawn(self) -> Result<ServerHandle> {
         refuse_inside_runtime("CloudServer::spawn")?;
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let listener = Listener {
+            addr: self.addr,
+            tls: self.tls,
+        };
         let serving = loopai_http::start_with(
-            self.addr,
+            listener,
             self.worker_threads,
             "loopai-cloud",
             "starting the server runtime",
@@ -582,7 +605,7 @@ impl CloudServer {
             );
         }
         log::info!(
-            "listening on http://{local_addr} (storage {})",
+            "listening on {scheme}://{local_addr} (storage {})",
             self.dir.display()
         );
         let improver = match self.improvement {

@@ -172,6 +172,10 @@ pub struct CloudConfig {
     pub trusted_keys: Vec<String>,
     /// `cloud.startup_wait_sec` (default 10): how long startup waits for a first artifact.
     pub startup_wait_sec: u64,
+    /// `cloud.ca_file` (default none: Mozilla's root certificates): a PEM file of CA
+    /// certificates that alone are trusted for the cloud's HTTPS certificate (repository,
+    /// notifications, telemetry), for a cloud behind a private CA.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for CloudConfig {
@@ -183,6 +187,7 @@ impl Default for CloudConfig {
             refresh_interval_sec: 300,
             trusted_keys: Vec::new(),
             startup_wait_sec: 10,
+            ca_file: None,
         }
     }
 }
@@ -196,6 +201,7 @@ impl fmt::Debug for CloudConfig {
             .field("refresh_interval_sec", &self.refresh_interval_sec)
             .field("trusted_keys", &self.trusted_keys)
             .field("startup_wait_sec", &self.startup_wait_sec)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -682,6 +688,9 @@ pub struct OracleConfig {
     pub timeout_ms: u64,
     /// `oracle.max_retries` (default 3).
     pub max_retries: u32,
+    /// `oracle.ca_file` (default none: Mozilla's root certificates): a PEM file of CA
+    /// certificates that alone are trusted for the oracle's HTTPS certificate.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for OracleConfig {
@@ -693,6 +702,7 @@ impl Default for OracleConfig {
             api_key_env: None,
             timeout_ms: 10_000,
             max_retries: 3,
+            ca_file: None,
         }
     }
 }

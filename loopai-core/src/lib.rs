@@ -178,6 +178,8 @@ mod schema;
 mod telemetry;
 #[cfg(test)]
 mod testing;
+#[cfg(test)]
+mod tls_testing;
 mod validator;
 
 pub use artifact::{

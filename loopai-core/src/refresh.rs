@@ -84,6 +84,7 @@ pub(crate) trait Repo: Send + Sync + fmt::Debug {
 pub(crate) struct HttpRepo {
     agent: ureq::Agent,
     authorization: Option<String>,
+    tls: net::Tls,
 }
 
 impl fmt::Debug for HttpRepo {
@@ -98,10 +99,12 @@ impl fmt::Debug for HttpRepo {
 }
 
 impl HttpRepo {
-    pub(crate) fn new(api_key: Option<&str>) -> HttpRepo {
+    /// Checks the repository's certificate as `tls` says (`cloud.ca_file`).
+    pub(crate) fn new(api_key: Option<&str>, tls: net::Tls) -> HttpRepo {
         HttpRepo {
-            agent: net::agent(true),
+            agent: net::agent(true, &tls),
             authorization: api_key.map(|k| format!("Bearer {k}")),
+            tls,
         }
     }
 }
@@ -126,7 +129,9 @@ impl Repo for HttpRepo {
         if let Some(etag) = etag {
             request = request.header("If-None-Match", etag);
         }
-        let response = request.call().map_err(|e| e.to_string())?;
+        let response = request
+            .call()
+            .map_err(|e| net::describe_error(&e, url, &self.tls))?;
         let header = |name: &str| {
             response
                 .headers()
@@ -591,7 +596,7 @@ struct Pending {
     ctl_tx: Sender<Ctl>,
     exited_tx: Sender<()>,
     interval: Duration,
-    notifications: Option<(String, Option<String>)>,
+    notifications: Option<(String, Option<String>, net::Tls)>,
 }
 
 impl fmt::Debug for Refresh {
@@ -604,7 +609,13 @@ impl fmt::Debug for Refresh {
 
 impl Refresh {
     /// Prepares the threads for `checker` (started by [`start`](Self::start)).
-    pub(crate) fn new(checker: Checker, api_url: &str, config: &DeploymentConfig) -> Refresh {
+    /// The notification stream checks the cloud's certificate as `tls` says.
+    pub(crate) fn new(
+        checker: Checker,
+        api_url: &str,
+        config: &DeploymentConfig,
+        tls: net::Tls,
+    ) -> Refresh {
         let (ctl_tx, ctl_rx) = bounded::<Ctl>(1);
         let (stop_tx, stop_rx) = bounded::<()>(1);
         let (exited_tx, exited) = bounded::<()>(2);
@@ -612,6 +623,7 @@ impl Refresh {
             (
                 notifications_url(api_url, &checker.task),
                 config.cloud.api_key.clone(),
+                tls,
             )
         });
         Refresh {
@@ -640,7 +652,7 @@ impl Refresh {
         };
         let task = p.checker.task.clone();
         let mut handles = self.handles.lock();
-        if let Some((url, api_key)) = p.notifications {
+        if let Some((url, api_key, tls)) = p.notifications {
             let stop = self.stop.clone();
             let shared = self.shared.clone();
             let ctl = p.ctl_tx.clone();
@@ -650,7 +662,17 @@ impl Refresh {
                 std::thread::Builder::new()
                     .name(format!("loopai-notify-{task}"))
                     .spawn(move || {
-                        listen(&url, api_key.as_deref(), &ctl, &stop_rx, &stop, &shared);
+                        let agent = net::agent(true, &tls);
+                        let client = (&agent, &tls);
+                        listen(
+                            &url,
+                            api_key.as_deref(),
+                            client,
+                            &ctl,
+                            &stop_rx,
+                            &stop,
+                            &shared,
+                        );
                         let _ = exited.send(());
                     })
                     .map_err(|e| Error::io("starting the notification listener thread", e))?,
@@ -761,12 +783,13 @@ fn run(
 fn listen(
     url: &str,
     api_key: Option<&str>,
+    client: (&ureq::Agent, &net::Tls),
     ctl: &Sender<Ctl>,
     stop_rx: &Receiver<()>,
     stop: &AtomicBool,
     shared: &Shared,
 ) {
-    let agent = net::agent(true);
+    let (agent, tls) = client;
     let mut rng = fastrand::Rng::new();
     let mut failures = 0u32;
     while !stop.load(Ordering::Acquire) {
@@ -802,6 +825,11 @@ fn listen(
                     .and_then(|v| parse_retry_after(v, 0));
                 log::warn!("loopai: notification stream {url}: HTTP {status}");
             }
+            // A refused certificate is a configuration to fix: said at warn level.
+            Err(e) if net::is_tls_error(&e) => log::warn!(
+                "loopai: notification stream {url}: {}",
+                net::describe_error(&e, url, tls)
+            ),
             Err(e) => log::debug!("loopai: notification stream {url}: {e}"),
         }
         shared.update(|m| m.notifications = NOTIFY_CONNECTING);

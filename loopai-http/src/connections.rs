@@ -7,6 +7,11 @@
 //! headers must arrive within `header_read_timeout`, a keep-alive connection may sit idle
 //! for `idle_timeout`, and a connection over `max_connections` is answered 503 and closed
 //! at once instead of waiting.
+//!
+//! With TLS ([`ServerTls`]) the handshake happens in the connection's task, after its place
+//! under the cap is taken (TLS connections count like any other) and within the first
+//! request's header-read time; a connection over the cap is closed without an answer (a
+//! plain-text 503 would mean nothing to a TLS client).
 
 use std::fmt::Write as _;
 use std::pin::{pin, Pin};
@@ -24,7 +29,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
+
+use crate::tls::ServerTls;
 
 /// The default time allowed for a request's headers: from the connection's accept for
 /// its first request, from the first byte for a later one.
@@ -94,6 +102,8 @@ pub struct ConnectionStats {
     refused: AtomicU64,
     header_timeouts: AtomicU64,
     idle_timeouts: AtomicU64,
+    tls_handshake_errors: AtomicU64,
+    tls_handshake_timeouts: AtomicU64,
     pub(crate) max_connections: AtomicU64,
 }
 
@@ -123,6 +133,17 @@ impl ConnectionStats {
         self.idle_timeouts.load(Ordering::Relaxed)
     }
 
+    /// TLS handshakes that failed (the client refused the certificate, spoke plain HTTP,
+    /// offered no common protocol version or cipher suite, or hung up).
+    pub fn tls_handshake_errors(&self) -> u64 {
+        self.tls_handshake_errors.load(Ordering::Relaxed)
+    }
+
+    /// TLS handshakes not finished within the header-read timeout.
+    pub fn tls_handshake_timeouts(&self) -> u64 {
+        self.tls_handshake_timeouts.load(Ordering::Relaxed)
+    }
+
     /// The cap in force (after fitting it under the file descriptor limit); 0 before the
     /// server starts.
     pub fn max_connections(&self) -> u64 {
@@ -132,7 +153,8 @@ impl ConnectionStats {
     /// Appends the connection families in Prometheus text format:
     /// `loopai_http_connections_open`, `loopai_http_connections_max`,
     /// `loopai_http_connections_accepted_total`, `loopai_http_connections_refused_total`
-    /// and `loopai_http_connections_timed_out_total{reason="header"|"idle"}`.
+    /// `loopai_http_connections_timed_out_total{reason="header"|"idle"}` and
+    /// `loopai_http_tls_handshakes_failed_total{reason="error"|"timeout"}`.
     pub fn render_prometheus(&self, out: &mut String) {
         let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -172,6 +194,15 @@ impl ConnectionStats {
             &[
                 ("{reason=\"header\"}", self.header_timeouts()),
                 ("{reason=\"idle\"}", self.idle_timeouts()),
+            ],
+        );
+        family(
+            "loopai_http_tls_handshakes_failed_total",
+            "counter",
+            "TLS handshakes that failed or did not finish within the header-read timeout.",
+            &[
+                ("{reason=\"error\"}", self.tls_handshake_errors()),
+                ("{reason=\"timeout\"}", self.tls_handshake_timeouts()),
             ],
         );
     }
@@ -293,13 +324,13 @@ impl Drop for RequestGuard {
     }
 }
 
-/// The socket, noting each read that brings bytes.
-struct WatchedIo {
-    tcp: TcpStream,
+/// The connection (TCP, or TLS over TCP), noting each read that brings bytes.
+struct WatchedIo<S> {
+    tcp: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for WatchedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -314,7 +345,7 @@ impl AsyncRead for WatchedIo {
     }
 }
 
-impl AsyncWrite for WatchedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -368,11 +399,13 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 /// closed) and returns once every connection is closed.
 pub(crate) async fn serve_until_stopped(
     listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
     app: Router,
     stop: oneshot::Receiver<()>,
     limits: ConnectionLimits,
     stats: Arc<ConnectionStats>,
 ) -> std::io::Result<()> {
+    let acceptor = tls.map(|tls| TlsAcceptor::from(tls.config()));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let (draining_tx, draining_rx) = watch::channel(false);
     // Every connection task holds a receiver; `closed()` resolves when the last is gone.
@@ -397,8 +430,10 @@ pub(crate) async fn serve_until_stopped(
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             stats.refused.fetch_add(1, Ordering::Relaxed);
-            // Best effort: a fresh socket's send buffer takes this at once; never wait.
-            let _ = tcp.try_write(REFUSAL);
+            if acceptor.is_none() {
+                // Best effort: a fresh socket's send buffer takes this at once; never wait.
+                let _ = tcp.try_write(REFUSAL);
+            }
             continue;
         };
         if limits.nodelay {
@@ -411,6 +446,7 @@ pub(crate) async fn serve_until_stopped(
         let open = OpenGuard(Arc::clone(&stats));
         tokio::spawn(serve_connection(
             tcp,
+            acceptor.clone(),
             app.clone(),
             limits,
             Arc::clone(&stats),
@@ -425,20 +461,51 @@ pub(crate) async fn serve_until_stopped(
     Ok(())
 }
 
-/// Serves one connection until it ends, times out, or (draining) finishes its request.
+/// Serves one connection (after its TLS handshake, with TLS) until it ends, times out, or
+/// (draining) finishes its request.
 async fn serve_connection(
     tcp: TcpStream,
+    tls: Option<TlsAcceptor>,
     app: Router,
     limits: ConnectionLimits,
     stats: Arc<ConnectionStats>,
-    mut draining: watch::Receiver<bool>,
+    draining: watch::Receiver<bool>,
     // Released when the connection ends: its place under the cap, its count, and its
     // hold on the server's graceful stop.
     _held: (OwnedSemaphorePermit, OpenGuard, watch::Receiver<()>),
 ) {
+    // Created at the accept: the first request's header-read time includes the handshake.
     let activity = Arc::new(Activity::new());
+    let Some(acceptor) = tls else {
+        return serve_http(tcp, activity, app, limits, stats, draining).await;
+    };
+    let deadline = activity.epoch + limits.header_read_timeout;
+    match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => serve_http(stream, activity, app, limits, stats, draining).await,
+        Ok(Err(e)) => {
+            stats.tls_handshake_errors.fetch_add(1, Ordering::Relaxed);
+            log::debug!("TLS handshake failed: {e}");
+        }
+        Err(_) => {
+            stats.tls_handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+            log::debug!("TLS handshake not finished within the header-read timeout");
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on an accepted (and, with TLS, handshaken) connection.
+async fn serve_http<S>(
+    stream: S,
+    activity: Arc<Activity>,
+    app: Router,
+    limits: ConnectionLimits,
+    stats: Arc<ConnectionStats>,
+    mut draining: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(WatchedIo {
-        tcp,
+        tcp: stream,
         activity: Arc::clone(&activity),
     });
     let service_activity = Arc::clone(&activity);
@@ -503,7 +570,7 @@ async fn serve_connection(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::{ErrorKind as IoErrorKind, Read, Write};
     use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 
@@ -515,6 +582,18 @@ mod tests {
     /// Not a timed assertion: how long a client waits before declaring the server never
     /// closed the connection.
     const GUARD: Duration = Duration::from_secs(30);
+
+    /// Polls `done` until it holds; panics if it still does not after `GUARD`.
+    pub(crate) fn wait_for(mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + GUARD;
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "condition not met within {GUARD:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 
     fn serve(limits: ConnectionLimits) -> (Serving, Arc<ConnectionStats>) {
         let app = Router::new().route("/", get(|| async { "hello" }));

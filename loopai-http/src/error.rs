@@ -6,7 +6,8 @@ use std::fmt;
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
-    /// A blocking call was made from async code.
+    /// A blocking call was made from async code, a limit is out of range, or a TLS
+    /// certificate or key file is unreadable, malformed or mismatched.
     Config,
     /// Binding the socket or starting the runtime failed, or the server task hit an I/O
     /// error.

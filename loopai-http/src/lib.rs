@@ -4,6 +4,8 @@
 //! # Overview
 //!
 //! * The serving lifecycle: [`start`] / [`start_with`], [`Serving`], [`termination_signal`].
+//! * HTTPS: a [`Listener`] with a [`ServerTls`] (certificate and key PEM files; TLS 1.2
+//!   and 1.3 only, HTTP/1.1, rustls with the `ring` provider), reloaded on SIGHUP.
 //! * Connections: [`ConnectionLimits`] (header-read timeout, idle keep-alive timeout, a
 //!   cap on open connections, past which a connection is answered 503 and closed at once)
 //!   and their counters, [`ConnectionStats`], for a server's `/metrics`.
@@ -37,6 +39,7 @@ mod connections;
 mod error;
 mod keys;
 mod serving;
+mod tls;
 
 pub use api_error::{
     bytes_response, json_response, ApiError, ErrorFields, ErrorStyle, KindAndMessage, MessageOnly,
@@ -51,4 +54,7 @@ pub use keys::{
     check_key, key_digest, parse_key_digest, KeyDigest, KeyFile, KeyProblem, LineErrors,
     MAX_KEY_BYTES, MIN_KEY_BYTES,
 };
-pub use serving::{refuse_inside_runtime, start, start_with, termination_signal, Serving};
+pub use serving::{
+    refuse_inside_runtime, start, start_with, termination_signal, Listener, Serving,
+};
+pub use tls::ServerTls;

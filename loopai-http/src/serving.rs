@@ -11,7 +11,24 @@ use tokio::sync::oneshot;
 use tokio::task::{JoinError, JoinHandle};
 
 use crate::connections::{fit_to_fd_limit, serve_until_stopped, ConnectionLimits, ConnectionStats};
+use crate::tls::ServerTls;
 use crate::{Error, ErrorKind, Result};
+
+/// Where and how a server listens: its address and, for HTTPS, its [`ServerTls`].
+/// A plain [`SocketAddr`] converts into a listener without TLS.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// The address to bind.
+    pub addr: SocketAddr,
+    /// The certificate to serve HTTPS with; `None` serves plain HTTP.
+    pub tls: Option<Arc<ServerTls>>,
+}
+
+impl From<SocketAddr> for Listener {
+    fn from(addr: SocketAddr) -> Listener {
+        Listener { addr, tls: None }
+    }
+}
 
 /// Fails with [`ErrorKind::Config`] when called from async code (inside a tokio runtime):
 /// `what` (e.g. `"ServerHandle::shutdown"`) blocks and must be called from a plain thread.
@@ -97,10 +114,15 @@ pub fn start(
 /// open connections, `TCP_NODELAY`), counting into `stats` (for a server's `/metrics`).
 /// The cap is lowered to fit under the process's file descriptor limit (logged).
 ///
+/// With a [`Listener`] that has TLS, every connection is HTTPS (TLS 1.2 or 1.3, HTTP/1.1)
+/// and, on Unix, SIGHUP reloads the certificate and key files ([`ServerTls::reload`]):
+/// new handshakes get the new pair, established connections go on; a reload that fails is
+/// logged and the previous pair stays. The SIGHUP handler is installed before this returns.
+///
 /// Errors are [`ErrorKind::Config`] for limits that fail [`ConnectionLimits::check`], else
 /// as [`start`]'s.
 pub fn start_with(
-    addr: SocketAddr,
+    listener: impl Into<Listener>,
     worker_threads: Option<usize>,
     thread_name: &str,
     runtime_context: &str,
@@ -108,6 +130,7 @@ pub fn start_with(
     limits: ConnectionLimits,
     stats: Arc<ConnectionStats>,
 ) -> Result<Serving> {
+    let Listener { addr, tls } = listener.into();
     limits
         .check()
         .map_err(|message| Error::new(ErrorKind::Config, message))?;
@@ -134,9 +157,13 @@ pub fn start_with(
         u64::try_from(limits.max_connections).unwrap_or(u64::MAX),
         std::sync::atomic::Ordering::Relaxed,
     );
+    if let Some(tls) = &tls {
+        reload_on_sighup(&runtime, Arc::clone(tls))?;
+    }
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = runtime.spawn(serve_until_stopped(
         listener,
+        tls.clone(),
         app,
         stop_rx,
         limits,
@@ -147,8 +174,43 @@ pub fn start_with(
         runtime,
         task,
         connections: stats,
+        tls,
         stop: Some(stop_tx),
     })
+}
+
+/// Installs the SIGHUP handler (now, so that a SIGHUP after [`start_with`] returns never
+/// takes the default action, which ends the process) and the task that reloads `tls` on
+/// each one.
+#[cfg(unix)]
+fn reload_on_sighup(runtime: &Runtime, tls: Arc<ServerTls>) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = {
+        let _guard = runtime.enter();
+        signal(SignalKind::hangup()).map_err(|e| Error::io("listening for SIGHUP", e))?
+    };
+    runtime.spawn(async move {
+        while hangups.recv().await.is_some() {
+            let reloading = Arc::clone(&tls);
+            match tokio::task::spawn_blocking(move || reloading.reload()).await {
+                Ok(Ok(())) => log::info!(
+                    "SIGHUP: TLS certificate reloaded from {} and {}",
+                    tls.cert_path().display(),
+                    tls.key_path().display()
+                ),
+                Ok(Err(e)) => {
+                    log::error!("SIGHUP: TLS certificate not reloaded, the previous one stays: {e}")
+                }
+                Err(e) => log::error!("SIGHUP: the TLS reload failed: {e}"),
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn reload_on_sighup(_runtime: &Runtime, _tls: Arc<ServerTls>) -> Result<()> {
+    Ok(())
 }
 
 /// A started server: its tokio runtime and the task that accepts and serves connections.
@@ -166,6 +228,8 @@ pub struct Serving {
     pub task: JoinHandle<std::io::Result<()>>,
     /// The counters of the server's connections (open, refused, timed out).
     pub connections: Arc<ConnectionStats>,
+    /// The server's TLS when it serves HTTPS (to [`reload`](ServerTls::reload) it).
+    pub tls: Option<Arc<ServerTls>>,
     stop: Option<oneshot::Sender<()>>,
 }
 

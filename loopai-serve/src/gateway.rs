@@ -313,7 +313,54 @@ fn upstream_error(gws: &GatewayState, e: &reqwest::Error) -> Response {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// The rustls error that `e` is or wraps. The TLS connector wraps it in an `io::Error`,
+/// itself wrapped in another, and an `io::Error`'s `source()` skips the error it wraps:
+/// so `io::Error`s are opened here.
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut current = e;
+    // A few levels of wrapping at most; never loops.
+    for _ in 0..4 {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(inner) = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            current = inner;
+        } else {
+            return None;
+        }
+    }
+    None
+}
+
+/// The certificate problem in `e`'s chain, in words (`None` when there is none).
+fn certificate_problem(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        let tls = rustls_error(s);
+        if let Some(rustls::Error::InvalidCertificate(c)) = tls {
+            use rustls::CertificateError as C;
+            let why = match c {
+                C::UnknownIssuer => "has an unknown issuer: it is not signed by a trusted CA (set gateway.upstream.ca_file to trust a private CA)".to_owned(),
+                C::Expired | C::ExpiredContext { .. } => "has expired".to_owned(),
+                C::NotValidForName | C::NotValidForNameContext { .. } => {
+                    "is not valid for the upstream's host name".to_owned()
+                }
+                other => format!("is invalid ({other:?})"),
+            };
+            return Some(format!("TLS: the upstream's certificate {why}"));
+        }
+        source = s.source();
+    }
+    None
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    if let Some(problem) = certificate_problem(e) {
+        return problem;
+    }
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -130,7 +130,17 @@ impl GatewayState {
                 Some(value)
             }
         };
-        let client = reqwest::Client::builder()
+        let base_url = cfg.upstream.base_url.trim();
+        let mut client = reqwest::Client::builder()
+            // An https upstream is never reached over plain HTTP, not even by a redirect.
+            .https_only(base_url.starts_with("https://"));
+        if let Some(path) = &cfg.upstream.ca_file {
+            client = client.tls_built_in_root_certs(false);
+            for cert in read_ca_file(path)? {
+                client = client.add_root_certificate(cert);
+            }
+        }
+        let client = client
             .connect_timeout(Duration::from_millis(cfg.upstream.connect_timeout_ms))
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
@@ -159,6 +169,26 @@ impl GatewayState {
             local_time: FineHistogram::default(),
         })
     }
+}
+
+/// The certificates of `gateway.upstream.ca_file` (at least one); errors name the option
+/// and the file.
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>> {
+    let fail = |what: String| {
+        Error::new(
+            ErrorKind::Config,
+            format!("gateway.upstream.ca_file: {}: {what}", path.display()),
+        )
+    };
+    let pem = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| fail(format!("invalid PEM certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(fail(
+            "no certificate found (expected a PEM `BEGIN CERTIFICATE` block)".to_owned(),
+        ));
+    }
+    Ok(certs)
 }
 
 /// `"gateway"` of `GET /health`.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use loopai_core::{Error, ErrorKind, Result, Runtime, MAX_INPUT_DOCUMENT_BYTES};
-use loopai_http::{ConnectionLimits, Serving};
+use loopai_http::{ConnectionLimits, Listener, ServerTls, Serving};
 pub use loopai_http::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS};
 
 use crate::auth::ApiKeys;
@@ -63,6 +63,7 @@ pub struct ServerBuilder {
     worker_threads: Option<usize>,
     ready_requires_log: bool,
     follow_interval: Duration,
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for ServerBuilder {
@@ -88,6 +89,7 @@ impl Default for ServerBuilder {
             worker_threads: None,
             ready_requires_log: true,
             follow_interval: DEFAULT_FOLLOW_INTERVAL,
+            tls: None,
         }
     }
 }
@@ -257,13 +259,24 @@ impl ServerBuilder {
         self
     }
 
+    /// Serve HTTPS with the certificate chain in `cert` and its private key in `key` (PEM
+    /// files; TLS 1.2 and 1.3 only, HTTP/1.1). On Unix, SIGHUP reloads both files: new
+    /// connections get the new certificate, established ones go on; a reload that fails
+    /// is logged and the previous certificate stays. Without it the server speaks plain
+    /// HTTP. The files are loaded and checked by [`build`](Self::build).
+    pub fn tls(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls = Some((cert.into(), key.into()));
+        self
+    }
+
     /// Checks every option, reads the API keys, and resolves the task list. Runtimes are
     /// built after the server starts listening (see [`Server::spawn`]), except those given
     /// with [`runtime`](Self::runtime) / [`runtimes`](Self::runtimes).
     ///
     /// Errors ([`ErrorKind::Config`]) name the option: no task given or two ways of giving
     /// them, a task id that is invalid or listed twice, central mode without API keys,
-    /// zero limits; [`ErrorKind::Io`] for an unreadable data or keys file.
+    /// zero limits, a TLS certificate or key file that is unreadable, malformed or
+    /// mismatched; [`ErrorKind::Io`] for an unreadable data or keys file.
     pub fn build(self) -> Result<Server> {
         let config = |msg: &str| Error::new(ErrorKind::Config, msg.to_string());
         if self.conflicting_tasks {
@@ -287,6 +300,10 @@ impl ServerBuilder {
             return Err(config("worker_threads: must be at least 1"));
         }
         self.connections.check().map_err(|m| config(&m))?;
+        let tls = match &self.tls {
+            Some((cert, key)) => Some(ServerTls::load(cert, key).map_err(http_error)?),
+            None => None,
+        };
         let auth = match (self.api_keys, &self.api_keys_file) {
             (Some(_), Some(_)) => {
                 return Err(config(
@@ -376,6 +393,7 @@ impl ServerBuilder {
         Ok(Server {
             connections: self.connections,
             addr: SocketAddr::new(self.bind, self.port),
+            tls,
             shutdown_timeout: self.shutdown_timeout,
             worker_threads: self.worker_threads,
             source,
@@ -392,6 +410,7 @@ impl ServerBuilder {
 #[derive(Debug)]
 pub struct Server {
     addr: SocketAddr,
+    tls: Option<Arc<ServerTls>>,
     connections: ConnectionLimits,
     shutdown_timeout: Duration,
     worker_threads: Option<usize>,
@@ -444,8 +463,13 @@ impl Server {
     pub fn spawn(self) -> Result<ServerHandle> {
         refuse_inside_runtime("Server::spawn")?;
         let state = self.state;
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let listener = Listener {
+            addr: self.addr,
+            tls: self.tls,
+        };
         let serving = loopai_http::start_with(
-            self.addr,
+            listener,
             self.worker_threads,
             "loopai-serve",
             "starting the server's async runtime",
@@ -485,9 +509,10 @@ impl Server {
                 }
             }
         });
-        log::debug!("listening on http://{local_addr}");
+        log::debug!("listening on {scheme}://{local_addr}");
         Ok(ServerHandle {
             local_addr,
+            scheme,
             shutdown_timeout: self.shutdown_timeout,
             state,
             running: Some(Running { serving, loader }),
@@ -522,6 +547,7 @@ pub enum ServeEvent<'a> {
 /// same within [`DROP_SHUTDOWN_TIMEOUT`].
 pub struct ServerHandle {
     local_addr: SocketAddr,
+    scheme: &'static str,
     shutdown_timeout: Duration,
     state: Arc<AppState>,
     running: Option<Running>,
@@ -543,9 +569,9 @@ impl ServerHandle {
         self.local_addr
     }
 
-    /// `http://<local_addr>`.
+    /// `http://<local_addr>`, or `https://<local_addr>` when serving TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.local_addr)
+        format!("{}://{}", self.scheme, self.local_addr)
     }
 
     /// Whether every task is loaded and the server is not shutting down.

@@ -164,6 +164,62 @@ async fn completions(
         .unwrap()
 }
 
+/// A CA made at test time and a certificate for `localhost` it issued, written as
+/// `ca.pem`, `cert.pem` and `key.pem` in `dir`.
+fn write_test_pki(dir: &Path) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca =
+        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+}
+
+/// The stand-in upstream over HTTPS (loopai-http's TLS serving) with the certificate in
+/// `dir` (see [`write_test_pki`]); its base URL is `https://localhost:<port>/v1`.
+fn tls_upstream(dir: &Path) -> (Upstream, loopai_http::Serving) {
+    let behaviour = Arc::new(Mutex::new(Behaviour::Label));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let app = Router::new()
+        .route("/v1/chat/completions", post(completions))
+        .with_state((Arc::clone(&behaviour), Arc::clone(&seen)));
+    let tls = loopai_http::ServerTls::load(dir.join("cert.pem"), dir.join("key.pem")).unwrap();
+    let listener = loopai_http::Listener {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        tls: Some(tls),
+    };
+    let serving = loopai_http::start_with(
+        listener,
+        Some(1),
+        "tls-upstream",
+        "starting",
+        app,
+        loopai_http::ConnectionLimits::default(),
+        Arc::default(),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let upstream = Upstream {
+        addr: serving.local_addr,
+        behaviour,
+        seen,
+        _runtime: runtime,
+    };
+    (upstream, serving)
+}
+
 fn upstream() -> Upstream {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -565,4 +621,48 @@ fn a_calibrated_program_answers_locally_in_openai_format() {
             .contains(&id);
     }
     assert!(found);
+}
+
+#[test]
+fn an_https_upstream_is_reached_through_its_ca_file_and_refused_without() {
+    let pki = tempfile::tempdir().unwrap();
+    write_test_pki(pki.path());
+    let (up, mut serving) = tls_upstream(pki.path());
+    let base_url = format!("https://localhost:{}/v1", up.addr.port());
+    let ca = pki.path().join("ca.pem");
+
+    let dir = tempfile::tempdir().unwrap();
+    add_spec(dir.path());
+    let mut server = serve(
+        dir.path(),
+        &base_url,
+        &format!(", ca_file: '{}'", ca.display()),
+    );
+    let r = chat(&server, &body("You won a PRIZE", false), &[]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.headers["x-loopai-source"], "oracle");
+    assert_eq!(up.calls(), 1);
+    server.shutdown(WAIT).unwrap();
+
+    // Without the CA (Mozilla's roots) the certificate is refused, saying how to fix it;
+    // the call never reaches the upstream, over HTTPS or plain HTTP.
+    let dir = tempfile::tempdir().unwrap();
+    add_spec(dir.path());
+    let mut server = serve(dir.path(), &base_url, "");
+    let r = chat(&server, &body("You won a PRIZE", false), &[]);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (502, "upstream_unreachable"),
+        "{}",
+        r.text
+    );
+    assert_eq!(
+        r.json()["error"]["message"],
+        format!("upstream {base_url}/chat/completions: TLS: the upstream's certificate has an unknown issuer: it is not signed by a trusted CA (set gateway.upstream.ca_file to trust a private CA)")
+    );
+    assert_eq!(up.calls(), 1);
+    server.shutdown(WAIT).unwrap();
+    serving.stop();
+    serving.join(WAIT).unwrap();
+    serving.shutdown_background();
 }

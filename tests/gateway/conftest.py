@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
 import subprocess
 import threading
 import time
@@ -78,8 +79,8 @@ class Process:
         self.reader.join(5)
 
 
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as r:
+def get_json(url: str, context: ssl.SSLContext | None = None) -> Any:
+    with urllib.request.urlopen(url, timeout=10, context=context) as r:
         return json.load(r)
 
 
@@ -151,8 +152,10 @@ def start_gateway(
     min_examples: int = 200,
     extra_yaml: str = "",
     timeout_ms: int = 5000,
+    tls: tuple[Path, Path, Path] | None = None,
 ) -> Process:
-    """`loopai serve` with the gateway on in front of `upstream` (a base URL with /v1)."""
+    """`loopai serve` with the gateway on in front of `upstream` (a base URL with /v1);
+    with `tls` (certificate, key, CA file) it serves HTTPS with that certificate."""
     config = data_dir / "config"
     config.mkdir(parents=True, exist_ok=True)
     (config / "deployment.yaml").write_text(
@@ -166,15 +169,17 @@ def start_gateway(
         f"  min_examples: {min_examples}\n"
         f"  seed: 7\n"
     )
-    p = Process(
-        [str(LOOPAI), "serve", "--data-dir", str(data_dir), "--port", "0", "--workers", "2"],
-        r"listening on (http://[0-9.:]+)",
-        env={"RUST_LOG": "info"},
-    )
+    args = [str(LOOPAI), "serve", "--data-dir", str(data_dir), "--port", "0", "--workers", "2"]
+    context = None
+    if tls is not None:
+        cert, key, ca = tls
+        args += ["--tls-cert", str(cert), "--tls-key", str(key)]
+        context = ssl.create_default_context(cafile=str(ca))
+    p = Process(args, r"listening on (https?://[0-9.:]+)", env={"RUST_LOG": "info"})
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         try:
-            with urllib.request.urlopen(p.url + "/ready", timeout=5) as r:
+            with urllib.request.urlopen(p.url + "/ready", timeout=5, context=context) as r:
                 if r.status == 200:
                     return p
         except OSError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 
 import openai
 import pytest
+import trustme
 from conftest import (
     Process,
     add_task,
@@ -346,5 +348,37 @@ def test_a_task_learns_from_the_oracle_and_then_answers_locally(
         assert local_total and int(local_total.group(1)) >= 5, metrics
         timed = re.search(r"^loopai_gateway_local_seconds_count (\d+)$", metrics, re.M)
         assert timed and int(timed.group(1)) >= 5, metrics
+    finally:
+        gw.stop()
+
+
+def test_over_tls_the_sdk_is_served_when_it_trusts_the_ca_and_refused_when_not(
+    tmp_path: Path, stand_in: Process, rows: list[dict[str, Any]]
+) -> None:
+    ca = trustme.CA()
+    issued = ca.issue_cert("localhost", "127.0.0.1")
+    cert, key, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    for blob, path in [(issued.cert_chain_pems[0], cert), (issued.private_key_pem, key)]:
+        blob.write_to_path(str(path))
+    ca.cert_pem.write_to_path(str(ca_file))
+    data = tmp_path / "data"
+    add_task(data, spec(TASK, []))
+    gw = start_gateway(data, stand_in.url, tls=(cert, key, ca_file))
+    try:
+        assert gw.url.startswith("https://127.0.0.1:"), gw.url
+        # The SDK with an HTTP client that trusts the private CA (the SDK's own httpx client
+        # class, whichever httpx it is built on).
+        trusting = ssl.create_default_context(cafile=str(ca_file))
+        with openai.DefaultHttpxClient(verify=trusting) as http:
+            source, completion = ask(client(gw.url + "/v1", http_client=http), rows[0]["input"]["text"])
+        assert source == "oracle"
+        assert completion.choices[0].message.content == rows[0]["output"]
+        # With the system's roots it refuses the certificate; nothing reaches the upstream.
+        with pytest.raises(openai.APIConnectionError) as refused:
+            ask(client(gw.url + "/v1"), rows[1]["input"]["text"])
+        cause = refused.value.__cause__
+        assert cause is not None and "CERTIFICATE_VERIFY_FAILED" in str(cause), repr(cause)
+        upstream = get_json(stand_in.url.removesuffix("/v1") + "/stand-in/stats")
+        assert upstream["answered"] == 1
     finally:
         gw.stop()

@@ -48,6 +48,11 @@ pub struct UpstreamConfig {
     /// `connect_timeout_ms` (default 5000).
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// `ca_file` (optional): a PEM file of CA certificates that alone are trusted for the
+    /// upstream's HTTPS certificate (an upstream behind a private CA); without it,
+    /// Mozilla's root certificates.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 fn default_upstream_timeout_ms() -> u64 {

@@ -67,6 +67,7 @@ const BACKOFF: Backoff = Backoff {
 #[derive(Clone)]
 pub struct HttpOracle {
     agent: ureq::Agent,
+    tls: net::Tls,
     endpoint: String,
     model: String,
     api_key: Option<String>,
@@ -102,8 +103,10 @@ impl HttpOracle {
         if model.is_empty() {
             return Err(Error::new(ErrorKind::Config, "oracle.model: required"));
         }
+        let tls = net::Tls::for_url("oracle.ca_file", base, None)?;
         Ok(HttpOracle {
-            agent: net::agent(false),
+            agent: net::agent(false, &tls),
+            tls,
             endpoint: format!("{base}/chat/completions"),
             model: model.to_owned(),
             api_key: None,
@@ -121,6 +124,9 @@ impl HttpOracle {
         let mut oracle = HttpOracle::new(&config.base_url, &config.model)?
             .with_timeout(Duration::from_millis(config.timeout_ms))
             .with_max_retries(config.max_retries);
+        if let Some(ca_file) = &config.ca_file {
+            oracle = oracle.with_ca_file(ca_file)?;
+        }
         if let Some(name) = &config.api_key_env {
             let key = std::env::var(name).ok().filter(|k| !k.is_empty());
             if key.is_none() {
@@ -140,6 +146,16 @@ impl HttpOracle {
     pub fn with_api_key(mut self, key: Option<String>) -> HttpOracle {
         self.api_key = key;
         self
+    }
+
+    /// Trusts only the CA certificates in `ca_file` (PEM) for the oracle's HTTPS
+    /// certificate, instead of Mozilla's roots: for an oracle behind a private CA.
+    /// [`ErrorKind::Config`] naming `oracle.ca_file` and the file when it cannot be read
+    /// or holds no usable CA certificate.
+    pub fn with_ca_file(mut self, ca_file: &std::path::Path) -> Result<HttpOracle> {
+        self.tls = net::Tls::for_url("oracle.ca_file", &self.endpoint, Some(ca_file))?;
+        self.agent = net::agent(false, &self.tls);
+        Ok(self)
     }
 
     /// The timeout of each HTTP request (at least 1 ms).
@@ -213,7 +229,9 @@ impl HttpOracle {
         if let Some(key) = &self.api_key {
             req = req.header("Authorization", format!("Bearer {key}"));
         }
-        let mut response = req.send(body).map_err(|e| transport_failure(e, timeout))?;
+        let mut response = req
+            .send(body)
+            .map_err(|e| self.transport_failure(e, timeout))?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -226,7 +244,7 @@ impl HttpOracle {
             .limit(MAX_RESPONSE_BYTES)
             .lossy_utf8(true)
             .read_to_string()
-            .map_err(|e| transport_failure(e, timeout))?;
+            .map_err(|e| self.transport_failure(e, timeout))?;
         if !(200..300).contains(&status) {
             let detail = serde_json::from_str::<Value>(&text)
                 .ok()
@@ -371,6 +389,20 @@ impl Failure {
             retry_after: None,
             message,
         }
+    }
+}
+
+impl HttpOracle {
+    fn transport_failure(&self, e: ureq::Error, timeout: Duration) -> Failure {
+        if net::is_tls_error(&e) {
+            // A refused certificate stays refused: no retry, and never a fallback to http.
+            return Failure {
+                retryable: false,
+                retry_after: None,
+                message: net::describe_error(&e, &self.endpoint, &self.tls),
+            };
+        }
+        transport_failure(e, timeout)
     }
 }
 
@@ -648,5 +680,55 @@ mod tests {
             oracle.worst_case(),
             Duration::from_secs(4 * 10) + BACKOFF_CAP * 3
         );
+    }
+
+    #[test]
+    fn an_https_oracle_behind_a_private_ca_needs_its_ca_file_and_a_refusal_is_not_retried() {
+        use crate::tls_testing::{json_response, HttpsServer, TestCa};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("private CA");
+        let ca_file = ca.write_ca(dir.path(), "ca.pem");
+        let answer = json!({
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "spam"}}],
+            "usage": {"total_tokens": 7}
+        });
+        let server =
+            HttpsServer::start(&ca.leaf(&["localhost"]), json_response(&answer.to_string()));
+        let mut config = OracleConfig {
+            base_url: format!("{}/v1", server.url()),
+            model: "m".into(),
+            ca_file: Some(ca_file),
+            ..OracleConfig::default()
+        };
+        let oracle = HttpOracle::from_config(&config).unwrap();
+        assert_eq!(ask(&oracle, &labels()).unwrap().output, "spam");
+
+        // Without the CA: a clear error after one attempt, no retry, no plain-HTTP try.
+        config.ca_file = None;
+        let waits = Arc::new(Mutex::new(Vec::new()));
+        let w = waits.clone();
+        let oracle = HttpOracle::from_config(&config)
+            .unwrap()
+            .with_sleep(Arc::new(move |d| w.lock().unwrap().push(d)));
+        let err = ask(&oracle, &labels()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Oracle);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "oracle {}/v1/chat/completions: TLS: the certificate of localhost has an unknown issuer: it is not signed by a trusted CA (set oracle.ca_file to trust a private CA)",
+                server.url()
+            )
+        );
+        assert!(waits.lock().unwrap().is_empty());
+        assert_eq!(
+            server.answered.load(std::sync::atomic::Ordering::Acquire),
+            1
+        );
+
+        // A ca_file that cannot be read is a configuration error naming it.
+        config.ca_file = Some(dir.path().join("missing.pem"));
+        let err = HttpOracle::from_config(&config).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().starts_with("oracle.ca_file: "), "{err}");
     }
 }

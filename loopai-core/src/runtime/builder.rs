@@ -142,21 +142,34 @@ impl RuntimeBuilder {
         let limits =
             ProgramLimits::default().with_max_input_bytes(config.execution.max_input_bytes);
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
-        let mut checker = config.cloud.api_url.as_deref().map(|api_url| {
-            let repo = Arc::new(HttpRepo::new(config.cloud.api_key.as_deref()));
-            let checker = Checker::new(
+        let cloud_tls = match config.cloud.api_url.as_deref() {
+            Some(api_url) => Some(crate::net::Tls::for_url(
+                "cloud.ca_file",
                 api_url,
-                &config,
-                store.clone(),
-                limits.clone(),
-                clock.clone(),
-                repo,
-            );
-            (api_url, checker)
-        });
+                config.cloud.ca_file.as_deref(),
+            )?),
+            None => None,
+        };
+        let mut checker = config
+            .cloud
+            .api_url
+            .as_deref()
+            .zip(cloud_tls)
+            .map(|(api_url, tls)| {
+                let repo = Arc::new(HttpRepo::new(config.cloud.api_key.as_deref(), tls.clone()));
+                let checker = Checker::new(
+                    api_url,
+                    &config,
+                    store.clone(),
+                    limits.clone(),
+                    clock.clone(),
+                    repo,
+                );
+                (api_url, checker, tls)
+            });
         let loaded = match (store.load_active()?, checker.as_mut()) {
             (Some(loaded), _) => loaded,
-            (None, Some((_, checker))) => {
+            (None, Some((_, checker, _))) => {
                 // No cached program: wait (bounded) for the repository's latest version.
                 let wait = Duration::from_secs(config.cloud.startup_wait_sec);
                 let version = crate::refresh::first_download(checker, wait, &std::thread::sleep)?;
@@ -299,7 +312,8 @@ impl RuntimeBuilder {
         } else {
             None
         };
-        let refresh = checker.map(|(api_url, checker)| Refresh::new(checker, api_url, &config));
+        let refresh =
+            checker.map(|(api_url, checker, tls)| Refresh::new(checker, api_url, &config, tls));
         let rollout_thread = RolloutChecker::start(rollout.clone())?;
         let inner = Arc::new(Inner {
             data_dir,

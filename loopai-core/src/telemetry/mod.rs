@@ -297,7 +297,13 @@ impl Telemetry {
             log::debug!("loopai: telemetry is enabled but cloud.api_url is not set: off");
             return Ok(None);
         };
-        let transport = Arc::new(HttpTransport::new(api_url, config.cloud.api_key.as_deref()));
+        let tls =
+            crate::net::Tls::for_url("cloud.ca_file", api_url, config.cloud.ca_file.as_deref())?;
+        let transport = Arc::new(HttpTransport::new(
+            api_url,
+            config.cloud.api_key.as_deref(),
+            tls,
+        ));
         let settings = TelemetrySettings {
             spool_dir: data_dir.join("telemetry").join("spool").join(task),
             spool_max_bytes: config.telemetry.spool_max_mb.saturating_mul(1 << 20),

@@ -38,6 +38,7 @@ pub(crate) struct HttpTransport {
     heartbeat_url: String,
     authorization: Option<String>,
     agent: ureq::Agent,
+    tls: net::Tls,
 }
 
 impl fmt::Debug for HttpTransport {
@@ -58,12 +59,14 @@ impl HttpTransport {
         format!("{}/api/v1/telemetry", api_url.trim_end_matches('/'))
     }
 
-    pub(crate) fn new(api_url: &str, api_key: Option<&str>) -> HttpTransport {
+    /// Checks the collector's certificate as `tls` says (`cloud.ca_file`).
+    pub(crate) fn new(api_url: &str, api_key: Option<&str>, tls: net::Tls) -> HttpTransport {
         HttpTransport {
             url: Self::endpoint(api_url),
             heartbeat_url: format!("{}/api/v1/heartbeats", api_url.trim_end_matches('/')),
             authorization: api_key.map(|k| format!("Bearer {k}")),
-            agent: net::agent(true),
+            agent: net::agent(true, &tls),
+            tls,
         }
     }
 }
@@ -99,7 +102,9 @@ impl HttpTransport {
         if let Some(auth) = &self.authorization {
             request = request.header("Authorization", auth);
         }
-        let response = request.send(body).map_err(|e| e.to_string())?;
+        let response = request
+            .send(body)
+            .map_err(|e| net::describe_error(&e, &self.url, &self.tls))?;
         let retry_after = response
             .headers()
             .get("retry-after")
