@@ -11,7 +11,8 @@ use regex::Regex;
 use serde_json::{json, Value};
 use unicode_normalization::UnicodeNormalization;
 
-use crate::spec::{pointer, TextField};
+use crate::inputs::TextField;
+use crate::spec::pointer;
 use crate::structured::Encoding;
 use crate::tfidf::{self, Vocab};
 

@@ -4,9 +4,22 @@
 
 use serde_json::Value;
 
-use loopai_core::Result;
+use loopai_core::{Error, ErrorKind, Result};
 
-use crate::spec::{invalid, TaskSpec, TextField};
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidInput, msg)
+}
+
+/// A text field of the input object.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TextField {
+    /// The property name in the input object.
+    pub key: String,
+    /// The program-safe name (`[A-Za-z0-9_.-]`, unique).
+    pub name: String,
+    /// Whether the input schema marks it required.
+    pub required: bool,
+}
 
 /// Most text fields of one task (each gets its own views and n-gram features).
 pub(crate) const MAX_TEXT_FIELDS: usize = 16;
@@ -44,10 +57,13 @@ pub(crate) struct InputFields {
 }
 
 impl InputFields {
-    /// The fields of `spec`'s input. Errors name the schema path; a task needs at least one
+    /// The fields of a task's input, from its `input_schema` (or, without properties, from
+    /// the examples' `inputs`). Errors name the schema path; a task needs at least one
     /// field, at most [`MAX_TEXT_FIELDS`] text fields and [`MAX_FIELDS`] in all.
-    pub(crate) fn of(spec: &TaskSpec) -> Result<InputFields> {
-        let schema = &spec.input_schema;
+    pub(crate) fn of<'a>(
+        schema: &Value,
+        inputs: impl Iterator<Item = &'a Value>,
+    ) -> Result<InputFields> {
         let required: Vec<&str> = schema
             .get("required")
             .and_then(Value::as_array)
@@ -66,8 +82,8 @@ impl InputFields {
             }
         } else {
             let mut keys = std::collections::BTreeMap::<String, Seen>::new();
-            for ex in &spec.examples {
-                if let Some(obj) = ex.input.as_object() {
+            for input in inputs {
+                if let Some(obj) = input.as_object() {
                     for (k, v) in obj {
                         keys.entry(k.clone()).or_default().add(v);
                     }
@@ -288,6 +304,7 @@ fn unique_name(key: &str, taken: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::TaskSpec;
 
     fn fields(schema: Value, examples: Value) -> Result<InputFields> {
         let spec = TaskSpec::from_json(
@@ -296,7 +313,7 @@ mod tests {
             .to_string()
             .as_bytes(),
         )?;
-        InputFields::of(&spec)
+        InputFields::of(&spec.input_schema, spec.examples.iter().map(|e| &e.input))
     }
 
     #[test]

@@ -79,17 +79,6 @@ impl Metric {
     }
 }
 
-/// A text field of the input object.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct TextField {
-    /// The property name in the input object.
-    pub key: String,
-    /// The program-safe name (`[A-Za-z0-9_.-]`, unique).
-    pub name: String,
-    /// Whether the input schema marks it required.
-    pub required: bool,
-}
-
 impl TaskSpec {
     /// Parses a specification from JSON bytes.
     ///
@@ -233,7 +222,7 @@ impl TaskSpec {
             });
         }
         let fields = if schema_ok {
-            match InputFields::of(self) {
+            match InputFields::of(&self.input_schema, self.examples.iter().map(|e| &e.input)) {
                 Ok(fields) => fields,
                 Err(e) => {
                     problems.push(e.to_string());
@@ -359,8 +348,8 @@ impl TaskSpec {
 
     /// The text fields of the input, in a stable order.
     #[cfg(test)]
-    pub(crate) fn text_fields(&self) -> Result<Vec<TextField>> {
-        InputFields::of(self).map(|f| f.text)
+    pub(crate) fn text_fields(&self) -> Result<Vec<crate::inputs::TextField>> {
+        InputFields::of(&self.input_schema, self.examples.iter().map(|e| &e.input)).map(|f| f.text)
     }
 }
 

@@ -317,7 +317,7 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
     let start = Instant::now();
     spec.validate()?;
     let labels = spec.labels()?;
-    let input_fields = InputFields::of(spec)?;
+    let input_fields = InputFields::of(&spec.input_schema, spec.examples.iter().map(|e| &e.input))?;
     let fields = input_fields.text;
     let structured_fields =
         structured::fit(&input_fields.other, &spec.examples, MAX_CONDITION_POSTINGS);
