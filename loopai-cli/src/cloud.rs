@@ -12,7 +12,7 @@ pub(crate) enum CloudCommand {
     /// Run the reference cloud (telemetry collector, heartbeats, artifact repository,
     /// notifications, query API, monitoring dashboard at /; see docs/cloud.md) until SIGINT or SIGTERM. Logs go to stderr (level from
     /// LOOPAI_LOG: error, warn, info, debug).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Make an ed25519 artifact signing key: writes the secret key to FILE (mode 0600, for
     /// `serve --signing-key`) and prints the public key (for `cloud.trusted_keys`).
     Keygen {
