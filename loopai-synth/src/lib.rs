@@ -96,6 +96,29 @@
 //! are halved until its weights (dimension × classes) fit 2^24 numbers, so tasks with
 //! hundreds of labels get programs well within the limits.
 //!
+//! # Extraction
+//!
+//! A spec whose `output_schema` is an object of fields (`{"type": "object", "properties":
+//! {"order_id": {"type": "string"}, "total": {"type": ["number", "null"]}, "when":
+//! {"type": "string", "format": "date"}, "to": {"type": "string", "format": "email"}}}`;
+//! types `string`, `number`, `integer`, with `format` `date` or `email`; a field is
+//! nullable when its type includes `"null"` or it is not `required`) is an extraction
+//! task ([`TaskSpec::is_extraction`], [`Strategy::Extract`]). Its examples give the
+//! expected object (dates in ISO 8601, `null` for an absent field). Per field, the
+//! generator locates each value in its text whatever its notation (`€1.234,50` for
+//! 1234.5, `5 Mar 2026` for 2026-03-05, `€` for `EUR`), and builds candidate extractors
+//! from the examples: a value shape (the type's own for numbers, dates, e-mails and
+//! currencies, or one inferred FlashFill-style — runs of character classes with length
+//! ranges, letter-bearing constants such as `1Z` kept), in a context (anywhere and the
+//! n-th match; next to the tokens that mark the values, such as currency symbols, chosen
+//! by their precision on the examples; after anchor words seen before the values),
+//! optionally falling back to the bare shape. Each candidate is cross-validated by exact
+//! match (rebuilt on every fold from the other folds); the most accurate wins, the
+//! simplest on a tie. The field's confidences are the chosen extractor's out-of-fold
+//! precision when it finds a value and when it does not ([`FieldReport`],
+//! [`Synthesis::fields`]). The synthesis is trusted when every field beats always
+//! answering `null` and reaches the spec's `accuracy_target`.
+//!
 //! # Evaluation
 //!
 //! [`score`] computes accuracy, per-class precision/recall/F1, the confusion matrix and
@@ -113,8 +136,8 @@
 //! Every fallible function returns [`loopai_core::Error`]: `InvalidInput` for a malformed
 //! specification or examples file (the message names the path or line, e.g.
 //! `spec.examples[12].output: "maybe" is not one of output_schema.enum`), `Io` for files,
-//! `Config` for an unknown strategy name and `Program` for tasks that cannot be synthesized
-//! (extraction tasks are not supported yet).
+//! `Config` for an unknown strategy name (or a classification strategy asked of an
+//! extraction task) and `Program` for tasks that cannot be synthesized.
 
 mod extract;
 mod features;
