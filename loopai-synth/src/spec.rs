@@ -168,7 +168,10 @@ impl TaskSpec {
             if !self.input_schema.is_null() && !self.input_schema.is_object() {
                 problems.push("spec.input_schema: expected a JSON object".to_string());
             } else {
-                match crate::inputs::InputFields::of(self) {
+                match crate::inputs::InputFields::of(
+                    &self.input_schema,
+                    self.examples.iter().map(|e| &e.input),
+                ) {
                     Ok(f) if f.text.is_empty() => problems.push(
                         "spec.input_schema: no text (string) field to extract from".to_string(),
                     ),

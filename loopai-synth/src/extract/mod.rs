@@ -93,7 +93,9 @@ pub(crate) fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synt
     let locator = Locator::new();
 
     // The source text: the text field where the most values are found.
-    let text_fields = crate::inputs::InputFields::of(spec)?.text;
+    let text_fields =
+        crate::inputs::InputFields::of(&spec.input_schema, spec.examples.iter().map(|e| &e.input))?
+            .text;
     if text_fields.is_empty() {
         return Err(Error::new(
             ErrorKind::InvalidInput,
