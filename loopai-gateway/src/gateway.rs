@@ -451,6 +451,15 @@ pub fn add_task(data_dir: &Path, spec: &TaskSpec) -> Result<()> {
     loopai_core::validate_task_id(&spec.name)
         .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("spec.name: {e}")))?;
     spec.validate_without_examples()?;
+    if spec.is_extraction() {
+        // `loopai synth` learns extraction, but the gateway's labels, agreement and local
+        // answers are those of a classification task (docs/gateway.md).
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "spec.output_schema: an object output (an extraction task) cannot be served by the gateway yet; \
+             the gateway learns classification tasks (a string output with enum labels)",
+        ));
+    }
     loopai_synth::save_spec(data_dir, spec)
 }
 

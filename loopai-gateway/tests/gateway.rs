@@ -225,7 +225,7 @@ fn bad_input_is_refused_with_the_reason() {
     assert!(err.to_string().contains("gateway.routes[0].task"), "{err}");
     // An extraction spec is refused by `tasks add`, naming the schema.
     let extraction = TaskSpec::from_json(
-        br#"{"name": "order", "output_schema": {"type": "object", "properties": {"id": {"type": "string"}}}}"#,
+        br#"{"name": "order", "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}}, "output_schema": {"type": "object", "properties": {"id": {"type": "string"}}}}"#,
     )
     .unwrap();
     let err = add_task(dir.path(), &extraction).unwrap_err();
