@@ -354,13 +354,17 @@ fn malformed_specs_name_the_path() {
     let err = TaskSpec::from_json(br#"{"name": "t", "output_schema": {}, "examples": [{"input": {}, "output": "a", "x": 1}, {"output": 1}]}"#)
         .unwrap_err();
     assert!(err.to_string().starts_with("spec.examples[1]"), "{err}");
-    let spec = TaskSpec::from_json(
-        br#"{"name": "t", "output_schema": {"type": "object", "properties": {"amount": {"type": "number"}}}, "examples": [{"input": {"text": "x"}, "output": {"amount": 1}}]}"#,
+    // An extraction example whose value does not fit its field's type names the path.
+    let err = TaskSpec::from_json(
+        br#"{"name": "t", "output_schema": {"type": "object", "properties": {"amount": {"type": "number"}}}, "examples": [{"input": {"text": "x"}, "output": {"amount": "twelve"}}]}"#,
     )
-    .unwrap();
-    let err = synthesize(&spec, &SynthOptions::default()).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Program);
-    assert!(err.to_string().starts_with("spec.output_schema:"), "{err}");
+    .and_then(|spec| synthesize(&spec, &SynthOptions::default()).map(|_| ()))
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(
+        err.to_string().contains("spec.examples[0].output.amount"),
+        "{err}"
+    );
     assert_eq!("ML".parse::<Strategy>().unwrap(), Strategy::Ml);
     assert_eq!(
         "x".parse::<Strategy>().unwrap_err().kind(),
