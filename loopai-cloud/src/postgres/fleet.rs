@@ -2,14 +2,16 @@
 //! instance adds what it ingests — an accepted batch's figures to `fleet_daily`, its
 //! rollout events to `fleet_rollouts`, heartbeats and last-seen times to
 //! `fleet_deployments` — so every instance answers the query API and the dashboard for the
-//! whole fleet. Batches are counted once: only the instance that stored a batch (the
-//! `telemetry_batches` primary key decides) ingests it. A crash between storing a batch and
-//! adding its figures leaves the figures short of that batch.
+//! whole fleet. Batches are counted once: a batch's figures are added in the transaction
+//! that stores it ([`add_batch`], called by `postgres/telemetry.rs`), so only the instance
+//! that stored it (the `telemetry_batches` primary key decides) adds them, a duplicate adds
+//! nothing, and a crash or a failed figure update stores neither the batch nor its figures.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde_json::Value;
+use tokio_postgres::GenericClient;
 
 use super::PgStorage;
 use crate::error::Result;
@@ -34,57 +36,48 @@ impl PgFleet {
             silent_after: silent_after.max(1),
         }
     }
-
-    fn upsert_deployment(
-        &self,
-        deployment: &str,
-        task: &str,
-        heartbeat: Option<Value>,
-        batch_version: Option<i64>,
-    ) -> Result<()> {
-        let pg = &self.pg;
-        let now = pg.clock.now_millis();
-        pg.run(async {
-            let client = pg.client().await?;
-            client
-                .execute(
-                    "INSERT INTO fleet_deployments (deployment_id, task_id, last_seen_ms, heartbeat, batch_version)
-                     VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (deployment_id, task_id) DO UPDATE
-                     SET last_seen_ms = greatest(fleet_deployments.last_seen_ms, EXCLUDED.last_seen_ms),
-                         heartbeat = coalesce(EXCLUDED.heartbeat, fleet_deployments.heartbeat),
-                         batch_version = coalesce(EXCLUDED.batch_version, fleet_deployments.batch_version)",
-                    &[&deployment, &task, &now, &heartbeat, &batch_version],
-                )
-                .await
-                .map_err(|e| pg.db_error(&format!("recording deployment {deployment:?}"), &e))?;
-            Ok(())
-        })
-    }
 }
 
-fn storage(e: crate::error::Error) -> QueryError {
-    QueryError::Storage(e.to_string())
+/// Records `deployment` for `task` as seen at `now` (with its heartbeat and batch version
+/// when known), on `client` (a connection or the batch's transaction).
+async fn upsert_deployment(
+    pg: &PgStorage,
+    client: &impl GenericClient,
+    deployment: &str,
+    task: &str,
+    now: i64,
+    heartbeat: Option<Value>,
+    batch_version: Option<i64>,
+) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO fleet_deployments (deployment_id, task_id, last_seen_ms, heartbeat, batch_version)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (deployment_id, task_id) DO UPDATE
+             SET last_seen_ms = greatest(fleet_deployments.last_seen_ms, EXCLUDED.last_seen_ms),
+                 heartbeat = coalesce(EXCLUDED.heartbeat, fleet_deployments.heartbeat),
+                 batch_version = coalesce(EXCLUDED.batch_version, fleet_deployments.batch_version)",
+            &[&deployment, &task, &now, &heartbeat, &batch_version],
+        )
+        .await
+        .map_err(|e| pg.db_error(&format!("recording deployment {deployment:?}"), &e))?;
+    Ok(())
 }
 
-fn i64_of(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn u64_of(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
-}
-
-impl FleetIngest for PgFleet {
-    fn ingest_batch(&self, batch: &Value) -> Result<()> {
-        let pg = &self.pg;
-        if let Some(f) = figures(batch) {
-            let (w, p50, p95, p99, max) = f.latency.unwrap_or((0, 0.0, 0.0, 0.0, 0.0));
-            pg.run(async {
-                let client = pg.client().await?;
-                client
-                    .execute(
-                        "INSERT INTO fleet_daily (task_id, day, version, executions, errors, abstains,
+/// Adds an accepted batch's figures to `fleet_daily`, its rollout events to
+/// `fleet_rollouts` and its deployment to `fleet_deployments`, on `tx` — the transaction
+/// that stores the batch, so the figures hold exactly the stored batches (a duplicate
+/// `batch_id` is rolled back before this, a failure here stores nothing).
+pub(super) async fn add_batch(
+    pg: &PgStorage,
+    tx: &impl GenericClient,
+    batch: &Value,
+    now: i64,
+) -> Result<()> {
+    if let Some(f) = figures(batch) {
+        let (w, p50, p95, p99, max) = f.latency.unwrap_or((0, 0.0, 0.0, 0.0, 0.0));
+        tx.execute(
+            "INSERT INTO fleet_daily (task_id, day, version, executions, errors, abstains,
                              sampled, validations, matches, oracle_cost, batches, latency_weight,
                              p50, p95, p99, max_latency)
                          VALUES ($1, to_date($2, 'YYYY-MM-DD'), $3, $4, $5, $6, $7, $8, $9, $10, 1,
@@ -103,73 +96,87 @@ impl FleetIngest for PgFleet {
                              p95 = fleet_daily.p95 + EXCLUDED.p95,
                              p99 = fleet_daily.p99 + EXCLUDED.p99,
                              max_latency = greatest(fleet_daily.max_latency, EXCLUDED.max_latency)",
-                        &[
-                            &f.task,
-                            &f.day,
-                            &i64::from(f.version),
-                            &i64_of(f.executions),
-                            &i64_of(f.errors),
-                            &i64_of(f.abstains),
-                            &i64_of(f.sampled),
-                            &i64_of(f.validations),
-                            &i64_of(f.matches),
-                            &f.oracle_cost,
-                            &i64_of(w),
-                            &p50,
-                            &p95,
-                            &p99,
-                            &max,
-                        ],
-                    )
-                    .await
-                    .map_err(|e| pg.db_error(&format!("adding the figures of task {}", f.task), &e))?;
-                Ok(())
-            })?;
-        }
-        let Some(task) = batch.get("task_id").and_then(Value::as_str) else {
-            return Ok(());
-        };
-        let events = rollout_records(batch);
-        if !events.is_empty() {
-            pg.run(async {
-                let client = pg.client().await?;
-                for r in &events {
-                    client
-                        .execute(
-                            "INSERT INTO fleet_rollouts (task_id, deployment_id, at, kind, stable_version,
+            &[
+                &f.task,
+                &f.day,
+                &i64::from(f.version),
+                &i64_of(f.executions),
+                &i64_of(f.errors),
+                &i64_of(f.abstains),
+                &i64_of(f.sampled),
+                &i64_of(f.validations),
+                &i64_of(f.matches),
+                &f.oracle_cost,
+                &i64_of(w),
+                &p50,
+                &p95,
+                &p99,
+                &max,
+            ],
+        )
+        .await
+        .map_err(|e| pg.db_error(&format!("adding the figures of task {}", f.task), &e))?;
+    }
+    let Some(task) = batch.get("task_id").and_then(Value::as_str) else {
+        return Ok(());
+    };
+    for r in &rollout_records(batch) {
+        tx.execute(
+            "INSERT INTO fleet_rollouts (task_id, deployment_id, at, kind, stable_version,
                                  canary_version, stage, fraction, reason)
                              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                            &[
-                                &task,
-                                &r.deployment_id,
-                                &r.at,
-                                &r.kind,
-                                &i64_of(r.stable_version),
-                                &i64_of(r.canary_version),
-                                &i64_of(r.stage),
-                                &r.fraction,
-                                &r.reason,
-                            ],
-                        )
-                        .await
-                        .map_err(|e| pg.db_error("adding a rollout event", &e))?;
-                }
-                Ok(())
-            })?;
-        }
-        if let Some(deployment) = batch.get("deployment_id").and_then(Value::as_str) {
-            let version = batch
-                .get("program_version")
-                .and_then(Value::as_u64)
-                .map(i64_of);
-            let heartbeat = batch.get("heartbeat").filter(|h| h.is_object()).cloned();
-            self.upsert_deployment(deployment, task, heartbeat, version)?;
-        }
+            &[
+                &task,
+                &r.deployment_id,
+                &r.at,
+                &r.kind,
+                &i64_of(r.stable_version),
+                &i64_of(r.canary_version),
+                &i64_of(r.stage),
+                &r.fraction,
+                &r.reason,
+            ],
+        )
+        .await
+        .map_err(|e| pg.db_error("adding a rollout event", &e))?;
+    }
+    if let Some(deployment) = batch.get("deployment_id").and_then(Value::as_str) {
+        let version = batch
+            .get("program_version")
+            .and_then(Value::as_u64)
+            .map(i64_of);
+        let heartbeat = batch.get("heartbeat").filter(|h| h.is_object()).cloned();
+        upsert_deployment(pg, tx, deployment, task, now, heartbeat, version).await?;
+    }
+    Ok(())
+}
+
+fn storage(e: crate::error::Error) -> QueryError {
+    QueryError::Storage(e.to_string())
+}
+
+fn i64_of(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn u64_of(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+impl FleetIngest for PgFleet {
+    /// Nothing to do: the figures of a batch are added in the transaction that stores it
+    /// ([`add_batch`], called by `postgres/telemetry.rs`).
+    fn ingest_batch(&self, _batch: &Value) -> Result<()> {
         Ok(())
     }
 
     fn ingest_heartbeat(&self, deployment: &str, task: &str, heartbeat: Value) -> Result<()> {
-        self.upsert_deployment(deployment, task, Some(heartbeat), None)
+        let pg = &self.pg;
+        let now = pg.clock.now_millis();
+        pg.run(async {
+            let client = pg.client().await?;
+            upsert_deployment(pg, &**client, deployment, task, now, Some(heartbeat), None).await
+        })
     }
 }
 

@@ -1,6 +1,7 @@
 //! Telemetry batches in PostgreSQL: the batch row (its `batch_id` the primary key), and —
 //! for a well-formed `loopai.telemetry/1` batch — its execution summaries and validations,
-//! in one transaction; the deployment's `last_seen` after it.
+//! and its fleet figures (`fleet.rs`), in one transaction; the deployment's `last_seen`
+//! after it.
 
 use std::time::{Duration, Instant};
 
@@ -149,6 +150,8 @@ impl TelemetryBackend for PgStorage {
                 .await
                 .map_err(err)?;
             }
+            // The fleet figures, in the same transaction: all of the batch or none of it.
+            super::fleet::add_batch(self, &*tx, batch.value, millis).await?;
             tx.commit().await.map_err(err)?;
             Ok(true)
         })?;

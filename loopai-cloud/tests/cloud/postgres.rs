@@ -203,6 +203,84 @@ fn pg_a_batch_sent_to_two_instances_is_stored_once() {
 }
 
 #[test]
+fn pg_a_batch_whose_fleet_figures_fail_is_not_stored_and_a_duplicate_adds_nothing() {
+    let Some(pg) = PgServer::start() else { return };
+    let url = pg.database("figures");
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut a = instance(dirs[0].path(), &url);
+    let mut b = instance(dirs[1].path(), &url);
+    let (ua, ub) = (a.url(), b.url());
+    let stored = |batch_id: &str| {
+        pg.psql(
+            "figures",
+            &format!(
+                "SELECT (SELECT count(*) FROM telemetry_batches WHERE batch_id = '{batch_id}')
+                      || '|' || (SELECT count(*) FROM execution_summaries WHERE batch_id = '{batch_id}')
+                      || '|' || (SELECT count(*) FROM validations WHERE batch_id = '{batch_id}')"
+            ),
+        )
+    };
+    let daily = |task: &str| {
+        pg.psql(
+            "figures",
+            &format!(
+                "SELECT coalesce(sum(batches), 0) || '|' || coalesce(sum(executions), 0)
+                 FROM fleet_daily WHERE task_id = '{task}'"
+            ),
+        )
+    };
+
+    // The figure update of task "poison" fails (a constraint injected into fleet_daily):
+    // the batch is refused and nothing of it is stored.
+    pg.psql(
+        "figures",
+        "ALTER TABLE fleet_daily ADD CONSTRAINT injected_failure CHECK (task_id <> 'poison')",
+    );
+    let poison = batch(&id(1), "poison", 2);
+    let (status, text) = post(&ua, &poison).unwrap();
+    assert_eq!(status, 500, "{text}");
+    assert!(
+        text.contains("fleet_daily") || text.contains("figures"),
+        "{text}"
+    );
+    assert_eq!(stored(&id(1)), "0|0|0");
+    assert_eq!(daily("poison"), "0|0");
+    assert_eq!(
+        pg.psql("figures", "SELECT count(*) FROM fleet_deployments"),
+        "0"
+    );
+
+    // Once the figures can be written, the same batch is stored with them, once, whichever
+    // instance gets it again.
+    pg.psql(
+        "figures",
+        "ALTER TABLE fleet_daily DROP CONSTRAINT injected_failure",
+    );
+    assert_eq!(post(&ub, &poison).unwrap(), (200, "accepted".to_owned()));
+    assert_eq!(stored(&id(1)), "1|2|2");
+    assert_eq!(daily("poison"), "1|2");
+    for base in [&ua, &ub] {
+        assert_eq!(post(base, &poison).unwrap(), (200, "duplicate".to_owned()));
+    }
+    assert_eq!(daily("poison"), "1|2");
+    // A second batch adds to the figures.
+    assert_eq!(
+        post(&ua, &batch(&id(2), "poison", 3)).unwrap(),
+        (200, "accepted".to_owned())
+    );
+    assert_eq!(daily("poison"), "2|5");
+    assert_eq!(
+        pg.psql(
+            "figures",
+            "SELECT deployment_id, task_id, batch_version FROM fleet_deployments"
+        ),
+        "edge-1|poison|1"
+    );
+    a.shutdown(SHUTDOWN).unwrap();
+    b.shutdown(SHUTDOWN).unwrap();
+}
+
+#[test]
 fn pg_concurrent_publications_on_three_instances_never_collide() {
     let Some(pg) = PgServer::start() else { return };
     let url = pg.database("publish");
