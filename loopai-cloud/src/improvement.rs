@@ -22,8 +22,10 @@
 //!
 //! A server with a database ([`CloudServerBuilder::database`](crate::CloudServerBuilder::database))
 //! reads the validations from its tables and keeps the attempts and escalations there
-//! instead (the specifications stay in `D/specs/`), and one pass runs at a time across the
-//! instances sharing it.
+//! instead, and one pass runs at a time across the instances sharing it. The
+//! specifications live in the database too: every instance imports its own `D/specs/`
+//! files at start and, at each of its passes (run or skipped), the files that changed, so
+//! the pass reads the same specifications whichever instance runs it.
 //!
 //! An **attempt** is started for the newest version that has at least
 //! [`ImprovementConfig::min_samples`] validations with a failure rate (mismatches over
@@ -44,11 +46,10 @@ use loopai_core::{ArtifactStore, NewArtifact};
 use loopai_synth::{Example, SynthOptions, TaskSpec};
 use serde::Serialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::storage::file::FileImprovement;
-use crate::storage::{Attempt, ImprovementBackend, TaskState, VersionStats};
+use crate::storage::{sha256_hex, Attempt, ImprovementBackend, TaskState, VersionStats};
 
 /// Settings of the [`ImprovementEngine`].
 #[derive(Debug, Clone, PartialEq)]
@@ -221,6 +222,11 @@ impl ImprovementEngine {
         publish: &PublishFn<'_>,
     ) -> Result<Option<Vec<ImprovementAction>>> {
         let mut actions = Vec::new();
+        // Every instance brings its specification files into the shared storage, whether or
+        // not it runs the pass.
+        if let Err(e) = self.storage.import_specs(&self.dir) {
+            log::warn!("improvement: importing the specifications: {e}");
+        }
         // One pass at a time across the instances sharing the storage.
         let Some(_lock) = self.storage.lock_pass()? else {
             log::debug!("improvement: a pass runs on another instance; skipped");
@@ -251,19 +257,13 @@ impl ImprovementEngine {
         task: &str,
         publish: &PublishFn<'_>,
     ) -> Result<Option<ImprovementAction>> {
-        let spec_path = self.dir.join("specs").join(format!("{task}.json"));
-        if !spec_path.exists() {
-            log::debug!(
-                "improvement: task {task:?} has no {}: skipped",
-                spec_path.display()
-            );
+        let Some(stored) = self.storage.spec(task)? else {
+            log::debug!("improvement: task {task:?} has no specification: skipped");
             return Ok(None);
-        }
-        let spec_bytes =
-            std::fs::read(&spec_path).map_err(|e| Error::io(spec_path.display(), e))?;
-        let spec_sha = hex_sha256(&spec_bytes);
-        let spec = TaskSpec::from_json(&spec_bytes)
-            .map_err(|e| Error::new(ErrorKind::Config, format!("{}: {e}", spec_path.display())))?;
+        };
+        let spec_sha = sha256_hex(&stored.body);
+        let spec = TaskSpec::from_json(&stored.body)
+            .map_err(|e| Error::new(ErrorKind::Config, format!("{}: {e}", stored.place)))?;
         let mut state = self.storage.read_state(task)?;
         if state.escalated_spec_sha256.as_deref() == Some(spec_sha.as_str()) {
             return Ok(None);
@@ -473,13 +473,6 @@ fn from_core(e: loopai_core::Error) -> Error {
         _ => ErrorKind::Config,
     };
     Error::new(kind, e.to_string())
-}
-
-fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Time since an RFC 3339 instant (zero when it does not parse or is in the future).

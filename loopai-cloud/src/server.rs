@@ -227,8 +227,10 @@ impl CloudServerBuilder {
     /// batches, their execution summaries and validations, artifact versions (bodies
     /// included), the improvement engine's state and escalations, deployments. Several
     /// instances may share one database (see `docs/cloud.md`); the schema is created or
-    /// migrated at [`build`](Self::build). The directory still holds the specifications
-    /// the improvement engine reads (`<dir>/specs/<task>.json`).
+    /// migrated at [`build`](Self::build). The specifications the improvement engine
+    /// reads live there too (`task_specs`): the files placed in `<dir>/specs/<task>.json`
+    /// are imported at `build` and, with [`improvement`](Self::improvement), whenever they
+    /// change, so every instance reads the same ones.
     pub fn database(mut self, url: impl Into<String>) -> Self {
         self.database = Some(url.into());
         self
@@ -329,6 +331,9 @@ impl CloudServerBuilder {
             Some(url) => {
                 let pg = Arc::new(PgStorage::open(url, self.clock.clone(), signer)?);
                 pg.listen(hub.tx.clone());
+                // This instance's specification files, shared with every instance (the
+                // improvement ticks import the ones that change later).
+                pg.import_specs(&dir)?;
                 Storage {
                     kind: "postgres",
                     telemetry: Arc::clone(&pg) as Arc<dyn TelemetryBackend>,

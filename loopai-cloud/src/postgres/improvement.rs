@@ -2,14 +2,21 @@
 //! advisory lock on a connection taken out of the pool for the pass: another instance's
 //! `pg_try_advisory_lock` fails meanwhile (it skips its pass), and should this instance
 //! die, the database ends the session and the lock with it.
+//!
+//! The task specifications live in `task_specs` (schema v3): each instance imports the
+//! files of its own `DIR/specs/` (at start, and at each of its improvement ticks the files
+//! that changed since), so the pass reads the same specifications whichever instance runs it.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde_json::Value;
 
 use super::PgStorage;
 use crate::error::{Error, ErrorKind, Result};
-use crate::storage::{ImprovementBackend, PassLock, TaskState, VersionStats};
+use crate::storage::{
+    sha256_hex, ImprovementBackend, PassLock, StoredSpec, TaskState, VersionStats,
+};
 
 /// The advisory lock key of improvement passes (`'loopai.improve'` as a number).
 pub(crate) const PASS_LOCK: i64 = 0x6c6f_6f70_6169_6970;
@@ -43,7 +50,100 @@ fn version_u32(v: i64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
 
+/// A spec file's task: `<task>.json` with a valid task id, else `None`.
+fn spec_task(path: &Path) -> Option<String> {
+    if path.extension().and_then(|e| e.to_str()) != Some("json") {
+        return None;
+    }
+    let task = path.file_stem()?.to_str()?;
+    loopai_core::validate_task_id(task).ok()?;
+    Some(task.to_owned())
+}
+
 impl ImprovementBackend for PgStorage {
+    fn import_specs(&self, dir: &Path) -> Result<usize> {
+        let root = dir.join("specs");
+        let entries = match std::fs::read_dir(&root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io(root.display(), e)),
+        };
+        let mut files: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        files.sort();
+        let mut imported = 0;
+        for path in files {
+            let Some(task) = spec_task(&path) else {
+                continue;
+            };
+            let body = match std::fs::read(&path) {
+                Ok(body) => body,
+                Err(e) => {
+                    log::warn!("specification {}: {e}; not imported", path.display());
+                    continue;
+                }
+            };
+            let sha = sha256_hex(&body);
+            if self.imported_specs.lock().get(&task) == Some(&sha) {
+                continue;
+            }
+            match serde_json::from_slice::<Value>(&body) {
+                Ok(Value::Object(_)) => {}
+                Ok(_) => {
+                    log::warn!(
+                        "specification {}: not a JSON object; not imported",
+                        path.display()
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    log::warn!(
+                        "specification {}: not JSON ({e}); not imported",
+                        path.display()
+                    );
+                    continue;
+                }
+            }
+            self.run(async {
+                let client = self.client().await?;
+                client
+                    .execute(
+                        "INSERT INTO task_specs (task_id, body, sha256, updated_at)
+                         VALUES ($1, $2, $3, now())
+                         ON CONFLICT (task_id) DO UPDATE
+                         SET body = EXCLUDED.body, sha256 = EXCLUDED.sha256, updated_at = now()
+                         WHERE task_specs.sha256 <> EXCLUDED.sha256",
+                        &[&task, &body, &sha],
+                    )
+                    .await
+                    .map_err(|e| {
+                        self.db_error(&format!("importing specification {}", path.display()), &e)
+                    })
+            })?;
+            log::info!(
+                "specification {} imported into {} task_specs (sha256 {sha})",
+                path.display(),
+                self.place
+            );
+            self.imported_specs.lock().insert(task, sha);
+            imported += 1;
+        }
+        Ok(imported)
+    }
+
+    fn spec(&self, task: &str) -> Result<Option<StoredSpec>> {
+        let row = self.run(async {
+            let client = self.client().await?;
+            client
+                .query_opt("SELECT body FROM task_specs WHERE task_id = $1", &[&task])
+                .await
+                .map_err(|e| self.db_error(&format!("reading the specification of {task:?}"), &e))
+        })?;
+        Ok(row.map(|r| StoredSpec {
+            body: r.get(0),
+            place: format!("{} task_specs {task:?}", self.place),
+        }))
+    }
+
     fn lock_pass(&self) -> Result<Option<PassLock>> {
         let Some(handle) = self.handle() else {
             return Err(Error::new(ErrorKind::Internal, "the storage is closed"));

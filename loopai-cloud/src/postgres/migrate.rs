@@ -8,9 +8,10 @@ use crate::error::{Error, ErrorKind, Result};
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("migrations/0001_init.sql")),
     (2, "fleet", include_str!("migrations/0002_fleet.sql")),
+    (3, "specs", include_str!("migrations/0003_specs.sql")),
 ];
 /// The schema version this build creates.
-pub(crate) const LATEST: i32 = 2;
+pub(crate) const LATEST: i32 = 3;
 /// The advisory lock key held while migrating (`'loopai.migrate'` as a number).
 const MIGRATE_LOCK: i64 = 0x6c6f_6f70_6169_6d31;
 

@@ -65,6 +65,9 @@ pub(crate) struct PgStorage {
     /// When this instance last recorded each deployment as seen (at most once a second
     /// each, so that a busy deployment's uploads do not queue on its row).
     seen: Mutex<HashMap<String, Instant>>,
+    /// The sha256 of each spec file this instance imported last, by task (a file is
+    /// imported again only when it changes).
+    imported_specs: Mutex<HashMap<String, String>>,
 }
 
 impl fmt::Debug for PgStorage {
@@ -146,6 +149,7 @@ impl PgStorage {
             clock,
             signer,
             seen: Mutex::new(HashMap::new()),
+            imported_specs: Mutex::new(HashMap::new()),
         };
         let started = Instant::now();
         let applied = storage.run(async {

@@ -10,7 +10,7 @@ use loopai_core::TelemetryBatch;
 use serde_json::Value;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::storage::{ImprovementBackend, PassLock, TaskState, VersionStats};
+use crate::storage::{ImprovementBackend, PassLock, StoredSpec, TaskState, VersionStats};
 
 /// The improvement engine's storage in a server directory.
 #[derive(Debug, Clone)]
@@ -31,6 +31,23 @@ impl FileImprovement {
 impl ImprovementBackend for FileImprovement {
     fn lock_pass(&self) -> Result<Option<PassLock>> {
         Ok(Some(PassLock::local()))
+    }
+
+    fn import_specs(&self, _dir: &Path) -> Result<usize> {
+        // The specifications are read in place, from `spec`.
+        Ok(0)
+    }
+
+    fn spec(&self, task: &str) -> Result<Option<StoredSpec>> {
+        let path = self.dir.join("specs").join(format!("{task}.json"));
+        match std::fs::read(&path) {
+            Ok(body) => Ok(Some(StoredSpec {
+                body,
+                place: path.display().to_string(),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path.display(), e)),
+        }
     }
 
     fn tasks(&self) -> Result<Vec<String>> {

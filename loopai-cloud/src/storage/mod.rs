@@ -18,10 +18,12 @@ pub(crate) mod file;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::Path;
 
 use loopai_core::VersionInfo;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::error::Result;
 use crate::http::ApiError;
@@ -161,8 +163,25 @@ impl PassLock {
     }
 }
 
-/// The improvement engine's inputs (the stored validations) and state (attempts,
-/// escalations).
+/// A task's specification as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredSpec {
+    /// The specification file's bytes (a `TaskSpecification` as JSON).
+    pub(crate) body: Vec<u8>,
+    /// Where it is, for messages (a file, a table row).
+    pub(crate) place: String,
+}
+
+/// The lowercase hex sha256 of `bytes` (what escalations record of a specification).
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The improvement engine's inputs (the stored validations and the task specifications)
+/// and state (attempts, escalations).
 pub(crate) trait ImprovementBackend: Send + Sync + fmt::Debug {
     /// Takes the pass lock: `None` when a pass runs elsewhere (another instance).
     fn lock_pass(&self) -> Result<Option<PassLock>>;
@@ -186,4 +205,14 @@ pub(crate) trait ImprovementBackend: Send + Sync + fmt::Debug {
 
     /// Records an escalation (a JSON object with `task_id`); returns where, for the log.
     fn escalate(&self, task: &str, record: &Value) -> Result<String>;
+
+    /// Brings the specifications an operator placed in `<dir>/specs/<task>.json` into the
+    /// storage, so that every instance sharing it reads them; returns how many were new or
+    /// changed. The file backend reads them in place (nothing to do); the database imports
+    /// each file that changed since this instance last imported it. A file that cannot be
+    /// read or is not a JSON object is logged, naming it, and skipped.
+    fn import_specs(&self, dir: &Path) -> Result<usize>;
+
+    /// The specification of `task`, `None` when it has none.
+    fn spec(&self, task: &str) -> Result<Option<StoredSpec>>;
 }

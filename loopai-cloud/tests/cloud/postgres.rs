@@ -636,6 +636,109 @@ fn pg_improvement_passes_run_one_at_a_time_across_instances() {
 }
 
 #[test]
+fn pg_a_spec_given_to_one_instance_is_used_by_a_pass_on_another() {
+    let Some(pg) = PgServer::start() else { return };
+    let url = pg.database("specs");
+    const TASK: &str = "fruit";
+    let spec = json!({
+        "name": TASK,
+        "description": "Which fruit family a text is about.",
+        "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+        "output_schema": {"type": "string", "enum": ["a", "b"]},
+        "examples": (0..40).map(|i| {
+            let (word, label) = if i % 2 == 0 { ("apple", "a") } else { ("banana", "b") };
+            json!({"input": {"text": format!("the {word} number {i}")}, "output": label})
+        }).collect::<Vec<_>>(),
+    });
+    // Instance A has the spec file (and a file that is not a spec, skipped); it runs no
+    // improvement pass. Instance B has no specs directory at all and runs the passes.
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let specs = dirs[0].path().join("specs");
+    std::fs::create_dir_all(&specs).unwrap();
+    std::fs::write(specs.join(format!("{TASK}.json")), spec.to_string()).unwrap();
+    std::fs::write(specs.join("broken.json"), "[not json").unwrap();
+    let mut a = instance(dirs[0].path(), &url);
+    assert_eq!(
+        pg.psql("specs", "SELECT task_id, length(sha256) FROM task_specs"),
+        format!("{TASK}|64")
+    );
+    assert_eq!(
+        pg.psql("specs", "SELECT max(version) FROM loopai_schema_migrations"),
+        "3"
+    );
+    let mut b = CloudServer::builder()
+        .dir(dirs[1].path())
+        .database(&url)
+        .port(0)
+        .worker_threads(2)
+        .improvement(
+            ImprovementConfig::default().with_min_samples(20),
+            Duration::from_millis(50),
+        )
+        .build()
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let (ua, ub) = (a.url(), b.url());
+    // v1 answers "a" to everything; deployments report it failing on "banana" texts.
+    let meta =
+        json!({"input_schema": spec["input_schema"], "output_schema": spec["output_schema"]});
+    let archive =
+        loopai_core::ArtifactArchive::new(program(TASK, "a"), Some(meta.to_string().into_bytes()))
+            .pack()
+            .unwrap();
+    assert_eq!(upload(&ua, TASK, &archive).0, 201);
+    for k in 0..2 {
+        let mut body = batch(&id(k as u64), TASK, 20);
+        for (i, s) in body["execution_summaries"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .enumerate()
+        {
+            s["input"] = json!({"text": format!("a banana here {k} {i}")});
+        }
+        assert_eq!(post(&ua, &body).unwrap(), (200, "accepted".to_owned()));
+    }
+    // B, whose directory has no spec, learns v2 from the spec A was given.
+    let start = Instant::now();
+    while versions(&ub, TASK).len() < 2 {
+        assert!(start.elapsed() < HANG, "instance B never improved the task");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(health(&ub)["improvement"]["passes"].as_u64().unwrap() >= 1);
+    assert_eq!(health(&ua)["improvement"]["passes"], 0);
+    assert!(!dirs[1].path().join("specs").exists());
+    let attempts = pg.psql("specs", "SELECT count(*) FROM improvement_state");
+    assert_eq!(attempts, "1");
+    // A file placed while B runs is imported at its next improvement tick.
+    std::fs::create_dir_all(dirs[1].path().join("specs")).unwrap();
+    std::fs::write(dirs[1].path().join("specs/other.json"), spec.to_string()).unwrap();
+    pg.wait_for(
+        "specs",
+        "SELECT string_agg(task_id, ',' ORDER BY task_id) FROM task_specs",
+        &format!("{TASK},other"),
+        HANG,
+    );
+
+    // A changed file is imported again by the next instance start (or improvement tick).
+    let mut changed = spec.clone();
+    changed["description"] = json!("Which fruit family a text is about (revised).");
+    std::fs::write(specs.join(format!("{TASK}.json")), changed.to_string()).unwrap();
+    a.shutdown(SHUTDOWN).unwrap();
+    let mut a = instance(dirs[0].path(), &url);
+    assert_eq!(
+        pg.psql(
+            "specs",
+            &format!("SELECT convert_from(body, 'UTF8')::jsonb ->> 'description' FROM task_specs WHERE task_id = '{TASK}'")
+        ),
+        "Which fruit family a text is about (revised)."
+    );
+    a.shutdown(SHUTDOWN).unwrap();
+    b.shutdown(SHUTDOWN).unwrap();
+}
+
+#[test]
 fn pg_a_bad_database_url_is_a_config_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let err = CloudServer::builder()
