@@ -86,22 +86,16 @@ impl ImprovementBackend for PgStorage {
             if self.imported_specs.lock().get(&task) == Some(&sha) {
                 continue;
             }
-            match serde_json::from_slice::<Value>(&body) {
-                Ok(Value::Object(_)) => {}
-                Ok(_) => {
-                    log::warn!(
-                        "specification {}: not a JSON object; not imported",
-                        path.display()
-                    );
-                    continue;
-                }
-                Err(e) => {
-                    log::warn!(
-                        "specification {}: not JSON ({e}); not imported",
-                        path.display()
-                    );
-                    continue;
-                }
+            let problem = match serde_json::from_slice::<Value>(&body) {
+                Ok(Value::Object(_)) => None,
+                Ok(_) => Some("not a JSON object".to_owned()),
+                Err(e) => Some(format!("not JSON ({e})")),
+            };
+            if let Some(problem) = problem {
+                // Said once per content: the file is looked at again when it changes.
+                log::warn!("specification {}: {problem}; not imported", path.display());
+                self.imported_specs.lock().insert(task, sha);
+                continue;
             }
             self.run(async {
                 let client = self.client().await?;

@@ -65,8 +65,8 @@ pub(crate) struct PgStorage {
     /// When this instance last recorded each deployment as seen (at most once a second
     /// each, so that a busy deployment's uploads do not queue on its row).
     seen: Mutex<HashMap<String, Instant>>,
-    /// The sha256 of each spec file this instance imported last, by task (a file is
-    /// imported again only when it changes).
+    /// The sha256 of each spec file this instance last imported (or rejected), by task: a
+    /// file is looked at again only when it changes.
     imported_specs: Mutex<HashMap<String, String>>,
 }
 
