@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -120,10 +121,17 @@ def test_a_slow_oracle_does_not_block_execute(data_dir: Path) -> None:
         assert entered.wait(30)
         # The only worker waits inside the oracle: one more sample fits in the queue, the
         # rest are skipped, and every execute returns.
-        results = [rt.execute({"text": "a prize"}) for _ in range(4)]
-        assert all(r.output == "spam" for r in results)
-        assert rt.validation_metrics()["skipped_queue_full"] == 3
-        release.set()
+        try:
+            results = [rt.execute({"text": "a prize"}) for _ in range(4)]
+            assert all(r.output == "spam" for r in results)
+            # A sample reaches the validation queue once its record is in the local log,
+            # which the log writer does in the background: wait (bounded) for the hand-off.
+            deadline = time.monotonic() + 30
+            while rt.validation_metrics()["skipped_queue_full"] < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert rt.validation_metrics()["skipped_queue_full"] == 3
+        finally:
+            release.set()
         rt.flush(30)
         assert rt.validation_metrics()["validated"] == 2
 
