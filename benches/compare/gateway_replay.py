@@ -380,7 +380,9 @@ def scrape(url: str, family: str) -> list[tuple[float, int]]:
     return out
 
 
-def server_timing(before: list[tuple[float, int]], after: list[tuple[float, int]]) -> dict[str, Any]:
+def server_timing(
+    before: list[tuple[float, int]], after: list[tuple[float, int]]
+) -> dict[str, Any]:
     """p50/p99 (bucket upper bounds, 10% wide, in µs) of what was observed between two
     scrapes."""
     diff = [(le, a - b) for (le, a), (_, b) in zip(after, before)]
@@ -611,14 +613,23 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         for x in lat.get("rates", [])
         if x["rate"] == 10000 and (x["gateway"].get("server_overhead") or {}).get("p99_us")
     ]
-    target("gateway's own time on forwarded calls, server side, p99 at 10K (us) <=",
-           own[0] if own else None, 500, False)
+    target(
+        "gateway's own time on forwarded calls, server side, p99 at 10K (us) <=",
+        own[0] if own else None,
+        500,
+        False,
+    )
     own_local = [
-        x["server_time"]["p99_us"] for x in lat.get("local", [])
+        x["server_time"]["p99_us"]
+        for x in lat.get("local", [])
         if (x.get("server_time") or {}).get("p99_us")
     ]
-    target("locally answered call, server side, p99 (us) <=",
-           max(own_local) if own_local else None, 100, False)
+    target(
+        "locally answered call, server side, p99 (us) <=",
+        max(own_local) if own_local else None,
+        100,
+        False,
+    )
     return out
 
 

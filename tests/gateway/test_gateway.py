@@ -370,7 +370,9 @@ def test_over_tls_the_sdk_is_served_when_it_trusts_the_ca_and_refused_when_not(
         # class, whichever httpx it is built on).
         trusting = ssl.create_default_context(cafile=str(ca_file))
         with openai.DefaultHttpxClient(verify=trusting) as http:
-            source, completion = ask(client(gw.url + "/v1", http_client=http), rows[0]["input"]["text"])
+            source, completion = ask(
+                client(gw.url + "/v1", http_client=http), rows[0]["input"]["text"]
+            )
         assert source == "oracle"
         assert completion.choices[0].message.content == rows[0]["output"]
         # With the system's roots it refuses the certificate; nothing reaches the upstream.
