@@ -328,7 +328,11 @@ fn sampled_local_answers_are_validated_and_disagreement_sends_the_task_back() {
     gw.wait_idle(WAIT).unwrap();
     gw.recalibrate("spam");
     let t = gw.stats().tasks[0].clone();
-    assert_eq!(validated, 40, "{t:?}");
+    // Up to 40 disagreeing validations: the calibrator may send the task back to forwarding
+    // before the 40th arrives (it re-estimates in the background), after which nothing is
+    // answered locally any more. Either way every validation is counted and the task stops
+    // serving.
+    assert!((1..=40).contains(&validated), "{validated} {t:?}");
     assert_eq!(t.validations as usize, validated);
     assert_eq!(t.validation_disagreements as usize, validated);
     assert_ne!(t.state, TaskState::Serving, "{t:?}");
