@@ -60,7 +60,7 @@ repo=$PWD
 elsewhere=$(mktemp -d)
 LOOPAI_DATA_DIR=$elsewhere/data examples/quickstart.sh >/dev/null
 # Again from another directory, with CARGO_TARGET_DIR relative to it: a link to the same
-# target directory, so nothing is rebuilt, but a script that looked for target/release/...
+# target directory, so nothing is rebuilt, but a script that hard-coded the default target directory
 # or resolved CARGO_TARGET_DIR against the repository would fail. (.ci/run sets
 # CARGO_TARGET_DIR to target/ci, so the first run is not in target/ either.)
 ln -s "$target_dir" "$elsewhere/build"
