@@ -248,6 +248,36 @@ loopai_status_t loopai_runtime_execute_with_key(const loopai_runtime_t *rt,
                                                 loopai_error_t **err);
 
 /**
+ * Explains what the task's active program decides on one input (`input_json`,
+ * `input_len` as for `loopai_runtime_execute`): the decision path as a JSON object
+ * `{"task", "version", "output", "confidence", "abstained", "decided_by", "abstention",
+ * "decision"}` — the rule that fired with its conditions and the feature values they saw,
+ * or a model's per-class scores with its `top_k` largest contributions traced back to the
+ * n-grams and keywords of this input, the splits of a tree, the steps of `first` and
+ * `vote`, and which threshold made it abstain (docs/program-format.md, "Explanations").
+ * `top_k` is the most contributions listed per class (10 is the default of the other
+ * languages). `output` and `confidence` are exactly what `loopai_runtime_execute` returns
+ * for the input. The active version is explained, never the canary of a rollout; nothing
+ * is logged, sampled or counted.
+ *
+ * On success `*out_json` receives a new NUL-terminated string owned by the caller, to be
+ * freed with `loopai_string_free`. On failure `*out_json` is untouched and, if `err` is
+ * not NULL, `*err` receives a new error object.
+ *
+ * Errors: LOOPAI_E_INVALID_INPUT (NULL argument, invalid UTF-8 or JSON, not an object,
+ * schema mismatch, text too long), LOOPAI_E_INVALID_OUTPUT. Works after
+ * `loopai_runtime_shutdown` and, in a child process, after fork().
+ *
+ * Thread-safe.
+ */
+loopai_status_t loopai_runtime_explain(const loopai_runtime_t *rt,
+                                       const uint8_t *input_json,
+                                       size_t input_len,
+                                       uint32_t top_k,
+                                       char **out_json,
+                                       loopai_error_t **err);
+
+/**
  * Executes a batch: `inputs_json` is a JSON array of input objects (`inputs_len` bytes of
  * UTF-8, not NUL-terminated, at most 16 MiB). Each input is executed and logged as by
  * `loopai_runtime_execute`.
@@ -505,7 +535,7 @@ void loopai_error_free(loopai_error_t *e);
 
 /**
  * Frees a string returned through a `char **out_json` parameter
- * (`loopai_runtime_execute_batch`, `loopai_runtime_health_json`,
+ * (`loopai_runtime_execute_batch`, `loopai_runtime_explain`, `loopai_runtime_health_json`,
  * `loopai_runtime_validation_metrics_json`, `loopai_runtime_rollout_json`). NULL is
  * ignored.
  * Never pass it a string returned as `const char *`: those belong to their object.

@@ -82,8 +82,9 @@ if [ "$exported" != "$declared" ]; then
 fi
 echo "$(echo "$exported" | wc -l) functions"
 
-# One data dir per language, each with task "spam" installed three times over: the example
-# program (spam/), the parity-vector program (vectors/), and for the canary-rollout tests
+# One data dir per language, each with task "spam" installed four times over: the example
+# program (spam/), the parity-vector program (vectors/), the explain-vector program
+# (explain/: tests/vectors/explain-program.json), and for the canary-rollout tests
 # (rollout/) the example program as v1, active, and again as v2 and v3, not activated.
 prepare() {
   local d=$work/data-$1
@@ -91,6 +92,8 @@ prepare() {
     --spec examples/spam/spec.json examples/spam/program.json >/dev/null
   "$bin/loopai" artifacts install --data-dir "$d/vectors" --task spam \
     --spec tests/vectors/spec.json tests/vectors/program.json >/dev/null
+  "$bin/loopai" artifacts install --data-dir "$d/explain" --task spam \
+    tests/vectors/explain-program.json >/dev/null
   "$bin/loopai" artifacts install --data-dir "$d/rollout" --task spam \
     --spec examples/spam/spec.json examples/spam/program.json >/dev/null
   for _ in 2 3; do
@@ -98,9 +101,11 @@ prepare() {
       --spec examples/spam/spec.json examples/spam/program.json >/dev/null
   done
   export LOOPAI_TEST_DATA_DIR=$d/spam LOOPAI_VECTORS_DATA_DIR=$d/vectors
+  export LOOPAI_EXPLAIN_DATA_DIR=$d/explain
   export LOOPAI_ROLLOUT_DATA_DIR=$d/rollout
 }
 export LOOPAI_VECTORS=$root/tests/vectors/spam.jsonl
+export LOOPAI_EXPLAIN_VECTORS=$root/tests/vectors/explain.jsonl
 cflags=(-std=c11 -g -O1 -Wall -Wextra -Werror -fno-omit-frame-pointer
         -fsanitize=address,undefined -fno-sanitize-recover=all)
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1

@@ -845,6 +845,41 @@ namespace Loopai
             }
         }
 
+        /// <summary>The number of contributions per class Explain lists by default.</summary>
+        public const int DefaultExplainTopK = 10;
+
+        /// <summary>
+        /// Why the active program decides what it does on one input (UTF-8 JSON text): the
+        /// decision path as JSON, {"task", "version", "output", "confidence", "abstained",
+        /// "decided_by", "abstention", "decision"} — the rule that fired with the feature
+        /// values its conditions saw, or a model's per-class scores with its topK largest
+        /// contributions traced back to the n-grams and keywords of this input
+        /// (docs/program-format.md, "Explanations"). Output and confidence are exactly what
+        /// Execute returns; the active version is explained, never a canary; nothing is
+        /// logged, sampled or counted. Throws as Execute does (InvalidInput).
+        /// </summary>
+        public string Explain(string inputJson, int topK = DefaultExplainTopK)
+        {
+            if (inputJson == null)
+                throw new LoopaiException(LoopaiStatus.InvalidInput, "inputJson is null");
+            return Explain(Encoding.UTF8.GetBytes(inputJson), topK);
+        }
+
+        /// <summary>Explain, with the input as UTF-8 JSON bytes.</summary>
+        public string Explain(byte[] inputJson, int topK = DefaultExplainTopK)
+        {
+            if (inputJson == null)
+                throw new LoopaiException(LoopaiStatus.InvalidInput, "inputJson is null");
+            if (topK < 0)
+                throw new LoopaiException(LoopaiStatus.InvalidInput, "topK must not be negative, got " + topK);
+            var text = IntPtr.Zero;
+            var err = IntPtr.Zero;
+            Check(Call(() => Native.loopai_runtime_explain(
+                handle, inputJson, (UIntPtr)inputJson.Length, (uint)topK, ref text, ref err)), err);
+            using (var owned = new StringHandle(text))
+                return FromUtf8(owned.DangerousGetHandle());
+        }
+
         /// <summary>The health as JSON: status ("ok" or "degraded"), task, active_version, dataset counters, telemetry (null when off), validation, rollout (as RolloutJson).</summary>
         public string HealthJson()
         {
@@ -1144,6 +1179,10 @@ namespace Loopai
 
             [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
             internal static extern uint loopai_runtime_active_version(RuntimeHandle rt);
+
+            [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+            internal static extern int loopai_runtime_explain(RuntimeHandle rt, byte[] input, UIntPtr len,
+                uint topK, ref IntPtr outJson, ref IntPtr err);
 
             [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
             internal static extern int loopai_runtime_health_json(RuntimeHandle rt, ref IntPtr outJson, ref IntPtr err);

@@ -454,6 +454,46 @@ func (r *Runtime) ActiveVersion() uint32 {
 	return v
 }
 
+// Explain returns why the active program decides what it does on input (as for Execute:
+// a map, a struct, []byte or json.RawMessage of JSON text): the decision path as JSON,
+// {"task", "version", "output", "confidence", "abstained", "decided_by", "abstention",
+// "decision"} — the rule that fired with the feature values its conditions saw, or a
+// model's per-class scores with its topK largest contributions traced back to the n-grams
+// and keywords of this input (docs/program-format.md, "Explanations"). Output and
+// confidence are exactly what Execute returns; the active version is explained, never a
+// canary; nothing is logged, sampled or counted. topK is the most contributions listed per
+// class (DefaultExplainTopK is what the other languages use by default).
+func (r *Runtime) Explain(input any, topK int) (json.RawMessage, error) {
+	data, err := inputBytes(input)
+	if err != nil {
+		return nil, err
+	}
+	if topK < 0 || int64(topK) > math.MaxUint32 {
+		return nil, &Error{Code: CodeInvalidInput, Message: fmt.Sprintf("Explain: topK %d is out of range", topK)}
+	}
+	ptr, err := r.handle()
+	if err != nil {
+		return nil, err
+	}
+	p, n := bytesArg(data)
+	var out *C.char
+	var cerr *C.loopai_error_t
+	status := C.loopai_runtime_explain(ptr, p, n, C.uint32_t(topK), &out, &cerr)
+	r.mu.RUnlock()
+	runtime.KeepAlive(r)
+	runtime.KeepAlive(data)
+	if err := takeError(status, cerr); err != nil {
+		return nil, err
+	}
+	text := C.GoString(out)
+	C.loopai_string_free(out)
+	return json.RawMessage(text), nil
+}
+
+// DefaultExplainTopK is the number of contributions per class Explain lists by default in
+// the other languages.
+const DefaultExplainTopK = 10
+
 // Health returns the runtime's health as JSON: status ("ok" or "degraded"), task,
 // active_version, the execution-log counters under dataset, the telemetry counters under
 // telemetry (null when telemetry is off), the validation metrics under validation and the

@@ -265,6 +265,64 @@ func TestParityVectors(t *testing.T) {
 	}
 }
 
+func TestExplainVectors(t *testing.T) {
+	rt, err := NewRuntime(env(t, "LOOPAI_EXPLAIN_DATA_DIR"), "spam", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	f, err := os.Open(env(t, "LOOPAI_EXPLAIN_VECTORS"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	scanner := bufio.NewScanner(f)
+	scanner.Buffer(make([]byte, 1<<20), 1<<24)
+	n := 0
+	for scanner.Scan() {
+		var v struct {
+			Input       json.RawMessage `json:"input"`
+			TopK        int             `json:"top_k"`
+			Explanation json.RawMessage `json:"explanation"`
+		}
+		if err := json.Unmarshal(scanner.Bytes(), &v); err != nil {
+			t.Fatal(err)
+		}
+		got, err := rt.Explain([]byte(v.Input), v.TopK)
+		if err != nil {
+			t.Fatalf("vector %d: %v", n, err)
+		}
+		// The same text, byte for byte, as the Rust core wrote it.
+		if string(got) != string(v.Explanation) {
+			t.Errorf("vector %d: explanation\n%s\nwant\n%s", n, got, v.Explanation)
+		}
+		n++
+	}
+	if err := scanner.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n < 10 {
+		t.Fatalf("only %d vectors", n)
+	}
+	if _, err := rt.Explain([]byte(`{"text": 1}`), 3); !errors.Is(err, ErrInvalidInput) {
+		t.Errorf("bad input: %v, want ErrInvalidInput", err)
+	}
+	if _, err := rt.Explain(map[string]any{"text": "hi"}, -1); !errors.Is(err, ErrInvalidInput) {
+		t.Errorf("negative topK: %v, want ErrInvalidInput", err)
+	}
+	why, err := rt.Explain(map[string]any{"text": "free prize"}, DefaultExplainTopK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var parsed struct {
+		Task    string `json:"task"`
+		Version int    `json:"version"`
+	}
+	if err := json.Unmarshal(why, &parsed); err != nil || parsed.Task != "spam" || parsed.Version != 1 {
+		t.Errorf("explanation %s (%v)", why, err)
+	}
+}
+
 // keywordOracle answers "spam" when the input mentions a prize, else "ham", and checks
 // the request; calls counts its calls.
 func keywordOracle(t *testing.T, calls *atomic.Int64) OracleFunc {

@@ -1,11 +1,11 @@
 //! `loopai exec`: run the active program on one input or a JSONL stream.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use loopai_core::{Error, ErrorKind, Runtime};
+use loopai_core::{Error, ErrorKind, ExplainOptions, Runtime};
 
 use crate::TaskArgs;
 
@@ -24,6 +24,31 @@ pub(crate) struct ExecArgs {
     /// `storage.durability: durable`, only once its log record is on disk).
     #[arg(long, value_name = "JSON")]
     input: Option<String>,
+    /// Print why the active program decides what it does instead of executing: the
+    /// decision path as JSON (see "Explanations" in docs/program-format.md), pretty-printed
+    /// on a terminal, one line per input otherwise. Nothing is logged.
+    #[arg(long)]
+    explain: bool,
+    /// With --explain: most contributions listed per class of a model.
+    #[arg(long, value_name = "N", default_value_t = loopai_core::DEFAULT_EXPLAIN_TOP_K, requires = "explain")]
+    top_k: usize,
+}
+
+/// Writes the explanation of `input` (pretty on a terminal).
+fn explain(
+    runtime: &Runtime,
+    input: &[u8],
+    options: &ExplainOptions,
+    out: &mut impl Write,
+) -> Result<(), Error> {
+    let explanation = runtime.explain_json(input, options)?;
+    let written = if std::io::stdout().is_terminal() {
+        serde_json::to_writer_pretty(&mut *out, &explanation)
+    } else {
+        serde_json::to_writer(&mut *out, &explanation)
+    };
+    written.map_err(|e| Error::io("stdout", e.into()))?;
+    out.write_all(b"\n").map_err(|e| Error::io("stdout", e))
 }
 
 pub(crate) fn run(args: ExecArgs) -> Result<ExitCode, Error> {
@@ -38,7 +63,13 @@ pub(crate) fn run(args: ExecArgs) -> Result<ExitCode, Error> {
     let mut out = stdout.lock();
     let write_err = |e: std::io::Error| Error::io("stdout", e);
 
+    let options = ExplainOptions::default().with_top_k(args.top_k);
     if let Some(input) = &args.input {
+        if args.explain {
+            explain(&runtime, input.as_bytes(), &options, &mut out)?;
+            runtime.shutdown(SHUTDOWN_TIMEOUT)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         let result = runtime.execute_json(input.as_bytes())?;
         serde_json::to_writer(&mut out, &result).map_err(|e| Error::io("stdout", e.into()))?;
         out.write_all(b"\n").map_err(write_err)?;
@@ -63,11 +94,17 @@ pub(crate) fn run(args: ExecArgs) -> Result<ExitCode, Error> {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match runtime.execute_json(&line) {
-            Ok(result) => {
+        let done = if args.explain {
+            explain(&runtime, &line, &options, &mut out)
+        } else {
+            runtime.execute_json(&line).and_then(|result| {
                 serde_json::to_writer(&mut out, &result)
                     .map_err(|e| Error::io("stdout", e.into()))?;
-                out.write_all(b"\n").map_err(write_err)?;
+                out.write_all(b"\n").map_err(write_err)
+            })
+        };
+        match done {
+            Ok(()) => {
                 // Streaming: each result is visible as soon as it is computed.
                 out.flush().map_err(write_err)?;
             }

@@ -83,6 +83,89 @@ fn exec_with_input_flag_prints_one_result() {
 }
 
 #[test]
+fn exec_explain_prints_the_decision_path_and_logs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    install_example(dir.path());
+    let text = r#"{"text": "WIN a FREE prize, call now"}"#;
+    let o = run(loopai()
+        .args([
+            "exec",
+            "--task",
+            "spam",
+            "--explain",
+            "--input",
+            text,
+            "--data-dir",
+        ])
+        .arg(dir.path()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let why: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!((&why["task"], &why["version"]), (&"spam".into(), &1.into()));
+    assert!(why["decision"]["op"].is_string(), "{why}");
+    assert!(why["decided_by"].is_string(), "{why}");
+    let executions = dir.path().join("datasets/spam/executions");
+    let logged = std::fs::read_dir(&executions).map_or(0, |d| d.count());
+    assert_eq!(logged, 0, "explain logged an execution");
+
+    // The same answer as executing, for each line of a stream.
+    let inputs = format!("{text}\n{{\"text\": \"see you at home for dinner\"}}\n");
+    let mut child = loopai()
+        .args([
+            "exec",
+            "--task",
+            "spam",
+            "--explain",
+            "--top-k",
+            "1",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(inputs.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let explained: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let o = exec_stdin(dir.path(), &inputs);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let executed: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(explained.len(), 2);
+    for (why, result) in explained.iter().zip(&executed) {
+        assert_eq!(why["output"], result["output"]);
+        assert_eq!(why["confidence"], result["confidence"]);
+        assert_eq!(why["decided_by"], result["decided_by"]);
+    }
+    // `--top-k` without `--explain` is refused.
+    let o = run(loopai()
+        .args([
+            "exec",
+            "--task",
+            "spam",
+            "--top-k",
+            "3",
+            "--input",
+            text,
+            "--data-dir",
+        ])
+        .arg(dir.path()));
+    assert!(!o.status.success());
+}
+
+#[test]
 fn exec_streams_each_result_before_the_next_input_arrives() {
     let dir = tempfile::tempdir().unwrap();
     install_example(dir.path());

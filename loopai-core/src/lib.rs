@@ -208,7 +208,8 @@ pub use privacy::{
     KeyedHasher, PiiFilter, PiiKind, PiiMatch, PrivacyPolicy, HMAC_KEY_FILE, HMAC_KEY_LEN,
 };
 pub use program::{
-    ngram_hash, DecisionId, Outcome, Program, ProgramLimits, ProgramStats, FORMAT as PROGRAM_FORMAT,
+    ngram_hash, Abstention, Decision, DecisionId, ExplainOptions, Explanation, Outcome, Program,
+    ProgramLimits, ProgramStats, DEFAULT_TOP_K as DEFAULT_EXPLAIN_TOP_K, FORMAT as PROGRAM_FORMAT,
 };
 pub use refresh::RefreshMetrics;
 pub use repository::{

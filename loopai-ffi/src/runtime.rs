@@ -6,7 +6,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
-use loopai_core::{DeploymentConfig, Error, ErrorKind, Oracle, Runtime, MAX_INPUT_DOCUMENT_BYTES};
+use loopai_core::{
+    DeploymentConfig, Error, ErrorKind, ExplainOptions, Oracle, Runtime, MAX_INPUT_DOCUMENT_BYTES,
+};
 use serde_json::Value;
 
 use crate::args::{byte_slice, c_str, check_out, null_error};
@@ -234,6 +236,50 @@ pub unsafe extern "C" fn loopai_runtime_execute_with_key(
         // SAFETY: `out` is not NULL (checked) and writable per contract.
         unsafe { write_result(result, out) };
         Ok(())
+    })
+}
+
+/// Explains what the task's active program decides on one input (`input_json`,
+/// `input_len` as for `loopai_runtime_execute`): the decision path as a JSON object
+/// `{"task", "version", "output", "confidence", "abstained", "decided_by", "abstention",
+/// "decision"}` — the rule that fired with its conditions and the feature values they saw,
+/// or a model's per-class scores with its `top_k` largest contributions traced back to the
+/// n-grams and keywords of this input, the splits of a tree, the steps of `first` and
+/// `vote`, and which threshold made it abstain (docs/program-format.md, "Explanations").
+/// `top_k` is the most contributions listed per class (10 is the default of the other
+/// languages). `output` and `confidence` are exactly what `loopai_runtime_execute` returns
+/// for the input. The active version is explained, never the canary of a rollout; nothing
+/// is logged, sampled or counted.
+///
+/// On success `*out_json` receives a new NUL-terminated string owned by the caller, to be
+/// freed with `loopai_string_free`. On failure `*out_json` is untouched and, if `err` is
+/// not NULL, `*err` receives a new error object.
+///
+/// Errors: LOOPAI_E_INVALID_INPUT (NULL argument, invalid UTF-8 or JSON, not an object,
+/// schema mismatch, text too long), LOOPAI_E_INVALID_OUTPUT. Works after
+/// `loopai_runtime_shutdown` and, in a child process, after fork().
+///
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn loopai_runtime_explain(
+    rt: *const loopai_runtime_t,
+    input_json: *const u8,
+    input_len: usize,
+    top_k: u32,
+    out_json: *mut *mut c_char,
+    err: *mut *mut loopai_error_t,
+) -> loopai_status_t {
+    const F: &str = "loopai_runtime_explain";
+    guard(F, err, || {
+        // SAFETY: `rt` is NULL or a live runtime, per contract.
+        let runtime = unsafe { runtime_ref(F, rt)? };
+        check_out(F, out_json)?;
+        // SAFETY: `input_json` is NULL or points to `input_len` bytes, per contract.
+        let input = unsafe { byte_slice(F, "input_json", input_json, input_len)? };
+        let options = ExplainOptions::default().with_top_k(top_k as usize);
+        let explanation = runtime.explain_json(input, &options)?;
+        // SAFETY: `out_json` is not NULL (checked) and writable per contract.
+        unsafe { write_json(F, &explanation, out_json) }
     })
 }
 

@@ -13,7 +13,7 @@ pub(crate) fn cstring_lossy(text: String) -> CString {
 }
 
 /// Frees a string returned through a `char **out_json` parameter
-/// (`loopai_runtime_execute_batch`, `loopai_runtime_health_json`,
+/// (`loopai_runtime_execute_batch`, `loopai_runtime_explain`, `loopai_runtime_health_json`,
 /// `loopai_runtime_validation_metrics_json`, `loopai_runtime_rollout_json`). NULL is
 /// ignored.
 /// Never pass it a string returned as `const char *`: those belong to their object.

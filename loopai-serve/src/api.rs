@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use loopai_core::{ExecutionResult, ExecutionStatus};
+use loopai_core::{ExecutionResult, ExecutionStatus, ExplainOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -31,7 +31,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .route("/v1/execute/{task}", post(execute_task))
-        .route("/v1/execute/{task}/batch", post(batch_task));
+        .route("/v1/execute/{task}/batch", post(batch_task))
+        .route("/v1/explain/{task}", post(explain_task));
     if state.gateway_enabled {
         router = router.route(
             "/v1/chat/completions",
@@ -41,7 +42,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     if state.mode == Mode::Single {
         router = router
             .route("/execute", post(execute_single))
-            .route("/execute/batch", post(batch_single));
+            .route("/execute/batch", post(batch_single))
+            .route("/explain", post(explain_single));
     }
     router
         .fallback(not_found)
@@ -52,6 +54,17 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
 #[derive(Deserialize)]
 struct ExecuteRequest {
     input: Value,
+}
+
+#[derive(Deserialize)]
+struct ExplainRequest {
+    input: Value,
+    #[serde(default = "default_top_k")]
+    top_k: usize,
+}
+
+fn default_top_k() -> usize {
+    loopai_core::DEFAULT_EXPLAIN_TOP_K
 }
 
 #[derive(Deserialize)]
@@ -218,6 +231,58 @@ async fn execute_on(
     };
     entry.metrics.request_took(start.elapsed());
     Ok(response)
+}
+
+/// Explains one input on the active program: nothing is logged or counted as an
+/// execution (the request is counted under the `explain` route).
+async fn explain_on(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    task: Option<&str>,
+) -> Result<Response, ApiError> {
+    let entry = authorize(state, headers, task)?;
+    http::check_json_content_type(headers)?;
+    let bytes = state.read_body(headers, body, entry.body_limit).await?;
+    let request: ExplainRequest = parse(&bytes)?;
+    let options = ExplainOptions::default().with_top_k(request.top_k);
+    // Off the hot path: explaining walks the whole decision, so it never runs inline.
+    let entry = Arc::clone(entry);
+    let result =
+        tokio::task::spawn_blocking(move || entry.runtime.explain_with(&request.input, &options))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("explain task failed: {e}"),
+                )
+            })?;
+    Ok(match result {
+        Ok(explanation) => http::json_response(StatusCode::OK, &explanation),
+        Err(e) => http::runtime_error(e).into_response(),
+    })
+}
+
+async fn explain_single(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let _in_flight = state.server.enter();
+    let (parts, body) = request.into_parts();
+    let result = explain_on(&state, &parts.headers, body, None).await;
+    respond(&state, Route::Explain, result)
+}
+
+async fn explain_task(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Response {
+    let _in_flight = state.server.enter();
+    let (parts, body) = request.into_parts();
+    let result = match task_path(path) {
+        Ok(task) => explain_on(&state, &parts.headers, body, Some(&task)).await,
+        Err(e) => Err(e),
+    };
+    respond(&state, Route::Explain, result)
 }
 
 async fn batch_on(

@@ -178,15 +178,17 @@ pub(crate) enum Route {
     Ready,
     Metrics,
     Other,
+    Explain,
 }
 
-const ROUTES: [(Route, &str); 6] = [
+const ROUTES: [(Route, &str); 7] = [
     (Route::Execute, "execute"),
     (Route::Batch, "execute_batch"),
     (Route::Health, "health"),
     (Route::Ready, "ready"),
     (Route::Metrics, "metrics"),
     (Route::Other, "other"),
+    (Route::Explain, "explain"),
 ];
 
 /// Status codes counted separately; others are counted by class (`2xx`, `4xx`, ...).

@@ -1129,3 +1129,90 @@ fn over_max_connections_new_ones_get_503_while_execute_keeps_answering() {
     drop((first, second));
     server.shutdown(WAIT).unwrap();
 }
+
+#[test]
+fn explain_returns_the_decision_path_without_logging_an_execution() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = single(dir.path());
+    let r = post(
+        &server,
+        "/explain",
+        r#"{"input": {"text": "Claim your FREE prize"}, "top_k": 3}"#,
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.headers["content-type"], "application/json");
+    let v = r.json();
+    assert_eq!((&v["task"], &v["version"]), (&json!("spam"), &json!(1)));
+    assert_eq!(
+        (&v["output"], &v["confidence"]),
+        (&json!("spam"), &json!(0.95))
+    );
+    assert_eq!(v["decided_by"], "decide.rules[0]");
+    let fired = &v["decision"]["fired"];
+    assert_eq!(fired["when"]["feature"], "prize");
+    assert_eq!(fired["when"]["value"], 2.0);
+    assert_eq!(fired["when"]["sources"], json!(["FREE", "prize"]));
+    // The central route explains the single task too.
+    let r = post(
+        &server,
+        "/v1/explain/spam",
+        r#"{"input": {"text": "see you"}}"#,
+        None,
+    );
+    assert_eq!(r.json()["decision"]["fired"]["index"], 1);
+    // Bad input: the execute endpoint's errors.
+    let r = post(&server, "/explain", r#"{"input": {"text": 4}}"#, None);
+    assert_eq!((r.status, r.error_kind().as_str()), (422, "invalid_input"));
+    let r = post(&server, "/explain", r#"{"inputs": []}"#, None);
+    assert_eq!(r.status, 400, "{}", r.text);
+    // Nothing was logged or counted as an execution.
+    let m = parse_prometheus(&get(&server, "/metrics").text);
+    assert_eq!(
+        m[r#"loopai_http_requests_total{route="explain",code="200"}"#],
+        2.0
+    );
+    assert_eq!(
+        m.get(r#"loopai_executions_total{task="spam",version="1",status="success"}"#)
+            .copied()
+            .unwrap_or(0.0),
+        0.0
+    );
+    server.shutdown(WAIT).unwrap();
+    let logs = dir.path().join("datasets/spam/executions");
+    let records = std::fs::read_dir(&logs).map_or(0, |d| {
+        d.map(|e| {
+            std::fs::read_to_string(e.unwrap().path())
+                .unwrap()
+                .lines()
+                .count()
+        })
+        .sum()
+    });
+    assert_eq!(records, 0, "explain logged an execution");
+}
+
+#[test]
+fn central_explain_checks_keys_like_execute() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = central(dir.path());
+    let body = r#"{"input": {"text": "free prize"}}"#;
+    let r = post(
+        &server,
+        "/v1/explain/b",
+        body,
+        Some("sk_ops_0123456789abcdef"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["output"], "spam");
+    let r = post(&server, "/v1/explain/b", body, None);
+    assert_eq!((r.status, r.error_kind().as_str()), (401, "unauthorized"));
+    let r = post(
+        &server,
+        "/v1/explain/b",
+        body,
+        Some("sk_checkout_0123456789"),
+    );
+    assert_eq!((r.status, r.error_kind().as_str()), (403, "forbidden"));
+    assert_eq!(post(&server, "/explain", body, None).status, 404);
+}

@@ -7,6 +7,8 @@
  *                            (installed with examples/spam/spec.json) active
  *   LOOPAI_VECTORS_DATA_DIR  a data dir where tests/vectors/program.json is active
  *   LOOPAI_VECTORS           tests/vectors/spam.jsonl
+ *   LOOPAI_EXPLAIN_DATA_DIR  a data dir where tests/vectors/explain-program.json is active
+ *   LOOPAI_EXPLAIN_VECTORS   tests/vectors/explain.jsonl
  *   LOOPAI_ROLLOUT_DATA_DIR  a data dir where examples/spam/program.json is installed as v1
  *                            (active), v2 and v3 (not activated)
  */
@@ -1269,6 +1271,81 @@ TEST(rollout_routes_by_key_promotes_and_rolls_back) {
     END;
 }
 
+TEST(explain_vectors_match_rust) {
+    BEGIN;
+    const char *dir = getenv("LOOPAI_EXPLAIN_DATA_DIR");
+    const char *path = getenv("LOOPAI_EXPLAIN_VECTORS");
+    CHECK(dir != NULL && path != NULL);
+    if (dir == NULL || path == NULL) {
+        END;
+        return;
+    }
+    FILE *f = fopen(path, "r");
+    CHECK(f != NULL);
+    if (f == NULL) {
+        END;
+        return;
+    }
+    loopai_runtime_t *rt = NULL;
+    loopai_error_t *err = NULL;
+    CHECK_STATUS(loopai_runtime_new(dir, "spam", NULL, &rt, &err), LOOPAI_OK);
+    if (rt == NULL) {
+        fprintf(stderr, "%s\n", loopai_error_message(err));
+        loopai_error_free(err);
+        fclose(f);
+        END;
+        return;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    int count = 0;
+    while ((n = getline(&line, &cap, f)) > 0) {
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+            line[--n] = '\0';
+        if (n == 0)
+            continue;
+        const char *is, *ie, *ks, *ke, *es, *ee;
+        int ok = find_key(line, "input", &is, &ie) && find_key(line, "top_k", &ks, &ke) &&
+                 find_key(line, "explanation", &es, &ee);
+        CHECK(ok);
+        if (!ok)
+            continue;
+        uint32_t top_k = (uint32_t)strtoul(ks, NULL, 10);
+        char *json = NULL;
+        CHECK_STATUS(loopai_runtime_explain(rt, (const uint8_t *)is, (size_t)(ie - is), top_k,
+                                            &json, NULL),
+                     LOOPAI_OK);
+        if (json == NULL)
+            continue;
+        /* The same text, byte for byte, as the Rust core wrote it. */
+        CHECK(span_eq(es, ee, json));
+        if (!span_eq(es, ee, json))
+            fprintf(stderr, "vector %d: got %s\n", count, json);
+        loopai_string_free(json);
+        count++;
+    }
+    free(line);
+    fclose(f);
+    CHECK(count >= 10);
+
+    /* Errors: bad input, NULL out; `*out_json` untouched on failure. */
+    char *json = NULL;
+    const char *bad = "{\"text\": 1}";
+    CHECK_STATUS(loopai_runtime_explain(rt, (const uint8_t *)bad, strlen(bad), 3, &json, &err),
+                 LOOPAI_E_INVALID_INPUT);
+    CHECK(json == NULL);
+    CHECK(err != NULL && strstr(loopai_error_message(err), "/text") != NULL);
+    loopai_error_free(err);
+    const char *good = "{\"text\": \"free prize\"}";
+    CHECK_STATUS(loopai_runtime_explain(rt, (const uint8_t *)good, strlen(good), 3, NULL, NULL),
+                 LOOPAI_E_INVALID_INPUT);
+    CHECK_STATUS(loopai_runtime_explain(NULL, (const uint8_t *)good, strlen(good), 3, &json, NULL),
+                 LOOPAI_E_INVALID_INPUT);
+    loopai_runtime_free(rt);
+    END;
+}
+
 int main(void) {
     struct {
         const char *name;
@@ -1287,6 +1364,7 @@ int main(void) {
         T(hostile_inputs_are_refused_with_a_message),
         T(executions_racing_a_shutdown_succeed_or_are_closed),
         T(parity_vectors_bit_for_bit),
+        T(explain_vectors_match_rust),
         T(oracle_callback_validates_sampled_executions),
         T(failing_oracle_callbacks_are_counted),
         T(oracle_callback_answers_abstentions_in_the_cascade),

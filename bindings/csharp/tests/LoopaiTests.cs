@@ -2,7 +2,7 @@
 //   mcs -out:LoopaiTests.exe bindings/csharp/Loopai.cs bindings/csharp/tests/LoopaiTests.cs
 //   mono LoopaiTests.exe
 // Environment: LOOPAI_TEST_DATA_DIR, LOOPAI_VECTORS_DATA_DIR, LOOPAI_VECTORS,
-// LOOPAI_ROLLOUT_DATA_DIR (see the script).
+// LOOPAI_EXPLAIN_DATA_DIR, LOOPAI_EXPLAIN_VECTORS, LOOPAI_ROLLOUT_DATA_DIR (see the script).
 using System;
 using System.Collections.Generic;
 using System.Globalization;
@@ -230,6 +230,28 @@ internal static class LoopaiTests
         Assert(n >= 10, "only " + n + " vectors");
     }
 
+    private static void ExplainVectorsMatchRust()
+    {
+        int n = 0;
+        using (var rt = new LoopaiRuntime(Env("LOOPAI_EXPLAIN_DATA_DIR"), "spam"))
+        {
+            foreach (var line in File.ReadAllLines(Env("LOOPAI_EXPLAIN_VECTORS")))
+            {
+                if (line.Trim().Length == 0)
+                    continue;
+                int topK = int.Parse(Field(line, "top_k"), CultureInfo.InvariantCulture);
+                var got = rt.Explain(Field(line, "input"), topK);
+                // The same text, byte for byte, as the Rust core wrote it.
+                Assert(got == Field(line, "explanation"), "vector " + n + " explanation " + got);
+                n++;
+            }
+            Assert(Throws(() => rt.Explain("{\"text\": 1}")).Code == LoopaiStatus.InvalidInput, "bad input");
+            Assert(Throws(() => rt.Explain("{\"text\": \"hi\"}", -1)).Code == LoopaiStatus.InvalidInput, "negative topK");
+            Assert(rt.Explain("{\"text\": \"free prize\"}").StartsWith("{\"task\":\"spam\",\"version\":1,"), "default topK");
+        }
+        Assert(n >= 10, "only " + n + " vectors");
+    }
+
     // ---- oracle callbacks ---------------------------------------------------------------
 
     private const string Abstaining = "{\"text\": \"ALL CAPS MESSAGE WITH NO SPAM WORDS\"}"; // spam at 0.57: abstains
@@ -451,6 +473,7 @@ internal static class LoopaiTests
         Run("batch_flush_health_shutdown", BatchFlushHealthShutdown);
         Run("four_threads_execute_concurrently", FourThreadsExecuteConcurrently);
         Run("parity_vectors_bit_for_bit", ParityVectorsBitForBit);
+        Run("explain_vectors_match_rust", ExplainVectorsMatchRust);
         Run("oracle_validates_sampled_executions", OracleValidatesSampledExecutions);
         Run("failing_oracles_are_counted", FailingOraclesAreCounted);
         Run("oracle_answers_abstentions_in_the_cascade", OracleAnswersAbstentionsInTheCascade);

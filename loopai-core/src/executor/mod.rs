@@ -11,7 +11,7 @@ pub(crate) mod canary;
 
 use crate::artifact::LoadedArtifact;
 use crate::error::{Error, ErrorKind, Result};
-use crate::program::{Outcome, Program, ProgramLimits};
+use crate::program::{ExplainOptions, Explanation, Outcome, Program, ProgramLimits};
 use crate::sampler::SampleReason;
 use crate::schema::JsonSchema;
 use canary::{ArmHandle, CanarySlot};
@@ -230,6 +230,30 @@ impl Executor {
             labels: Arc::clone(&active.labels),
             decided_by,
         })
+    }
+
+    /// Explains what the active program (never a canary) decides on `input`, with the
+    /// validation of [`execute`](Executor::execute): see `Runtime::explain`.
+    pub(crate) fn explain(&self, input: &Value, options: &ExplainOptions) -> Result<Explanation> {
+        let active = self.active.load();
+        if let Some(schema) = &self.input_schema {
+            schema
+                .validate(input)
+                .map_err(|v| Error::new(ErrorKind::InvalidInput, format!("input {v}")))?;
+        }
+        let mut explanation = active.program.explain(input, options)?;
+        if let Some(schema) = &self.output_schema {
+            if !explanation.output.is_null() {
+                schema.validate(&explanation.output).map_err(|v| {
+                    Error::new(
+                        ErrorKind::InvalidOutput,
+                        format!("program v{} output {v}", active.version),
+                    )
+                })?;
+            }
+        }
+        explanation.version = active.version;
+        Ok(explanation)
     }
 
     /// Replaces the active program atomically. Executions already running finish on the

@@ -367,6 +367,10 @@ pub(crate) fn compile_value(
         }
     };
 
+    let mut feature_names = vec![String::new(); features.len()];
+    for (name, &i) in &c.features {
+        feature_names[i].clone_from(name);
+    }
     Ok(Plan {
         task: raw.task,
         description: raw.description,
@@ -375,6 +379,7 @@ pub(crate) fn compile_value(
         views,
         view_max_bytes: limits.max_input_bytes.saturating_mul(VIEW_GROWTH),
         features,
+        feature_names,
         decide,
         output,
         decision_names: c.decision_names,

@@ -55,6 +55,24 @@ fn slot_text<'a>(plan: &Plan, texts: &[&'a str], views: &'a [String], slot: usiz
 }
 
 pub(crate) fn evaluate(plan: &Plan, input: &Value) -> Result<Outcome> {
+    evaluate_traced(plan, input, None)
+}
+
+/// What an evaluation computed on the way to its outcome, for [`super::explain`]: the
+/// text of every slot (inputs, then views), every feature's sparse entries and scalar.
+#[derive(Debug, Default)]
+pub(crate) struct Trace {
+    pub texts: Vec<String>,
+    pub sparse: Vec<Vec<(u32, f32)>>,
+    pub scalars: Vec<f64>,
+}
+
+/// [`evaluate`], copying what it computed into `trace` when one is given.
+pub(crate) fn evaluate_traced(
+    plan: &Plan,
+    input: &Value,
+    trace: Option<&mut Trace>,
+) -> Result<Outcome> {
     if !input.is_object() {
         return Err(Error::new(
             ErrorKind::InvalidInput,
@@ -135,10 +153,23 @@ pub(crate) fn evaluate(plan: &Plan, input: &Value) -> Result<Outcome> {
             }
         }
     }
+    let go = |s: &mut Scratch| {
+        let outcome = run(plan, &texts, &fields, s);
+        if let Some(t) = trace {
+            t.texts = texts[..plan.text_inputs]
+                .iter()
+                .map(|x| x.to_string())
+                .collect();
+            t.texts.extend(s.views[..plan.views.len()].iter().cloned());
+            t.sparse = s.sparse[..plan.features.len()].to_vec();
+            t.scalars = s.scalars[..plan.features.len()].to_vec();
+        }
+        outcome
+    };
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut s) => Ok(run(plan, &texts, &fields, &mut s)),
+        Ok(mut s) => Ok(go(&mut s)),
         // Only reachable if evaluation re-entered itself on this thread; stay correct.
-        Err(_) => Ok(run(plan, &texts, &fields, &mut Scratch::default())),
+        Err(_) => Ok(go(&mut Scratch::default())),
     })
 }
 
@@ -892,6 +923,50 @@ fn cond(c: &CondPlan, ctx: &Ctx<'_>) -> bool {
             }
         }
     }
+}
+
+// Hooks for `explain`: the evaluator's own arithmetic on a traced evaluation, so that an
+// explanation agrees with `evaluate` bit for bit.
+
+/// The distribution `d` writes over `labels` output labels for traced features, and the
+/// id of the deciding rule or model (`None`: it abstained).
+pub(crate) fn decide_traced(
+    d: &DecisionPlan,
+    trace: &Trace,
+    labels: usize,
+) -> (Vec<f64>, Option<u32>) {
+    let ctx = Ctx {
+        sparse: &trace.sparse,
+        scalars: &trace.scalars,
+    };
+    let mut out = vec![0.0; labels];
+    let mut stack = vec![0.0; labels * 2 * (MAX_DECISION_DEPTH + 2)];
+    let (mut z, mut lookup) = (Vec::new(), Vec::new());
+    let id = decide_into(d, &ctx, &mut out, &mut stack, &mut z, &mut lookup);
+    (out, id)
+}
+
+/// Whether condition `c` holds on traced features.
+pub(crate) fn holds(c: &CondPlan, trace: &Trace) -> bool {
+    cond(
+        c,
+        &Ctx {
+            sparse: &trace.sparse,
+            scalars: &trace.scalars,
+        },
+    )
+}
+
+/// The value of flattened model input `index` of a model over `groups`.
+pub(crate) fn model_input(groups: &[InputGroup], index: usize, trace: &Trace) -> f64 {
+    feature_value(
+        groups,
+        index,
+        &Ctx {
+            sparse: &trace.sparse,
+            scalars: &trace.scalars,
+        },
+    )
 }
 
 #[cfg(test)]

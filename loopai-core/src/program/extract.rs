@@ -369,20 +369,35 @@ pub(super) fn raw_output(value: &Value) -> Result<RawExtractOutput> {
 impl ExtractField {
     /// The field's value in `text`: the first locator that yields a normalised value.
     pub(crate) fn extract(&self, text: &str) -> Option<Value> {
-        self.locators.iter().find_map(|l| self.locate(l, text))
+        self.locators
+            .iter()
+            .find_map(|l| self.locate(l, text).map(|f| f.0))
     }
 
-    fn locate(&self, l: &Locator, text: &str) -> Option<Value> {
+    /// What [`extract`](Self::extract) finds, with the index of the pattern that found it
+    /// and the byte range of the capture in `text` (for `explain`).
+    pub(crate) fn locate_explained(
+        &self,
+        text: &str,
+    ) -> Option<(usize, std::ops::Range<usize>, Value)> {
+        self.locators
+            .iter()
+            .enumerate()
+            .find_map(|(i, l)| self.locate(l, text).map(|(v, span)| (i, span, v)))
+    }
+
+    fn locate(&self, l: &Locator, text: &str) -> Option<(Value, std::ops::Range<usize>)> {
         let mut seen = 0i64;
         // For a negative occurrence, the last |occurrence| values, oldest first.
         let keep = usize::try_from(-l.occurrence).unwrap_or(0);
-        let mut last: std::collections::VecDeque<Value> = std::collections::VecDeque::new();
+        let mut last: std::collections::VecDeque<(Value, std::ops::Range<usize>)> =
+            std::collections::VecDeque::new();
         for caps in l.regex.captures_iter(text) {
             let m = match l.group {
                 Group::Index(g) => caps.get(g),
                 Group::FirstParticipating => caps.iter().skip(1).flatten().next(),
             };
-            let Some(v) = m.and_then(|m| self.normalize(m.as_str())) else {
+            let Some(v) = m.and_then(|m| Some((self.normalize(m.as_str())?, m.range()))) else {
                 continue;
             };
             if l.occurrence >= 0 {

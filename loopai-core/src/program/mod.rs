@@ -7,6 +7,7 @@
 mod compile;
 mod condition;
 mod eval;
+mod explain;
 pub(crate) mod extract;
 mod plan;
 mod raw;
@@ -18,6 +19,7 @@ use serde_json::Value;
 
 use crate::error::Result;
 
+pub use explain::{Abstention, Decision, ExplainOptions, Explanation, DEFAULT_TOP_K};
 pub use text::ngram_hash;
 
 /// The `format` string every program carries.

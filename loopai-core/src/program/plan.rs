@@ -27,6 +27,8 @@ pub(crate) struct Plan {
     /// Largest text of a view, in bytes ([`VIEW_GROWTH`] × the input limit).
     pub view_max_bytes: usize,
     pub features: Vec<FeaturePlan>,
+    /// The name of each feature (for `explain`).
+    pub feature_names: Vec<String>,
     pub decide: Option<DecisionPlan>,
     pub output: OutputPlan,
     /// JSON paths of decisions and rules, for `Outcome::decided_by`.

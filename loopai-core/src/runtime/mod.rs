@@ -10,6 +10,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 mod builder;
+mod explain;
 
 pub use builder::RuntimeBuilder;
 
