@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use loopai_core::{rebuild_stats, Clock, DailyStats, DatasetReader, Error, SystemClock, Timestamp};
+use loopai_core::{Clock, DailyStats, DatasetReader, Error, SystemClock, Timestamp};
 
 use crate::TaskArgs;
 
@@ -27,7 +27,8 @@ pub(crate) struct StatsArgs {
 
 pub(crate) fn run(args: StatsArgs) -> Result<ExitCode, Error> {
     loopai_core::validate_task_id(&args.task.task)?;
-    // Encrypted logs (`storage.encryption`) are read with the data dir's keys.
+    // Encrypted logs and analytics (`storage.encryption`) are read with the data dir's keys
+    // (and `--rebuild` writes the analytics sealed, as the runtime does).
     let config = loopai_core::DeploymentConfig::load_for_data_dir(&args.task.data_dir)?;
     let reader = DatasetReader::new(&args.task.data_dir, &args.task.task).with_config(&config)?;
     if !reader.layout().root().exists() {
@@ -46,7 +47,7 @@ pub(crate) fn run(args: StatsArgs) -> Result<ExitCode, Error> {
         days.sort();
         days.dedup();
         for day in days.into_iter().filter(|d| *d >= from && *d <= today) {
-            rebuild_stats(reader.layout(), &args.task.task, day, now)?;
+            reader.rebuild_stats(day, now)?;
         }
     }
     let stats = reader.stats(args.days, today)?;

@@ -80,7 +80,8 @@ fn sigkill_never_loses_a_reported_execution() {
 }
 
 /// The same with `storage.encryption`: a kill mid-append leaves a torn frame, which the
-/// next run cuts; nothing reported is lost and nothing on disk is plaintext.
+/// next run cuts; nothing reported is lost and nothing on disk is plaintext (logs and
+/// daily analytics).
 #[cfg(unix)]
 #[test]
 fn sigkill_never_loses_a_reported_execution_with_encryption() {
@@ -110,6 +111,15 @@ fn sigkill_never_loses_a_reported_execution_with_encryption() {
             "plaintext on disk"
         );
     }
+    // The daily analytics written at the final run's shutdown are sealed as well.
+    let analytics = dir.path().join("datasets/spam/analytics");
+    let mut sealed = 0;
+    for entry in std::fs::read_dir(analytics).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(bytes.starts_with(b"LOOPAIE1"), "daily analytics in clear");
+        sealed += 1;
+    }
+    assert!(sealed >= 1);
 }
 
 fn crash_loop(

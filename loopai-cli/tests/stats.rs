@@ -231,3 +231,70 @@ fn stats_names_the_file_and_line_of_a_malformed_record() {
         stderr(&o)
     );
 }
+
+/// `storage.encryption` in the data dir's deployment.yaml: `loopai exec` seals the daily
+/// analytics file, `loopai stats` (and `--rebuild`) read it with the key, and without the
+/// key `loopai stats` fails naming the file.
+#[cfg(unix)]
+#[test]
+fn stats_reads_sealed_analytics_with_the_key_and_names_the_file_without_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("data.key");
+    fs::write(&key, "3c".repeat(32)).unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    let deployment = dir.path().join("config/deployment.yaml");
+    fs::create_dir_all(deployment.parent().unwrap()).unwrap();
+    fs::write(
+        &deployment,
+        format!("storage:\n  encryption:\n    key_file: {}\n", key.display()),
+    )
+    .unwrap();
+    let o = common::run(
+        loopai()
+            .args(["artifacts", "install", "--task", "spam", "--data-dir"])
+            .arg(dir.path())
+            .arg(common::repo().join("examples/spam/program.json")),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    for text in ["win a free prize now", "see you at lunch"] {
+        let o = common::run(
+            loopai()
+                .args(["exec", "--task", "spam", "--input"])
+                .arg(json!({ "text": text }).to_string())
+                .arg("--data-dir")
+                .arg(dir.path()),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let analytics = dir.path().join("datasets/spam/analytics");
+    let files: Vec<_> = fs::read_dir(&analytics)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let sealed = |path: &Path| {
+        let bytes = fs::read(path).unwrap();
+        bytes.starts_with(b"LOOPAIE1") && !bytes.windows(5).any(|w| w == b"total")
+    };
+    assert!(sealed(&files[0]), "the analytics file is sealed");
+
+    let o = loopai_stats(dir.path(), &["--json", "--days", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let days: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(days[0]["total"], json!(2));
+    assert_eq!(days[0]["output_distribution"]["spam"], json!(1));
+    let o = loopai_stats(dir.path(), &["--json", "--days", "1", "--rebuild"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rebuilt: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(rebuilt[0]["total"], json!(2));
+    assert!(sealed(&files[0]), "--rebuild writes it sealed");
+
+    // Without the key: an error naming the file.
+    fs::write(&deployment, "storage:\n  retention_days: 30\n").unwrap();
+    let o = loopai_stats(dir.path(), &["--days", "1"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("is encrypted"), "{err}");
+    assert!(err.contains("daily-stats-"), "{err}");
+}

@@ -158,6 +158,7 @@
 mod artifact;
 mod clock;
 mod config;
+mod crypt;
 mod dataset;
 mod digest;
 mod error;

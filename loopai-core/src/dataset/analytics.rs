@@ -44,6 +44,7 @@ use time::Date;
 use super::reader::DatasetReader;
 use super::record::{DatasetLayout, ExecutionRecord, ValidationRecord};
 use crate::clock::{day_string, parse_day, Clock, SystemClock, Timestamp};
+use crate::crypt::{self, KeyRing};
 use crate::dataset::ExecutionStatus;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fnv::Fnv;
@@ -413,6 +414,7 @@ impl DatasetReader {
     /// The statistics of the last `days` UTC days up to `today` (inclusive) that have data,
     /// oldest first. Each day comes from its `daily-stats` file, or when that is missing is
     /// computed from the JSONL files (without writing anything: this is read-only).
+    /// Encrypted files are read with the reader's keys ([`with_config`](Self::with_config)).
     pub fn stats(&self, days: u32, today: Date) -> Result<Vec<DailyStats>> {
         if days == 0 {
             return Ok(Vec::new());
@@ -423,20 +425,41 @@ impl DatasetReader {
         let now = Timestamp(SystemClock.now_millis());
         let mut stats = Vec::new();
         for day in self.days_with_data(from, today)? {
-            match read_stats(self.layout(), day)? {
+            match read_stats_with(self.layout(), day, self.keys())? {
                 Some(s) => stats.push(s),
                 None => {
-                    stats.push(DailyAggregate::load(self.layout(), self.task(), day)?.to_stats(now))
+                    stats.push(DailyAggregate::load_from(self, self.task(), day)?.to_stats(now))
                 }
             }
         }
         Ok(stats)
     }
+
+    /// Recomputes the statistics of `day` from the JSONL files, writes them (sealed with
+    /// the current key when the reader has keys, as the runtime writes them) and returns
+    /// them: [`rebuild_stats`] for an encrypted dataset.
+    pub fn rebuild_stats(&self, day: Date, now: Timestamp) -> Result<DailyStats> {
+        let stats = DailyAggregate::load_from(self, self.task(), day)?.to_stats(now);
+        write_stats_with(self.layout(), &stats, self.keys())?;
+        Ok(stats)
+    }
 }
 
 /// Writes `stats` to `analytics/daily-stats-<stats.date>.json` atomically (readers see the
-/// previous or the new file, never a mix), creating `analytics/` durably.
+/// previous or the new file, never a mix), creating `analytics/` durably. The file is
+/// plain JSON; the runtime seals it when `storage.encryption` is set
+/// ([`DatasetReader::rebuild_stats`] does the same).
 pub fn write_stats(layout: &DatasetLayout, stats: &DailyStats) -> Result<()> {
+    write_stats_with(layout, stats, None)
+}
+
+/// [`write_stats`], sealed with the current key of `keys` when given (one frame: see
+/// `crypt.rs`).
+pub(crate) fn write_stats_with(
+    layout: &DatasetLayout,
+    stats: &DailyStats,
+    keys: Option<&KeyRing>,
+) -> Result<()> {
     let day = parse_day(&stats.date).ok_or_else(|| {
         Error::new(
             ErrorKind::InvalidInput,
@@ -448,48 +471,56 @@ pub fn write_stats(layout: &DatasetLayout, stats: &DailyStats) -> Result<()> {
     let mut json = serde_json::to_vec_pretty(stats)
         .map_err(|e| Error::io(path.display(), io::Error::other(e)))?;
     json.push(b'\n');
-    write_atomic(&path, &json).map_err(|e| Error::io(path.display(), e))
+    let bytes = match keys {
+        Some(keys) => crypt::seal_document(keys.current(), &json)?,
+        None => json,
+    };
+    write_atomic(&path, &bytes).map_err(|e| Error::io(path.display(), e))
 }
 
 /// Reads the statistics file of `day`; `None` when there is none. A corrupt file is an
-/// [`ErrorKind::Io`] error naming it.
+/// [`ErrorKind::Io`] error naming it; an encrypted one (`storage.encryption`) is an
+/// [`ErrorKind::Config`] error naming it: read it with
+/// [`DatasetReader::with_config`] and [`DatasetReader::stats`].
 pub fn read_stats(layout: &DatasetLayout, day: Date) -> Result<Option<DailyStats>> {
+    read_stats_with(layout, day, None)
+}
+
+/// [`read_stats`] of a plain file or one sealed with any of `keys`.
+pub(crate) fn read_stats_with(
+    layout: &DatasetLayout,
+    day: Date,
+    keys: Option<&KeyRing>,
+) -> Result<Option<DailyStats>> {
     let path = layout.stats_file(day);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(path.display(), e)),
     };
-    let stats: DailyStats = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::new(
-            ErrorKind::Io,
-            format!("{}: invalid daily stats: {e}", path.display()),
-        )
-    })?;
+    let what = path.display().to_string();
+    let json = crypt::open_document_or_plain(&bytes, keys, &what)?;
+    let stats: DailyStats = serde_json::from_slice(&json)
+        .map_err(|e| Error::new(ErrorKind::Io, format!("{what}: invalid daily stats: {e}")))?;
     if stats.date != day_string(day) {
         return Err(Error::new(
             ErrorKind::Io,
-            format!(
-                "{}: invalid daily stats: date is {:?}",
-                path.display(),
-                stats.date
-            ),
+            format!("{what}: invalid daily stats: date is {:?}", stats.date),
         ));
     }
     Ok(Some(stats))
 }
 
 /// Recomputes the statistics of `day` from the JSONL files, writes them (as
-/// [`write_stats`]) and returns them.
+/// [`write_stats`]) and returns them. For an encrypted dataset use
+/// [`DatasetReader::rebuild_stats`].
 pub fn rebuild_stats(
     layout: &DatasetLayout,
     task: &str,
     day: Date,
     now: Timestamp,
 ) -> Result<DailyStats> {
-    let stats = DailyAggregate::load(layout, task, day)?.to_stats(now);
-    write_stats(layout, &stats)?;
-    Ok(stats)
+    DatasetReader::with_layout(layout.clone(), task).rebuild_stats(day, now)
 }
 
 /// FNV-1a with a MurmurHash3 finalizer ([`crate::fnv`]): much cheaper than SipHash for

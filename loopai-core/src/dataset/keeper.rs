@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use time::Date;
 
-use super::analytics::{write_stats, DailyAggregate};
+use super::analytics::{write_stats_with, DailyAggregate};
 use super::record::{DatasetLayout, ExecutionRecord, ValidationRecord};
 use super::writer::RecordObserver;
 use crate::clock::Timestamp;
@@ -37,7 +37,7 @@ impl AnalyticsKeeper {
     pub(crate) fn new(
         layout: DatasetLayout,
         task: &str,
-        keys: Option<std::sync::Arc<super::crypt::KeyRing>>,
+        keys: Option<std::sync::Arc<crate::crypt::KeyRing>>,
     ) -> AnalyticsKeeper {
         AnalyticsKeeper {
             reader: super::reader::DatasetReader::with_layout(layout.clone(), task).with_keys(keys),
@@ -65,7 +65,9 @@ impl AnalyticsKeeper {
 
     fn write_dirty(&mut self, now: Timestamp) {
         for day in self.days.values_mut().filter(|d| d.dirty) {
-            match write_stats(&self.layout, &day.aggregate.to_stats(now)) {
+            // Sealed with the current key under `storage.encryption`.
+            let stats = day.aggregate.to_stats(now);
+            match write_stats_with(&self.layout, &stats, self.reader.keys()) {
                 Ok(()) => day.dirty = false,
                 Err(e) => log::error!("loopai: writing daily analytics failed: {e}"),
             }

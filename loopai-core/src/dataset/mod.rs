@@ -2,7 +2,8 @@
 //! `<data_dir>/datasets/<task>/`, validations beside it, daily analytics, retention.
 
 mod analytics;
-pub(crate) mod crypt;
+#[cfg(test)]
+mod encryption_tests;
 mod keeper;
 mod maintenance;
 mod reader;

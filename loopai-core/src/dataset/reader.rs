@@ -29,9 +29,9 @@ use memmap2::Mmap;
 use serde::de::DeserializeOwned;
 use time::Date;
 
-use super::crypt::{self, KeyRing};
 use super::{DatasetLayout, ExecutionRecord, ValidationRecord};
 use crate::clock::{day_string, parse_day};
+use crate::crypt::{self, KeyRing};
 use crate::error::{Error, ErrorKind, Result};
 
 /// File-name prefix and extension of the three per-day file families.
@@ -147,7 +147,7 @@ impl DatasetReader {
     /// ([`ErrorKind::Config`], naming it).
     pub fn with_config(mut self, config: &crate::config::DeploymentConfig) -> Result<Self> {
         if let Some(enc) = &config.storage.encryption {
-            self.keys = Some(Arc::new(crate::dataset::crypt::key_ring(enc)?));
+            self.keys = Some(Arc::new(crate::crypt::key_ring(enc)?));
         }
         Ok(self)
     }
@@ -156,6 +156,11 @@ impl DatasetReader {
     pub(crate) fn with_keys(mut self, keys: Option<Arc<KeyRing>>) -> Self {
         self.keys = keys;
         self
+    }
+
+    /// The keys encrypted files are read with, if any.
+    pub(crate) fn keys(&self) -> Option<&KeyRing> {
+        self.keys.as_deref()
     }
 
     /// The paths of the dataset.

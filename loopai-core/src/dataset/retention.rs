@@ -279,7 +279,7 @@ fn write_gz(plain: &Path, tmp: &Path) -> io::Result<u64> {
         let map = unsafe { Mmap::map(&file)? };
         // An encrypted file (`storage.encryption`) is compressed whole: its frames are
         // self-delimiting, and a torn last frame is left out by the reader.
-        let complete = if super::crypt::is_encrypted(&map) {
+        let complete = if crate::crypt::is_encrypted(&map) {
             map.len()
         } else {
             map.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)

@@ -35,9 +35,9 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendErro
 use parking_lot::{Condvar, Mutex};
 use time::Date;
 
-use super::crypt::{self, KeyRing, Sealer};
 use super::record::{DatasetLayout, ExecutionRecord, ValidationRecord};
 use crate::clock::{Clock, Timestamp};
+use crate::crypt::{self, KeyRing, Sealer};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fsutil::{create_dir_all_durable, sync_dir};
 

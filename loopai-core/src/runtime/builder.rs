@@ -221,7 +221,7 @@ impl RuntimeBuilder {
             output_schema,
         });
         let keys = match &config.storage.encryption {
-            Some(enc) => Some(Arc::new(crate::dataset::crypt::key_ring(enc)?)),
+            Some(enc) => Some(Arc::new(crate::crypt::key_ring(enc)?)),
             None => None,
         };
         let options = WriterOptions {
@@ -266,7 +266,14 @@ impl RuntimeBuilder {
             driver_id: crate::rollout::driver::new_id(),
             follow: (!follow.is_zero()).then_some(follow),
         })?);
-        let telemetry = match Telemetry::start(&data_dir, &task, &config, clock.clone(), outbox)? {
+        let telemetry = match Telemetry::start(
+            &data_dir,
+            &task,
+            &config,
+            keys.clone(),
+            clock.clone(),
+            outbox,
+        )? {
             Some((telemetry, observer)) => {
                 observers.push(Box::new(observer));
                 Some(telemetry)

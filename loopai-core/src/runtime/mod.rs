@@ -136,7 +136,7 @@ pub(crate) struct Inner {
     /// The artifact refresh threads, when `cloud.api_url` is set.
     refresh: Option<Refresh>,
     /// The keys of `storage.encryption`, for reading the encrypted logs back.
-    keys: Option<Arc<crate::dataset::crypt::KeyRing>>,
+    keys: Option<Arc<crate::crypt::KeyRing>>,
     fork_generation: u64,
 }
 

@@ -32,6 +32,7 @@ use serde::Serialize;
 
 use crate::clock::{Clock, Timestamp};
 use crate::config::{DeploymentConfig, PrivacyMode};
+use crate::crypt::KeyRing;
 use crate::dataset::RecordObserver;
 use crate::dataset::{ExecutionRecord, ValidationRecord};
 use crate::error::{Error, ErrorKind, Result};
@@ -190,6 +191,8 @@ pub(crate) struct TelemetrySettings {
     pub request_timeout: Duration,
     /// `telemetry.heartbeat_interval_sec`; zero sends no heartbeats.
     pub heartbeat_interval: Duration,
+    /// `storage.encryption`: spool files are sealed with the current key.
+    pub keys: Option<Arc<KeyRing>>,
 }
 
 /// Owns the uploader thread of one runtime's telemetry.
@@ -282,11 +285,12 @@ fn read_deployment_id(path: &Path) -> Result<Option<String>> {
 impl Telemetry {
     /// Starts telemetry for `task` when `telemetry.enabled` and `cloud.api_url` is set;
     /// `Ok(None)` otherwise (nothing is built or spooled). The observer goes to the
-    /// dataset writer.
+    /// dataset writer. `keys` (`storage.encryption`) seal the spool files.
     pub(crate) fn start(
         data_dir: &Path,
         task: &str,
         config: &DeploymentConfig,
+        keys: Option<Arc<KeyRing>>,
         clock: Arc<dyn Clock>,
         outbox: Arc<RolloutOutbox>,
     ) -> Result<Option<(Telemetry, TelemetryObserver)>> {
@@ -309,6 +313,7 @@ impl Telemetry {
             spool_max_bytes: config.telemetry.spool_max_mb.saturating_mul(1 << 20),
             request_timeout: Duration::from_secs(config.telemetry.request_timeout_sec),
             heartbeat_interval: Duration::from_secs(config.telemetry.heartbeat_interval_sec),
+            keys,
         };
         let policy = PrivacyPolicy::new(
             config.telemetry.privacy_mode,
@@ -339,7 +344,11 @@ impl Telemetry {
         clock: Arc<dyn Clock>,
     ) -> Result<(Telemetry, TelemetryObserver)> {
         let mode = ctx.policy.mode();
-        let (spool, evicted) = Spool::open(&settings.spool_dir, settings.spool_max_bytes)?;
+        let (spool, evicted) = Spool::open(
+            &settings.spool_dir,
+            settings.spool_max_bytes,
+            settings.keys.clone(),
+        )?;
         let spool = Arc::new(spool);
         let counters = Arc::new(Counters::default());
         if evicted > 0 {

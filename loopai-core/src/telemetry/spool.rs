@@ -9,16 +9,24 @@
 //!   being uploaded); a batch larger than the whole bound is not kept. Both are counted.
 //! * A file that does not decompress or parse is moved to `corrupt/` (the 16 newest are
 //!   kept) with a warning naming it.
+//! * With `storage.encryption`, each file is sealed with the current key as one
+//!   authenticated frame (`crate::crypt`, the format of the dataset files) and opened
+//!   again before upload: the body sent is the plain gzip JSON. Plain files (spooled
+//!   before encryption was turned on) and files of an old key listed in `old_keys` are
+//!   still sent; one that fails authentication, or whose key is not configured, is moved
+//!   to `corrupt/` like any unreadable file.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 use uuid::Uuid;
 
+use crate::crypt::{self, KeyRing};
 use crate::error::{Error, Result};
 use crate::fsutil::{create_dir_all_durable, remove_if_exists, sync_dir, write_atomic};
 
@@ -54,6 +62,8 @@ struct State {
 pub(crate) struct Spool {
     dir: PathBuf,
     max_bytes: u64,
+    /// `storage.encryption`: files are sealed with the current key.
+    keys: Option<Arc<KeyRing>>,
     state: Mutex<State>,
 }
 
@@ -71,8 +81,13 @@ fn parse_name(name: &str) -> Option<u64> {
 impl Spool {
     /// Opens (creating) the spool at `dir`, bounded by `max_bytes`: lists what an earlier
     /// run left, removes stale temporaries, and evicts the oldest files over the bound.
-    /// Returns the spool and how many files were evicted.
-    pub(crate) fn open(dir: &Path, max_bytes: u64) -> Result<(Spool, u64)> {
+    /// With `keys`, new files are sealed with the current key and sealed files are opened
+    /// with any of them. Returns the spool and how many files were evicted.
+    pub(crate) fn open(
+        dir: &Path,
+        max_bytes: u64,
+        keys: Option<Arc<KeyRing>>,
+    ) -> Result<(Spool, u64)> {
         create_dir_all_durable(dir)?;
         let mut state = State::default();
         let entries = fs::read_dir(dir).map_err(|e| Error::io(dir.display(), e))?;
@@ -113,6 +128,7 @@ impl Spool {
         let spool = Spool {
             dir: dir.to_path_buf(),
             max_bytes,
+            keys,
             state: Mutex::new(state),
         };
         let evicted = {
@@ -154,9 +170,18 @@ impl Spool {
         evicted
     }
 
-    /// Writes one batch durably. Oldest batches are evicted first when the bound would be
-    /// exceeded; a batch larger than the bound is not written.
-    pub(crate) fn push(&self, batch_id: Uuid, bytes: &[u8]) -> Result<PushOutcome> {
+    /// Writes one batch (its upload body) durably, sealed under `storage.encryption`.
+    /// Oldest batches are evicted first when the bound would be exceeded; a batch larger
+    /// than the bound (on disk) is not written.
+    pub(crate) fn push(&self, batch_id: Uuid, body: &[u8]) -> Result<PushOutcome> {
+        let sealed;
+        let bytes = match &self.keys {
+            Some(keys) => {
+                sealed = crypt::seal_document(keys.current(), body)?;
+                &sealed[..]
+            }
+            None => body,
+        };
         let size = bytes.len() as u64;
         if size > self.max_bytes {
             return Ok(PushOutcome {
@@ -192,14 +217,23 @@ impl Spool {
         Some(name)
     }
 
-    /// Reads a spooled batch; `Ok(None)` when it vanished (evicted, or sent by another
-    /// process sharing the spool).
-    pub(crate) fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
-        match fs::read(self.dir.join(name)) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+    /// Reads a spooled batch: its upload body (the plain gzip JSON), opened with the
+    /// configured keys when the file is sealed. `Ok(None)` when it vanished (evicted, or
+    /// sent by another process sharing the spool); `Err` says why it cannot be read (an
+    /// I/O error, a sealed file that fails authentication or whose key is not configured).
+    pub(crate) fn read(&self, name: &str) -> std::result::Result<Option<Vec<u8>>, String> {
+        let bytes = match fs::read(self.dir.join(name)) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        if !crypt::is_encrypted(&bytes) {
+            return Ok(Some(bytes));
         }
+        let keys = self.keys.as_deref();
+        crypt::open_document_or_plain(&bytes, keys, "sealed batch")
+            .map(|body| Some(body.into_owned()))
+            .map_err(|e| e.to_string())
     }
 
     /// Deletes a batch (sent, refused for good, or vanished) and clears the in-flight mark.
@@ -299,7 +333,7 @@ mod tests {
     #[test]
     fn names_sort_in_cut_order_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let (spool, _) = Spool::open(dir.path(), 1 << 20, None).unwrap();
         let ids: Vec<Uuid> = (0..12).map(|_| Uuid::new_v4()).collect();
         for id in &ids {
             spool.push(*id, &batch(*id, 10)).unwrap();
@@ -307,7 +341,7 @@ mod tests {
         assert_eq!(spool.stats().0, 12);
         drop(spool);
         // After a restart, new names continue after the old ones.
-        let (spool, evicted) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let (spool, evicted) = Spool::open(dir.path(), 1 << 20, None).unwrap();
         assert_eq!(evicted, 0);
         let late = Uuid::new_v4();
         spool.push(late, &batch(late, 10)).unwrap();
@@ -327,7 +361,7 @@ mod tests {
     fn the_bound_evicts_the_oldest_but_never_the_one_in_flight() {
         let dir = tempfile::tempdir().unwrap();
         let one = batch(Uuid::new_v4(), 1000).len() as u64;
-        let (spool, _) = Spool::open(dir.path(), one * 3 + one / 2).unwrap();
+        let (spool, _) = Spool::open(dir.path(), one * 3 + one / 2, None).unwrap();
         let ids: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
         let mut evicted = 0;
         for id in &ids[..3] {
@@ -357,7 +391,7 @@ mod tests {
     #[test]
     fn a_batch_larger_than_the_bound_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(dir.path(), 100).unwrap();
+        let (spool, _) = Spool::open(dir.path(), 100, None).unwrap();
         let id = Uuid::new_v4();
         let out = spool.push(id, &batch(id, 1000)).unwrap();
         assert!(out.rejected);
@@ -367,14 +401,14 @@ mod tests {
     #[test]
     fn reopening_over_a_smaller_bound_evicts_the_oldest() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let (spool, _) = Spool::open(dir.path(), 1 << 20, None).unwrap();
         let one = batch(Uuid::new_v4(), 500).len() as u64;
         for _ in 0..4 {
             let id = Uuid::new_v4();
             spool.push(id, &batch(id, 500)).unwrap();
         }
         drop(spool);
-        let (spool, evicted) = Spool::open(dir.path(), 2 * one + 10).unwrap();
+        let (spool, evicted) = Spool::open(dir.path(), 2 * one + 10, None).unwrap();
         assert_eq!(evicted, 2);
         assert_eq!(spool.stats().0, 2);
     }
@@ -391,7 +425,7 @@ mod tests {
         let odd = dir.path().join("junk.json.gz");
         fs::write(&odd, b"x").unwrap();
         fs::write(dir.path().join("notes.txt"), b"left alone").unwrap();
-        let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let (spool, _) = Spool::open(dir.path(), 1 << 20, None).unwrap();
         assert!(!odd.exists());
         assert!(dir.path().join("corrupt/junk.json.gz").exists());
         assert!(dir.path().join("notes.txt").exists());
@@ -403,5 +437,79 @@ mod tests {
         assert_eq!(spool.stats(), (0, 0));
         assert!(dir.path().join("corrupt").join(&name).exists());
         assert_eq!(spool.take_oldest(), None);
+    }
+
+    fn ring(current: u8, old: &[u8]) -> Arc<KeyRing> {
+        let key = |b: u8| crypt::DataKey::parse(&hex::encode([b; 32]), "test").unwrap();
+        Arc::new(KeyRing::new(
+            key(current),
+            old.iter().map(|&b| key(b)).collect(),
+        ))
+    }
+
+    #[test]
+    fn sealed_files_hold_no_plaintext_and_read_back_as_the_upload_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path(), 1 << 20, Some(ring(1, &[]))).unwrap();
+        let id = Uuid::new_v4();
+        let body = batch(id, 50);
+        spool.push(id, &body).unwrap();
+        let name = spool.take_oldest().unwrap();
+        let on_disk = fs::read(dir.path().join(&name)).unwrap();
+        assert!(crypt::is_encrypted(&on_disk), "sealed on disk");
+        assert!(
+            !on_disk.windows(body.len()).any(|w| w == body),
+            "no gzip body in clear"
+        );
+        assert!(verify(&on_disk).is_err(), "not a gzip file on disk");
+        assert_eq!(
+            spool.stats().1,
+            on_disk.len() as u64,
+            "the bound counts the disk"
+        );
+        assert_eq!(spool.read(&name).unwrap().unwrap(), body);
+        assert_eq!(verify(&spool.read(&name).unwrap().unwrap()).unwrap(), id);
+    }
+
+    #[test]
+    fn old_key_files_read_after_a_rotation_and_unknown_or_damaged_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, _) = Spool::open(dir.path(), 1 << 20, Some(ring(1, &[]))).unwrap();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        old.push(a, &batch(a, 10)).unwrap();
+        old.push(b, &batch(b, 10)).unwrap();
+        drop(old);
+        // A plain file spooled before encryption was turned on.
+        let (plain, _) = Spool::open(dir.path(), 1 << 20, None).unwrap();
+        let c = Uuid::new_v4();
+        plain.push(c, &batch(c, 10)).unwrap();
+        drop(plain);
+
+        let (rotated, _) = Spool::open(dir.path(), 1 << 20, Some(ring(2, &[1]))).unwrap();
+        let names: Vec<String> = rotated.state.lock().files.keys().cloned().collect();
+        let ids: Vec<Uuid> = names
+            .iter()
+            .map(|n| verify(&rotated.read(n).unwrap().unwrap()).unwrap())
+            .collect();
+        assert_eq!(ids, [a, b, c]);
+
+        let (only_new, _) = Spool::open(dir.path(), 1 << 20, Some(ring(2, &[]))).unwrap();
+        let err = only_new.read(&names[0]).unwrap_err();
+        assert!(err.contains("not among the configured keys"), "{err}");
+        let (no_keys, _) = Spool::open(dir.path(), 1 << 20, None).unwrap();
+        let err = no_keys.read(&names[0]).unwrap_err();
+        assert!(err.contains("no key is configured"), "{err}");
+        assert_eq!(
+            verify(&no_keys.read(&names[2]).unwrap().unwrap()).unwrap(),
+            c
+        );
+
+        let path = dir.path().join(&names[1]);
+        let mut bytes = fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+        fs::write(&path, &bytes).unwrap();
+        let err = rotated.read(&names[1]).unwrap_err();
+        assert!(err.contains("fails authentication"), "{err}");
     }
 }

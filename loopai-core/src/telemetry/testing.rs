@@ -58,6 +58,15 @@ pub(crate) fn gunzip(body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Decompresses `body`, `None` when it is not gzip.
+pub(crate) fn try_gunzip(body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .read_to_end(&mut out)
+        .ok()
+        .map(|_| out)
+}
+
 /// One request the collector received.
 #[derive(Debug, Clone)]
 pub(crate) struct Request {

@@ -441,6 +441,7 @@ fn the_spool_bound_drops_the_oldest_and_counts_them() {
         spool_max_bytes: 4096,
         request_timeout: Duration::from_secs(1),
         heartbeat_interval: Duration::ZERO,
+        keys: None,
     };
     // The collector refuses every connection.
     let transport = Arc::new(FakeTransport::default());
@@ -638,4 +639,115 @@ fn heartbeat_interval_zero_sends_none() {
 
 fn telemetry_sent_heartbeats(rt: &Runtime) -> u64 {
     rt.health().telemetry.map_or(0, |t| t.heartbeats_sent)
+}
+
+/// `storage.encryption`: spool files are sealed on disk; after a key rotation (the old key
+/// in `old_keys`) they are opened and uploaded as the plain gzip JSON the collector
+/// expects; with the old key gone they go to `corrupt/`, never uploaded.
+#[cfg(unix)]
+#[test]
+fn encrypted_spool_files_upload_decrypted_after_a_rotation() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path());
+    let key = |name: &str, byte: u8| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, hex::encode([byte; 32])).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.display().to_string()
+    };
+    let (k1, k2) = (key("k1", 1), key("k2", 2));
+    let storage = |current: &str, old: Option<&str>| {
+        let old = old.map_or(String::new(), |o| {
+            format!("    old_keys:\n      - key_file: {o}\n")
+        });
+        format!(
+            "privacy:\n  pii_detection: false\nstorage:\n  encryption:\n    key_file: {current}\n{old}"
+        )
+    };
+    let spooled = |spool: &Path| -> Vec<Vec<u8>> {
+        let mut names: Vec<_> = std::fs::read_dir(spool)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(".json.gz"))
+            .collect();
+        names.sort();
+        names.iter().map(|p| std::fs::read(p).unwrap()).collect()
+    };
+    let spool_dir = dir.path().join("telemetry/spool/spam");
+
+    // Collector down: two batches sealed with k1.
+    let down = closed_port_url();
+    let rt = runtime(
+        dir.path(),
+        config(
+            &down,
+            "permissive",
+            "  batch_size: 1\n",
+            &storage(&k1, None),
+        ),
+    );
+    rt.execute(&json!({"text": "my secret prize"})).unwrap();
+    rt.execute(&json!({"text": "another secret"})).unwrap();
+    let _ = rt.flush(Duration::from_millis(300));
+    rt.shutdown(WAIT).unwrap();
+    let files = spooled(&spool_dir);
+    assert_eq!(files.len(), 2);
+    for bytes in &files {
+        assert!(crate::crypt::is_encrypted(bytes), "sealed on disk");
+        assert!(
+            super::testing::try_gunzip(bytes).is_none(),
+            "no gzip in clear"
+        );
+    }
+    drop(rt);
+
+    // Rotated to k2 (k1 listed): the old batches and a new one arrive as plain gzip JSON.
+    let collector = TestCollector::start();
+    let rt = runtime(
+        dir.path(),
+        config(
+            &collector.url(),
+            "permissive",
+            "  batch_size: 1\n",
+            &storage(&k2, Some(&k1)),
+        ),
+    );
+    rt.execute(&json!({"text": "third secret"})).unwrap();
+    rt.flush(WAIT).unwrap();
+    let texts: Vec<String> = collector
+        .batches()
+        .iter()
+        .map(|b| {
+            b["execution_summaries"][0]["input"]["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(texts, ["my secret prize", "another secret", "third secret"]);
+    assert_eq!(telemetry(&rt).dropped_corrupt, 0);
+    rt.shutdown(WAIT).unwrap();
+    drop(rt);
+
+    // A batch sealed with k1 where only k2 is configured: moved aside, never uploaded.
+    let other = tempfile::tempdir().unwrap();
+    install(other.path());
+    let other_spool = other.path().join("telemetry/spool/spam");
+    std::fs::create_dir_all(&other_spool).unwrap();
+    let orphan = format!("{:016}-{}.json.gz", 0, Uuid::new_v4());
+    std::fs::write(other_spool.join(&orphan), &files[0]).unwrap();
+    let rt = runtime(
+        other.path(),
+        config(
+            &collector.url(),
+            "permissive",
+            "  batch_size: 1\n",
+            &storage(&k2, None),
+        ),
+    );
+    rt.flush(WAIT).unwrap();
+    assert_eq!(telemetry(&rt).dropped_corrupt, 1);
+    assert!(other_spool.join("corrupt").join(&orphan).exists());
+    assert_eq!(collector.batches().len(), 3, "never uploaded");
 }

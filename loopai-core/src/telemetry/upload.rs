@@ -208,6 +208,8 @@ impl Uploader {
                 }
                 Err(e) => {
                     let path = self.spool.dir().join(&name);
+                    // Includes a sealed file that fails authentication or whose key is
+                    // not configured (`storage.encryption`).
                     log::warn!(
                         "loopai: telemetry spool file {} unreadable ({e}); moved aside",
                         path.display()
@@ -283,7 +285,7 @@ mod tests {
     }
 
     fn uploader(dir: &std::path::Path, n: usize) -> (Uploader, Arc<FakeTransport>, Vec<Uuid>) {
-        let (spool, _) = Spool::open(dir, 1 << 20).unwrap();
+        let (spool, _) = Spool::open(dir, 1 << 20, None).unwrap();
         let ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
         for id in &ids {
             spool.push(*id, &gz_batch(*id)).unwrap();

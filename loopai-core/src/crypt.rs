@@ -1,6 +1,7 @@
-//! Encryption at rest of the dataset files (`storage.encryption`): AES-256-GCM in
-//! self-delimiting authenticated frames, so that crash recovery can still cut a torn tail
-//! and a reader never decrypts garbage.
+//! Encryption at rest (`storage.encryption`): AES-256-GCM in self-delimiting
+//! authenticated frames, so that crash recovery can still cut a torn tail and a reader
+//! never decrypts garbage. A low module: the dataset store (execution and validation logs,
+//! daily analytics) and the telemetry spool both use it.
 //!
 //! File format (documented in `docs/datasets.md`):
 //!
@@ -10,8 +11,11 @@
 //!         | nonce (12 bytes) | ciphertext | tag (16 bytes)
 //! ```
 //!
-//! * One frame per record (a JSONL line, newline included): a torn append leaves an
-//!   incomplete last frame, which is cut like a torn line.
+//! * Logs: one frame per record (a JSONL line, newline included): a torn append leaves an
+//!   incomplete last frame, which is cut like a torn line ([`Sealer`], [`open_frames`]).
+//! * Documents (a daily-stats file, a telemetry spool batch): the header and exactly one
+//!   frame holding the whole file, written atomically, so never torn: anything else is
+//!   damage ([`seal_document`], [`open_document`]).
 //! * The key id is the first 8 bytes of SHA-256 of the key: a reader picks the key among
 //!   those configured (the current one and old ones), so rotated files stay readable.
 //! * The frame's authenticated data is the header: a frame moved to a file of another key
@@ -20,7 +24,7 @@
 //!   operating system's CSPRNG and counts frames in the low 32 bits. Nonces are unique in
 //!   a file by the counter, and across openings unless two 64-bit random prefixes collide
 //!   (a birthday bound of about 2^-33 after 2^16 openings per key), without a system call
-//!   per record as a random nonce per frame would cost.
+//!   per record as a random nonce per frame would cost. A document is one opening.
 
 use std::fmt;
 use std::path::Path;
@@ -33,7 +37,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{EncryptionConfig, KeySource};
 use crate::error::{Error, ErrorKind, Result};
 
-/// The first bytes of an encrypted dataset file.
+/// The first bytes of an encrypted file.
 pub(crate) const MAGIC: &[u8; 8] = b"LOOPAIE1";
 /// The format version after the magic.
 pub(crate) const VERSION: u8 = 1;
@@ -190,7 +194,7 @@ fn load(source: &KeySource, what: &str) -> Result<DataKey> {
     }
 }
 
-/// The error of meeting an encrypted file without keys.
+/// The error of meeting an encrypted file (named by `what`) without keys.
 pub(crate) fn no_key_error(what: &str) -> Error {
     Error::new(
         ErrorKind::Config,
@@ -198,7 +202,7 @@ pub(crate) fn no_key_error(what: &str) -> Error {
     )
 }
 
-/// Rewrites the bytes of a dataset file (plain JSONL, or encrypted with any key of `keys`)
+/// Rewrites the bytes of a log file (plain JSONL, or encrypted with any key of `keys`)
 /// as a file encrypted with the current key, one frame per whole line; a torn tail is
 /// left out. For the writer, which only appends to files of the current key.
 pub(crate) fn reseal(bytes: &[u8], keys: &KeyRing, what: &str) -> Result<Vec<u8>> {
@@ -232,7 +236,7 @@ pub(crate) fn header(key: &DataKey) -> [u8; HEADER_LEN] {
     h
 }
 
-/// Whether `bytes` (the start of a file) is an encrypted dataset file.
+/// Whether `bytes` (the start of a file) is an encrypted file.
 pub(crate) fn is_encrypted(bytes: &[u8]) -> bool {
     bytes.starts_with(MAGIC)
 }
@@ -312,7 +316,40 @@ pub(crate) struct Opened {
     pub valid_len: u64,
 }
 
-/// Decrypts an encrypted dataset file's bytes. `what` names the file in errors.
+/// The key of an encrypted file's header (`bytes` holds at least [`HEADER_LEN`] bytes):
+/// a header that is not ours is damage, a key id that no configured key has is a
+/// [`ErrorKind::Config`] error naming it.
+fn header_key<'k>(bytes: &[u8], keys: &'k KeyRing, what: &str) -> Result<&'k DataKey> {
+    if !is_encrypted(bytes) {
+        return Err(damaged(
+            what,
+            0,
+            "not an encrypted file (no LOOPAIE1 header)",
+        ));
+    }
+    if bytes[8] != VERSION {
+        return Err(damaged(
+            what,
+            8,
+            &format!(
+                "encryption format version {} is not supported (only 1)",
+                bytes[8]
+            ),
+        ));
+    }
+    keys.by_id(&bytes[9..HEADER_LEN]).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Config,
+            format!(
+                "{what}: encrypted with key {}, which is not among the configured keys (current {}; add the old key to storage.encryption.old_keys)",
+                hex::encode(&bytes[9..HEADER_LEN]),
+                keys.current.id_hex()
+            ),
+        )
+    })
+}
+
+/// Decrypts an encrypted log file's bytes. `what` names the file in errors.
 ///
 /// * A last frame that is incomplete, or complete but unauthentic (a torn write that left
 ///   garbage), is a torn tail: left out, `valid_len` says where it starts.
@@ -330,34 +367,8 @@ pub(crate) fn open_frames(bytes: &[u8], keys: &KeyRing, what: &str) -> Result<Op
         }
         return Err(damaged(what, 0, "too short for the encryption header"));
     }
-    if !is_encrypted(bytes) {
-        return Err(damaged(
-            what,
-            0,
-            "not an encrypted dataset file (no LOOPAIE1 header)",
-        ));
-    }
-    if bytes[8] != VERSION {
-        return Err(damaged(
-            what,
-            8,
-            &format!(
-                "encryption format version {} is not supported (only 1)",
-                bytes[8]
-            ),
-        ));
-    }
     let header = &bytes[..HEADER_LEN];
-    let key = keys.by_id(&bytes[9..HEADER_LEN]).ok_or_else(|| {
-        Error::new(
-            ErrorKind::Config,
-            format!(
-                "{what}: encrypted with key {}, which is not among the configured keys (current {}; add the old key to storage.encryption.old_keys)",
-                hex::encode(&bytes[9..HEADER_LEN]),
-                keys.current.id_hex()
-            ),
-        )
-    })?;
+    let key = header_key(bytes, keys, what)?;
     let mut plaintext = Vec::with_capacity(bytes.len());
     let mut at = HEADER_LEN;
     while at < bytes.len() {
@@ -407,6 +418,73 @@ pub(crate) fn open_frames(bytes: &[u8], keys: &KeyRing, what: &str) -> Result<Op
         plaintext,
         valid_len: at as u64,
     })
+}
+
+/// Seals a whole document (a daily-stats file, a telemetry spool batch) with `key`: the
+/// header and one frame. The caller writes it atomically, so it is never torn.
+pub(crate) fn seal_document(key: &DataKey, plaintext: &[u8]) -> Result<Vec<u8>> {
+    let mut sealer = Sealer::new(key)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + 4 + NONCE_LEN + plaintext.len() + TAG_LEN);
+    out.extend_from_slice(sealer.header());
+    sealer.seal_into(plaintext, &mut out)?;
+    Ok(out)
+}
+
+/// Opens a document written by [`seal_document`] with whichever of `keys` its header
+/// names. Unlike a log, a document is written atomically: a short, extended or
+/// unauthentic one is damage, an [`ErrorKind::Io`] error naming the file (`what`) and the
+/// offset; an unknown key id is an [`ErrorKind::Config`] error naming it.
+pub(crate) fn open_document(bytes: &[u8], keys: &KeyRing, what: &str) -> Result<Vec<u8>> {
+    if bytes.len() < HEADER_LEN {
+        return Err(damaged(what, 0, "too short for the encryption header"));
+    }
+    let key = header_key(bytes, keys, what)?;
+    let rest = &bytes[HEADER_LEN..];
+    if rest.len() < 4 + NONCE_LEN + TAG_LEN {
+        return Err(damaged(what, HEADER_LEN as u64, "the frame is cut short"));
+    }
+    let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    if len != rest.len() - 4 {
+        return Err(damaged(
+            what,
+            HEADER_LEN as u64,
+            &format!(
+                "the frame length {len} does not match the file ({} bytes after the header)",
+                rest.len()
+            ),
+        ));
+    }
+    let (nonce, sealed) = rest[4..].split_at(NONCE_LEN);
+    key.cipher
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: sealed,
+                aad: &bytes[..HEADER_LEN],
+            },
+        )
+        .map_err(|_| {
+            damaged(
+                what,
+                HEADER_LEN as u64,
+                "the frame fails authentication (damaged, tampered with, or another key)",
+            )
+        })
+}
+
+/// The plaintext of a document that may be plain (written before encryption was turned
+/// on) or sealed ([`open_document`]). A sealed one without `keys` is the
+/// [`no_key_error`] naming it.
+pub(crate) fn open_document_or_plain<'a>(
+    bytes: &'a [u8],
+    keys: Option<&KeyRing>,
+    what: &str,
+) -> Result<std::borrow::Cow<'a, [u8]>> {
+    if !is_encrypted(bytes) {
+        return Ok(std::borrow::Cow::Borrowed(bytes));
+    }
+    let keys = keys.ok_or_else(|| no_key_error(what))?;
+    open_document(bytes, keys, what).map(std::borrow::Cow::Owned)
 }
 
 /// A bad length at the very end (zeroed blocks of a torn write) is a torn tail; one with
@@ -563,154 +641,5 @@ mod tests {
         assert!(err.to_string().contains("chmod 600"), "{err}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         DataKey::from_file(&path, "storage.encryption.key_file").unwrap();
-    }
-
-    /// Issue #19 item 2 through a runtime: the logs hold no plaintext, read back with the
-    /// key (stats, the reader), refuse to be read without it, survive a torn tail and a key
-    /// rotation.
-    #[cfg(unix)]
-    #[test]
-    fn a_runtime_with_encryption_writes_no_plaintext_and_reads_back_with_the_key() {
-        use crate::config::DeploymentConfig;
-        use crate::dataset::DatasetReader;
-        use crate::runtime::Runtime;
-        use crate::testing::{TestClock, DAY1};
-        use serde_json::json;
-        use std::io::Write;
-        use std::os::unix::fs::PermissionsExt;
-
-        const RULES: &[u8] = br#"{"format": "loopai.program/1", "task": "spam",
-          "inputs": [{"name": "text", "path": "/text", "type": "text"}],
-          "features": [{"name": "prize", "op": "keywords", "source": "text", "terms": ["prize"]}],
-          "decide": {"op": "rules", "rules": [
-            {"when": {"feature": "prize", "gt": 0}, "then": "spam", "confidence": 0.95},
-            {"when": {"always": true}, "then": "ham", "confidence": 0.8}]},
-          "output": {"kind": "label", "labels": ["spam", "ham"]}}"#;
-        let dir = tempfile::tempdir().unwrap();
-        crate::testing::install(dir.path(), RULES, true);
-        let write_key = |name: &str, byte: u8| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, hex::encode([byte; 32])).unwrap();
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-            path
-        };
-        let (k1, k2) = (write_key("k1", 1), write_key("k2", 2));
-        let config = |yaml: String| DeploymentConfig::from_yaml_str(&yaml, "test").unwrap();
-        let first = config(format!(
-            "storage:\n  encryption:\n    key_file: {}\n",
-            k1.display()
-        ));
-        let build = |config: &DeploymentConfig| {
-            Runtime::builder()
-                .data_dir(dir.path())
-                .task("spam")
-                .clock(TestClock::at(DAY1 + 1000))
-                .config(config.clone())
-                .build()
-        };
-        let day = crate::clock::parse_day("2025-11-25").unwrap();
-        let file = dir.path().join("datasets/spam/executions/2025-11-25.jsonl");
-        let count = |config: &DeploymentConfig| {
-            DatasetReader::new(dir.path(), "spam")
-                .with_config(config)
-                .unwrap()
-                .executions(day, day)
-                .unwrap()
-                .collect::<crate::error::Result<Vec<_>>>()
-                .unwrap()
-                .len()
-        };
-
-        let rt = build(&first).unwrap();
-        for _ in 0..3 {
-            rt.execute(&json!({"text": "my secret prize"})).unwrap();
-        }
-        rt.flush(std::time::Duration::from_secs(10)).unwrap();
-        let bytes = std::fs::read(&file).unwrap();
-        assert!(is_encrypted(&bytes));
-        assert!(
-            !bytes.windows(6).any(|w| w == b"secret"),
-            "plaintext on disk"
-        );
-        assert_eq!(
-            rt.stats(1).unwrap()[0].total,
-            3,
-            "stats read the encrypted log"
-        );
-        rt.shutdown(std::time::Duration::from_secs(10)).unwrap();
-        assert_eq!(count(&first), 3);
-        let err = DatasetReader::new(dir.path(), "spam")
-            .executions(day, day)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Config);
-        assert!(err.to_string().contains("is encrypted"), "{err}");
-        assert!(err.to_string().contains("2025-11-25.jsonl"), "{err}");
-
-        // A torn last frame (a crash mid-append) is cut when the log is reopened.
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&file)
-            .unwrap()
-            .write_all(&[40, 0, 0, 0, 1, 2, 3])
-            .unwrap();
-        assert_eq!(count(&first), 3, "the reader leaves a torn tail out");
-        let rt = build(&first).unwrap();
-        rt.execute(&json!({"text": "after the crash"})).unwrap();
-        rt.shutdown(std::time::Duration::from_secs(10)).unwrap();
-        assert_eq!(count(&first), 4);
-
-        // Rotation: k2 encrypts, k1 still decrypts; today's file is rewritten with k2.
-        let rotated = config(format!(
-            "storage:\n  encryption:\n    key_file: {}\n    old_keys:\n      - key_file: {}\n",
-            k2.display(),
-            k1.display()
-        ));
-        let rt = build(&rotated).unwrap();
-        rt.execute(&json!({"text": "rotated"})).unwrap();
-        rt.shutdown(std::time::Duration::from_secs(10)).unwrap();
-        let only_k2 = config(format!(
-            "storage:\n  encryption:\n    key_file: {}\n",
-            k2.display()
-        ));
-        assert_eq!(count(&only_k2), 5);
-        let err = DatasetReader::new(dir.path(), "spam")
-            .with_config(&first)
-            .unwrap()
-            .executions(day, day)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("not among the configured keys"),
-            "{err}"
-        );
-
-        // Retention compresses an encrypted file whole; it still reads back.
-        let policy = crate::dataset::RetentionPolicy::from_config(&only_k2);
-        let layout = crate::dataset::DatasetLayout::new(dir.path(), "spam");
-        let today = crate::clock::parse_day("2025-11-28").unwrap();
-        let report = crate::dataset::apply_retention(&layout, &policy, today).unwrap();
-        assert_eq!(report.compressed.len(), 1, "{report:?}");
-        assert!(!file.exists());
-        assert_eq!(
-            count(&only_k2),
-            5,
-            "the .gz of an encrypted file reads back"
-        );
-
-        // A key that cannot be loaded is a clear configuration error.
-        let unset =
-            config("storage:\n  encryption:\n    key_env: LOOPAI_TEST_UNSET_DATA_KEY\n".to_owned());
-        let err = build(&unset).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Config);
-        assert!(
-            err.to_string()
-                .contains("LOOPAI_TEST_UNSET_DATA_KEY is not set"),
-            "{err}"
-        );
     }
 }
