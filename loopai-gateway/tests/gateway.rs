@@ -534,6 +534,9 @@ fn gateway_is_send_and_sync() {
 // ---------------------------------------------------------------------------------------
 // Extraction tasks
 
+/// The bound on an extraction pass (at `nice` 10, on a loaded machine, in a debug build).
+const LEARN_WAIT: Duration = Duration::from_secs(600);
+
 /// An order-desk extraction task: the order number and the amount (nullable), listed
 /// with `order_id` first (the local answer keeps that order, not the names' order).
 const ORDER_SPEC: &str = r#"{"name": "order", "description": "Order number and amount of a customer message",
@@ -541,10 +544,16 @@ const ORDER_SPEC: &str = r#"{"name": "order", "description": "Order number and a
   "output_schema": {"type": "object", "required": ["order_id"], "properties": {
     "order_id": {"type": "string"}, "amount": {"type": ["number", "null"]}}}}"#;
 
+/// `extra` may set `sampling:` (default rate 0).
 fn order_config(extra: &str) -> DeploymentConfig {
+    let sampling = if extra.contains("sampling:") {
+        ""
+    } else {
+        "sampling: {rate: 0}\n"
+    };
     DeploymentConfig::from_yaml_str(
         &format!(
-            "gateway:\n  upstream: {{base_url: 'http://127.0.0.1:9/v1'}}\n  max_disagreement: 0.05\n  routes:\n    - {{task: order, model: desk-model}}\nsampling: {{rate: 0}}\n{extra}"
+            "gateway:\n  upstream: {{base_url: 'http://127.0.0.1:9/v1'}}\n  max_disagreement: 0.05\n  routes:\n    - {{task: order, model: desk-model}}\n{sampling}{extra}"
         ),
         "test",
     )
@@ -687,12 +696,13 @@ fn an_extraction_task_learns_from_the_upstream_then_answers_locally() {
     add_order_task(dir.path());
     let gw = Gateway::open(
         dir.path(),
-        &order_config("learn: {min_examples: 120, growth: 100, seed: 7}\n"),
+        &order_config("learn: {min_examples: 120, growth: 100, seed: 7}\nsampling: {rate: 0.2}\n"),
     )
     .unwrap();
     let stream = orders(500, 11);
     let mut local = 0;
     let mut checked = 0;
+    let mut validated = 0;
     for (i, (text, truth)) in stream.iter().enumerate() {
         match gw.decide(None, &order_request(text)).unwrap() {
             Decision::Local(answer) => {
@@ -706,6 +716,17 @@ fn an_extraction_task_learns_from_the_upstream_then_answers_locally() {
                     answer.content
                 );
                 checked += 1;
+                // A sampled local answer is validated: the upstream's object, in another
+                // key order, agrees with the program's.
+                if let Some(p) = answer.validate {
+                    let upstream = format!(
+                        "{{\"amount\": {}, \"order_id\": \"{}\"}}",
+                        truth["amount"],
+                        truth["order_id"].as_str().unwrap()
+                    );
+                    gw.record_upstream(p, &UpstreamAnswer::new(Some(&upstream), None, 1.0));
+                    validated += 1;
+                }
             }
             Decision::Forward(p) => {
                 // The stand-in upstream answers the truth as JSON, sometimes fenced.
@@ -720,11 +741,16 @@ fn an_extraction_task_learns_from_the_upstream_then_answers_locally() {
             _ => unreachable!(),
         }
         if i == 120 {
-            // The first pass runs at 120 labels: let it end before going on.
-            gw.wait_idle(WAIT).unwrap();
+            // The first pass runs at 120 labels: its program is activated as soon as it is
+            // installed, and the forwarded calls calibrate it while the pass cross-fits.
+            let deadline = std::time::Instant::now() + LEARN_WAIT;
+            while gw.stats().tasks[0].active_version.is_none() {
+                assert!(std::time::Instant::now() < deadline, "{:?}", gw.stats());
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
-    gw.wait_idle(WAIT).unwrap();
+    gw.wait_idle(LEARN_WAIT).unwrap();
     let t = gw.stats().tasks[0].clone();
     assert_eq!(t.active_version, Some(1), "{t:?}");
     assert!(t.last_learn_error.is_none(), "{t:?}");
@@ -732,6 +758,16 @@ fn an_extraction_task_learns_from_the_upstream_then_answers_locally() {
     assert!(local > 100, "answered locally: {local}; {t:?}");
     assert_eq!(checked, local);
     assert_eq!(t.outside_labels, 0);
+    assert!(validated > 0, "{t:?}");
+    assert_eq!(
+        (t.validations, t.validation_disagreements),
+        (validated, 0),
+        "{t:?}"
+    );
+    eprintln!(
+        "extraction stream: {local} of {} calls answered locally; {t:?}",
+        stream.len()
+    );
     // A message the program never saw.
     let Decision::Local(answer) = gw
         .decide(

@@ -45,11 +45,21 @@ fn deployment_config(
 
 /// Registers (or updates) a gateway task from its specification alone, with no program
 /// (what ``loopai tasks add`` does): ``spec`` is a dict, JSON text, or a path to a spec
-/// file (``name``, ``description``, ``input_schema``, ``output_schema`` with its labels —
-/// or an object of fields for an extraction task —, zero or more ``examples``). Raises ``InvalidInput`` naming what is wrong in the spec.
+/// file (``name``, ``description``, ``input_schema``, ``output_schema`` with its labels,
+/// or an object of fields for an extraction task; zero or more ``examples``). Raises
+/// ``InvalidInput`` naming what is wrong in the spec.
 #[pyfunction]
 pub(crate) fn add_task(py: Python<'_>, data_dir: PathBuf, spec: &Bound<'_, PyAny>) -> PyResult<()> {
-    let bytes = crate::artifacts::program_bytes(py, spec)?.map_err(|e| errors::to_py(py, e))?;
+    let mut bytes = crate::artifacts::program_bytes(py, spec)?.map_err(|e| errors::to_py(py, e))?;
+    if spec.cast::<PyDict>().is_ok() {
+        // A dict converted above lists its keys by name; `json.dumps` keeps the dict's order
+        // (an extraction task's local answers list the fields in that order).
+        let text: String = py
+            .import("json")?
+            .call_method1("dumps", (spec,))?
+            .extract()?;
+        bytes = text.into_bytes();
+    }
     py.detach(move || -> core::Result<()> { gw::add_task_json(&data_dir, &bytes).map(drop) })
         .map_err(|e| errors::to_py(py, e))
 }
