@@ -228,7 +228,14 @@ impl Answers {
     pub(crate) fn content(&self, output: &Value) -> Option<String> {
         match self {
             Answers::Labels(_) => output.as_str().map(str::to_string),
-            Answers::Fields(schema) => output.is_object().then(|| schema.to_json(output)),
+            Answers::Fields(schema) => output.is_object().then(|| {
+                // Normalised as the upstream's answers are (trimmed strings); as it is when
+                // that fails (it cannot for a program that did not abstain).
+                match schema.normalize(output) {
+                    Ok(v) => schema.to_json(&v),
+                    Err(_) => schema.to_json(output),
+                }
+            }),
         }
     }
 
@@ -449,6 +456,29 @@ mod tests {
             let e = s.parse_answer(content).unwrap_err();
             assert!(e.starts_with(why), "{content}: {e}");
         }
+    }
+
+    #[test]
+    fn answers_compare_and_print_objects_by_value() {
+        let a = Answers::Fields(schema());
+        let label = a
+            .read("```json\n{\"order\": \"A\", \"amount\": 12}\n```")
+            .unwrap();
+        let program = json!({"order": " A", "amount": 12.0, "items": null, "due": null});
+        assert!(a.agrees(&program, &label));
+        // The canary's key: equal for equal objects, null for a non-object.
+        assert_eq!(a.key(&program), a.key(&label));
+        assert_eq!(a.key(&json!("A")), Value::Null);
+        assert_eq!(
+            a.content(&program).unwrap(),
+            r#"{"order":"A","amount":12.0,"items":null,"due":null}"#
+        );
+        assert_eq!(a.content(&Value::Null), None);
+        let l = Answers::Labels(vec!["spam".into(), "ham".into()]);
+        assert_eq!(l.read(" Spam."), Some(json!("spam")));
+        assert!(l.agrees(&json!("spam"), &json!("spam")));
+        assert!(!l.agrees(&json!({"spam": 1}), &json!("spam")));
+        assert_eq!(l.content(&json!("ham")).as_deref(), Some("ham"));
     }
 
     #[test]
