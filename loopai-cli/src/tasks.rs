@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use loopai_core::{DeploymentConfig, Error};
 use loopai_gateway::TaskStats;
-use loopai_synth::TaskSpec;
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum TasksCommand {
@@ -24,7 +23,7 @@ pub(crate) struct AddArgs {
     #[arg(long, value_name = "DIR")]
     data_dir: PathBuf,
     /// The task specification (JSON: name, description, input_schema, output_schema with
-    /// the labels, zero or more examples).
+    /// the labels or, for an extraction task, an object of fields; zero or more examples).
     #[arg(value_name = "SPEC.json")]
     spec: PathBuf,
 }
@@ -51,14 +50,24 @@ pub(crate) fn run(cmd: TasksCommand) -> Result<ExitCode, Error> {
 }
 
 fn add(args: &AddArgs) -> Result<ExitCode, Error> {
-    let spec = TaskSpec::from_path(&args.spec)?;
-    loopai_gateway::add_task(&args.data_dir, &spec).map_err(|e| e.context(args.spec.display()))?;
-    let labels = spec.labels()?;
+    let bytes = std::fs::read(&args.spec)
+        .map_err(|e| Error::io(format!("reading {}", args.spec.display()), e))?;
+    let spec = loopai_gateway::add_task_json(&args.data_dir, &bytes)
+        .map_err(|e| e.context(args.spec.display()))?;
+    let what = if spec.is_extraction() {
+        let fields = spec
+            .output_schema
+            .get("properties")
+            .and_then(serde_json::Value::as_object)
+            .map_or(0, serde_json::Map::len);
+        format!("extraction of {fields} field(s)")
+    } else {
+        let labels = spec.labels()?;
+        format!("{} labels: {}", labels.len(), labels.join(", "))
+    };
     println!(
-        "task {}: registered ({} labels: {}; {} example(s)); the gateway forwards its calls until a program is learnt",
+        "task {}: registered ({what}; {} example(s)); the gateway forwards its calls until a program is learnt",
         spec.name,
-        labels.len(),
-        labels.join(", "),
         spec.examples.len()
     );
     Ok(ExitCode::SUCCESS)

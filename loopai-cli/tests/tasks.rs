@@ -113,3 +113,41 @@ fn tasks_add_refuses_a_bad_spec_naming_the_field() {
         text(&o.stdout)
     );
 }
+
+#[test]
+fn tasks_add_registers_an_extraction_spec_as_written_and_list_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("order.json");
+    let body = r#"{"name": "order", "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}},
+      "output_schema": {"type": "object", "required": ["order_id"], "properties": {
+        "order_id": {"type": "string"}, "amount": {"type": ["number", "null"]}}}}"#;
+    std::fs::write(&spec, body).unwrap();
+    let o = loopai(&["tasks", "add", spec.to_str().unwrap()], dir.path());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("task order: registered (extraction of 2 field(s); 0 example(s))"),
+        "{}",
+        text(&o.stdout)
+    );
+    // Stored as written: the fields keep their order.
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("artifacts/order/spec.json")).unwrap(),
+        body
+    );
+    let o = loopai(&["tasks", "list", "--json"], dir.path());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["task"], "order");
+    assert_eq!(v[0]["state"], "shadow");
+    assert_eq!(v[0]["labels"], 0);
+
+    // A field type the extractor cannot learn is refused, naming the field.
+    std::fs::write(&spec, body.replace("\"number\", \"null\"", "\"boolean\"")).unwrap();
+    let o = loopai(&["tasks", "add", spec.to_str().unwrap()], dir.path());
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("spec.output_schema.properties.amount.type"),
+        "{err}"
+    );
+}

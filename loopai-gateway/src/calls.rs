@@ -64,10 +64,12 @@ pub struct CallRecord {
     pub source: Source,
     /// The program's input.
     pub input: Value,
-    /// The oracle's answer normalised to a label (null when it answered outside the labels,
-    /// or did not answer).
-    pub label: Option<String>,
-    /// Whether the oracle answered outside the label set.
+    /// The oracle's answer normalised to a label (a string), or for an extraction task
+    /// to an object of the output's fields (null when it answered outside the labels or
+    /// the schema, or did not answer).
+    pub label: Option<Value>,
+    /// Whether the oracle answered outside the label set (or, for an extraction task, not
+    /// with a JSON object of the output's fields).
     pub outside_labels: bool,
     /// What the program answered, when it ran.
     pub program: Option<ProgramAnswer>,

@@ -24,6 +24,7 @@ use crate::calibrate::{choose_threshold, pairs_needed, Estimate};
 use crate::calls::{self, CallKind, CallRecord, ProgramAnswer, Source, Writer};
 use crate::canary::{Canary, CanaryOutcome, CanaryStatus, Shadow};
 use crate::chat::{self, ChatRequest};
+use crate::extract::Answers;
 use crate::learn::{self, LearnReport, Stored};
 
 /// New calibration pairs that trigger a re-estimate of the threshold.
@@ -90,7 +91,8 @@ pub(crate) struct Task {
     pub(crate) index: usize,
     pub(crate) name: String,
     pub(crate) spec: TaskSpec,
-    pub(crate) labels: Vec<String>,
+    /// Its labels, or its output's fields.
+    pub(crate) answers: Answers,
     pub(crate) budget: f64,
     pub(crate) input: InputMapping,
     pub(crate) runtime: ArcSwapOption<Runtime>,
@@ -418,51 +420,6 @@ pub fn gateway_tasks(data_dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Every gateway task's figures, read from the data directory (specs, call logs, active
-/// versions, stored thresholds) without starting anything: for `loopai tasks list` and
-/// `loopai stats`. `config` gives the budgets; without one the defaults apply.
-pub fn summarize(data_dir: &Path, config: Option<&GatewayConfig>) -> Result<Vec<TaskStats>> {
-    let mut out = Vec::new();
-    for (index, name) in gateway_tasks(data_dir)?.iter().enumerate() {
-        let (budget, input) = match config {
-            Some(g) => (g.max_disagreement_of(name), g.input_of(name)),
-            None => (DEFAULT_MAX_DISAGREEMENT, InputMapping::default()),
-        };
-        let task = Gateway::load_task(data_dir, None, budget, input, index, name)?;
-        let mut stats = task_stats(&task);
-        let active = ArtifactStore::open(data_dir, name)?.active_version()?;
-        let stored = Stored::load(data_dir, name)?;
-        stats.active_version = active;
-        stats.threshold = active.and(stored.threshold);
-        stats.state = match (active, stats.threshold) {
-            (None, _) => TaskState::Shadow,
-            (Some(_), None) => TaskState::Learning,
-            (Some(_), Some(_)) => TaskState::Serving,
-        };
-        out.push(stats);
-    }
-    Ok(out)
-}
-
-/// Registers (or updates) a task from its specification: checks it and stores it as
-/// `artifacts/<task>/spec.json`. No program is needed. Errors name the spec path
-/// (`spec.output_schema: ...`).
-pub fn add_task(data_dir: &Path, spec: &TaskSpec) -> Result<()> {
-    loopai_core::validate_task_id(&spec.name)
-        .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("spec.name: {e}")))?;
-    spec.validate_without_examples()?;
-    if spec.is_extraction() {
-        // `loopai synth` learns extraction, but the gateway's labels, agreement and local
-        // answers are those of a classification task (docs/gateway.md).
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            "spec.output_schema: an object output (an extraction task) cannot be served by the gateway yet; \
-             the gateway learns classification tasks (a string output with enum labels)",
-        ));
-    }
-    loopai_synth::save_spec(data_dir, spec)
-}
-
 fn runtime_config(config: &DeploymentConfig, data_dir: &Path) -> DeploymentConfig {
     let mut c = config.clone();
     // The upstream is the oracle of gateway tasks; the host validates through it.
@@ -479,8 +436,8 @@ impl Gateway {
     /// log writer, the calibrator and the learner (low priority).
     ///
     /// Errors: [`ErrorKind::Config`] without a `gateway` section, for a route naming a task
-    /// that has no specification, or for a spec that is not a classification task;
-    /// [`ErrorKind::Io`] for unreadable files; the runtime's errors for a task whose
+    /// that has no specification, or for a spec that is neither a classification nor an
+    /// extraction task; [`ErrorKind::Io`] for unreadable files; the runtime's errors for a task whose
     /// program cannot be loaded.
     pub fn open(data_dir: impl AsRef<Path>, config: &DeploymentConfig) -> Result<Gateway> {
         let data_dir = data_dir.as_ref().to_path_buf();
@@ -566,7 +523,7 @@ impl Gateway {
         Ok(gw)
     }
 
-    fn load_task(
+    pub(crate) fn load_task(
         data_dir: &Path,
         rt_config: Option<&DeploymentConfig>,
         budget: f64,
@@ -575,10 +532,13 @@ impl Gateway {
         name: &str,
     ) -> Result<Task> {
         let spec = loopai_synth::load_spec(data_dir, name)?;
-        let labels = spec.labels().map_err(|e| {
+        let spec_path = loopai_synth::spec_path(data_dir, name)?;
+        let spec_json = std::fs::read(&spec_path)
+            .map_err(|e| Error::io(format!("reading {}", spec_path.display()), e))?;
+        let answers = Answers::of(&spec, &spec_json).map_err(|e| {
             Error::new(
                 ErrorKind::Config,
-                format!("task {name:?}: the gateway serves classification tasks only: {e}"),
+                format!("task {name:?}: not a classification or extraction task: {e}"),
             )
         })?;
         let store = ArtifactStore::open(data_dir, name)?;
@@ -597,7 +557,7 @@ impl Gateway {
             index,
             name: name.to_string(),
             spec,
-            labels,
+            answers,
             budget,
             input,
             runtime: ArcSwapOption::new(runtime),
@@ -650,7 +610,7 @@ impl Gateway {
                 c.oracle_labels.fetch_add(1, Ordering::Relaxed);
                 if let (Some(p), Some(v)) = (&r.program, active) {
                     if p.version == v {
-                        let agreed = p.output.as_str() == Some(label.as_str());
+                        let agreed = task.answers.agrees(&p.output, label);
                         pairs.push((p.confidence, agreed));
                         if r.kind == CallKind::Validation && !agreed {
                             c.validation_disagreements.fetch_add(1, Ordering::Relaxed);
@@ -737,7 +697,10 @@ impl Gateway {
                     program_latency_ms = Some(result.latency_ms);
                     let answered = result.status == ExecutionStatus::Success
                         && task.threshold().is_some_and(|t| result.confidence >= t);
-                    if let (true, Some(label)) = (answered, result.output.as_str()) {
+                    let content = answered
+                        .then(|| task.answers.content(&result.output))
+                        .flatten();
+                    if let Some(content) = content {
                         task.counters.local.fetch_add(1, Ordering::Relaxed);
                         let answer = ProgramAnswer {
                             version: result.version,
@@ -773,7 +736,7 @@ impl Gateway {
                         return Ok(Decision::Local(LocalAnswer {
                             task: task.name.clone(),
                             execution_id: result.execution_id,
-                            content: label.to_string(),
+                            content,
                             confidence: result.confidence,
                             version: result.version,
                             latency_ms: result.latency_ms,
@@ -815,8 +778,7 @@ impl Gateway {
         let c = &task.counters;
         let label = answer
             .content
-            .and_then(|content| chat::normalize_label(content, &task.labels))
-            .map(str::to_string);
+            .and_then(|content| task.answers.read(content));
         if let Some(t) = answer.total_tokens {
             c.upstream_tokens.fetch_add(t, Ordering::Relaxed);
             c.token_calls.fetch_add(1, Ordering::Relaxed);
@@ -835,7 +797,23 @@ impl Gateway {
         if let (Some(l), Some(candidate)) = (&label, &pending.candidate) {
             let mut guard = task.canary.lock();
             if let Some(c) = guard.as_mut().filter(|c| c.version == candidate.version) {
-                c.observe(candidate, pending.program.as_ref(), l);
+                match (&task.answers, l) {
+                    (Answers::Labels(_), Value::String(l)) => {
+                        c.observe(candidate, pending.program.as_ref(), l);
+                    }
+                    _ => {
+                        // The canary compares labels: an extraction answer is compared as
+                        // the compact JSON of its normalised object.
+                        let key = |p: &ProgramAnswer| ProgramAnswer {
+                            output: task.answers.key(&p.output),
+                            ..p.clone()
+                        };
+                        let running = pending.program.as_ref().map(key);
+                        let l = task.answers.key(l);
+                        let l = l.as_str().unwrap_or_default();
+                        c.observe(&key(candidate), running.as_ref(), l);
+                    }
+                }
                 if c.due() {
                     c.queued = true;
                     drop(guard);
@@ -844,7 +822,7 @@ impl Gateway {
             }
         }
         if let (Some(l), Some(p)) = (&label, &pending.program) {
-            let agreed = p.output.as_str() == Some(l.as_str());
+            let agreed = task.answers.agrees(&p.output, l);
             if validation && !agreed {
                 c.validation_disagreements.fetch_add(1, Ordering::Relaxed);
             }
@@ -894,7 +872,10 @@ impl Gateway {
             inner.maybe_learn(&task);
         }
         match label {
-            Some(l) => Recorded::Label(l),
+            Some(l) => Recorded::Label(match l {
+                Value::String(s) => s,
+                other => task.answers.content(&other).unwrap_or_default(),
+            }),
             None => Recorded::Outside,
         }
     }
@@ -1040,7 +1021,7 @@ impl Gateway {
     }
 }
 
-fn task_stats(t: &Task) -> TaskStats {
+pub(crate) fn task_stats(t: &Task) -> TaskStats {
     let c = &t.counters;
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let calls = load(&c.calls);

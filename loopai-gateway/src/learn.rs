@@ -10,11 +10,11 @@ use std::time::Duration;
 use loopai_core::{ArtifactStore, Error, ErrorKind, Program, Result};
 use loopai_synth::{synthesize, Example, SynthOptions};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::calibrate::choose_threshold;
 use crate::calls::{self, CallRecord};
 use crate::canary::{shadow_of, Canary, CanaryOutcome, Verdict};
+use crate::extract::Answers;
 use crate::gateway::{job_of, Calibration, Inner, Job, JobRx, Task};
 
 /// Oracle labels a pass trains on at most: the newest; older ones are scored by the pass's
@@ -274,12 +274,12 @@ fn oracle_examples(records: Vec<CallRecord>) -> Vec<Example> {
         let Some(label) = r.label else { continue };
         let key = r.input.to_string();
         match index.get(&key) {
-            Some(&i) => out[i].output = Value::String(label),
+            Some(&i) => out[i].output = label,
             None => {
                 index.insert(key, out.len());
                 out.push(Example {
                     input: r.input,
-                    output: Value::String(label),
+                    output: label,
                 });
             }
         }
@@ -287,11 +287,15 @@ fn oracle_examples(records: Vec<CallRecord>) -> Vec<Example> {
     out
 }
 
-/// `(confidence, agreed)` of `program` on `rows`.
-fn score(program: &Program, rows: &[Example]) -> Vec<(f64, bool)> {
+/// `(confidence, agreed)` of `program` on `rows` (for an extraction task, agreed = every
+/// field equal after normalisation).
+fn score(answers: &Answers, program: &Program, rows: &[Example]) -> Vec<(f64, bool)> {
     rows.iter()
         .map(|ex| match program.evaluate(&ex.input) {
-            Ok(o) => (o.confidence, !o.abstained && o.output == ex.output),
+            Ok(o) => (
+                o.confidence,
+                !o.abstained && answers.agrees(&o.output, &ex.output),
+            ),
             Err(_) => (0.0, false),
         })
         .collect()
@@ -350,7 +354,7 @@ fn pass(inner: &Inner, task: &Task) -> Result<LearnReport> {
     let trained_on = spec.examples.len();
     let synthesis = synthesize(&spec, &options).map_err(|e| e.context(&task.name))?;
     let program = Program::from_json(&synthesis.program_json)?;
-    let held = score(&program, &older);
+    let held = score(&task.answers, &program, &older);
     let previous = task.runtime.load_full();
     let stored_before = Stored::load(&inner.data_dir, &task.name)?;
     let previous_agreement = match &previous {
@@ -415,6 +419,7 @@ fn pass(inner: &Inner, task: &Task) -> Result<LearnReport> {
             let synthesis = synthesize(&spec, &options)
                 .map_err(|e| e.context(format!("{}: fold {}", task.name, k + 1)))?;
             pairs.extend(score(
+                &task.answers,
                 &Program::from_json(&synthesis.program_json)?,
                 &held_fold,
             ));

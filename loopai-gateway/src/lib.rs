@@ -8,7 +8,7 @@
 //!
 //! ## Overview
 //!
-//! * [`add_task`], [`gateway_tasks`], [`summarize`] — tasks registered from a
+//! * [`add_task`], [`add_task_json`], [`gateway_tasks`], [`summarize`] — tasks registered from a
 //!   specification alone (`artifacts/<task>/spec.json`), with no program, and their
 //!   figures read from the data directory.
 //! * [`Gateway`] — for each call ([`ChatRequest`]): the task (`X-Loopai-Task`, else
@@ -17,6 +17,11 @@
 //!   program is at least as confident as the task's calibrated threshold, else forward.
 //!   [`Gateway::record_upstream`] records the upstream's answer, normalised to the task's
 //!   labels, as the oracle's label (`datasets/<task>/gateway/calls-YYYY-MM-DD.jsonl`).
+//! * Extraction tasks (an object `output_schema` of fields): the upstream's answer is read
+//!   as a JSON object (a Markdown code fence around it is tolerated), checked against the
+//!   schema and normalised as the extraction program normalises its values (numbers,
+//!   ISO dates); agreement is every field equal; a local answer's content is the object as
+//!   compact JSON, keys in schema order ([`add_task_json`] keeps the spec file's order).
 //! * Learning: once `learn.min_examples` labels are collected, and each time they grow by
 //!   `learn.growth`, a low-priority background thread synthesizes a program from the spec
 //!   examples and the oracle's labels (the newest 4,000 at most), scores it on held-out
@@ -89,14 +94,17 @@ mod calibrate;
 mod calls;
 mod canary;
 mod chat;
+mod extract;
 mod gateway;
 mod learn;
+mod tasks;
 
 pub use calls::{CallKind, CallRecord, ProgramAnswer, Source};
 pub use canary::{CanaryOutcome, CanaryStatus};
 pub use chat::{ChatMessage, ChatRequest, Content, Part, StreamOptions};
 pub use gateway::{
-    add_task, gateway_tasks, summarize, Decision, Gateway, GatewayStats, LocalAnswer, Pending,
-    Recorded, TaskState, TaskStats, UpstreamAnswer, DEFAULT_MAX_DISAGREEMENT,
+    gateway_tasks, Decision, Gateway, GatewayStats, LocalAnswer, Pending, Recorded, TaskState,
+    TaskStats, UpstreamAnswer, DEFAULT_MAX_DISAGREEMENT,
 };
 pub use learn::LearnReport;
+pub use tasks::{add_task, add_task_json, summarize};

@@ -223,13 +223,18 @@ fn bad_input_is_refused_with_the_reason() {
     let err = Gateway::open(dir.path(), &bad).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(err.to_string().contains("gateway.routes[0].task"), "{err}");
-    // An extraction spec is refused by `tasks add`, naming the schema.
+    // An extraction spec is checked as `loopai synth` checks it: errors name the path.
     let extraction = TaskSpec::from_json(
-        br#"{"name": "order", "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}}, "output_schema": {"type": "object", "properties": {"id": {"type": "string"}}}}"#,
+        br#"{"name": "order", "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}}, "output_schema": {"type": "object", "properties": {"id": {"type": "boolean"}}}}"#,
     )
     .unwrap();
     let err = add_task(dir.path(), &extraction).unwrap_err();
-    assert!(err.to_string().contains("output_schema"), "{err}");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(
+        err.to_string()
+            .contains("spec.output_schema.properties.id.type"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -524,4 +529,255 @@ fn shutdown_returns_within_its_timeout_while_a_learning_pass_runs() {
 fn gateway_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<Gateway>();
+}
+
+// ---------------------------------------------------------------------------------------
+// Extraction tasks
+
+/// The bound on an extraction pass (at `nice` 10, on a loaded machine, in a debug build).
+const LEARN_WAIT: Duration = Duration::from_secs(600);
+
+/// An order-desk extraction task: the order number and the amount (nullable), listed
+/// with `order_id` first (the local answer keeps that order, not the names' order).
+const ORDER_SPEC: &str = r#"{"name": "order", "description": "Order number and amount of a customer message",
+  "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+  "output_schema": {"type": "object", "required": ["order_id"], "properties": {
+    "order_id": {"type": "string"}, "amount": {"type": ["number", "null"]}}}}"#;
+
+/// `extra` may set `sampling:` (default rate 0).
+fn order_config(extra: &str) -> DeploymentConfig {
+    let sampling = if extra.contains("sampling:") {
+        ""
+    } else {
+        "sampling: {rate: 0}\n"
+    };
+    DeploymentConfig::from_yaml_str(
+        &format!(
+            "gateway:\n  upstream: {{base_url: 'http://127.0.0.1:9/v1'}}\n  max_disagreement: 0.05\n  routes:\n    - {{task: order, model: desk-model}}\n{sampling}{extra}"
+        ),
+        "test",
+    )
+    .unwrap()
+}
+
+/// A seeded stream of customer messages: an order number and (mostly) an amount embedded
+/// in varied sentences, with the truth as the upstream would answer it.
+fn orders(n: usize, seed: u64) -> Vec<(String, serde_json::Value)> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..n)
+        .map(|_| {
+            let id = format!("ORD-{}", rng.u32(10_000..100_000));
+            let cents = rng.u32(100..500_000);
+            let amount = f64::from(cents) / 100.0;
+            let (whole, frac) = (cents / 100, cents % 100);
+            let money = match rng.u8(0..3) {
+                0 => format!("${whole}.{frac:02}"),
+                1 => format!("{whole}.{frac:02} USD"),
+                _ => format!("USD {whole}.{frac:02}"),
+            };
+            let (text, amount) = match rng.u8(0..7) {
+                0 => (
+                    format!("Hi, my order {id} arrived damaged, I paid {money} for it."),
+                    Some(amount),
+                ),
+                1 => (
+                    format!("Refund request for order {id}: total {money}"),
+                    Some(amount),
+                ),
+                2 => (
+                    format!("Where is {id}? You charged me {money} yesterday."),
+                    Some(amount),
+                ),
+                3 => (
+                    format!("Order number {id} - amount due {money}, please confirm"),
+                    Some(amount),
+                ),
+                4 => (
+                    format!("I was billed {money} twice for {id}!"),
+                    Some(amount),
+                ),
+                5 => (format!("Can you check the status of {id}? Thanks"), None),
+                _ => (
+                    format!("Hello. The parcel for {id} never came. It cost {money}."),
+                    Some(amount),
+                ),
+            };
+            (text, serde_json::json!({"order_id": id, "amount": amount}))
+        })
+        .collect()
+}
+
+fn order_request(text: &str) -> ChatRequest {
+    let body = serde_json::json!({"model": "desk-model", "messages": [
+        {"role": "system", "content": "Extract order_id and amount as JSON."},
+        {"role": "user", "content": text}]});
+    ChatRequest::parse(body.to_string().as_bytes()).unwrap()
+}
+
+fn add_order_task(dir: &Path) {
+    let spec = loopai_gateway::add_task_json(dir, ORDER_SPEC.as_bytes()).unwrap();
+    assert!(spec.is_extraction());
+}
+
+#[test]
+fn an_extraction_task_records_json_answers_and_counts_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    add_order_task(dir.path());
+    let listed = summarize(dir.path(), None).unwrap();
+    assert_eq!(listed[0].task, "order");
+    assert_eq!(listed[0].state, TaskState::Shadow);
+    let gw = Gateway::open(dir.path(), &order_config("")).unwrap();
+    let record = |text: &str, content: &str| {
+        let Decision::Forward(p) = gw.decide(None, &order_request(text)).unwrap() else {
+            panic!("shadow must forward")
+        };
+        assert_eq!(p.task(), Some("order"));
+        gw.record_upstream(p, &UpstreamAnswer::new(Some(content), Some(50), 300.0))
+    };
+    // Recorded normalised: compact, keys in schema order, numbers as numbers, absent = null.
+    let compact = r#"{"order_id":"ORD-12345","amount":1234.5}"#;
+    for content in [
+        r#"{"amount": 1234.5, "order_id": "ORD-12345"}"#,
+        "```json\n{\"order_id\": \"ORD-12345\", \"amount\": \"1,234.50\"}\n```",
+        "  ```\n{\"order_id\": \" ORD-12345 \", \"amount\": 1234.50}\n```  ",
+    ] {
+        assert_eq!(
+            record("order ORD-12345 cost $1,234.50", content),
+            Recorded::Label(compact.into()),
+            "{content}"
+        );
+    }
+    assert_eq!(
+        record("where is ORD-1?", r#"{"order_id": "ORD-1"}"#),
+        Recorded::Label(r#"{"order_id":"ORD-1","amount":null}"#.into())
+    );
+    // Outside the schema: counted, not learnt from.
+    for content in [
+        "The order is ORD-12345.",
+        r#"{"order_id": "ORD-12345", "amount": 5, "currency": "USD"}"#,
+        r#"{"amount": 5}"#,
+        r#"{"order_id": "ORD-12345", "amount": "five dollars"}"#,
+        r#"["ORD-12345", 5]"#,
+    ] {
+        assert_eq!(record("x", content), Recorded::Outside, "{content}");
+    }
+    let t = gw.stats().tasks[0].clone();
+    assert_eq!((t.oracle_labels, t.outside_labels, t.calls), (4, 5, 9));
+    assert_eq!(t.labels, 4);
+    gw.flush(WAIT).unwrap();
+    let dir_calls = dir.path().join("datasets/order/gateway");
+    let file = std::fs::read_dir(&dir_calls)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(file.path())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines[1]["label"],
+        serde_json::json!({"order_id": "ORD-12345", "amount": 1234.5})
+    );
+    assert_eq!(lines[5]["label"], serde_json::Value::Null);
+    assert_eq!(lines[5]["outside_labels"], true);
+    gw.shutdown(WAIT).unwrap();
+    // Reopened: counted again from the log.
+    let gw = Gateway::open(dir.path(), &order_config("")).unwrap();
+    let t = gw.stats().tasks[0].clone();
+    assert_eq!((t.oracle_labels, t.outside_labels), (4, 5));
+    gw.shutdown(WAIT).unwrap();
+}
+
+#[test]
+fn an_extraction_task_learns_from_the_upstream_then_answers_locally() {
+    let dir = tempfile::tempdir().unwrap();
+    add_order_task(dir.path());
+    let gw = Gateway::open(
+        dir.path(),
+        &order_config("learn: {min_examples: 120, growth: 100, seed: 7}\nsampling: {rate: 0.2}\n"),
+    )
+    .unwrap();
+    let stream = orders(500, 11);
+    let mut local = 0;
+    let mut checked = 0;
+    let mut validated = 0;
+    for (i, (text, truth)) in stream.iter().enumerate() {
+        match gw.decide(None, &order_request(text)).unwrap() {
+            Decision::Local(answer) => {
+                local += 1;
+                let got: serde_json::Value = serde_json::from_str(&answer.content).unwrap();
+                assert_eq!(&got, truth, "{text}");
+                // Compact, in schema order.
+                assert!(
+                    answer.content.starts_with("{\"order_id\":"),
+                    "{}",
+                    answer.content
+                );
+                checked += 1;
+                // A sampled local answer is validated: the upstream's object, in another
+                // key order, agrees with the program's.
+                if let Some(p) = answer.validate {
+                    let upstream = format!(
+                        "{{\"amount\": {}, \"order_id\": \"{}\"}}",
+                        truth["amount"],
+                        truth["order_id"].as_str().unwrap()
+                    );
+                    gw.record_upstream(p, &UpstreamAnswer::new(Some(&upstream), None, 1.0));
+                    validated += 1;
+                }
+            }
+            Decision::Forward(p) => {
+                // The stand-in upstream answers the truth as JSON, sometimes fenced.
+                let content = if i % 3 == 0 {
+                    format!("```json\n{truth}\n```")
+                } else {
+                    truth.to_string()
+                };
+                let r = gw.record_upstream(p, &UpstreamAnswer::new(Some(&content), Some(60), 1.0));
+                assert!(matches!(r, Recorded::Label(_)), "{r:?}");
+            }
+            _ => unreachable!(),
+        }
+        if i == 120 {
+            // The first pass runs at 120 labels: its program is activated as soon as it is
+            // installed, and the forwarded calls calibrate it while the pass cross-fits.
+            let deadline = std::time::Instant::now() + LEARN_WAIT;
+            while gw.stats().tasks[0].active_version.is_none() {
+                assert!(std::time::Instant::now() < deadline, "{:?}", gw.stats());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    gw.wait_idle(LEARN_WAIT).unwrap();
+    let t = gw.stats().tasks[0].clone();
+    assert_eq!(t.active_version, Some(1), "{t:?}");
+    assert!(t.last_learn_error.is_none(), "{t:?}");
+    assert_eq!(t.state, TaskState::Serving, "{t:?}");
+    assert!(local > 100, "answered locally: {local}; {t:?}");
+    assert_eq!(checked, local);
+    assert_eq!(t.outside_labels, 0);
+    assert!(validated > 0, "{t:?}");
+    assert_eq!(
+        (t.validations, t.validation_disagreements),
+        (validated, 0),
+        "{t:?}"
+    );
+    eprintln!(
+        "extraction stream: {local} of {} calls answered locally; {t:?}",
+        stream.len()
+    );
+    // A message the program never saw.
+    let Decision::Local(answer) = gw
+        .decide(
+            None,
+            &order_request("Refund request for order ORD-55555: total $12.50"),
+        )
+        .unwrap()
+    else {
+        panic!("{:?}", gw.stats().tasks[0])
+    };
+    assert_eq!(answer.content, r#"{"order_id":"ORD-55555","amount":12.5}"#);
+    gw.shutdown(WAIT).unwrap();
 }

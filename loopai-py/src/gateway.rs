@@ -46,15 +46,22 @@ fn deployment_config(
 /// Registers (or updates) a gateway task from its specification alone, with no program
 /// (what ``loopai tasks add`` does): ``spec`` is a dict, JSON text, or a path to a spec
 /// file (``name``, ``description``, ``input_schema``, ``output_schema`` with its labels,
-/// zero or more ``examples``). Raises ``InvalidInput`` naming what is wrong in the spec.
+/// or an object of fields for an extraction task; zero or more ``examples``). Raises
+/// ``InvalidInput`` naming what is wrong in the spec.
 #[pyfunction]
 pub(crate) fn add_task(py: Python<'_>, data_dir: PathBuf, spec: &Bound<'_, PyAny>) -> PyResult<()> {
-    let bytes = crate::artifacts::program_bytes(py, spec)?.map_err(|e| errors::to_py(py, e))?;
-    py.detach(move || -> core::Result<()> {
-        let spec = loopai_synth::TaskSpec::from_json(&bytes)?;
-        gw::add_task(&data_dir, &spec)
-    })
-    .map_err(|e| errors::to_py(py, e))
+    let mut bytes = crate::artifacts::program_bytes(py, spec)?.map_err(|e| errors::to_py(py, e))?;
+    if spec.cast::<PyDict>().is_ok() {
+        // A dict converted above lists its keys by name; `json.dumps` keeps the dict's order
+        // (an extraction task's local answers list the fields in that order).
+        let text: String = py
+            .import("json")?
+            .call_method1("dumps", (spec,))?
+            .extract()?;
+        bytes = text.into_bytes();
+    }
+    py.detach(move || -> core::Result<()> { gw::add_task_json(&data_dir, &bytes).map(drop) })
+        .map_err(|e| errors::to_py(py, e))
 }
 
 /// The gateway of a data directory: every task registered from a specification
@@ -67,7 +74,8 @@ pub(crate) struct PyGateway {
     inner: gw::Gateway,
 }
 
-/// A call answered locally: the program's label (``content``) and the execution id;
+/// A call answered locally: the program's label (``content``; for an extraction task the
+/// extracted object as compact JSON) and the execution id;
 /// ``validate`` is a ``PendingCall`` when the sampler picked the call for validation (send
 /// the request to the LLM and record its answer).
 #[pyclass(frozen, name = "LocalAnswer", module = "loopai._loopai")]
@@ -146,7 +154,7 @@ impl PyLocalAnswer {
         &self.execution_id
     }
 
-    /// The completion's content: the label.
+    /// The completion's content: the label, or the extracted object as compact JSON.
     #[getter]
     fn content(&self) -> &str {
         &self.content
@@ -238,8 +246,9 @@ impl PyGateway {
 
     /// Records what the LLM answered to a ``PendingCall``: ``content`` is
     /// ``choices[0].message.content`` (or a stream's concatenated deltas), ``total_tokens``
-    /// the ``usage``. Returns ``("label", LABEL)`` when the answer was recorded as a label,
-    /// ``("outside", None)`` when it is not one of the task's labels (counted, not learnt),
+    /// the ``usage``. Returns ``("label", LABEL)`` when the answer was recorded as a label
+    /// (for an extraction task, the normalised object as compact JSON), ``("outside",
+    /// None)`` when it is not one of the task's labels (counted, not learnt),
     /// ``("untasked", None)`` for a call with no task.
     #[pyo3(signature = (pending, content, total_tokens = None, latency_ms = 0.0))]
     fn record_upstream(

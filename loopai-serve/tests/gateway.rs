@@ -666,3 +666,103 @@ fn an_https_upstream_is_reached_through_its_ca_file_and_refused_without() {
     serving.join(WAIT).unwrap();
     serving.shutdown_background();
 }
+
+/// An extraction task beside `spam`: a hand-written program (order number, amount) and an
+/// upstream answering the same object as fenced JSON; once calibrated, local answers are
+/// the object as compact JSON in schema order, plain and streamed.
+#[test]
+fn an_extraction_task_answers_locally_with_the_object_as_json() {
+    let up = upstream();
+    let dir = tempfile::tempdir().unwrap();
+    add_spec(dir.path());
+    loopai_gateway::add_task_json(
+        dir.path(),
+        br#"{"name": "order", "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}},
+        "output_schema": {"type": "object", "required": ["order_id"], "properties": {
+          "order_id": {"type": "string"}, "amount": {"type": ["number", "null"]}}}}"#,
+    )
+    .unwrap();
+    let program = br#"{"format": "loopai.program/1", "task": "order",
+      "inputs": [{"name": "text", "path": "/text", "type": "text"}],
+      "output": {"kind": "extract", "source": "text", "fields": [
+        {"name": "order_id", "pattern": "ORD-[0-9]+", "confidence_found": 0.97},
+        {"name": "amount", "pattern": "\\$([0-9.,]+[0-9])", "type": "number", "number_format": "auto",
+         "required": false, "confidence_found": 0.95, "confidence_missing": 0.9}]}}"#;
+    ArtifactStore::open(dir.path(), "order")
+        .unwrap()
+        .install(program, NewArtifact::default(), true)
+        .unwrap();
+    // The upstream answers every call with this object, fenced and in another key order.
+    up.set(Behaviour::Content(
+        "```json\n{\"amount\": \"1,234.50\", \"order_id\": \"ORD-77\"}\n```",
+    ));
+    let mut server = serve(dir.path(), &up.base_url(), "");
+    let order = [("X-Loopai-Task", "order")];
+    let stats = |server: &ServerHandle| {
+        get_json(server, "/health")["gateway"]["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["task"] == "order")
+            .unwrap()
+            .clone()
+    };
+    let deadline = Instant::now() + WAIT;
+    let mut i = 0;
+    while stats(&server)["state"] != "serving" {
+        assert!(Instant::now() < deadline, "{}", stats(&server));
+        let r = chat(
+            &server,
+            &body(&format!("ORD-77, paid $1,234.50 ({i})"), false),
+            &order,
+        );
+        assert_eq!(r.status, 200, "{}", r.text);
+        i += 1;
+    }
+    let t = stats(&server);
+    assert_eq!(t["outside_labels"], 0, "{t}");
+    assert!(t["oracle_labels"].as_u64().unwrap() >= 59, "{t}");
+    let want = r#"{"order_id":"ORD-77","amount":1234.5}"#;
+    let r = chat(&server, &body("ORD-77 cost me $1,234.50", false), &order);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.headers["x-loopai-source"], "program");
+    assert_eq!(r.headers["x-loopai-task"], "order");
+    let v = r.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["content"], want);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    // Streamed: the role, the content, the finish reason, the usage, [DONE].
+    let r = chat(&server, &body("ORD-77 cost me $1,234.50", true), &order);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["content-type"], "text/event-stream");
+    assert_eq!(r.headers["x-loopai-source"], "program");
+    let events: Vec<&str> = r.text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.last(), Some(&"data: [DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap())
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, want);
+    assert_eq!(chunks[2]["choices"][0]["finish_reason"], "stop");
+    assert_eq!(chunks[3]["usage"]["total_tokens"], 0);
+    // A forwarded answer outside the schema is relayed unchanged and counted.
+    up.set(Behaviour::Content(
+        "{\"order_id\": \"ORD-77\", \"note\": \"x\"}",
+    ));
+    let r = chat(&server, &body("no order number here", false), &order);
+    assert_eq!(r.headers["x-loopai-source"], "oracle");
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "{\"order_id\": \"ORD-77\", \"note\": \"x\"}"
+    );
+    assert_eq!(stats(&server)["outside_labels"], 1);
+    server.shutdown(WAIT).unwrap();
+}

@@ -283,7 +283,7 @@ class LocalAnswer:
 
     @property
     def content(self) -> str:
-        """The completion's content: the label."""
+        """The completion's content: the label, or the extracted object as compact JSON."""
 
     @property
     def confidence(self) -> float:
@@ -321,7 +321,7 @@ class Gateway:
         total_tokens: int | None = None,
         latency_ms: float = 0.0,
     ) -> tuple[str, str | None]:
-        """Records what the LLM answered to a `PendingCall`: `("label", LABEL)`, `("outside", None)` or `("untasked", None)`."""
+        """Records what the LLM answered to a `PendingCall`: `("label", LABEL)` (for an extraction task, the normalised object as compact JSON), `("outside", None)` or `("untasked", None)`."""
 
     def record_failure(self, pending: PendingCall) -> None:
         """Records that the LLM failed on a `PendingCall`: counted, nothing recorded as a label."""

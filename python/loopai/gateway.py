@@ -10,10 +10,12 @@
 ``chat.completions.create`` behaves like ``loopai serve``'s ``POST /v1/chat/completions``
 (``docs/gateway.md``): the native ``Gateway`` decides each call; a call the task's program
 answers within the disagreement budget returns a ``ChatCompletion`` (or a stream of
-``ChatCompletionChunk``) built from the program's label, with zero ``usage``, the
+``ChatCompletionChunk``) built from the program's label (for an extraction task, the
+extracted object as compact JSON), with zero ``usage``, the
 execution id as ``id`` and ``system_fingerprint`` ``"loopai-program-v<version>"``; any
 other call goes to the wrapped client unchanged, and its answer is recorded as the
-oracle's label (a stream once it has been read to the end). Sampled local answers are
+oracle's label (a stream once it has been read to the end; for an extraction task, the
+JSON object it answered). Sampled local answers are
 validated against the LLM on a background thread. Everything else of the client
 (``models``, ``embeddings``...) passes through. The decision, the labels and learning are
 the native gateway's; this module only speaks the SDK's types.
