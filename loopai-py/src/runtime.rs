@@ -18,6 +18,10 @@ use pyo3::types::{PyDict, PyList, PyString};
 
 use crate::{convert, errors};
 
+// `Runtime.explain` spells its default `top_k` as a literal (for the text signature that
+// `mypy.stubtest` checks against the stub): it is the core's.
+const _: () = assert!(core::DEFAULT_EXPLAIN_TOP_K == 10);
+
 /// Every runtime created in this process that may still be alive, for the `atexit` flush.
 static LIVE: Mutex<Vec<Weak<core::Runtime>>> = Mutex::new(Vec::new());
 
@@ -235,6 +239,41 @@ impl PyRuntime {
             Ok(result) => Ok(PyExecutionResult::from(result)),
             Err(e) => Err(self.error(py, e)),
         }
+    }
+
+    /// Why the active program decides what it does on one input (a dict, or JSON text as
+    /// ``str``/``bytes``): a dict ``{"task", "version", "output", "confidence",
+    /// "abstained", "decided_by", "abstention", "decision"}`` with the rule that fired and
+    /// the feature values its conditions saw, or a model's per-class scores with its
+    /// ``top_k`` largest contributions traced back to the n-grams and keywords of this
+    /// input (see "Explanations" in ``docs/program-format.md``). ``output`` and
+    /// ``confidence`` are exactly what ``execute`` returns. Always the active version,
+    /// never a canary; nothing is logged, sampled or counted. Raises ``InvalidInput`` as
+    /// ``execute`` does.
+    #[pyo3(signature = (input, *, top_k = 10))]
+    fn explain<'py>(
+        &self,
+        py: Python<'py>,
+        input: &Bound<'py, PyAny>,
+        top_k: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let options = core::ExplainOptions::default().with_top_k(top_k);
+        let rt = self.rt();
+        let explained = if let Ok(b) = input.cast::<pyo3::types::PyBytes>() {
+            let bytes = b.as_bytes().to_vec();
+            py.detach(|| rt.explain_json(&bytes, &options))
+        } else if let Ok(s) = input.cast::<PyString>() {
+            let bytes = s.to_cow()?.into_owned().into_bytes();
+            py.detach(|| rt.explain_json(&bytes, &options))
+        } else {
+            let value = convert::to_value(input)
+                .map_err(|e| errors::invalid_input(py, e.describe("input")))?;
+            py.detach(|| rt.explain_with(&value, &options))
+        };
+        let explanation = explained.map_err(|e| self.error(py, e))?;
+        let value = serde_json::to_value(&explanation)
+            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+        convert::to_py(py, &value)
     }
 
     /// Executes several inputs; one result per input, in order, each logged like

@@ -169,6 +169,16 @@ class Runtime:
     def execute_json(self, input: str | bytes, key: str | None = None) -> ExecutionResult:
         """Executes one input given as JSON text (``str`` or ``bytes``), like ``execute``
         (``key`` routes it during a canary rollout, as there)."""
+    def explain(self, input: Mapping[str, Any] | str | bytes, *, top_k: int = 10) -> dict[str, Any]:
+        """Why the active program decides what it does on one input (a dict, or JSON text as
+        ``str``/``bytes``): a dict ``{"task", "version", "output", "confidence",
+        "abstained", "decided_by", "abstention", "decision"}`` with the rule that fired and
+        the feature values its conditions saw, or a model's per-class scores with its
+        ``top_k`` largest contributions traced back to the n-grams and keywords of this
+        input (see "Explanations" in ``docs/program-format.md``). ``output`` and
+        ``confidence`` are exactly what ``execute`` returns. Always the active version,
+        never a canary; nothing is logged, sampled or counted. Raises ``InvalidInput`` as
+        ``execute`` does."""
     def execute_batch(
         self, inputs: Iterable[Mapping[str, Any]], *, return_exceptions: bool = False
     ) -> list[Any]:

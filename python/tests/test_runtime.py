@@ -97,6 +97,30 @@ def test_execute_json_accepts_str_and_bytes(rt: loopai.Runtime) -> None:
         rt.execute_json(42)  # type: ignore[arg-type]
 
 
+def test_explain_gives_the_decision_path_and_logs_nothing(
+    rt: loopai.Runtime, data_dir: Path
+) -> None:
+    why = rt.explain({"text": "a prize, a prize"})
+    result = rt.execute({"text": "a prize, a prize"})
+    assert (why["output"], why["confidence"]) == (result.output, result.confidence)
+    assert (why["task"], why["version"], why["abstained"]) == ("spam", 1, False)
+    assert why["decided_by"] == result.decided_by
+    fired = why["decision"]["fired"]
+    assert fired["index"] == 0
+    assert fired["when"]["feature"] == "prize"
+    assert fired["when"]["value"] == 2.0
+    assert fired["when"]["sources"] == ["prize"]
+    assert rt.explain('{"text": "hello"}')["decision"]["fired"]["index"] == 1
+    assert rt.explain(b'{"text": "hello"}', top_k=1)["output"] == "ham"
+    with pytest.raises(loopai.InvalidInput, match="text"):
+        rt.explain({"text": 3})
+    with pytest.raises(loopai.InvalidInput, match=r"^input: not valid JSON"):
+        rt.explain("{oops")
+    rt.flush(timeout=5.0)
+    # Only the one execution is in the log.
+    assert len(log_lines(data_dir)) == 1
+
+
 def test_execute_batch_keeps_order(rt: loopai.Runtime, data_dir: Path) -> None:
     out = rt.execute_batch([{"text": "prize"}, {"text": "hi"}, {"text": "a prize"}])
     assert [r.output for r in out] == ["spam", "ham", "spam"]
