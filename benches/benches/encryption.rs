@@ -8,7 +8,9 @@
 //!   executes its iterations' inputs and then flushes the log, so the time covers writing
 //!   (and sealing) every record. Throughput is in executions.
 //!
-//! Run with `cargo bench -p loopai-benches --bench encryption`.
+//! Run with `cargo bench -p loopai-benches --bench encryption`. On a shared machine prefer
+//! `src/bin/encryption_cost.rs`, which interleaves the variants and also reports CPU time
+//! per logged execution (figures in `docs/datasets.md`).
 
 use std::hint::black_box;
 use std::path::Path;
