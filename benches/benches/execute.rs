@@ -7,12 +7,21 @@
 //!
 //! Run with `cargo bench -p loopai-benches`; filter with e.g.
 //! `cargo bench -p loopai-benches -- linear_hashed/sms`.
+//!
+//! A program of your own (a synthesized one, too large to be a fixture) on inputs of your
+//! own: `LOOPAI_BENCH_PROGRAM=program.json LOOPAI_BENCH_INPUTS=inputs.jsonl cargo bench -p
+//! loopai-benches -- synthesized` adds `evaluate/synthesized/<inputs>` and
+//! `execute/synthesized/<inputs>` (inputs as `read_inputs` reads them: input objects or
+//! `{"input": ...}` rows). `benches/long-documents.sh` runs it on 5 KB texts of the
+//! SpamAssassin and State of the Union datasets.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
-use loopai_benches::{email_texts, fixtures, inputs, linear_breakdown, runtime_for, sms_texts};
+use loopai_benches::{
+    email_texts, fixtures, inputs, linear_breakdown, read_inputs, runtime_for, sms_texts,
+};
 use loopai_core::{NewArtifact, Program};
 use serde_json::Value;
 
@@ -76,6 +85,38 @@ fn execute(c: &mut Criterion) {
     }
 }
 
+/// The program and inputs named by `LOOPAI_BENCH_PROGRAM` and `LOOPAI_BENCH_INPUTS`, when
+/// both are set (the bench is skipped otherwise). A set that cannot be read is a failure,
+/// not a silent skip.
+fn synthesized(c: &mut Criterion) {
+    let (Some(program), Some(inputs)) = (
+        std::env::var_os("LOOPAI_BENCH_PROGRAM"),
+        std::env::var_os("LOOPAI_BENCH_INPUTS"),
+    ) else {
+        return;
+    };
+    let inputs = std::path::PathBuf::from(inputs);
+    let bytes = std::fs::read(&program)
+        .unwrap_or_else(|e| panic!("LOOPAI_BENCH_PROGRAM {}: {e}", program.to_string_lossy()));
+    let set = read_inputs(&inputs).unwrap_or_else(|e| panic!("LOOPAI_BENCH_INPUTS {e}"));
+    let name = inputs
+        .file_stem()
+        .map_or("inputs".into(), |s| s.to_string_lossy().into_owned());
+    let compiled = Program::from_json(&bytes).expect("LOOPAI_BENCH_PROGRAM compiles");
+    let mut group = c.benchmark_group("evaluate/synthesized");
+    bench_cycle(&mut group, &name, &set, |input| {
+        black_box(compiled.evaluate(input).expect("evaluates"));
+    });
+    group.finish();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = runtime_for(dir.path(), &bytes).expect("runtime starts");
+    let mut group = c.benchmark_group("execute/synthesized");
+    bench_cycle(&mut group, &name, &set, |input| {
+        black_box(runtime.execute(input).expect("executes"));
+    });
+    group.finish();
+}
+
 /// `execute` during a canary rollout at 50% (the canary is the same program): the cost
 /// of routing (hashing the canonical input, or a caller's key) and of the per-arm counters.
 /// Ids read `execute_canary/<program>/<input|key>`; compare with `execute/<program>/sms`.
@@ -130,6 +171,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = evaluate, execute, execute_canary, breakdown
+    targets = evaluate, execute, synthesized, execute_canary, breakdown
 }
 criterion_main!(benches);

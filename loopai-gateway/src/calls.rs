@@ -28,6 +28,19 @@ pub struct ProgramAnswer {
     pub output: Value,
     /// Its confidence.
     pub confidence: f64,
+    /// For a task of three labels or more, the margin between its two highest per-label
+    /// scores: the calibration score the threshold applies to (absent for two labels,
+    /// where the confidence is; and in records written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin: Option<f64>,
+}
+
+impl ProgramAnswer {
+    /// The calibration score the task's threshold applies to: the margin when there is
+    /// one, else the confidence.
+    pub fn score(&self) -> f64 {
+        self.margin.unwrap_or(self.confidence)
+    }
 }
 
 /// `call` or `validation`.
@@ -290,4 +303,29 @@ pub(crate) fn read_all(data_dir: &Path, task: &str) -> Result<Vec<CallRecord>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_margin_is_the_score_when_kept_and_older_records_still_read() {
+        let with: ProgramAnswer =
+            serde_json::from_str(r#"{"version":2,"output":"fr","confidence":0.9,"margin":0.3}"#)
+                .unwrap();
+        assert_eq!((with.margin, with.score()), (Some(0.3), 0.3));
+        let older: ProgramAnswer =
+            serde_json::from_str(r#"{"version":2,"output":"fr","confidence":0.9}"#).unwrap();
+        assert_eq!((older.margin, older.score()), (None, 0.9));
+        // Two labels: no margin written, the line is as before.
+        let binary = ProgramAnswer {
+            margin: None,
+            ..older
+        };
+        assert_eq!(
+            serde_json::to_string(&binary).unwrap(),
+            r#"{"version":2,"output":"fr","confidence":0.9}"#
+        );
+    }
 }

@@ -8,7 +8,7 @@ use loopai_core::{Program, Result};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::calibrate::choose_threshold;
+use crate::calibrate::{choose_threshold, margin};
 use crate::calls::ProgramAnswer;
 
 /// Calls with an upstream answer the candidate must be compared on before a verdict.
@@ -33,6 +33,7 @@ impl Shadow {
                 outcome.output
             },
             confidence: outcome.confidence,
+            margin: margin(outcome.scores.iter().copied()),
         })
     }
 }
@@ -85,7 +86,7 @@ impl Canary {
         label: &str,
     ) {
         let agreed = candidate.output.as_str() == Some(label);
-        self.shadow.push((candidate.confidence, agreed));
+        self.shadow.push((candidate.score(), agreed));
         self.calls += 1;
         self.candidate_agreed += u64::from(agreed);
         self.running_agreed += u64::from(running.is_some_and(|p| p.output.as_str() == Some(label)));
@@ -186,6 +187,7 @@ mod tests {
             version: 2,
             output: Value::String(label.into()),
             confidence,
+            margin: None,
         }
     }
 
@@ -210,6 +212,18 @@ mod tests {
         let pairs = c.clone().into_pairs();
         assert_eq!(pairs.len(), 101);
         assert_eq!(pairs[0], (0.7, true));
+    }
+
+    #[test]
+    fn the_canary_calibrates_a_candidate_on_its_margins() {
+        let mut c = Canary::new(2);
+        let mut sure = answer("fr", 0.6);
+        sure.margin = Some(0.55);
+        let mut doubtful = answer("fr", 0.6);
+        doubtful.margin = Some(0.05);
+        c.observe(&sure, None, "fr");
+        c.observe(&doubtful, None, "it");
+        assert_eq!(c.shadow, vec![(0.55, true), (0.05, false)]);
     }
 
     #[test]

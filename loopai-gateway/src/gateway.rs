@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::calibrate::{choose_threshold, pairs_needed, Estimate};
+use crate::calibrate::{choose_threshold, margin, pairs_needed, Estimate};
 use crate::calls::{self, CallKind, CallRecord, ProgramAnswer, Source, Writer};
 use crate::canary::{Canary, CanaryOutcome, CanaryStatus, Shadow};
 use crate::chat::{self, ChatRequest};
@@ -582,8 +582,11 @@ impl Gateway {
             None => active,
         };
         let mut pairs = Vec::new();
+        // With three labels or more the pairs' scores are margins: pairs stored or logged
+        // before margins were kept (confidences) are left out.
+        let margins = matches!(&task.answers, Answers::Labels(l) if l.len() >= 3);
         if let Some(v) = active {
-            if stored.version == v {
+            if stored.version == v && (stored.margins || !margins) {
                 pairs.extend(stored.holdout.iter().map(|p| (p.0, p.1)));
             }
         }
@@ -611,7 +614,9 @@ impl Gateway {
                 if let (Some(p), Some(v)) = (&r.program, active) {
                     if p.version == v {
                         let agreed = task.answers.agrees(&p.output, label);
-                        pairs.push((p.confidence, agreed));
+                        if p.margin.is_some() || !margins {
+                            pairs.push((p.score(), agreed));
+                        }
                         if r.kind == CallKind::Validation && !agreed {
                             c.validation_disagreements.fetch_add(1, Ordering::Relaxed);
                         }
@@ -695,8 +700,11 @@ impl Gateway {
                 Ok(result) => {
                     id = Some(result.execution_id);
                     program_latency_ms = Some(result.latency_ms);
+                    // The calibration score: the margin for three labels or more.
+                    let margin = margin(result.scores.iter().map(|(_, v)| v));
+                    let score = margin.unwrap_or(result.confidence);
                     let answered = result.status == ExecutionStatus::Success
-                        && task.threshold().is_some_and(|t| result.confidence >= t);
+                        && task.threshold().is_some_and(|t| score >= t);
                     let content = answered
                         .then(|| task.answers.content(&result.output))
                         .flatten();
@@ -706,6 +714,7 @@ impl Gateway {
                             version: result.version,
                             output: result.output.clone(),
                             confidence: result.confidence,
+                            margin,
                         };
                         inner.writer.push(
                             task.index,
@@ -747,6 +756,7 @@ impl Gateway {
                         version: result.version,
                         output: result.output,
                         confidence: result.confidence,
+                        margin,
                     });
                 }
                 Err(e) => {
@@ -828,7 +838,7 @@ impl Gateway {
             }
             let mut cal = task.calibration.lock();
             if cal.version == p.version {
-                cal.pairs.push((p.confidence, agreed));
+                cal.pairs.push((p.score(), agreed));
                 if cal.pairs.len() > MAX_PAIRS {
                     let excess = cal.pairs.len() - MAX_PAIRS;
                     cal.pairs.drain(..excess);

@@ -11,7 +11,7 @@ use loopai_core::{ArtifactStore, Error, ErrorKind, Program, Result};
 use loopai_synth::{synthesize, Example, SynthOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::calibrate::choose_threshold;
+use crate::calibrate::{choose_threshold, margin};
 use crate::calls::{self, CallRecord};
 use crate::canary::{shadow_of, Canary, CanaryOutcome, Verdict};
 use crate::extract::Answers;
@@ -72,6 +72,10 @@ pub(crate) struct Stored {
     /// The threshold last chosen (for `loopai tasks list`; recomputed at start).
     #[serde(default)]
     pub(crate) threshold: Option<f64>,
+    /// Whether `holdout`'s scores are margins for a task of three labels or more (false
+    /// in files written before margins were: their confidences are not restored).
+    #[serde(default)]
+    pub(crate) margins: bool,
 }
 
 fn stored_path(data_dir: &Path, task: &str) -> Result<PathBuf> {
@@ -201,6 +205,7 @@ pub(crate) fn judge_canary(inner: &Inner, task: &Task) {
                         version,
                         holdout: pairs,
                         threshold: estimate.threshold,
+                        margins: true,
                     };
                     if let Err(e) = stored.save(&inner.data_dir, &task.name) {
                         log::warn!("loopai gateway: {e}");
@@ -287,13 +292,14 @@ fn oracle_examples(records: Vec<CallRecord>) -> Vec<Example> {
     out
 }
 
-/// `(confidence, agreed)` of `program` on `rows` (for an extraction task, agreed = every
-/// field equal after normalisation).
+/// `(calibration score, agreed)` of `program` on `rows` (the score: the margin for three
+/// labels or more, else the confidence; for an extraction task, agreed = every field equal
+/// after normalisation).
 fn score(answers: &Answers, program: &Program, rows: &[Example]) -> Vec<(f64, bool)> {
     rows.iter()
         .map(|ex| match program.evaluate(&ex.input) {
             Ok(o) => (
-                o.confidence,
+                margin(o.scores.iter().copied()).unwrap_or(o.confidence),
                 !o.abstained && answers.agrees(&o.output, &ex.output),
             ),
             Err(_) => (0.0, false),
@@ -464,6 +470,7 @@ fn pass(inner: &Inner, task: &Task) -> Result<LearnReport> {
                 version,
                 holdout: pairs,
                 threshold: None,
+                margins: true,
             }
         } else if promoted {
             // Its canary's pairs were stored at the promotion; the cross-fitted ones join.

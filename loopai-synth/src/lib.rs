@@ -19,7 +19,8 @@
 //!   linear SVM (squared hinge) and a logistic regression, both L2-regularised and trained
 //!   by dual coordinate descent as liblinear does, one-vs-rest, with `C` chosen by
 //!   cross-validation along a warm-started path (and a class-weighted SVM when the labels
-//!   are imbalanced); and multinomial naive Bayes. Features are extracted once and shared
+//!   are imbalanced); and multinomial naive Bayes (its rows centred, then int8-quantized
+//!   like the others' weights, and stored as the softmax `linear` model it is). Features are extracted once and shared
 //!   by every fold and candidate; fold × class jobs run in parallel. Confidence is
 //!   calibrated by a temperature fitted on the out-of-fold scores (a softmax over the
 //!   one-vs-rest margins); with two labels the decision threshold is moved to where the

@@ -145,6 +145,37 @@ pub(crate) fn train_bayes(
     }
 }
 
+/// Naive Bayes as a program stores it: int8 weights, a quarter of the `f32` size.
+///
+/// Every row is first centred on its mean over the classes: adding the same number to
+/// every class's weight of feature `i` adds `x_i` times it to every class's score, which
+/// changes no probability of the softmax, and the centred rows (log-probability ratios)
+/// are much smaller than the log probabilities, so that the int8 steps of a column are
+/// finer. The model then scores as the runtime loads it (the dequantized weights).
+pub(crate) fn quantize_bayes(m: &mut LinearModel) {
+    let w = m.width;
+    let dim = m.weights.len() / w;
+    let mut centred = vec![0.0f64; m.weights.len()];
+    for (row, out) in m.weights.chunks(w).zip(centred.chunks_mut(w)) {
+        let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / w as f64;
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o = f64::from(v) - mean;
+        }
+    }
+    let mut q = vec![0i8; m.weights.len()];
+    let mut scales = Vec::with_capacity(w);
+    for c in 0..w {
+        let column: Vec<f64> = (0..dim).map(|i| centred[i * w + c]).collect();
+        let (qc, scale) = crate::solver::quantize(&column);
+        for (i, v) in qc.into_iter().enumerate() {
+            q[i * w + c] = v;
+            m.weights[i * w + c] = crate::solver::dequantize(v, scale);
+        }
+        scales.push(scale);
+    }
+    m.quantized = Some((q, scales));
+}
+
 /// `"base64:"` + the little-endian bytes of `v` (a program's packed `f32` array).
 pub(crate) fn pack_f32(v: &[f32]) -> String {
     let mut bytes = Vec::with_capacity(v.len() * 4);
@@ -260,6 +291,43 @@ mod tests {
         let nb = train_bayes(&xs, &y, &rows, 8, 3, 0.5);
         assert!(rows.iter().all(|&r| nb.predict(&xs[r], 3, &mut z) == y[r]));
         assert_ne!(nb.predict(&[(7, 1.0)], 3, &mut z), 2);
+    }
+
+    #[test]
+    fn quantized_naive_bayes_keeps_its_probabilities_within_the_steps() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let xs: Vec<SparseVec> = (0..200)
+            .map(|_| (0..6).map(|_| (rng.u32(..50), 1.0 + rng.f32())).collect())
+            .collect();
+        let y: Vec<usize> = (0..200).map(|i| i % 3).collect();
+        let rows: Vec<usize> = (0..200).collect();
+        let exact = train_bayes(&xs, &y, &rows, 50, 3, 0.5);
+        let mut q = exact.clone();
+        quantize_bayes(&mut q);
+        let (ints, scales) = q.quantized.clone().expect("quantized");
+        assert_eq!(ints.len(), exact.weights.len());
+        for (i, (&v, &w)) in ints.iter().zip(&q.weights).enumerate() {
+            assert_eq!(w, crate::solver::dequantize(v, scales[i % 3]));
+        }
+        // Centring changes no probability; quantization moves each score by at most half
+        // a step per unit of input.
+        let (mut za, mut zb) = (Vec::new(), Vec::new());
+        let (mut pa, mut pb) = (vec![0.0; 3], vec![0.0; 3]);
+        for x in &xs {
+            exact.logits(x, &mut za);
+            q.logits(x, &mut zb);
+            probs(&za, 1.0, false, &mut pa);
+            probs(&zb, 1.0, false, &mut pb);
+            let mass: f64 = x.iter().map(|e| f64::from(e.1)).sum();
+            let half = scales.iter().fold(0.0f64, |m, &s| m.max(s)) / 2.0;
+            // Scores relative to class 0 (the part the softmax sees).
+            for c in 1..3 {
+                let da = za[c] - za[0];
+                let db = zb[c] - zb[0];
+                assert!((da - db).abs() <= 2.0 * half * mass + 1e-4, "{da} vs {db}");
+            }
+            assert!(pa.iter().zip(&pb).all(|(a, b)| (a - b).abs() < 0.2));
+        }
     }
 
     #[test]

@@ -472,11 +472,11 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
             Error::new(ErrorKind::Internal, format!("serializing the program: {e}"))
         })?;
         // A candidate over the runtime's size limits is left out; the others still compete.
-        let over = if bytes.len() > limits.max_program_bytes {
+        let max_bytes = limits.max_program_bytes.min(ml::MAX_PROGRAM_BYTES);
+        let over = if bytes.len() > max_bytes {
             Some(format!(
-                "program is {} bytes, over the limit of {} bytes",
+                "program is {} bytes, over the limit of {max_bytes} bytes",
                 bytes.len(),
-                limits.max_program_bytes
             ))
         } else if c.weights > limits.max_weights {
             Some(format!(

@@ -16,6 +16,7 @@ use super::extract;
 use super::plan::*;
 use super::structured::{self, InputRef};
 use super::text::{ngram_hash, Placeholder, TokenMode};
+use super::vocab::VocabTable;
 use super::{ProgramLimits, ProgramStats, FORMAT};
 use crate::error::Result;
 use crate::program::raw::{
@@ -521,10 +522,10 @@ impl Compiler<'_> {
                                 format!("must have 1 to {} entries", self.limits.max_vocabulary),
                             ));
                         }
-                        let mut map = HashMap::with_capacity_and_hasher(vocab.len(), Default::default());
+                        let mut map = VocabTable::with_capacity(vocab.len());
                         for (i, term) in vocab.iter().enumerate() {
                             let h = ngram_hash(0, term);
-                            if map.insert(h, i as u32).is_some() {
+                            if !map.insert(h, i as u32) {
                                 return Err(perr(
                                     &idx(&join(path, "vocabulary"), i),
                                     format!("duplicate term {term:?}"),

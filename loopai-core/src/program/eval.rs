@@ -9,6 +9,7 @@ use super::plan::*;
 use super::raw::kind_of;
 use super::structured::{self, Fields};
 use super::text::{self, bucket, TokenMode};
+use super::vocab::VocabTable;
 use super::{DecisionId, Outcome};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fnv::Fnv;
@@ -18,6 +19,8 @@ struct Scratch {
     views: Vec<String>,
     tmp: String,
     pad: String,
+    /// Finished n-gram hashes of one feature, before their vocabulary lookups.
+    hashes: Vec<u64>,
     table: Vec<u32>,
     /// Dense position map for [`dedupe_dense`]: all zeros between calls.
     slots: Vec<u16>,
@@ -247,6 +250,7 @@ fn run(plan: &Plan, texts: &[&str], fields: &Fields<'_>, s: &mut Scratch) -> Out
                     &mut s.tokens,
                     &mut s.offsets,
                     &mut s.pad,
+                    &mut s.hashes,
                     &mut s.table,
                     &mut s.slots,
                     out,
@@ -352,18 +356,6 @@ fn run(plan: &Plan, texts: &[&str], fields: &Fields<'_>, s: &mut Scratch) -> Out
     }
 }
 
-#[inline]
-fn emit(sp: &SparsePlan, h: Fnv, out: &mut Vec<(u32, f32)>) {
-    match &sp.index {
-        NgramIndex::Hashed { bits, .. } => out.push((bucket(h.finish(), *bits), 1.0)),
-        NgramIndex::Vocabulary(map) => {
-            if let Some(&j) = map.get(&h.finish()) {
-                out.push((j, 1.0));
-            }
-        }
-    }
-}
-
 fn seed_of(sp: &SparsePlan) -> u64 {
     match sp.index {
         NgramIndex::Hashed { seed, .. } => seed,
@@ -371,31 +363,20 @@ fn seed_of(sp: &SparsePlan) -> u64 {
     }
 }
 
-/// Character n-grams of `t` (n in `n_min..=n_max`, counted in chars).
-fn char_ngrams(sp: &SparsePlan, t: &str, offsets: &mut Vec<u32>, out: &mut Vec<(u32, f32)>) {
+/// Character n-grams of `t` (n in `n_min..=n_max`, counted in chars): `sink` gets the
+/// hash state of each, in order.
+#[inline(always)]
+fn char_ngrams(sp: &SparsePlan, t: &str, offsets: &mut Vec<u32>, mut sink: impl FnMut(Fnv)) {
     let seed = seed_of(sp);
     let bytes = t.as_bytes();
     if t.is_ascii() {
         let n = bytes.len();
-        if let NgramIndex::Hashed { bits, .. } = sp.index {
-            out.reserve(n * (sp.n_max + 1 - sp.n_min));
-            for i in 0..n {
-                let mut h = Fnv::new(seed);
-                for k in 0..sp.n_max.min(n - i) {
-                    h.write_u8(bytes[i + k]);
-                    if k + 1 >= sp.n_min {
-                        out.push((bucket(h.finish(), bits), 1.0));
-                    }
-                }
-            }
-            return;
-        }
         for i in 0..n {
             let mut h = Fnv::new(seed);
             for k in 0..sp.n_max.min(n - i) {
                 h.write_u8(bytes[i + k]);
                 if k + 1 >= sp.n_min {
-                    emit(sp, h, out);
+                    sink(h);
                 }
             }
         }
@@ -410,8 +391,75 @@ fn char_ngrams(sp: &SparsePlan, t: &str, offsets: &mut Vec<u32>, out: &mut Vec<(
         for k in 0..sp.n_max.min(n - i) {
             h.write(&bytes[offsets[i + k] as usize..offsets[i + k + 1] as usize]);
             if k + 1 >= sp.n_min {
-                emit(sp, h, out);
+                sink(h);
             }
+        }
+    }
+}
+
+/// The n-grams of `sp` over `t`: `sink` gets the hash state of each, in the order the
+/// format defines (which is the order of the feature's entries before merging).
+#[inline(always)]
+fn ngrams(
+    sp: &SparsePlan,
+    t: &str,
+    tokenize: bool,
+    tokens: &mut Vec<(u32, u32)>,
+    offsets: &mut Vec<u32>,
+    pad: &mut String,
+    mut sink: impl FnMut(Fnv),
+) {
+    if sp.words {
+        if tokenize {
+            text::tokenize(t, sp.tokens, tokens);
+        }
+        let seed = seed_of(sp);
+        let bytes = t.as_bytes();
+        for i in 0..tokens.len() {
+            let mut h = Fnv::new(seed);
+            for n in 0..sp.n_max.min(tokens.len() - i) {
+                let (a, b) = tokens[i + n];
+                if n > 0 {
+                    h.write_u8(b' ');
+                }
+                h.write(&bytes[a as usize..b as usize]);
+                if n + 1 >= sp.n_min {
+                    sink(h);
+                }
+            }
+        }
+    } else if sp.within_words {
+        if tokenize {
+            text::tokenize(t, TokenMode::Alnum, tokens);
+        }
+        for &(a, b) in tokens.iter() {
+            pad.clear();
+            pad.push(' ');
+            pad.push_str(&t[a as usize..b as usize]);
+            pad.push(' ');
+            char_ngrams(sp, pad, offsets, &mut sink);
+        }
+    } else {
+        char_ngrams(sp, t, offsets, sink);
+    }
+}
+
+/// How many n-grams ahead of the one it looks up [`lookup_all`] prefetches.
+const PREFETCH_AHEAD: usize = 8;
+
+/// Pushes `(index, 1)` for every hash of `hashes` found in `vocab`, in order. The slots of
+/// later hashes are prefetched while earlier ones are looked up: on a table larger than
+/// the caches, the lookups then wait for memory together instead of one after another.
+fn lookup_all(vocab: &VocabTable, hashes: &[u64], out: &mut Vec<(u32, f32)>) {
+    for &h in hashes.iter().take(PREFETCH_AHEAD) {
+        vocab.prefetch(h);
+    }
+    for (i, &h) in hashes.iter().enumerate() {
+        if let Some(&next) = hashes.get(i + PREFETCH_AHEAD) {
+            vocab.prefetch(next);
+        }
+        if let Some(&j) = vocab.get(&h) {
+            out.push((j, 1.0));
         }
     }
 }
@@ -514,43 +562,26 @@ fn sparse_features(
     tokens: &mut Vec<(u32, u32)>,
     offsets: &mut Vec<u32>,
     pad: &mut String,
+    hashes: &mut Vec<u64>,
     table: &mut Vec<u32>,
     slots: &mut Vec<u16>,
     out: &mut Vec<(u32, f32)>,
 ) {
     out.clear();
-    if sp.words {
-        if tokenize {
-            text::tokenize(t, sp.tokens, tokens);
+    match &sp.index {
+        NgramIndex::Hashed { bits, .. } => {
+            let bits = *bits;
+            ngrams(sp, t, tokenize, tokens, offsets, pad, |h| {
+                out.push((bucket(h.finish(), bits), 1.0))
+            });
         }
-        let seed = seed_of(sp);
-        let bytes = t.as_bytes();
-        for i in 0..tokens.len() {
-            let mut h = Fnv::new(seed);
-            for n in 0..sp.n_max.min(tokens.len() - i) {
-                let (a, b) = tokens[i + n];
-                if n > 0 {
-                    h.write_u8(b' ');
-                }
-                h.write(&bytes[a as usize..b as usize]);
-                if n + 1 >= sp.n_min {
-                    emit(sp, h, out);
-                }
-            }
+        NgramIndex::Vocabulary(vocab) => {
+            hashes.clear();
+            ngrams(sp, t, tokenize, tokens, offsets, pad, |h| {
+                hashes.push(h.finish())
+            });
+            lookup_all(vocab, hashes, out);
         }
-    } else if sp.within_words {
-        if tokenize {
-            text::tokenize(t, TokenMode::Alnum, tokens);
-        }
-        for &(a, b) in tokens.iter() {
-            pad.clear();
-            pad.push(' ');
-            pad.push_str(&t[a as usize..b as usize]);
-            pad.push(' ');
-            char_ngrams(sp, pad, offsets, out);
-        }
-    } else {
-        char_ngrams(sp, t, offsets, out);
     }
     if sp.weighting == Weighting::Count && !sp.l2 && sp.idf.is_none() {
         return;

@@ -13,6 +13,7 @@ mod plan;
 mod raw;
 mod structured;
 pub(crate) mod text;
+mod vocab;
 
 use serde::Serialize;
 use serde_json::Value;

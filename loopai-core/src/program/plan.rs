@@ -2,12 +2,12 @@
 //! built, weights unpacked. Executing a plan does no compilation.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use aho_corasick::AhoCorasick;
 use regex::Regex;
 
 use super::text::{Placeholder, TokenMode};
+use super::vocab::VocabTable;
 use super::ProgramStats;
 
 pub(crate) const MAX_INPUTS: usize = 32;
@@ -121,28 +121,10 @@ pub(crate) enum StepPlan {
     Truncate(usize),
 }
 
-/// The key of a vocabulary map is already a 64-bit hash: hash it no further.
-#[derive(Default)]
-pub(crate) struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 #[derive(Debug)]
 pub(crate) enum NgramIndex {
     Hashed { bits: u32, seed: u64 },
-    Vocabulary(HashMap<u64, u32, BuildHasherDefault<IdHasher>>),
+    Vocabulary(VocabTable),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -91,13 +91,34 @@ pub(crate) fn tokenize(text: &str, mode: TokenMode, out: &mut Vec<(u32, u32)>) {
         }
         return;
     }
+    // Mostly ASCII text with a few other characters: ASCII bytes are classified by the
+    // table, only the others are decoded.
     let mut start = None;
-    for (i, c) in text.char_indices() {
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let c = if b < 0x80 {
+            let inside = ascii_inside(b, alnum);
+            match (inside, start) {
+                (true, None) => start = Some(i),
+                (false, Some(s)) => {
+                    out.push((s as u32, i as u32));
+                    start = None;
+                }
+                _ => {}
+            }
+            i += 1;
+            continue;
+        } else {
+            text[i..].chars().next().expect("a char starts at a byte >= 0x80")
+        };
+        let at = i;
+        i += c.len_utf8();
         if mode == TokenMode::AlnumCjk && is_unspaced(c) {
             if let Some(s) = start.take() {
-                out.push((s as u32, i as u32));
+                out.push((s as u32, at as u32));
             }
-            out.push((i as u32, (i + c.len_utf8()) as u32));
+            out.push((at as u32, i as u32));
             continue;
         }
         let inside = if alnum {
@@ -106,9 +127,9 @@ pub(crate) fn tokenize(text: &str, mode: TokenMode, out: &mut Vec<(u32, u32)>) {
             !c.is_whitespace()
         };
         match (inside, start) {
-            (true, None) => start = Some(i),
+            (true, None) => start = Some(at),
             (false, Some(s)) => {
-                out.push((s as u32, i as u32));
+                out.push((s as u32, at as u32));
                 start = None;
             }
             _ => {}
@@ -223,11 +244,22 @@ pub(crate) fn lowercase_into(src: &str, dst: &mut String, cap: usize) {
         dst.push_str(src);
         dst.make_ascii_lowercase();
     } else {
-        for c in src.chars() {
-            if dst.len() >= cap {
-                break;
+        // Runs of ASCII are copied and lowered at once, other characters one by one. A
+        // run may go past `cap`: the cut below gives the same prefix as stopping there.
+        let bytes = src.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() && dst.len() < cap {
+            let run = bytes[i..].iter().take_while(|b| b.is_ascii()).count();
+            if run > 0 {
+                let from = dst.len();
+                dst.push_str(&src[i..i + run]);
+                dst.as_mut_str()[from..].make_ascii_lowercase();
+                i += run;
+                continue;
             }
+            let c = src[i..].chars().next().expect("a char starts at a non-ASCII byte");
             dst.extend(c.to_lowercase());
+            i += c.len_utf8();
         }
     }
     cut(dst, cap);
@@ -295,6 +327,82 @@ mod tests {
         assert_eq!(out, [(0, 1), (3, 4), (5, 7)]);
         tokenize("hi there_you 42", TokenMode::AlnumCjk, &mut out);
         assert_eq!(out, [(0, 2), (3, 12), (13, 15)]);
+    }
+
+    /// The char-by-char definitions the fast paths must agree with.
+    fn tokenize_by_chars(text: &str, mode: TokenMode) -> Vec<(u32, u32)> {
+        let (mut out, mut start) = (Vec::new(), None);
+        for (i, c) in text.char_indices() {
+            if mode == TokenMode::AlnumCjk && is_unspaced(c) {
+                if let Some(s) = start.take() {
+                    out.push((s as u32, i as u32));
+                }
+                out.push((i as u32, (i + c.len_utf8()) as u32));
+                continue;
+            }
+            let inside = match mode {
+                TokenMode::Whitespace => !c.is_whitespace(),
+                _ => is_word_char(c),
+            };
+            match (inside, start) {
+                (true, None) => start = Some(i),
+                (false, Some(s)) => {
+                    out.push((s as u32, i as u32));
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = start {
+            out.push((s as u32, text.len() as u32));
+        }
+        out
+    }
+
+    fn lowercase_by_chars(src: &str, cap: usize) -> String {
+        let mut dst = String::new();
+        for c in src.chars() {
+            if dst.len() >= cap {
+                break;
+            }
+            dst.extend(c.to_lowercase());
+        }
+        truncate_str(&dst, cap).to_string()
+    }
+
+    #[test]
+    fn mixed_text_fast_paths_agree_with_the_char_by_char_definitions() {
+        // ASCII with a few other characters, as in most long documents: accented and
+        // Greek capitals, a capital whose lowercase is two chars (İ), ideographs and kana,
+        // Thai, non-ASCII spaces, digits of other scripts.
+        let palette = [
+            "a", "Z", "_", "7", " ", "\n", "\t", ".", "-", "@", "É", "ß", "Σ", "İ", "ǅ", "日",
+            "本", "カ", "ไ", "\u{a0}", "\u{3000}", "٣", "é", "Ω", "ﬁ", "😀",
+        ];
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut out = Vec::new();
+        let mut dst = String::new();
+        for round in 0..2000 {
+            let len = rng.usize(0..40);
+            let t: String = (0..len)
+                .map(|_| {
+                    // Mostly ASCII letters.
+                    if rng.u8(..4) > 0 {
+                        palette[rng.usize(..4)]
+                    } else {
+                        palette[rng.usize(..palette.len())]
+                    }
+                })
+                .collect();
+            for mode in [TokenMode::Alnum, TokenMode::Whitespace, TokenMode::AlnumCjk] {
+                tokenize(&t, mode, &mut out);
+                assert_eq!(out, tokenize_by_chars(&t, mode), "round {round} {mode:?} {t:?}");
+            }
+            for cap in [usize::MAX, rng.usize(0..50)] {
+                lowercase_into(&t, &mut dst, cap);
+                assert_eq!(dst, lowercase_by_chars(&t, cap), "round {round} cap {cap} {t:?}");
+            }
+        }
     }
 
     #[test]

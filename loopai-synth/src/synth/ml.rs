@@ -4,7 +4,8 @@
 //! shared by every fold and candidate. Models are linear SVMs (squared hinge) and logistic
 //! regressions trained by dual coordinate descent, one-vs-rest, cross-validated along a
 //! path of `C` values with warm starts (every fold × class job in parallel), and
-//! multinomial naive Bayes. Candidates are compared on the spec's metric; confidences are
+//! multinomial naive Bayes (int8 weights too, see [`linear::quantize_bayes`]); a program
+//! over [`MAX_PROGRAM_BYTES`] is not kept. Candidates are compared on the spec's metric; confidences are
 //! calibrated by a temperature fitted on the out-of-fold scores.
 
 use std::sync::Arc;
@@ -23,13 +24,14 @@ use crate::tfidf::{DocFreq, Vocab};
 /// planned within (at most half the runtime's program size limit): below 8 MB with room
 /// for the rest of the program.
 pub(super) const PROGRAM_BUDGET: usize = 6_000_000;
+/// Largest program a synthesis keeps (when the runtime's limit is not lower): a
+/// candidate over it is left out, with a note in the report.
+pub(super) const MAX_PROGRAM_BYTES: usize = 8_000_000;
 /// `C` paths (scikit-learn's `C`), ascending: each solve warm-starts the next.
 const SVM_C: [f64; 5] = [0.1, 0.3, 1.0, 3.0, 10.0];
 const LOGREG_C: [f64; 4] = [1.0, 4.0, 16.0, 64.0];
 /// Naive Bayes smoothing grid.
 const ALPHA_GRID: [f64; 2] = [0.1, 1.0];
-/// Most naive-Bayes weights (dimension × classes): they are stored as `f32`.
-const MAX_BAYES_WEIGHTS: usize = 1 << 20;
 /// Classes whose example counts differ by this factor or more are imbalanced: a
 /// class-weighted ("balanced") SVM is tried as well.
 const IMBALANCE: usize = 3;
@@ -94,14 +96,10 @@ impl Ctx<'_> {
         let bayes_set = self.without_scaled(&word_set);
         if bayes_set.config.groups().is_empty() {
             notes.push("ml/naive_bayes not tried: no input it can read".to_string());
-        } else if bayes_set.config.dim() * self.k <= MAX_BAYES_WEIGHTS {
-            out.push(self.bayes(&bayes_set));
         } else {
-            notes.push(format!(
-                "ml/naive_bayes[{}] not tried: {} weights, over {MAX_BAYES_WEIGHTS}",
-                word_set.desc,
-                word_set.config.dim() * self.k
-            ));
+            // Its int8 weights (one per feature and class) take what the budget planned
+            // for the linear models' int8 weights.
+            out.push(self.bayes(&bayes_set));
         }
         // Without a text field, the character n-gram set would be the same set again.
         if fields > 0 {
@@ -460,7 +458,7 @@ impl Ctx<'_> {
                 self.n_folds,
                 ALPHA_GRID[g]
             ));
-            let m = linear::train_bayes(
+            let mut m = linear::train_bayes(
                 &f.xs,
                 &self.y,
                 &self.train_rows(fold),
@@ -468,6 +466,8 @@ impl Ctx<'_> {
                 k,
                 ALPHA_GRID[g],
             );
+            // Scored as the program will store it.
+            linear::quantize_bayes(&mut m);
             self.progress.advance(1);
             let mut out = Vec::new();
             for r in self.test_rows(fold) {
@@ -487,6 +487,7 @@ impl Ctx<'_> {
         let (oof, _, t) = self.calibrate(&logits[g], false);
         let mut model =
             linear::train_bayes(&f.xs, &self.y, &self.all_rows(), dim, k, ALPHA_GRID[g]);
+        linear::quantize_bayes(&mut model);
         model.temperature = t;
         self.progress.advance(1);
         self.progress.finish_stage();
@@ -525,7 +526,9 @@ impl Ctx<'_> {
     /// The model's `decide` JSON.
     pub(super) fn model_json(&self, config: &FeatureConfig, m: &LinearModel) -> Value {
         let inputs: Vec<String> = config.groups().into_iter().map(|g| g.feature).collect();
-        if m.bayes {
+        // Quantized naive Bayes is stored as the softmax model it is (the format's int8
+        // weights are those of `linear`).
+        if m.bayes && m.quantized.is_none() {
             return json!({"op": "naive_bayes", "inputs": inputs, "classes": self.labels,
                    "class_log_prior": m.bias, "feature_log_prob": linear::pack_f32(&m.weights),
                    "temperature": m.temperature});
