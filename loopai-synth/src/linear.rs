@@ -295,9 +295,13 @@ mod tests {
 
     #[test]
     fn quantized_naive_bayes_keeps_its_probabilities_within_the_steps() {
-        let mut rng = fastrand::Rng::with_seed(3);
+        let mut rng = crate::rng::Rng::new(3);
         let xs: Vec<SparseVec> = (0..200)
-            .map(|_| (0..6).map(|_| (rng.u32(..50), 1.0 + rng.f32())).collect())
+            .map(|_| {
+                (0..6)
+                    .map(|_| (rng.below(50) as u32, 1.0 + rng.below(1000) as f32 / 1000.0))
+                    .collect()
+            })
             .collect();
         let y: Vec<usize> = (0..200).map(|i| i % 3).collect();
         let rows: Vec<usize> = (0..200).collect();

@@ -110,7 +110,10 @@ pub(crate) fn tokenize(text: &str, mode: TokenMode, out: &mut Vec<(u32, u32)>) {
             i += 1;
             continue;
         } else {
-            text[i..].chars().next().expect("a char starts at a byte >= 0x80")
+            text[i..]
+                .chars()
+                .next()
+                .expect("a char starts at a byte >= 0x80")
         };
         let at = i;
         i += c.len_utf8();
@@ -257,7 +260,10 @@ pub(crate) fn lowercase_into(src: &str, dst: &mut String, cap: usize) {
                 i += run;
                 continue;
             }
-            let c = src[i..].chars().next().expect("a char starts at a non-ASCII byte");
+            let c = src[i..]
+                .chars()
+                .next()
+                .expect("a char starts at a non-ASCII byte");
             dst.extend(c.to_lowercase());
             i += c.len_utf8();
         }
@@ -396,11 +402,19 @@ mod tests {
                 .collect();
             for mode in [TokenMode::Alnum, TokenMode::Whitespace, TokenMode::AlnumCjk] {
                 tokenize(&t, mode, &mut out);
-                assert_eq!(out, tokenize_by_chars(&t, mode), "round {round} {mode:?} {t:?}");
+                assert_eq!(
+                    out,
+                    tokenize_by_chars(&t, mode),
+                    "round {round} {mode:?} {t:?}"
+                );
             }
             for cap in [usize::MAX, rng.usize(0..50)] {
                 lowercase_into(&t, &mut dst, cap);
-                assert_eq!(dst, lowercase_by_chars(&t, cap), "round {round} cap {cap} {t:?}");
+                assert_eq!(
+                    dst,
+                    lowercase_by_chars(&t, cap),
+                    "round {round} cap {cap} {t:?}"
+                );
             }
         }
     }

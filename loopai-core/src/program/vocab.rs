@@ -1,0 +1,151 @@
+//! The vocabulary of an n-gram feature as the evaluator reads it: a flat open-addressing
+//! table from the n-gram's hash ([`ngram_hash`](super::text::ngram_hash), seed 0) to its
+//! position in the vocabulary.
+//!
+//! A long document looks up thousands of n-grams in tables of hundreds of thousands of
+//! terms, larger than the caches: the cost is memory latency, not arithmetic. A slot holds
+//! the key and the index together (16 bytes, four to a cache line), so that a lookup
+//! touches one line where a `HashMap` touches its control bytes and then its bucket, and
+//! [`VocabTable::prefetch`] lets the evaluator ask for the lines of the next n-grams while
+//! it looks up the current one. The answer of a lookup is the same as a map's: the index
+//! of the term whose full 64-bit hash is the key.
+
+/// One slot: a key, its index, and whether it is used (a key of any value is valid).
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(16))]
+struct Slot {
+    key: u64,
+    index: u32,
+    used: u32,
+}
+
+/// Hash of an n-gram → its index in the vocabulary (linear probing, load at most 3/4).
+#[derive(Debug)]
+pub(crate) struct VocabTable {
+    slots: Vec<Slot>,
+    /// `64 - log2(slots.len())`: the home slot of a key is its top bits.
+    shift: u32,
+}
+
+impl VocabTable {
+    /// An empty table with room for `n` keys.
+    pub(crate) fn with_capacity(n: usize) -> VocabTable {
+        let size = (n.max(1) * 4).div_ceil(3).next_power_of_two().max(4);
+        VocabTable {
+            slots: vec![Slot::default(); size],
+            shift: 64 - size.trailing_zeros(),
+        }
+    }
+
+    #[inline(always)]
+    fn home(&self, key: u64) -> usize {
+        // `shift` is at most 62 (at least 4 slots).
+        (key >> self.shift) as usize
+    }
+
+    /// Adds `key → index`; returns `false` (and changes nothing) when `key` is already in
+    /// the table. At most the capacity given at construction (a full table would make
+    /// the lookup of an absent key loop forever).
+    pub(crate) fn insert(&mut self, key: u64, index: u32) -> bool {
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(key);
+        loop {
+            let s = &mut self.slots[i];
+            if s.used == 0 {
+                *s = Slot {
+                    key,
+                    index,
+                    used: 1,
+                };
+                return true;
+            }
+            if s.key == key {
+                return false;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// The index of `key`, as `HashMap::get` answers it.
+    #[inline]
+    pub(crate) fn get(&self, key: &u64) -> Option<&u32> {
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(*key);
+        loop {
+            let s = &self.slots[i];
+            if s.used == 0 {
+                return None;
+            }
+            if s.key == *key {
+                return Some(&s.index);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Asks the CPU to bring the home slot of `key` into the cache (a hint: no effect on
+    /// any result, and none at all on targets without a prefetch instruction).
+    #[inline(always)]
+    pub(crate) fn prefetch(&self, key: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let p = self.slots.as_ptr().wrapping_add(self.home(key));
+            // SAFETY: a prefetch never dereferences its address and cannot fault; `p` is in
+            // bounds anyway (the home slot of any key is a slot of the table). SSE is part
+            // of the x86_64 baseline.
+            unsafe {
+                core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+            };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = key;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn lookups_answer_as_a_map_does() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        for n in [1usize, 3, 4, 5, 100, 3000] {
+            let mut table = VocabTable::with_capacity(n);
+            let mut map = HashMap::new();
+            // Keys with shared top bits collide on their home slot: probing must go on.
+            let keys: Vec<u64> = (0..n)
+                .map(|i| match i % 3 {
+                    0 => rng.u64(..),
+                    1 => rng.u64(..) >> 40,
+                    _ => u64::MAX - rng.u64(..1000),
+                })
+                .collect();
+            for (i, &k) in keys.iter().enumerate() {
+                let fresh = !map.contains_key(&k);
+                if fresh {
+                    map.insert(k, i as u32);
+                }
+                assert_eq!(table.insert(k, i as u32), fresh, "n {n} key {k}");
+            }
+            for &k in &keys {
+                assert_eq!(table.get(&k), map.get(&k), "n {n} key {k}");
+                table.prefetch(k);
+            }
+            for _ in 0..1000 {
+                let k = rng.u64(..);
+                assert_eq!(table.get(&k), map.get(&k), "n {n} absent key {k}");
+            }
+            assert_eq!(table.get(&0).is_some(), map.contains_key(&0));
+        }
+    }
+
+    #[test]
+    fn zero_is_a_key_like_any_other() {
+        let mut table = VocabTable::with_capacity(2);
+        assert_eq!(table.get(&0), None);
+        assert!(table.insert(0, 7));
+        assert!(!table.insert(0, 8));
+        assert_eq!(table.get(&0), Some(&7));
+    }
+}
