@@ -3,8 +3,12 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, Result};
+
+/// The prefix of [`write_atomic`]'s temporaries.
+pub(crate) const TMP_PREFIX: &str = ".tmp-";
 
 /// Creates (or truncates) `path`, writes `bytes` and fsyncs the file.
 pub(crate) fn write_new_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -71,7 +75,10 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".tmp-{}-{name}", uuid::Uuid::new_v4().simple()));
+    let tmp = dir.join(format!(
+        "{TMP_PREFIX}{}-{name}",
+        uuid::Uuid::new_v4().simple()
+    ));
     let result = write_new_file(&tmp, bytes)
         .and_then(|()| fs::rename(&tmp, path))
         .and_then(|()| sync_dir(dir));
@@ -81,9 +88,72 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
+/// Whether `meta` (of a file named [`TMP_PREFIX`]`*`) is at least `min_age` old: a
+/// temporary a crash left behind, not one another process is writing now.
+pub(crate) fn is_stale(meta: &fs::Metadata, min_age: Duration) -> bool {
+    meta.modified()
+        .ok()
+        .and_then(|m| SystemTime::now().duration_since(m).ok())
+        .is_some_and(|age| age >= min_age)
+}
+
+/// Removes the [`write_atomic`] temporaries of `dir` at least `min_age` old (left by a
+/// process killed while writing; younger ones may be another process's write in
+/// progress). Best effort: a file that cannot be removed is left; a missing `dir` is
+/// nothing to do.
+pub(crate) fn remove_stale_temporaries(dir: &Path, min_age: Duration) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry.file_name().to_string_lossy().starts_with(TMP_PREFIX)
+            && entry
+                .metadata()
+                .is_ok_and(|m| m.is_file() && is_stale(&m, min_age));
+        if stale {
+            let _ = remove_if_exists(&entry.path());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_temporaries_are_removed_and_fresh_ones_and_other_files_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join(".tmp-abc-daily-stats-2026-01-01.json");
+        let fresh = dir.path().join(".tmp-def-daily-stats-2026-01-01.json");
+        let kept = dir.path().join("daily-stats-2026-01-01.json");
+        for p in [&old, &fresh, &kept] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+        File::options()
+            .write(true)
+            .open(&kept)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+        remove_stale_temporaries(dir.path(), Duration::from_secs(600));
+        assert!(
+            !old.exists(),
+            "a temporary an hour old is a crash's leftover"
+        );
+        assert!(
+            fresh.exists(),
+            "a fresh temporary may be a write in progress"
+        );
+        assert!(kept.exists());
+        remove_stale_temporaries(&dir.path().join("missing"), Duration::ZERO);
+    }
 
     #[test]
     fn write_atomic_replaces_content_and_leaves_no_temporaries() {

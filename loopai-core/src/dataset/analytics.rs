@@ -48,10 +48,14 @@ use crate::crypt::{self, KeyRing};
 use crate::dataset::ExecutionStatus;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fnv::Fnv;
-use crate::fsutil::{create_dir_all_durable, write_atomic};
+use crate::fsutil::{create_dir_all_durable, remove_stale_temporaries, write_atomic};
 
 /// The most distinct outputs counted per day; further new outputs count as `"(other)"`.
 pub const MAX_OUTPUT_KEYS: usize = 1000;
+
+/// A temporary of the analytics directory this old is a crash's leftover (a live writer
+/// renames it within milliseconds).
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The key under which outputs beyond [`MAX_OUTPUT_KEYS`] are counted.
 const OTHER_OUTPUTS: &str = "(other)";
@@ -467,7 +471,11 @@ pub(crate) fn write_stats_with(
         )
     })?;
     let path = layout.stats_file(day);
-    create_dir_all_durable(&layout.analytics_dir())?;
+    let dir = layout.analytics_dir();
+    create_dir_all_durable(&dir)?;
+    // A process killed in `write_atomic` leaves its temporary: removed here once it is
+    // old enough not to be another process's write in progress.
+    remove_stale_temporaries(&dir, STALE_TMP);
     let mut json = serde_json::to_vec_pretty(stats)
         .map_err(|e| Error::io(path.display(), io::Error::other(e)))?;
     json.push(b'\n');

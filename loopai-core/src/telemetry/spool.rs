@@ -28,7 +28,9 @@ use uuid::Uuid;
 
 use crate::crypt::{self, KeyRing};
 use crate::error::{Error, Result};
-use crate::fsutil::{create_dir_all_durable, remove_if_exists, sync_dir, write_atomic};
+use crate::fsutil::{
+    create_dir_all_durable, is_stale, remove_if_exists, sync_dir, write_atomic, TMP_PREFIX,
+};
 
 /// Suffix of spool files.
 const SUFFIX: &str = ".json.gz";
@@ -98,13 +100,8 @@ impl Spool {
             if !meta.is_file() {
                 continue;
             }
-            if name.starts_with(".tmp-") {
-                let stale = meta
-                    .modified()
-                    .ok()
-                    .and_then(|m| SystemTime::now().duration_since(m).ok())
-                    .is_some_and(|age| age >= STALE_TMP);
-                if stale {
+            if name.starts_with(TMP_PREFIX) {
+                if is_stale(&meta, STALE_TMP) {
                     let _ = remove_if_exists(&entry.path());
                 }
                 continue;
