@@ -99,6 +99,47 @@ pub(crate) fn margin(scores: impl IntoIterator<Item = f64>) -> Option<f64> {
     (n >= 3).then_some(first - second)
 }
 
+/// Validations the drift guard looks at: the most recent of the running version.
+pub(crate) const DRIFT_WINDOW: usize = 400;
+/// The one-sided level of the drift guard's test (small: it is repeated at every
+/// re-estimate, and a false alarm forwards everything until the next version).
+const DRIFT_ALPHA: f64 = 0.001;
+
+/// The one-sided `1 - alpha` Clopper–Pearson lower bound of a rate of `k` in `n`.
+pub(crate) fn clopper_pearson_lower(k: u64, n: u64, alpha: f64) -> f64 {
+    if k == 0 || n == 0 {
+        return 0.0;
+    }
+    1.0 - clopper_pearson_upper(n - k, n, alpha)
+}
+
+/// `estimate`, unless the recent `validations` (`true`: the upstream agreed with a sampled
+/// local answer) show drift: when the one-sided 99.9% lower bound of their disagreement
+/// rate is above `budget`, the calls answered locally disagree with the upstream more than
+/// allowed, whatever the pool of pairs says (it mixes them with older pairs and those of
+/// forwarded calls). The task then forwards everything: no threshold, and the figures are
+/// the validations'.
+pub(crate) fn guarded<'a>(
+    estimate: Estimate,
+    validations: impl IntoIterator<Item = &'a bool>,
+    budget: f64,
+) -> Estimate {
+    let (mut n, mut k) = (0u64, 0u64);
+    for &agreed in validations {
+        n += 1;
+        k += u64::from(!agreed);
+    }
+    if estimate.threshold.is_none() || clopper_pearson_lower(k, n, DRIFT_ALPHA) <= budget {
+        return estimate;
+    }
+    Estimate {
+        threshold: None,
+        answered: n,
+        disagreed: k,
+        upper: clopper_pearson_upper(k, n, ALPHA),
+    }
+}
+
 /// The chosen threshold and what it was chosen on.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Estimate {
@@ -231,6 +272,38 @@ mod tests {
             assert!(clopper_pearson_upper(0, n - 1, ALPHA) > budget, "{budget}");
         }
         assert_eq!(pairs_needed(0.02), 149);
+    }
+
+    #[test]
+    fn drifting_validations_take_the_threshold_away_and_sound_ones_do_not() {
+        let serving = Estimate {
+            threshold: Some(0.9),
+            answered: 1000,
+            disagreed: 10,
+            upper: 0.017,
+        };
+        // 34 validations, all disagreeing: far above a 5% budget.
+        let e = guarded(serving, &[false; 34], 0.05);
+        assert_eq!((e.threshold, e.answered, e.disagreed), (None, 34, 34));
+        // 2 of 100 disagreeing, within a 5% budget: the pool's estimate stands; so does
+        // 10 of 100 (10% measured, but the 99.9% lower bound is 3.6%, not evidence).
+        let mut v = vec![true; 100];
+        v[..2].fill(false);
+        assert_eq!(guarded(serving, &v, 0.05), serving);
+        v[..10].fill(false);
+        assert_eq!(guarded(serving, &v, 0.05), serving);
+        // 30 of 100: 99.9% lower bound 17%, drift.
+        v[..30].fill(false);
+        assert_eq!(guarded(serving, &v, 0.05).threshold, None);
+        // Nothing to take away when not serving.
+        let idle = Estimate {
+            threshold: None,
+            ..serving
+        };
+        assert_eq!(guarded(idle, &[false; 34], 0.05), idle);
+        let lo = clopper_pearson_lower(10, 100, 0.001);
+        assert!((0.03..0.045).contains(&lo), "{lo}");
+        assert_eq!(clopper_pearson_lower(0, 100, 0.001), 0.0);
     }
 
     #[test]

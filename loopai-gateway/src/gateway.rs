@@ -1,7 +1,7 @@
 //! The facade: the registry of gateway tasks, the decision on each call, recording the
 //! upstream's answers, and the background threads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::calibrate::{choose_threshold, margin, pairs_needed, Estimate};
+use crate::calibrate::{choose_threshold, guarded, margin, pairs_needed, Estimate, DRIFT_WINDOW};
 use crate::calls::{self, CallKind, CallRecord, ProgramAnswer, Source, Writer};
 use crate::canary::{Canary, CanaryOutcome, CanaryStatus, Shadow};
 use crate::chat::{self, ChatRequest};
@@ -84,6 +84,19 @@ pub(crate) struct Calibration {
     pub(crate) pairs: Vec<(f64, bool)>,
     pub(crate) new_pairs: usize,
     pub(crate) estimate: Option<Estimate>,
+    /// The latest validations of `version` (`true`: agreed), at most
+    /// [`DRIFT_WINDOW`]: the drift guard's evidence.
+    pub(crate) validations: VecDeque<bool>,
+}
+
+impl Calibration {
+    /// Records a validation of the running version.
+    pub(crate) fn push_validation(&mut self, agreed: bool) {
+        if self.validations.len() == DRIFT_WINDOW {
+            self.validations.pop_front();
+        }
+        self.validations.push_back(agreed);
+    }
 }
 
 #[derive(Debug)]
@@ -582,6 +595,7 @@ impl Gateway {
             None => active,
         };
         let mut pairs = Vec::new();
+        let mut validations = Calibration::default();
         // With three labels or more the pairs' scores are margins: pairs stored or logged
         // before margins were kept (confidences) are left out.
         let margins = matches!(&task.answers, Answers::Labels(l) if l.len() >= 3);
@@ -617,21 +631,29 @@ impl Gateway {
                         if p.margin.is_some() || !margins {
                             pairs.push((p.score(), agreed));
                         }
-                        if r.kind == CallKind::Validation && !agreed {
-                            c.validation_disagreements.fetch_add(1, Ordering::Relaxed);
+                        if r.kind == CallKind::Validation {
+                            validations.push_validation(agreed);
+                            if !agreed {
+                                c.validation_disagreements.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                     }
                 }
             }
         }
         if let (Some(v), Some(_)) = (active, rt_config) {
-            let estimate = choose_threshold(&pairs, task.budget);
+            let estimate = guarded(
+                choose_threshold(&pairs, task.budget),
+                &validations.validations,
+                task.budget,
+            );
             task.set_threshold(estimate.threshold);
             *task.calibration.lock() = Calibration {
                 version: v,
                 pairs,
                 new_pairs: 0,
                 estimate: Some(estimate),
+                validations: validations.validations,
             };
         }
         Ok(task)
@@ -839,6 +861,9 @@ impl Gateway {
             let mut cal = task.calibration.lock();
             if cal.version == p.version {
                 cal.pairs.push((p.score(), agreed));
+                if validation {
+                    cal.push_validation(agreed);
+                }
                 if cal.pairs.len() > MAX_PAIRS {
                     let excess = cal.pairs.len() - MAX_PAIRS;
                     cal.pairs.drain(..excess);

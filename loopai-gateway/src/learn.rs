@@ -11,7 +11,7 @@ use loopai_core::{ArtifactStore, Error, ErrorKind, Program, Result};
 use loopai_synth::{synthesize, Example, SynthOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::calibrate::{choose_threshold, margin};
+use crate::calibrate::{choose_threshold, guarded, margin};
 use crate::calls::{self, CallRecord};
 use crate::canary::{shadow_of, Canary, CanaryOutcome, Verdict};
 use crate::extract::Answers;
@@ -196,6 +196,7 @@ pub(crate) fn judge_canary(inner: &Inner, task: &Task) {
                         pairs: pairs.clone(),
                         new_pairs: 0,
                         estimate: Some(estimate),
+                        validations: Default::default(),
                     };
                     task.set_threshold(estimate.threshold);
                     task.set_validation_rate(inner.sampling_rate, Some(&estimate));
@@ -232,14 +233,18 @@ pub(crate) fn judge_canary(inner: &Inner, task: &Task) {
 
 /// Re-estimates the threshold of the task's running version from its pairs.
 pub(crate) fn recalibrate(inner: &Inner, task: &Task) {
-    let (pairs, version) = {
+    let (pairs, validations, version) = {
         let cal = task.calibration.lock();
-        (cal.pairs.clone(), cal.version)
+        (cal.pairs.clone(), cal.validations.clone(), cal.version)
     };
     if version == 0 {
         return;
     }
-    let estimate = choose_threshold(&pairs, task.budget);
+    let estimate = guarded(
+        choose_threshold(&pairs, task.budget),
+        &validations,
+        task.budget,
+    );
     {
         let mut cal = task.calibration.lock();
         if cal.version != version {
@@ -384,6 +389,7 @@ fn pass(inner: &Inner, task: &Task) -> Result<LearnReport> {
                 pairs: held.clone(),
                 new_pairs: 0,
                 estimate: None,
+                validations: Default::default(),
             };
             task.set_threshold(None);
         } else {
