@@ -838,4 +838,61 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         DataKey::from_file(&path, "storage.encryption.key_file").unwrap();
     }
+
+    /// The public API the gateway uses: a log opened for appending is prepared as the
+    /// dataset writer prepares its own (plain file resealed, torn tail cut), and reads
+    /// back plain or encrypted.
+    #[test]
+    fn log_sealer_reseals_plain_files_cuts_torn_tails_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("calls-2026-12-07.jsonl");
+        std::fs::write(&path, b"{\"secret\":1}\n{\"torn").unwrap();
+        let plain = std::fs::read(&path).unwrap();
+        assert_eq!(
+            &open_log_or_plain(&plain, None, "f").unwrap()[..],
+            &plain[..],
+            "a plain file is returned as it is"
+        );
+        let keys = KeyRing::new(key(8), Vec::new());
+        let append = |record: &[u8]| {
+            let (mut file, mut sealer) = LogSealer::open_append(&path, &keys).unwrap();
+            let mut out = Vec::new();
+            sealer.seal_into(record, &mut out).unwrap();
+            std::io::Write::write_all(&mut file, &out).unwrap();
+        };
+        append(b"{\"secret\":2}\n");
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(is_current(&bytes, &keys));
+        assert!(!bytes.windows(6).any(|w| w == b"secret"));
+        let read = |bytes: &[u8]| open_log_or_plain(bytes, Some(&keys), "f").unwrap().to_vec();
+        assert_eq!(read(&bytes), b"{\"secret\":1}\n{\"secret\":2}\n");
+        // A torn last frame is left out by readers and cut by the next opening.
+        std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+        assert_eq!(read(&bytes[..bytes.len() - 3]), b"{\"secret\":1}\n");
+        append(b"{\"secret\":3}\n");
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(read(&bytes), b"{\"secret\":1}\n{\"secret\":3}\n");
+        let err = open_log_or_plain(&bytes, None, "calls.jsonl").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().starts_with("calls.jsonl: "), "{err}");
+    }
+
+    #[test]
+    fn the_public_key_ring_is_send_and_sync_and_loads_from_the_config() {
+        fn shared<T: Send + Sync>() {}
+        shared::<KeyRing>();
+        shared::<LogSealer>();
+        let none = DeploymentConfig::from_yaml_str("storage: {}\n", "t").unwrap();
+        assert!(KeyRing::from_config(&none).unwrap().is_none());
+        let missing = DeploymentConfig::from_yaml_str(
+            "storage:\n  encryption:\n    key_env: LOOPAI_CRYPT_TEST_UNSET\n",
+            "t",
+        )
+        .unwrap();
+        let err = KeyRing::from_config(&missing).unwrap_err();
+        assert!(
+            err.to_string().starts_with("storage.encryption.key_env: "),
+            "{err}"
+        );
+    }
 }
