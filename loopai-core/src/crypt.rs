@@ -237,14 +237,33 @@ fn load(source: &KeySource, what: &str) -> Result<DataKey> {
 /// off; a plain file, or one of an old key, is first rewritten with the current key
 /// (atomically, its torn last line left out). The whole file is read once.
 pub(crate) fn prepare_append(path: &Path, keys: &KeyRing) -> std::io::Result<()> {
+    prepare(path, keys).map_err(|e| match e {
+        Prepare::Io(e) => e,
+        Prepare::Crypt(e) => std::io::Error::other(e.to_string()),
+    })
+}
+
+/// Why [`prepare`] failed: the file system, or the file's content (an error naming it).
+enum Prepare {
+    Io(std::io::Error),
+    Crypt(Error),
+}
+
+impl From<std::io::Error> for Prepare {
+    fn from(e: std::io::Error) -> Prepare {
+        Prepare::Io(e)
+    }
+}
+
+fn prepare(path: &Path, keys: &KeyRing) -> std::result::Result<(), Prepare> {
     use std::io;
     let what = path.display().to_string();
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e),
+        Err(e) => return Err(Prepare::Io(e)),
     };
-    let crypt_error = |e: Error| io::Error::other(e.to_string());
+    let crypt_error = Prepare::Crypt;
     if bytes.is_empty() || !is_current(&bytes, keys) {
         let sealed = if bytes.is_empty() {
             header(keys.current()).to_vec()
@@ -296,10 +315,13 @@ impl LogSealer {
     /// every file is in one key and stays readable.
     ///
     /// Errors: [`ErrorKind::Io`] naming the file when it cannot be read or written, or is
-    /// damaged before its last frame; when its key is not among `keys`, the message names
-    /// the key id.
+    /// damaged before its last frame; [`ErrorKind::Config`] naming the file and the key id
+    /// when its key is not among `keys`.
     pub fn open_append(path: &Path, keys: &KeyRing) -> Result<(std::fs::File, LogSealer)> {
-        prepare_append(path, keys).map_err(|e| Error::io(format!("{}", path.display()), e))?;
+        prepare(path, keys).map_err(|e| match e {
+            Prepare::Io(e) => Error::io(format!("preparing {} for appending", path.display()), e),
+            Prepare::Crypt(e) => e,
+        })?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(path)
@@ -872,6 +894,14 @@ mod tests {
         append(b"{\"secret\":3}\n");
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(read(&bytes), b"{\"secret\":1}\n{\"secret\":3}\n");
+        let other = KeyRing::new(key(9), Vec::new());
+        let err = LogSealer::open_append(&path, &other).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}: encrypted with key", path.display())),
+            "{err}"
+        );
         let err = open_log_or_plain(&bytes, None, "calls.jsonl").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config);
         assert!(err.to_string().starts_with("calls.jsonl: "), "{err}");
