@@ -92,7 +92,7 @@ fn gateway_stats(args: &StatsArgs) -> Result<Option<loopai_gateway::TaskStats>, 
         return Ok(None);
     }
     let config = loopai_core::DeploymentConfig::load_for_data_dir(dir)?;
-    let all = loopai_gateway::summarize(dir, config.gateway.as_ref())?;
+    let all = loopai_gateway::summarize(dir, Some(&config))?;
     Ok(all.into_iter().find(|t| t.task == args.task.task))
 }
 

@@ -78,7 +78,7 @@ fn list(args: &ListArgs) -> Result<ExitCode, Error> {
         Some(file) => DeploymentConfig::from_file(file)?,
         None => DeploymentConfig::load_for_data_dir(&args.data_dir)?,
     };
-    let stats = loopai_gateway::summarize(&args.data_dir, config.gateway.as_ref())?;
+    let stats = loopai_gateway::summarize(&args.data_dir, Some(&config))?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let write_err = |e: std::io::Error| Error::io("stdout", e);

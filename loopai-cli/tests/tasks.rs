@@ -151,3 +151,58 @@ fn tasks_add_registers_an_extraction_spec_as_written_and_list_shows_it() {
         "{err}"
     );
 }
+
+/// With `storage.encryption` in the data directory's configuration, `tasks list` and
+/// `stats` read the gateway's encrypted call log (issue #19 item 2).
+#[cfg(unix)]
+#[test]
+fn tasks_list_and_stats_read_an_encrypted_call_log() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spam.json");
+    std::fs::write(&spec, SPEC).unwrap();
+    let o = loopai(&["tasks", "add", spec.to_str().unwrap()], dir.path());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let key = keys.path().join("key");
+    std::fs::write(&key, "5a".repeat(32)).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let yaml = format!(
+        "gateway:\n  upstream: {{base_url: 'http://127.0.0.1:9/v1'}}\nstorage:\n  encryption:\n    key_file: {}\n",
+        key.display()
+    );
+    std::fs::create_dir_all(dir.path().join("config")).unwrap();
+    std::fs::write(dir.path().join("config/deployment.yaml"), &yaml).unwrap();
+    let config = DeploymentConfig::from_yaml_str(&yaml, "test").unwrap();
+    let gw = Gateway::open(dir.path(), &config).unwrap();
+    for answer in ["spam", "ham"] {
+        let r =
+            ChatRequest::parse(br#"{"messages": [{"role": "user", "content": "hello there"}]}"#)
+                .unwrap();
+        let Decision::Forward(p) = gw.decide(Some("spam"), &r).unwrap() else {
+            panic!("shadow forwards")
+        };
+        let _ = gw.record_upstream(p, &UpstreamAnswer::new(Some(answer), Some(10), 5.0));
+    }
+    gw.shutdown(Duration::from_secs(10)).unwrap();
+    let log = std::fs::read_dir(dir.path().join("datasets/spam/gateway"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let bytes = std::fs::read(&log).unwrap();
+    assert!(bytes.starts_with(b"LOOPAIE1"));
+    assert!(!bytes.windows(11).any(|w| w == b"hello there"));
+
+    let o = loopai(&["tasks", "list", "--json"], dir.path());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v[0]["calls"].as_u64(), v[0]["labels"].as_u64()),
+        (Some(2), Some(3))
+    );
+    let o = loopai(&["stats", "--task", "spam"], dir.path());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("gateway: state shadow, labels 3"));
+}

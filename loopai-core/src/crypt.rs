@@ -33,7 +33,7 @@ use base64::Engine as _;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use sha2::{Digest, Sha256};
 
-use crate::config::{EncryptionConfig, KeySource};
+use crate::config::{DeploymentConfig, EncryptionConfig, KeySource};
 use crate::error::{Error, ErrorKind, Result};
 
 /// The first bytes of an encrypted file.
@@ -135,14 +135,47 @@ impl DataKey {
     }
 }
 
-/// The keys of a data directory: the current one encrypts, every one decrypts.
+/// The keys of `storage.encryption` (encryption at rest, `docs/datasets.md`): the current
+/// key encrypts new files, it and the `old_keys` decrypt. Loaded once with
+/// [`KeyRing::from_config`]; cheap to clone, `Send + Sync`. Its `Debug` shows key ids only.
+///
+/// ```
+/// use loopai_core::{DeploymentConfig, KeyRing};
+///
+/// std::env::set_var("DOC_LOOPAI_KEY", "11".repeat(32));
+/// let config = DeploymentConfig::from_yaml_str(
+///     "storage:\n  encryption:\n    key_env: DOC_LOOPAI_KEY\n",
+///     "deployment.yaml",
+/// )?;
+/// let keys = KeyRing::from_config(&config)?.expect("storage.encryption is set");
+/// let sealed = keys.seal_document(b"{\"secret\": 1}")?;
+/// assert!(sealed.starts_with(b"LOOPAIE1"));
+/// let plain = loopai_core::open_document_or_plain(&sealed, Some(&keys), "doc.json")?;
+/// assert_eq!(&plain[..], b"{\"secret\": 1}");
+/// # Ok::<(), loopai_core::Error>(())
+/// ```
 #[derive(Debug, Clone)]
-pub(crate) struct KeyRing {
+pub struct KeyRing {
     current: DataKey,
     old: Vec<DataKey>,
 }
 
 impl KeyRing {
+    /// The keys of `config.storage.encryption`, or `None` when it is not set. A missing
+    /// environment variable, an unreadable or world-readable key file or a malformed key is
+    /// an [`ErrorKind::Config`] error naming it (`storage.encryption.key_env ...`,
+    /// `storage.encryption.key_file ...`, `storage.encryption.old_keys[i]...`).
+    pub fn from_config(config: &DeploymentConfig) -> Result<Option<KeyRing>> {
+        config.storage.encryption.as_ref().map(key_ring).transpose()
+    }
+
+    /// Seals a whole document (written atomically by the caller, so never torn) with the
+    /// current key: the `LOOPAIE1` header and one frame. Read it back with
+    /// [`open_document_or_plain`].
+    pub fn seal_document(&self, plaintext: &[u8]) -> Result<Vec<u8>> {
+        seal_document(&self.current, plaintext)
+    }
+
     pub(crate) fn new(current: DataKey, old: Vec<DataKey>) -> KeyRing {
         KeyRing { current, old }
     }
@@ -196,6 +229,138 @@ fn load(source: &KeySource, what: &str) -> Result<DataKey> {
             format!("{what}: give exactly one of key_env and key_file"),
         )),
     }
+}
+
+/// Prepares the log file `path` for appending frames of the current key of `keys`, as
+/// the dataset writer does: a new (or empty) file gets the header of the current key; a
+/// file of the current key has its torn tail (an incomplete or unauthentic last frame) cut
+/// off; a plain file, or one of an old key, is first rewritten with the current key
+/// (atomically, its torn last line left out). The whole file is read once.
+pub(crate) fn prepare_append(path: &Path, keys: &KeyRing) -> std::io::Result<()> {
+    prepare(path, keys).map_err(|e| match e {
+        Prepare::Io(e) => e,
+        Prepare::Crypt(e) => std::io::Error::other(e.to_string()),
+    })
+}
+
+/// Why [`prepare`] failed: the file system, or the file's content (an error naming it).
+enum Prepare {
+    Io(std::io::Error),
+    Crypt(Error),
+}
+
+impl From<std::io::Error> for Prepare {
+    fn from(e: std::io::Error) -> Prepare {
+        Prepare::Io(e)
+    }
+}
+
+fn prepare(path: &Path, keys: &KeyRing) -> std::result::Result<(), Prepare> {
+    use std::io;
+    let what = path.display().to_string();
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Prepare::Io(e)),
+    };
+    let crypt_error = Prepare::Crypt;
+    if bytes.is_empty() || !is_current(&bytes, keys) {
+        let sealed = if bytes.is_empty() {
+            header(keys.current()).to_vec()
+        } else {
+            reseal(&bytes, keys, &what).map_err(crypt_error)?
+        };
+        crate::fsutil::write_atomic(path, &sealed)?;
+        if !bytes.is_empty() {
+            log::warn!(
+                "loopai: {what}: rewritten encrypted with the current key {}",
+                keys.current().id_hex()
+            );
+        }
+    } else {
+        let valid = open_frames(&bytes, keys, &what)
+            .map_err(crypt_error)?
+            .valid_len;
+        if valid < bytes.len() as u64 {
+            let file = std::fs::OpenOptions::new().write(true).open(path)?;
+            file.set_len(valid)?;
+            file.sync_all()?;
+            log::warn!(
+                "loopai: {what}: removed a torn tail of {} bytes left by an interrupted write",
+                bytes.len() as u64 - valid
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Seals the records appended to one encrypted log file (a JSONL file written a line at a
+/// time, such as the gateway's call log), one frame per record, in the format of the
+/// dataset's logs: a torn append leaves a torn tail that readers cut like a torn line.
+pub struct LogSealer {
+    sealer: Sealer,
+}
+
+impl fmt::Debug for LogSealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LogSealer({})", self.sealer.key.id_hex())
+    }
+}
+
+impl LogSealer {
+    /// Opens the log file `path` for appending records sealed with the current key of
+    /// `keys`, first preparing it exactly as the dataset writer does: created with the
+    /// header if new; a torn tail cut off; a file written in clear (before encryption was
+    /// turned on) or with an old key rewritten atomically with the current key, so that
+    /// every file is in one key and stays readable.
+    ///
+    /// Errors: [`ErrorKind::Io`] naming the file when it cannot be read or written, or is
+    /// damaged before its last frame; [`ErrorKind::Config`] naming the file and the key id
+    /// when its key is not among `keys`.
+    pub fn open_append(path: &Path, keys: &KeyRing) -> Result<(std::fs::File, LogSealer)> {
+        prepare(path, keys).map_err(|e| match e {
+            Prepare::Io(e) => Error::io(format!("preparing {} for appending", path.display()), e),
+            Prepare::Crypt(e) => e,
+        })?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        Ok((
+            file,
+            LogSealer {
+                sealer: Sealer::new(keys.current())?,
+            },
+        ))
+    }
+
+    /// Appends the frame of one record (a JSONL line, newline included) to `out`, to be
+    /// written to the file [`open_append`](Self::open_append) returned.
+    pub fn seal_into(&mut self, record: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        self.sealer.seal_into(record, out)
+    }
+}
+
+/// The plaintext of a log file's bytes that may be plain (JSONL written before encryption
+/// was turned on, returned as it is) or encrypted ([`LogSealer`]; decrypted with whichever
+/// of `keys` its header names). `what` names the file in errors.
+///
+/// * An encrypted file's torn tail (an incomplete or unauthentic last frame) is left out,
+///   as a reader skips a torn last line.
+/// * A frame that fails authentication before the last one is an [`ErrorKind::Io`] error
+///   naming the file and the offset.
+/// * An encrypted file without `keys`, or of a key not among them, is an
+///   [`ErrorKind::Config`] error naming the file.
+pub fn open_log_or_plain<'a>(
+    bytes: &'a [u8],
+    keys: Option<&KeyRing>,
+    what: &str,
+) -> Result<std::borrow::Cow<'a, [u8]>> {
+    if !is_encrypted(bytes) {
+        return Ok(std::borrow::Cow::Borrowed(bytes));
+    }
+    let keys = keys.ok_or_else(|| no_key_error(what))?;
+    open_frames(bytes, keys, what).map(|o| std::borrow::Cow::Owned(o.plaintext))
 }
 
 /// The error of meeting an encrypted file (named by `what`) without keys.
@@ -491,9 +656,10 @@ fn open_into(
 }
 
 /// The plaintext of a document that may be plain (written before encryption was turned
-/// on) or sealed ([`open_document`]). A sealed one without `keys` is the
-/// [`no_key_error`] naming it.
-pub(crate) fn open_document_or_plain<'a>(
+/// on, returned as it is) or sealed ([`KeyRing::seal_document`]). A sealed one without `keys` is a
+/// configuration error naming it; a damaged one an [`ErrorKind::Io`] error naming it (`what`)
+/// and the offset; one of a key not among `keys` a configuration error naming the key id.
+pub fn open_document_or_plain<'a>(
     bytes: &'a [u8],
     keys: Option<&KeyRing>,
     what: &str,
@@ -693,5 +859,70 @@ mod tests {
         assert!(err.to_string().contains("chmod 600"), "{err}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         DataKey::from_file(&path, "storage.encryption.key_file").unwrap();
+    }
+
+    /// The public API the gateway uses: a log opened for appending is prepared as the
+    /// dataset writer prepares its own (plain file resealed, torn tail cut), and reads
+    /// back plain or encrypted.
+    #[test]
+    fn log_sealer_reseals_plain_files_cuts_torn_tails_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("calls-2026-12-07.jsonl");
+        std::fs::write(&path, b"{\"secret\":1}\n{\"torn").unwrap();
+        let plain = std::fs::read(&path).unwrap();
+        assert_eq!(
+            &open_log_or_plain(&plain, None, "f").unwrap()[..],
+            &plain[..],
+            "a plain file is returned as it is"
+        );
+        let keys = KeyRing::new(key(8), Vec::new());
+        let append = |record: &[u8]| {
+            let (mut file, mut sealer) = LogSealer::open_append(&path, &keys).unwrap();
+            let mut out = Vec::new();
+            sealer.seal_into(record, &mut out).unwrap();
+            std::io::Write::write_all(&mut file, &out).unwrap();
+        };
+        append(b"{\"secret\":2}\n");
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(is_current(&bytes, &keys));
+        assert!(!bytes.windows(6).any(|w| w == b"secret"));
+        let read = |bytes: &[u8]| open_log_or_plain(bytes, Some(&keys), "f").unwrap().to_vec();
+        assert_eq!(read(&bytes), b"{\"secret\":1}\n{\"secret\":2}\n");
+        // A torn last frame is left out by readers and cut by the next opening.
+        std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+        assert_eq!(read(&bytes[..bytes.len() - 3]), b"{\"secret\":1}\n");
+        append(b"{\"secret\":3}\n");
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(read(&bytes), b"{\"secret\":1}\n{\"secret\":3}\n");
+        let other = KeyRing::new(key(9), Vec::new());
+        let err = LogSealer::open_append(&path, &other).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}: encrypted with key", path.display())),
+            "{err}"
+        );
+        let err = open_log_or_plain(&bytes, None, "calls.jsonl").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().starts_with("calls.jsonl: "), "{err}");
+    }
+
+    #[test]
+    fn the_public_key_ring_is_send_and_sync_and_loads_from_the_config() {
+        fn shared<T: Send + Sync>() {}
+        shared::<KeyRing>();
+        shared::<LogSealer>();
+        let none = DeploymentConfig::from_yaml_str("storage: {}\n", "t").unwrap();
+        assert!(KeyRing::from_config(&none).unwrap().is_none());
+        let missing = DeploymentConfig::from_yaml_str(
+            "storage:\n  encryption:\n    key_env: LOOPAI_CRYPT_TEST_UNSET\n",
+            "t",
+        )
+        .unwrap();
+        let err = KeyRing::from_config(&missing).unwrap_err();
+        assert!(
+            err.to_string().starts_with("storage.encryption.key_env: "),
+            "{err}"
+        );
     }
 }

@@ -20,6 +20,10 @@
 //!   `<data_dir>/datasets/<task>/`: executions and validations as JSONL (gzip-compressed
 //!   when old), daily statistics ([`DailyStats`]), retention ([`RetentionPolicy`]). The
 //!   layout and rules are documented in `docs/datasets.md`.
+//! * [`KeyRing`], [`LogSealer`], [`open_log_or_plain`], [`open_document_or_plain`] —
+//!   encryption at rest (`storage.encryption`, AES-256-GCM): the runtime encrypts its own
+//!   files; these let other crates (the gateway's call log and learning state) write and
+//!   read files in the same format. Documented in `docs/datasets.md`.
 //! * [`PiiFilter`], [`KeyedHasher`], [`PrivacyPolicy`] — privacy: PII detection and
 //!   redaction (`[EMAIL]`, `[PHONE]`, `[SSN]`, `[CREDIT_CARD]`, `[IBAN]`, `[IP]`), HMAC-SHA256
 //!   with the deployment secret in `<data_dir>/config/hmac.key`, and what each privacy mode
@@ -196,6 +200,7 @@ pub use config::{
     SamplingStrategies, SamplingStrategy, StorageConfig, TelemetryConfig, UpstreamConfig,
     ValidationConfig, ValidationRetention,
 };
+pub use crypt::{open_document_or_plain, open_log_or_plain, KeyRing, LogSealer};
 pub use dataset::{
     apply_retention, read_stats, rebuild_stats, write_stats, DailyAggregate, DailyStats,
     DatasetLayout, DatasetMetrics, DatasetReader, ExecutionRecord, ExecutionSource,

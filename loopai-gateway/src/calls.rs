@@ -1,9 +1,13 @@
 //! The gateway's call log, `<data_dir>/datasets/<task>/gateway/calls-YYYY-MM-DD.jsonl`:
 //! the record of a call, the background writer, and reading it back.
+//!
+//! With `storage.encryption` the files are encrypted as the dataset's logs are (one
+//! AES-256-GCM frame per record, `loopai_core::LogSealer`); reading takes plain and
+//! encrypted files alike.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,7 +15,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
-use loopai_core::{day_string, DatasetLayout, Error, ErrorKind, Result, Timestamp};
+use loopai_core::{
+    day_string, open_log_or_plain, DatasetLayout, Error, ErrorKind, KeyRing, LogSealer, Result,
+    Timestamp,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -124,15 +131,19 @@ impl std::fmt::Debug for MsgBox {
 }
 
 impl Writer {
-    /// Starts the writer thread for the tasks' directories (index = task index).
-    pub(crate) fn start(dirs: Vec<PathBuf>) -> Result<(Writer, JoinHandle<()>)> {
+    /// Starts the writer thread for the tasks' directories (index = task index); with
+    /// `keys` (`storage.encryption`) the files are encrypted.
+    pub(crate) fn start(
+        dirs: Vec<PathBuf>,
+        keys: Option<Arc<KeyRing>>,
+    ) -> Result<(Writer, JoinHandle<()>)> {
         let (tx, rx) = bounded::<MsgBox>(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let write_errors = Arc::new(AtomicU64::new(0));
         let errors = Arc::clone(&write_errors);
         let handle = std::thread::Builder::new()
             .name("loopai-gateway-log".into())
-            .spawn(move || write_loop(&dirs, &rx, &errors))
+            .spawn(move || write_loop(&dirs, keys.as_deref(), &rx, &errors))
             .map_err(|e| Error::io("starting the gateway log thread", e))?;
         Ok((
             Writer {
@@ -178,8 +189,12 @@ fn timeout_error() -> Error {
     )
 }
 
-fn write_loop(dirs: &[PathBuf], rx: &Receiver<MsgBox>, errors: &AtomicU64) {
-    let mut open: HashMap<usize, (String, BufWriter<File>)> = HashMap::new();
+/// A day's file open for appending: its day, the file, and with encryption its sealer.
+type OpenDay = (String, BufWriter<File>, Option<LogSealer>);
+
+fn write_loop(dirs: &[PathBuf], keys: Option<&KeyRing>, rx: &Receiver<MsgBox>, errors: &AtomicU64) {
+    let mut open: HashMap<usize, OpenDay> = HashMap::new();
+    let mut sealed = Vec::new();
     loop {
         let msg = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(MsgBox(msg)) => msg,
@@ -203,14 +218,14 @@ fn write_loop(dirs: &[PathBuf], rx: &Receiver<MsgBox>, errors: &AtomicU64) {
                 line.push(b'\n');
                 let Some(dir) = dirs.get(index) else { continue };
                 let day = day_string(ts.day());
-                let stale = open.get(&index).is_none_or(|(d, _)| *d != day);
+                let stale = open.get(&index).is_none_or(|(d, _, _)| *d != day);
                 if stale {
-                    if let Some((_, mut w)) = open.remove(&index) {
+                    if let Some((_, mut w, _)) = open.remove(&index) {
                         let _ = w.flush();
                     }
-                    match open_day(dir, &day) {
-                        Ok(w) => {
-                            open.insert(index, (day, w));
+                    match open_day(dir, &day, keys) {
+                        Ok((w, sealer)) => {
+                            open.insert(index, (day, w, sealer));
                         }
                         Err(e) => {
                             log::warn!("loopai gateway: {e}");
@@ -219,8 +234,20 @@ fn write_loop(dirs: &[PathBuf], rx: &Receiver<MsgBox>, errors: &AtomicU64) {
                         }
                     }
                 }
-                if let Some((_, w)) = open.get_mut(&index) {
-                    if let Err(e) = w.write_all(&line) {
+                if let Some((_, w, sealer)) = open.get_mut(&index) {
+                    let bytes = match sealer {
+                        None => &line,
+                        Some(sealer) => {
+                            sealed.clear();
+                            if let Err(e) = sealer.seal_into(&line, &mut sealed) {
+                                log::warn!("loopai gateway: encrypting a call record: {e}");
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                            &sealed
+                        }
+                    };
+                    if let Err(e) = w.write_all(bytes) {
                         log::warn!("loopai gateway: writing the call log: {e}");
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
@@ -239,8 +266,8 @@ fn write_loop(dirs: &[PathBuf], rx: &Receiver<MsgBox>, errors: &AtomicU64) {
     flush_all(&mut open, errors);
 }
 
-fn flush_all(open: &mut HashMap<usize, (String, BufWriter<File>)>, errors: &AtomicU64) {
-    for (_, w) in open.values_mut() {
+fn flush_all(open: &mut HashMap<usize, OpenDay>, errors: &AtomicU64) {
+    for (_, w, _) in open.values_mut() {
         if let Err(e) = w.flush() {
             log::warn!("loopai gateway: flushing the call log: {e}");
             errors.fetch_add(1, Ordering::Relaxed);
@@ -248,21 +275,40 @@ fn flush_all(open: &mut HashMap<usize, (String, BufWriter<File>)>, errors: &Atom
     }
 }
 
-fn open_day(dir: &Path, day: &str) -> Result<BufWriter<File>> {
+/// Opens a day's file for appending. With `keys` it is prepared as the dataset writer
+/// prepares its logs ([`LogSealer::open_append`]: a file written in clear or with an old
+/// key is first rewritten with the current one, a torn tail is cut) and records are sealed.
+fn open_day(
+    dir: &Path,
+    day: &str,
+    keys: Option<&KeyRing>,
+) -> Result<(BufWriter<File>, Option<LogSealer>)> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let path = dir.join(format!("calls-{day}.jsonl"));
+    if let Some(keys) = keys {
+        let (file, sealer) = LogSealer::open_append(&path, keys)?;
+        return Ok((BufWriter::with_capacity(64 * 1024, file), Some(sealer)));
+    }
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-    Ok(BufWriter::with_capacity(64 * 1024, file))
+    Ok((BufWriter::with_capacity(64 * 1024, file), None))
 }
 
 /// Every record of `task`'s call log, oldest day first. A torn last line (a crash while
 /// writing) is skipped; other unreadable lines are errors naming file and line.
-pub(crate) fn read_all(data_dir: &Path, task: &str) -> Result<Vec<CallRecord>> {
+///
+/// Files may be plain or encrypted (`storage.encryption`, read with `keys`): an encrypted
+/// file's torn last frame is skipped as a torn line is; a damaged frame before it, an
+/// encrypted file without `keys` or of a key not among them is an error naming the file.
+pub(crate) fn read_all(
+    data_dir: &Path,
+    task: &str,
+    keys: Option<&KeyRing>,
+) -> Result<Vec<CallRecord>> {
     let dir = calls_dir(data_dir, task);
     let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
         Ok(entries) => entries
@@ -279,18 +325,17 @@ pub(crate) fn read_all(data_dir: &Path, task: &str) -> Result<Vec<CallRecord>> {
     files.sort();
     let mut out = Vec::new();
     for path in files {
-        let file =
-            File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        let lines: Vec<String> = BufReader::new(file)
-            .lines()
-            .collect::<std::io::Result<_>>()
+        let bytes = std::fs::read(&path)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let text = open_log_or_plain(&bytes, keys, &path.display().to_string())?;
+        let text = text.strip_suffix(b"\n").unwrap_or(&text);
+        let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
         let last = lines.len();
         for (i, line) in lines.iter().enumerate() {
-            if line.trim().is_empty() {
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            match serde_json::from_str::<CallRecord>(line) {
+            match serde_json::from_slice::<CallRecord>(line) {
                 Ok(r) => out.push(r),
                 Err(_) if i + 1 == last => {}
                 Err(e) => {

@@ -12,7 +12,7 @@ use arc_swap::ArcSwapOption;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use loopai_core::{
     ArtifactStore, Clock, DeploymentConfig, Error, ErrorKind, ExecutionStatus, Fallback,
-    GatewayConfig, InputMapping, LearnConfig, Result, Runtime, SystemClock, Timestamp,
+    GatewayConfig, InputMapping, KeyRing, LearnConfig, Result, Runtime, SystemClock, Timestamp,
 };
 use loopai_synth::TaskSpec;
 use parking_lot::Mutex;
@@ -185,6 +185,9 @@ pub(crate) enum Job {
 pub(crate) struct Inner {
     pub(crate) data_dir: PathBuf,
     pub(crate) runtime_config: DeploymentConfig,
+    /// The keys of `storage.encryption`, loaded once at start: the call log and
+    /// `gateway.json` are encrypted with them.
+    pub(crate) keys: Option<Arc<KeyRing>>,
     pub(crate) gateway: GatewayConfig,
     pub(crate) learn: LearnConfig,
     pub(crate) tasks: Vec<Arc<Task>>,
@@ -448,7 +451,12 @@ impl Gateway {
     /// runtime; restores the counters, labels and calibration from the call log; starts the
     /// log writer, the calibrator and the learner (low priority).
     ///
-    /// Errors: [`ErrorKind::Config`] without a `gateway` section, for a route naming a task
+    /// With `storage.encryption` the call logs and `gateway.json` files are encrypted with
+    /// its key (and read with it and its `old_keys`; files written in clear still read).
+    ///
+    /// Errors: [`ErrorKind::Config`] without a `gateway` section, for a key of
+    /// `storage.encryption` that cannot be loaded (naming `storage.encryption.key_env` or
+    /// `key_file`), for a route naming a task
     /// that has no specification, or for a spec that is neither a classification nor an
     /// extraction task; [`ErrorKind::Io`] for unreadable files; the runtime's errors for a task whose
     /// program cannot be loaded.
@@ -460,6 +468,7 @@ impl Gateway {
                 "gateway: the configuration has no gateway section",
             )
         })?;
+        let keys = KeyRing::from_config(config)?.map(Arc::new);
         let names = gateway_tasks(&data_dir)?;
         let rt_config = runtime_config(config, &data_dir);
         for (i, route) in gateway.routes.iter().enumerate() {
@@ -480,6 +489,7 @@ impl Gateway {
             let task = Self::load_task(
                 &data_dir,
                 Some(&rt_config),
+                keys.as_deref(),
                 gateway.max_disagreement_of(name),
                 gateway.input_of(name),
                 index,
@@ -488,7 +498,7 @@ impl Gateway {
             dirs.push(calls::calls_dir(&data_dir, name));
             tasks.push(Arc::new(task));
         }
-        let (writer, writer_handle) = Writer::start(dirs)?;
+        let (writer, writer_handle) = Writer::start(dirs, keys.clone())?;
         let (learn_tx, learn_rx) = bounded::<JobBox>(1024);
         let (calibrate_tx, calibrate_rx) = bounded::<JobBox>(1024);
         let by_name = names
@@ -499,6 +509,7 @@ impl Gateway {
         let inner = Arc::new(Inner {
             data_dir,
             runtime_config: rt_config,
+            keys,
             gateway,
             learn: config.learn.clone(),
             tasks,
@@ -539,6 +550,7 @@ impl Gateway {
     pub(crate) fn load_task(
         data_dir: &Path,
         rt_config: Option<&DeploymentConfig>,
+        keys: Option<&KeyRing>,
         budget: f64,
         input: InputMapping,
         index: usize,
@@ -588,7 +600,7 @@ impl Gateway {
             validation_rate: AtomicU64::new(0f64.to_bits()),
         };
         // Restore from the call log and the stored learning state.
-        let stored = Stored::load(data_dir, name)?;
+        let stored = Stored::load(data_dir, name, keys)?;
         task.learned_at.store(stored.learned_at, Ordering::Relaxed);
         let active = match task.runtime.load().as_deref() {
             Some(rt) => Some(rt.active_version()),
@@ -605,7 +617,7 @@ impl Gateway {
             }
         }
         let c = &task.counters;
-        for r in calls::read_all(data_dir, name)? {
+        for r in calls::read_all(data_dir, name, keys)? {
             if r.kind == CallKind::Call {
                 c.calls.fetch_add(1, Ordering::Relaxed);
                 match r.source {

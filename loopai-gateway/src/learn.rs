@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use loopai_core::{ArtifactStore, Error, ErrorKind, Program, Result};
+use loopai_core::{
+    open_document_or_plain, ArtifactStore, Error, ErrorKind, KeyRing, Program, Result,
+};
 use loopai_synth::{synthesize, Example, SynthOptions};
 use serde::{Deserialize, Serialize};
 
@@ -60,7 +62,8 @@ pub struct LearnReport {
     pub threshold: Option<f64>,
 }
 
-/// `artifacts/<task>/gateway.json`.
+/// `artifacts/<task>/gateway.json`: JSON, or with `storage.encryption` the JSON sealed as
+/// a document (`LOOPAIE1`, one AES-256-GCM frame); read back either way.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Stored {
     /// Labels at the start of the last learning pass.
@@ -85,20 +88,30 @@ fn stored_path(data_dir: &Path, task: &str) -> Result<PathBuf> {
 }
 
 impl Stored {
-    pub(crate) fn load(data_dir: &Path, task: &str) -> Result<Stored> {
+    /// Reads the file, plain or sealed (with `keys`); a missing one is the default. A
+    /// sealed one without `keys`, of a key not among them, or damaged is an error naming it.
+    pub(crate) fn load(data_dir: &Path, task: &str, keys: Option<&KeyRing>) -> Result<Stored> {
         let path = stored_path(data_dir, task)?;
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| Error::new(ErrorKind::Artifact, format!("{}: {e}", path.display()))),
+            Ok(bytes) => {
+                let json = open_document_or_plain(&bytes, keys, &path.display().to_string())?;
+                serde_json::from_slice(&json).map_err(|e| {
+                    Error::new(ErrorKind::Artifact, format!("{}: {e}", path.display()))
+                })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Stored::default()),
             Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
         }
     }
 
-    fn save(&self, data_dir: &Path, task: &str) -> Result<()> {
+    /// Writes the file atomically; with `keys` sealed with the current key.
+    fn save(&self, data_dir: &Path, task: &str, keys: Option<&KeyRing>) -> Result<()> {
         let path = stored_path(data_dir, task)?;
-        let bytes = serde_json::to_vec(self)
+        let mut bytes = serde_json::to_vec(self)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("gateway.json: {e}")))?;
+        if let Some(keys) = keys {
+            bytes = keys.seal_document(&bytes)?;
+        }
         let tmp = path.with_extension(format!("json.tmp-{}", std::process::id()));
         std::fs::write(&tmp, bytes)
             .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
@@ -208,7 +221,8 @@ pub(crate) fn judge_canary(inner: &Inner, task: &Task) {
                         threshold: estimate.threshold,
                         margins: true,
                     };
-                    if let Err(e) = stored.save(&inner.data_dir, &task.name) {
+                    if let Err(e) = stored.save(&inner.data_dir, &task.name, inner.keys.as_deref())
+                    {
                         log::warn!("loopai gateway: {e}");
                     }
                 }
@@ -266,9 +280,9 @@ pub(crate) fn recalibrate(inner: &Inner, task: &Task) {
             estimate.upper,
             task.budget
         );
-        if let Ok(mut stored) = Stored::load(&inner.data_dir, &task.name) {
+        if let Ok(mut stored) = Stored::load(&inner.data_dir, &task.name, inner.keys.as_deref()) {
             stored.threshold = estimate.threshold;
-            if let Err(e) = stored.save(&inner.data_dir, &task.name) {
+            if let Err(e) = stored.save(&inner.data_dir, &task.name, inner.keys.as_deref()) {
                 log::warn!("loopai gateway: {e}");
             }
         }
@@ -343,7 +357,7 @@ fn pass(inner: &Inner, task: &Task) -> Result<LearnReport> {
     let labels = task.labels_total();
     // Everything recorded before the pass is in the log.
     inner.writer.flush(Duration::from_secs(30))?;
-    let records = calls::read_all(&inner.data_dir, &task.name)?;
+    let records = calls::read_all(&inner.data_dir, &task.name, inner.keys.as_deref())?;
     let mut oracle = oracle_examples(records);
     // The newest labels are trained on; older ones beyond MAX_TRAIN are scored by the
     // pass's program, which never saw them.
@@ -367,7 +381,7 @@ fn pass(inner: &Inner, task: &Task) -> Result<LearnReport> {
     let program = Program::from_json(&synthesis.program_json)?;
     let held = score(&task.answers, &program, &older);
     let previous = task.runtime.load_full();
-    let stored_before = Stored::load(&inner.data_dir, &task.name)?;
+    let stored_before = Stored::load(&inner.data_dir, &task.name, inner.keys.as_deref())?;
     let previous_agreement = match &previous {
         Some(rt) if stored_before.version == rt.active_version() => {
             agreement(&stored_before.holdout)
@@ -480,7 +494,7 @@ fn pass(inner: &Inner, task: &Task) -> Result<LearnReport> {
             }
         } else if promoted {
             // Its canary's pairs were stored at the promotion; the cross-fitted ones join.
-            let mut stored = Stored::load(&inner.data_dir, &task.name)?;
+            let mut stored = Stored::load(&inner.data_dir, &task.name, inner.keys.as_deref())?;
             stored.learned_at = labels;
             stored.holdout.extend(pairs);
             stored
@@ -489,7 +503,7 @@ fn pass(inner: &Inner, task: &Task) -> Result<LearnReport> {
             stored.learned_at = labels;
             stored
         };
-        stored.save(&inner.data_dir, &task.name)?;
+        stored.save(&inner.data_dir, &task.name, inner.keys.as_deref())?;
     }
     recalibrate(inner, task);
     log::info!(

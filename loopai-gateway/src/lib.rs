@@ -17,6 +17,10 @@
 //!   program is at least as confident as the task's calibrated threshold, else forward.
 //!   [`Gateway::record_upstream`] records the upstream's answer, normalised to the task's
 //!   labels, as the oracle's label (`datasets/<task>/gateway/calls-YYYY-MM-DD.jsonl`).
+//! * Encryption at rest: with `storage.encryption` in the deployment configuration the call
+//!   log and the learning state (`artifacts/<task>/gateway.json`) are encrypted with its key
+//!   (the format of the runtime's logs, `docs/datasets.md`); files written in clear before
+//!   still read.
 //! * Extraction tasks (an object `output_schema` of fields): the upstream's answer is read
 //!   as a JSON object (a Markdown code fence around it is tolerated), checked against the
 //!   schema and normalised as the extraction program normalises its values (numbers,

@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use loopai_core::{ArtifactStore, Error, ErrorKind, GatewayConfig, InputMapping, Result};
+use loopai_core::{
+    ArtifactStore, DeploymentConfig, Error, ErrorKind, InputMapping, KeyRing, Result,
+};
 use loopai_synth::TaskSpec;
 
 use crate::gateway::{
@@ -13,18 +15,26 @@ use crate::learn::Stored;
 
 /// Every gateway task's figures, read from the data directory (specs, call logs, active
 /// versions, stored thresholds) without starting anything: for `loopai tasks list` and
-/// `loopai stats`. `config` gives the budgets; without one the defaults apply.
-pub fn summarize(data_dir: &Path, config: Option<&GatewayConfig>) -> Result<Vec<TaskStats>> {
+/// `loopai stats`. `config`'s `gateway` section gives the budgets (without one the
+/// defaults apply), its `storage.encryption` the keys of encrypted call logs and
+/// `gateway.json` files (without it an encrypted file is an [`ErrorKind::Config`] error
+/// naming it).
+pub fn summarize(data_dir: &Path, config: Option<&DeploymentConfig>) -> Result<Vec<TaskStats>> {
+    let keys = match config {
+        Some(c) => KeyRing::from_config(c)?,
+        None => None,
+    };
+    let keys = keys.as_ref();
     let mut out = Vec::new();
     for (index, name) in gateway_tasks(data_dir)?.iter().enumerate() {
-        let (budget, input) = match config {
+        let (budget, input) = match config.and_then(|c| c.gateway.as_ref()) {
             Some(g) => (g.max_disagreement_of(name), g.input_of(name)),
             None => (DEFAULT_MAX_DISAGREEMENT, InputMapping::default()),
         };
-        let task = Gateway::load_task(data_dir, None, budget, input, index, name)?;
+        let task = Gateway::load_task(data_dir, None, keys, budget, input, index, name)?;
         let mut stats = task_stats(&task);
         let active = ArtifactStore::open(data_dir, name)?.active_version()?;
-        let stored = Stored::load(data_dir, name)?;
+        let stored = Stored::load(data_dir, name, keys)?;
         stats.active_version = active;
         stats.threshold = active.and(stored.threshold);
         stats.state = match (active, stats.threshold) {

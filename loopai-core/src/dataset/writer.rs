@@ -130,41 +130,7 @@ pub(crate) struct EncryptedFileSystem(pub Arc<KeyRing>);
 
 impl LogStorage for EncryptedFileSystem {
     fn open(&self, path: &Path) -> io::Result<(Box<dyn LogFile>, u64)> {
-        let keys = &self.0;
-        let what = path.display().to_string();
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        let crypt_error = |e: Error| io::Error::other(e.to_string());
-        if bytes.is_empty() || !crypt::is_current(&bytes, keys) {
-            let sealed = if bytes.is_empty() {
-                crypt::header(keys.current()).to_vec()
-            } else {
-                crypt::reseal(&bytes, keys, &what).map_err(crypt_error)?
-            };
-            crate::fsutil::write_atomic(path, &sealed)?;
-            if !bytes.is_empty() {
-                log::warn!(
-                    "loopai: {what}: rewritten encrypted with the current key {}",
-                    keys.current().id_hex()
-                );
-            }
-        } else {
-            let valid = crypt::open_frames(&bytes, keys, &what)
-                .map_err(crypt_error)?
-                .valid_len;
-            if valid < bytes.len() as u64 {
-                let file = OpenOptions::new().write(true).open(path)?;
-                file.set_len(valid)?;
-                file.sync_all()?;
-                log::warn!(
-                    "loopai: {what}: removed a torn tail of {} bytes left by an interrupted write",
-                    bytes.len() as u64 - valid
-                );
-            }
-        }
+        crypt::prepare_append(path, &self.0)?;
         let mut file = OpenOptions::new().read(true).append(true).open(path)?;
         let len = file.seek(SeekFrom::End(0))?;
         Ok((Box::new(file), len))
