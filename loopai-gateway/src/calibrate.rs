@@ -1,6 +1,6 @@
 //! The disagreement budget: the lowest threshold on the calibration score whose one-sided
 //! 95% Clopper–Pearson upper bound on disagreement among the calls it would answer is
-//! within the budget.
+//! within the budget, found by fixed-sequence testing from the highest score down.
 //!
 //! The calibration score is the program's confidence for a task of two labels, and the
 //! margin between its two highest per-label scores for three labels or more: with many
@@ -14,12 +14,6 @@
 pub(crate) const ALPHA: f64 = 0.05;
 /// Thresholds tried at most per estimate (spread evenly over the pairs).
 const MAX_CANDIDATES: usize = 512;
-/// The fallback procedure's shares of [`ALPHA`]: `(where, share)`, a share becoming
-/// available at the first candidate threshold with at least `where × pairs` pairs at or
-/// above it (and at least the pairs a bound at that share needs). Half is spent from the
-/// top; a quarter again at a quarter of the pairs, and at half of them, so that a few
-/// disagreements among the most confident pairs do not stop every lower threshold.
-const FALLBACK: [(f64, f64); 3] = [(0.0, 0.5), (0.25, 0.25), (0.5, 0.25)];
 
 /// `ln C(n, i)`.
 fn ln_choose(n: u64, i: u64) -> f64 {
@@ -182,15 +176,10 @@ pub(crate) fn choose_threshold(pairs: &[(f64, bool)], budget: f64) -> Estimate {
         disagreed: 0,
         upper: 1.0,
     };
-    // The fallback procedure (Wiens 2003), a fixed-sequence test that does not stop at
-    // the first failure: the thresholds are tested from the highest (fewest answered)
-    // down, in an order fixed before the outcomes are looked at; each is tested at the
-    // level it has — the shares of ALPHA that became available at or before it (FALLBACK),
-    // plus the level carried from the threshold before it when that one qualified; a
-    // failure spends the level carried so far. The family-wise error stays within ALPHA
-    // (the shares sum to it), so the lowest qualifying threshold is above the budget with
-    // probability 5% at most. Taking the lowest threshold that qualifies at ALPHA anywhere
-    // instead would pick among many tests after the fact, and be optimistic.
+    // Fixed-sequence testing: from the highest threshold (fewest answered) down, while
+    // the bound holds; the first that fails stops the scan. Taking the lowest threshold
+    // that qualifies anywhere instead would pick among many tests after the fact, and be
+    // optimistic.
     let mut candidates: Vec<usize> = boundaries.iter().copied().rev().step_by(step).collect();
     if let Some(&top) = boundaries.first() {
         if candidates.last() != Some(&top) {
@@ -199,42 +188,27 @@ pub(crate) fn choose_threshold(pairs: &[(f64, bool)], budget: f64) -> Estimate {
     }
     candidates.reverse();
     let mut best: Option<Estimate> = None;
-    // Where each share becomes available: counts, not outcomes.
-    let total = sorted.len() as f64;
-    let mut shares: Vec<(u64, f64)> = FALLBACK
-        .iter()
-        .map(|&(at, share)| {
-            let alpha = ALPHA * share;
-            let n = ((at * total) as u64).max(needed_at(budget, alpha));
-            (n, alpha)
-        })
-        .collect();
-    shares.sort_by_key(|s| s.0);
-    let (mut level, mut next) = (0.0, 0);
+    // The sequence starts where the bound can first hold (a count, not an outcome).
+    let start = pairs_needed(budget);
     for &i in &candidates {
         let n = i as u64 + 1;
-        while next < shares.len() && shares[next].0 <= n {
-            level += shares[next].1;
-            next += 1;
-        }
-        if level <= 0.0 {
+        if n < start {
             continue;
         }
         let k = disagreements[i];
         let upper = if k as f64 / n as f64 > budget {
             1.0
         } else {
-            clopper_pearson_upper(k, n, level)
+            clopper_pearson_upper(k, n, ALPHA)
         };
         if upper > budget {
-            level = 0.0;
-            continue;
+            break;
         }
         best = Some(Estimate {
             threshold: Some(sorted[i].0),
             answered: n,
             disagreed: k,
-            upper: clopper_pearson_upper(k, n, ALPHA),
+            upper,
         });
     }
     if let Some(e) = best {
@@ -357,31 +331,14 @@ mod tests {
         let e = choose_threshold(&pairs[..100], 0.02);
         assert_eq!(e.threshold, None);
         assert_eq!(e.answered, 1);
-        // Disagreements among the most confident pairs spend the top's share of alpha,
-        // not the later ones (two disagreeing above them all, then 2010 agreeing): the
-        // share that becomes available at a quarter of the pairs is tested on its own,
-        // and carried down to the lowest threshold.
-        let mut seq = vec![(0.995, false), (0.99, false)];
+        // A disagreement among the most confident pairs stops the scan there, even if
+        // lower thresholds would pass again (200 agreeing pairs, one disagreeing above
+        // them all, then 2000 agreeing): nothing below the failing prefix is chosen.
+        let mut seq = vec![(0.99, false)];
         seq.extend((0..10).map(|i| (0.98 - f64::from(i) / 1000.0, true)));
         seq.extend((0..2000).map(|i| (0.5 + f64::from(i) / 10_000.0, true)));
         let e = choose_threshold(&seq, 0.02);
-        assert_eq!((e.threshold, e.answered, e.disagreed), (Some(0.5), 2012, 2));
-        // A test from the top alone stops at the first failure: nothing qualifies
-        // before a quarter of the pairs is reached, and then too few to hold.
-        let e = choose_threshold(&seq[..300], 0.02);
         assert_eq!(e.threshold, None, "{e:?}");
-        // A failure spends what was carried: the top's share is spent on the two
-        // disagreements above all, the share carried from a quarter of the pairs on a
-        // run of 30 disagreements further down, and the last share (at half the pairs)
-        // meets a rate over the budget: the threshold stays just inside the run (4 of
-        // 604 disagree), although the 1400 agreeing pairs below would dilute it again.
-        let mut spent = vec![(0.999, false), (0.998, false)];
-        spent.extend((0..600).map(|i| (0.99 - f64::from(i) / 100_000.0, true)));
-        spent.extend((0..30).map(|i| (0.9 - f64::from(i) / 100_000.0, false)));
-        spent.extend((0..1400).map(|i| (0.8 - f64::from(i) / 100_000.0, true)));
-        let e = choose_threshold(&spent, 0.02);
-        assert_eq!((e.answered, e.disagreed), (604, 4), "{e:?}");
-        assert!(e.upper <= 0.02, "{e:?}");
         // Everything disagreeing: nothing qualifies, whatever the count.
         let bad: Vec<(f64, bool)> = (0..1000).map(|i| (f64::from(i) / 1000.0, false)).collect();
         assert_eq!(choose_threshold(&bad, 0.02).threshold, None);
