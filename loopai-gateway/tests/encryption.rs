@@ -6,25 +6,14 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use loopai_core::{DeploymentConfig, ErrorKind};
-use loopai_gateway::{
-    add_task, summarize, ChatRequest, Decision, Gateway, TaskState, UpstreamAnswer,
-};
-use loopai_synth::TaskSpec;
+use loopai_gateway::{add_task, summarize, Decision, Gateway, TaskState, UpstreamAnswer};
 
-const WAIT: Duration = Duration::from_secs(120);
+mod common;
+use common::{messages, request, spec, HAM, SPAM, WAIT};
+
 const MAGIC: &[u8] = b"LOOPAIE1";
-
-fn spec() -> TaskSpec {
-    TaskSpec::from_json(
-        br#"{"name": "spam", "description": "Is this SMS spam?",
-        "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
-        "output_schema": {"type": "string", "enum": ["spam", "ham"]}}"#,
-    )
-    .unwrap()
-}
 
 /// A private key file `name` holding 32 times `byte`.
 fn write_key(dir: &Path, name: &str, byte: u8) -> PathBuf {
@@ -50,38 +39,6 @@ fn encrypted(key: &Path) -> DeploymentConfig {
         "storage:\n  encryption:\n    key_file: {}\n",
         key.display()
     ))
-}
-
-/// Words of the stream: none may appear in an encrypted file.
-const SPAM: [&str; 10] = [
-    "win", "free", "prize", "claim", "cash", "urgent", "offer", "winner", "txt", "reward",
-];
-const HAM: [&str; 10] = [
-    "lunch", "meeting", "tomorrow", "home", "love", "dinner", "work", "movie", "later", "mum",
-];
-
-/// A deterministic SMS-like stream: (text, label).
-fn messages(n: usize, seed: u64) -> Vec<(String, &'static str)> {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    (0..n)
-        .map(|_| {
-            let spam = rng.bool();
-            let words = if spam { &SPAM } else { &HAM };
-            let mut text = vec!["the", "you"];
-            for _ in 0..rng.usize(3..7) {
-                text.push(words[rng.usize(..words.len())]);
-            }
-            rng.shuffle(&mut text);
-            (text.join(" "), if spam { "spam" } else { "ham" })
-        })
-        .collect()
-}
-
-fn request(text: &str) -> ChatRequest {
-    let body = serde_json::json!({"model": "sms-model", "messages": [
-        {"role": "system", "content": "Answer spam or ham."},
-        {"role": "user", "content": text}]});
-    ChatRequest::parse(body.to_string().as_bytes()).unwrap()
 }
 
 /// Sends `text`; a forwarded call gets `label` from the stand-in upstream. Returns whether

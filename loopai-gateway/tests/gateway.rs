@@ -11,16 +11,8 @@ use loopai_gateway::{
 };
 use loopai_synth::TaskSpec;
 
-const WAIT: Duration = Duration::from_secs(120);
-
-fn spec() -> TaskSpec {
-    TaskSpec::from_json(
-        br#"{"name": "spam", "description": "Is this SMS spam?",
-        "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
-        "output_schema": {"type": "string", "enum": ["spam", "ham"]}}"#,
-    )
-    .unwrap()
-}
+mod common;
+use common::{messages, request, spec, WAIT};
 
 /// Learning at 60 labels; `growth` large: one pass only, unless a test says otherwise.
 fn config(extra: &str) -> DeploymentConfig {
@@ -36,36 +28,6 @@ fn config(extra: &str) -> DeploymentConfig {
         "test",
     )
     .unwrap()
-}
-
-/// A deterministic SMS-like stream: (text, label).
-fn messages(n: usize, seed: u64) -> Vec<(String, &'static str)> {
-    const SPAM: [&str; 10] = [
-        "win", "free", "prize", "claim", "cash", "urgent", "offer", "winner", "txt", "reward",
-    ];
-    const HAM: [&str; 10] = [
-        "lunch", "meeting", "tomorrow", "home", "love", "dinner", "work", "movie", "later", "mum",
-    ];
-    let mut rng = fastrand::Rng::with_seed(seed);
-    (0..n)
-        .map(|_| {
-            let spam = rng.bool();
-            let words = if spam { &SPAM } else { &HAM };
-            let mut text = vec!["the", "you"];
-            for _ in 0..rng.usize(3..7) {
-                text.push(words[rng.usize(..words.len())]);
-            }
-            rng.shuffle(&mut text);
-            (text.join(" "), if spam { "spam" } else { "ham" })
-        })
-        .collect()
-}
-
-fn request(text: &str) -> ChatRequest {
-    let body = serde_json::json!({"model": "sms-model", "messages": [
-        {"role": "system", "content": "Answer spam or ham."},
-        {"role": "user", "content": text}]});
-    ChatRequest::parse(body.to_string().as_bytes()).unwrap()
 }
 
 /// Sends `text` through the gateway; a forwarded call gets `label` from the "upstream".
