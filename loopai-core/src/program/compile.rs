@@ -714,6 +714,58 @@ impl Compiler<'_> {
         Ok((groups, offset))
     }
 
+    /// Decodes the `expected` weights of a linear model of `width` columns: the int8 form
+    /// is kept as codes and per-column levels (see [`Weights`]), any other as `f32`.
+    fn linear_weights(
+        &mut self,
+        raw: &RawFloats,
+        expected: usize,
+        width: usize,
+        path: &str,
+    ) -> Result<Weights> {
+        let RawFloats::Quantized(q) = raw else {
+            return Ok(Weights::F32(self.floats(
+                raw,
+                expected,
+                Some(width),
+                path,
+            )?));
+        };
+        if expected > self.limits.max_weights {
+            return Err(perr(
+                path,
+                format!(
+                    "{expected} numbers, over the limit of {}",
+                    self.limits.max_weights
+                ),
+            ));
+        }
+        if width == 0 {
+            return Err(perr(
+                path,
+                "the int8 form is only for the weights of a linear model",
+            ));
+        }
+        let scale = self.finite_list(&q.scale, width, &join(path, "scale"))?;
+        let codes = decode_int8(&q.int8, expected, &join(path, "int8"))?;
+        let levels: Vec<f32> = scale
+            .iter()
+            .flat_map(|&s| (0..=255u8).map(move |b| (f64::from(b as i8) * s) as f32))
+            .collect();
+        if levels.iter().any(|x| !x.is_finite()) {
+            // Name the first weight that reads as a non-finite number, as the f32 form does.
+            if let Some(i) = codes
+                .iter()
+                .enumerate()
+                .position(|(i, &b)| !levels[(i % width) * 256 + usize::from(b)].is_finite())
+            {
+                return Err(perr(path, format!("number {i} is not finite")));
+            }
+        }
+        self.stats.weights += expected as u64;
+        Ok(Weights::Int8 { codes, levels })
+    }
+
     /// Decodes a number array of `expected` numbers. `quantized_cols`: the row width when
     /// the int8 form (one scale per column) is allowed, else `None`.
     fn floats(
@@ -781,28 +833,7 @@ impl Compiler<'_> {
                     ));
                 };
                 let scale = self.finite_list(&q.scale, cols, &join(path, "scale"))?;
-                let b64 = q
-                    .int8
-                    .strip_prefix("base64:")
-                    .ok_or_else(|| perr(&join(path, "int8"), "expected a \"base64:...\" string"))?;
-                if b64.len() / 4 * 3 > expected + 3 {
-                    return Err(perr(
-                        &join(path, "int8"),
-                        format!("expected {expected} int8 values, the data is larger"),
-                    ));
-                }
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(b64)
-                    .map_err(|e| perr(&join(path, "int8"), format!("invalid base64: {e}")))?;
-                if bytes.len() != expected {
-                    return Err(perr(
-                        &join(path, "int8"),
-                        format!(
-                            "expected {expected} int8 values ({expected} bytes), got {} bytes",
-                            bytes.len()
-                        ),
-                    ));
-                }
+                let bytes = decode_int8(&q.int8, expected, &join(path, "int8"))?;
                 bytes
                     .chunks_exact(cols)
                     .flat_map(|row| {
@@ -926,7 +957,7 @@ impl Compiler<'_> {
                     .checked_mul(width)
                     .ok_or_else(|| perr(&join(path, "weights"), "too many weights"))?;
                 let weights =
-                    self.floats(&r.weights, expected, Some(width), &join(path, "weights"))?;
+                    self.linear_weights(&r.weights, expected, width, &join(path, "weights"))?;
                 let bias = self.finite_list(&r.bias, width, &join(path, "bias"))?;
                 let min_confidence = r.min_confidence.unwrap_or(0.0);
                 check_prob(min_confidence, &join(path, "min_confidence"))?;
@@ -952,8 +983,12 @@ impl Compiler<'_> {
                 let expected = dim
                     .checked_mul(classes.len())
                     .ok_or_else(|| perr(&join(path, "feature_log_prob"), "too many numbers"))?;
-                let weights =
-                    self.floats(&r.feature_log_prob, expected, None, &join(path, "feature_log_prob"))?;
+                let weights = Weights::F32(self.floats(
+                    &r.feature_log_prob,
+                    expected,
+                    None,
+                    &join(path, "feature_log_prob"),
+                )?);
                 let bias =
                     self.finite_list(&r.class_log_prior, classes.len(), &join(path, "class_log_prior"))?;
                 let min_confidence = r.min_confidence.unwrap_or(0.0);
@@ -1083,4 +1118,30 @@ impl Compiler<'_> {
             )),
         }
     }
+}
+
+/// Decodes the `"base64:..."` codes of the int8 form: exactly `expected` bytes.
+fn decode_int8(packed: &str, expected: usize, path: &str) -> Result<Vec<u8>> {
+    let b64 = packed
+        .strip_prefix("base64:")
+        .ok_or_else(|| perr(path, "expected a \"base64:...\" string"))?;
+    if b64.len() / 4 * 3 > expected + 3 {
+        return Err(perr(
+            path,
+            format!("expected {expected} int8 values, the data is larger"),
+        ));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| perr(path, format!("invalid base64: {e}")))?;
+    if bytes.len() != expected {
+        return Err(perr(
+            path,
+            format!(
+                "expected {expected} int8 values ({expected} bytes), got {} bytes",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(bytes)
 }

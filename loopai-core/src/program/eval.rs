@@ -668,6 +668,72 @@ fn stat_value(stat: Stat, t: &str, tokens: &mut Vec<(u32, u32)>) -> f64 {
     }
 }
 
+/// How many entries ahead of the one it adds [`linear_scores`] prefetches the row of.
+const ROW_PREFETCH_AHEAD: usize = 8;
+
+/// Adds the inputs' contributions to the scores `z` (which hold the bias): for each input
+/// group in order, each entry in order, each column in order: the summation order of the
+/// format, so that every form of the weights and every width gives identical scores.
+#[inline(always)]
+fn linear_scores<W: WeightRows>(m: &LinearPlan, w: &W, ctx: &Ctx<'_>, z: &mut [f64]) {
+    let width = m.width;
+    for g in &m.groups {
+        if !g.sparse {
+            let v = ctx.scalars[g.feature];
+            if v != 0.0 {
+                let row = g.offset * width;
+                for (c, zc) in z.iter_mut().enumerate() {
+                    *zc += f64::from(w.at(row + c, c)) * v;
+                }
+            }
+            continue;
+        }
+        let entries = &ctx.sparse[g.feature];
+        for &(i, _) in entries.iter().take(ROW_PREFETCH_AHEAD) {
+            w.prefetch((g.offset + i as usize) * width);
+        }
+        match width {
+            // Widths 1 (sigmoid) and 2: accumulators in registers.
+            1 => {
+                let mut z0 = z[0];
+                for (k, &(i, v)) in entries.iter().enumerate() {
+                    if let Some(&(next, _)) = entries.get(k + ROW_PREFETCH_AHEAD) {
+                        w.prefetch(g.offset + next as usize);
+                    }
+                    z0 += f64::from(w.at(g.offset + i as usize, 0)) * f64::from(v);
+                }
+                z[0] = z0;
+            }
+            2 => {
+                let (mut z0, mut z1) = (z[0], z[1]);
+                for (k, &(i, v)) in entries.iter().enumerate() {
+                    if let Some(&(next, _)) = entries.get(k + ROW_PREFETCH_AHEAD) {
+                        w.prefetch((g.offset + next as usize) * 2);
+                    }
+                    let v = f64::from(v);
+                    let r = (g.offset + i as usize) * 2;
+                    z0 += f64::from(w.at(r, 0)) * v;
+                    z1 += f64::from(w.at(r + 1, 1)) * v;
+                }
+                z[0] = z0;
+                z[1] = z1;
+            }
+            _ => {
+                for (k, &(i, v)) in entries.iter().enumerate() {
+                    if let Some(&(next, _)) = entries.get(k + ROW_PREFETCH_AHEAD) {
+                        w.prefetch((g.offset + next as usize) * width);
+                    }
+                    let row = (g.offset + i as usize) * width;
+                    let v = f64::from(v);
+                    for (c, zc) in z.iter_mut().enumerate() {
+                        *zc += f64::from(w.at(row + c, c)) * v;
+                    }
+                }
+            }
+        }
+    }
+}
+
 struct Ctx<'a> {
     sparse: &'a [Vec<(u32, f32)>],
     scalars: &'a [f64],
@@ -703,50 +769,10 @@ fn decide_into(
         DecisionPlan::Linear(m) => {
             z.clear();
             z.extend_from_slice(&m.bias);
-            let width = m.width;
-            for g in &m.groups {
-                match g.sparse {
-                    // Width 1 (sigmoid) and 2: accumulators in registers, same summation
-                    // order as the general loop, so results are bit-identical.
-                    true if width == 1 => {
-                        let w = &m.weights[g.offset..];
-                        let mut z0 = z[0];
-                        for &(i, v) in &ctx.sparse[g.feature] {
-                            z0 += f64::from(w[i as usize]) * f64::from(v);
-                        }
-                        z[0] = z0;
-                    }
-                    true if width == 2 => {
-                        let w = &m.weights[g.offset * 2..];
-                        let (mut z0, mut z1) = (z[0], z[1]);
-                        for &(i, v) in &ctx.sparse[g.feature] {
-                            let v = f64::from(v);
-                            let r = i as usize * 2;
-                            z0 += f64::from(w[r]) * v;
-                            z1 += f64::from(w[r + 1]) * v;
-                        }
-                        z[0] = z0;
-                        z[1] = z1;
-                    }
-                    true => {
-                        for &(i, v) in &ctx.sparse[g.feature] {
-                            let row = (g.offset + i as usize) * width;
-                            let w = &m.weights[row..row + width];
-                            let v = f64::from(v);
-                            for (zc, wc) in z.iter_mut().zip(w) {
-                                *zc += f64::from(*wc) * v;
-                            }
-                        }
-                    }
-                    false => {
-                        let v = ctx.scalars[g.feature];
-                        if v != 0.0 {
-                            let row = g.offset * width;
-                            for (zc, wc) in z.iter_mut().zip(&m.weights[row..row + width]) {
-                                *zc += f64::from(*wc) * v;
-                            }
-                        }
-                    }
+            match &m.weights {
+                Weights::F32(w) => linear_scores(m, &F32Rows(w), ctx, z),
+                Weights::Int8 { codes, levels } => {
+                    linear_scores(m, &Int8Rows { codes, levels }, ctx, z)
                 }
             }
             // Huge inputs can overflow the scores: infinities are clamped (the order is

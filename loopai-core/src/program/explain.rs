@@ -697,7 +697,7 @@ impl Walker<'_> {
                 for &(i, v) in &self.trace.sparse[g.feature] {
                     let row = (g.offset + i as usize) * m.width;
                     for (k, zc) in z.iter_mut().enumerate() {
-                        *zc += f64::from(m.weights[row + k]) * f64::from(v);
+                        *zc += f64::from(m.weights.at(row + k, k)) * f64::from(v);
                     }
                 }
             } else {
@@ -705,7 +705,7 @@ impl Walker<'_> {
                 if v != 0.0 {
                     let row = g.offset * m.width;
                     for (k, zc) in z.iter_mut().enumerate() {
-                        *zc += f64::from(m.weights[row + k]) * v;
+                        *zc += f64::from(m.weights.at(row + k, k)) * v;
                     }
                 }
             }
@@ -741,7 +741,7 @@ impl Walker<'_> {
                 .map(|e| {
                     let g = &m.groups[e.0];
                     let row = g.offset + e.1.map_or(0, |i| i as usize);
-                    let w = sign * f64::from(m.weights[row * m.width + col]);
+                    let w = sign * f64::from(m.weights.at(row * m.width + col, col));
                     (w * e.2, w, e)
                 })
                 .filter(|c| c.0 != 0.0)

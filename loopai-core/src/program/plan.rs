@@ -297,7 +297,7 @@ pub(crate) struct LinearPlan {
     /// Columns of `weights` (1 for sigmoid, else the class count).
     pub width: usize,
     /// Row-major `dim × width`.
-    pub weights: Vec<f32>,
+    pub weights: Weights,
     pub bias: Vec<f64>,
     pub inv_temperature: f64,
     pub min_confidence: f64,
@@ -344,4 +344,84 @@ pub(crate) enum OutputPlan {
         fields: Vec<super::extract::ExtractField>,
         abstain_below: f64,
     },
+}
+
+/// The weights of a linear model, row-major `dim × width`, as the program wrote them.
+///
+/// The int8 form stays int8 in memory: a long document looks up thousands of rows of a
+/// table larger than the caches, and a quarter of the bytes is a quarter of the lines to
+/// wait for. A weight reads as the same `f32` either way: `levels` holds, per column, the
+/// value of each of the 256 codes, computed as the format defines it.
+#[derive(Debug)]
+pub(crate) enum Weights {
+    F32(Vec<f32>),
+    Int8 {
+        /// The codes, as bytes (an `i8` reinterpreted).
+        codes: Vec<u8>,
+        /// `levels[col * 256 + code]` = `(f64::from(code as i8) * scale[col]) as f32`.
+        levels: Vec<f32>,
+    },
+}
+
+impl Weights {
+    /// The weight at `flat` (`row * width + col`), whose column is `col`.
+    #[inline(always)]
+    pub(crate) fn at(&self, flat: usize, col: usize) -> f32 {
+        match self {
+            Weights::F32(w) => w[flat],
+            Weights::Int8 { codes, levels } => levels[col * 256 + usize::from(codes[flat])],
+        }
+    }
+}
+
+/// Row access of a weight matrix, for loops that are compiled once per form (the form is
+/// matched once per model, not once per weight).
+pub(crate) trait WeightRows {
+    /// The weight at `flat` (`row * width + col`), whose column is `col`.
+    fn at(&self, flat: usize, col: usize) -> f32;
+    /// Hints the CPU to fetch the row starting at `flat` (no effect on any result).
+    fn prefetch(&self, flat: usize);
+}
+
+/// The f32 form of [`Weights`].
+pub(crate) struct F32Rows<'a>(pub &'a [f32]);
+
+/// The int8 form of [`Weights`].
+pub(crate) struct Int8Rows<'a> {
+    pub codes: &'a [u8],
+    pub levels: &'a [f32],
+}
+
+#[inline(always)]
+fn prefetch_ptr<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never dereferences its address and cannot fault. SSE is part of
+    // the x86_64 baseline.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+impl WeightRows for F32Rows<'_> {
+    #[inline(always)]
+    fn at(&self, flat: usize, _col: usize) -> f32 {
+        self.0[flat]
+    }
+    #[inline(always)]
+    fn prefetch(&self, flat: usize) {
+        prefetch_ptr(self.0.as_ptr().wrapping_add(flat));
+    }
+}
+
+impl WeightRows for Int8Rows<'_> {
+    #[inline(always)]
+    fn at(&self, flat: usize, col: usize) -> f32 {
+        self.levels[col * 256 + usize::from(self.codes[flat])]
+    }
+    #[inline(always)]
+    fn prefetch(&self, flat: usize) {
+        prefetch_ptr(self.codes.as_ptr().wrapping_add(flat));
+    }
 }

@@ -690,6 +690,61 @@ fn int8_weights_equal_the_float_weights_they_encode() {
     );
 }
 
+#[test]
+fn int8_weights_score_bit_for_bit_as_the_f32_weights_they_decode_to() {
+    // Scales that are not powers of two, for a sigmoid (1 column), softmax with 2
+    // columns and softmax with 3 (the three loops of the evaluator): the program in the
+    // int8 form and the one with the f32 weights the format decodes it to must give the
+    // same bits, although the int8 form is evaluated from its codes.
+    let pack = |bytes: Vec<u8>| {
+        format!(
+            "base64:{}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
+        )
+    };
+    for (classes, width) in [(2usize, 1usize), (2, 2), (3, 3)] {
+        let scale: Vec<f64> = (0..width).map(|c| 0.1 + 0.37 * c as f64 / 3.0).collect();
+        let q: Vec<i8> = (0..4 * width)
+            .map(|i| ((i * 53 + 17) % 255) as i32 - 127)
+            .map(|v| v as i8)
+            .collect();
+        let decoded: Vec<u8> = q
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &v)| ((f64::from(v) * scale[i % width]) as f32).to_le_bytes())
+            .collect();
+        let labels: Vec<String> = (0..classes).map(|c| format!("c{c}")).collect();
+        let make = |weights: Value| {
+            let mut v = linear_program(
+                weights,
+                if width == 1 { "sigmoid" } else { "softmax" },
+                json!(vec![0.25; width]),
+            );
+            v["decide"]["classes"] = json!(labels);
+            v["output"]["labels"] = json!(labels);
+            program(v)
+        };
+        let a = make(json!(pack(decoded)));
+        let b = make(json!({"int8": pack(q.iter().map(|&v| v as u8).collect()), "scale": scale}));
+        for text in ["free prize", "hello hello", "free hello prize prize", ""] {
+            let input = json!({ "text": text });
+            let (oa, ob) = (a.evaluate(&input).unwrap(), b.evaluate(&input).unwrap());
+            let bits = |o: &crate::program::Outcome| -> Vec<u64> {
+                o.scores.iter().map(|s| s.to_bits()).collect()
+            };
+            assert_eq!(bits(&oa), bits(&ob), "width {width}, {text:?}");
+            assert_eq!(oa, ob);
+        }
+    }
+    // A scale that makes a code overflow f32 names the first weight it makes infinite.
+    let e = load_err(linear_program(
+        json!({"int8": pack(vec![0, 0, 4, 0, 0, 0, 0, 0]), "scale": [1e38, 1.0]}),
+        "softmax",
+        json!([0.0, 0.0]),
+    ));
+    assert_eq!(e, "decide.weights: number 2 is not finite");
+}
+
 /// A ticket program over a text, a number, a category and a boolean, with every
 /// structured feature.
 fn structured() -> Value {

@@ -185,11 +185,12 @@ impl Placeholder {
     pub(crate) fn may_match(self, text: &str) -> bool {
         let b = text.as_bytes();
         match self {
-            // Every URL match contains "://" or "www." (any case).
-            Placeholder::Url => b.iter().enumerate().any(|(i, &c)| match c {
+            // Every URL match contains "://" or "www." (any case). The candidates are
+            // found by memchr's vectorised search: a long text costs a few instructions
+            // per 16 or 32 bytes instead of a comparison per byte.
+            Placeholder::Url => memchr::memchr3_iter(b':', b'w', b'W', b).any(|i| match b[i] {
                 b':' => b[i + 1..].starts_with(b"//"),
-                b'w' | b'W' => b.len() >= i + 4 && b[i..i + 4].eq_ignore_ascii_case(b"www."),
-                _ => false,
+                _ => b.len() >= i + 4 && b[i..i + 4].eq_ignore_ascii_case(b"www."),
             }),
             Placeholder::Email => b.contains(&b'@'),
             Placeholder::Number => b.iter().any(u8::is_ascii_digit),
@@ -451,6 +452,9 @@ mod tests {
             "x1",
             "ftp://h/p",
             "no match here",
+            "wwwwwww.example.org",
+            "wow, a:/b and then http://late.example",
+            &format!("{}https://far.example/p", "word, ".repeat(40)),
         ] {
             for kind in [Placeholder::Url, Placeholder::Email, Placeholder::Number] {
                 if kind.regex().is_match(text) {
@@ -459,6 +463,9 @@ mod tests {
             }
         }
         assert!(!Placeholder::Url.may_match("plain words only"));
+        for text in ["ends in www", "ends in :/", "w", ":", "www", "a:/ /b wWw,"] {
+            assert!(!Placeholder::Url.may_match(text), "{text:?}");
+        }
         assert!(!Placeholder::Number.may_match("no digits"));
     }
 
