@@ -450,15 +450,22 @@ const PREFETCH_AHEAD: usize = 8;
 /// Pushes `(index, 1)` for every hash of `hashes` found in `vocab`, in order. The slots of
 /// later hashes are prefetched while earlier ones are looked up: on a table larger than
 /// the caches, the lookups then wait for memory together instead of one after another.
+/// Each hash's home slot is computed once, when it is prefetched, and kept in a ring
+/// until its lookup.
 fn lookup_all(vocab: &VocabTable, hashes: &[u64], out: &mut Vec<(u32, f32)>) {
-    for &h in hashes.iter().take(PREFETCH_AHEAD) {
-        vocab.prefetch(h);
+    let mut homes = [0usize; PREFETCH_AHEAD];
+    for (slot, &h) in homes.iter_mut().zip(hashes) {
+        *slot = vocab.home_of(h);
+        vocab.prefetch_slot(*slot);
     }
     for (i, &h) in hashes.iter().enumerate() {
+        let ring = i % PREFETCH_AHEAD;
+        let home = homes[ring];
         if let Some(&next) = hashes.get(i + PREFETCH_AHEAD) {
-            vocab.prefetch(next);
+            homes[ring] = vocab.home_of(next);
+            vocab.prefetch_slot(homes[ring]);
         }
-        if let Some(&j) = vocab.get(&h) {
+        if let Some(&j) = vocab.get_from(home, h) {
             out.push((j, 1.0));
         }
     }

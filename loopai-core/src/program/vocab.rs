@@ -6,7 +6,7 @@
 //! terms, larger than the caches: the cost is memory latency, not arithmetic. A slot holds
 //! the key and the index together (16 bytes, four to a cache line), so that a lookup
 //! touches one line where a `HashMap` touches its control bytes and then its bucket, and
-//! [`VocabTable::prefetch`] lets the evaluator ask for the lines of the next n-grams while
+//! [`VocabTable::prefetch_slot`] lets the evaluator ask for the lines of the next n-grams while
 //! it looks up the current one. The answer of a lookup is the same as a map's: the index
 //! of the term whose full 64-bit hash is the key.
 
@@ -83,11 +83,25 @@ impl VocabTable {
         }
     }
 
+    /// The home slot of `key`: computed once per key by a caller that prefetches it
+    /// ([`VocabTable::prefetch_slot`]) and then looks it up ([`VocabTable::get_from`]).
+    #[inline(always)]
+    pub(crate) fn home_of(&self, key: u64) -> usize {
+        self.home(key)
+    }
+
     /// The index of `key`, as `HashMap::get` answers it.
     #[inline]
     pub(crate) fn get(&self, key: &u64) -> Option<&u32> {
+        self.get_from(self.home(*key), *key)
+    }
+
+    /// [`VocabTable::get`] for a key whose home slot is `home` (= [`VocabTable::home_of`]).
+    #[inline]
+    pub(crate) fn get_from(&self, home: usize, key: u64) -> Option<&u32> {
+        let key = &key;
         let mask = self.slots.len() - 1;
-        let mut i = self.home(*key);
+        let mut i = home & mask;
         loop {
             let s = &self.slots[i];
             if s.used == 0 {
@@ -100,13 +114,17 @@ impl VocabTable {
         }
     }
 
-    /// Asks the CPU to bring the home slot of `key` into the cache (a hint: no effect on
-    /// any result, and none at all on targets without a prefetch instruction).
+    /// Asks the CPU to bring slot `home` (a home slot, from [`VocabTable::home_of`]) into
+    /// the cache (a hint: no effect on any result, and none at all on targets without a
+    /// prefetch instruction).
     #[inline(always)]
-    pub(crate) fn prefetch(&self, key: u64) {
+    pub(crate) fn prefetch_slot(&self, home: usize) {
         #[cfg(target_arch = "x86_64")]
         {
-            let p = self.slots.as_ptr().wrapping_add(self.home(key));
+            let p = self
+                .slots
+                .as_ptr()
+                .wrapping_add(home & (self.slots.len() - 1));
             // SAFETY: a prefetch never dereferences its address and cannot fault; `p` is in
             // bounds anyway (the home slot of any key is a slot of the table). SSE is part
             // of the x86_64 baseline.
@@ -115,7 +133,7 @@ impl VocabTable {
             };
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = key;
+        let _ = home;
     }
 }
 
@@ -147,7 +165,9 @@ mod tests {
             }
             for &k in &keys {
                 assert_eq!(table.get(&k), map.get(&k), "n {n} key {k}");
-                table.prefetch(k);
+                let home = table.home_of(k);
+                table.prefetch_slot(home);
+                assert_eq!(table.get_from(home, k), map.get(&k), "n {n} key {k}");
             }
             for _ in 0..1000 {
                 let k = rng.u64(..);
