@@ -21,7 +21,10 @@ each pausing 10 ms between requests (wrk's `delay`), for every rate of `--rates`
   - forwarded calls: wrk against the stand-in directly (no latency) and through a gateway
     whose task stays in shadow; the gateway's overhead is the difference (p50, p99);
   - locally answered calls: wrk against the replay's gateway with the inputs it answered
-    locally during the replay (checked again with the SDK first), end to end over HTTP.
+    locally during the replay (checked again with the SDK first), end to end over HTTP;
+  - the loopback floor: wrk against the same gateway's `GET /ready` (no work) at the same
+    rate, so that what the machine adds (loopback, scheduling, wrk itself) is shown next
+    to what a local answer adds.
 wrk cannot hold a rate exactly: the achieved rate is reported next to each figure. Speed
 needs a quiet machine: figures from a loaded one are not figures to quote.
 
@@ -337,12 +340,20 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def wrk_run(url: str, bodies: Path, rate: int, secs: int, task: str | None) -> dict[str, Any]:
+def wrk_run(
+    url: str,
+    bodies: Path | None,
+    rate: int,
+    secs: int,
+    task: str | None,
+    path: str = "/v1/chat/completions",
+) -> dict[str, Any]:
+    """wrk at about `rate` req/s: POSTs of `bodies` to `path`, or GETs of `path` without."""
     connections = max(1, rate // 100)
     env = {
         **os.environ,
-        "WRK_BODIES": str(bodies),
-        "WRK_PATH": "/v1/chat/completions",
+        "WRK_BODIES": str(bodies) if bodies is not None else "",
+        "WRK_PATH": path,
         "WRK_DELAY_MS": "10",
         "WRK_TASK": task or "",
     }
@@ -471,6 +482,8 @@ def overhead(
         before = scrape(replay_gateway.url, family)
         r = wrk_run(replay_gateway.url, local_bodies, rate, args.wrk_secs, spec["name"])
         r["server_time"] = server_timing(before, scrape(replay_gateway.url, family))
+        print(f"== loopback floor (GET /ready) at {rate} req/s", file=sys.stderr)
+        r["floor"] = wrk_run(replay_gateway.url, None, rate, args.wrk_secs, None, "/ready")
         out["local"].append(r)
     return out
 
@@ -608,6 +621,19 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     )
     local_p99 = [x["latency_us"]["p99"] for x in lat.get("local", [])]
     target("locally answered call, p99 (us) <=", max(local_p99) if local_p99 else None, 100, False)
+    # Informative: the same p99 less the loopback floor's at the same rate (what the
+    # machine shows for an endpoint that does no work), as the forwarded overhead is.
+    over_floor = [
+        x["latency_us"]["p99"] - x["floor"]["latency_us"]["p99"]
+        for x in lat.get("local", [])
+        if x.get("floor")
+    ]
+    target(
+        "locally answered call, p99 over the loopback floor's (us) <=",
+        max(over_floor) if over_floor else None,
+        100,
+        False,
+    )
     own = [
         x["gateway"]["server_overhead"]["p99_us"]
         for x in lat.get("rates", [])
@@ -697,6 +723,12 @@ def print_tables(r: dict[str, Any]) -> None:
                 f"{'  of which in the server':<32} {d['rate_achieved']:>6.0f} "
                 f"{fmt(st.get('p50_us'), '6.0f')} {fmt(st.get('p99_us'), '7.0f')}"
             )
+            fl = d.get("floor")
+            if fl:
+                print(
+                    f"{'  loopback floor (GET /ready)':<32} {fl['rate_achieved']:>6.0f} "
+                    f"{fl['latency_us']['p50']:>6} {fl['latency_us']['p99']:>7}"
+                )
         if lat.get("local_note"):
             print(lat["local_note"])
     print("\ntargets (issue #16)")

@@ -2,7 +2,8 @@
 -- request bodies of the file named by WRK_BODIES (one JSON body a line), round robin, with
 -- an X-Loopai-Task header when WRK_TASK is set, each connection pausing WRK_DELAY_MS
 -- between requests (so that connections x 1000 / delay bounds the rate). Requests are
--- formatted once per thread. Prints one WRKJSON line at the end.
+-- formatted once per thread. With WRK_BODIES empty, every request is a GET of WRK_PATH
+-- (the loopback floor: an endpoint that does no work). Prints one WRKJSON line at the end.
 local path = os.getenv("WRK_PATH") or "/v1/chat/completions"
 local task = os.getenv("WRK_TASK") or ""
 local pause = tonumber(os.getenv("WRK_DELAY_MS") or "0")
@@ -14,7 +15,12 @@ init = function(args)
   if task ~= "" then
     headers["X-Loopai-Task"] = task
   end
-  for line in io.lines(os.getenv("WRK_BODIES")) do
+  local bodies = os.getenv("WRK_BODIES") or ""
+  if bodies == "" then
+    requests_[1] = wrk.format("GET", path, headers)
+    return
+  end
+  for line in io.lines(bodies) do
     requests_[#requests_ + 1] = wrk.format("POST", path, headers, line)
   end
 end
