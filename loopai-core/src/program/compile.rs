@@ -542,7 +542,7 @@ impl Compiler<'_> {
                     None => None,
                     Some(raw) => {
                         let at = join(path, "idf");
-                        let v = self.floats(raw, dim, None, &at)?;
+                        let v = self.floats(raw, dim, &at)?;
                         if let Some(i) = v.iter().position(|&x| x < 0.0) {
                             return Err(perr(
                                 &at,
@@ -724,28 +724,9 @@ impl Compiler<'_> {
         path: &str,
     ) -> Result<Weights> {
         let RawFloats::Quantized(q) = raw else {
-            return Ok(Weights::F32(self.floats(
-                raw,
-                expected,
-                Some(width),
-                path,
-            )?));
+            return Ok(Weights::F32(self.floats(raw, expected, path)?));
         };
-        if expected > self.limits.max_weights {
-            return Err(perr(
-                path,
-                format!(
-                    "{expected} numbers, over the limit of {}",
-                    self.limits.max_weights
-                ),
-            ));
-        }
-        if width == 0 {
-            return Err(perr(
-                path,
-                "the int8 form is only for the weights of a linear model",
-            ));
-        }
+        self.check_count(expected, path)?;
         let scale = self.finite_list(&q.scale, width, &join(path, "scale"))?;
         let codes = decode_int8(&q.int8, expected, &join(path, "int8"))?;
         let levels: Vec<f32> = scale
@@ -766,15 +747,8 @@ impl Compiler<'_> {
         Ok(Weights::Int8 { codes, levels })
     }
 
-    /// Decodes a number array of `expected` numbers. `quantized_cols`: the row width when
-    /// the int8 form (one scale per column) is allowed, else `None`.
-    fn floats(
-        &mut self,
-        raw: &RawFloats,
-        expected: usize,
-        quantized_cols: Option<usize>,
-        path: &str,
-    ) -> Result<Vec<f32>> {
+    /// Refuses an array of `expected` numbers over the program's limit.
+    fn check_count(&self, expected: usize, path: &str) -> Result<()> {
         if expected > self.limits.max_weights {
             return Err(perr(
                 path,
@@ -784,6 +758,13 @@ impl Compiler<'_> {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Decodes a number array of `expected` numbers (a list or packed `f32`; the int8 form
+    /// is only for a linear model's weights, see [`Self::linear_weights`]).
+    fn floats(&mut self, raw: &RawFloats, expected: usize, path: &str) -> Result<Vec<f32>> {
+        self.check_count(expected, path)?;
         let v: Vec<f32> = match raw {
             RawFloats::List(list) => {
                 if list.len() != expected {
@@ -801,47 +782,16 @@ impl Compiler<'_> {
                         "expected an array of numbers or a \"base64:...\" string",
                     )
                 })?;
-                if b64.len() / 4 * 3 > expected * 4 + 3 {
-                    return Err(perr(
-                        path,
-                        format!("expected {expected} floats, the data is larger"),
-                    ));
-                }
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(b64)
-                    .map_err(|e| perr(path, format!("invalid base64: {e}")))?;
-                if bytes.len() != expected * 4 {
-                    return Err(perr(
-                        path,
-                        format!(
-                            "expected {expected} floats ({} bytes), got {} bytes",
-                            expected * 4,
-                            bytes.len()
-                        ),
-                    ));
-                }
-                bytes
+                decode_base64(b64, expected, 4, "floats", path)?
                     .chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                     .collect()
             }
-            RawFloats::Quantized(q) => {
-                let Some(cols) = quantized_cols.filter(|&c| c > 0) else {
-                    return Err(perr(
-                        path,
-                        "the int8 form is only for the weights of a linear model",
-                    ));
-                };
-                let scale = self.finite_list(&q.scale, cols, &join(path, "scale"))?;
-                let bytes = decode_int8(&q.int8, expected, &join(path, "int8"))?;
-                bytes
-                    .chunks_exact(cols)
-                    .flat_map(|row| {
-                        row.iter()
-                            .zip(&scale)
-                            .map(|(&b, &s)| (f64::from(b as i8) * s) as f32)
-                    })
-                    .collect()
+            RawFloats::Quantized(_) => {
+                return Err(perr(
+                    path,
+                    "the int8 form is only for the weights of a linear model",
+                ))
             }
         };
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
@@ -986,7 +936,6 @@ impl Compiler<'_> {
                 let weights = Weights::F32(self.floats(
                     &r.feature_log_prob,
                     expected,
-                    None,
                     &join(path, "feature_log_prob"),
                 )?);
                 let bias =
@@ -1023,9 +972,9 @@ impl Compiler<'_> {
                 if r.left.len() != n || r.right.len() != n {
                     return Err(perr(path, format!("feature, left and right must all have {n} entries")));
                 }
-                let threshold = self.floats(&r.threshold, n, None, &join(path, "threshold"))?;
+                let threshold = self.floats(&r.threshold, n, &join(path, "threshold"))?;
                 let value =
-                    self.floats(&r.value, n * classes.len(), None, &join(path, "value"))?;
+                    self.floats(&r.value, n * classes.len(), &join(path, "value"))?;
                 let mut feature = Vec::with_capacity(n);
                 for i in 0..n {
                     let f = r.feature[i];
@@ -1125,20 +1074,27 @@ fn decode_int8(packed: &str, expected: usize, path: &str) -> Result<Vec<u8>> {
     let b64 = packed
         .strip_prefix("base64:")
         .ok_or_else(|| perr(path, "expected a \"base64:...\" string"))?;
-    if b64.len() / 4 * 3 > expected + 3 {
+    decode_base64(b64, expected, 1, "int8 values", path)
+}
+
+/// Decodes base64 that must hold exactly `count` values of `width` bytes (`what` names
+/// them in errors); data much larger is refused before it is decoded.
+fn decode_base64(b64: &str, count: usize, width: usize, what: &str, path: &str) -> Result<Vec<u8>> {
+    let bytes_expected = count * width;
+    if b64.len() / 4 * 3 > bytes_expected + 3 {
         return Err(perr(
             path,
-            format!("expected {expected} int8 values, the data is larger"),
+            format!("expected {count} {what}, the data is larger"),
         ));
     }
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .map_err(|e| perr(path, format!("invalid base64: {e}")))?;
-    if bytes.len() != expected {
+    if bytes.len() != bytes_expected {
         return Err(perr(
             path,
             format!(
-                "expected {expected} int8 values ({expected} bytes), got {} bytes",
+                "expected {count} {what} ({bytes_expected} bytes), got {} bytes",
                 bytes.len()
             ),
         ));
