@@ -1,14 +1,17 @@
 //! The canary of a task's later versions: a newly learnt program runs in shadow on the
 //! calls whose upstream answer is known (forwarded calls and validations of local
 //! answers), next to the running program, and is promoted when it agrees with the
-//! upstream at least as often as the running program on the same calls, rolled back
+//! upstream at least as often as the running program on the same calls (and its
+//! cross-fitted pairs are not clearly worse than the running version's), rolled back
 //! otherwise.
 
 use loopai_core::{Program, Result};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::calibrate::{choose_threshold, margin};
+use crate::calibrate::{
+    choose_threshold, clopper_pearson_lower, clopper_pearson_upper, margin, ALPHA,
+};
 use crate::calls::ProgramAnswer;
 
 /// Calls with an upstream answer the candidate must be compared on before a verdict.
@@ -56,6 +59,12 @@ pub(crate) struct Canary {
     pub(crate) running_agreed: u64,
     /// A verdict is queued on the calibrator.
     pub(crate) queued: bool,
+    /// The last verdict asked for was to wait: ask again after another 32 calls (or when
+    /// its cross-fitted pairs arrive).
+    pub(crate) waited: bool,
+    /// `(agreed, pairs)` of the running version's stored out-of-sample pairs when the
+    /// candidate was learnt (`None`: none stored).
+    pub(crate) running_holdout: Option<(u64, u64)>,
 }
 
 /// What to do with a candidate.
@@ -66,7 +75,28 @@ pub(crate) enum Verdict {
     /// At least as good as the running program on the canary's calls.
     Promote,
     /// Worse: discard it (it stays installed, inactive).
-    RollBack,
+    RollBack(Worse),
+}
+
+/// Why a candidate was rolled back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Worse {
+    /// It agreed with the upstream less often than the running program on the canary's
+    /// calls.
+    OnCanaryCalls,
+    /// Its cross-fitted pairs agree with the upstream clearly less often than the running
+    /// version's out-of-sample pairs: the one-sided 95% lower bound of its disagreement
+    /// rate is above the upper bound of the running version's.
+    CrossFitted,
+}
+
+impl Worse {
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Worse::OnCanaryCalls => "it agreed with the upstream less often than the running program on the canary's calls",
+            Worse::CrossFitted => "its cross-fitted pairs disagree with the upstream clearly more often than the running version's pairs",
+        }
+    }
 }
 
 impl Canary {
@@ -93,31 +123,56 @@ impl Canary {
     }
 
     /// The verdict: after [`CANARY_CALLS`] calls, rolled back when it agreed with the
-    /// upstream less often than the running program; else promoted once it can answer
-    /// within `budget` as a version — its pass has cross-fitted it, or its pairs on the
-    /// canary's calls alone give a threshold, or the running program (`running_serves`
-    /// false) answers nothing locally either.
+    /// upstream less often than the running program, or when its cross-fitted pairs show
+    /// it clearly worse than the running version's pairs ([`Worse`]); else promoted once
+    /// it can answer within `budget` as a version — its pairs so far (cross-fitted and on
+    /// the canary's calls) give a threshold — or at once when the running program
+    /// (`running_serves` false) answers nothing locally either. A promotion never turns a
+    /// task that serves back to forwarding everything.
     pub(crate) fn verdict(&self, running_serves: bool, budget: f64) -> Verdict {
         if self.calls < CANARY_CALLS {
-            Verdict::Wait
-        } else if self.candidate_agreed < self.running_agreed {
-            Verdict::RollBack
-        } else if self.cross_fitted.is_some()
-            || !running_serves
-            || choose_threshold(&self.shadow, budget).threshold.is_some()
-        {
+            return Verdict::Wait;
+        }
+        if self.candidate_agreed < self.running_agreed {
+            return Verdict::RollBack(Worse::OnCanaryCalls);
+        }
+        if self.cross_fitted_worse() {
+            return Verdict::RollBack(Worse::CrossFitted);
+        }
+        if !running_serves || choose_threshold(&self.pairs(), budget).threshold.is_some() {
             Verdict::Promote
         } else {
             Verdict::Wait
         }
     }
 
+    /// Whether the one-sided 95% lower bound of the disagreement rate of the candidate's
+    /// cross-fitted pairs is above the upper bound of the running version's stored pairs.
+    fn cross_fitted_worse(&self) -> bool {
+        let (Some(pairs), Some((agreed, n))) = (&self.cross_fitted, self.running_holdout) else {
+            return false;
+        };
+        let k = pairs.iter().filter(|p| !p.1).count() as u64;
+        !pairs.is_empty()
+            && n > 0
+            && clopper_pearson_lower(k, pairs.len() as u64, ALPHA)
+                > clopper_pearson_upper(n - agreed, n, ALPHA)
+    }
+
+    /// The candidate's pairs so far: cross-fitted, then on the canary's calls.
+    fn pairs(&self) -> Vec<(f64, bool)> {
+        let mut pairs = self.cross_fitted.clone().unwrap_or_default();
+        pairs.extend_from_slice(&self.shadow);
+        pairs
+    }
+
     /// Whether a verdict should be asked for now (cheap; on the request path): enough
-    /// calls, and either the cross-fitting is done or another 32 calls came in.
+    /// calls, and either no verdict was asked for since the candidate's last news (its
+    /// 100th call, its cross-fitted pairs) or another 32 calls came in.
     pub(crate) fn due(&self) -> bool {
         !self.queued
             && self.calls >= CANARY_CALLS
-            && (self.cross_fitted.is_some() || (self.calls - CANARY_CALLS) % 32 == 0)
+            && (!self.waited || (self.calls - CANARY_CALLS) % 32 == 0)
     }
 
     /// The pairs a promoted candidate starts its calibration with.
@@ -206,12 +261,75 @@ mod tests {
         // ...not when the running program answers nothing locally, nor at a 5% budget.
         assert_eq!(c.verdict(false, 0.02), Verdict::Promote);
         assert_eq!(c.verdict(true, 0.05), Verdict::Promote);
+        // One cross-fitted pair more is still not enough while the running program
+        // serves: promoting it would forward everything until more pairs came in.
         c.cross_fitted = Some(vec![(0.7, true)]);
-        assert_eq!(c.verdict(true, 0.02), Verdict::Promote);
+        assert_eq!(c.verdict(true, 0.02), Verdict::Wait);
         assert_eq!((c.candidate_agreed, c.running_agreed), (100, 50));
         let pairs = c.clone().into_pairs();
         assert_eq!(pairs.len(), 101);
         assert_eq!(pairs[0], (0.7, true));
+        // After a wait it is asked again 32 calls later, not on every call...
+        c.waited = true;
+        for k in 1..=32 {
+            c.observe(&answer("spam", 0.8), None, "spam");
+            assert_eq!(c.due(), k == 32, "{k}");
+        }
+        // ...or as soon as its cross-fitting is done: with enough pairs for a threshold,
+        // promoted.
+        c.cross_fitted = Some(vec![(0.7, true); 200]);
+        c.waited = false;
+        c.observe(&answer("spam", 0.8), None, "spam");
+        assert!(c.due());
+        assert_eq!(c.verdict(true, 0.02), Verdict::Promote);
+    }
+
+    #[test]
+    fn a_promotion_never_leaves_a_serving_task_without_a_threshold() {
+        let mut c = Canary::new(4);
+        for _ in 0..CANARY_CALLS {
+            c.observe(&answer("spam", 0.8), Some(&answer("spam", 0.9)), "spam");
+        }
+        // 400 cross-fitted pairs, but its most confident ones disagree: no threshold
+        // qualifies, so the running program keeps serving...
+        let mut cross: Vec<(f64, bool)> = (0..5).map(|_| (0.99, false)).collect();
+        cross.extend((0..395).map(|i| (0.5 + f64::from(i) / 1000.0, true)));
+        c.cross_fitted = Some(cross);
+        assert_eq!(c.verdict(true, 0.02), Verdict::Wait);
+        // ...unless it serves nothing either.
+        assert_eq!(c.verdict(false, 0.02), Verdict::Promote);
+    }
+
+    #[test]
+    fn a_candidate_clearly_worse_in_cross_fitting_is_rolled_back_whatever_its_canary() {
+        let mut c = Canary::new(5);
+        for i in 0..CANARY_CALLS {
+            // On the canary's calls it wins, 100 to 90.
+            let running = answer(if i % 10 == 0 { "ham" } else { "spam" }, 0.9);
+            c.observe(&answer("spam", 0.8), Some(&running), "spam");
+        }
+        // The running version agreed on 985 of its 1,000 out-of-sample pairs (upper
+        // bound of its disagreement: 2.3%); the candidate on 478 of 500 cross-fitted
+        // pairs (4.4% disagree; lower bound 3.1%).
+        c.running_holdout = Some((985, 1000));
+        let cross = |wrong: usize| -> Vec<(f64, bool)> {
+            (0..500)
+                .map(|i| (0.6 + i as f64 / 1000.0, i >= wrong))
+                .collect()
+        };
+        c.cross_fitted = Some(cross(22));
+        assert_eq!(c.verdict(true, 0.05), Verdict::RollBack(Worse::CrossFitted));
+        assert_eq!(
+            c.verdict(false, 0.05),
+            Verdict::RollBack(Worse::CrossFitted)
+        );
+        // 12 of 500 (2.4%) is within what chance allows next to 1.5%: judged as before.
+        c.cross_fitted = Some(cross(12));
+        assert_ne!(c.verdict(true, 0.05), Verdict::RollBack(Worse::CrossFitted));
+        // Nothing stored for the running version: no such comparison.
+        c.running_holdout = None;
+        c.cross_fitted = Some(cross(22));
+        assert_eq!(c.verdict(false, 0.05), Verdict::Promote);
     }
 
     #[test]
@@ -237,8 +355,14 @@ mod tests {
         assert_eq!(c.verdict(true, 0.02), Verdict::Wait, "one call short");
         assert!(!c.due());
         c.observe(&answer("spam", 0.8), None, "spam");
-        assert_eq!(c.verdict(true, 0.02), Verdict::RollBack);
-        assert_eq!(c.verdict(false, 0.5), Verdict::RollBack);
+        assert_eq!(
+            c.verdict(true, 0.02),
+            Verdict::RollBack(Worse::OnCanaryCalls)
+        );
+        assert_eq!(
+            c.verdict(false, 0.5),
+            Verdict::RollBack(Worse::OnCanaryCalls)
+        );
         assert_eq!(c.status().calls, CANARY_CALLS);
     }
 }
