@@ -422,6 +422,7 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
             program,
             train_pred: ctx.y.iter().map(|&c| Some(c)).collect(),
             weights: 0,
+            over_base: None,
         });
         ctx.n_folds = 0;
     } else {
@@ -525,6 +526,30 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
     }
     ctx.progress.finish_stage();
     let cands = kept;
+    // A hybrid is the model it builds on plus rules: under `auto` it competes only when
+    // its rules fix significantly more cross-validated answers of that model than they
+    // break. One row more in a few hundred is noise, and on a larger stream such rules
+    // can break twice what they fix.
+    let eligible: Vec<bool> = cands
+        .iter()
+        .map(|c| match (options.strategy, c.over_base) {
+            (Strategy::Auto, Some((fixed, broke))) => {
+                let p = sign_test_p(fixed, broke);
+                let ok = p <= HYBRID_ALPHA;
+                // Said only where it changes the choice (else it lost on its metric).
+                if !ok && fixed >= broke && fixed > 0 {
+                    notes.push(format!(
+                        "candidate {} not considered: its rules fix {fixed} cross-validated \
+                         answer(s) of its model and break {broke}, not significantly more \
+                         (one-sided sign test p = {p:.2} > {HYBRID_ALPHA})",
+                        c.name
+                    ));
+                }
+                ok
+            }
+            _ => true,
+        })
+        .collect();
     let budget_us = spec.latency_target_ms.map(|ms| ms * 1000.0);
     let allowed = |r: &CandidateReport| match options.strategy {
         // With a single label there is only the constant program.
@@ -550,7 +575,7 @@ pub fn synthesize(spec: &TaskSpec, options: &SynthOptions) -> Result<Synthesis> 
     let mut pick: Option<usize> = None;
     for pass_fits in [true, false] {
         for (i, r) in reports.iter().enumerate() {
-            if !allowed(r) || (pass_fits && !fits(r)) {
+            if !allowed(r) || !eligible[i] || (pass_fits && !fits(r)) {
                 continue;
             }
             if pick.is_none_or(|p| better(r, &reports[p])) {
@@ -621,6 +646,48 @@ struct Cand {
     train_pred: Vec<Option<usize>>,
     /// Numbers in the largest weight array of the program.
     weights: usize,
+    /// For a hybrid: cross-validated rows its rules answer right where the model it
+    /// builds on is wrong, and rows they answer wrong where the model is right.
+    over_base: Option<(usize, usize)>,
+}
+
+/// The level of the sign test a hybrid must pass against the model it builds on.
+const HYBRID_ALPHA: f64 = 0.05;
+
+/// `(fixed, broke)`: rows whose cross-validated answer `with` gets right and `without`
+/// wrong, and the reverse.
+fn gain_over(y: &[usize], with: &[Option<usize>], without: &[Option<usize>]) -> (usize, usize) {
+    let mut gain = (0, 0);
+    for ((&t, &a), &b) in y.iter().zip(with).zip(without) {
+        match (a == Some(t), b == Some(t)) {
+            (true, false) => gain.0 += 1,
+            (false, true) => gain.1 += 1,
+            _ => {}
+        }
+    }
+    gain
+}
+
+/// The one-sided p-value of an exact sign test: `P(X >= fixed)` for `X ~ Binomial(fixed +
+/// broke, 1/2)` (1 with no discordant rows).
+fn sign_test_p(fixed: usize, broke: usize) -> f64 {
+    let n = fixed + broke;
+    if n == 0 {
+        return 1.0;
+    }
+    // ln C(n, i) for i = 0..=n, accumulated; the terms summed in log space.
+    let ln_half_n = n as f64 * 0.5f64.ln();
+    let mut ln_c = 0.0;
+    let mut p = 0.0;
+    for i in 0..=n {
+        if i > 0 {
+            ln_c += ((n - i + 1) as f64).ln() - (i as f64).ln();
+        }
+        if i >= fixed {
+            p += (ln_c + ln_half_n).exp();
+        }
+    }
+    p.min(1.0)
 }
 
 /// A trained ML candidate with what the hybrid needs.
@@ -802,6 +869,7 @@ impl Ctx<'_> {
             program,
             train_pred,
             weights: 0,
+            over_base: None,
         }
     }
 
@@ -851,6 +919,7 @@ impl Ctx<'_> {
                 list.rules.len(),
                 ml.cand.name.trim_start_matches("ml/")
             ),
+            over_base: Some(gain_over(&self.y, &oof, &ml.cand.oof)),
             oof,
             program,
             train_pred,
@@ -884,4 +953,32 @@ fn measure_latency(program: &Program, spec: &TaskSpec) -> Option<f64> {
         }
     }
     crate::metrics::percentile(&times, 0.5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sign_test_needs_more_than_a_row_or_two() {
+        assert_eq!(sign_test_p(0, 0), 1.0);
+        // One row fixed, none broken: a coin flip.
+        assert!((sign_test_p(1, 0) - 0.5).abs() < 1e-12);
+        assert!((sign_test_p(5, 0) - 1.0 / 32.0).abs() < 1e-12);
+        // 6 fixed, 1 broken: P(X >= 6) = 8/128.
+        assert!((sign_test_p(6, 1) - 8.0 / 128.0).abs() < 1e-12);
+        assert!(sign_test_p(6, 1) > HYBRID_ALPHA && sign_test_p(5, 0) <= HYBRID_ALPHA);
+        // Large counts stay finite and ordered.
+        assert!(sign_test_p(560, 440) < 1e-3);
+        assert!(sign_test_p(500, 500) > 0.5);
+        assert!((sign_test_p(0, 7) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn gain_over_counts_the_rows_each_side_gets_right_alone() {
+        let y = [0, 1, 1, 0, 2];
+        let with = [Some(0), Some(1), Some(0), None, Some(2)];
+        let without = [Some(1), Some(1), Some(1), Some(0), Some(2)];
+        assert_eq!(gain_over(&y, &with, &without), (1, 2));
+    }
 }

@@ -516,6 +516,7 @@ impl Ctx<'_> {
                 program,
                 train_pred,
                 weights: model.weights.len(),
+                over_base: None,
             },
             config: f.config.clone(),
             model,
