@@ -16,6 +16,12 @@ the upstream's (the true label), upstream calls and tokens (from the upstream's 
 and for the whole stream the upstream's own request and token counters (which include the
 gateway's background validations of sampled local answers).
 
+With `--seeds 16,1,2,3,4` the replay runs once per seed (a fresh gateway and stand-in each,
+the stream shuffled and `learn.seed` set with that seed; wrk only with the first) and a
+summary gives a line per replay and in how many the three replay targets are met: the
+figures vary from run to run, since background learning races the stream, so judge a
+change on several replays, not one.
+
 Then (unless `--no-overhead`) latency on loopback with wrk, one connection per 100 req/s
 each pausing 10 ms between requests (wrk's `delay`), for every rate of `--rates`:
   - forwarded calls: wrk against the stand-in directly (no latency) and through a gateway
@@ -195,6 +201,7 @@ def start_gateway(
     upstream: str,
     args: argparse.Namespace,
     min_examples: int,
+    seed: int | None = None,
 ) -> tuple[Server, Path]:
     data = work / name
     (data / "config").mkdir(parents=True)
@@ -222,7 +229,7 @@ def start_gateway(
         f"        mode: {mode}\n"
         "learn:\n"
         f"  min_examples: {min_examples}\n"
-        f"  seed: {args.seed}\n"
+        f"  seed: {args.seed if seed is None else seed}\n"
     )
     if args.sampling_rate is not None:
         config += f"sampling:\n  rate: {args.sampling_rate}\n"
@@ -506,6 +513,12 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=0, help="replay only the first N (0: all)")
     ap.add_argument("--block", type=int, default=500)
     ap.add_argument("--seed", type=int, default=16)
+    ap.add_argument(
+        "--seeds",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=None,
+        help="replay once per seed, comma-separated (overrides --seed), and print a summary",
+    )
     ap.add_argument("--latency-ms", type=float, default=100.0, help="the upstream's latency")
     ap.add_argument("--concurrency", type=int, default=4, help="calls in flight")
     ap.add_argument("--min-examples", type=int, default=200, help="learn.min_examples")
@@ -530,13 +543,33 @@ def main() -> None:
     spec, rows = load_rows(args.data, args.stream)
     if not spec.get("name"):
         sys.exit(f"{args.data / 'spec.json'}: no name")
-    stream = shuffled(rows, args.seed)
+    seeds = args.seeds or [args.seed]
+    runs = []
+    for i, seed in enumerate(seeds):
+        # The wrk measurements once, with the first replay's gateway.
+        runs.append(replay_once(args, spec, rows, seed, overhead_too=i == 0 and not args.no_overhead))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    if len(runs) == 1:
+        args.json.write_text(json.dumps(runs[0], indent=2) + "\n")
+    else:
+        args.json.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+        print_summary(runs)
+    print(f"\nresult: {args.json}")
+
+
+def replay_once(
+    args: argparse.Namespace, spec: dict[str, Any], rows: list, seed: int, overhead_too: bool
+) -> dict[str, Any]:
+    """One replay of the stream shuffled with `seed` through a fresh gateway and stand-in."""
+    stream = shuffled(rows, seed)
     if args.calls > 0:
         stream = stream[: args.calls]
     work = Path(tempfile.mkdtemp(prefix="gateway-replay-"))
-    print(f"== {spec['name']}: {len(stream)} calls, work dir {work}", file=sys.stderr)
+    print(f"== {spec['name']}: {len(stream)} calls, seed {seed}, work dir {work}", file=sys.stderr)
     up = start_stand_in(args.stand_in, rows, work, "stand-in", args.latency_ms)
-    gw, data = start_gateway(args.loopai, spec, work, "gateway", up.url, args, args.min_examples)
+    gw, data = start_gateway(
+        args.loopai, spec, work, "gateway", up.url, args, args.min_examples, seed
+    )
     load_start = os.getloadavg()
     try:
         client = openai.OpenAI(
@@ -567,7 +600,7 @@ def main() -> None:
             "task": spec["name"],
             "labels": labels_of(spec),
             "calls": len(results),
-            "seed": args.seed,
+            "seed": seed,
             "stream": args.stream,
             "concurrency": args.concurrency,
             "upstream_latency_ms": args.latency_ms,
@@ -583,21 +616,36 @@ def main() -> None:
             "tasks_list": json.loads(tasks.stdout) if tasks.returncode == 0 else tasks.stderr,
             "machine": {"cpus": os.cpu_count(), "loadavg_start": load_start},
         }
-        if not args.no_overhead:
+        if overhead_too:
             result["latency"] = overhead(args, spec, rows, work, gw, local_rows)
         result["machine"]["loadavg_end"] = os.getloadavg()
         result["targets"] = targets(result)
     finally:
         gw.stop()
         up.stop()
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
     print_tables(result)
-    print(f"\nresult: {args.json}")
     if args.keep:
         print(f"work dir kept: {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def print_summary(runs: list[dict[str, Any]]) -> None:
+    """One line per replay, then the spread: the result varies from run to run (background
+    learning races the stream), so a change is judged on several."""
+    print(f"\n{runs[0]['task']}: {len(runs)} replays")
+    print(f"{'seed':>6} {'2nd half local':>15} {'disagreement':>13} {'upstream calls':>15}  targets")
+    for r in runs:
+        h = r["second_half"]
+        met = [t["met"] for t in r["targets"][:3]]
+        print(
+            f"{r['seed']:>6} {fmt(h['local_share'], '15.1%')} {fmt(h['disagreement'], '13.2%')} "
+            f"{fmt(r['upstream_calls_share'], '15.1%')}  "
+            f"{'met' if all(met) else 'NOT met'}"
+        )
+    met = sum(all(t["met"] for t in r["targets"][:3]) for r in runs)
+    print(f"the three replay targets met in {met} of {len(runs)} replays")
 
 
 def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
