@@ -547,7 +547,9 @@ def main() -> None:
     runs = []
     for i, seed in enumerate(seeds):
         # The wrk measurements once, with the first replay's gateway.
-        runs.append(replay_once(args, spec, rows, seed, overhead_too=i == 0 and not args.no_overhead))
+        runs.append(
+            replay_once(args, spec, rows, seed, overhead_too=i == 0 and not args.no_overhead)
+        )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     if len(runs) == 1:
         args.json.write_text(json.dumps(runs[0], indent=2) + "\n")
@@ -635,7 +637,9 @@ def print_summary(runs: list[dict[str, Any]]) -> None:
     """One line per replay, then the spread: the result varies from run to run (background
     learning races the stream), so a change is judged on several."""
     print(f"\n{runs[0]['task']}: {len(runs)} replays")
-    print(f"{'seed':>6} {'2nd half local':>15} {'disagreement':>13} {'upstream calls':>15}  targets")
+    print(
+        f"{'seed':>6} {'2nd half local':>15} {'disagreement':>13} {'upstream calls':>15}  targets"
+    )
     for r in runs:
         h = r["second_half"]
         met = [t["met"] for t in r["targets"][:3]]
