@@ -1,17 +1,14 @@
 //! The canary of a task's later versions: a newly learnt program runs in shadow on the
 //! calls whose upstream answer is known (forwarded calls and validations of local
 //! answers), next to the running program, and is promoted when it agrees with the
-//! upstream at least as often as the running program on the same calls (and its
-//! cross-fitted pairs are not clearly worse than the running version's), rolled back
+//! upstream at least as often as the running program on the same calls, rolled back
 //! otherwise.
 
 use loopai_core::{Program, Result};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::calibrate::{
-    choose_threshold, clopper_pearson_lower, clopper_pearson_upper, margin, ALPHA,
-};
+use crate::calibrate::{choose_threshold, margin};
 use crate::calls::ProgramAnswer;
 
 /// Calls with an upstream answer the candidate must be compared on before a verdict.
@@ -62,9 +59,6 @@ pub(crate) struct Canary {
     /// The last verdict asked for was to wait: ask again after another 32 calls (or when
     /// its cross-fitted pairs arrive).
     pub(crate) waited: bool,
-    /// `(agreed, pairs)` of the running version's stored out-of-sample pairs when the
-    /// candidate was learnt (`None`: none stored).
-    pub(crate) running_holdout: Option<(u64, u64)>,
 }
 
 /// What to do with a candidate.
@@ -75,28 +69,7 @@ pub(crate) enum Verdict {
     /// At least as good as the running program on the canary's calls.
     Promote,
     /// Worse: discard it (it stays installed, inactive).
-    RollBack(Worse),
-}
-
-/// Why a candidate was rolled back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Worse {
-    /// It agreed with the upstream less often than the running program on the canary's
-    /// calls.
-    OnCanaryCalls,
-    /// Its cross-fitted pairs agree with the upstream clearly less often than the running
-    /// version's out-of-sample pairs: the one-sided 95% lower bound of its disagreement
-    /// rate is above the upper bound of the running version's.
-    CrossFitted,
-}
-
-impl Worse {
-    pub(crate) fn describe(self) -> &'static str {
-        match self {
-            Worse::OnCanaryCalls => "it agreed with the upstream less often than the running program on the canary's calls",
-            Worse::CrossFitted => "its cross-fitted pairs disagree with the upstream clearly more often than the running version's pairs",
-        }
-    }
+    RollBack,
 }
 
 impl Canary {
@@ -123,40 +96,21 @@ impl Canary {
     }
 
     /// The verdict: after [`CANARY_CALLS`] calls, rolled back when it agreed with the
-    /// upstream less often than the running program, or when its cross-fitted pairs show
-    /// it clearly worse than the running version's pairs ([`Worse`]); else promoted once
-    /// it can answer within `budget` as a version — its pairs so far (cross-fitted and on
-    /// the canary's calls) give a threshold — or at once when the running program
-    /// (`running_serves` false) answers nothing locally either. A promotion never turns a
-    /// task that serves back to forwarding everything.
+    /// upstream less often than the running program; else promoted once it can answer
+    /// within `budget` as a version — its pairs so far (cross-fitted and on the canary's
+    /// calls) give a threshold — or at once when the running program (`running_serves`
+    /// false) answers nothing locally either. A promotion never turns a task that serves
+    /// back to forwarding everything.
     pub(crate) fn verdict(&self, running_serves: bool, budget: f64) -> Verdict {
         if self.calls < CANARY_CALLS {
-            return Verdict::Wait;
-        }
-        if self.candidate_agreed < self.running_agreed {
-            return Verdict::RollBack(Worse::OnCanaryCalls);
-        }
-        if self.cross_fitted_worse() {
-            return Verdict::RollBack(Worse::CrossFitted);
-        }
-        if !running_serves || choose_threshold(&self.pairs(), budget).threshold.is_some() {
+            Verdict::Wait
+        } else if self.candidate_agreed < self.running_agreed {
+            Verdict::RollBack
+        } else if !running_serves || choose_threshold(&self.pairs(), budget).threshold.is_some() {
             Verdict::Promote
         } else {
             Verdict::Wait
         }
-    }
-
-    /// Whether the one-sided 95% lower bound of the disagreement rate of the candidate's
-    /// cross-fitted pairs is above the upper bound of the running version's stored pairs.
-    fn cross_fitted_worse(&self) -> bool {
-        let (Some(pairs), Some((agreed, n))) = (&self.cross_fitted, self.running_holdout) else {
-            return false;
-        };
-        let k = pairs.iter().filter(|p| !p.1).count() as u64;
-        !pairs.is_empty()
-            && n > 0
-            && clopper_pearson_lower(k, pairs.len() as u64, ALPHA)
-                > clopper_pearson_upper(n - agreed, n, ALPHA)
     }
 
     /// The candidate's pairs so far: cross-fitted, then on the canary's calls.
@@ -301,38 +255,6 @@ mod tests {
     }
 
     #[test]
-    fn a_candidate_clearly_worse_in_cross_fitting_is_rolled_back_whatever_its_canary() {
-        let mut c = Canary::new(5);
-        for i in 0..CANARY_CALLS {
-            // On the canary's calls it wins, 100 to 90.
-            let running = answer(if i % 10 == 0 { "ham" } else { "spam" }, 0.9);
-            c.observe(&answer("spam", 0.8), Some(&running), "spam");
-        }
-        // The running version agreed on 985 of its 1,000 out-of-sample pairs (upper
-        // bound of its disagreement: 2.3%); the candidate on 478 of 500 cross-fitted
-        // pairs (4.4% disagree; lower bound 3.1%).
-        c.running_holdout = Some((985, 1000));
-        let cross = |wrong: usize| -> Vec<(f64, bool)> {
-            (0..500)
-                .map(|i| (0.6 + i as f64 / 1000.0, i >= wrong))
-                .collect()
-        };
-        c.cross_fitted = Some(cross(22));
-        assert_eq!(c.verdict(true, 0.05), Verdict::RollBack(Worse::CrossFitted));
-        assert_eq!(
-            c.verdict(false, 0.05),
-            Verdict::RollBack(Worse::CrossFitted)
-        );
-        // 12 of 500 (2.4%) is within what chance allows next to 1.5%: judged as before.
-        c.cross_fitted = Some(cross(12));
-        assert_ne!(c.verdict(true, 0.05), Verdict::RollBack(Worse::CrossFitted));
-        // Nothing stored for the running version: no such comparison.
-        c.running_holdout = None;
-        c.cross_fitted = Some(cross(22));
-        assert_eq!(c.verdict(false, 0.05), Verdict::Promote);
-    }
-
-    #[test]
     fn the_canary_calibrates_a_candidate_on_its_margins() {
         let mut c = Canary::new(2);
         let mut sure = answer("fr", 0.6);
@@ -355,14 +277,8 @@ mod tests {
         assert_eq!(c.verdict(true, 0.02), Verdict::Wait, "one call short");
         assert!(!c.due());
         c.observe(&answer("spam", 0.8), None, "spam");
-        assert_eq!(
-            c.verdict(true, 0.02),
-            Verdict::RollBack(Worse::OnCanaryCalls)
-        );
-        assert_eq!(
-            c.verdict(false, 0.5),
-            Verdict::RollBack(Worse::OnCanaryCalls)
-        );
+        assert_eq!(c.verdict(true, 0.02), Verdict::RollBack);
+        assert_eq!(c.verdict(false, 0.5), Verdict::RollBack);
         assert_eq!(c.status().calls, CANARY_CALLS);
     }
 }

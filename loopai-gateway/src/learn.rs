@@ -178,7 +178,7 @@ pub(crate) fn judge_canary(inner: &Inner, task: &Task) {
         let serves = task.threshold().is_some();
         let verdict = guard.as_ref().map(|c| c.verdict(serves, task.budget));
         match verdict {
-            Some(Verdict::Promote | Verdict::RollBack(_)) => guard.take(),
+            Some(Verdict::Promote | Verdict::RollBack) => guard.take(),
             _ => {
                 if let Some(c) = guard.as_mut() {
                     c.queued = false;
@@ -234,12 +234,8 @@ pub(crate) fn judge_canary(inner: &Inner, task: &Task) {
             }
         }
     }
-    let why = match verdict {
-        Verdict::RollBack(worse) => format!(": {}", worse.describe()),
-        _ => String::new(),
-    };
     log::info!(
-        "loopai gateway: {}: canary of v{} {} ({} of {} calls agree with the upstream; the running program {}){why}",
+        "loopai gateway: {}: canary of v{} {} ({} of {} calls agree with the upstream; the running program {})",
         task.name,
         outcome.version,
         if outcome.promoted { "promoted" } else { "rolled back" },
@@ -387,14 +383,12 @@ fn pass(inner: &Inner, task: &Task) -> Result<LearnReport> {
     let held = score(&task.answers, &program, &older);
     let previous = task.runtime.load_full();
     let stored_before = Stored::load(&inner.data_dir, &task.name, inner.keys.as_deref())?;
-    let running_holdout = match &previous {
+    let previous_agreement = match &previous {
         Some(rt) if stored_before.version == rt.active_version() => {
-            let h = &stored_before.holdout;
-            (!h.is_empty()).then(|| (h.iter().filter(|p| p.1).count() as u64, h.len() as u64))
+            agreement(&stored_before.holdout)
         }
         _ => None,
     };
-    let previous_agreement = running_holdout.map(|(agreed, n)| agreed as f64 / n as f64);
     let first = previous.is_none();
     let version = {
         let _installing = inner.install_lock.lock();
@@ -415,9 +409,7 @@ fn pass(inner: &Inner, task: &Task) -> Result<LearnReport> {
             task.set_threshold(None);
         } else {
             // A later version: in canary, run in shadow next to the running one.
-            let mut canary = Canary::new(version);
-            canary.running_holdout = running_holdout;
-            *task.canary.lock() = Some(canary);
+            *task.canary.lock() = Some(Canary::new(version));
             task.shadow
                 .store(Some(Arc::new(shadow_of(version, &synthesis.program_json)?)));
         }
