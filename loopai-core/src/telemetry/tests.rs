@@ -387,7 +387,9 @@ fn spooled_batches_survive_a_restart_and_are_delivered_once() {
     // Collector up: the next runtime sends the old batches first, each exactly once.
     let collector = TestCollector::start();
     let rt = runtime(dir.path(), config(&collector.url(), "balanced", "", ""));
-    assert_eq!(telemetry(&rt).spooled_batches + telemetry(&rt).sent, 3);
+    // (No count before the flush: the uploader starts with the runtime and may be moving
+    // a batch from the spool to `sent` while the counters are read, one after the other;
+    // `spooled + sent` read then was 4 once in 17 runs. What was found is checked below.)
     rt.flush(WAIT).unwrap();
     let sent: Vec<String> = collector
         .batches()
