@@ -10,32 +10,12 @@
 //! program learnt on 4,000 labels answers 87% of held-out calls at a 2% budget from 2,000
 //! margin pairs, 83% from 2,000 confidence pairs).
 
+use loopai_synth::binomial_cdf;
+
 /// The one-sided confidence level of the bound.
 pub(crate) const ALPHA: f64 = 0.05;
 /// Thresholds tried at most per estimate (spread evenly over the pairs).
 const MAX_CANDIDATES: usize = 512;
-
-/// `ln C(n, i)`.
-fn ln_choose(n: u64, i: u64) -> f64 {
-    let (n, i) = (n as f64, i as f64);
-    libm::lgamma(n + 1.0) - libm::lgamma(i + 1.0) - libm::lgamma(n - i + 1.0)
-}
-
-/// `P(X <= k)` for `X ~ Binomial(n, p)`.
-fn binomial_cdf(k: u64, n: u64, p: f64) -> f64 {
-    if p <= 0.0 {
-        return 1.0;
-    }
-    if p >= 1.0 {
-        return if k >= n { 1.0 } else { 0.0 };
-    }
-    let (lp, lq) = (p.ln(), (1.0 - p).ln());
-    let mut sum = 0.0;
-    for i in 0..=k.min(n) {
-        sum += (ln_choose(n, i) + i as f64 * lp + (n - i) as f64 * lq).exp();
-    }
-    sum.min(1.0)
-}
 
 /// The one-sided `1 - alpha` Clopper–Pearson upper bound of a rate with `k` events in `n`
 /// trials (1 when `n` is 0).
@@ -69,13 +49,29 @@ pub(crate) fn pairs_needed(budget: f64) -> u64 {
 const TOLERATED: u64 = 2;
 
 /// The fewest pairs with `k` disagreeing whose `1 - alpha` upper bound is within `budget`
-/// (at most a million).
+/// (at most a million). The bound falls as the pairs grow, so this is a binary search.
 fn needed_with(k: u64, budget: f64, alpha: f64) -> u64 {
-    let mut n = needed_at(budget, alpha).max(k + 1);
-    while n < 1_000_000 && clopper_pearson_upper(k, n, alpha) > budget {
-        n += 1;
+    const MAX: u64 = 1_000_000;
+    let holds = |n: u64| clopper_pearson_upper(k, n, alpha) <= budget;
+    let mut lo = needed_at(budget, alpha).max(k + 1);
+    if holds(lo) {
+        return lo;
     }
-    n
+    // The bound fails at `lo` and holds at `hi` (or `hi` is the cap).
+    let mut hi = lo.saturating_mul(2).min(MAX);
+    while hi < MAX && !holds(hi) {
+        lo = hi;
+        hi = hi.saturating_mul(2).min(MAX);
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if holds(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    hi
 }
 
 /// The fewest pairs (all agreeing) whose `1 - alpha` upper bound is within `budget`.
@@ -301,6 +297,19 @@ mod tests {
         assert!((clopper_pearson_upper(10, 200, ALPHA) - 0.083_335).abs() < 1e-5);
         assert_eq!(clopper_pearson_upper(0, 0, ALPHA), 1.0);
         assert_eq!(clopper_pearson_upper(5, 5, ALPHA), 1.0);
+    }
+
+    #[test]
+    fn needed_with_is_the_fewest_pairs_that_absorb_k_disagreements() {
+        for (k, budget, alpha) in [(0, 0.02, 0.025), (2, 0.02, 0.025), (3, 0.05, 0.05)] {
+            let n = needed_with(k, budget, alpha);
+            assert!(clopper_pearson_upper(k, n, alpha) <= budget, "{k} {budget}");
+            assert!(
+                clopper_pearson_upper(k, n - 1, alpha) > budget,
+                "{k} {budget}"
+            );
+        }
+        assert_eq!(needed_with(2, 0.02, ALPHA / 2.0), 359);
     }
 
     #[test]

@@ -163,7 +163,7 @@ pub use improve::{
     improve, load_spec, oracle_labels, save_spec, spec_path, Improvement, OracleLabels,
     RuntimeImprove, SPEC_FILE,
 };
-pub use metrics::{percentile, score, ClassMetrics, Confusion, EvalReport};
+pub use metrics::{binomial_cdf, percentile, score, ClassMetrics, Confusion, EvalReport};
 pub use spec::{Example, Metric, TaskSpec};
 pub use synth::{
     synthesize, synthesize_and_install, Activation, CandidateReport, Progress, Strategy,

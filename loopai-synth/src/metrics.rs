@@ -8,6 +8,30 @@ use serde_json::Value;
 
 use crate::spec::Metric;
 
+/// `P(X <= k)` for `X ~ Binomial(n, p)`, summed term by term in log space (exact enough
+/// for the few thousand trials of a cross-validation or a calibration pool). The
+/// generator's sign test and the gateway's Clopper–Pearson bounds both use it.
+pub fn binomial_cdf(k: u64, n: u64, p: f64) -> f64 {
+    if p <= 0.0 {
+        return 1.0;
+    }
+    if p >= 1.0 {
+        return if k >= n { 1.0 } else { 0.0 };
+    }
+    let (lp, lq) = (p.ln(), (1.0 - p).ln());
+    let mut sum = 0.0;
+    for i in 0..=k.min(n) {
+        sum += (ln_choose(n, i) + i as f64 * lp + (n - i) as f64 * lq).exp();
+    }
+    sum.min(1.0)
+}
+
+/// `ln C(n, i)`.
+fn ln_choose(n: u64, i: u64) -> f64 {
+    let (n, i) = (n as f64, i as f64);
+    libm::lgamma(n + 1.0) - libm::lgamma(i + 1.0) - libm::lgamma(n - i + 1.0)
+}
+
 /// Precision, recall and F1 of one label.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClassMetrics {

@@ -669,25 +669,9 @@ fn gain_over(y: &[usize], with: &[Option<usize>], without: &[Option<usize>]) -> 
 }
 
 /// The one-sided p-value of an exact sign test: `P(X >= fixed)` for `X ~ Binomial(fixed +
-/// broke, 1/2)` (1 with no discordant rows).
+/// broke, 1/2)`, that is `P(X <= broke)` by symmetry (1 with no discordant rows).
 fn sign_test_p(fixed: usize, broke: usize) -> f64 {
-    let n = fixed + broke;
-    if n == 0 {
-        return 1.0;
-    }
-    // ln C(n, i) for i = 0..=n, accumulated; the terms summed in log space.
-    let ln_half_n = n as f64 * 0.5f64.ln();
-    let mut ln_c = 0.0;
-    let mut p = 0.0;
-    for i in 0..=n {
-        if i > 0 {
-            ln_c += ((n - i + 1) as f64).ln() - (i as f64).ln();
-        }
-        if i >= fixed {
-            p += (ln_c + ln_half_n).exp();
-        }
-    }
-    p.min(1.0)
+    crate::metrics::binomial_cdf(broke as u64, (fixed + broke) as u64, 0.5)
 }
 
 /// A trained ML candidate with what the hybrid needs.
