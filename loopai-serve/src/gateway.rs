@@ -15,6 +15,7 @@ use axum::response::Response;
 use futures_util::StreamExt;
 use loopai_core::{DeploymentConfig, Error, ErrorKind, Result};
 use loopai_gateway::{ChatRequest, Decision, Gateway, LocalAnswer, Pending, UpstreamAnswer};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::gateway_state::GatewayState;
@@ -165,21 +166,135 @@ fn with_source(mut response: Response, source: &'static str, task: Option<&str>)
     response
 }
 
+/// A `chat.completion` object as OpenAI's API returns it (the fields the SDKs read).
+/// A derived `Serialize` writes it straight to bytes: the local answer is the hot path.
+#[derive(Serialize)]
+struct Completion<'a> {
+    id: String,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [Choice<'a>; 1],
+    usage: Usage,
+    /// `loopai-program-v<N>`, as the Python wrapper says it: SDK users see which version
+    /// answered without reading headers.
+    system_fingerprint: &'a str,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    index: u32,
+    message: Message<'a>,
+    logprobs: Option<()>,
+    finish_reason: &'static str,
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    role: &'static str,
+    content: &'a str,
+    refusal: Option<&'static str>,
+}
+
+/// `usage` of a local answer: no tokens.
+#[derive(Serialize)]
+struct Usage {
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    total_tokens: u32,
+}
+
+const NO_USAGE: Usage = Usage {
+    prompt_tokens: 0,
+    completion_tokens: 0,
+    total_tokens: 0,
+};
+
+/// One `chat.completion.chunk` of a local stream.
+#[derive(Serialize)]
+struct Chunk<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    system_fingerprint: &'a str,
+    choices: Vec<ChunkChoice<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Usage>,
+}
+
+#[derive(Serialize)]
+struct ChunkChoice<'a> {
+    index: u32,
+    delta: Delta<'a>,
+    logprobs: Option<()>,
+    finish_reason: Option<&'static str>,
+}
+
+/// What every chunk of one local stream repeats.
+struct ChunkHead<'a> {
+    id: &'a str,
+    created: u64,
+    model: &'a str,
+    fingerprint: &'a str,
+}
+
+impl<'a> ChunkHead<'a> {
+    fn chunk(&self, delta: Delta<'a>, finish: Option<&'static str>) -> Chunk<'a> {
+        Chunk {
+            id: self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.model,
+            system_fingerprint: self.fingerprint,
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                logprobs: None,
+                finish_reason: finish,
+            }],
+            usage: None,
+        }
+    }
+}
+
+/// A chunk's `delta`: each field only when the chunk carries it.
+#[derive(Serialize, Default)]
+struct Delta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    /// `Some(None)` writes `"refusal": null`, as OpenAI's first chunk has it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refusal: Option<Option<&'static str>>,
+}
+
+/// The `system_fingerprint` of a local answer.
+fn fingerprint(answer: &LocalAnswer) -> String {
+    format!("loopai-program-v{}", answer.version)
+}
+
 fn local_json(answer: &LocalAnswer, model: &str) -> Response {
-    let body = json!({
-        "id": answer.execution_id.to_string(),
-        "object": "chat.completion",
-        "created": unix_seconds(),
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": answer.content, "refusal": null},
-            "logprobs": null,
-            "finish_reason": "stop"
+    let fingerprint = fingerprint(answer);
+    let body = Completion {
+        id: answer.execution_id.to_string(),
+        object: "chat.completion",
+        created: unix_seconds(),
+        model,
+        choices: [Choice {
+            index: 0,
+            message: Message {
+                role: "assistant",
+                content: &answer.content,
+                refusal: None,
+            },
+            logprobs: None,
+            finish_reason: "stop",
         }],
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-        "system_fingerprint": null
-    });
+        usage: NO_USAGE,
+        system_fingerprint: &fingerprint,
+    };
     let mut response = with_source(
         crate::http::json_response(StatusCode::OK, &body),
         "program",
@@ -196,39 +311,49 @@ fn local_json(answer: &LocalAnswer, model: &str) -> Response {
 fn local_stream(answer: &LocalAnswer, model: &str, include_usage: bool) -> Response {
     let id = answer.execution_id.to_string();
     let created = unix_seconds();
-    let chunk = |delta: Value, finish: Value| {
-        json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "system_fingerprint": null,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]
-        })
+    let fingerprint = fingerprint(answer);
+    let head = ChunkHead {
+        id: &id,
+        created,
+        model,
+        fingerprint: &fingerprint,
     };
     let mut events = vec![
-        chunk(
-            json!({"role": "assistant", "content": "", "refusal": null}),
-            Value::Null,
+        head.chunk(
+            Delta {
+                role: Some("assistant"),
+                content: Some(""),
+                refusal: Some(None),
+            },
+            None,
         ),
-        chunk(json!({"content": answer.content}), Value::Null),
-        chunk(json!({}), json!("stop")),
+        head.chunk(
+            Delta {
+                content: Some(&answer.content),
+                ..Delta::default()
+            },
+            None,
+        ),
+        head.chunk(Delta::default(), Some("stop")),
     ];
     if include_usage {
-        events.push(json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "system_fingerprint": null, "choices": [],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        }));
+        events.push(Chunk {
+            choices: Vec::new(),
+            usage: Some(NO_USAGE),
+            ..head.chunk(Delta::default(), None)
+        });
     }
-    let mut text = String::new();
+    let mut text = Vec::with_capacity(256 * events.len());
     for e in &events {
-        text.push_str("data: ");
-        text.push_str(&e.to_string());
-        text.push_str("\n\n");
+        text.extend_from_slice(b"data: ");
+        serde_json::to_writer(&mut text, e).expect("a chunk always serializes");
+        text.extend_from_slice(b"\n\n");
     }
-    text.push_str("data: [DONE]\n\n");
+    text.extend_from_slice(b"data: [DONE]\n\n");
     let response = crate::http::bytes_response(
         StatusCode::OK,
         HeaderValue::from_static("text/event-stream"),
-        text.into_bytes(),
+        text,
     );
     with_source(response, "program", Some(&answer.task))
 }

@@ -574,6 +574,12 @@ fn a_calibrated_program_answers_locally_in_openai_format() {
     assert_eq!(v["choices"][0]["message"]["content"], "spam");
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
     assert_eq!(v["usage"]["total_tokens"], 0);
+    assert_eq!(v["choices"][0]["message"]["refusal"], Value::Null);
+    let version = r.headers["x-loopai-version"].clone();
+    assert_eq!(
+        v["system_fingerprint"],
+        format!("loopai-program-v{version}")
+    );
     let id = v["id"].as_str().unwrap().to_string();
     assert_eq!(id.len(), 36);
     // Streamed local answer: OpenAI's chunks, then [DONE].
@@ -597,6 +603,19 @@ fn a_calibrated_program_answers_locally_in_openai_format() {
         .iter()
         .all(|c| c["object"] == "chat.completion.chunk"));
     assert_eq!(chunks[2]["choices"][0]["finish_reason"], "stop");
+    assert!(chunks[..3]
+        .iter()
+        .all(|c| c["choices"][0]["logprobs"].is_null()
+            && c["system_fingerprint"]
+                .as_str()
+                .unwrap()
+                .starts_with("loopai-program-v")
+            && c["id"] == chunks[0]["id"]));
+    assert_eq!(
+        chunks[3]["choices"],
+        json!([]),
+        "the usage chunk has no choices"
+    );
     assert_eq!(chunks[3]["usage"]["total_tokens"], 0, "include_usage");
     assert_eq!(
         up.calls(),
