@@ -401,6 +401,11 @@ fn only_random_samples_count_in_the_mismatch_comparison() {
         "sampling: {strategy: [random, uncertainty], rate: 0.2, uncertainty_threshold: 0.7, seed: 11}\n";
     let rt = runtime_with(dir.path(), sampling);
     rt.begin_rollout(v2).unwrap();
+    // The random draw is a function of the execution id, and ids come from this thread's
+    // generator: seeded, the test is the same every run. Unseeded, the rollback took
+    // between 9 and 70 rounds over 40 seeds, and once (in `scripts/repeat-tests.sh`) none
+    // came within 100 rounds.
+    fastrand::seed(5);
     let mut results = Vec::new();
     for round in 0..100u64 {
         for i in 0..100 {
